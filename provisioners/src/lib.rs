@@ -1,0 +1,1 @@
+//! provisioners (under construction)

@@ -1,0 +1,531 @@
+//! One typed struct per workload's `data`, parsed from the raw bytes with
+//! errors that name the field (`data.capacity.memory: ...`), and range checks.
+//!
+//! Unknown fields inside `data` are accepted and ignored (Zero-OS clients
+//! send more than we use); the envelope itself is strict.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::{Error, WorkloadType};
+
+/// Largest size accepted for any disk-backed workload, in GiB (1 PiB):
+/// keeps byte arithmetic far from overflow.
+pub const MAX_SIZE_GIB: u64 = 1 << 20;
+
+/// A container's mount of one of the user's volumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mount {
+    pub volume_id: String,
+    pub mountpoint: String,
+}
+
+/// Which network a container joins.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerNetwork {
+    #[serde(default)]
+    pub network_id: String,
+    #[serde(default)]
+    pub ips: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub public_ip6: bool,
+}
+
+/// CPU cores and memory MiB.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerCapacity {
+    pub cpu: u32,
+    pub memory: u64,
+}
+
+/// `tcp` or `udp`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl PortProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        }
+    }
+}
+
+/// A published port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Port {
+    pub container_port: u16,
+    pub host_port: u16,
+    #[serde(default)]
+    pub protocol: PortProtocol,
+}
+
+/// `container` data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Container {
+    pub flist: String,
+    #[serde(default)]
+    pub flist_storage: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// name -> hex sealed value.
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub entrypoint: String,
+    #[serde(default)]
+    pub interactive: bool,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub network: ContainerNetwork,
+    pub capacity: ContainerCapacity,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+}
+
+/// `volume` data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    pub size: u64,
+    #[serde(rename = "type")]
+    pub disk_type: String,
+}
+
+/// One node's share of a network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetResource {
+    pub node_id: String,
+    pub subnet: String,
+}
+
+/// `network` data. Other Zero-OS fields are accepted and ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    pub ip_range: String,
+    #[serde(default)]
+    pub net_resources: Vec<NetResource>,
+}
+
+/// `zdb` data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Zdb {
+    pub size: u64,
+    pub mode: String,
+    /// hex sealed.
+    pub password: String,
+    pub disk_type: String,
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// `kubernetes` data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Kubernetes {
+    pub size: u8,
+    pub network_id: String,
+    pub ip: IpAddr,
+    /// hex sealed.
+    pub cluster_secret: String,
+    #[serde(default)]
+    pub master_ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+}
+
+/// `debug` data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Debug {
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub channel: String,
+}
+
+/// Disk types of volumes and zdb namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DiskType {
+    #[serde(rename = "HDD")]
+    Hdd,
+    #[serde(rename = "SSD")]
+    Ssd,
+}
+
+impl DiskType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskType::Hdd => "HDD",
+            DiskType::Ssd => "SSD",
+        }
+    }
+
+    fn parse(what: &str, field: &str, s: &str) -> Result<Self, Error> {
+        match s {
+            "HDD" => Ok(DiskType::Hdd),
+            "SSD" => Ok(DiskType::Ssd),
+            _ => Err(Error::data(
+                field,
+                format!("{what} type {s:?} is not one of HDD, SSD"),
+            )),
+        }
+    }
+}
+
+/// CPU cores, memory MiB and disk GiB of a Kubernetes size (the protocol's
+/// table).
+pub fn kubernetes_size(size: u8) -> Option<(u32, u64, u64)> {
+    match size {
+        1 => Some((1, 2048, 50)),
+        2 => Some((2, 4096, 100)),
+        _ => None,
+    }
+}
+
+/// Parsed and validated `data` of one of the six types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workload {
+    Container(Container),
+    Volume(Volume),
+    Network(Network),
+    Zdb(Zdb),
+    Kubernetes(Kubernetes),
+    Debug(Debug),
+}
+
+fn parse_as<T: DeserializeOwned>(raw: &RawValue) -> Result<T, Error> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        let inner = e.into_inner().to_string();
+        // serde's text ends with " at line L column C": useless to a user
+        // who sent the field; keep the what, drop the where.
+        let msg = match inner.rfind(" at line ") {
+            Some(i) => inner[..i].to_string(),
+            None => inner,
+        };
+        Error::data(if field.is_empty() { "(root)".into() } else { field }, msg)
+    })
+}
+
+impl Workload {
+    /// Parse `data` as workload type `kind` and check every range.
+    pub fn parse(kind: WorkloadType, raw: &RawValue) -> Result<Workload, Error> {
+        let w = match kind {
+            WorkloadType::Container => Workload::Container(parse_as(raw)?),
+            WorkloadType::Volume => Workload::Volume(parse_as(raw)?),
+            WorkloadType::Network => Workload::Network(parse_as(raw)?),
+            WorkloadType::Zdb => Workload::Zdb(parse_as(raw)?),
+            WorkloadType::Kubernetes => Workload::Kubernetes(parse_as(raw)?),
+            WorkloadType::Debug => Workload::Debug(parse_as(raw)?),
+        };
+        w.validate()?;
+        Ok(w)
+    }
+
+    pub fn kind(&self) -> WorkloadType {
+        match self {
+            Workload::Container(_) => WorkloadType::Container,
+            Workload::Volume(_) => WorkloadType::Volume,
+            Workload::Network(_) => WorkloadType::Network,
+            Workload::Zdb(_) => WorkloadType::Zdb,
+            Workload::Kubernetes(_) => WorkloadType::Kubernetes,
+            Workload::Debug(_) => WorkloadType::Debug,
+        }
+    }
+
+    /// Range checks that need no node state.
+    pub fn validate(&self) -> Result<(), Error> {
+        match self {
+            Workload::Container(c) => c.validate(),
+            Workload::Volume(v) => {
+                check_size("size", v.size)?;
+                DiskType::parse("volume", "type", &v.disk_type).map(|_| ())
+            }
+            Workload::Network(n) => n.validate().map(|_| ()),
+            Workload::Zdb(z) => {
+                check_size("size", z.size)?;
+                if z.mode != "user" && z.mode != "seq" {
+                    return Err(Error::data(
+                        "mode",
+                        format!("zdb mode {:?} is not one of user, seq", z.mode),
+                    ));
+                }
+                DiskType::parse("disk", "disk_type", &z.disk_type)?;
+                check_sealed("password", &z.password)
+            }
+            Workload::Kubernetes(k) => {
+                if kubernetes_size(k.size).is_none() {
+                    return Err(Error::data(
+                        "size",
+                        format!("kubernetes size {} is not 1 or 2", k.size),
+                    ));
+                }
+                if k.network_id.is_empty() {
+                    return Err(Error::data("network_id", "must name the user's network"));
+                }
+                check_sealed("cluster_secret", &k.cluster_secret)?;
+                if k.ssh_keys.iter().any(|s| s.contains('\n')) {
+                    return Err(Error::data("ssh_keys", "a key must be a single line"));
+                }
+                Ok(())
+            }
+            Workload::Debug(d) => {
+                if d.host.trim().is_empty() {
+                    return Err(Error::data("host", "must not be empty"));
+                }
+                if d.port == 0 {
+                    return Err(Error::data("port", "must be > 0"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn check_size(field: &str, size: u64) -> Result<(), Error> {
+    if size == 0 {
+        return Err(Error::data(field, "must be > 0 GiB"));
+    }
+    if size > MAX_SIZE_GIB {
+        return Err(Error::data(
+            field,
+            format!("{size} GiB is more than the {MAX_SIZE_GIB} GiB limit"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_sealed(field: &str, v: &str) -> Result<(), Error> {
+    if v.is_empty() {
+        return Err(Error::data(field, "must be a hex sealed secret, got nothing"));
+    }
+    if hex::decode(v).is_err() {
+        return Err(Error::data(field, "must be a hex sealed secret, got non-hex text"));
+    }
+    Ok(())
+}
+
+impl Container {
+    fn validate(&self) -> Result<(), Error> {
+        if self.flist.trim().is_empty() {
+            return Err(Error::data("flist", "must name a container image"));
+        }
+        if self.capacity.cpu == 0 {
+            return Err(Error::data("capacity.cpu", "must be > 0 cores"));
+        }
+        if self.capacity.cpu > 1024 {
+            return Err(Error::data("capacity.cpu", "more than 1024 cores"));
+        }
+        if self.capacity.memory == 0 {
+            return Err(Error::data("capacity.memory", "must be > 0 MiB"));
+        }
+        if self.capacity.memory > MAX_SIZE_GIB * 1024 {
+            return Err(Error::data("capacity.memory", "out of range"));
+        }
+        for (k, _) in self.env.iter().chain(self.secret_env.iter()) {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(Error::data(
+                    "env",
+                    format!("variable name {k:?} is empty or holds '=' or NUL"),
+                ));
+            }
+        }
+        for (k, v) in &self.secret_env {
+            check_sealed(&format!("secret_env.{k}"), v)?;
+        }
+        if !self.entrypoint.trim().is_empty() {
+            shell_split_ok(&self.entrypoint)?;
+        }
+        for (i, m) in self.mounts.iter().enumerate() {
+            if m.volume_id.is_empty() {
+                return Err(Error::data(format!("mounts[{i}].volume_id"), "must not be empty"));
+            }
+            normalize_mountpoint(&m.mountpoint)
+                .map_err(|msg| Error::data(format!("mounts[{i}].mountpoint"), msg))?;
+        }
+        if self.network.network_id.is_empty() && !self.network.ips.is_empty() {
+            return Err(Error::data(
+                "network.ips",
+                "ips given but network.network_id is empty",
+            ));
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.container_port == 0 || p.host_port == 0 {
+                return Err(Error::data(format!("ports[{i}]"), "ports must be > 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn shell_split_ok(s: &str) -> Result<(), Error> {
+    // A quote left open is the one way shell splitting fails.
+    let (mut single, mut double, mut escaped) = (false, false, false);
+    for c in s.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if !single => escaped = true,
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            _ => {}
+        }
+    }
+    if single || double {
+        return Err(Error::data("entrypoint", "has an unclosed quote"));
+    }
+    Ok(())
+}
+
+/// The absolute, clean form of a container mountpoint. Relative paths,
+/// `..` and `/` itself are refused: a mount must not shadow the root or
+/// escape through the image's symlinks of parents.
+pub fn normalize_mountpoint(p: &str) -> Result<String, String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} is not an absolute path"));
+    }
+    let mut parts = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("{p:?} holds '..'")),
+            _ if part.contains('\0') => return Err(format!("{p:?} holds NUL")),
+            _ => parts.push(part),
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!("{p:?} would mount over the container's root"));
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+impl Network {
+    /// Parse `ip_range` and every subnet; each subnet must lie in the range.
+    pub fn validate(&self) -> Result<Ipv4Net, Error> {
+        if self.name.trim().is_empty() {
+            return Err(Error::data("name", "must not be empty"));
+        }
+        let range: Ipv4Net = self.ip_range.parse().map_err(|_| {
+            Error::data(
+                "ip_range",
+                format!("{:?} is not an IPv4 CIDR", self.ip_range),
+            )
+        })?;
+        for (i, r) in self.net_resources.iter().enumerate() {
+            let sub: Ipv4Net = r.subnet.parse().map_err(|_| {
+                Error::data(
+                    format!("net_resources[{i}].subnet"),
+                    format!("{:?} is not an IPv4 CIDR", r.subnet),
+                )
+            })?;
+            if !range.contains(&sub) {
+                return Err(Error::data(
+                    format!("net_resources[{i}].subnet"),
+                    format!("{sub} is outside ip_range {range}"),
+                ));
+            }
+        }
+        Ok(range)
+    }
+
+    /// This node's subnet, from its `net_resources` entry.
+    pub fn subnet_for(&self, node_id: &str) -> Result<Ipv4Net, Error> {
+        let r = self
+            .net_resources
+            .iter()
+            .find(|r| r.node_id == node_id)
+            .ok_or_else(|| {
+                Error::data(
+                    "net_resources",
+                    format!("no entry for this node {node_id}"),
+                )
+            })?;
+        r.subnet
+            .parse()
+            .map_err(|_| Error::data("net_resources.subnet", "not an IPv4 CIDR"))
+    }
+}
+
+impl Volume {
+    pub fn disk(&self) -> DiskType {
+        DiskType::parse("volume", "type", &self.disk_type).unwrap_or(DiskType::Ssd)
+    }
+}
+
+impl Zdb {
+    pub fn disk(&self) -> DiskType {
+        DiskType::parse("disk", "disk_type", &self.disk_type).unwrap_or(DiskType::Ssd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(kind: WorkloadType, s: &str) -> Result<Workload, Error> {
+        Workload::parse(kind, &RawValue::from_string(s.to_string()).unwrap())
+    }
+
+    #[test]
+    fn mountpoints() {
+        assert_eq!(normalize_mountpoint("/data//x/./").unwrap(), "/data/x");
+        assert!(normalize_mountpoint("data").is_err());
+        assert!(normalize_mountpoint("/").is_err());
+        assert!(normalize_mountpoint("//.").is_err());
+        assert!(normalize_mountpoint("/a/../etc").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse(
+            WorkloadType::Container,
+            r#"{"flist":"x","capacity":{"cpu":1,"memory":"lots"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("data.capacity.memory:"), "{e}");
+        let e = parse(WorkloadType::Container, r#"{"flist":"x","capacity":{"cpu":0,"memory":5}}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "data.capacity.cpu: must be > 0 cores");
+        let e = parse(WorkloadType::Volume, r#"{"size":1,"type":"TAPE"}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "data.type: volume type \"TAPE\" is not one of HDD, SSD");
+        let e = parse(
+            WorkloadType::Network,
+            r#"{"name":"n","ip_range":"10.1.0.0/16","net_resources":[{"node_id":"a","subnet":"10.2.1.0/24"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("outside ip_range"), "{e}");
+        let e = parse(WorkloadType::Kubernetes, r#"{"size":3,"network_id":"n","ip":"10.1.1.2","cluster_secret":"00"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not 1 or 2"), "{e}");
+    }
+
+    #[test]
+    fn network_ignores_zero_os_fields() {
+        let w = parse(
+            WorkloadType::Network,
+            r#"{"name":"n","ip_range":"10.1.0.0/16","wireguard_private_key_encrypted":"x","peers":[],"net_resources":[{"node_id":"a","subnet":"10.1.1.0/24","wg_listen_port":1}]}"#,
+        )
+        .unwrap();
+        match w {
+            Workload::Network(n) => assert_eq!(n.subnet_for("a").unwrap().to_string(), "10.1.1.0/24"),
+            _ => unreachable!(),
+        }
+    }
+}
