@@ -1,1 +1,392 @@
-//! store (under construction)
+//! The node's cache on sled: what the node provisioned, the outcome of every
+//! reservation it judged, the poll cursor, and the outbox of signed results.
+//!
+//! - [`Store`]: one sled database under the agent's root, opened once.
+//! - [`records`]: the versioned records it holds ([`Cached`], [`Outcome`],
+//!   [`Outbound`]).
+//!
+//! Invariants:
+//! - The store never talks to Docker or the network; it only remembers.
+//! - Every multi-tree change (a result into the outbox *and* the workload
+//!   into the cache) is one sled transaction: both or neither survive a crash.
+//! - Writes are not flushed one by one: the engine calls [`Store::flush`]
+//!   before any step that depends on them (delivering a result, reporting a
+//!   deletion), which groups many reservations into one fsync.
+//! - Unlike Zero-OS's cache, nothing here is wiped at boot.
+//! - Expired reservations come from an index ordered by expiry time, never
+//!   from a scan of the cache.
+
+pub mod records;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use reservation::{WorkloadResult, WorkloadType};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+
+pub use records::{Cached, Outbound, OutboxEntry, Outcome, OutcomeState, SCHEMA};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cache at {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("cache i/o: {0}")]
+    Io(#[from] sled::Error),
+    #[error("cache record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("cache record {key}: schema {found} is newer than this agent reads ({SCHEMA}); upgrade the agent")]
+    Schema { key: String, found: u32 },
+    #[error("reservation {0} is not cached")]
+    NotCached(String),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Io(e),
+        }
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// The node's cache. Cheap to clone (sled trees are handles).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    /// id -> [`Cached`]: workloads the node runs now.
+    cache: sled::Tree,
+    /// id -> [`Outcome`]: every reservation judged, so none is judged twice.
+    outcomes: sled::Tree,
+    /// expiry key (millis BE ‖ id) -> (): decommission order.
+    expiry: sled::Tree,
+    /// id -> its expiry key, to move or drop the index entry.
+    expiry_by_id: sled::Tree,
+    /// seq BE -> [`Outbound`]: what the explorer has not acknowledged.
+    outbox: sled::Tree,
+    /// cursor and per-type counters.
+    meta: sled::Tree,
+}
+
+const CURSOR: &[u8] = b"cursor";
+
+fn counter_key(kind: &str) -> Vec<u8> {
+    format!("count/{kind}").into_bytes()
+}
+
+fn expiry_key(at: DateTime<Utc>, id: &str) -> Vec<u8> {
+    let ms = at.timestamp_millis().max(0) as u64;
+    let mut k = ms.to_be_bytes().to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn expiry_of(key: &[u8]) -> Option<(DateTime<Utc>, String)> {
+    let ms = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    let at = DateTime::from_timestamp_millis(ms as i64)?;
+    Some((at, String::from_utf8_lossy(&key[8..]).into_owned()))
+}
+
+fn bump(meta: &TransactionalTree, kind: &str, delta: i64) -> TxResult<()> {
+    let key = counter_key(kind);
+    let cur = meta
+        .get(&key)?
+        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0);
+    let next = (cur as i64 + delta).max(0) as u64;
+    meta.insert(key, &next.to_be_bytes())?;
+    Ok(())
+}
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+impl Store {
+    /// Open (or create) the cache in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(8 * 1024 * 1024)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        Ok(Store {
+            cache: db.open_tree("cache")?,
+            outcomes: db.open_tree("outcomes")?,
+            expiry: db.open_tree("expiry")?,
+            expiry_by_id: db.open_tree("expiry_by_id")?,
+            outbox: db.open_tree("outbox")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Make every write so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The cached workload `id`, if the node runs it.
+    pub fn get(&self, id: &str) -> Result<Option<Cached>, StoreError> {
+        self.cache
+            .get(id)?
+            .map(|v| records::decode(id, &v))
+            .transpose()
+    }
+
+    pub fn is_cached(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.cache.contains_key(id)?)
+    }
+
+    /// How reservation `id` was judged, if it was.
+    pub fn outcome(&self, id: &str) -> Result<Option<Outcome>, StoreError> {
+        self.outcomes
+            .get(id)?
+            .map(|v| records::decode(id, &v))
+            .transpose()
+    }
+
+    /// Record a provisioned workload: its signed result into the outbox and
+    /// the workload into the cache, with its expiry and counter, atomically.
+    pub fn record_provisioned(
+        &self,
+        cached: &Cached,
+        result: &WorkloadResult,
+    ) -> Result<u64, StoreError> {
+        let id = cached.reservation.id.clone();
+        let kind = cached.reservation.kind.clone();
+        let at = cached.expires_at();
+        let rec = records::encode(cached);
+        let outcome = records::encode(&Outcome::new(OutcomeState::Provisioned, ""));
+        let out = records::encode(&Outbound::Result(result.clone()));
+        let seq = (
+            &self.cache,
+            &self.outcomes,
+            &self.expiry,
+            &self.expiry_by_id,
+            &self.outbox,
+            &self.meta,
+        )
+            .transaction(|(cache, outcomes, expiry, by_id, outbox, meta)| {
+                let seq = outbox.generate_id()?;
+                outbox.insert(&seq.to_be_bytes(), out.as_slice())?;
+                let fresh = cache.insert(id.as_bytes(), rec.as_slice())?.is_none();
+                outcomes.insert(id.as_bytes(), outcome.as_slice())?;
+                if let Some(old) = by_id.get(id.as_bytes())? {
+                    expiry.remove(old)?;
+                }
+                let k = expiry_key(at, &id);
+                expiry.insert(k.clone(), &[])?;
+                by_id.insert(id.as_bytes(), k)?;
+                if fresh {
+                    bump(meta, &kind, 1)?;
+                }
+                Ok(seq)
+            })?;
+        Ok(seq)
+    }
+
+    /// Record a refusal (or any outcome that caches nothing) with its signed
+    /// error result into the outbox, atomically.
+    pub fn record_refused(&self, result: &WorkloadResult) -> Result<u64, StoreError> {
+        let outcome = records::encode(&Outcome::new(OutcomeState::Refused, &result.error));
+        let out = records::encode(&Outbound::Result(result.clone()));
+        let id = result.id.clone();
+        let seq = (&self.outcomes, &self.outbox).transaction(|(outcomes, outbox)| {
+            let seq = outbox.generate_id()?;
+            outbox.insert(&seq.to_be_bytes(), out.as_slice())?;
+            outcomes.insert(id.as_bytes(), outcome.as_slice())?;
+            Ok(seq)
+        })?;
+        Ok(seq)
+    }
+
+    /// Record that `id` is decommissioned: it leaves the cache and the
+    /// expiry index, is marked deleted, and `PUT /deleted` enters the outbox.
+    /// `error` is set when the node gave up on it (crash policy), empty
+    /// otherwise; `result` is an error result to post too, if any.
+    pub fn record_decommissioned(
+        &self,
+        id: &str,
+        kind: &str,
+        result: Option<&WorkloadResult>,
+    ) -> Result<(), StoreError> {
+        let error = result.map(|r| r.error.as_str()).unwrap_or("");
+        let outcome = records::encode(&Outcome::new(OutcomeState::Deleted, error));
+        let deleted = records::encode(&Outbound::Deleted { id: id.to_string() });
+        let res = result.map(|r| records::encode(&Outbound::Result(r.clone())));
+        (
+            &self.cache,
+            &self.outcomes,
+            &self.expiry,
+            &self.expiry_by_id,
+            &self.outbox,
+            &self.meta,
+        )
+            .transaction(|(cache, outcomes, expiry, by_id, outbox, meta)| {
+                if cache.remove(id.as_bytes())?.is_some() {
+                    bump(meta, kind, -1)?;
+                }
+                if let Some(k) = by_id.remove(id.as_bytes())? {
+                    expiry.remove(k)?;
+                }
+                outcomes.insert(id.as_bytes(), outcome.as_slice())?;
+                if let Some(r) = &res {
+                    let seq = outbox.generate_id()?;
+                    outbox.insert(&seq.to_be_bytes(), r.as_slice())?;
+                }
+                let seq = outbox.generate_id()?;
+                outbox.insert(&seq.to_be_bytes(), deleted.as_slice())?;
+                Ok(())
+            })?;
+        Ok(())
+    }
+
+    /// Queue a bare `PUT /deleted` for `id` (the explorer asks again about
+    /// a deletion the node already carried out).
+    pub fn queue_deleted(&self, id: &str) -> Result<u64, StoreError> {
+        let seq = self.db.generate_id()?;
+        self.outbox.insert(
+            seq.to_be_bytes(),
+            records::encode(&Outbound::Deleted { id: id.to_string() }),
+        )?;
+        Ok(seq)
+    }
+
+    /// Replace the cached record of `id` (e.g. a workload re-provisioned by
+    /// reconciliation gets its new result), keeping index and counters.
+    pub fn update_cached(&self, cached: &Cached) -> Result<(), StoreError> {
+        let id = &cached.reservation.id;
+        if !self.cache.contains_key(id)? {
+            return Err(StoreError::NotCached(id.clone()));
+        }
+        self.cache.insert(id.as_bytes(), records::encode(cached))?;
+        Ok(())
+    }
+
+    /// Move `id`'s decommission time to `at` (a decommission that must wait
+    /// for a volume still in use is tried again then).
+    pub fn reschedule(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        (&self.expiry, &self.expiry_by_id).transaction(|(expiry, by_id)| {
+            if let Some(old) = by_id.get(id.as_bytes())? {
+                expiry.remove(old)?;
+            } else {
+                return abort(StoreError::NotCached(id.to_string()));
+            }
+            let k = expiry_key(at, id);
+            expiry.insert(k.clone(), &[])?;
+            by_id.insert(id.as_bytes(), k)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Every cached workload, in id order.
+    pub fn list(&self) -> impl Iterator<Item = Result<Cached, StoreError>> + '_ {
+        self.cache.iter().map(|kv| {
+            let (k, v) = kv?;
+            records::decode(&String::from_utf8_lossy(&k), &v)
+        })
+    }
+
+    /// Number of cached workloads.
+    pub fn cached_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Cached workloads per type (only types with at least one).
+    pub fn counters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut m = BTreeMap::new();
+        for t in WorkloadType::ALL {
+            if let Some(v) = self.meta.get(counter_key(t.as_str()))? {
+                let n = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+                m.insert(t.as_str().to_string(), n);
+            } else {
+                m.insert(t.as_str().to_string(), 0);
+            }
+        }
+        Ok(m)
+    }
+
+    /// The earliest scheduled decommission, if any.
+    pub fn next_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self.expiry.first()?.and_then(|(k, _)| expiry_of(&k)).map(|(at, _)| at))
+    }
+
+    /// Ids due for decommission at `now`, earliest first, at most `limit`.
+    pub fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let end = expiry_key(now, "\u{10FFFF}");
+        let mut ids = Vec::new();
+        for kv in self.expiry.range(..end).take(limit) {
+            let (k, _) = kv?;
+            if let Some((_, id)) = expiry_of(&k) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The persisted poll cursor (0 before the first batch).
+    pub fn cursor(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(CURSOR)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Advance the cursor; it never moves back.
+    pub fn set_cursor(&self, cursor: u64) -> Result<(), StoreError> {
+        self.meta
+            .fetch_and_update(CURSOR, |old| {
+                let cur = old
+                    .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+                    .unwrap_or(0);
+                Some(cur.max(cursor).to_be_bytes().to_vec())
+            })?;
+        Ok(())
+    }
+
+    /// Up to `limit` outbox entries, oldest first.
+    pub fn outbox_peek(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut v = Vec::new();
+        for kv in self.outbox.iter().take(limit) {
+            let (k, val) = kv?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                key: format!("outbox/{k:?}"),
+                reason: "key is not a u64".into(),
+            })?);
+            let item = records::decode(&format!("outbox/{seq}"), &val)?;
+            v.push(OutboxEntry { seq, item });
+        }
+        Ok(v)
+    }
+
+    /// Drop an entry the explorer acknowledged.
+    pub fn outbox_ack(&self, seq: u64) -> Result<(), StoreError> {
+        self.outbox.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Entries not yet acknowledged.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,128 @@
+//! The records the cache holds, each carrying a schema version so a later
+//! release can read what an earlier one wrote.
+
+use chrono::{DateTime, Utc};
+use reservation::{Reservation, WorkloadResult};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+
+/// Schema version written by this release.
+pub const SCHEMA: u32 = 1;
+
+/// A workload the node runs. Stored inside an envelope `{"v": SCHEMA, "body": ...}`
+/// like every record.
+/// The reservation keeps its sealed secrets
+/// sealed: no plaintext is ever part of a record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cached {
+    pub reservation: Reservation,
+    pub result: WorkloadResult,
+    pub cached_at: DateTime<Utc>,
+}
+
+impl Cached {
+    pub fn new(reservation: Reservation, result: WorkloadResult) -> Self {
+        Cached {
+            reservation,
+            result,
+            cached_at: Utc::now(),
+        }
+    }
+
+    /// When to decommission it; a reservation without a valid expiry is due
+    /// at once.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.reservation
+            .expires_at()
+            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+    }
+}
+
+/// How a reservation was judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeState {
+    Provisioned,
+    Refused,
+    Deleted,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub state: OutcomeState,
+    pub at: DateTime<Utc>,
+    /// The error posted, for refused (and given-up) reservations.
+    #[serde(default)]
+    pub error: String,
+}
+
+impl Outcome {
+    pub fn new(state: OutcomeState, error: &str) -> Self {
+        Outcome {
+            state,
+            at: Utc::now(),
+            error: error.to_string(),
+        }
+    }
+}
+
+/// A message for the explorer, kept until it answers 200.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")] // externally tagged: RawValue cannot pass through a buffered (internally tagged) enum
+pub enum Outbound {
+    /// `PUT /reservations/{id}` with the signed result.
+    Result(WorkloadResult),
+    /// `PUT /reservations/{id}/deleted`.
+    Deleted { id: String },
+}
+
+impl Outbound {
+    pub fn id(&self) -> &str {
+        match self {
+            Outbound::Result(r) => &r.id,
+            Outbound::Deleted { id } => id,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub seq: u64,
+    pub item: Outbound,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    /// Schema version of `body`.
+    v: u32,
+    body: T,
+}
+
+pub(crate) fn encode<T: Serialize>(t: &T) -> Vec<u8> {
+    // Serializing our own plain structs cannot fail.
+    serde_json::to_vec(&Envelope { v: SCHEMA, body: t }).expect("records serialize")
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    let ver: Version = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })?;
+    if ver.v > SCHEMA {
+        return Err(StoreError::Schema {
+            key: key.to_string(),
+            found: ver.v,
+        });
+    }
+    let env: Envelope<T> = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(env.body)
+}

@@ -1,0 +1,116 @@
+//! Unit tests of the store on a temp dir: atomic records, expiry order,
+//! cursor, outbox, counters, and survival across reopen.
+
+use super::*;
+use chrono::Duration;
+use reservation::{Identity, Reservation};
+
+fn reservation(id: &str, kind: &str, created: DateTime<Utc>, secs: i64) -> Reservation {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "node_id": "n", "user_id": "u", "type": kind,
+        "data": {"size": 1, "type": "SSD"},
+        "created": created, "duration": secs * 1_000_000_000i64,
+        "signature": "", "to_delete": false
+    }))
+    .unwrap()
+}
+
+fn provision(s: &Store, node: &Identity, r: Reservation) -> u64 {
+    let res = node.ok_result(&r.kind, &r.id, &serde_json::json!({"volume_id": r.id})).unwrap();
+    s.record_provisioned(&Cached::new(r, res.clone()), &res).unwrap()
+}
+
+#[test]
+fn provisioned_is_cached_indexed_counted_and_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let now = Utc::now();
+    provision(&s, &node, reservation("2-1", "volume", now, 60));
+    provision(&s, &node, reservation("1-1", "volume", now, 10));
+    provision(&s, &node, reservation("3-1", "network", now, 30));
+    assert_eq!(s.cached_len(), 3);
+    assert_eq!(s.counters().unwrap()["volume"], 2);
+    assert_eq!(s.counters().unwrap()["network"], 1);
+    assert_eq!(s.outbox_len(), 3);
+    assert_eq!(s.outcome("1-1").unwrap().unwrap().state, OutcomeState::Provisioned);
+    // Expiry order, not id order.
+    let next = s.next_expiry().unwrap().unwrap();
+    assert!((next - (now + Duration::seconds(10))).num_milliseconds().abs() < 2);
+    assert_eq!(s.due(now + Duration::seconds(45), 10).unwrap(), vec!["1-1", "3-1"]);
+    assert!(s.due(now, 10).unwrap().is_empty());
+    // The raw data bytes survive the cache.
+    let c = s.get("2-1").unwrap().unwrap();
+    assert_eq!(c.reservation.data.get(), r#"{"size":1,"type":"SSD"}"#);
+}
+
+#[test]
+fn decommission_clears_index_and_queues_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let now = Utc::now();
+    provision(&s, &node, reservation("1-1", "volume", now, 10));
+    for e in s.outbox_peek(10).unwrap() {
+        s.outbox_ack(e.seq).unwrap();
+    }
+    s.record_decommissioned("1-1", "volume", None).unwrap();
+    assert!(!s.is_cached("1-1").unwrap());
+    assert_eq!(s.counters().unwrap()["volume"], 0);
+    assert!(s.next_expiry().unwrap().is_none());
+    assert_eq!(s.outcome("1-1").unwrap().unwrap().state, OutcomeState::Deleted);
+    let out = s.outbox_peek(10).unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(matches!(&out[0].item, Outbound::Deleted { id } if id == "1-1"));
+    // Twice is harmless: the counter does not go negative.
+    s.record_decommissioned("1-1", "volume", None).unwrap();
+    assert_eq!(s.counters().unwrap()["volume"], 0);
+}
+
+#[test]
+fn reschedule_moves_the_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let now = Utc::now();
+    provision(&s, &node, reservation("1-1", "volume", now, 1));
+    s.reschedule("1-1", now + Duration::seconds(100)).unwrap();
+    assert!(s.due(now + Duration::seconds(50), 10).unwrap().is_empty());
+    assert_eq!(s.due(now + Duration::seconds(101), 10).unwrap(), vec!["1-1"]);
+    assert!(s.reschedule("9-9", now).is_err());
+}
+
+#[test]
+fn survives_reopen_and_cursor_never_moves_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Identity::generate();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        provision(&s, &node, reservation("1-1", "volume", Utc::now(), 10));
+        let refused = node.error_result("volume", "2-1", "data.size: must be > 0 GiB");
+        s.record_refused(&refused).unwrap();
+        s.set_cursor(7).unwrap();
+        s.set_cursor(3).unwrap();
+        s.flush().unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.cursor().unwrap(), 7);
+    assert!(s.is_cached("1-1").unwrap());
+    let o = s.outcome("2-1").unwrap().unwrap();
+    assert_eq!(o.state, OutcomeState::Refused);
+    assert_eq!(o.error, "data.size: must be > 0 GiB");
+    let out = s.outbox_peek(10).unwrap();
+    assert_eq!(out.len(), 2);
+    assert!(out[0].seq < out[1].seq, "outbox keeps order");
+}
+
+#[test]
+fn newer_schema_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.outcomes
+        .insert("1-1", br#"{"v":99,"body":{}}"#.to_vec())
+        .unwrap();
+    let e = s.outcome("1-1").unwrap_err().to_string();
+    assert!(e.contains("schema 99"), "{e}");
+}
