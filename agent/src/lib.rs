@@ -1,1 +1,40 @@
-//! agent (under construction)
+//! The node agent: the engine and what runs around it.
+//!
+//! - [`engine`]: takes one unit of work at a time from a
+//!   [`sources::ReservationSource`], judges each reservation, drives the
+//!   provisioners, and records outcomes and signed results in the store.
+//! - [`delivery`]: drains the outbox to the explorer with retries.
+//! - [`reconcile`]: at start, matches Docker objects with the cache.
+//! - [`control`]: the Unix socket `agentctl` talks to.
+//! - [`config`]: flags, environment and the TOML file, merged.
+//! - [`daemon`]: wires everything for the `agent` binary.
+//! - [`faults`]: crash points for the restart drills.
+//!
+//! Invariants: the engine is the only writer of the cache; a result enters
+//! the outbox in the same transaction as the outcome it reports; nothing is
+//! delivered before it is durable.
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod delivery;
+pub mod engine;
+pub mod faults;
+pub mod reconcile;
+
+/// Errors of the agent library.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Reservation(#[from] reservation::Error),
+    #[error(transparent)]
+    Source(#[from] sources::SourceError),
+    #[error("config {path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error("control socket {path}: {reason}")]
+    Socket { path: String, reason: String },
+    #[error("{0}")]
+    Other(String),
+}

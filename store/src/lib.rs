@@ -219,12 +219,12 @@ impl Store {
         id: &str,
         kind: &str,
         result: Option<&WorkloadResult>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let error = result.map(|r| r.error.as_str()).unwrap_or("");
         let outcome = records::encode(&Outcome::new(OutcomeState::Deleted, error));
         let deleted = records::encode(&Outbound::Deleted { id: id.to_string() });
         let res = result.map(|r| records::encode(&Outbound::Result(r.clone())));
-        (
+        let seq = (
             &self.cache,
             &self.outcomes,
             &self.expiry,
@@ -246,9 +246,9 @@ impl Store {
                 }
                 let seq = outbox.generate_id()?;
                 outbox.insert(&seq.to_be_bytes(), deleted.as_slice())?;
-                Ok(())
+                Ok(seq)
             })?;
-        Ok(())
+        Ok(seq)
     }
 
     /// Queue a bare `PUT /deleted` for `id` (the explorer asks again about
@@ -375,6 +375,15 @@ impl Store {
     pub fn outbox_ack(&self, seq: u64) -> Result<(), StoreError> {
         self.outbox.remove(seq.to_be_bytes())?;
         Ok(())
+    }
+
+    /// Sequence number of the newest outbox entry. At start everything on
+    /// disk is durable, so delivery may send up to it.
+    pub fn outbox_last_seq(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .outbox
+            .last()?
+            .and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 
     /// Entries not yet acknowledged.

@@ -1,0 +1,218 @@
+//! `agentctl`: inspect a running agent over its control socket.
+//!
+//! Exit codes: 0 success, 1 the agent answered with an error about the
+//! request, 2 the agent cannot be reached.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+#[derive(Parser)]
+#[command(
+    name = "agentctl",
+    version,
+    about = "Inspect the node agent over its control socket.",
+    after_help = "Exit codes: 0 success, 1 the agent refused the request, 2 the agent cannot be reached.\n\n\
+Examples:\n  agentctl status\n  agentctl --socket ./.agent-dev/agent.sock list --json\n  agentctl show 12-1"
+)]
+struct Cli {
+    /// The agent's control socket.
+    #[arg(long, env = "AGENT_SOCKET", default_value = agent::config::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Node id, explorer, uptime, last poll, cursor, counters, outbox, Docker.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The cached reservations.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One reservation: its data (secrets redacted), outcome and result.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (req, json_out) = match &cli.cmd {
+        Cmd::Status { json } => (json!({"cmd": "status"}), *json),
+        Cmd::List { json } => (json!({"cmd": "list"}), *json),
+        Cmd::Show { id, json } => (json!({"cmd": "show", "id": id}), *json),
+    };
+    let answer = match ask(&cli.socket, &req).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!(
+                "agentctl: cannot reach the agent at {}: {e}\n\
+                 Is the agent running (systemctl status agent)? Point at its socket with --socket PATH or AGENT_SOCKET.",
+                cli.socket.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if answer["ok"] != json!(true) {
+        eprintln!("agentctl: {}", answer["error"].as_str().unwrap_or("the agent refused the request"));
+        return ExitCode::from(1);
+    }
+    let data = &answer["data"];
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(data).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    match cli.cmd {
+        Cmd::Status { .. } => print_status(data),
+        Cmd::List { .. } => print_list(data),
+        Cmd::Show { .. } => println!("{}", serde_json::to_string_pretty(data).unwrap_or_default()),
+    }
+    ExitCode::SUCCESS
+}
+
+async fn ask(socket: &PathBuf, req: &Value) -> std::io::Result<Value> {
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(5), UnixStream::connect(socket))
+        .await
+        .map_err(|_| std::io::Error::other("connect timed out"))??;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    let mut reply = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        BufReader::new(r).read_line(&mut reply),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
+    serde_json::from_str(&reply).map_err(|e| std::io::Error::other(format!("bad answer: {e}")))
+}
+
+fn ago(rfc3339: &Value) -> String {
+    match rfc3339.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) {
+        Some(t) => {
+            let s = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+            format!("{} ({})", t.to_rfc3339(), human(s) + " ago")
+        }
+        None => "never".into(),
+    }
+}
+
+fn human(secs: i64) -> String {
+    let s = secs.abs();
+    let t = if s < 120 {
+        format!("{s}s")
+    } else if s < 7200 {
+        format!("{}m", s / 60)
+    } else if s < 172_800 {
+        format!("{}h", s / 3600)
+    } else {
+        format!("{}d", s / 86400)
+    };
+    if secs < 0 {
+        format!("-{t}")
+    } else {
+        t
+    }
+}
+
+fn print_status(d: &Value) {
+    let docker = if d["docker"]["ok"] == json!(true) {
+        format!("ok, {}", d["docker"]["version"].as_str().unwrap_or("?"))
+    } else {
+        format!("DOWN: {}", d["docker"]["error"].as_str().unwrap_or("?"))
+    };
+    let counters = d["counters"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let mut poll = ago(&d["last_poll"]);
+    if d["poll_failures"].as_u64().unwrap_or(0) > 0 {
+        poll = format!(
+            "{poll}; {} failures, last: {}",
+            d["poll_failures"],
+            d["poll_error"].as_str().unwrap_or("")
+        );
+    }
+    let rows = [
+        ("node id", d["node_id"].as_str().unwrap_or("").to_string()),
+        ("explorer", d["explorer"].as_str().unwrap_or("").to_string()),
+        ("version", d["version"].as_str().unwrap_or("").to_string()),
+        ("uptime", human(d["uptime_s"].as_i64().unwrap_or(0))),
+        ("last poll", poll),
+        ("cursor", d["cursor"].to_string()),
+        ("cached", d["cached"].to_string()),
+        ("by type", counters),
+        ("pending results", d["pending_results"].to_string()),
+        ("docker", docker),
+    ];
+    for (k, v) in rows {
+        println!("{:<16} {v}", format!("{k}:"));
+    }
+}
+
+fn print_list(d: &Value) {
+    let empty = vec![];
+    let rows = d.as_array().unwrap_or(&empty);
+    if rows.is_empty() {
+        println!("no cached reservations");
+        return;
+    }
+    let table: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            let obj = r["result"]["id"]
+                .as_str()
+                .or(r["result"]["volume_id"].as_str())
+                .or(r["result"]["namespace"].as_str())
+                .map(|s| s.chars().take(12).collect::<String>())
+                .unwrap_or_else(|| "-".into());
+            let user = r["user"].as_str().unwrap_or("");
+            [
+                r["id"].as_str().unwrap_or("").to_string(),
+                r["type"].as_str().unwrap_or("").to_string(),
+                format!("{}…", user.chars().take(8).collect::<String>()),
+                r["state"].as_str().unwrap_or("").to_string(),
+                human(r["expires_in_s"].as_i64().unwrap_or(0)),
+                obj,
+            ]
+        })
+        .collect();
+    let head = ["ID", "TYPE", "USER", "STATE", "EXPIRES IN", "DOCKER OBJECT"];
+    let mut w = head.map(|h| h.chars().count());
+    for row in &table {
+        for (i, c) in row.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(&head.map(String::from)).trim_end());
+    for row in &table {
+        println!("{}", line(row).trim_end());
+    }
+}

@@ -1,0 +1,254 @@
+//! The agent's settings: flags, then environment (`AGENT_*`), then the TOML
+//! file (`--config`, default `/etc/agent/agent.toml`), then defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::AgentError;
+
+pub const DEFAULT_CONFIG: &str = "/etc/agent/agent.toml";
+pub const DEFAULT_ROOT: &str = "/var/lib/agent";
+pub const DEFAULT_SOCKET: &str = "/run/agent/agent.sock";
+pub const DEV_EXPLORER_LISTEN: &str = "127.0.0.1:7700";
+
+/// Command line of the `agent` daemon.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "agent",
+    version,
+    about = "Node provisioning agent: polls the explorer for signed reservations and provisions them through Docker.",
+    after_help = "Every flag can also come from the environment (AGENT_EXPLORER, AGENT_ROOT, ...) or from the TOML file.\n\
+Precedence: flag, then environment, then file, then default.\n\n\
+Examples:\n  agent --dev                                   # local explorer on 127.0.0.1:7700, root ./.agent-dev\n  agent --explorer https://explorer.example --root /var/lib/agent"
+)]
+pub struct Args {
+    /// Explorer base URL, e.g. https://explorer.example.
+    #[arg(long, env = "AGENT_EXPLORER")]
+    pub explorer: Option<String>,
+    /// State directory: node key, cache, volume images.
+    #[arg(long, env = "AGENT_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Control socket for agentctl (mode 0600).
+    #[arg(long, env = "AGENT_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// TOML config file [default: /etc/agent/agent.toml, ignored if absent].
+    #[arg(long, env = "AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Run the reference explorer in this process on 127.0.0.1:7700 with
+    /// root ./.agent-dev, and print a command that reserves a workload here.
+    #[arg(long)]
+    pub dev: bool,
+    /// Deadline for one provisioning, e.g. 10m.
+    #[arg(long, env = "AGENT_PROVISION_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub provision_timeout: Option<Duration>,
+    /// Log format: text or json.
+    #[arg(long, env = "AGENT_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Largest poll answer accepted, in bytes.
+    #[arg(long, env = "AGENT_MAX_POLL_BYTES")]
+    pub max_poll_bytes: Option<usize>,
+    /// Image of the 0-db containers.
+    #[arg(long, env = "AGENT_ZDB_IMAGE")]
+    pub zdb_image: Option<String>,
+    /// Image of the k3s containers.
+    #[arg(long, env = "AGENT_K3S_IMAGE")]
+    pub k3s_image: Option<String>,
+}
+
+/// The TOML file: the same settings, snake_case, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub explorer: Option<String>,
+    pub root: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub provision_timeout: Option<Duration>,
+    pub log_format: Option<String>,
+    pub max_poll_bytes: Option<usize>,
+    pub zdb_image: Option<String>,
+    pub k3s_image: Option<String>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub explorer: String,
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub dev: bool,
+    pub provision_timeout: Duration,
+    pub log_format: LogFormat,
+    pub max_poll_bytes: usize,
+    pub zdb_image: String,
+    pub k3s_image: String,
+}
+
+impl Settings {
+    /// Merge flags/environment with the file and defaults.
+    pub fn resolve(args: Args) -> Result<Settings, AgentError> {
+        let (path, explicit) = match &args.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let file = load_file(&path, explicit)?;
+        let log_format = match args
+            .log_format
+            .or(file.log_format)
+            .as_deref()
+            .unwrap_or("text")
+        {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(AgentError::Config {
+                    path: "--log-format".into(),
+                    reason: format!("{other:?} is not text or json"),
+                })
+            }
+        };
+        let dev = args.dev;
+        let explorer = match args.explorer.or(file.explorer) {
+            Some(e) => e,
+            None if dev => format!("http://{DEV_EXPLORER_LISTEN}"),
+            None => {
+                return Err(AgentError::Config {
+                    path: path.display().to_string(),
+                    reason: "no explorer URL: pass --explorer URL, set AGENT_EXPLORER, or set explorer = \"...\" in the config file (or try --dev)".into(),
+                })
+            }
+        };
+        let root = args.root.or(file.root).unwrap_or_else(|| {
+            if dev {
+                PathBuf::from("./.agent-dev")
+            } else {
+                PathBuf::from(DEFAULT_ROOT)
+            }
+        });
+        let socket = args.socket.or(file.socket).unwrap_or_else(|| {
+            if dev {
+                root.join("agent.sock")
+            } else {
+                PathBuf::from(DEFAULT_SOCKET)
+            }
+        });
+        Ok(Settings {
+            explorer,
+            root,
+            socket,
+            dev,
+            provision_timeout: args
+                .provision_timeout
+                .or(file.provision_timeout)
+                .unwrap_or(Duration::from_secs(600)),
+            log_format,
+            max_poll_bytes: args
+                .max_poll_bytes
+                .or(file.max_poll_bytes)
+                .unwrap_or(16 * 1024 * 1024),
+            zdb_image: args
+                .zdb_image
+                .or(file.zdb_image)
+                .unwrap_or_else(|| "threefoldtech/0-db:latest".into()),
+            k3s_image: args
+                .k3s_image
+                .or(file.k3s_image)
+                .unwrap_or_else(|| "rancher/k3s:v1.31.4-k3s1".into()),
+        })
+    }
+}
+
+fn load_file(path: &Path, explicit: bool) -> Result<FileConfig, AgentError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => toml::from_str(&s).map_err(|e| AgentError::Config {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(FileConfig::default()),
+        Err(e) => Err(AgentError::Config {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("agent.toml");
+        std::fs::write(
+            &f,
+            "explorer = \"http://file:1\"\nroot = \"/from/file\"\nprovision_timeout = \"2m\"\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(Args {
+            explorer: Some("http://flag:1".into()),
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.explorer, "http://flag:1");
+        assert_eq!(s.root, PathBuf::from("/from/file"));
+        assert_eq!(s.provision_timeout, Duration::from_secs(120));
+        assert_eq!(s.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_explicit_file_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("agent.toml");
+        std::fs::write(&f, "explorr = \"x\"\n").unwrap();
+        let e = Settings::resolve(Args {
+            config: Some(f),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("explorr"), "{e}");
+        assert!(Settings::resolve(Args {
+            config: Some(dir.path().join("nope.toml")),
+            ..Default::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn dev_defaults() {
+        let s = Settings::resolve(Args {
+            dev: true,
+            config: None,
+            ..Default::default()
+        });
+        // /etc/agent/agent.toml may exist on a dev box; only check when not.
+        if !Path::new(DEFAULT_CONFIG).exists() {
+            let s = s.unwrap();
+            assert_eq!(s.explorer, "http://127.0.0.1:7700");
+            assert_eq!(s.root, PathBuf::from("./.agent-dev"));
+        }
+    }
+}

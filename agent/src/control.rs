@@ -1,0 +1,254 @@
+//! The control socket `agentctl` talks to: a Unix socket (mode 0600) that
+//! takes one JSON request line and answers one JSON line.
+//!
+//! Requests: `{"cmd":"status"}`, `{"cmd":"list"}`, `{"cmd":"show","id":"..."}`.
+//! Answers: `{"ok":true,"data":...}` or `{"ok":false,"error":"..."}`.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sources::PollStatus;
+use store::Store;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, warn};
+
+use crate::AgentError;
+
+/// Health of the Docker engine, as the status shows it.
+#[async_trait]
+pub trait DockerProbe: Send + Sync {
+    /// The engine's version, or why it does not answer.
+    async fn version(&self) -> Result<String, String>;
+}
+
+/// A request line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    List,
+    Show { id: String },
+}
+
+/// Everything the socket reads from.
+pub struct Control {
+    pub node_id: String,
+    pub explorer: String,
+    pub started: Instant,
+    pub store: Store,
+    pub poll: Arc<PollStatus>,
+    pub docker: std::sync::RwLock<Arc<dyn DockerProbe>>,
+}
+
+impl Control {
+    /// Replace the Docker probe (once the engine is reachable).
+    pub fn set_docker(&self, probe: Arc<dyn DockerProbe>) {
+        if let Ok(mut d) = self.docker.write() {
+            *d = probe;
+        }
+    }
+
+    /// Answer one request.
+    pub async fn answer(&self, req: Request) -> Result<Value, String> {
+        match req {
+            Request::Status => self.status().await,
+            Request::List => self.list(),
+            Request::Show { id } => self.show(&id),
+        }
+    }
+
+    fn docker_probe(&self) -> Arc<dyn DockerProbe> {
+        match self.docker.read() {
+            Ok(d) => d.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    async fn status(&self) -> Result<Value, String> {
+        let docker = match tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            self.docker_probe().version(),
+        )
+        .await
+        {
+            Ok(Ok(v)) => json!({"ok": true, "version": v}),
+            Ok(Err(e)) => json!({"ok": false, "error": e}),
+            Err(_) => json!({"ok": false, "error": "no answer within 3 s"}),
+        };
+        let (poll_failures, poll_error) = self.poll.failures();
+        Ok(json!({
+            "node_id": self.node_id,
+            "explorer": self.explorer,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "last_poll": self.poll.last_ok().map(|t| t.to_rfc3339()),
+            "poll_failures": poll_failures,
+            "poll_error": if poll_error.is_empty() { Value::Null } else { Value::String(poll_error) },
+            "cursor": self.store.cursor().map_err(|e| e.to_string())?,
+            "counters": self.store.counters().map_err(|e| e.to_string())?,
+            "cached": self.store.cached_len(),
+            "pending_results": self.store.outbox_len(),
+            "docker": docker,
+        }))
+    }
+
+    fn list(&self) -> Result<Value, String> {
+        let now = Utc::now();
+        let mut rows = Vec::new();
+        for c in self.store.list() {
+            let c = c.map_err(|e| e.to_string())?;
+            let r = &c.reservation;
+            let exp = c.expires_at();
+            rows.push(json!({
+                "id": r.id,
+                "type": r.kind,
+                "user": r.user_id,
+                "state": if exp <= now { "expiring" } else { "running" },
+                "expires_at": exp.to_rfc3339(),
+                "expires_in_s": (exp - now).num_seconds(),
+                "result": serde_json::from_str::<Value>(c.result.data.get()).unwrap_or(Value::Null),
+            }));
+        }
+        Ok(Value::Array(rows))
+    }
+
+    fn show(&self, id: &str) -> Result<Value, String> {
+        let outcome = self.store.outcome(id).map_err(|e| e.to_string())?;
+        let cached = self.store.get(id).map_err(|e| e.to_string())?;
+        if outcome.is_none() && cached.is_none() {
+            return Err(format!("reservation {id} is unknown to this node; `agentctl list` shows the cached ones"));
+        }
+        let (reservation, result) = match &cached {
+            Some(c) => {
+                let mut r = serde_json::to_value(&c.reservation).map_err(|e| e.to_string())?;
+                if let Some(data) = r.get_mut("data") {
+                    redact(data);
+                }
+                (r, serde_json::to_value(&c.result).map_err(|e| e.to_string())?)
+            }
+            None => (Value::Null, Value::Null),
+        };
+        Ok(json!({
+            "id": id,
+            "outcome": outcome,
+            "reservation": reservation,
+            "result": result,
+        }))
+    }
+}
+
+/// Replace sealed secrets by a marker: they are sealed, but an operator
+/// pasting `show` output somewhere should not carry them along.
+pub fn redact(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, val) in m.iter_mut() {
+                if matches!(k.as_str(), "secret_env" | "password" | "cluster_secret") {
+                    match val {
+                        Value::Object(inner) => {
+                            for (_, s) in inner.iter_mut() {
+                                *s = Value::String("<redacted>".into());
+                            }
+                        }
+                        _ => *val = Value::String("<redacted>".into()),
+                    }
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// Bind the socket (mode 0600, replacing a stale one) and serve until
+/// `shutdown` resolves; the socket file is removed on the way out.
+pub async fn serve(
+    path: PathBuf,
+    control: Arc<Control>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let listener = bind(&path)?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => {
+                    let c = control.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(stream, c).await {
+                            debug!(error = %e, "control connection");
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "control socket accept"),
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// Bind `path` with mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
+    let err = |reason: String| AgentError::Socket {
+        path: path.display().to_string(),
+        reason,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create its directory: {e}")))?;
+    }
+    if path.exists() {
+        // A live agent answers; a stale socket from a crash does not.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err("another agent is listening on it".into()));
+        }
+        std::fs::remove_file(path).map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+    }
+    let l = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| err(format!("cannot set mode 0600: {e}")))?;
+    Ok(l)
+}
+
+async fn handle(stream: UnixStream, control: Arc<Control>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r.take(64 * 1024)).lines();
+    if let Some(line) = lines.next_line().await? {
+        let answer = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => match control.answer(req).await {
+                Ok(data) => json!({"ok": true, "data": data}),
+                Err(e) => json!({"ok": false, "error": e}),
+            },
+            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+        };
+        let mut out = serde_json::to_vec(&answer).unwrap_or_default();
+        out.push(b'\n');
+        w.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_every_secret_field() {
+        let mut v = json!({"flist":"x","secret_env":{"A":"aa","B":"bb"},"env":{"C":"c"},"password":"ff"});
+        redact(&mut v);
+        assert_eq!(v["secret_env"]["A"], "<redacted>");
+        assert_eq!(v["password"], "<redacted>");
+        assert_eq!(v["env"]["C"], "c");
+    }
+}

@@ -1,0 +1,214 @@
+//! Wiring of the `agent` daemon: identity, cache, Docker, provisioners,
+//! sources, engine, delivery and the control socket, all stopped by one
+//! shutdown future.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use provisioners::{BollardDocker, Docker};
+use reservation::Identity;
+use sources::{CombinedSource, DecommissionSource, ExplorerClient, PollSource, ReservationSource};
+use store::Store;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::{Settings, DEV_EXPLORER_LISTEN};
+use crate::control::{Control, DockerProbe};
+use crate::engine::{Engine, EngineConfig, Shared};
+use crate::{delivery, reconcile, AgentError};
+
+/// `DockerProbe` over the provisioners' Docker seam.
+struct Probe(Arc<dyn Docker>);
+
+#[async_trait]
+impl DockerProbe for Probe {
+    async fn version(&self) -> Result<String, String> {
+        self.0
+            .info()
+            .await
+            .map(|i| format!("{} (api {})", i.version, i.api_version))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A probe for when the engine could not be reached at all.
+struct Unreachable(String);
+
+#[async_trait]
+impl DockerProbe for Unreachable {
+    async fn version(&self) -> Result<String, String> {
+        Err(self.0.clone())
+    }
+}
+
+/// A cloneable shutdown signal.
+fn signal(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Run the agent until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let started = Instant::now();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    std::fs::create_dir_all(&settings.root).map_err(|e| AgentError::Config {
+        path: settings.root.display().to_string(),
+        reason: format!("cannot create the root directory: {e}"),
+    })?;
+    let node = Arc::new(Identity::load_or_create(&settings.root.join("node.seed"))?);
+    let store = Store::open(&settings.root.join("cache"))?;
+    info!(node_id = node.id(), root = %settings.root.display(), explorer = %settings.explorer, cached = store.cached_len(), pending_results = store.outbox_len(), "agent starting");
+
+    if settings.dev {
+        start_dev_explorer(&settings, &node, &stop_rx).await?;
+    }
+
+    let client = ExplorerClient::new(&settings.explorer, node.id(), settings.max_poll_bytes)?;
+    let poll = PollSource::new(client.clone(), store.cursor()?);
+    let shared = Arc::new(Shared::default());
+    if let Some(last) = store.outbox_last_seq()? {
+        shared
+            .durable_below
+            .store(last + 1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    // The control socket answers even while Docker is down.
+    let control = Arc::new(Control {
+        node_id: node.id().to_string(),
+        explorer: settings.explorer.clone(),
+        started,
+        store: store.clone(),
+        poll: poll.status(),
+        docker: std::sync::RwLock::new(Arc::new(Unreachable("connecting".into()))),
+    });
+    let socket = tokio::spawn(crate::control::serve(
+        settings.socket.clone(),
+        control.clone(),
+        signal(&stop_rx),
+    ));
+    let Some(docker) = connect_docker(&stop_rx).await else {
+        let _ = socket.await;
+        return Ok(()); // shut down while waiting for Docker
+    };
+    control.set_docker(Arc::new(Probe(docker.clone())));
+
+    let registry = provisioners::docker_registry(docker.clone(), node.clone(), &settings.root);
+    let mut engine = Engine::new(
+        node.clone(),
+        store.clone(),
+        registry,
+        EngineConfig {
+            provision_timeout: settings.provision_timeout,
+            ..EngineConfig::default()
+        },
+        shared.clone(),
+    );
+    reconcile::repair_cached(&mut engine).await?;
+
+    let delivery = tokio::spawn(delivery::run(
+        store.clone(),
+        client.clone(),
+        shared.clone(),
+        signal(&stop_rx),
+    ));
+    let sources: Vec<Box<dyn ReservationSource>> = vec![
+        Box::new(poll),
+        Box::new(DecommissionSource::new(store.clone(), shared.expiry_wake.clone())),
+    ];
+    info!(node_id = node.id(), socket = %settings.socket.display(), "agent ready");
+    let result = engine.run(CombinedSource::new(sources), signal(&stop_rx)).await;
+    let _ = delivery.await;
+    match socket.await {
+        Ok(Err(e)) => error!(error = %e, "control socket"),
+        Err(e) => error!(error = %e, "control socket task"),
+        Ok(Ok(())) => {}
+    }
+    store.flush()?;
+    info!("agent stopped");
+    result
+}
+
+/// Connect to Docker, retrying every 5 s while it is unreachable (the agent
+/// must not crash-loop when the engine restarts). `None` on shutdown.
+async fn connect_docker(stop: &watch::Receiver<bool>) -> Option<Arc<dyn Docker>> {
+    let mut warned = false;
+    loop {
+        match BollardDocker::connect().await {
+            Ok(d) => {
+                if warned {
+                    info!("docker engine reachable again");
+                }
+                return Some(Arc::new(d));
+            }
+            Err(e) => {
+                if !warned {
+                    error!(error = %e, "docker engine unreachable; retrying every 5 s (check that dockerd runs and DOCKER_HOST)");
+                    warned = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = signal(stop) => return None,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// `--dev`: the reference explorer in this process, and a ready-to-paste
+/// reservation command.
+async fn start_dev_explorer(
+    settings: &Settings,
+    node: &Identity,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let addr: SocketAddr = DEV_EXPLORER_LISTEN.parse().expect("valid address");
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| AgentError::Config {
+        path: "--dev".into(),
+        reason: format!("cannot listen on {addr} for the dev explorer: {e} (is another agent --dev or explorer running?)"),
+    })?;
+    let cfg = explorer::ServerConfig {
+        data_dir: settings.root.join("explorer"),
+        ..explorer::ServerConfig::default()
+    };
+    let stop = signal(stop);
+    tokio::spawn(async move {
+        if let Err(e) = explorer::serve(listener, cfg, stop).await {
+            warn!(error = %e, "dev explorer stopped");
+        }
+    });
+    let id = node.id();
+    println!(
+        "\nagent --dev: explorer on http://{addr}, node id {id}\n\
+         Reserve a container on this node from another terminal:\n\n  \
+         explorer keygen\n  \
+         explorer reserve container --node {id} --flist agent-test/busybox:latest --entrypoint 'sleep 3600' --cpu 1 --memory 64 --duration 10m\n\n\
+         Inspect it:  agentctl --socket {} list\n",
+        settings.socket.display()
+    );
+    Ok(())
+}
+
+/// Set up tracing: text or JSON lines on stderr, `RUST_LOG` to filter
+/// (default `info`).
+pub fn init_tracing(format: crate::config::LogFormat) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        crate::config::LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,492 @@
+//! The engine: one unit of work at a time, in order. It judges each
+//! reservation (deletion, expiry, cache, validation), provisions it under a
+//! deadline, and records the signed result and the cache entry atomically.
+//!
+//! Durability: records are written without an fsync each; at the end of a
+//! unit of work the engine flushes the store once and only then raises the
+//! delivery watermark, so no result leaves the node before it is durable.
+//! A crash before that flush loses the records but not the Docker objects;
+//! the `from=0` poll at restart brings the reservation back and idempotent
+//! provisioning reuses what exists, so nothing is made twice and exactly one
+//! result is delivered.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use provisioners::{ProvisionError, Registry};
+use reservation::{Identity, Reservation, Workload, WorkloadResult, WorkloadType};
+use sources::{ReservationSource, Work};
+use store::{Cached, OutcomeState, Store};
+use tokio::sync::Notify;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::faults;
+use crate::AgentError;
+
+/// Largest `data` accepted, in bytes.
+pub const MAX_DATA_BYTES: usize = 64 * 1024;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Deadline for one provisioning.
+    pub provision_timeout: Duration,
+    /// Delay before a decommission that must wait (volume in use) or that
+    /// failed is tried again.
+    pub retry_decommission: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            provision_timeout: Duration::from_secs(600),
+            retry_decommission: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the engine shares with the delivery task, the control socket and
+/// metrics.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Outbox entries with a sequence number below this are durable:
+    /// delivery sends nothing at or above it.
+    pub durable_below: AtomicU64,
+    /// Wakes the delivery task.
+    pub outbox_wake: Notify,
+    /// Wakes the decommission source.
+    pub expiry_wake: Arc<Notify>,
+    /// Set once the first `from=0` poll answer is handled.
+    pub first_poll_done: std::sync::atomic::AtomicBool,
+    /// Handled reservations by (type, outcome).
+    pub handled: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Provisioning durations by type (seconds), for metrics.
+    pub durations: Mutex<Vec<(String, f64)>>,
+}
+
+impl Shared {
+    fn count(&self, kind: &str, outcome: &'static str) {
+        if let Ok(mut m) = self.handled.lock() {
+            *m.entry((kind.to_string(), outcome)).or_default() += 1;
+        }
+    }
+}
+
+/// The engine. Owns the only write path into the cache.
+pub struct Engine {
+    node: Arc<Identity>,
+    store: Store,
+    registry: Registry,
+    cfg: EngineConfig,
+    shared: Arc<Shared>,
+    /// Forged deletions already warned about (warned once each).
+    warned_forged: HashSet<String>,
+    /// Deletions confirmed in this run (the explorer may ask again until
+    /// our `PUT /deleted` reaches it; queue it once).
+    confirmed: HashSet<String>,
+    /// One past the highest outbox seq written so far.
+    written_below: u64,
+    first_poll_seen: bool,
+}
+
+enum Verdict {
+    /// Provision it.
+    Provision(WorkloadType, Workload),
+    /// Refuse it with this message.
+    Refuse(String),
+}
+
+impl Engine {
+    pub fn new(
+        node: Arc<Identity>,
+        store: Store,
+        registry: Registry,
+        cfg: EngineConfig,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Engine {
+            node,
+            store,
+            registry,
+            cfg,
+            shared,
+            warned_forged: HashSet::new(),
+            confirmed: HashSet::new(),
+            written_below: 0,
+            first_poll_seen: false,
+        }
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Run until the source ends or `shutdown` resolves. The current unit of
+    /// work is always finished (and flushed) before returning.
+    pub async fn run(
+        mut self,
+        mut source: impl ReservationSource,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        loop {
+            let work = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                w = source.next() => match w { Some(w) => w, None => break },
+            };
+            self.handle(work).await?;
+        }
+        self.commit()?;
+        Ok(())
+    }
+
+    /// Handle one unit of work and make its records durable.
+    pub async fn handle(&mut self, work: Work) -> Result<(), AgentError> {
+        match work {
+            Work::Poll {
+                mut reservations,
+                cursor,
+            } => {
+                // Dependency order: networks and volumes before the
+                // containers that use them; unknown types last.
+                reservations.sort_by_key(|r| r.workload_type().map(|t| t.order()).unwrap_or(usize::MAX));
+                for r in reservations {
+                    // Every line logged while handling it (provisioners'
+                    // too) carries the reservation id.
+                    let span = tracing::info_span!("reservation", id = %r.id);
+                    self.handle_reservation(r).instrument(span).await?;
+                }
+                self.store.set_cursor(cursor)?;
+                self.commit()?;
+                if !self.first_poll_seen {
+                    // Every reservation the explorer knows has now been
+                    // seen (and valid orphans adopted): what is left
+                    // labelled but uncached is an orphan.
+                    self.first_poll_seen = true;
+                    crate::reconcile::remove_orphans(self).await;
+                    self.shared.first_poll_done.store(true, Ordering::SeqCst);
+                }
+            }
+            Work::Due(ids) => {
+                for id in ids {
+                    let span = tracing::info_span!("reservation", id = %id);
+                    self.decommission_due(&id).instrument(span).await?;
+                }
+                self.commit()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush the store, then let delivery see what was written.
+    fn commit(&mut self) -> Result<(), AgentError> {
+        if self.written_below > self.shared.durable_below.load(Ordering::SeqCst) {
+            self.store.flush()?;
+            self.shared
+                .durable_below
+                .store(self.written_below, Ordering::SeqCst);
+            self.shared.outbox_wake.notify_one();
+        } else {
+            self.store.flush()?;
+        }
+        self.shared.expiry_wake.notify_one();
+        Ok(())
+    }
+
+    fn wrote(&mut self, seq: u64) {
+        self.written_below = self.written_below.max(seq + 1);
+    }
+
+    /// Judge and act on one reservation from a poll answer.
+    pub async fn handle_reservation(&mut self, r: Reservation) -> Result<(), AgentError> {
+        let id = r.id.clone();
+        if let Some(cached) = self.store.get(&id)? {
+            // The cached copy is what the user signed and we run; the
+            // incoming copy can only ask for a deletion, and only with the
+            // cached owner's signature.
+            if r.to_delete {
+                let mut check = cached.reservation.clone();
+                check.delete_signature = r.delete_signature.clone();
+                match check.verify_delete() {
+                    Ok(()) => {
+                        info!(reservation = %id, "signed deletion: decommissioning");
+                        self.decommission(&cached, "deleted by its user").await?;
+                    }
+                    Err(e) => self.warn_forged(&id, &e.to_string()),
+                }
+            } else {
+                debug!(reservation = %id, "already provisioned; skipped");
+            }
+            return Ok(());
+        }
+        let outcome = self.store.outcome(&id)?;
+        if r.to_delete {
+            if let Err(e) = r.verify().and_then(|_| r.verify_delete()) {
+                self.warn_forged(&id, &e.to_string());
+                return Ok(());
+            }
+            if self.confirmed.insert(id.clone()) {
+                info!(reservation = %id, "signed deletion of a workload not running here: confirming");
+                match outcome.map(|o| o.state) {
+                    Some(OutcomeState::Deleted) => {
+                        let seq = self.store.queue_deleted(&id)?;
+                        self.wrote(seq);
+                    }
+                    _ => {
+                        let seq = self.store.record_decommissioned(&id, &r.kind, None)?;
+                        self.wrote(seq);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if let Some(o) = outcome {
+            debug!(reservation = %id, outcome = ?o.state, "already judged; skipped");
+            return Ok(());
+        }
+        match self.judge(&r) {
+            Verdict::Refuse(msg) => self.refuse(&r, msg)?,
+            Verdict::Provision(kind, w) => self.provision(&r, kind, w).await?,
+        }
+        Ok(())
+    }
+
+    fn warn_forged(&mut self, id: &str, why: &str) {
+        if self.warned_forged.insert(id.to_string()) {
+            warn!(reservation = %id, error = %why, "refusing a deletion that the user did not sign; the workload keeps running until it expires");
+        }
+    }
+
+    /// Every check of a new reservation, in the order PROTOCOL.md lists them.
+    fn judge(&self, r: &Reservation) -> Verdict {
+        if let Err(e) = r.verify() {
+            return Verdict::Refuse(format!("{e} (user_id {})", r.user_id));
+        }
+        if r.node_id != self.node.id() {
+            return Verdict::Refuse(format!(
+                "node_id {} is not this node ({})",
+                r.node_id,
+                self.node.id()
+            ));
+        }
+        if r.created_set().is_none() {
+            return Verdict::Refuse("created: not set".into());
+        }
+        if r.duration <= 0 {
+            return Verdict::Refuse(format!("duration: must be > 0, got {}", r.duration));
+        }
+        match r.expires_at() {
+            None => return Verdict::Refuse("duration: created + duration overflows".into()),
+            Some(at) if at <= Utc::now() => {
+                return Verdict::Refuse(format!("expired: the reservation ended at {}", at.to_rfc3339()))
+            }
+            _ => {}
+        }
+        let kind = match r.workload_type() {
+            Ok(k) => k,
+            Err(e) => return Verdict::Refuse(e.to_string()),
+        };
+        if r.data.get().len() > MAX_DATA_BYTES {
+            return Verdict::Refuse(format!(
+                "data: {} bytes, more than the {MAX_DATA_BYTES} bytes limit",
+                r.data.get().len()
+            ));
+        }
+        match Workload::parse(kind, &r.data) {
+            Ok(w) => Verdict::Provision(kind, w),
+            Err(e) => Verdict::Refuse(e.to_string()),
+        }
+    }
+
+    fn refuse(&mut self, r: &Reservation, msg: String) -> Result<(), AgentError> {
+        warn!(reservation = %r.id, kind = %r.kind, error = %msg, "refused");
+        let res = self.node.error_result(&r.kind, &r.id, msg);
+        let seq = self.store.record_refused(&res)?;
+        self.wrote(seq);
+        self.shared.count(&r.kind, "refused");
+        Ok(())
+    }
+
+    async fn provision(
+        &mut self,
+        r: &Reservation,
+        kind: WorkloadType,
+        w: Workload,
+    ) -> Result<(), AgentError> {
+        let Some(p) = self.registry.get(kind).cloned() else {
+            return self.refuse(r, format!("workload type {kind} is not supported on this node"));
+        };
+        info!(reservation = %r.id, kind = %kind, user = %r.user_id, "provisioning");
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(self.cfg.provision_timeout, p.provision(r, &w)).await;
+        let data = match outcome {
+            Ok(Ok(data)) => data,
+            Ok(Err(e)) => {
+                let msg = match &e {
+                    ProvisionError::Refused(m) => m.clone(),
+                    other => format!("provisioning failed: {other}"),
+                };
+                self.roll_back(r, &w).await;
+                return self.refuse(r, msg);
+            }
+            Err(_) => {
+                self.roll_back(r, &w).await;
+                return self.refuse(
+                    r,
+                    format!(
+                        "provisioning did not finish within {}s; rolled back",
+                        self.cfg.provision_timeout.as_secs()
+                    ),
+                );
+            }
+        };
+        faults::point("after-provision");
+        let res = match self.node.ok_result(&r.kind, &r.id, &data) {
+            Ok(res) => res,
+            Err(e) => return self.refuse(r, format!("result data cannot be encoded: {e}")),
+        };
+        let seq = self.store.record_provisioned(&Cached::new(r.clone(), res.clone()), &res)?;
+        self.wrote(seq);
+        let secs = started.elapsed().as_secs_f64();
+        if let Ok(mut d) = self.shared.durations.lock() {
+            if d.len() < 10_000 {
+                d.push((r.kind.clone(), secs));
+            }
+        }
+        self.shared.count(&r.kind, "provisioned");
+        info!(reservation = %r.id, kind = %kind, seconds = secs, "provisioned");
+        faults::point("after-record");
+        Ok(())
+    }
+
+    /// Undo what a failed provisioning may have left, so a refusal changes
+    /// nothing on the node.
+    async fn roll_back(&self, r: &Reservation, w: &Workload) {
+        if let Some(p) = self.registry.get(w.kind()) {
+            if let Err(e) = p.decommission(r, w).await {
+                warn!(reservation = %r.id, error = %e, "rolling back a failed provisioning");
+            }
+        }
+    }
+
+    /// Decommission a cached workload; if it must wait (still in use) or
+    /// fails, it is rescheduled and the decommission source retries it.
+    async fn decommission(&mut self, cached: &Cached, why: &str) -> Result<(), AgentError> {
+        self.decommission_with(cached, why, None).await
+    }
+
+    /// Decommission, and post `result` (an error result) with the deletion.
+    pub async fn decommission_with(
+        &mut self,
+        cached: &Cached,
+        why: &str,
+        result: Option<&WorkloadResult>,
+    ) -> Result<(), AgentError> {
+        let r = &cached.reservation;
+        let kind = r.workload_type();
+        let parsed = kind.as_ref().ok().and_then(|k| Workload::parse(*k, &r.data).ok());
+        let step = match (kind.ok().and_then(|k| self.registry.get(k).cloned()), parsed) {
+            (Some(p), Some(w)) => p.decommission(r, &w).await,
+            // Nothing can have been provisioned for it.
+            _ => Ok(()),
+        };
+        match step {
+            Ok(()) => {
+                let seq = self.store.record_decommissioned(&r.id, &r.kind, result)?;
+                self.wrote(seq);
+                self.confirmed.insert(r.id.clone());
+                self.shared.count(&r.kind, "decommissioned");
+                info!(reservation = %r.id, kind = %r.kind, why, "decommissioned");
+            }
+            Err(e) => {
+                let at: DateTime<Utc> = Utc::now()
+                    + chrono::Duration::from_std(self.cfg.retry_decommission)
+                        .unwrap_or(chrono::Duration::seconds(5));
+                match &e {
+                    ProvisionError::InUse(m) => {
+                        info!(reservation = %r.id, reason = %m, retry_at = %at.to_rfc3339(), "decommission waits: still in use")
+                    }
+                    other => {
+                        error!(reservation = %r.id, error = %other, retry_at = %at.to_rfc3339(), "decommission failed; will retry")
+                    }
+                }
+                self.store.reschedule(&r.id, at)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn decommission_due(&mut self, id: &str) -> Result<(), AgentError> {
+        match self.store.get(id)? {
+            Some(c) => self.decommission(&c, "due: expired or deletion pending").await,
+            None => Ok(()),
+        }
+    }
+
+    /// Run every cached workload through `f`'s check: used by
+    /// reconciliation to re-provision workloads whose objects are gone.
+    pub async fn reprovision(&mut self, cached: &Cached) -> Result<bool, AgentError> {
+        let r = &cached.reservation;
+        let (Ok(kind), Some(p)) = (
+            r.workload_type(),
+            r.workload_type().ok().and_then(|k| self.registry.get(k).cloned()),
+        ) else {
+            return Ok(false);
+        };
+        let Ok(w) = Workload::parse(kind, &r.data) else {
+            return Ok(false);
+        };
+        match p.exists(r, &w).await {
+            Ok(true) => Ok(false),
+            Ok(false) => {
+                warn!(reservation = %r.id, kind = %kind, "repair: its Docker objects are gone; provisioning again");
+                match tokio::time::timeout(self.cfg.provision_timeout, p.provision(r, &w)).await {
+                    Ok(Ok(data)) => {
+                        if let Ok(res) = self.node.ok_result(&r.kind, &r.id, &data) {
+                            if res.data.get() != cached.result.data.get() {
+                                let c = Cached::new(r.clone(), res.clone());
+                                let seq = self.store.record_provisioned(&c, &res)?;
+                                self.wrote(seq);
+                            }
+                        }
+                        info!(reservation = %r.id, "repair: provisioned again");
+                        Ok(true)
+                    }
+                    Ok(Err(e)) => {
+                        error!(reservation = %r.id, error = %e, "repair failed; will try at next start");
+                        Ok(false)
+                    }
+                    Err(_) => {
+                        error!(reservation = %r.id, "repair timed out");
+                        Ok(false)
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(reservation = %r.id, error = %e, "cannot check its Docker objects");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Flush after a series of direct calls (reconciliation).
+    pub fn finish(&mut self) -> Result<(), AgentError> {
+        self.commit()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+#[cfg(test)]
+mod tests;

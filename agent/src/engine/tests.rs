@@ -1,0 +1,335 @@
+//! Unit tests of the engine's judgement with a recording fake provisioner
+//! (the real Docker provisioners are proven in provisioners/tests and the
+//! end-to-end tests).
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use provisioners::Provisioner;
+use reservation::seal_for;
+use serde_json::json;
+use store::Outbound;
+
+use super::*;
+
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<String>>,
+    fail_provision: Mutex<Option<ProvisionError>>,
+    fail_decommission: Mutex<Option<ProvisionError>>,
+    hang: bool,
+}
+
+#[async_trait]
+impl Provisioner for Recorder {
+    async fn provision(&self, r: &Reservation, _w: &Workload) -> Result<serde_json::Value, ProvisionError> {
+        self.calls.lock().unwrap().push(format!("provision {} {}", r.kind, r.id));
+        if self.hang {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        if let Some(e) = self.fail_provision.lock().unwrap().clone() {
+            return Err(e);
+        }
+        Ok(json!({"id": format!("obj-{}", r.id)}))
+    }
+    async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
+        self.calls.lock().unwrap().push(format!("decommission {}", r.id));
+        match self.fail_decommission.lock().unwrap().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    node: Arc<Identity>,
+    user: Identity,
+    store: Store,
+    rec: Arc<Recorder>,
+    engine: Engine,
+}
+
+fn fixture_with(rec: Recorder, kinds: &[WorkloadType]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let node = Arc::new(Identity::generate());
+    let rec = Arc::new(rec);
+    let mut reg = Registry::new();
+    for k in kinds {
+        reg.register(*k, rec.clone());
+    }
+    let cfg = EngineConfig {
+        provision_timeout: Duration::from_millis(300),
+        retry_decommission: Duration::from_secs(60),
+    };
+    let engine = Engine::new(node.clone(), store.clone(), reg, cfg, Arc::default());
+    Fixture {
+        _dir: dir,
+        node,
+        user: Identity::generate(),
+        store,
+        rec,
+        engine,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(
+        Recorder::default(),
+        &[WorkloadType::Container, WorkloadType::Volume, WorkloadType::Network],
+    )
+}
+
+impl Fixture {
+    fn reservation(&self, id: &str, kind: &str, data: serde_json::Value) -> Reservation {
+        let mut r: Reservation = serde_json::from_value(json!({
+            "id": id, "node_id": self.node.id(), "user_id": self.user.id(), "type": kind,
+            "data": data, "created": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "duration": 3_600_000_000_000i64,
+        }))
+        .unwrap();
+        self.user.sign_reservation(&mut r);
+        r
+    }
+
+    fn volume(&self, id: &str) -> Reservation {
+        self.reservation(id, "volume", json!({"size": 1, "type": "SSD"}))
+    }
+
+    fn results(&self) -> Vec<WorkloadResult> {
+        self.store
+            .outbox_peek(1000)
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.item {
+                Outbound::Result(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn only_error(&self) -> String {
+        let r = self.results();
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].state, reservation::ResultState::Error);
+        r[0].verify(self.node.id()).unwrap();
+        assert_eq!(r[0].data.get(), "null");
+        r[0].error.clone()
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.rec.calls.lock().unwrap().clone()
+    }
+
+    async fn poll(&mut self, rs: Vec<Reservation>) {
+        self.engine
+            .handle(Work::Poll {
+                reservations: rs,
+                cursor: 1,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn provisions_once_and_posts_one_signed_result() {
+    let mut f = fixture();
+    let r = f.volume("1-1");
+    f.poll(vec![r.clone()]).await;
+    f.poll(vec![r]).await;
+    assert_eq!(f.calls(), ["provision volume 1-1"]);
+    let res = f.results();
+    assert_eq!(res.len(), 1);
+    res[0].verify(f.node.id()).unwrap();
+    assert_eq!(res[0].data.get(), r#"{"id":"obj-1-1"}"#);
+    assert!(f.store.is_cached("1-1").unwrap());
+    assert_eq!(f.store.counters().unwrap()["volume"], 1);
+    // Delivery may send it: the engine flushed and raised the watermark.
+    assert!(f.engine.shared().durable_below.load(Ordering::SeqCst) > 0);
+}
+
+#[tokio::test]
+async fn refusals_name_the_check_and_change_nothing() {
+    let cases: Vec<(Box<dyn Fn(&Fixture) -> Reservation>, &str)> = vec![
+        (
+            Box::new(|f| {
+                let mut r = f.volume("1-1");
+                r.duration += 1; // signed value changed after signing
+                r
+            }),
+            "signature: does not verify",
+        ),
+        (
+            Box::new(|f| {
+                let mut r = f.volume("1-1");
+                r.node_id = Identity::generate().id().to_string();
+                f.user.sign_reservation(&mut r);
+                r
+            }),
+            "is not this node",
+        ),
+        (
+            Box::new(|f| {
+                let mut r = f.volume("1-1");
+                r.created = Some(Utc::now() - chrono::Duration::hours(2));
+                f.user.sign_reservation(&mut r);
+                r
+            }),
+            "expired",
+        ),
+        (
+            Box::new(|f| {
+                let mut r = f.volume("1-1");
+                r.created = None;
+                f.user.sign_reservation(&mut r);
+                r
+            }),
+            "created: not set",
+        ),
+        (
+            Box::new(|f| {
+                let mut r = f.volume("1-1");
+                r.duration = 0;
+                f.user.sign_reservation(&mut r);
+                r
+            }),
+            "duration: must be > 0",
+        ),
+        (Box::new(|f| f.reservation("1-1", "vm", json!({}))), "unknown workload type \"vm\""),
+        (
+            Box::new(|f| f.reservation("1-1", "volume", json!({"size": 1, "type": "TAPE"}))),
+            "data.type: volume type \"TAPE\" is not one of HDD, SSD",
+        ),
+        (
+            Box::new(|f| f.reservation("1-1", "container", json!({"flist": "x", "capacity": {"cpu": 1}}))),
+            "data.capacity: missing field `memory`",
+        ),
+        (
+            Box::new(|f| f.reservation("1-1", "zdb", json!({"size": 1, "mode": "user", "password": "00", "disk_type": "SSD"}))),
+            "workload type zdb is not supported on this node",
+        ),
+    ];
+    for (make, want) in cases {
+        let mut f = fixture();
+        let r = make(&f);
+        f.poll(vec![r.clone()]).await;
+        let err = f.only_error();
+        assert!(err.contains(want), "want {want:?} in {err:?}");
+        assert!(f.calls().is_empty(), "a refusal must provision nothing");
+        assert_eq!(f.store.cached_len(), 0);
+        // Judged once: the same reservation again gets no second result.
+        f.poll(vec![r]).await;
+        assert_eq!(f.results().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn batch_is_handled_in_dependency_order() {
+    let mut f = fixture();
+    let ct = f.reservation(
+        "1-1",
+        "container",
+        json!({"flist": "img", "capacity": {"cpu": 1, "memory": 64}, "mounts": [{"volume_id": "3-1", "mountpoint": "/data"}], "network": {"network_id": "net"}}),
+    );
+    let net = f.reservation(
+        "2-1",
+        "network",
+        json!({"name": "net", "ip_range": "10.9.0.0/16", "net_resources": [{"node_id": f.node.id(), "subnet": "10.9.1.0/24"}]}),
+    );
+    let vol = f.volume("3-1");
+    f.poll(vec![ct, vol, net]).await;
+    assert_eq!(
+        f.calls(),
+        ["provision network 2-1", "provision volume 3-1", "provision container 1-1"]
+    );
+}
+
+#[tokio::test]
+async fn signed_deletion_decommissions_forged_one_changes_nothing() {
+    let mut f = fixture();
+    let r = f.volume("1-1");
+    f.poll(vec![r.clone()]).await;
+
+    // Forged: signed by someone else, and the explorer swapped user_id too.
+    let mallory = Identity::generate();
+    let mut forged = r.clone();
+    forged.to_delete = true;
+    forged.user_id = mallory.id().to_string();
+    forged.delete_signature = Some(mallory.sign_delete("1-1"));
+    f.poll(vec![forged.clone()]).await;
+    let mut unsigned = r.clone();
+    unsigned.to_delete = true;
+    f.poll(vec![unsigned]).await;
+    assert!(f.store.is_cached("1-1").unwrap());
+    assert_eq!(f.calls(), ["provision volume 1-1"]);
+
+    let mut del = r.clone();
+    del.to_delete = true;
+    del.delete_signature = Some(f.user.sign_delete("1-1"));
+    f.poll(vec![del]).await;
+    assert_eq!(f.calls(), ["provision volume 1-1", "decommission 1-1"]);
+    assert!(!f.store.is_cached("1-1").unwrap());
+    let deleted: Vec<_> = f
+        .store
+        .outbox_peek(100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.item, Outbound::Deleted { .. }))
+        .collect();
+    assert_eq!(deleted.len(), 1);
+}
+
+#[tokio::test]
+async fn failed_provisioning_is_rolled_back_and_refused() {
+    let rec = Recorder::default();
+    *rec.fail_provision.lock().unwrap() = Some(ProvisionError::Refused("image \"nope\" is not present and cannot be pulled".into()));
+    let mut f = fixture_with(rec, &[WorkloadType::Volume]);
+    f.poll(vec![f.volume("1-1")]).await;
+    assert_eq!(f.calls(), ["provision volume 1-1", "decommission 1-1"]);
+    assert!(f.only_error().contains("image \"nope\""));
+}
+
+#[tokio::test]
+async fn stuck_provisioning_hits_the_deadline() {
+    let rec = Recorder {
+        hang: true,
+        ..Default::default()
+    };
+    let mut f = fixture_with(rec, &[WorkloadType::Volume]);
+    f.poll(vec![f.volume("1-1")]).await;
+    assert!(f.only_error().contains("did not finish within"));
+}
+
+#[tokio::test]
+async fn expiry_decommissions_and_in_use_is_rescheduled() {
+    let mut f = fixture();
+    f.poll(vec![f.volume("1-1")]).await;
+    *f.rec.fail_decommission.lock().unwrap() = Some(ProvisionError::InUse("volume 1-1 is mounted by agent-ct-2-1".into()));
+    f.engine.handle(Work::Due(vec!["1-1".into()])).await.unwrap();
+    assert!(f.store.is_cached("1-1").unwrap(), "in use: kept");
+    let next = f.store.next_expiry().unwrap().unwrap();
+    assert!(next > Utc::now() + chrono::Duration::seconds(30), "rescheduled by retry_decommission");
+    f.engine.handle(Work::Due(vec!["1-1".into()])).await.unwrap();
+    assert!(!f.store.is_cached("1-1").unwrap());
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_result_or_cache() {
+    let mut f = fixture();
+    let sealed = seal_for(f.node.id(), b"hunter2-plaintext").unwrap();
+    let r = f.reservation(
+        "1-1",
+        "container",
+        json!({"flist": "img", "capacity": {"cpu": 1, "memory": 64}, "secret_env": {"PW": sealed}}),
+    );
+    f.poll(vec![r]).await;
+    f.store.flush().unwrap();
+    let dump = format!(
+        "{:?}{:?}",
+        f.store.list().collect::<Vec<_>>(),
+        f.store.outbox_peek(100).unwrap()
+    );
+    assert!(!dump.contains("hunter2-plaintext"));
+}
