@@ -1,0 +1,303 @@
+//! The command line: argument parsing and one function per subcommand.
+
+pub mod client;
+pub mod duration;
+pub mod nodes;
+pub mod reserve;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use explorer::{NodeInfo, ReservationView, ServerConfig};
+use reqwest::Method;
+use reservation::{Identity, Reservation};
+
+use client::Client;
+use reserve::ReserveKind;
+
+const EXAMPLES: &str = "\
+Examples:
+  explorer serve --listen 0.0.0.0:7700 --data /var/lib/explorer
+  explorer keygen
+  explorer reserve volume --node NODE_ID --size 1 --type SSD --duration 2h
+  explorer reserve container --node NODE_ID --flist busybox:latest --entrypoint 'sleep 3600' --memory 128
+  explorer get 1-1
+  explorer delete 1-1
+  explorer nodes
+
+Exit codes: 0 ok; 1 the request was refused (bad flags, a 4xx answer, or a
+signature that does not verify); 2 the explorer is unreachable or failed.";
+
+/// The reference explorer (the reservation API that node agents poll) and
+/// the user CLI that signs reservations for it.
+#[derive(Debug, Parser)]
+#[command(name = "explorer", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// The explorer to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "EXPLORER_URL",
+        default_value = "http://127.0.0.1:7700",
+        value_name = "URL"
+    )]
+    pub explorer: String,
+    /// Your user key (32-byte seed) [default: $HOME/.config/explorer/user.seed].
+    #[arg(long, global = true, env = "EXPLORER_KEY", value_name = "PATH")]
+    pub key: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the explorer server (SIGTERM or ctrl-c stops it).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7700", value_name = "ADDR")]
+        listen: String,
+        /// Where the state (sled) lives.
+        #[arg(long, default_value = "./explorer-data", value_name = "DIR")]
+        data: PathBuf,
+    },
+    /// Create your user key (mode 0600) and print your user id.
+    Keygen {
+        /// Replace an existing key (its identity is lost for good).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a reservation for a node and post it; prints its id.
+    #[command(
+        after_help = "Secrets (--secret-env, --password, --cluster-secret) are given in\n\
+        plaintext and sealed for the node by the CLI: only that node can open them.\n\n\
+        Example:\n  explorer reserve volume --node NODE_ID --size 1 --type SSD --duration 1d"
+    )]
+    Reserve {
+        #[command(subcommand)]
+        kind: Box<ReserveKind>,
+    },
+    /// Show a reservation and its result, checking their signatures.
+    Get {
+        /// Reservation id, e.g. 1-1.
+        id: String,
+    },
+    /// Ask for the early deletion of your reservation (signed).
+    Delete {
+        /// Reservation id, e.g. 1-1.
+        id: String,
+    },
+    /// List the registered nodes, their last heartbeat and capacity.
+    Nodes {
+        /// Print the explorer's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn key_path(key: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(k) = key {
+        return Ok(k);
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| anyhow!("HOME is not set: pass --key PATH (or set EXPLORER_KEY)"))?;
+    Ok(PathBuf::from(home).join(".config/explorer/user.seed"))
+}
+
+fn load_key(path: &Path) -> Result<Identity> {
+    if !path.exists() {
+        bail!(
+            "no user key at {}: create one with `explorer keygen`, or pass --key PATH (env EXPLORER_KEY)",
+            path.display()
+        );
+    }
+    Identity::load_or_create(path).map_err(|e| anyhow!("{e}"))
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let Cli { explorer, key, cmd } = cli;
+    match cmd {
+        Cmd::Serve { listen, data } => serve(&listen, &data).await,
+        Cmd::Keygen { force } => keygen(&key_path(key)?, force),
+        Cmd::Reserve { kind } => {
+            let (t, node, duration, data) = reserve::build(*kind)?;
+            let user = load_key(&key_path(key)?)?;
+            reserve(&Client::new(&explorer)?, &user, t, node, duration, data).await
+        }
+        Cmd::Get { id } => get(&Client::new(&explorer)?, &id).await,
+        Cmd::Delete { id } => {
+            let user = load_key(&key_path(key)?)?;
+            delete(&Client::new(&explorer)?, &user, &id).await
+        }
+        Cmd::Nodes { json } => list_nodes(&Client::new(&explorer)?, json).await,
+    }
+}
+
+async fn serve(listen: &str, data: &Path) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}: pass another --listen ADDR"))?;
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch SIGTERM; ctrl-c still stops");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+    };
+    explorer::serve(listener, ServerConfig::new(data), shutdown)
+        .await
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn keygen(path: &Path, force: bool) -> Result<()> {
+    if path.exists() {
+        if !force {
+            let who = Identity::load_or_create(path)
+                .map(|i| format!(" (user {})", i.id()))
+                .unwrap_or_default();
+            bail!(
+                "a key already exists at {}{who}: keep it, pass another --key PATH, or --force to replace it (its identity is lost)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the old key {}", path.display()))?;
+    }
+    let id = Identity::load_or_create(path).map_err(|e| anyhow!("{e}"))?;
+    eprintln!("wrote user key {} (mode 0600)", path.display());
+    println!("{}", id.id());
+    Ok(())
+}
+
+async fn reserve(
+    client: &Client,
+    user: &Identity,
+    t: reservation::WorkloadType,
+    node: String,
+    duration: i64,
+    data: String,
+) -> Result<()> {
+    let r = reserve::signed(user, t, node, duration, data)?;
+    let body = serde_json::to_string(&r)?;
+    let (_, text) = client
+        .request(Method::POST, &["reservations", &r.node_id], Some(body))
+        .await?;
+    let created: explorer::api::Created = serde_json::from_str(&text)
+        .with_context(|| format!("the explorer answered an unexpected body: {text}"))?;
+    println!("{}", created.id);
+    eprintln!(
+        "reserved {t} {} on node {}; see its result with: explorer get {}",
+        created.id, r.node_id, created.id
+    );
+    Ok(())
+}
+
+/// Verdict on the signatures of a reservation view, one line each; `false`
+/// when one that is present does not verify.
+fn verdicts(v: &ReservationView) -> (Vec<String>, bool) {
+    let r: Reservation = v.reservation();
+    let mut lines = Vec::new();
+    let mut ok = true;
+    match r.verify() {
+        Ok(()) => lines.push(format!("user signature: verifies (user {})", r.user_id)),
+        Err(e) => {
+            ok = false;
+            lines.push(format!("user signature: DOES NOT VERIFY: {e}"));
+        }
+    }
+    if r.to_delete {
+        match r.verify_delete() {
+            Ok(()) => lines.push(format!(
+                "deletion: requested and signed by the user; node confirmed: {}",
+                if v.deleted { "yes" } else { "not yet" }
+            )),
+            Err(e) => {
+                ok = false;
+                lines.push(format!("deletion: requested but DOES NOT VERIFY: {e}"));
+            }
+        }
+    }
+    match &v.result {
+        None => lines.push("result: none yet (the node has not answered)".into()),
+        Some(res) => {
+            let what = match res.state {
+                reservation::ResultState::Ok => "ok".to_string(),
+                reservation::ResultState::Error => format!("error: {}", res.error),
+            };
+            match res.verify(&r.node_id) {
+                Ok(()) => lines.push(format!(
+                    "result: {what}; node signature verifies (node {})",
+                    r.node_id
+                )),
+                Err(e) => {
+                    ok = false;
+                    lines.push(format!(
+                        "result: {what}; node signature DOES NOT VERIFY: {e}"
+                    ));
+                }
+            }
+        }
+    }
+    (lines, ok)
+}
+
+async fn get(client: &Client, id: &str) -> Result<()> {
+    let (_, text) = client
+        .request(Method::GET, &["reservations", id], None)
+        .await?;
+    let view: ReservationView = serde_json::from_str(&text)
+        .with_context(|| format!("the explorer answered an unexpected body for {id}"))?;
+    let pretty: serde_json::Value = serde_json::from_str(&text)?;
+    println!("{}", serde_json::to_string_pretty(&pretty)?);
+    let (lines, ok) = verdicts(&view);
+    for l in lines {
+        eprintln!("{l}");
+    }
+    if !ok {
+        return Err(
+            client::Refused(format!("reservation {id}: a signature does not verify")).into(),
+        );
+    }
+    Ok(())
+}
+
+async fn delete(client: &Client, user: &Identity, id: &str) -> Result<()> {
+    let body = serde_json::to_string(&explorer::api::DeleteRequest {
+        delete_signature: user.sign_delete(id),
+    })?;
+    client
+        .request(Method::DELETE, &["reservations", id], Some(body))
+        .await?;
+    println!("deletion of {id} requested; the node decommissions it on its next poll");
+    Ok(())
+}
+
+async fn list_nodes(client: &Client, json: bool) -> Result<()> {
+    let (_, text) = client.request(Method::GET, &["nodes"], None).await?;
+    let list: Vec<NodeInfo> = serde_json::from_str(&text)
+        .with_context(|| format!("the explorer answered an unexpected node list: {text}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if list.is_empty() {
+        println!("no node registered yet (an agent registers at start)");
+    } else {
+        print!("{}", nodes::table(&list, chrono::Utc::now()));
+    }
+    Ok(())
+}

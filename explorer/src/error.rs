@@ -1,0 +1,26 @@
+//! The explorer library's one error enum.
+
+use std::path::PathBuf;
+
+/// Errors that stop the explorer server (request errors are HTTP answers,
+/// never this type).
+#[derive(Debug, thiserror::Error)]
+pub enum ExplorerError {
+    /// The sled database under the data directory cannot be opened or used.
+    #[error("explorer data dir {path}: {source}")]
+    Storage {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    /// A stored record that no longer parses (a corrupt or foreign database).
+    #[error("explorer data dir {path}: corrupt record {key}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    /// The HTTP server failed (the listener broke).
+    #[error("explorer http server: {0}")]
+    Serve(#[source] std::io::Error),
+}

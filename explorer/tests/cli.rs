@@ -1,0 +1,687 @@
+//! The built `explorer` binary as a user runs it: keygen, reserve (with
+//! secrets sealed for the node), get, delete, nodes, `serve` and SIGTERM,
+//! and the exit codes (1 refused, 2 unreachable).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{ids, poll, start};
+use explorer::ReservationView;
+use reservation::{Identity, Workload, WorkloadType};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_explorer");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(explorer: &str, key: &Path, args: &[&str]) -> Run {
+    let out: Output = tokio::process::Command::new(BIN)
+        .args(["--explorer", explorer, "--key"])
+        .arg(key)
+        .args(args)
+        .env_remove("EXPLORER_URL")
+        .env_remove("EXPLORER_KEY")
+        .output()
+        .await
+        .unwrap();
+    Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_reserve_get_delete_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir.path().join("db"), Duration::from_secs(2)).await;
+    let key = dir.path().join("keys/user.seed");
+    let node = Identity::generate();
+    let c = reqwest::Client::new();
+
+    // keygen: a 0600 seed, the user id printed; no silent overwrite.
+    let r = run(&s.url, &key, &["keygen"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let user = Identity::load_or_create(&key).unwrap();
+    assert_eq!(r.stdout.trim(), user.id());
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let r = run(&s.url, &key, &["keygen"]).await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("--force") && r.stderr.contains(user.id()),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(Identity::load_or_create(&key).unwrap().id(), user.id());
+
+    // reserve volume.
+    let r = run(
+        &s.url,
+        &key,
+        &[
+            "reserve",
+            "volume",
+            "--node",
+            node.id(),
+            "--size",
+            "2",
+            "--type",
+            "HDD",
+            "--duration",
+            "30m",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "1-1");
+    assert!(r.stderr.contains("explorer get 1-1"), "{}", r.stderr);
+    let list = poll(&c, &s.url, node.id(), 0).await;
+    assert_eq!(ids(&list), ["1-1"]);
+    let res = &list[0];
+    res.verify().unwrap();
+    assert_eq!(
+        (res.user_id.as_str(), res.kind.as_str()),
+        (user.id(), "volume")
+    );
+    assert_eq!(res.duration, 30 * 60 * 1_000_000_000);
+    let age = (Utc::now() - res.created.unwrap()).num_seconds();
+    assert!((0..30).contains(&age), "{age}");
+    match Workload::parse(WorkloadType::Volume, &res.data).unwrap() {
+        Workload::Volume(v) => assert_eq!((v.size, v.disk_type.as_str()), (2, "HDD")),
+        w => panic!("{w:?}"),
+    }
+
+    // get: pretty JSON, and the verdicts.
+    let r = run(&s.url, &key, &["get", "1-1"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["id"], "1-1");
+    assert!(
+        r.stdout.contains("\n  \"id\": \"1-1\""),
+        "pretty: {}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("user signature: verifies"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("result: none yet"), "{}", r.stderr);
+
+    let result = node.error_result("volume", "1-1", "not enough HDD: asked 2 GiB, 0 GiB free");
+    let resp = c
+        .put(format!("{}/reservations/1-1", s.url))
+        .json(&result)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r = run(&s.url, &key, &["get", "1-1"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("result: error: not enough HDD")
+            && r.stderr.contains("node signature verifies"),
+        "{}",
+        r.stderr
+    );
+
+    // delete: signed with the user key.
+    let r = run(&s.url, &key, &["delete", "1-1"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let view: ReservationView = c
+        .get(format!("{}/reservations/1-1", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(view.to_delete);
+    view.reservation().verify_delete().unwrap();
+    let r = run(&s.url, &key, &["get", "1-1"]).await;
+    assert!(
+        r.stderr.contains("deletion: requested and signed"),
+        "{}",
+        r.stderr
+    );
+
+    // Someone else's key cannot delete it: refused, exit 1.
+    let other = dir.path().join("other.seed");
+    assert_eq!(run(&s.url, &other, &["keygen"]).await.code, 0);
+    let r = run(&s.url, &other, &["delete", "1-1"]).await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("400") && r.stderr.contains("delete_signature"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&s.url, &key, &["get", "99-1"]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("404"), "{}", r.stderr);
+
+    // nodes: the table, with the loopback flag.
+    let r = run(&s.url, &key, &["nodes"]).await;
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (0, "no node registered yet (an agent registers at start)")
+    );
+    for (n, url) in [
+        (&node, "http://127.0.0.1:9000"),
+        (&Identity::generate(), "http://10.0.0.7:9000"),
+    ] {
+        let reg = json!({"node_id": n.id(), "url": url, "capacity": {"cru": 8, "mru": 16, "sru": 100, "hru": 500}});
+        assert_eq!(
+            c.post(format!("{}/nodes", s.url))
+                .json(&reg)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            201
+        );
+    }
+    let hb = json!({"uptime": 10, "used": {"cru": 2, "mru": 4, "sru": 2, "hru": 0}});
+    let resp = c
+        .post(format!("{}/nodes/{}/uptime", s.url, node.id()))
+        .json(&hb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r = run(&s.url, &key, &["nodes"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", r.stdout);
+    assert!(
+        lines[0].starts_with("NODE ID") && lines[0].contains("LAST HEARTBEAT"),
+        "{}",
+        r.stdout
+    );
+    let mine = lines.iter().find(|l| l.starts_with(node.id())).unwrap();
+    assert!(
+        mine.contains("s ago") && mine.contains("2/8") && mine.contains("4/16"),
+        "{mine}"
+    );
+    assert!(
+        mine.ends_with("(loopback: unreachable from other nodes)"),
+        "{mine}"
+    );
+    let theirs = lines.iter().find(|l| l.contains("10.0.0.7")).unwrap();
+    assert!(
+        theirs.contains("never") && !theirs.contains("loopback"),
+        "{theirs}"
+    );
+    let r = run(&s.url, &key, &["nodes", "--json"]).await;
+    let v: Vec<explorer::NodeInfo> = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v.len(), 2);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserve_seals_secrets_for_the_node_and_fills_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir.path().join("db"), Duration::from_secs(2)).await;
+    let key = dir.path().join("user.seed");
+    assert_eq!(run(&s.url, &key, &["keygen"]).await.code, 0);
+    let node = Identity::generate();
+    let c = reqwest::Client::new();
+    let r = run(
+        &s.url,
+        &key,
+        &[
+            "reserve",
+            "container",
+            "--node",
+            node.id(),
+            "--flist",
+            "busybox:latest",
+            "--flist-storage",
+            "https://hub.example.org",
+            "--env",
+            "A=b=c",
+            "--secret-env",
+            "TOKEN=s3cr3t-value",
+            "--entrypoint",
+            "sh -c 'sleep 60'",
+            "--interactive",
+            "--mount",
+            "vol1:/data",
+            "--network-id",
+            "net",
+            "--ip",
+            "10.1.1.5",
+            "--public-ip6",
+            "--cpu",
+            "2",
+            "--memory",
+            "128",
+            "--port",
+            "8080:80",
+            "--port",
+            "5353:53/udp",
+            "--duration",
+            "2h",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(
+        &s.url,
+        &key,
+        &[
+            "reserve",
+            "zdb",
+            "--node",
+            node.id(),
+            "--size",
+            "3",
+            "--mode",
+            "seq",
+            "--password",
+            "zpass-plain",
+            "--disk-type",
+            "HDD",
+            "--public",
+        ],
+    )
+    .await;
+    assert_eq!((r.code, r.stdout.trim()), (0, "2-1"), "{}", r.stderr);
+    let r = run(
+        &s.url,
+        &key,
+        &[
+            "reserve",
+            "kubernetes",
+            "--node",
+            node.id(),
+            "--size",
+            "2",
+            "--network-id",
+            "net",
+            "--ip",
+            "10.1.1.9",
+            "--cluster-secret",
+            "k8s-plain",
+            "--master-ip",
+            "10.1.1.2",
+            "--ssh-key",
+            "ssh-ed25519 AAAA me",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(
+        &s.url,
+        &key,
+        &[
+            "reserve",
+            "network",
+            "--node",
+            node.id(),
+            "--name",
+            "net",
+            "--ip-range",
+            "10.1.0.0/16",
+            "--subnet",
+            "10.1.1.0/24",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(
+        &s.url,
+        &key,
+        &[
+            "reserve",
+            "debug",
+            "--node",
+            node.id(),
+            "--host",
+            "10.0.0.1",
+            "--port",
+            "6379",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    let list = poll(&c, &s.url, node.id(), 0).await;
+    assert_eq!(ids(&list), ["1-1", "2-1", "3-1", "4-1", "5-1"]);
+    let all_text = c
+        .get(format!("{}/reservations/{}/poll?from=0", s.url, node.id()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for plain in ["s3cr3t-value", "zpass-plain", "k8s-plain"] {
+        assert!(!all_text.contains(plain), "{plain} sent in plaintext");
+    }
+    for r in &list {
+        r.verify().unwrap();
+    }
+    let parsed: Vec<Workload> = list
+        .iter()
+        .map(|r| Workload::parse(r.workload_type().unwrap(), &r.data).unwrap())
+        .collect();
+    let Workload::Container(ct) = &parsed[0] else {
+        panic!()
+    };
+    assert_eq!(list[0].duration, 2 * 3600 * 1_000_000_000);
+    assert_eq!(ct.flist, "busybox:latest");
+    assert_eq!(ct.flist_storage, "https://hub.example.org");
+    assert_eq!(ct.env["A"], "b=c");
+    assert_eq!(
+        node.open_sealed("TOKEN", &ct.secret_env["TOKEN"])
+            .unwrap()
+            .expose(),
+        "s3cr3t-value"
+    );
+    assert_eq!(ct.entrypoint, "sh -c 'sleep 60'");
+    assert!(ct.interactive && ct.network.public_ip6);
+    assert_eq!(
+        (
+            ct.mounts[0].volume_id.as_str(),
+            ct.mounts[0].mountpoint.as_str()
+        ),
+        ("vol1", "/data")
+    );
+    assert_eq!(ct.network.network_id, "net");
+    assert_eq!(
+        ct.network.ips,
+        ["10.1.1.5".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert_eq!((ct.capacity.cpu, ct.capacity.memory), (2, 128));
+    assert_eq!(
+        (
+            ct.ports[0].host_port,
+            ct.ports[0].container_port,
+            ct.ports[0].protocol.as_str()
+        ),
+        (8080, 80, "tcp")
+    );
+    assert_eq!(
+        (ct.ports[1].host_port, ct.ports[1].protocol.as_str()),
+        (5353, "udp")
+    );
+    let Workload::Zdb(z) = &parsed[1] else {
+        panic!()
+    };
+    assert_eq!(
+        (z.size, z.mode.as_str(), z.disk_type.as_str(), z.public),
+        (3, "seq", "HDD", true)
+    );
+    assert_eq!(
+        node.open_sealed("password", &z.password).unwrap().expose(),
+        "zpass-plain"
+    );
+    let Workload::Kubernetes(k) = &parsed[2] else {
+        panic!()
+    };
+    assert_eq!(
+        (k.size, k.network_id.as_str(), k.ip.to_string()),
+        (2, "net", "10.1.1.9".into())
+    );
+    assert_eq!(
+        node.open_sealed("cluster_secret", &k.cluster_secret)
+            .unwrap()
+            .expose(),
+        "k8s-plain"
+    );
+    assert_eq!(
+        (k.master_ips[0].to_string(), k.ssh_keys[0].as_str()),
+        ("10.1.1.2".into(), "ssh-ed25519 AAAA me")
+    );
+    let Workload::Network(n) = &parsed[3] else {
+        panic!()
+    };
+    assert_eq!(n.subnet_for(node.id()).unwrap().to_string(), "10.1.1.0/24");
+    let Workload::Debug(d) = &parsed[4] else {
+        panic!()
+    };
+    assert_eq!(
+        (d.host.as_str(), d.port, d.channel.as_str()),
+        ("10.0.0.1", 6379, "")
+    );
+
+    // --data: sent byte for byte, not judged by the CLI.
+    let raw = r#"{"size": 0,  "type":"TAPE"}"#;
+    let r = run(
+        &s.url,
+        &key,
+        &["reserve", "volume", "--node", node.id(), "--data", raw],
+    )
+    .await;
+    assert_eq!((r.code, r.stdout.trim()), (0, "6-1"), "{}", r.stderr);
+    let list = poll(&c, &s.url, node.id(), 6).await;
+    assert_eq!(list[0].data.get(), raw);
+    list[0].verify().unwrap();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_say_refused_or_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("user.seed");
+    let node = Identity::generate();
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("http://127.0.0.1:{port}");
+
+    let r = run(&dead, &key, &["get", "1-1"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&dead) && r.stderr.contains("--explorer"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&dead, &key, &["nodes"]).await;
+    assert_eq!(r.code, 2);
+
+    // No key yet: says how to make one.
+    let r = run(
+        &dead,
+        &key,
+        &["reserve", "volume", "--node", node.id(), "--size", "1"],
+    )
+    .await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("explorer keygen") && r.stderr.contains("--key"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(run(&dead, &key, &["keygen"]).await.code, 0);
+    let r = run(
+        &dead,
+        &key,
+        &["reserve", "volume", "--node", node.id(), "--size", "1"],
+    )
+    .await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    // Mistakes caught before anything is sent.
+    let r = run(
+        &dead,
+        &key,
+        &["reserve", "volume", "--node", "nope", "--size", "1"],
+    )
+    .await;
+    assert!(r.code == 1 && r.stderr.contains("--node"), "{}", r.stderr);
+    let r = run(
+        &dead,
+        &key,
+        &[
+            "reserve",
+            "volume",
+            "--node",
+            node.id(),
+            "--size",
+            "1",
+            "--type",
+            "TAPE",
+        ],
+    )
+    .await;
+    assert!(r.code == 1 && r.stderr.contains("TAPE"), "{}", r.stderr);
+    let r = run(
+        &dead,
+        &key,
+        &[
+            "reserve",
+            "volume",
+            "--node",
+            node.id(),
+            "--size",
+            "1",
+            "--duration",
+            "5",
+        ],
+    )
+    .await;
+    assert!(r.code == 1 && r.stderr.contains("unit"), "{}", r.stderr);
+    let r = run(
+        &dead,
+        &key,
+        &[
+            "reserve",
+            "container",
+            "--node",
+            node.id(),
+            "--flist",
+            "x",
+            "--port",
+            "80",
+        ],
+    )
+    .await;
+    assert!(
+        r.code == 1 && r.stderr.contains("HOST:CONTAINER"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&dead, &key, &["reserve", "volume", "--node", node.id()]).await;
+    assert!(r.code == 1 && r.stderr.contains("--size"), "{}", r.stderr);
+    let r = run(
+        &dead,
+        &key,
+        &[
+            "reserve",
+            "volume",
+            "--node",
+            node.id(),
+            "--size",
+            "1",
+            "--data",
+            "{}",
+        ],
+    )
+    .await;
+    assert!(
+        r.code == 1 && r.stderr.contains("cannot be used with"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&dead, &key, &["--bogus"]).await;
+    assert_eq!(r.code, 1);
+    let r = run(&dead, &key, &["--help"]).await;
+    assert!(
+        r.code == 0 && r.stdout.contains("Examples:") && r.stdout.contains("Exit codes"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["serve", "--listen", &listen, "--data"])
+        .arg(dir.path().join("db"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let c = reqwest::Client::new();
+    let url = format!("http://{listen}/nodes");
+    let mut up = false;
+    for _ in 0..100 {
+        if let Ok(r) = c.get(&url).send().await {
+            assert_eq!(r.status(), 200);
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "explorer serve did not answer on {listen}");
+    let key = dir.path().join("user.seed");
+    assert_eq!(
+        run(&format!("http://{listen}"), &key, &["keygen"])
+            .await
+            .code,
+        0
+    );
+    let r = run(
+        &format!("http://{listen}"),
+        &key,
+        &[
+            "reserve",
+            "debug",
+            "--node",
+            Identity::generate().id(),
+            "--host",
+            "h",
+            "--port",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!((r.code, r.stdout.trim()), (0, "1-1"), "{}", r.stderr);
+
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("serve stops within 10 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut log = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .await
+        .unwrap();
+    assert!(
+        log.contains("reservation created") && log.contains("1-1"),
+        "{log}"
+    );
+}
