@@ -185,7 +185,9 @@ fn load_file(path: &Path, explicit: bool) -> Result<FileConfig, AgentError> {
             path: path.display().to_string(),
             reason: e.to_string(),
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(FileConfig::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            Ok(FileConfig::default())
+        }
         Err(e) => Err(AgentError::Config {
             path: path.display().to_string(),
             reason: e.to_string(),

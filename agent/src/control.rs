@@ -124,7 +124,9 @@ impl Control {
         let outcome = self.store.outcome(id).map_err(|e| e.to_string())?;
         let cached = self.store.get(id).map_err(|e| e.to_string())?;
         if outcome.is_none() && cached.is_none() {
-            return Err(format!("reservation {id} is unknown to this node; `agentctl list` shows the cached ones"));
+            return Err(format!(
+                "reservation {id} is unknown to this node; `agentctl list` shows the cached ones"
+            ));
         }
         let (reservation, result) = match &cached {
             Some(c) => {
@@ -132,7 +134,10 @@ impl Control {
                 if let Some(data) = r.get_mut("data") {
                     redact(data);
                 }
-                (r, serde_json::to_value(&c.result).map_err(|e| e.to_string())?)
+                (
+                    r,
+                    serde_json::to_value(&c.result).map_err(|e| e.to_string())?,
+                )
             }
             None => (Value::Null, Value::Null),
         };
@@ -206,14 +211,16 @@ pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
         reason,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create its directory: {e}")))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create its directory: {e}")))?;
     }
     if path.exists() {
         // A live agent answers; a stale socket from a crash does not.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(err("another agent is listening on it".into()));
         }
-        std::fs::remove_file(path).map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+        std::fs::remove_file(path)
+            .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
     }
     let l = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -245,7 +252,8 @@ mod tests {
 
     #[test]
     fn redacts_every_secret_field() {
-        let mut v = json!({"flist":"x","secret_env":{"A":"aa","B":"bb"},"env":{"C":"c"},"password":"ff"});
+        let mut v =
+            json!({"flist":"x","secret_env":{"A":"aa","B":"bb"},"env":{"C":"c"},"password":"ff"});
         redact(&mut v);
         assert_eq!(v["secret_env"]["A"], "<redacted>");
         assert_eq!(v["password"], "<redacted>");

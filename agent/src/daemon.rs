@@ -70,6 +70,7 @@ pub async fn run(
     })?;
     let node = Arc::new(Identity::load_or_create(&settings.root.join("node.seed"))?);
     let store = Store::open(&settings.root.join("cache"))?;
+    provisioners::names::set_node(node.id());
     info!(node_id = node.id(), root = %settings.root.display(), explorer = %settings.explorer, cached = store.cached_len(), pending_results = store.outbox_len(), "agent starting");
 
     if settings.dev {
@@ -126,10 +127,15 @@ pub async fn run(
     ));
     let sources: Vec<Box<dyn ReservationSource>> = vec![
         Box::new(poll),
-        Box::new(DecommissionSource::new(store.clone(), shared.expiry_wake.clone())),
+        Box::new(DecommissionSource::new(
+            store.clone(),
+            shared.expiry_wake.clone(),
+        )),
     ];
     info!(node_id = node.id(), socket = %settings.socket.display(), "agent ready");
-    let result = engine.run(CombinedSource::new(sources), signal(&stop_rx)).await;
+    let result = engine
+        .run(CombinedSource::new(sources), signal(&stop_rx))
+        .await;
     let _ = delivery.await;
     match socket.await {
         Ok(Err(e)) => error!(error = %e, "control socket"),
@@ -206,7 +212,11 @@ async fn start_dev_explorer(
 pub fn init_tracing(format: crate::config::LogFormat) {
     use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     let _ = match format {
         crate::config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
         crate::config::LogFormat::Text => builder.try_init(),

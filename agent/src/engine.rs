@@ -154,7 +154,8 @@ impl Engine {
             } => {
                 // Dependency order: networks and volumes before the
                 // containers that use them; unknown types last.
-                reservations.sort_by_key(|r| r.workload_type().map(|t| t.order()).unwrap_or(usize::MAX));
+                reservations
+                    .sort_by_key(|r| r.workload_type().map(|t| t.order()).unwrap_or(usize::MAX));
                 for r in reservations {
                     // Every line logged while handling it (provisioners'
                     // too) carries the reservation id.
@@ -283,7 +284,10 @@ impl Engine {
         match r.expires_at() {
             None => return Verdict::Refuse("duration: created + duration overflows".into()),
             Some(at) if at <= Utc::now() => {
-                return Verdict::Refuse(format!("expired: the reservation ended at {}", at.to_rfc3339()))
+                return Verdict::Refuse(format!(
+                    "expired: the reservation ended at {}",
+                    at.to_rfc3339()
+                ))
             }
             _ => {}
         }
@@ -319,7 +323,10 @@ impl Engine {
         w: Workload,
     ) -> Result<(), AgentError> {
         let Some(p) = self.registry.get(kind).cloned() else {
-            return self.refuse(r, format!("workload type {kind} is not supported on this node"));
+            return self.refuse(
+                r,
+                format!("workload type {kind} is not supported on this node"),
+            );
         };
         info!(reservation = %r.id, kind = %kind, user = %r.user_id, "provisioning");
         let started = std::time::Instant::now();
@@ -350,7 +357,9 @@ impl Engine {
             Ok(res) => res,
             Err(e) => return self.refuse(r, format!("result data cannot be encoded: {e}")),
         };
-        let seq = self.store.record_provisioned(&Cached::new(r.clone(), res.clone()), &res)?;
+        let seq = self
+            .store
+            .record_provisioned(&Cached::new(r.clone(), res.clone()), &res)?;
         self.wrote(seq);
         let secs = started.elapsed().as_secs_f64();
         if let Ok(mut d) = self.shared.durations.lock() {
@@ -389,8 +398,14 @@ impl Engine {
     ) -> Result<(), AgentError> {
         let r = &cached.reservation;
         let kind = r.workload_type();
-        let parsed = kind.as_ref().ok().and_then(|k| Workload::parse(*k, &r.data).ok());
-        let step = match (kind.ok().and_then(|k| self.registry.get(k).cloned()), parsed) {
+        let parsed = kind
+            .as_ref()
+            .ok()
+            .and_then(|k| Workload::parse(*k, &r.data).ok());
+        let step = match (
+            kind.ok().and_then(|k| self.registry.get(k).cloned()),
+            parsed,
+        ) {
             (Some(p), Some(w)) => p.decommission(r, &w).await,
             // Nothing can have been provisioned for it.
             _ => Ok(()),
@@ -423,7 +438,10 @@ impl Engine {
 
     async fn decommission_due(&mut self, id: &str) -> Result<(), AgentError> {
         match self.store.get(id)? {
-            Some(c) => self.decommission(&c, "due: expired or deletion pending").await,
+            Some(c) => {
+                self.decommission(&c, "due: expired or deletion pending")
+                    .await
+            }
             None => Ok(()),
         }
     }
@@ -434,7 +452,9 @@ impl Engine {
         let r = &cached.reservation;
         let (Ok(kind), Some(p)) = (
             r.workload_type(),
-            r.workload_type().ok().and_then(|k| self.registry.get(k).cloned()),
+            r.workload_type()
+                .ok()
+                .and_then(|k| self.registry.get(k).cloned()),
         ) else {
             return Ok(false);
         };

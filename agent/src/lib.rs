@@ -14,6 +14,7 @@
 //! the outbox in the same transaction as the outcome it reports; nothing is
 //! delivered before it is durable.
 
+pub mod capacity;
 pub mod config;
 pub mod control;
 pub mod daemon;

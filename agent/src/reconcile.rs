@@ -29,7 +29,10 @@ pub async fn repair_cached(engine: &mut Engine) -> Result<usize, AgentError> {
     }
     engine.finish()?;
     if repaired > 0 {
-        info!(repaired, "reconciliation: re-provisioned workloads whose objects were gone");
+        info!(
+            repaired,
+            "reconciliation: re-provisioned workloads whose objects were gone"
+        );
     }
     Ok(repaired)
 }
@@ -38,7 +41,9 @@ pub async fn repair_cached(engine: &mut Engine) -> Result<usize, AgentError> {
 pub async fn remove_orphans(engine: &Engine) {
     let registry = engine.registry().clone();
     for kind in registry.kinds().collect::<Vec<_>>() {
-        let Some(p) = registry.get(kind) else { continue };
+        let Some(p) = registry.get(kind) else {
+            continue;
+        };
         let ids = match p.list_labelled().await {
             Ok(ids) => ids,
             Err(e) => {
@@ -50,10 +55,16 @@ pub async fn remove_orphans(engine: &Engine) {
             match engine.store().is_cached(&id) {
                 Ok(true) => {}
                 Ok(false) => match p.remove_labelled(&id).await {
-                    Ok(()) => info!(reservation = %id, kind = %kind, "reconciliation: removed an orphan object the cache does not know"),
-                    Err(e) => error!(reservation = %id, kind = %kind, error = %e, "reconciliation: cannot remove an orphan"),
+                    Ok(()) => {
+                        info!(reservation = %id, kind = %kind, "reconciliation: removed an orphan object the cache does not know")
+                    }
+                    Err(e) => {
+                        error!(reservation = %id, kind = %kind, error = %e, "reconciliation: cannot remove an orphan")
+                    }
                 },
-                Err(e) => error!(reservation = %id, error = %e, "reconciliation: cannot read the cache"),
+                Err(e) => {
+                    error!(reservation = %id, error = %e, "reconciliation: cannot read the cache")
+                }
             }
         }
     }

@@ -225,7 +225,9 @@ impl Db {
             .map_err(|e| self.tx_err(e))
     }
 
-    /// Append a (verified) result; `None` if `id` is unknown.
+    /// Append a (verified) result; `None` if `id` is unknown. A PUT is
+    /// idempotent: the very same signed result sent again (a node that
+    /// crashed before recording our 200) is not appended twice.
     pub fn add_result(
         &self,
         id: &str,
@@ -235,6 +237,9 @@ impl Db {
         let Some(mut rec) = self.get(id)? else {
             return Ok(None);
         };
+        if rec.results.iter().any(|r| r.signature == result.signature) {
+            return Ok(Some(rec));
+        }
         rec.results.push(result);
         self.save(&rec, None)?;
         Ok(Some(rec))

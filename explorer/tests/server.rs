@@ -68,7 +68,10 @@ async fn post_and_get_keep_data_byte_for_byte() {
 #[tokio::test]
 async fn accepts_the_libsodium_vector_reservation() {
     // The committed copy (reservation/tests checks it equals shared/).
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../reservation/tests/vectors.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../reservation/tests/vectors.json"
+    );
     let vectors: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let body = vectors["reservation_json"].as_str().unwrap();

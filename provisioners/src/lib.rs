@@ -1,1 +1,144 @@
-//! provisioners (under construction)
+//! Provisioners: one module per workload type, each through the Docker engine.
+//!
+//! - [`Provisioner`]: the seam the engine drives, one implementation per
+//!   [`WorkloadType`], held as `Arc<dyn Provisioner>` in a [`Registry`].
+//! - [`ProvisionError`]: what went wrong, split by who must act: the user
+//!   ([`ProvisionError::Refused`]), the node ([`ProvisionError::Docker`]), or
+//!   time ([`ProvisionError::InUse`], retried later).
+//!
+//! Invariants: a provisioner looks before it creates (a second call for the
+//! same reservation reuses what exists), labels every object it creates with
+//! `io.agent.reservation`, `io.agent.user` and `io.agent.type`, and never
+//! writes a plaintext secret anywhere but into the workload itself.
+
+pub mod debug;
+pub mod kubernetes;
+pub mod zdb;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use reservation::{Identity, Reservation, Workload, WorkloadType};
+
+pub mod container;
+pub mod docker;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+pub mod names;
+pub mod network;
+pub mod volume;
+
+pub use container::ContainerProvisioner;
+pub use docker::{BollardDocker, Docker};
+#[cfg(any(test, feature = "fake"))]
+pub use fake::FakeDocker;
+pub use network::NetworkProvisioner;
+pub use volume::VolumeProvisioner;
+
+/// Label naming the reservation id that owns a Docker object.
+pub const LABEL_RESERVATION: &str = "io.agent.reservation";
+/// Label naming the `user_id` that owns a Docker object.
+pub const LABEL_USER: &str = "io.agent.user";
+/// Label naming the workload type of a Docker object.
+pub const LABEL_TYPE: &str = "io.agent.type";
+
+/// Errors of provisioning and decommissioning.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProvisionError {
+    /// The request cannot be honoured (bad image, another user's volume,
+    /// overlapping subnet...). Nothing was changed; the message goes into
+    /// the signed error result as is.
+    #[error("{0}")]
+    Refused(String),
+    /// The Docker engine failed or cannot be reached.
+    #[error("docker: {0}")]
+    Docker(String),
+    /// Decommission must wait: the object is still used (a volume mounted
+    /// by a running container, a network with containers attached).
+    #[error("{0}")]
+    InUse(String),
+    /// Anything else on the node's side (disk images, files).
+    #[error("{0}")]
+    Node(String),
+}
+
+/// The seam between the engine and one workload type.
+#[async_trait]
+pub trait Provisioner: Send + Sync {
+    /// Create the workload, or find and reuse it if a previous run (cut by
+    /// a crash before caching) already did. Returns the result `data`.
+    async fn provision(
+        &self,
+        r: &Reservation,
+        w: &Workload,
+    ) -> Result<serde_json::Value, ProvisionError>;
+
+    /// Remove the workload and everything it owns. Removing what is already
+    /// gone succeeds.
+    async fn decommission(&self, r: &Reservation, w: &Workload) -> Result<(), ProvisionError>;
+
+    /// Whether the workload's objects still exist (reconciliation at start:
+    /// a cached workload whose objects are gone is provisioned again).
+    async fn exists(&self, _r: &Reservation, _w: &Workload) -> Result<bool, ProvisionError> {
+        Ok(true)
+    }
+
+    /// Reservation ids of every labelled object of this type on the node.
+    async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
+        Ok(Vec::new())
+    }
+
+    /// Remove the labelled objects of reservation `id` (an orphan the cache
+    /// does not know).
+    async fn remove_labelled(&self, _id: &str) -> Result<(), ProvisionError> {
+        Ok(())
+    }
+}
+
+/// Provisioners keyed by workload type. A type without one is not
+/// supported on this node.
+#[derive(Default, Clone)]
+pub struct Registry {
+    map: HashMap<WorkloadType, Arc<dyn Provisioner>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&mut self, kind: WorkloadType, p: Arc<dyn Provisioner>) -> &mut Self {
+        self.map.insert(kind, p);
+        self
+    }
+
+    pub fn get(&self, kind: WorkloadType) -> Option<&Arc<dyn Provisioner>> {
+        self.map.get(&kind)
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = WorkloadType> + '_ {
+        self.map.keys().copied()
+    }
+}
+
+/// A registry with the Docker provisioners of `container`, `volume` and
+/// `network`. Volumes live under `<root>/volumes/`; `node` opens sealed
+/// secrets and its id picks the network's `net_resources` entry.
+pub fn docker_registry(docker: Arc<dyn Docker>, node: Arc<Identity>, root: &Path) -> Registry {
+    let mut reg = Registry::new();
+    reg.register(
+        WorkloadType::Network,
+        Arc::new(NetworkProvisioner::new(docker.clone(), node.id())),
+    )
+    .register(
+        WorkloadType::Volume,
+        Arc::new(VolumeProvisioner::new(docker.clone(), root.to_path_buf())),
+    )
+    .register(
+        WorkloadType::Container,
+        Arc::new(ContainerProvisioner::new(docker, node)),
+    );
+    reg
+}

@@ -188,7 +188,9 @@ pub fn verify_signature(signer_id: &str, msg: &[u8], sig_b64: &str) -> Result<()
     if sig_b64.is_empty() {
         return Err(bad("missing"));
     }
-    let bytes = B64.decode(sig_b64).map_err(|_| bad("not standard base64"))?;
+    let bytes = B64
+        .decode(sig_b64)
+        .map_err(|_| bad("not standard base64"))?;
     let sig = Signature::from_slice(&bytes).map_err(|_| bad("not 64 bytes"))?;
     vk.verify_strict(msg, &sig)
         .map_err(|_| bad("does not verify against the signer's key"))

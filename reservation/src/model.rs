@@ -141,7 +141,10 @@ impl Reservation {
     /// The exact bytes the user signs:
     /// `node_id ‖ user_id ‖ type ‖ data ‖ unix(created) ‖ duration`.
     pub fn signing_message(&self) -> Vec<u8> {
-        let created = self.created.map(|c| c.timestamp()).unwrap_or(GO_ZERO_TIME_UNIX);
+        let created = self
+            .created
+            .map(|c| c.timestamp())
+            .unwrap_or(GO_ZERO_TIME_UNIX);
         let mut m = Vec::with_capacity(
             self.node_id.len() + self.user_id.len() + self.kind.len() + self.data.get().len() + 32,
         );
@@ -163,11 +166,12 @@ impl Reservation {
 
     /// Verify the user's signature over [`Reservation::signing_message`].
     pub fn verify(&self) -> Result<(), Error> {
-        crate::verify_signature(&self.user_id, &self.signing_message(), &self.signature)
-            .map_err(|e| Error::BadSignature {
+        crate::verify_signature(&self.user_id, &self.signing_message(), &self.signature).map_err(
+            |e| Error::BadSignature {
                 what: "signature".into(),
                 reason: format!("{e}"),
-            })
+            },
+        )
     }
 
     /// Verify `delete_signature` against `user_id`. A missing one is an error.

@@ -215,7 +215,14 @@ fn parse_as<T: DeserializeOwned>(raw: &RawValue) -> Result<T, Error> {
             Some(i) => inner[..i].to_string(),
             None => inner,
         };
-        Error::data(if field.is_empty() { "(root)".into() } else { field }, msg)
+        Error::data(
+            if field.is_empty() {
+                "(root)".into()
+            } else {
+                field
+            },
+            msg,
+        )
     })
 }
 
@@ -309,10 +316,16 @@ fn check_size(field: &str, size: u64) -> Result<(), Error> {
 
 fn check_sealed(field: &str, v: &str) -> Result<(), Error> {
     if v.is_empty() {
-        return Err(Error::data(field, "must be a hex sealed secret, got nothing"));
+        return Err(Error::data(
+            field,
+            "must be a hex sealed secret, got nothing",
+        ));
     }
     if hex::decode(v).is_err() {
-        return Err(Error::data(field, "must be a hex sealed secret, got non-hex text"));
+        return Err(Error::data(
+            field,
+            "must be a hex sealed secret, got non-hex text",
+        ));
     }
     Ok(())
 }
@@ -350,7 +363,10 @@ impl Container {
         }
         for (i, m) in self.mounts.iter().enumerate() {
             if m.volume_id.is_empty() {
-                return Err(Error::data(format!("mounts[{i}].volume_id"), "must not be empty"));
+                return Err(Error::data(
+                    format!("mounts[{i}].volume_id"),
+                    "must not be empty",
+                ));
             }
             normalize_mountpoint(&m.mountpoint)
                 .map_err(|msg| Error::data(format!("mounts[{i}].mountpoint"), msg))?;
@@ -446,10 +462,7 @@ impl Network {
             .iter()
             .find(|r| r.node_id == node_id)
             .ok_or_else(|| {
-                Error::data(
-                    "net_resources",
-                    format!("no entry for this node {node_id}"),
-                )
+                Error::data("net_resources", format!("no entry for this node {node_id}"))
             })?;
         r.subnet
             .parse()
@@ -495,9 +508,12 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("data.capacity.memory:"), "{e}");
-        let e = parse(WorkloadType::Container, r#"{"flist":"x","capacity":{"cpu":0,"memory":5}}"#)
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            WorkloadType::Container,
+            r#"{"flist":"x","capacity":{"cpu":0,"memory":5}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(e, "data.capacity.cpu: must be > 0 cores");
         let e = parse(WorkloadType::Volume, r#"{"size":1,"type":"TAPE"}"#)
             .unwrap_err()
@@ -510,9 +526,12 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("outside ip_range"), "{e}");
-        let e = parse(WorkloadType::Kubernetes, r#"{"size":3,"network_id":"n","ip":"10.1.1.2","cluster_secret":"00"}"#)
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            WorkloadType::Kubernetes,
+            r#"{"size":3,"network_id":"n","ip":"10.1.1.2","cluster_secret":"00"}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not 1 or 2"), "{e}");
     }
 
@@ -524,7 +543,9 @@ mod tests {
         )
         .unwrap();
         match w {
-            Workload::Network(n) => assert_eq!(n.subnet_for("a").unwrap().to_string(), "10.1.1.0/24"),
+            Workload::Network(n) => {
+                assert_eq!(n.subnet_for("a").unwrap().to_string(), "10.1.1.0/24")
+            }
             _ => unreachable!(),
         }
     }

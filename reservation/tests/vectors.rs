@@ -13,7 +13,10 @@ fn vectors() -> Value {
     if let Ok(s) = std::fs::read_to_string(shared) {
         let a: Value = serde_json::from_str(&s).unwrap();
         let b: Value = serde_json::from_str(local).unwrap();
-        assert_eq!(a, b, "reservation/tests/vectors.json is stale: copy shared/vectors.json");
+        assert_eq!(
+            a, b,
+            "reservation/tests/vectors.json is stale: copy shared/vectors.json"
+        );
         a
     } else {
         serde_json::from_str(local).unwrap()
@@ -21,14 +24,23 @@ fn vectors() -> Value {
 }
 
 fn seed(v: &Value, k: &str) -> [u8; 32] {
-    hex::decode(v[k].as_str().unwrap()).unwrap().try_into().unwrap()
+    hex::decode(v[k].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap()
 }
 
 #[test]
 fn ids_from_seeds() {
     let v = vectors();
-    assert_eq!(Identity::from_seed(&seed(&v, "user_seed")).id(), v["user_id"]);
-    assert_eq!(Identity::from_seed(&seed(&v, "node_seed")).id(), v["node_id"]);
+    assert_eq!(
+        Identity::from_seed(&seed(&v, "user_seed")).id(),
+        v["user_id"]
+    );
+    assert_eq!(
+        Identity::from_seed(&seed(&v, "node_seed")).id(),
+        v["node_id"]
+    );
 }
 
 #[test]
@@ -65,11 +77,17 @@ fn reservation_signature_and_message() {
 fn deletion_signature() {
     let v = vectors();
     let mut r: Reservation = serde_json::from_str(v["reservation_json"].as_str().unwrap()).unwrap();
-    assert!(r.verify_delete().is_err(), "missing deletion must not verify");
+    assert!(
+        r.verify_delete().is_err(),
+        "missing deletion must not verify"
+    );
     r.delete_signature = Some(v["delete_signature"].as_str().unwrap().into());
     r.verify_delete().unwrap();
     let user = Identity::from_seed(&seed(&v, "user_seed"));
-    assert_eq!(user.sign_delete("12-1"), v["delete_signature"].as_str().unwrap());
+    assert_eq!(
+        user.sign_delete("12-1"),
+        v["delete_signature"].as_str().unwrap()
+    );
     r.id = "12-2".into();
     assert!(r.verify_delete().is_err(), "a deletion is bound to its id");
 }
@@ -98,8 +116,15 @@ fn results_sign_like_libsodium() {
         .ok_result("volume", "12-1", &serde_json::json!({"volume_id": "12-1"}))
         .unwrap();
     assert_eq!(ok.signature, v["result_ok"]["signature"].as_str().unwrap());
-    let err = node.error_result("volume", "12-1", r#"volume type "TAPE" is not one of HDD, SSD"#);
-    assert_eq!(err.signature, v["result_error"]["signature"].as_str().unwrap());
+    let err = node.error_result(
+        "volume",
+        "12-1",
+        r#"volume type "TAPE" is not one of HDD, SSD"#,
+    );
+    assert_eq!(
+        err.signature,
+        v["result_error"]["signature"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -107,11 +132,15 @@ fn sealed_secret_from_libsodium_opens() {
     let v = vectors();
     let node = Identity::from_seed(&seed(&v, "node_seed"));
     let s = &v["sealed_secret_for_node"];
-    let plain = node.open_sealed("password", s["hex"].as_str().unwrap()).unwrap();
+    let plain = node
+        .open_sealed("password", s["hex"].as_str().unwrap())
+        .unwrap();
     assert_eq!(plain.expose(), s["plaintext"].as_str().unwrap());
     assert_eq!(format!("{plain:?}"), "Secret(<redacted>)");
     // Another node cannot open it.
-    assert!(Identity::generate().open_sealed("password", s["hex"].as_str().unwrap()).is_err());
+    assert!(Identity::generate()
+        .open_sealed("password", s["hex"].as_str().unwrap())
+        .is_err());
 }
 
 #[test]
@@ -166,5 +195,8 @@ print("verified")
         "libsodium check failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "from rust\nverified\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from rust\nverified\n"
+    );
 }

@@ -123,7 +123,9 @@ impl ExplorerClient {
             return Err(SourceError::Status {
                 url: url.into(),
                 status: status.as_u16(),
-                body: String::from_utf8_lossy(&body[..body.len().min(512)]).trim().to_string(),
+                body: String::from_utf8_lossy(&body[..body.len().min(512)])
+                    .trim()
+                    .to_string(),
             });
         }
         Ok(body)
@@ -131,7 +133,10 @@ impl ExplorerClient {
 
     /// `GET /reservations/{node}/poll?from=N`.
     pub async fn poll(&self, from: u64) -> Result<PollAnswer, SourceError> {
-        let url = format!("{}/reservations/{}/poll?from={from}", self.base, self.node_id);
+        let url = format!(
+            "{}/reservations/{}/poll?from={from}",
+            self.base, self.node_id
+        );
         let resp = self
             .http
             .get(&url)
@@ -187,10 +192,11 @@ impl ExplorerClient {
 /// parse as a reservation is logged and skipped, repeats of an id are
 /// dropped (the first one wins).
 pub fn parse_poll_answer(url: &str, body: &[u8]) -> Result<PollAnswer, SourceError> {
-    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| SourceError::Malformed {
-        url: url.into(),
-        reason: e.to_string(),
-    })?;
+    let items: Vec<&RawValue> =
+        serde_json::from_slice(body).map_err(|e| SourceError::Malformed {
+            url: url.into(),
+            reason: e.to_string(),
+        })?;
     let mut answer = PollAnswer::default();
     let mut seen = std::collections::HashSet::new();
     for raw in items {
@@ -212,7 +218,10 @@ pub fn parse_poll_answer(url: &str, body: &[u8]) -> Result<PollAnswer, SourceErr
         }
     }
     if answer.repeated > 0 {
-        tracing::warn!(repeated = answer.repeated, "poll answer repeated reservations; kept one of each");
+        tracing::warn!(
+            repeated = answer.repeated,
+            "poll answer repeated reservations; kept one of each"
+        );
     }
     Ok(answer)
 }

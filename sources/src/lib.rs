@@ -47,7 +47,9 @@ impl SourceError {
     /// explorer refused the request for good (other 4xx).
     pub fn is_retryable(&self) -> bool {
         match self {
-            SourceError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            SourceError::Status { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
             SourceError::Unreachable { .. } | SourceError::Store(_) => true,
             SourceError::TooLarge { .. } | SourceError::Malformed { .. } => true,
         }

@@ -30,12 +30,17 @@ impl PollStatus {
 
     /// Polls failed in a row, and the last error.
     pub fn failures(&self) -> (u64, String) {
-        let err = self.last_error.lock().map(|e| e.clone()).unwrap_or_default();
+        let err = self
+            .last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
         (self.failures.load(Ordering::Relaxed), err)
     }
 
     fn ok(&self) {
-        self.last_ok_ms.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        self.last_ok_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
         self.failures.store(0, Ordering::Relaxed);
     }
 

@@ -319,7 +319,11 @@ impl Store {
 
     /// The earliest scheduled decommission, if any.
     pub fn next_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(self.expiry.first()?.and_then(|(k, _)| expiry_of(&k)).map(|(at, _)| at))
+        Ok(self
+            .expiry
+            .first()?
+            .and_then(|(k, _)| expiry_of(&k))
+            .map(|(at, _)| at))
     }
 
     /// Ids due for decommission at `now`, earliest first, at most `limit`.
@@ -346,13 +350,12 @@ impl Store {
 
     /// Advance the cursor; it never moves back.
     pub fn set_cursor(&self, cursor: u64) -> Result<(), StoreError> {
-        self.meta
-            .fetch_and_update(CURSOR, |old| {
-                let cur = old
-                    .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
-                    .unwrap_or(0);
-                Some(cur.max(cursor).to_be_bytes().to_vec())
-            })?;
+        self.meta.fetch_and_update(CURSOR, |old| {
+            let cur = old
+                .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0);
+            Some(cur.max(cursor).to_be_bytes().to_vec())
+        })?;
         Ok(())
     }
 
@@ -361,10 +364,11 @@ impl Store {
         let mut v = Vec::new();
         for kv in self.outbox.iter().take(limit) {
             let (k, val) = kv?;
-            let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                key: format!("outbox/{k:?}"),
-                reason: "key is not a u64".into(),
-            })?);
+            let seq =
+                u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    key: format!("outbox/{k:?}"),
+                    reason: "key is not a u64".into(),
+                })?);
             let item = records::decode(&format!("outbox/{seq}"), &val)?;
             v.push(OutboxEntry { seq, item });
         }

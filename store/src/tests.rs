@@ -16,8 +16,11 @@ fn reservation(id: &str, kind: &str, created: DateTime<Utc>, secs: i64) -> Reser
 }
 
 fn provision(s: &Store, node: &Identity, r: Reservation) -> u64 {
-    let res = node.ok_result(&r.kind, &r.id, &serde_json::json!({"volume_id": r.id})).unwrap();
-    s.record_provisioned(&Cached::new(r, res.clone()), &res).unwrap()
+    let res = node
+        .ok_result(&r.kind, &r.id, &serde_json::json!({"volume_id": r.id}))
+        .unwrap();
+    s.record_provisioned(&Cached::new(r, res.clone()), &res)
+        .unwrap()
 }
 
 #[test]
@@ -33,11 +36,22 @@ fn provisioned_is_cached_indexed_counted_and_queued() {
     assert_eq!(s.counters().unwrap()["volume"], 2);
     assert_eq!(s.counters().unwrap()["network"], 1);
     assert_eq!(s.outbox_len(), 3);
-    assert_eq!(s.outcome("1-1").unwrap().unwrap().state, OutcomeState::Provisioned);
+    assert_eq!(
+        s.outcome("1-1").unwrap().unwrap().state,
+        OutcomeState::Provisioned
+    );
     // Expiry order, not id order.
     let next = s.next_expiry().unwrap().unwrap();
-    assert!((next - (now + Duration::seconds(10))).num_milliseconds().abs() < 2);
-    assert_eq!(s.due(now + Duration::seconds(45), 10).unwrap(), vec!["1-1", "3-1"]);
+    assert!(
+        (next - (now + Duration::seconds(10)))
+            .num_milliseconds()
+            .abs()
+            < 2
+    );
+    assert_eq!(
+        s.due(now + Duration::seconds(45), 10).unwrap(),
+        vec!["1-1", "3-1"]
+    );
     assert!(s.due(now, 10).unwrap().is_empty());
     // The raw data bytes survive the cache.
     let c = s.get("2-1").unwrap().unwrap();
@@ -58,7 +72,10 @@ fn decommission_clears_index_and_queues_deleted() {
     assert!(!s.is_cached("1-1").unwrap());
     assert_eq!(s.counters().unwrap()["volume"], 0);
     assert!(s.next_expiry().unwrap().is_none());
-    assert_eq!(s.outcome("1-1").unwrap().unwrap().state, OutcomeState::Deleted);
+    assert_eq!(
+        s.outcome("1-1").unwrap().unwrap().state,
+        OutcomeState::Deleted
+    );
     let out = s.outbox_peek(10).unwrap();
     assert_eq!(out.len(), 1);
     assert!(matches!(&out[0].item, Outbound::Deleted { id } if id == "1-1"));
@@ -76,7 +93,10 @@ fn reschedule_moves_the_expiry() {
     provision(&s, &node, reservation("1-1", "volume", now, 1));
     s.reschedule("1-1", now + Duration::seconds(100)).unwrap();
     assert!(s.due(now + Duration::seconds(50), 10).unwrap().is_empty());
-    assert_eq!(s.due(now + Duration::seconds(101), 10).unwrap(), vec!["1-1"]);
+    assert_eq!(
+        s.due(now + Duration::seconds(101), 10).unwrap(),
+        vec!["1-1"]
+    );
     assert!(s.reschedule("9-9", now).is_err());
 }
 

@@ -23,12 +23,18 @@ async fn signed_reservation_result_and_signed_deletion() -> anyhow::Result<()> {
     let agent = Agent::start(&explorer.url).await?;
     let user = Identity::generate();
     let id = explorer
-        .reserve(&user, &agent.node_id, "network", network("core-a", &agent.node_id, 201), Duration::from_secs(600))
+        .reserve(
+            &user,
+            &agent.node_id,
+            "network",
+            network("core-a", &agent.node_id, 201),
+            Duration::from_secs(600),
+        )
         .await?;
     let res = explorer.wait_result(&id).await?;
     assert_eq!(res.state, ResultState::Ok, "{}", res.error);
     res.verify(&agent.node_id)?; // signed by the node key
-    let (_, nets, _) = labelled(&id);
+    let (_, nets, _) = labelled(&agent.node_id, &id);
     assert_eq!(nets.len(), 1, "one labelled docker network");
 
     // The agent shows it.
@@ -47,7 +53,10 @@ async fn signed_reservation_result_and_signed_deletion() -> anyhow::Result<()> {
     // ...and the signed one decommissions it.
     assert_eq!(explorer.delete(&id, &user.sign_delete(&id)).await?, 200);
     explorer.wait_deleted(&id).await?;
-    assert!(labelled(&id).1.is_empty(), "network removed");
+    assert!(
+        labelled(&agent.node_id, &id).1.is_empty(),
+        "network removed"
+    );
     assert_eq!(agent.status()?["cached"], 0);
     // Exactly one result ever.
     assert_eq!(explorer.results(&id).await?.len(), 1);
@@ -100,10 +109,17 @@ async fn refusals_get_signed_errors_and_the_agent_keeps_running() -> anyhow::Res
     for (id, want) in &cases {
         let res = explorer.wait_result(id).await?;
         assert_eq!(res.state, ResultState::Error, "{id}");
-        assert!(res.error.contains(want), "{id}: want {want:?} in {:?}", res.error);
+        assert!(
+            res.error.contains(want),
+            "{id}: want {want:?} in {:?}",
+            res.error
+        );
         assert_eq!(res.data.get(), "null");
         res.verify(&node)?;
-        assert!(labelled(id) == (vec![], vec![], vec![]), "refusal changed nothing for {id}");
+        assert!(
+            labelled(&agent.node_id, id) == (vec![], vec![], vec![]),
+            "refusal changed nothing for {id}"
+        );
     }
     assert!(agent.is_running());
     assert_eq!(agent.status()?["cached"], 0);

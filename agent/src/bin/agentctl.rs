@@ -67,7 +67,12 @@ async fn main() -> ExitCode {
         }
     };
     if answer["ok"] != json!(true) {
-        eprintln!("agentctl: {}", answer["error"].as_str().unwrap_or("the agent refused the request"));
+        eprintln!(
+            "agentctl: {}",
+            answer["error"]
+                .as_str()
+                .unwrap_or("the agent refused the request")
+        );
         return ExitCode::from(1);
     }
     let data = &answer["data"];
@@ -84,9 +89,12 @@ async fn main() -> ExitCode {
 }
 
 async fn ask(socket: &PathBuf, req: &Value) -> std::io::Result<Value> {
-    let stream = tokio::time::timeout(std::time::Duration::from_secs(5), UnixStream::connect(socket))
-        .await
-        .map_err(|_| std::io::Error::other("connect timed out"))??;
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        UnixStream::connect(socket),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("connect timed out"))??;
     let (r, mut w) = stream.into_split();
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
@@ -102,9 +110,14 @@ async fn ask(socket: &PathBuf, req: &Value) -> std::io::Result<Value> {
 }
 
 fn ago(rfc3339: &Value) -> String {
-    match rfc3339.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) {
+    match rfc3339
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+    {
         Some(t) => {
-            let s = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+            let s = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                .num_seconds()
+                .max(0);
             format!("{} ({})", t.to_rfc3339(), human(s) + " ago")
         }
         None => "never".into(),

@@ -22,8 +22,15 @@ struct Recorder {
 
 #[async_trait]
 impl Provisioner for Recorder {
-    async fn provision(&self, r: &Reservation, _w: &Workload) -> Result<serde_json::Value, ProvisionError> {
-        self.calls.lock().unwrap().push(format!("provision {} {}", r.kind, r.id));
+    async fn provision(
+        &self,
+        r: &Reservation,
+        _w: &Workload,
+    ) -> Result<serde_json::Value, ProvisionError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("provision {} {}", r.kind, r.id));
         if self.hang {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
@@ -33,7 +40,10 @@ impl Provisioner for Recorder {
         Ok(json!({"id": format!("obj-{}", r.id)}))
     }
     async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
-        self.calls.lock().unwrap().push(format!("decommission {}", r.id));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("decommission {}", r.id));
         match self.fail_decommission.lock().unwrap().take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -77,7 +87,11 @@ fn fixture_with(rec: Recorder, kinds: &[WorkloadType]) -> Fixture {
 fn fixture() -> Fixture {
     fixture_with(
         Recorder::default(),
-        &[WorkloadType::Container, WorkloadType::Volume, WorkloadType::Network],
+        &[
+            WorkloadType::Container,
+            WorkloadType::Volume,
+            WorkloadType::Network,
+        ],
     )
 }
 
@@ -197,17 +211,32 @@ async fn refusals_name_the_check_and_change_nothing() {
             }),
             "duration: must be > 0",
         ),
-        (Box::new(|f| f.reservation("1-1", "vm", json!({}))), "unknown workload type \"vm\""),
+        (
+            Box::new(|f| f.reservation("1-1", "vm", json!({}))),
+            "unknown workload type \"vm\"",
+        ),
         (
             Box::new(|f| f.reservation("1-1", "volume", json!({"size": 1, "type": "TAPE"}))),
             "data.type: volume type \"TAPE\" is not one of HDD, SSD",
         ),
         (
-            Box::new(|f| f.reservation("1-1", "container", json!({"flist": "x", "capacity": {"cpu": 1}}))),
+            Box::new(|f| {
+                f.reservation(
+                    "1-1",
+                    "container",
+                    json!({"flist": "x", "capacity": {"cpu": 1}}),
+                )
+            }),
             "data.capacity: missing field `memory`",
         ),
         (
-            Box::new(|f| f.reservation("1-1", "zdb", json!({"size": 1, "mode": "user", "password": "00", "disk_type": "SSD"}))),
+            Box::new(|f| {
+                f.reservation(
+                    "1-1",
+                    "zdb",
+                    json!({"size": 1, "mode": "user", "password": "00", "disk_type": "SSD"}),
+                )
+            }),
             "workload type zdb is not supported on this node",
         ),
     ];
@@ -242,7 +271,11 @@ async fn batch_is_handled_in_dependency_order() {
     f.poll(vec![ct, vol, net]).await;
     assert_eq!(
         f.calls(),
-        ["provision network 2-1", "provision volume 3-1", "provision container 1-1"]
+        [
+            "provision network 2-1",
+            "provision volume 3-1",
+            "provision container 1-1"
+        ]
     );
 }
 
@@ -284,7 +317,9 @@ async fn signed_deletion_decommissions_forged_one_changes_nothing() {
 #[tokio::test]
 async fn failed_provisioning_is_rolled_back_and_refused() {
     let rec = Recorder::default();
-    *rec.fail_provision.lock().unwrap() = Some(ProvisionError::Refused("image \"nope\" is not present and cannot be pulled".into()));
+    *rec.fail_provision.lock().unwrap() = Some(ProvisionError::Refused(
+        "image \"nope\" is not present and cannot be pulled".into(),
+    ));
     let mut f = fixture_with(rec, &[WorkloadType::Volume]);
     f.poll(vec![f.volume("1-1")]).await;
     assert_eq!(f.calls(), ["provision volume 1-1", "decommission 1-1"]);
@@ -306,12 +341,23 @@ async fn stuck_provisioning_hits_the_deadline() {
 async fn expiry_decommissions_and_in_use_is_rescheduled() {
     let mut f = fixture();
     f.poll(vec![f.volume("1-1")]).await;
-    *f.rec.fail_decommission.lock().unwrap() = Some(ProvisionError::InUse("volume 1-1 is mounted by agent-ct-2-1".into()));
-    f.engine.handle(Work::Due(vec!["1-1".into()])).await.unwrap();
+    *f.rec.fail_decommission.lock().unwrap() = Some(ProvisionError::InUse(
+        "volume 1-1 is mounted by agent-ct-2-1".into(),
+    ));
+    f.engine
+        .handle(Work::Due(vec!["1-1".into()]))
+        .await
+        .unwrap();
     assert!(f.store.is_cached("1-1").unwrap(), "in use: kept");
     let next = f.store.next_expiry().unwrap().unwrap();
-    assert!(next > Utc::now() + chrono::Duration::seconds(30), "rescheduled by retry_decommission");
-    f.engine.handle(Work::Due(vec!["1-1".into()])).await.unwrap();
+    assert!(
+        next > Utc::now() + chrono::Duration::seconds(30),
+        "rescheduled by retry_decommission"
+    );
+    f.engine
+        .handle(Work::Due(vec!["1-1".into()]))
+        .await
+        .unwrap();
     assert!(!f.store.is_cached("1-1").unwrap());
 }
 

@@ -33,7 +33,11 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Wait until `f` returns Some, or fail after `timeout` naming `what`.
@@ -83,7 +87,12 @@ impl Explorer {
     pub async fn spawn(&mut self) -> Result<()> {
         let log = std::fs::File::create(self.data.with_extension("log"))?;
         let child = Command::new(bin("explorer"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--data"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--data",
+            ])
             .arg(&self.data)
             .stdout(Stdio::null())
             .stderr(log)
@@ -152,9 +161,16 @@ impl Explorer {
 
     /// Wait for the first result of `id`.
     pub async fn wait_result(&self, id: &str) -> Result<WorkloadResult> {
-        wait_for(&format!("a result for {id}"), Duration::from_secs(60), || async {
-            self.results(id).await.ok().and_then(|r| r.into_iter().next())
-        })
+        wait_for(
+            &format!("a result for {id}"),
+            Duration::from_secs(60),
+            || async {
+                self.results(id)
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_iter().next())
+            },
+        )
         .await
     }
 
@@ -169,10 +185,14 @@ impl Explorer {
     }
 
     pub async fn wait_deleted(&self, id: &str) -> Result<()> {
-        wait_for(&format!("{id} confirmed deleted"), Duration::from_secs(60), || async {
-            let v = self.get(id).await.ok()?;
-            (v["deleted"] == json!(true)).then_some(())
-        })
+        wait_for(
+            &format!("{id} confirmed deleted"),
+            Duration::from_secs(60),
+            || async {
+                let v = self.get(id).await.ok()?;
+                (v["deleted"] == json!(true)).then_some(())
+            },
+        )
         .await
     }
 }
@@ -234,7 +254,10 @@ impl Agent {
             root,
             explorer: explorer.to_string(),
             node_id: node.id().to_string(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             _dir: Some(dir),
         };
@@ -284,7 +307,12 @@ impl Agent {
         let socket = self.socket.clone();
         wait_for("agent socket", Duration::from_secs(30), || {
             let socket = socket.clone();
-            async move { ctl_at(&socket, &["status", "--json"]).ok().filter(|o| o.0 == 0).map(|_| ()) }
+            async move {
+                ctl_at(&socket, &["status", "--json"])
+                    .ok()
+                    .filter(|o| o.0 == 0)
+                    .map(|_| ())
+            }
         })
         .await
         .with_context(|| format!("agent log:\n{}", self.log()))
@@ -300,7 +328,10 @@ impl Agent {
                 return Ok(s);
             }
             if start.elapsed() > timeout {
-                bail!("agent did not exit within {timeout:?}; log:\n{}", self.log());
+                bail!(
+                    "agent did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -317,7 +348,10 @@ impl Agent {
     /// SIGTERM and wait; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let start = Instant::now();
         loop {
             if let Ok(Some(s)) = c.try_wait() {
@@ -332,7 +366,9 @@ impl Agent {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Run `agentctl --socket ... ARGS`: (exit code, stdout, stderr).
@@ -357,6 +393,36 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        cleanup_node(&self.node_id, &self.root);
+    }
+}
+
+/// Remove every Docker object of `node` and unmount volume images under
+/// `root`, so a test leaves nothing behind even when it fails.
+pub fn cleanup_node(node: &str, root: &Path) {
+    let f = format!("label=io.agent.node={node}");
+    for (list, rm) in [
+        (vec!["ps", "-a", "-q"], vec!["rm", "-f"]),
+        (vec!["network", "ls", "-q"], vec!["network", "rm"]),
+        (vec!["volume", "ls", "-q"], vec!["volume", "rm", "-f"]),
+    ] {
+        let mut args = list.clone();
+        args.extend(["--filter", f.as_str()]);
+        if let Ok(ids) = docker(&args) {
+            for id in ids.lines().filter(|l| !l.is_empty()) {
+                let mut a = rm.clone();
+                a.push(id);
+                let _ = docker(&a);
+            }
+        }
+    }
+    let root = root.to_string_lossy().to_string();
+    if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+        for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+            if m.starts_with(&root) {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
+        }
     }
 }
 
@@ -382,14 +448,26 @@ pub fn docker(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Docker objects labelled with reservation `id`: (containers, networks, volumes).
-pub fn labelled(id: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+/// Docker objects of `node` labelled with reservation `id`:
+/// (containers, networks, volumes).
+pub fn labelled(node: &str, id: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
     let f = format!("label=io.agent.reservation={id}");
-    let split = |s: String| s.lines().map(str::to_string).filter(|l| !l.is_empty()).collect();
+    let n = format!("label=io.agent.node={node}");
+    let split = |s: String| {
+        s.lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    let q = |what: &[&str]| {
+        let mut args: Vec<&str> = what.to_vec();
+        args.extend(["--filter", &f, "--filter", &n]);
+        split(docker(&args).unwrap_or_default())
+    };
     (
-        split(docker(&["ps", "-a", "-q", "--filter", &f]).unwrap_or_default()),
-        split(docker(&["network", "ls", "-q", "--filter", &f]).unwrap_or_default()),
-        split(docker(&["volume", "ls", "-q", "--filter", &f]).unwrap_or_default()),
+        q(&["ps", "-a", "-q"]),
+        q(&["network", "ls", "-q"]),
+        q(&["volume", "ls", "-q"]),
     )
 }
 
@@ -413,7 +491,10 @@ pub fn ensure_images() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build.sh");
-        let st = Command::new("bash").arg(script).status().expect("run build.sh");
+        let st = Command::new("bash")
+            .arg(script)
+            .status()
+            .expect("run build.sh");
         assert!(st.success(), "tests/images/build.sh failed");
     });
 }

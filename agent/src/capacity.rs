@@ -1,0 +1,744 @@
+//! Capacity: what the node has ([`fingerprint`]), what workloads hold
+//! ([`Ledger`]), and admission of a new workload against what is free.
+//!
+//! Units inside: CPU in whole cores, memory and disk in MiB (a container's
+//! writable layer is charged 256 MiB, less than the protocol's GiB). The
+//! protocol's [`sources::Capacity`] counts memory and disk in GiB; see
+//! [`Ledger::total_capacity`] and [`Ledger::used_capacity`] for the rounding.
+//!
+//! Invariants: a reservation id is charged at most once (adding it again
+//! replaces its charge, releasing it twice releases once), so rebuilding from
+//! the cache at start and charging again on a repeated poll never double
+//! count; a workload that does not fit is refused before anything is created.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use reservation::workloads::{kubernetes_size, DiskType};
+use reservation::{Reservation, Workload};
+use serde::Serialize;
+
+/// MiB in a GiB.
+pub const MIB_PER_GIB: u64 = 1024;
+/// Disk charged for a container's (or a k3s node's, beyond its size) writable
+/// layer, on the root disk, in MiB.
+pub const CONTAINER_LAYER_MIB: u64 = 256;
+/// Default of `--reserve-memory`: 2 GiB stay with the host.
+pub const DEFAULT_RESERVE_MEMORY: u64 = 2 << 30;
+
+/// An amount of each resource: cores, MiB of memory, MiB of SSD and HDD.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    pub cpu: u64,
+    pub memory_mib: u64,
+    pub ssd_mib: u64,
+    pub hdd_mib: u64,
+}
+
+/// What one workload holds while it runs.
+pub type Charge = Resources;
+
+impl Resources {
+    pub const ZERO: Resources = Resources {
+        cpu: 0,
+        memory_mib: 0,
+        ssd_mib: 0,
+        hdd_mib: 0,
+    };
+
+    /// `mib` of disk of type `disk`.
+    pub fn disk(disk: DiskType, mib: u64) -> Resources {
+        match disk {
+            DiskType::Ssd => Resources {
+                ssd_mib: mib,
+                ..Resources::ZERO
+            },
+            DiskType::Hdd => Resources {
+                hdd_mib: mib,
+                ..Resources::ZERO
+            },
+        }
+    }
+
+    pub fn saturating_add(self, o: Resources) -> Resources {
+        Resources {
+            cpu: self.cpu.saturating_add(o.cpu),
+            memory_mib: self.memory_mib.saturating_add(o.memory_mib),
+            ssd_mib: self.ssd_mib.saturating_add(o.ssd_mib),
+            hdd_mib: self.hdd_mib.saturating_add(o.hdd_mib),
+        }
+    }
+
+    pub fn saturating_sub(self, o: Resources) -> Resources {
+        Resources {
+            cpu: self.cpu.saturating_sub(o.cpu),
+            memory_mib: self.memory_mib.saturating_sub(o.memory_mib),
+            ssd_mib: self.ssd_mib.saturating_sub(o.ssd_mib),
+            hdd_mib: self.hdd_mib.saturating_sub(o.hdd_mib),
+        }
+    }
+
+    /// In the protocol's units, every figure rounded down to a whole GiB.
+    pub fn to_capacity_floor(self) -> sources::Capacity {
+        sources::Capacity {
+            cru: self.cpu,
+            mru: self.memory_mib / MIB_PER_GIB,
+            sru: self.ssd_mib / MIB_PER_GIB,
+            hru: self.hdd_mib / MIB_PER_GIB,
+        }
+    }
+
+    /// In the protocol's units, every figure rounded up to a whole GiB.
+    pub fn to_capacity_ceil(self) -> sources::Capacity {
+        sources::Capacity {
+            cru: self.cpu,
+            mru: self.memory_mib.div_ceil(MIB_PER_GIB),
+            sru: self.ssd_mib.div_ceil(MIB_PER_GIB),
+            hru: self.hdd_mib.div_ceil(MIB_PER_GIB),
+        }
+    }
+}
+
+/// The node's resources as found at start, and the part kept for the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Total {
+    /// What the machine has.
+    pub physical: Resources,
+    /// What stays with the host (`--reserve-cpu`, `--reserve-memory`).
+    pub reserved: Resources,
+    /// What the agent's root disk is (`--disk-type`): containers' writable
+    /// layers are charged on it.
+    pub root_disk: DiskType,
+}
+
+impl Total {
+    /// What workloads may take: physical less reserved.
+    pub fn usable(&self) -> Resources {
+        self.physical.saturating_sub(self.reserved)
+    }
+}
+
+/// Parse `--disk-type` (`SSD` or `HDD`, any case).
+pub fn parse_disk_type(s: &str) -> Result<DiskType, String> {
+    match s.trim().to_ascii_uppercase().as_str() {
+        "SSD" => Ok(DiskType::Ssd),
+        "HDD" => Ok(DiskType::Hdd),
+        other => Err(format!("disk type {other:?} is not SSD or HDD")),
+    }
+}
+
+/// Find the node's resources: CPU cores this process may use, memory
+/// (`MemTotal` of `/proc/meminfo`), and the size of the filesystem holding
+/// `root`, all counted as `disk_type`. The disk figure is the filesystem's
+/// size, not what is free now: the agent's own volumes live there, so "free
+/// at start" would shrink with every restart. `reserve_cpu` cores and
+/// `reserve_memory_bytes` (rounded up to a MiB) stay with the host.
+///
+/// A figure that cannot be read counts as 0, with a warning: admission then
+/// refuses what needs it instead of the agent failing to start.
+pub fn fingerprint(
+    root: &Path,
+    disk_type: DiskType,
+    reserve_cpu: u32,
+    reserve_memory_bytes: u64,
+) -> Total {
+    let cpu = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot count CPU cores; counting 0");
+            0
+        });
+    let memory_mib = match std::fs::read_to_string("/proc/meminfo") {
+        Ok(s) => {
+            mem_total_kib(&s).unwrap_or_else(|| {
+                tracing::warn!("/proc/meminfo has no MemTotal line; counting 0 memory");
+                0
+            }) / 1024
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read /proc/meminfo; counting 0 memory");
+            0
+        }
+    };
+    let disk_mib = match fs_size_bytes(root) {
+        Ok(b) => b >> 20,
+        Err(e) => {
+            tracing::warn!(root = %root.display(), error = %e, "cannot measure the filesystem of the root; counting 0 disk");
+            0
+        }
+    };
+    let physical = Resources {
+        cpu,
+        memory_mib,
+        ..Resources::ZERO
+    }
+    .saturating_add(Resources::disk(disk_type, disk_mib));
+    Total {
+        physical,
+        reserved: Resources {
+            cpu: reserve_cpu as u64,
+            memory_mib: reserve_memory_bytes.div_ceil(1 << 20),
+            ..Resources::ZERO
+        },
+        root_disk: disk_type,
+    }
+}
+
+/// `MemTotal` in KiB from the text of `/proc/meminfo`.
+fn mem_total_kib(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Size in bytes of the filesystem holding `path` (statvfs; the nearest
+/// existing ancestor when `path` does not exist yet).
+fn fs_size_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut p = path;
+    while !p.exists() {
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+            _ => {
+                p = Path::new(".");
+                break;
+            }
+        }
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_blocks as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// What workload `w` holds while it runs, with container layers on
+/// `root_disk`:
+/// - container: its cores and memory, and 256 MiB of root disk;
+/// - volume and zdb: their size on their disk type;
+/// - kubernetes: the size table's cores, memory and disk (on the root disk)
+///   plus the 256 MiB layer of its container;
+/// - network and debug: nothing.
+pub fn charge_of(w: &Workload, root_disk: DiskType) -> Charge {
+    match w {
+        Workload::Container(c) => Resources {
+            cpu: c.capacity.cpu as u64,
+            memory_mib: c.capacity.memory,
+            ..Resources::ZERO
+        }
+        .saturating_add(Resources::disk(root_disk, CONTAINER_LAYER_MIB)),
+        Workload::Volume(v) => Resources::disk(v.disk(), v.size.saturating_mul(MIB_PER_GIB)),
+        Workload::Zdb(z) => Resources::disk(z.disk(), z.size.saturating_mul(MIB_PER_GIB)),
+        Workload::Kubernetes(k) => match kubernetes_size(k.size) {
+            Some((cpu, mem_mib, disk_gib)) => Resources {
+                cpu: cpu as u64,
+                memory_mib: mem_mib,
+                ..Resources::ZERO
+            }
+            .saturating_add(Resources::disk(
+                root_disk,
+                disk_gib.saturating_mul(MIB_PER_GIB) + CONTAINER_LAYER_MIB,
+            )),
+            // Validation refuses other sizes before admission.
+            None => Resources::ZERO,
+        },
+        Workload::Network(_) | Workload::Debug(_) => Resources::ZERO,
+    }
+}
+
+/// The charge of a reservation's workload, `None` when its type or data
+/// does not parse (nothing of it can run, so nothing is charged).
+pub fn charge_of_reservation(r: &Reservation, root_disk: DiskType) -> Option<Charge> {
+    let kind = r.workload_type().ok()?;
+    let w = Workload::parse(kind, &r.data).ok()?;
+    Some(charge_of(&w, root_disk))
+}
+
+/// Capacity figures for `agentctl status`, in the ledger's units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    pub total: Resources,
+    pub reserved: Resources,
+    pub used: Resources,
+    pub free: Resources,
+    pub root_disk: &'static str,
+    /// Workloads charged.
+    pub workloads: usize,
+}
+
+/// Usage of the node by workloads, one charge per reservation id. Plain
+/// data: share it as `Arc<Mutex<Ledger>>`.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    total: Total,
+    charges: BTreeMap<String, Charge>,
+    used: Resources,
+}
+
+impl Ledger {
+    pub fn new(total: Total) -> Self {
+        Ledger {
+            total,
+            charges: BTreeMap::new(),
+            used: Resources::ZERO,
+        }
+    }
+
+    /// The charge of `w` on this node (container layers on its root disk).
+    pub fn charge_of(&self, w: &Workload) -> Charge {
+        charge_of(w, self.total.root_disk)
+    }
+
+    /// Whether `charge` fits in what is free, for reservation `id`. An id
+    /// already charged fits (it holds its resources already). The error
+    /// names the first resource short, e.g.
+    /// `not enough memory: asked 4096 MiB, 1024 MiB free`.
+    pub fn admit(&self, id: &str, charge: &Charge) -> Result<(), String> {
+        if self.charges.contains_key(id) {
+            return Ok(());
+        }
+        let free = self.free();
+        if charge.cpu > free.cpu {
+            return Err(format!(
+                "not enough cpu: asked {}, {} free",
+                cores(charge.cpu),
+                cores(free.cpu)
+            ));
+        }
+        if charge.memory_mib > free.memory_mib {
+            return Err(format!(
+                "not enough memory: asked {} MiB, {} MiB free",
+                charge.memory_mib, free.memory_mib
+            ));
+        }
+        for (name, asked, left) in [
+            ("SSD", charge.ssd_mib, free.ssd_mib),
+            ("HDD", charge.hdd_mib, free.hdd_mib),
+        ] {
+            if asked > left {
+                return Err(format!(
+                    "not enough {name} disk: asked {} GiB, {} GiB free",
+                    gib(asked),
+                    gib(left)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Charge reservation `id`. Charging an id again replaces its charge.
+    pub fn add(&mut self, id: &str, charge: Charge) {
+        if let Some(old) = self.charges.insert(id.to_string(), charge) {
+            self.used = self.used.saturating_sub(old);
+        }
+        self.used = self.used.saturating_add(charge);
+    }
+
+    /// Release reservation `id`'s charge; releasing an unknown (or already
+    /// released) id does nothing. Returns whether something was released.
+    pub fn release(&mut self, id: &str) -> bool {
+        match self.charges.remove(id) {
+            Some(c) => {
+                self.used = self.used.saturating_sub(c);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forget every charge and charge each cached workload once (at start).
+    /// A cached entry whose data does not parse is charged nothing.
+    pub fn rebuild<'a>(&mut self, cached: impl IntoIterator<Item = &'a store::Cached>) {
+        self.charges.clear();
+        self.used = Resources::ZERO;
+        for c in cached {
+            let r = &c.reservation;
+            match charge_of_reservation(r, self.total.root_disk) {
+                Some(charge) => self.add(&r.id, charge),
+                None => {
+                    tracing::warn!(reservation = %r.id, kind = %r.kind, "cached workload does not parse; charging nothing for it")
+                }
+            }
+        }
+    }
+
+    /// [`Ledger::rebuild`] from every workload in `store`. Returns how many
+    /// were charged; a record that cannot be read is skipped with a warning.
+    pub fn rebuild_from_store(&mut self, store: &store::Store) -> usize {
+        let mut cached = Vec::new();
+        for c in store.list() {
+            match c {
+                Ok(c) => cached.push(c),
+                Err(e) => tracing::warn!(error = %e, "cannot read a cached workload; not charged"),
+            }
+        }
+        self.rebuild(cached.iter());
+        self.charges.len()
+    }
+
+    /// Whether reservation `id` is charged.
+    pub fn contains(&self, id: &str) -> bool {
+        self.charges.contains_key(id)
+    }
+
+    /// What the machine has.
+    pub fn total(&self) -> Resources {
+        self.total.physical
+    }
+
+    /// What stays with the host.
+    pub fn reserved(&self) -> Resources {
+        self.total.reserved
+    }
+
+    /// What workloads hold.
+    pub fn used(&self) -> Resources {
+        self.used
+    }
+
+    /// What a new workload may still take: total less reserved less used.
+    pub fn free(&self) -> Resources {
+        self.total.usable().saturating_sub(self.used)
+    }
+
+    pub fn fingerprint(&self) -> &Total {
+        &self.total
+    }
+
+    /// Number of charged workloads.
+    pub fn len(&self) -> usize {
+        self.charges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.charges.is_empty()
+    }
+
+    /// Capacity to register with the explorer: what workloads may take
+    /// (total less reserved), memory and disk rounded **down** to whole GiB
+    /// so the node never promises what it lacks.
+    pub fn total_capacity(&self) -> sources::Capacity {
+        self.total.usable().to_capacity_floor()
+    }
+
+    /// Used capacity for the heartbeat, memory and disk rounded **up** to
+    /// whole GiB (a 256 MiB container layer shows as 1 GiB of disk), so
+    /// the explorer never sees a busy node as idle.
+    pub fn used_capacity(&self) -> sources::Capacity {
+        self.used.to_capacity_ceil()
+    }
+
+    /// Figures for `agentctl status`.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            total: self.total(),
+            reserved: self.reserved(),
+            used: self.used(),
+            free: self.free(),
+            root_disk: self.total.root_disk.as_str(),
+            workloads: self.charges.len(),
+        }
+    }
+}
+
+fn cores(n: u64) -> String {
+    if n == 1 {
+        "1 core".into()
+    } else {
+        format!("{n} cores")
+    }
+}
+
+/// MiB as GiB: whole when it is, else with up to two decimals.
+fn gib(mib: u64) -> String {
+    if mib % MIB_PER_GIB == 0 {
+        format!("{}", mib / MIB_PER_GIB)
+    } else {
+        let s = format!("{:.2}", mib as f64 / MIB_PER_GIB as f64);
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reservation::{Identity, WorkloadType};
+    use serde_json::json;
+
+    fn total(cpu: u64, mem_mib: u64, ssd_gib: u64, hdd_gib: u64) -> Total {
+        Total {
+            physical: Resources {
+                cpu,
+                memory_mib: mem_mib,
+                ssd_mib: ssd_gib * 1024,
+                hdd_mib: hdd_gib * 1024,
+            },
+            reserved: Resources::ZERO,
+            root_disk: DiskType::Ssd,
+        }
+    }
+
+    fn w(kind: WorkloadType, data: serde_json::Value) -> Workload {
+        let raw = serde_json::value::to_raw_value(&data).unwrap();
+        Workload::parse(kind, &raw).unwrap()
+    }
+
+    fn container(cpu: u32, mem: u64) -> Workload {
+        w(
+            WorkloadType::Container,
+            json!({"flist": "busybox", "capacity": {"cpu": cpu, "memory": mem}}),
+        )
+    }
+
+    fn volume(size: u64, t: &str) -> Workload {
+        w(WorkloadType::Volume, json!({"size": size, "type": t}))
+    }
+
+    #[test]
+    fn charges_by_type() {
+        let l = Ledger::new(total(4, 8192, 100, 100));
+        assert_eq!(
+            l.charge_of(&container(2, 512)),
+            Resources {
+                cpu: 2,
+                memory_mib: 512,
+                ssd_mib: 256,
+                hdd_mib: 0
+            }
+        );
+        assert_eq!(
+            l.charge_of(&volume(10, "HDD")),
+            Resources::disk(DiskType::Hdd, 10 * 1024)
+        );
+        let zdb = w(
+            WorkloadType::Zdb,
+            json!({"size": 3, "mode": "seq", "password": "", "disk_type": "SSD"}),
+        );
+        assert_eq!(l.charge_of(&zdb), Resources::disk(DiskType::Ssd, 3 * 1024));
+        let k8s = w(
+            WorkloadType::Kubernetes,
+            json!({"size": 2, "network_id": "n", "ip": "10.1.1.2", "cluster_secret": "", "master_ips": []}),
+        );
+        assert_eq!(
+            l.charge_of(&k8s),
+            Resources {
+                cpu: 2,
+                memory_mib: 4096,
+                ssd_mib: 100 * 1024 + 256,
+                hdd_mib: 0
+            }
+        );
+        let net = w(
+            WorkloadType::Network,
+            json!({"name": "n", "ip_range": "10.1.0.0/16", "net_resources": []}),
+        );
+        assert_eq!(l.charge_of(&net), Resources::ZERO);
+        let dbg = w(
+            WorkloadType::Debug,
+            json!({"host": "127.0.0.1", "port": 6379}),
+        );
+        assert_eq!(l.charge_of(&dbg), Resources::ZERO);
+        // An HDD root disk takes the container layers.
+        let mut t = total(4, 8192, 0, 100);
+        t.root_disk = DiskType::Hdd;
+        assert_eq!(Ledger::new(t).charge_of(&container(1, 64)).hdd_mib, 256);
+    }
+
+    #[test]
+    fn admission_messages_name_what_is_short() {
+        let mut t = total(4, 6144, 20, 0);
+        t.reserved = Resources {
+            cpu: 1,
+            memory_mib: 2048,
+            ..Resources::ZERO
+        };
+        let mut l = Ledger::new(t);
+        l.add("1-1", l.charge_of(&container(1, 3072)));
+        let c = l.charge_of(&container(1, 4096));
+        assert_eq!(
+            l.admit("2-1", &c).unwrap_err(),
+            "not enough memory: asked 4096 MiB, 1024 MiB free"
+        );
+        let c = l.charge_of(&container(3, 64));
+        assert_eq!(
+            l.admit("2-1", &c).unwrap_err(),
+            "not enough cpu: asked 3 cores, 2 cores free"
+        );
+        let c = l.charge_of(&volume(20, "SSD"));
+        assert_eq!(
+            l.admit("2-1", &c).unwrap_err(),
+            "not enough SSD disk: asked 20 GiB, 19.75 GiB free"
+        );
+        let c = l.charge_of(&volume(1, "HDD"));
+        assert_eq!(
+            l.admit("2-1", &c).unwrap_err(),
+            "not enough HDD disk: asked 1 GiB, 0 GiB free"
+        );
+        assert!(l.admit("2-1", &l.charge_of(&volume(19, "SSD"))).is_ok());
+        // What a workload already holds is not asked again.
+        assert!(l.admit("1-1", &l.charge_of(&container(1, 3072))).is_ok());
+        assert_eq!(l.free().cpu, 2);
+    }
+
+    #[test]
+    fn never_double_counts() {
+        let mut l = Ledger::new(total(8, 8192, 100, 100));
+        let c = l.charge_of(&container(2, 1024));
+        l.add("1-1", c);
+        l.add("1-1", c);
+        assert_eq!(l.used().cpu, 2);
+        assert_eq!(l.used().memory_mib, 1024);
+        assert!(l.release("1-1"));
+        assert!(!l.release("1-1"));
+        assert_eq!(l.used(), Resources::ZERO);
+        assert!(l.is_empty());
+    }
+
+    fn cached(
+        node: &Identity,
+        user: &Identity,
+        id: &str,
+        kind: WorkloadType,
+        data: serde_json::Value,
+    ) -> store::Cached {
+        let raw = serde_json::value::to_raw_value(&data).unwrap();
+        let r = Reservation {
+            id: id.into(),
+            node_id: node.id().into(),
+            user_id: user.id().into(),
+            kind: kind.as_str().into(),
+            data: raw,
+            created: Some(chrono::Utc::now()),
+            duration: 3_600_000_000_000,
+            signature: String::new(),
+            to_delete: false,
+            delete_signature: None,
+        };
+        let res = node.error_result(kind.as_str(), id, "x");
+        store::Cached::new(r, res)
+    }
+
+    #[test]
+    fn rebuilt_from_the_store_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Identity::generate();
+        let user = Identity::generate();
+        {
+            let s = store::Store::open(dir.path()).unwrap();
+            for c in [
+                cached(
+                    &node,
+                    &user,
+                    "1-1",
+                    WorkloadType::Volume,
+                    json!({"size": 5, "type": "HDD"}),
+                ),
+                cached(
+                    &node,
+                    &user,
+                    "2-1",
+                    WorkloadType::Container,
+                    json!({"flist": "b", "capacity": {"cpu": 1, "memory": 512}}),
+                ),
+                cached(
+                    &node,
+                    &user,
+                    "3-1",
+                    WorkloadType::Container,
+                    json!({"flist": "b"}),
+                ), // bad data
+            ] {
+                let res = c.result.clone();
+                s.record_provisioned(&c, &res).unwrap();
+            }
+            s.flush().unwrap();
+        }
+        let s = store::Store::open(dir.path()).unwrap();
+        let mut l = Ledger::new(total(4, 4096, 10, 10));
+        l.add(
+            "2-1",
+            Resources {
+                cpu: 3,
+                ..Resources::ZERO
+            },
+        ); // stale figure before rebuild
+        assert_eq!(l.rebuild_from_store(&s), 2);
+        assert_eq!(l.rebuild_from_store(&s), 2, "rebuilding twice counts once");
+        assert_eq!(
+            l.used(),
+            Resources {
+                cpu: 1,
+                memory_mib: 512,
+                ssd_mib: 256,
+                hdd_mib: 5 * 1024
+            }
+        );
+        assert_eq!(
+            l.used_capacity(),
+            sources::Capacity {
+                cru: 1,
+                mru: 1,
+                sru: 1,
+                hru: 5
+            }
+        );
+    }
+
+    #[test]
+    fn protocol_units_round_total_down_and_used_up() {
+        let mut t = total(4, 3900, 0, 0);
+        t.physical.ssd_mib = 10 * 1024 + 500;
+        t.reserved.memory_mib = 100;
+        let mut l = Ledger::new(t);
+        assert_eq!(
+            l.total_capacity(),
+            sources::Capacity {
+                cru: 4,
+                mru: 3,
+                sru: 10,
+                hru: 0
+            }
+        );
+        l.add(
+            "1-1",
+            Resources {
+                memory_mib: 1025,
+                ..Resources::ZERO
+            },
+        );
+        assert_eq!(l.used_capacity().mru, 2);
+        let snap = l.snapshot();
+        assert_eq!(snap.free.memory_mib, 3900 - 100 - 1025);
+        assert_eq!(snap.root_disk, "SSD");
+    }
+
+    #[test]
+    fn fingerprint_reads_this_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = fingerprint(&dir.path().join("not/yet"), DiskType::Hdd, 1, 1 << 30);
+        assert!(t.physical.cpu >= 1);
+        assert!(t.physical.memory_mib > 64, "{t:?}");
+        assert!(t.physical.hdd_mib > 0 && t.physical.ssd_mib == 0, "{t:?}");
+        assert_eq!(
+            t.reserved,
+            Resources {
+                cpu: 1,
+                memory_mib: 1024,
+                ..Resources::ZERO
+            }
+        );
+        assert_eq!(t.usable().cpu, t.physical.cpu - 1);
+        assert_eq!(
+            mem_total_kib("MemFree: 1 kB\nMemTotal:  16384 kB\n"),
+            Some(16384)
+        );
+        assert_eq!(parse_disk_type("hdd"), Ok(DiskType::Hdd));
+        assert!(parse_disk_type("nvme").unwrap_err().contains("nvme"));
+    }
+}

@@ -1,0 +1,710 @@
+//! [`FakeDocker`]: an in-memory [`Docker`] that records every call, for
+//! unit tests of logic (the engine's, the provisioners'). Integration
+//! tests use the real engine through [`crate::BollardDocker`].
+//!
+//! It keeps containers, volumes, networks and images in maps and follows
+//! the seam's conventions (inspect → `None` when missing, remove → `false`
+//! when gone, `InUse` when Docker would refuse). Calls are recorded as
+//! `"<operation> <name>"` strings, e.g. `"create_container agent-ct-12-1"`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::docker::{
+    ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, DockerInfo, Endpoint,
+    NetworkInfo, NetworkSpec, VolumeInfo, VolumeSpec,
+};
+use crate::ProvisionError;
+
+#[derive(Default)]
+struct State {
+    calls: Vec<String>,
+    images: BTreeSet<String>,
+    pullable: BTreeSet<String>,
+    containers: BTreeMap<String, (ContainerSpec, ContainerInfo)>,
+    volumes: BTreeMap<String, VolumeInfo>,
+    networks: BTreeMap<String, (NetworkSpec, NetworkInfo)>,
+    failures: BTreeMap<String, String>,
+    next_id: u64,
+}
+
+/// The recording fake. Cheap to share as `Arc<FakeDocker>` (coerces to
+/// `Arc<dyn Docker>`).
+#[derive(Default)]
+pub struct FakeDocker {
+    state: Mutex<State>,
+}
+
+impl FakeDocker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make `image` present locally.
+    pub fn add_image(&self, image: &str) {
+        self.st().images.insert(normal(image));
+    }
+
+    /// Let `image` be pulled (pulling anything else fails).
+    pub fn allow_pull(&self, image: &str) {
+        self.st().pullable.insert(normal(image));
+    }
+
+    /// Make the next call of operation `op` (e.g. `"start_container"`)
+    /// fail with `ProvisionError::Docker(message)`.
+    pub fn fail_next(&self, op: &str, message: &str) {
+        self.st()
+            .failures
+            .insert(op.to_string(), message.to_string());
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.st().calls.clone()
+    }
+
+    /// How many calls of operation `op` were made.
+    pub fn count(&self, op: &str) -> usize {
+        self.st()
+            .calls
+            .iter()
+            .filter(|c| c.split(' ').next() == Some(op))
+            .count()
+    }
+
+    /// The spec container `name` was created with.
+    pub fn container_spec(&self, name: &str) -> Option<ContainerSpec> {
+        self.st().containers.get(name).map(|(s, _)| s.clone())
+    }
+
+    /// Names of existing containers, volumes and networks.
+    pub fn container_names(&self) -> Vec<String> {
+        self.st().containers.keys().cloned().collect()
+    }
+    pub fn volume_names(&self) -> Vec<String> {
+        self.st().volumes.keys().cloned().collect()
+    }
+    pub fn network_names(&self) -> Vec<String> {
+        self.st().networks.keys().cloned().collect()
+    }
+
+    /// Set a container's state word (`"exited"`...), as if it stopped.
+    pub fn set_state(&self, name: &str, state: &str) {
+        if let Some((_, c)) = self.st().containers.get_mut(name) {
+            c.state = state.to_string();
+        }
+    }
+
+    /// Remove an object behind the provisioner's back (`docker rm -f`).
+    pub fn vanish(&self, name: &str) {
+        let mut st = self.st();
+        st.containers.remove(name);
+        st.volumes.remove(name);
+        st.networks.remove(name);
+    }
+
+    /// Add a foreign network (Docker's own bridge, say).
+    pub fn add_network(&self, info: NetworkInfo) {
+        let spec = NetworkSpec {
+            name: info.name.clone(),
+            subnet: info
+                .ipv4_subnets()
+                .first()
+                .copied()
+                .unwrap_or_else(|| "0.0.0.0/32".parse().expect("valid")),
+            gateway: std::net::Ipv4Addr::UNSPECIFIED,
+            labels: info.labels.clone(),
+        };
+        self.st().networks.insert(info.name.clone(), (spec, info));
+    }
+
+    fn record(&self, op: &str, target: &str) -> Result<(), ProvisionError> {
+        let mut st = self.st();
+        st.calls.push(format!("{op} {target}"));
+        match st.failures.remove(op) {
+            Some(m) => Err(ProvisionError::Docker(m)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `busybox` and `busybox:latest` are one image.
+fn normal(image: &str) -> String {
+    let (repo, tag) = crate::docker::split_image_tag(image);
+    format!("{repo}:{tag}")
+}
+
+fn matches(c: &ContainerInfo, f: &ContainerFilter) -> bool {
+    f.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v))
+        && f.volume.as_ref().is_none_or(|v| c.volumes.contains(v))
+        && f.network
+            .as_ref()
+            .is_none_or(|n| c.networks.contains_key(n))
+}
+
+#[async_trait]
+impl Docker for FakeDocker {
+    async fn info(&self) -> Result<DockerInfo, ProvisionError> {
+        self.record("info", "")?;
+        Ok(DockerInfo {
+            version: "fake".into(),
+            api_version: "1.41".into(),
+            ncpu: 4,
+            mem_total: 8 << 30,
+        })
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool, ProvisionError> {
+        self.record("image_exists", image)?;
+        Ok(self.st().images.contains(&normal(image)))
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<(), ProvisionError> {
+        self.record("pull_image", image)?;
+        let mut st = self.st();
+        if st.pullable.contains(&normal(image)) {
+            st.images.insert(normal(image));
+            Ok(())
+        } else {
+            Err(ProvisionError::Docker(format!(
+                "pull image {image}: pull access denied for {image}"
+            )))
+        }
+    }
+
+    async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, ProvisionError> {
+        self.record("inspect_container", name)?;
+        Ok(self.st().containers.get(name).map(|(_, c)| c.clone()))
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, ProvisionError> {
+        self.record("create_container", &spec.name)?;
+        let mut st = self.st();
+        if st.containers.contains_key(&spec.name) {
+            return Err(ProvisionError::Docker(format!(
+                "create container {}: name already in use",
+                spec.name
+            )));
+        }
+        if !st.images.contains(&normal(&spec.image)) {
+            return Err(ProvisionError::Docker(format!(
+                "no such image: {}",
+                spec.image
+            )));
+        }
+        for m in &spec.mounts {
+            if !st.volumes.contains_key(&m.volume) {
+                return Err(ProvisionError::Docker(format!(
+                    "no such volume: {}",
+                    m.volume
+                )));
+            }
+        }
+        let mut networks = BTreeMap::new();
+        if let ContainerNet::Bridge { network, ipv4 } = &spec.network {
+            let Some((nspec, _)) = st.networks.get(network) else {
+                return Err(ProvisionError::Docker(format!(
+                    "network {network} not found"
+                )));
+            };
+            let ip = ipv4.map(|i| i.to_string()).unwrap_or_else(|| {
+                nspec
+                    .subnet
+                    .hosts()
+                    .nth(1)
+                    .map(|i| i.to_string())
+                    .unwrap_or_default()
+            });
+            networks.insert(
+                network.clone(),
+                Endpoint {
+                    ipv4: ip,
+                    ipv6: String::new(),
+                },
+            );
+        }
+        st.next_id += 1;
+        let id = format!("{:064x}", st.next_id);
+        let info = ContainerInfo {
+            id: id.clone(),
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            labels: spec.labels.clone(),
+            state: "created".into(),
+            networks,
+            volumes: spec.mounts.iter().map(|m| m.volume.clone()).collect(),
+        };
+        st.containers
+            .insert(spec.name.clone(), (spec.clone(), info));
+        Ok(id)
+    }
+
+    async fn start_container(&self, name: &str) -> Result<(), ProvisionError> {
+        self.record("start_container", name)?;
+        match self.st().containers.get_mut(name) {
+            Some((_, c)) => {
+                c.state = "running".into();
+                Ok(())
+            }
+            None => Err(ProvisionError::Docker(format!("no such container: {name}"))),
+        }
+    }
+
+    async fn stop_container(&self, name: &str, _grace: Duration) -> Result<(), ProvisionError> {
+        self.record("stop_container", name)?;
+        if let Some((_, c)) = self.st().containers.get_mut(name) {
+            c.state = "exited".into();
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, name: &str) -> Result<bool, ProvisionError> {
+        self.record("remove_container", name)?;
+        Ok(self.st().containers.remove(name).is_some())
+    }
+
+    async fn list_containers(
+        &self,
+        filter: &ContainerFilter,
+    ) -> Result<Vec<ContainerInfo>, ProvisionError> {
+        self.record("list_containers", "")?;
+        Ok(self
+            .st()
+            .containers
+            .values()
+            .map(|(_, c)| c)
+            .filter(|c| matches(c, filter))
+            .cloned()
+            .collect())
+    }
+
+    async fn container_logs(&self, name: &str, _tail: usize) -> Result<String, ProvisionError> {
+        self.record("container_logs", name)?;
+        Ok(String::new())
+    }
+
+    async fn create_volume(&self, spec: &VolumeSpec) -> Result<(), ProvisionError> {
+        self.record("create_volume", &spec.name)?;
+        self.st()
+            .volumes
+            .entry(spec.name.clone())
+            .or_insert_with(|| VolumeInfo {
+                name: spec.name.clone(),
+                labels: spec.labels.clone(),
+                driver_opts: spec.driver_opts.clone(),
+            });
+        Ok(())
+    }
+
+    async fn inspect_volume(&self, name: &str) -> Result<Option<VolumeInfo>, ProvisionError> {
+        self.record("inspect_volume", name)?;
+        Ok(self.st().volumes.get(name).cloned())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<bool, ProvisionError> {
+        self.record("remove_volume", name)?;
+        let mut st = self.st();
+        if st
+            .containers
+            .values()
+            .any(|(_, c)| c.volumes.iter().any(|v| v == name))
+        {
+            return Err(ProvisionError::InUse(format!(
+                "docker volume {name} is in use"
+            )));
+        }
+        Ok(st.volumes.remove(name).is_some())
+    }
+
+    async fn list_volumes(
+        &self,
+        labels: &[(String, String)],
+    ) -> Result<Vec<VolumeInfo>, ProvisionError> {
+        self.record("list_volumes", "")?;
+        Ok(self
+            .st()
+            .volumes
+            .values()
+            .filter(|v| labels.iter().all(|(k, val)| v.labels.get(k) == Some(val)))
+            .cloned()
+            .collect())
+    }
+
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<String, ProvisionError> {
+        self.record("create_network", &spec.name)?;
+        let mut st = self.st();
+        if st.networks.contains_key(&spec.name) {
+            return Err(ProvisionError::Docker(format!(
+                "network with name {} already exists",
+                spec.name
+            )));
+        }
+        if st
+            .networks
+            .values()
+            .any(|(s, _)| s.subnet.contains(&spec.subnet) || spec.subnet.contains(&s.subnet))
+        {
+            return Err(ProvisionError::Docker(
+                "Pool overlaps with other one on this address space".into(),
+            ));
+        }
+        st.next_id += 1;
+        let id = format!("{:064x}", st.next_id);
+        let info = NetworkInfo {
+            id: id.clone(),
+            name: spec.name.clone(),
+            driver: "bridge".into(),
+            labels: spec.labels.clone(),
+            subnets: vec![spec.subnet.to_string()],
+            gateways: vec![spec.gateway.to_string()],
+            containers: Vec::new(),
+        };
+        st.networks.insert(spec.name.clone(), (spec.clone(), info));
+        Ok(id)
+    }
+
+    async fn inspect_network(&self, name: &str) -> Result<Option<NetworkInfo>, ProvisionError> {
+        self.record("inspect_network", name)?;
+        let st = self.st();
+        Ok(st.networks.get(name).map(|(_, n)| {
+            let mut n = n.clone();
+            n.containers = st
+                .containers
+                .values()
+                .filter(|(_, c)| c.is_up() && c.networks.contains_key(name))
+                .map(|(_, c)| c.name.clone())
+                .collect();
+            n
+        }))
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<bool, ProvisionError> {
+        self.record("remove_network", name)?;
+        let mut st = self.st();
+        if st
+            .containers
+            .values()
+            .any(|(_, c)| c.is_up() && c.networks.contains_key(name))
+        {
+            return Err(ProvisionError::InUse(format!(
+                "docker network {name} is in use: has active endpoints"
+            )));
+        }
+        Ok(st.networks.remove(name).is_some())
+    }
+
+    async fn list_networks(&self) -> Result<Vec<NetworkInfo>, ProvisionError> {
+        self.record("list_networks", "")?;
+        Ok(self
+            .st()
+            .networks
+            .values()
+            .map(|(_, n)| n.clone())
+            .collect())
+    }
+}
+
+/// Unit tests of the provisioners' logic over the fake (the real engine is
+/// exercised by tests/docker_engine).
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use reservation::{seal_for, Identity, Reservation, Workload, WorkloadType};
+    use serde_json::json;
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::{
+        docker_registry, ContainerProvisioner, NetworkProvisioner, Provisioner, VolumeProvisioner,
+    };
+
+    fn res(
+        user: &Identity,
+        id: &str,
+        kind: WorkloadType,
+        data: serde_json::Value,
+    ) -> (Reservation, Workload) {
+        let r = Reservation {
+            id: id.into(),
+            node_id: "node".into(),
+            user_id: user.id().into(),
+            kind: kind.as_str().into(),
+            data: RawValue::from_string(data.to_string()).unwrap(),
+            created: None,
+            duration: 0,
+            signature: String::new(),
+            to_delete: false,
+            delete_signature: None,
+        };
+        let w = Workload::parse(kind, &r.data).unwrap();
+        (r, w)
+    }
+
+    struct Set {
+        fake: Arc<FakeDocker>,
+        node: Arc<Identity>,
+        ct: ContainerProvisioner,
+        vol: VolumeProvisioner,
+        net: NetworkProvisioner,
+        _dir: tempfile::TempDir,
+    }
+
+    fn set() -> Set {
+        let fake = Arc::new(FakeDocker::new());
+        fake.add_image("img");
+        let node = Arc::new(Identity::generate());
+        let dir = tempfile::tempdir().unwrap();
+        Set {
+            ct: ContainerProvisioner::new(fake.clone(), node.clone()),
+            vol: VolumeProvisioner::unenforced_for_tests(fake.clone(), dir.path().into()),
+            net: NetworkProvisioner::new(fake.clone(), node.id()),
+            fake,
+            node,
+            _dir: dir,
+        }
+    }
+
+    fn net_data(s: &Set, name: &str, subnet: &str) -> serde_json::Value {
+        json!({"name": name, "ip_range": "10.0.0.0/8",
+               "net_resources": [{"node_id": s.node.id(), "subnet": subnet}]})
+    }
+
+    #[tokio::test]
+    async fn the_spec_follows_the_request_and_secrets_stay_redacted() {
+        let s = set();
+        let u = Identity::generate();
+        let (r, w) = res(
+            &u,
+            "1-1",
+            WorkloadType::Network,
+            net_data(&s, "n", "10.1.1.0/24"),
+        );
+        s.net.provision(&r, &w).await.unwrap();
+        let (r, w) = res(
+            &u,
+            "1-2",
+            WorkloadType::Volume,
+            json!({"size": 2, "type": "HDD"}),
+        );
+        assert_eq!(
+            s.vol.provision(&r, &w).await.unwrap(),
+            json!({"volume_id": "1-2"})
+        );
+        let sealed = seal_for(s.node.id(), b"hunter2").unwrap();
+        let (r, w) = res(
+            &u,
+            "1-3",
+            WorkloadType::Container,
+            json!({"flist": "img", "env": {"A": "1", "S": "public"}, "secret_env": {"S": sealed},
+                   "entrypoint": "sh -c 'echo \"a b\"'", "interactive": true,
+                   "mounts": [{"volume_id": "1-2", "mountpoint": "/x/./y/"}],
+                   "network": {"network_id": "n", "ips": ["10.1.1.7"]},
+                   "ports": [{"container_port": 80, "host_port": 8080, "protocol": "udp"}],
+                   "capacity": {"cpu": 2, "memory": 100}}),
+        );
+        let out = s.ct.provision(&r, &w).await.unwrap();
+        assert_eq!(out["ipv4"], "10.1.1.7");
+        assert!(!out.to_string().contains("hunter2"));
+        let spec = s.fake.container_spec("agent-ct-1-3").unwrap();
+        assert_eq!(spec.image, "img");
+        assert_eq!(spec.env, vec!["A=1".to_string()], "the secret overrides S");
+        assert_eq!(spec.secret_env.len(), 1);
+        assert_eq!(spec.secret_env[0].1.expose(), "hunter2");
+        let dbg = format!("{spec:?}");
+        assert!(
+            !dbg.contains("hunter2") && dbg.contains("redacted"),
+            "{dbg}"
+        );
+        assert_eq!(
+            spec.entrypoint,
+            Some(vec!["sh".into(), "-c".into(), "echo \"a b\"".into()])
+        );
+        assert!(spec.tty && spec.open_stdin && spec.restart_unless_stopped);
+        assert_eq!(spec.nano_cpus, 2_000_000_000);
+        assert_eq!(spec.memory, 100 * 1024 * 1024);
+        assert_eq!(spec.mounts[0].target, "/x/y");
+        assert_eq!(spec.mounts[0].volume, "agent-vol-1-2");
+        assert_eq!(
+            spec.network,
+            ContainerNet::Bridge {
+                network: crate::names::network_name(u.id(), "n"),
+                ipv4: Some("10.1.1.7".parse().unwrap())
+            }
+        );
+        assert_eq!(spec.ports[0].host_port, 8080);
+        assert!(spec.ports[0].udp);
+        assert_eq!(spec.labels["io.agent.user"], u.id());
+    }
+
+    #[tokio::test]
+    async fn provisioning_twice_creates_once() {
+        let s = set();
+        let u = Identity::generate();
+        let (r, w) = res(
+            &u,
+            "2-1",
+            WorkloadType::Container,
+            json!({"flist": "img", "capacity": {"cpu": 1, "memory": 8}}),
+        );
+        let a = s.ct.provision(&r, &w).await.unwrap();
+        let b = s.ct.provision(&r, &w).await.unwrap();
+        assert_eq!(a, b);
+        assert_eq!(s.fake.count("create_container"), 1);
+        assert_eq!(s.ct.list_labelled().await.unwrap(), vec!["2-1".to_string()]);
+        s.fake.vanish("agent-ct-2-1");
+        assert!(!s.ct.exists(&r, &w).await.unwrap());
+        s.ct.provision(&r, &w).await.unwrap();
+        assert_eq!(s.fake.count("create_container"), 2);
+    }
+
+    #[tokio::test]
+    async fn images_are_pulled_or_refused_by_name() {
+        let s = set();
+        let u = Identity::generate();
+        s.fake.allow_pull("reg.io/app:1");
+        let (r, w) = res(
+            &u,
+            "3-1",
+            WorkloadType::Container,
+            json!({"flist": "app:1", "flist_storage": "reg.io", "capacity": {"cpu": 1, "memory": 8}}),
+        );
+        s.ct.provision(&r, &w).await.unwrap();
+        assert_eq!(s.fake.count("pull_image"), 1);
+        let (r, w) = res(
+            &u,
+            "3-2",
+            WorkloadType::Container,
+            json!({"flist": "nope", "capacity": {"cpu": 1, "memory": 8}}),
+        );
+        let e = s.ct.provision(&r, &w).await.unwrap_err();
+        assert!(
+            matches!(&e, ProvisionError::Refused(m) if m.starts_with("image nope is not on this node and cannot be pulled")),
+            "{e}"
+        );
+        assert!(s.fake.container_spec("agent-ct-3-2").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_leaves_nothing() {
+        let s = set();
+        let u = Identity::generate();
+        let (r, w) = res(
+            &u,
+            "4-1",
+            WorkloadType::Container,
+            json!({"flist": "img", "capacity": {"cpu": 1, "memory": 8}}),
+        );
+        s.fake
+            .fail_next("start_container", "start container agent-ct-4-1: boom");
+        let e = s.ct.provision(&r, &w).await.unwrap_err();
+        assert!(
+            matches!(&e, ProvisionError::Docker(m) if m.contains("boom")),
+            "{e}"
+        );
+        assert!(s.fake.container_names().is_empty());
+    }
+
+    #[tokio::test]
+    async fn tenancy_and_in_use() {
+        let s = set();
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let (rv, wv) = res(
+            &b,
+            "5-1",
+            WorkloadType::Volume,
+            json!({"size": 1, "type": "SSD"}),
+        );
+        s.vol.provision(&rv, &wv).await.unwrap();
+        let (r, w) = res(
+            &a,
+            "5-2",
+            WorkloadType::Container,
+            json!({"flist": "img",
+            "capacity": {"cpu": 1, "memory": 8}, "mounts": [{"volume_id": "5-1", "mountpoint": "/d"}]}),
+        );
+        let e = s.ct.provision(&r, &w).await.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("volume 5-1 is not a volume of user {} on this node", a.id())
+        );
+        // Bob's own container may mount it; then the volume is in use.
+        let (r, w) = res(
+            &b,
+            "5-3",
+            WorkloadType::Container,
+            json!({"flist": "img",
+            "capacity": {"cpu": 1, "memory": 8}, "mounts": [{"volume_id": "5-1", "mountpoint": "/d"}]}),
+        );
+        s.ct.provision(&r, &w).await.unwrap();
+        let e = s.vol.decommission(&rv, &wv).await.unwrap_err();
+        assert!(
+            matches!(&e, ProvisionError::InUse(m) if m.contains("agent-ct-5-3 (running)")),
+            "{e}"
+        );
+        s.ct.decommission(&r, &w).await.unwrap();
+        s.vol.decommission(&rv, &wv).await.unwrap();
+        assert!(s.fake.volume_names().is_empty());
+    }
+
+    #[tokio::test]
+    async fn overlapping_subnets_are_refused_by_name() {
+        let s = set();
+        s.fake.add_network(crate::docker::NetworkInfo {
+            name: "bridge".into(),
+            subnets: vec!["172.17.0.0/16".into()],
+            ..Default::default()
+        });
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let (r, w) = res(
+            &a,
+            "6-1",
+            WorkloadType::Network,
+            net_data(&s, "n", "10.2.0.0/16"),
+        );
+        s.net.provision(&r, &w).await.unwrap();
+        let (r, w) = res(
+            &b,
+            "6-2",
+            WorkloadType::Network,
+            net_data(&s, "n", "10.2.3.0/24"),
+        );
+        let e = s.net.provision(&r, &w).await.unwrap_err().to_string();
+        let a_net = crate::names::network_name(a.id(), "n");
+        assert_eq!(e, format!("subnet 10.2.3.0/24 overlaps network {a_net} (10.2.0.0/16) of another user on this node"));
+        let (r, w) = res(
+            &b,
+            "6-3",
+            WorkloadType::Network,
+            json!({"name": "x", "ip_range": "172.16.0.0/12",
+            "net_resources": [{"node_id": s.node.id(), "subnet": "172.17.9.0/24"}]}),
+        );
+        let e = s.net.provision(&r, &w).await.unwrap_err().to_string();
+        assert!(e.contains("overlaps docker network bridge"), "{e}");
+        assert_eq!(s.fake.count("create_network"), 1);
+    }
+
+    #[test]
+    fn registry_has_the_three_docker_types() {
+        let fake = Arc::new(FakeDocker::new());
+        let dir = tempfile::tempdir().unwrap();
+        let reg = docker_registry(fake, Arc::new(Identity::generate()), dir.path());
+        let mut kinds: Vec<_> = reg.kinds().collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            vec![
+                WorkloadType::Network,
+                WorkloadType::Volume,
+                WorkloadType::Container
+            ]
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! Docker object names and labels derived from reservations.
+//!
+//! Names are a pure function of the reservation (`agent-ct-12-1`,
+//! `agent-vol-12-3`, `agent-net-<node-local network id>`), which is what
+//! makes provisioning idempotent: a second run looks the name up before it
+//! creates anything. Ids from the wire are checked against the protocol's
+//! `<number>-<number>` shape before they reach a Docker URL or a file path.
+
+use reservation::{Reservation, WorkloadType};
+
+use crate::docker::Labels;
+use crate::{ProvisionError, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
+
+/// Label with a volume's disk type, `HDD` or `SSD` (counted by capacity).
+pub const LABEL_DISK: &str = "io.agent.disk";
+/// Label with a volume's size in GiB.
+pub const LABEL_SIZE_GIB: &str = "io.agent.size_gib";
+/// Label with the user's name of a network (the Docker name is the
+/// node-local id, which hides it).
+pub const LABEL_NETWORK_NAME: &str = "io.agent.network";
+
+/// Prefix of every Docker object name the agent creates.
+pub const PREFIX: &str = "agent-";
+
+/// Label with the node id that owns an object (set once the agent called
+/// [`set_node`]).
+pub const LABEL_NODE: &str = "io.agent.node";
+
+static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Scope every name and label filter to this node. The agent calls it once
+/// at start: two agents sharing one Docker engine (test runs, a node moved
+/// to a new key) then never adopt, reuse or reap each other's objects.
+/// Without it names are `agent-ct-<id>` and filters see every node.
+pub fn set_node(node_id: &str) {
+    let _ = NODE.set(node_id.to_string());
+}
+
+/// `agent-` or `agent-<first 8 characters of the node id>-`.
+fn scope() -> String {
+    match NODE.get() {
+        Some(n) => format!("{PREFIX}{}-", n.chars().take(8).collect::<String>()),
+        None => PREFIX.to_string(),
+    }
+}
+
+/// Whether an object's labels say it belongs to this node (always true
+/// when unscoped).
+pub fn is_ours(labels: &Labels) -> bool {
+    node_filter()
+        .iter()
+        .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+}
+
+/// The node label filter, when scoped.
+fn node_filter() -> Vec<(String, String)> {
+    NODE.get()
+        .map(|n| vec![(LABEL_NODE.to_string(), n.clone())])
+        .unwrap_or_default()
+}
+
+/// Check a reservation or volume id has the protocol's shape
+/// `<u64>-<u64>`, so it is safe in a Docker name, URL and file name.
+pub fn check_id(field: &str, id: &str) -> Result<(), ProvisionError> {
+    let ok = id
+        .split_once('-')
+        .map(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
+        .unwrap_or(false)
+        && id.bytes().all(|c| c.is_ascii_digit() || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ProvisionError::Refused(format!(
+            "{field} {:?} is not a reservation id of the form <number>-<number>",
+            id.chars().take(64).collect::<String>()
+        )))
+    }
+}
+
+/// Docker name of the container of reservation `id`.
+pub fn container_name(id: &str) -> String {
+    format!("{}ct-{id}", scope())
+}
+
+/// Docker name of the volume of reservation `id`.
+pub fn volume_name(id: &str) -> String {
+    format!("{}vol-{id}", scope())
+}
+
+/// Docker name of `user_id`'s network `name` on this node: the node-local
+/// id, so two users' networks of one name are two objects.
+pub fn network_name(user_id: &str, name: &str) -> String {
+    format!(
+        "{}net-{}",
+        scope(),
+        reservation::network_local_id(user_id, name)
+    )
+}
+
+/// The three ownership labels of an object of reservation `r`.
+pub fn labels(r: &Reservation, kind: WorkloadType) -> Labels {
+    let mut l = Labels::from([
+        (LABEL_RESERVATION.to_string(), r.id.clone()),
+        (LABEL_USER.to_string(), r.user_id.clone()),
+        (LABEL_TYPE.to_string(), kind.as_str().to_string()),
+    ]);
+    l.extend(node_filter());
+    l
+}
+
+/// The label filter matching every object of type `kind`.
+pub fn type_filter(kind: WorkloadType) -> Vec<(String, String)> {
+    let mut f = vec![(LABEL_TYPE.to_string(), kind.as_str().to_string())];
+    f.extend(node_filter());
+    f
+}
+
+/// The label filter matching objects of type `kind` of reservation `id`.
+pub fn id_filter(kind: WorkloadType, id: &str) -> Vec<(String, String)> {
+    let mut f = vec![
+        (LABEL_TYPE.to_string(), kind.as_str().to_string()),
+        (LABEL_RESERVATION.to_string(), id.to_string()),
+    ];
+    f.extend(node_filter());
+    f
+}
+
+/// The label `key` of `labels`, or `""`.
+pub fn label<'a>(labels: &'a Labels, key: &str) -> &'a str {
+    labels.get(key).map(String::as_str).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(check_id("id", "12-1").is_ok());
+        for bad in [
+            "", "12", "12-", "-1", "1-2-3", "../1-2", "1-2/x", "a-b", "+1-2", "1- 2",
+        ] {
+            let e = check_id("id", bad).unwrap_err().to_string();
+            assert!(e.starts_with("id "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(container_name("12-1"), "agent-ct-12-1");
+        assert_eq!(volume_name("12-3"), "agent-vol-12-3");
+        let a = network_name("alice", "net");
+        assert!(a.starts_with("agent-net-") && a.len() == "agent-net-".len() + 13);
+        assert_ne!(a, network_name("bob", "net"));
+    }
+}
