@@ -123,7 +123,7 @@ pub fn parse_disk_type(s: &str) -> Result<DiskType, String> {
     match s.trim().to_ascii_uppercase().as_str() {
         "SSD" => Ok(DiskType::Ssd),
         "HDD" => Ok(DiskType::Hdd),
-        other => Err(format!("disk type {other:?} is not SSD or HDD")),
+        _ => Err(format!("disk type {s:?} is not SSD or HDD")),
     }
 }
 
@@ -503,6 +503,8 @@ mod tests {
     #[test]
     fn charges_by_type() {
         let l = Ledger::new(total(4, 8192, 100, 100));
+        let node = Identity::generate();
+        let sealed = reservation::seal_for(node.id(), b"pw").unwrap();
         assert_eq!(
             l.charge_of(&container(2, 512)),
             Resources {
@@ -518,12 +520,12 @@ mod tests {
         );
         let zdb = w(
             WorkloadType::Zdb,
-            json!({"size": 3, "mode": "seq", "password": "", "disk_type": "SSD"}),
+            json!({"size": 3, "mode": "seq", "password": sealed, "disk_type": "SSD"}),
         );
         assert_eq!(l.charge_of(&zdb), Resources::disk(DiskType::Ssd, 3 * 1024));
         let k8s = w(
             WorkloadType::Kubernetes,
-            json!({"size": 2, "network_id": "n", "ip": "10.1.1.2", "cluster_secret": "", "master_ips": []}),
+            json!({"size": 2, "network_id": "n", "ip": "10.1.1.2", "cluster_secret": sealed, "master_ips": []}),
         );
         assert_eq!(
             l.charge_of(&k8s),

@@ -56,6 +56,11 @@ pub struct Args {
     /// Image of the k3s containers.
     #[arg(long, env = "AGENT_K3S_IMAGE")]
     pub k3s_image: Option<String>,
+    /// Run k3s containers privileged (true/false). k3s needs it; only a
+    /// sandboxed engine that cannot start privileged containers, with a k3s
+    /// stand-in image, calls for false.
+    #[arg(long, env = "AGENT_K3S_PRIVILEGED")]
+    pub k3s_privileged: Option<bool>,
 }
 
 /// The TOML file: the same settings, snake_case, all optional.
@@ -71,6 +76,7 @@ pub struct FileConfig {
     pub max_poll_bytes: Option<usize>,
     pub zdb_image: Option<String>,
     pub k3s_image: Option<String>,
+    pub k3s_privileged: Option<bool>,
 }
 
 mod humantime_serde_opt {
@@ -103,6 +109,7 @@ pub struct Settings {
     pub max_poll_bytes: usize,
     pub zdb_image: String,
     pub k3s_image: String,
+    pub k3s_privileged: bool,
 }
 
 impl Settings {
@@ -170,11 +177,12 @@ impl Settings {
             zdb_image: args
                 .zdb_image
                 .or(file.zdb_image)
-                .unwrap_or_else(|| "threefoldtech/0-db:latest".into()),
+                .unwrap_or_else(|| provisioners::zdb::DEFAULT_ZDB_IMAGE.into()),
             k3s_image: args
                 .k3s_image
                 .or(file.k3s_image)
-                .unwrap_or_else(|| "rancher/k3s:v1.31.4-k3s1".into()),
+                .unwrap_or_else(|| provisioners::kubernetes::DEFAULT_K3S_IMAGE.into()),
+            k3s_privileged: args.k3s_privileged.or(file.k3s_privileged).unwrap_or(true),
         })
     }
 }

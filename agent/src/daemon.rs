@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use provisioners::{BollardDocker, Docker};
+use provisioners::{BollardDocker, Docker, LogBus, NodeOptions, VolumeProvisioner};
 use reservation::Identity;
 use sources::{CombinedSource, DecommissionSource, ExplorerClient, PollSource, ReservationSource};
 use store::Store;
@@ -53,8 +53,11 @@ fn signal(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'stat
 }
 
 /// Run the agent until `shutdown` resolves.
+/// `log_bus` carries the agent's own log lines to `debug` reservations
+/// (install its layer with [`init_tracing`]).
 pub async fn run(
     settings: Settings,
+    log_bus: LogBus,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let started = Instant::now();
@@ -105,8 +108,21 @@ pub async fn run(
         return Ok(()); // shut down while waiting for Docker
     };
     control.set_docker(Arc::new(Probe(docker.clone())));
+    if let Some(why) = VolumeProvisioner::new(docker.clone(), settings.root.clone()).unavailable() {
+        error!(reason = %why, "VOLUME SIZES CANNOT BE ENFORCED ON THIS NODE: volume reservations will be refused");
+    }
 
-    let registry = provisioners::docker_registry(docker.clone(), node.clone(), &settings.root);
+    let registry = provisioners::node_registry(
+        docker.clone(),
+        node.clone(),
+        &settings.root,
+        NodeOptions {
+            zdb_image: settings.zdb_image.clone(),
+            k3s_image: settings.k3s_image.clone(),
+            k3s_privileged: settings.k3s_privileged,
+            log_bus,
+        },
+    );
     let mut engine = Engine::new(
         node.clone(),
         store.clone(),
@@ -149,7 +165,7 @@ pub async fn run(
 
 /// Connect to Docker, retrying every 5 s while it is unreachable (the agent
 /// must not crash-loop when the engine restarts). `None` on shutdown.
-async fn connect_docker(stop: &watch::Receiver<bool>) -> Option<Arc<dyn Docker>> {
+async fn connect_docker(stop: &watch::Receiver<bool>) -> Option<Arc<BollardDocker>> {
     let mut warned = false;
     loop {
         match BollardDocker::connect().await {
@@ -209,16 +225,27 @@ async fn start_dev_explorer(
 
 /// Set up tracing: text or JSON lines on stderr, `RUST_LOG` to filter
 /// (default `info`).
-pub fn init_tracing(format: crate::config::LogFormat) {
-    use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Every event also goes to `log_bus`, for `debug` reservations.
+pub fn init_tracing(format: crate::config::LogFormat, log_bus: &LogBus) {
     use std::io::IsTerminal;
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        crate::config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        crate::config::LogFormat::Text => builder.try_init(),
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, EnvFilter, Layer};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt_layer = match format {
+        crate::config::LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        crate::config::LogFormat::Text => fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(log_bus.layer())
+        .try_init();
 }

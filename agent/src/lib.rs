@@ -21,6 +21,8 @@ pub mod daemon;
 pub mod delivery;
 pub mod engine;
 pub mod faults;
+pub mod heartbeat;
+pub mod metrics;
 pub mod reconcile;
 
 /// Errors of the agent library.

@@ -11,9 +11,6 @@
 //! `io.agent.reservation`, `io.agent.user` and `io.agent.type`, and never
 //! writes a plaintext secret anywhere but into the workload itself.
 
-pub mod debug;
-pub mod kubernetes;
-pub mod zdb;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,15 +20,21 @@ use async_trait::async_trait;
 use reservation::{Identity, Reservation, Workload, WorkloadType};
 
 pub mod container;
+pub mod debug;
 pub mod docker;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod kubernetes;
 pub mod names;
 pub mod network;
 pub mod volume;
+pub mod zdb;
 
 pub use container::ContainerProvisioner;
-pub use docker::{BollardDocker, Docker};
+pub use debug::{DebugProvisioner, LogBus};
+pub use docker::{BollardDocker, Docker, DockerExtras};
+pub use kubernetes::KubernetesProvisioner;
+pub use zdb::ZdbProvisioner;
 #[cfg(any(test, feature = "fake"))]
 pub use fake::FakeDocker;
 pub use network::NetworkProvisioner;
@@ -139,6 +142,51 @@ pub fn docker_registry(docker: Arc<dyn Docker>, node: Arc<Identity>, root: &Path
     .register(
         WorkloadType::Container,
         Arc::new(ContainerProvisioner::new(docker, node)),
+    );
+    reg
+}
+
+/// Settings of the provisioners beyond the three Docker basics.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Image of the 0-db containers.
+    pub zdb_image: String,
+    /// Image of the k3s containers.
+    pub k3s_image: String,
+    /// Run k3s containers privileged (k3s needs it; some sandboxed Docker
+    /// engines cannot start privileged containers at all).
+    pub k3s_privileged: bool,
+    /// Where the agent's own log lines go for `debug` reservations.
+    pub log_bus: LogBus,
+}
+
+/// A registry with every workload type: `docker_registry`'s three plus
+/// zdb, kubernetes and debug.
+pub fn node_registry<D: DockerExtras + 'static>(
+    docker: Arc<D>,
+    node: Arc<Identity>,
+    root: &Path,
+    opts: NodeOptions,
+) -> Registry {
+    let mut reg = docker_registry(docker.clone(), node.clone(), root);
+    let scope: String = node.id().chars().take(8).collect();
+    reg.register(
+        WorkloadType::Zdb,
+        Arc::new(
+            ZdbProvisioner::new(docker.clone(), node.clone(), opts.zdb_image)
+                .with_name_prefix(format!("{}{scope}-zdb-", names::PREFIX)),
+        ),
+    )
+    .register(
+        WorkloadType::Kubernetes,
+        Arc::new(
+            KubernetesProvisioner::new(docker, node, opts.k3s_image)
+                .with_privileged(opts.k3s_privileged),
+        ),
+    )
+    .register(
+        WorkloadType::Debug,
+        Arc::new(DebugProvisioner::new(opts.log_bus)),
     );
     reg
 }

@@ -15,8 +15,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    agent::daemon::init_tracing(settings.log_format);
-    match agent::daemon::run(settings, shutdown_signal()).await {
+    let log_bus = provisioners::LogBus::default();
+    agent::daemon::init_tracing(settings.log_format, &log_bus);
+    match agent::daemon::run(settings, log_bus, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "agent failed");

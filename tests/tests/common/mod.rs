@@ -244,12 +244,20 @@ impl Agent {
     }
 
     pub async fn start_with(explorer: &str, env: &[(&str, &str)]) -> Result<Agent> {
+        let mut a = Self::prepare(explorer, env)?;
+        a.spawn().await?;
+        Ok(a)
+    }
+
+    /// An agent's root with its node key made, not started yet (so a test
+    /// can post reservations for it first).
+    pub fn prepare(explorer: &str, env: &[(&str, &str)]) -> Result<Agent> {
         let dir = tempfile::tempdir()?;
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root)?;
         // The node id is known before start: the seed file decides it.
         let node = Identity::load_or_create(&root.join("node.seed"))?;
-        let mut a = Agent {
+        let a = Agent {
             socket: dir.path().join("agent.sock"),
             root,
             explorer: explorer.to_string(),
@@ -261,7 +269,6 @@ impl Agent {
             child: None,
             _dir: Some(dir),
         };
-        a.spawn().await?;
         Ok(a)
     }
 

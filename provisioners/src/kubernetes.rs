@@ -1,0 +1,478 @@
+//! The `kubernetes` provisioner: one k3s node per reservation, run in a
+//! privileged Docker container as k3d and kind do.
+//!
+//! - Container `agent-k8s-<id>` from the configured image (default
+//!   [`DEFAULT_K3S_IMAGE`], the agent's `--k3s-image`), whose entrypoint is
+//!   `/bin/k3s`; the command is `server --node-ip <ip>` when `master_ips` is
+//!   empty, else `agent --server https://<master_ips[0]>:6443 --node-ip <ip>`
+//!   (an IPv6 master in brackets). Privileged (k3s needs it; only an
+//!   engine that cannot grant it, like a sandboxed CI runner, turns it off
+//!   with [`KubernetesProvisioner::with_privileged`]), tmpfs on `/run` and
+//!   `/var/run`, restart `unless-stopped`.
+//! - `size` 1 or 2: the CPU and memory of the protocol's table as Docker
+//!   limits, and a Docker volume `agent-k8s-<id>` for `/var/lib/rancher`,
+//!   labelled with the table's disk size (counted as SSD). It is a plain
+//!   local volume: its size is accounted, not enforced by a filesystem.
+//! - The container joins the user's network (the Docker network named
+//!   after the node-local id of `network_id`, as the network provisioner
+//!   makes it) with the reserved `ip`.
+//! - The cluster secret is opened from its sealed form and given to k3s
+//!   only as the `K3S_TOKEN` environment variable: never on the command
+//!   line, in a log, the cache or the result.
+//! - `ssh_keys` are written to `/root/.ssh/authorized_keys` (0600, in a 0700
+//!   directory) before the container starts. k3s images carry no SSH
+//!   server: the keys serve an image that adds one, or tooling that reads
+//!   them; nothing listens on port 22 by default.
+//! - Result `data`: `{"id": <container id>, "ip"}`.
+//! - Refused: a size other than 1 or 2, a network that is not the user's
+//!   on this node, an IP outside its subnet (or its network, broadcast or
+//!   gateway address), an IPv6 `ip`, more CPUs than the node has.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reservation::workloads::{kubernetes_size, DiskType, Kubernetes};
+use reservation::{Identity, Reservation, Secret, Workload, WorkloadType};
+use serde_json::json;
+
+use crate::docker::{
+    ContainerExtras, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, DockerExtras,
+    FileUpload, NetworkInfo, VolumeMount, VolumeSpec,
+};
+use crate::names::{self, label, LABEL_DISK, LABEL_SIZE_GIB};
+use crate::{ProvisionError, Provisioner, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
+
+/// The pinned upstream k3s image (production); tests use a local stand-in.
+pub const DEFAULT_K3S_IMAGE: &str = "rancher/k3s:v1.31.4-k3s1";
+/// Where k3s keeps its state, on the reservation's volume.
+pub const STATE_DIR: &str = "/var/lib/rancher";
+/// Where `ssh_keys` are written.
+pub const AUTHORIZED_KEYS: &str = "/root/.ssh/authorized_keys";
+/// Label with a node's role, `server` or `agent`.
+pub const LABEL_ROLE: &str = "io.agent.k8s.role";
+
+/// Provisions `kubernetes` workloads.
+pub struct KubernetesProvisioner {
+    docker: Arc<dyn DockerExtras>,
+    node: Arc<Identity>,
+    image: String,
+    stop_grace: Duration,
+    privileged: bool,
+}
+
+/// Docker name of the container (and volume) of reservation `id`.
+pub fn node_name(id: &str) -> String {
+    format!("{}k8s-{id}", names::PREFIX)
+}
+
+/// The k3s command line (without the `/bin/k3s` entrypoint) of a node at
+/// `ip`: a server when `masters` is empty, else an agent of the first one.
+pub fn k3s_command(ip: IpAddr, masters: &[IpAddr]) -> Vec<String> {
+    let mut cmd = match masters.first() {
+        None => vec!["server".to_string()],
+        Some(IpAddr::V4(m)) => vec![
+            "agent".into(),
+            "--server".into(),
+            format!("https://{m}:6443"),
+        ],
+        Some(IpAddr::V6(m)) => vec![
+            "agent".into(),
+            "--server".into(),
+            format!("https://[{m}]:6443"),
+        ],
+    };
+    cmd.push("--node-ip".into());
+    cmd.push(ip.to_string());
+    cmd
+}
+
+fn k8s_of<'a>(r: &Reservation, w: &'a Workload) -> Result<&'a Kubernetes, ProvisionError> {
+    match w {
+        Workload::Kubernetes(k) => Ok(k),
+        other => Err(ProvisionError::Refused(format!(
+            "reservation {}: a {} workload is not kubernetes",
+            r.id,
+            other.kind()
+        ))),
+    }
+}
+
+/// CPU cores, memory MiB and disk GiB of the node's size, or a refusal.
+fn size_of(k: &Kubernetes) -> Result<(u32, u64, u64), ProvisionError> {
+    kubernetes_size(k.size).ok_or_else(|| {
+        ProvisionError::Refused(format!(
+            "data.size: kubernetes size {} is not 1 or 2",
+            k.size
+        ))
+    })
+}
+
+/// `ip` must be a host address of one of the network's subnets, not its
+/// gateway.
+fn check_ip(ip: Ipv4Addr, network_id: &str, n: &NetworkInfo) -> Result<(), ProvisionError> {
+    let subnets = n.ipv4_subnets();
+    let Some(sub) = subnets.iter().find(|s| s.contains(&ip)) else {
+        let s: Vec<String> = subnets.iter().map(|s| s.to_string()).collect();
+        return Err(ProvisionError::Refused(format!(
+            "data.ip: {ip} is outside network {network_id:?}'s subnet {} on this node",
+            s.join(", ")
+        )));
+    };
+    if ip == sub.network() || ip == sub.broadcast() {
+        return Err(ProvisionError::Refused(format!(
+            "data.ip: {ip} is the network or broadcast address of {sub}"
+        )));
+    }
+    if n.gateways.iter().any(|g| g == &ip.to_string()) {
+        return Err(ProvisionError::Refused(format!(
+            "data.ip: {ip} is the gateway of network {network_id:?}"
+        )));
+    }
+    Ok(())
+}
+
+impl KubernetesProvisioner {
+    /// k3s nodes from `image` (entrypoint `/bin/k3s`).
+    pub fn new(
+        docker: Arc<dyn DockerExtras>,
+        node: Arc<Identity>,
+        image: impl Into<String>,
+    ) -> Self {
+        Self {
+            docker,
+            node,
+            image: image.into(),
+            stop_grace: Duration::from_secs(10),
+            privileged: true,
+        }
+    }
+
+    /// Whether node containers run privileged (default: yes, real k3s
+    /// needs it). Only an engine that cannot start privileged containers
+    /// (a sandboxed CI runner) calls for `false`, with a k3s stand-in.
+    pub fn with_privileged(mut self, privileged: bool) -> Self {
+        self.privileged = privileged;
+        self
+    }
+
+    /// How long k3s gets to stop before it is killed on decommission.
+    pub fn with_stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+
+    /// The user's network `network_id` on this node, or a refusal.
+    async fn user_network(
+        &self,
+        r: &Reservation,
+        network_id: &str,
+    ) -> Result<NetworkInfo, ProvisionError> {
+        let name = names::network_name(&r.user_id, network_id);
+        match self.docker.inspect_network(&name).await? {
+            Some(n)
+                if label(&n.labels, LABEL_USER) == r.user_id
+                    && label(&n.labels, LABEL_TYPE) == WorkloadType::Network.as_str() =>
+            {
+                Ok(n)
+            }
+            _ => Err(ProvisionError::Refused(format!(
+                "data.network_id: {network_id:?} is not a network of user {} on this node",
+                r.user_id
+            ))),
+        }
+    }
+
+    async fn ensure_image(&self) -> Result<(), ProvisionError> {
+        if self.docker.image_exists(&self.image).await? {
+            return Ok(());
+        }
+        tracing::info!(image = %self.image, "k3s image not on this node; pulling it");
+        self.docker.pull_image(&self.image).await.map_err(|e| {
+            ProvisionError::Node(format!(
+                "k3s image {} is not on this node and cannot be pulled: {e}",
+                self.image
+            ))
+        })
+    }
+
+    /// Remove the container and the volume of `name`.
+    async fn remove(&self, name: &str) -> Result<(), ProvisionError> {
+        self.docker.stop_container(name, self.stop_grace).await?;
+        if self.docker.remove_container(name).await? {
+            tracing::info!(container = %name, "k3s node container removed");
+        }
+        if self.docker.remove_volume(name).await? {
+            tracing::info!(volume = %name, "k3s node volume removed");
+        }
+        Ok(())
+    }
+
+    fn result(c: &ContainerInfo, ip: IpAddr) -> serde_json::Value {
+        json!({"id": c.id, "ip": ip.to_string()})
+    }
+
+    /// The container of node `r` on Docker network `network` at `ip`, with
+    /// `token` for `K3S_TOKEN`: what [`Provisioner::provision`] creates.
+    pub fn node_container(
+        &self,
+        r: &Reservation,
+        k: &Kubernetes,
+        network: &str,
+        ip: Ipv4Addr,
+        token: Secret,
+    ) -> Result<(ContainerSpec, ContainerExtras), ProvisionError> {
+        let (cpu, memory_mib, _) = size_of(k)?;
+        let name = node_name(&r.id);
+        let mut labels = names::labels(r, WorkloadType::Kubernetes);
+        let role = if k.master_ips.is_empty() {
+            "server"
+        } else {
+            "agent"
+        };
+        labels.insert(LABEL_ROLE.into(), role.into());
+        let spec = ContainerSpec {
+            name: name.clone(),
+            image: self.image.clone(),
+            env: Vec::new(),
+            secret_env: vec![("K3S_TOKEN".into(), token)],
+            entrypoint: None,
+            tty: false,
+            open_stdin: false,
+            nano_cpus: i64::from(cpu) * 1_000_000_000,
+            memory: (memory_mib * 1024 * 1024) as i64,
+            mounts: vec![VolumeMount {
+                volume: name,
+                target: STATE_DIR.into(),
+            }],
+            network: ContainerNet::Bridge {
+                network: network.to_string(),
+                ipv4: Some(ip),
+            },
+            ports: Vec::new(),
+            restart_unless_stopped: true,
+            labels,
+        };
+        let extras = ContainerExtras {
+            cmd: Some(k3s_command(IpAddr::V4(ip), &k.master_ips)),
+            privileged: self.privileged,
+            tmpfs: BTreeMap::from([
+                ("/run".into(), String::new()),
+                ("/var/run".into(), String::new()),
+            ]),
+        };
+        Ok((spec, extras))
+    }
+
+    /// Create, fill and start the node; on failure leave nothing behind.
+    async fn create(
+        &self,
+        r: &Reservation,
+        k: &Kubernetes,
+        network: &str,
+        ip: Ipv4Addr,
+    ) -> Result<(), ProvisionError> {
+        let name = node_name(&r.id);
+        let (_, _, disk_gib) = size_of(k)?;
+        let token = self
+            .node
+            .open_sealed("cluster_secret", &k.cluster_secret)
+            .map_err(|e| ProvisionError::Refused(e.to_string()))?;
+        let (spec, extras) = self.node_container(r, k, network, ip, token)?;
+        self.ensure_image().await?;
+
+        if self.docker.inspect_volume(&name).await?.is_none() {
+            let mut labels = names::labels(r, WorkloadType::Kubernetes);
+            labels.insert(LABEL_DISK.into(), DiskType::Ssd.as_str().into());
+            labels.insert(LABEL_SIZE_GIB.into(), disk_gib.to_string());
+            self.docker
+                .create_volume(&VolumeSpec {
+                    name: name.clone(),
+                    driver_opts: BTreeMap::new(),
+                    labels,
+                })
+                .await?;
+        }
+        if let Err(e) = self.docker.create_container_with(&spec, &extras).await {
+            self.cleanup_after_failure(&name).await;
+            return Err(e);
+        }
+        if !k.ssh_keys.is_empty() {
+            let mut content = k.ssh_keys.join("\n").into_bytes();
+            content.push(b'\n');
+            let file = FileUpload {
+                path: AUTHORIZED_KEYS.into(),
+                mode: 0o600,
+                content,
+            };
+            if let Err(e) = self.docker.upload_files(&name, &[file]).await {
+                self.cleanup_after_failure(&name).await;
+                return Err(e);
+            }
+        }
+        if let Err(e) = self.docker.start_container(&name).await {
+            self.cleanup_after_failure(&name).await;
+            let msg = e.to_string();
+            if msg.contains("Address already in use") {
+                return Err(ProvisionError::Refused(format!(
+                    "data.ip: {ip} is already used on network {:?}",
+                    k.network_id
+                )));
+            }
+            if extras.privileged && msg.contains("unable to apply caps") {
+                return Err(ProvisionError::Node(format!(
+                    "this node's docker engine cannot start privileged containers, which k3s needs: {msg}"
+                )));
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn cleanup_after_failure(&self, name: &str) {
+        if let Err(e) = self.remove(name).await {
+            tracing::warn!(container = %name, error = %e, "cannot remove the k3s node that failed to start");
+        }
+    }
+}
+
+#[async_trait]
+impl Provisioner for KubernetesProvisioner {
+    async fn provision(
+        &self,
+        r: &Reservation,
+        w: &Workload,
+    ) -> Result<serde_json::Value, ProvisionError> {
+        names::check_id("reservation id", &r.id)?;
+        let k = k8s_of(r, w)?;
+        let (cpu, memory_mib, _) = size_of(k)?;
+        let network = self.user_network(r, &k.network_id).await?;
+        let ip = match k.ip {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(ip) => {
+                return Err(ProvisionError::Refused(format!(
+                    "data.ip: {ip} is IPv6; networks on this node are IPv4"
+                )))
+            }
+        };
+        check_ip(ip, &k.network_id, &network)?;
+        let ncpu = self.docker.info().await?.ncpu;
+        if ncpu > 0 && cpu > ncpu {
+            return Err(ProvisionError::Refused(format!(
+                "data.size: size {} needs {cpu} CPUs, this node has {ncpu}",
+                k.size
+            )));
+        }
+
+        let name = node_name(&r.id);
+        if let Some(c) = self.docker.inspect_container(&name).await? {
+            if label(&c.labels, LABEL_RESERVATION) != r.id {
+                return Err(ProvisionError::Node(format!(
+                    "container {name} exists but does not belong to reservation {}",
+                    r.id
+                )));
+            }
+            if !c.is_up() {
+                tracing::info!(reservation = %r.id, container = %name, state = %c.state, "starting existing k3s node");
+                self.docker.start_container(&name).await?;
+            }
+            tracing::info!(reservation = %r.id, container = %name, "k3s node exists; reusing it");
+            return Ok(Self::result(&c, k.ip));
+        }
+
+        self.create(r, k, &network.name, ip).await?;
+        let c = self.docker.inspect_container(&name).await?.ok_or_else(|| {
+            ProvisionError::Docker(format!("container {name} vanished after start"))
+        })?;
+        tracing::info!(
+            reservation = %r.id,
+            container = %name,
+            ip = %ip,
+            role = if k.master_ips.is_empty() { "server" } else { "agent" },
+            cpu,
+            memory_mib,
+            "k3s node provisioned"
+        );
+        Ok(Self::result(&c, k.ip))
+    }
+
+    async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
+        names::check_id("reservation id", &r.id)?;
+        self.remove(&node_name(&r.id)).await
+    }
+
+    async fn exists(&self, r: &Reservation, _w: &Workload) -> Result<bool, ProvisionError> {
+        names::check_id("reservation id", &r.id)?;
+        Ok(self
+            .docker
+            .inspect_container(&node_name(&r.id))
+            .await?
+            .is_some_and(|c| c.is_up() && label(&c.labels, LABEL_RESERVATION) == r.id))
+    }
+
+    async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
+        let filter = ContainerFilter {
+            labels: names::type_filter(WorkloadType::Kubernetes),
+            ..Default::default()
+        };
+        let mut ids: Vec<String> = self
+            .docker
+            .list_containers(&filter)
+            .await?
+            .iter()
+            .map(|c| label(&c.labels, LABEL_RESERVATION).to_string())
+            .collect();
+        ids.extend(
+            self.docker
+                .list_volumes(&names::type_filter(WorkloadType::Kubernetes))
+                .await?
+                .iter()
+                .map(|v| label(&v.labels, LABEL_RESERVATION).to_string()),
+        );
+        ids.retain(|id| names::check_id("id", id).is_ok());
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    async fn remove_labelled(&self, id: &str) -> Result<(), ProvisionError> {
+        names::check_id("reservation id", id)?;
+        self.remove(&node_name(id)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(k3s_command(ip, &[]), ["server", "--node-ip", "10.1.2.3"]);
+        assert_eq!(
+            k3s_command(ip, &["10.1.2.2".parse().unwrap()]),
+            [
+                "agent",
+                "--server",
+                "https://10.1.2.2:6443",
+                "--node-ip",
+                "10.1.2.3"
+            ]
+        );
+        assert_eq!(
+            k3s_command(
+                ip,
+                &["fd00::1".parse().unwrap(), "10.0.0.1".parse().unwrap()]
+            ),
+            [
+                "agent",
+                "--server",
+                "https://[fd00::1]:6443",
+                "--node-ip",
+                "10.1.2.3"
+            ]
+        );
+    }
+}

@@ -1,0 +1,551 @@
+//! The `zdb` provisioner: one 0-db namespace per reservation, in a 0-db
+//! container shared by every namespace of the same (disk type, mode).
+//!
+//! - Container `agent-zdb-<hdd|ssd>-<user|seq>`, started on demand from the
+//!   configured image (default [`DEFAULT_ZDB_IMAGE`], the agent's
+//!   `--zdb-image`) as `/bin/zdb --listen 0.0.0.0 --port 9900 --data
+//!   /zdb/data --index /zdb/index --mode <mode> --admin <admin>`, its data on
+//!   the agent-owned Docker volume of the same name, restart
+//!   `unless-stopped`, on the Docker network given at construction
+//!   (default `bridge`).
+//! - The admin password guards `NSNEW`/`NSSET`/`NSDEL` against anyone who
+//!   reaches port 9900. It is derived from the node key (an ed25519
+//!   signature of the container name), so it survives agent restarts
+//!   without being stored anywhere.
+//! - Per reservation, namespace `<reservation id>`: `NSNEW` (skipped when
+//!   it exists), then `NSSET password <plaintext opened from the sealed
+//!   password>`, `NSSET public 0|1`, `NSSET maxsize <size GiB in bytes>`,
+//!   re-applied on every provision. All of it over the Redis protocol
+//!   through the `redis` crate.
+//! - Result `data`: `{"namespace", "ip", "port"}`: the container's address
+//!   on its network, reachable from the node and what is routed to that
+//!   network.
+//! - Decommission: `NSDEL`; the container and its volume are removed when
+//!   only 0-db's `default` namespace is left.
+//!
+//! The password is never logged or returned: it is a [`reservation::Secret`]
+//! until the one `NSSET` that carries it.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisConnectionInfo, RedisError};
+use reservation::workloads::{DiskType, Zdb};
+use reservation::{Identity, Reservation, Secret, Workload, WorkloadType};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::docker::{
+    ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, Labels, VolumeMount,
+    VolumeSpec,
+};
+use crate::names::{self, label, LABEL_DISK};
+use crate::{ProvisionError, Provisioner, LABEL_TYPE};
+
+/// The official 0-db image (production); tests use a local stand-in.
+pub const DEFAULT_ZDB_IMAGE: &str = "threefoldtech/0-db";
+/// The port 0-db listens on inside its container.
+pub const ZDB_PORT: u16 = 9900;
+/// Label with the 0-db mode (`user` or `seq`) of a 0-db container.
+pub const LABEL_ZDB_MODE: &str = "io.agent.zdb.mode";
+/// 0-db's own namespace, present in every instance.
+const DEFAULT_NAMESPACE: &str = "default";
+/// Where the volume is mounted in the 0-db container.
+const DATA_DIR: &str = "/zdb";
+
+/// Provisions `zdb` workloads.
+pub struct ZdbProvisioner {
+    docker: Arc<dyn Docker>,
+    node: Arc<Identity>,
+    image: String,
+    network: String,
+    prefix: String,
+    ready_timeout: Duration,
+    /// Serialises container creation and removal: two namespaces arriving
+    /// together must not both create the container, and the last NSDEL's
+    /// removal must not race a new NSNEW.
+    lock: Mutex<()>,
+}
+
+/// One 0-db instance: a (disk type, mode) pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Instance {
+    disk: DiskType,
+    mode: String,
+    /// Container and volume name.
+    name: String,
+}
+
+fn zdb_of<'a>(r: &Reservation, w: &'a Workload) -> Result<&'a Zdb, ProvisionError> {
+    match w {
+        Workload::Zdb(z) => Ok(z),
+        other => Err(ProvisionError::Refused(format!(
+            "reservation {}: a {} workload is not a zdb",
+            r.id,
+            other.kind()
+        ))),
+    }
+}
+
+/// The text of a 0-db error reply (`-Namespace not found` arrives split
+/// into a code and a detail).
+fn reply_text(e: &RedisError) -> String {
+    match (e.code(), e.detail()) {
+        (Some(c), Some(d)) => format!("{c} {d}"),
+        (Some(c), None) => c.to_string(),
+        _ => e.to_string(),
+    }
+}
+
+fn zerr(what: &str, e: RedisError) -> ProvisionError {
+    ProvisionError::Node(format!("0-db {what}: {}", reply_text(&e)))
+}
+
+impl ZdbProvisioner {
+    /// 0-db containers from `image` on the default `bridge` network.
+    pub fn new(docker: Arc<dyn Docker>, node: Arc<Identity>, image: impl Into<String>) -> Self {
+        Self {
+            docker,
+            node,
+            image: image.into(),
+            network: "bridge".into(),
+            prefix: format!("{}zdb-", names::PREFIX),
+            ready_timeout: Duration::from_secs(30),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Run the 0-db containers on Docker network `network` instead.
+    pub fn with_network(mut self, network: impl Into<String>) -> Self {
+        self.network = network.into();
+        self
+    }
+
+    /// Name the containers and volumes `<prefix><hdd|ssd>-<mode>` (default
+    /// prefix `agent-zdb-`; tests use their own so they never share an
+    /// instance).
+    pub fn with_name_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The container (and volume) name for `disk` and `mode`.
+    pub fn instance_name(&self, disk: DiskType, mode: &str) -> String {
+        format!(
+            "{}{}-{mode}",
+            self.prefix,
+            disk.as_str().to_ascii_lowercase()
+        )
+    }
+
+    fn instance(&self, z: &Zdb) -> Instance {
+        let disk = z.disk();
+        Instance {
+            disk,
+            mode: z.mode.clone(),
+            name: self.instance_name(disk, &z.mode),
+        }
+    }
+
+    /// The admin password of instance `name`: deterministic per node key.
+    fn admin_password(&self, name: &str) -> Secret {
+        let sig = self
+            .node
+            .sign(format!("0-db admin password of {name}").as_bytes());
+        Secret::new(
+            sig.chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(40)
+                .collect::<String>(),
+        )
+    }
+
+    fn labels(&self, inst: &Instance) -> Labels {
+        Labels::from([
+            (
+                LABEL_TYPE.to_string(),
+                WorkloadType::Zdb.as_str().to_string(),
+            ),
+            (LABEL_DISK.to_string(), inst.disk.as_str().to_string()),
+            (LABEL_ZDB_MODE.to_string(), inst.mode.clone()),
+        ])
+    }
+
+    fn ip_of(&self, c: &ContainerInfo) -> Result<Ipv4Addr, ProvisionError> {
+        c.networks
+            .get(&self.network)
+            .and_then(|e| e.ipv4.parse().ok())
+            .ok_or_else(|| {
+                ProvisionError::Node(format!(
+                    "0-db container {} has no IPv4 address on network {}",
+                    c.name, self.network
+                ))
+            })
+    }
+
+    /// The running instance, created and started when missing or down.
+    async fn ensure_instance(&self, inst: &Instance) -> Result<Ipv4Addr, ProvisionError> {
+        let c = match self.docker.inspect_container(&inst.name).await? {
+            Some(c) => c,
+            None => self.create_instance(inst).await?,
+        };
+        let c = if c.is_up() {
+            c
+        } else {
+            tracing::info!(container = %inst.name, state = %c.state, "starting 0-db container");
+            self.docker.start_container(&inst.name).await?;
+            self.docker
+                .inspect_container(&inst.name)
+                .await?
+                .ok_or_else(|| {
+                    ProvisionError::Docker(format!("container {} vanished", inst.name))
+                })?
+        };
+        let ip = self.ip_of(&c)?;
+        self.wait_ready(inst, ip).await?;
+        Ok(ip)
+    }
+
+    async fn create_instance(&self, inst: &Instance) -> Result<ContainerInfo, ProvisionError> {
+        if !self.docker.image_exists(&self.image).await? {
+            tracing::info!(image = %self.image, "0-db image not on this node; pulling it");
+            self.docker.pull_image(&self.image).await.map_err(|e| {
+                ProvisionError::Node(format!(
+                    "0-db image {} is not on this node and cannot be pulled: {e}",
+                    self.image
+                ))
+            })?;
+        }
+        let labels = self.labels(inst);
+        if self.docker.inspect_volume(&inst.name).await?.is_none() {
+            self.docker
+                .create_volume(&VolumeSpec {
+                    name: inst.name.clone(),
+                    driver_opts: Default::default(),
+                    labels: labels.clone(),
+                })
+                .await?;
+        }
+        let admin = self.admin_password(&inst.name);
+        let entrypoint = [
+            "/bin/zdb",
+            "--listen",
+            "0.0.0.0",
+            "--port",
+            &ZDB_PORT.to_string(),
+            "--data",
+            &format!("{DATA_DIR}/data"),
+            "--index",
+            &format!("{DATA_DIR}/index"),
+            "--mode",
+            &inst.mode,
+            "--admin",
+            admin.expose(),
+        ]
+        .map(String::from)
+        .to_vec();
+        let spec = ContainerSpec {
+            name: inst.name.clone(),
+            image: self.image.clone(),
+            env: Vec::new(),
+            secret_env: Vec::new(),
+            entrypoint: Some(entrypoint),
+            tty: false,
+            open_stdin: false,
+            nano_cpus: 0,
+            memory: 0,
+            mounts: vec![VolumeMount {
+                volume: inst.name.clone(),
+                target: DATA_DIR.into(),
+            }],
+            network: ContainerNet::Bridge {
+                network: self.network.clone(),
+                ipv4: None,
+            },
+            ports: Vec::new(),
+            restart_unless_stopped: true,
+            labels,
+        };
+        self.docker.create_container(&spec).await?;
+        tracing::info!(container = %inst.name, image = %self.image, "0-db container created");
+        self.docker
+            .inspect_container(&inst.name)
+            .await?
+            .ok_or_else(|| ProvisionError::Docker(format!("container {} vanished", inst.name)))
+    }
+
+    /// Wait until 0-db answers PING.
+    async fn wait_ready(&self, inst: &Instance, ip: Ipv4Addr) -> Result<(), ProvisionError> {
+        let deadline = tokio::time::Instant::now() + self.ready_timeout;
+        loop {
+            let err = match connect(ip).await {
+                Ok(mut con) => match redis::cmd("PING").query_async::<String>(&mut con).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProvisionError::Node(format!(
+                    "0-db container {} at {ip}:{ZDB_PORT} does not answer: {}",
+                    inst.name,
+                    reply_text(&err)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// An admin connection to instance `inst` at `ip`.
+    async fn admin(
+        &self,
+        inst: &Instance,
+        ip: Ipv4Addr,
+    ) -> Result<MultiplexedConnection, ProvisionError> {
+        let mut con = connect(ip)
+            .await
+            .map_err(|e| zerr(&format!("connect to {ip}"), e))?;
+        let pw = self.admin_password(&inst.name);
+        redis::cmd("AUTH")
+            .arg(pw.expose())
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(|e| zerr(&format!("admin login on {}", inst.name), e))?;
+        Ok(con)
+    }
+
+    /// Remove the instance's container and volume if only `default` is left.
+    async fn remove_if_empty(
+        &self,
+        inst: &Instance,
+        con: &mut MultiplexedConnection,
+    ) -> Result<(), ProvisionError> {
+        let left: Vec<String> = redis::cmd("NSLIST")
+            .query_async(con)
+            .await
+            .map_err(|e| zerr("NSLIST", e))?;
+        if left.iter().any(|n| n != DEFAULT_NAMESPACE) {
+            return Ok(());
+        }
+        self.docker
+            .stop_container(&inst.name, Duration::from_secs(10))
+            .await?;
+        self.docker.remove_container(&inst.name).await?;
+        self.docker.remove_volume(&inst.name).await?;
+        tracing::info!(container = %inst.name, "last namespace gone; 0-db container and volume removed");
+        Ok(())
+    }
+
+    /// Every 0-db container of this provisioner, running or not.
+    async fn instances(&self) -> Result<Vec<(Instance, ContainerInfo)>, ProvisionError> {
+        let filter = ContainerFilter {
+            labels: names::type_filter(WorkloadType::Zdb),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        for c in self.docker.list_containers(&filter).await? {
+            if !c.name.starts_with(&self.prefix) {
+                continue;
+            }
+            let disk = match label(&c.labels, LABEL_DISK) {
+                "HDD" => DiskType::Hdd,
+                "SSD" => DiskType::Ssd,
+                _ => continue,
+            };
+            let mode = label(&c.labels, LABEL_ZDB_MODE).to_string();
+            let name = self.instance_name(disk, &mode);
+            if name != c.name {
+                continue;
+            }
+            out.push((Instance { disk, mode, name }, c));
+        }
+        Ok(out)
+    }
+
+    async fn namespace_exists(
+        con: &mut MultiplexedConnection,
+        ns: &str,
+    ) -> Result<bool, ProvisionError> {
+        match redis::cmd("NSINFO")
+            .arg(ns)
+            .query_async::<String>(con)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if reply_text(&e) == "Namespace not found" => Ok(false),
+            Err(e) => Err(zerr(&format!("NSINFO {ns}"), e)),
+        }
+    }
+
+    /// NSDEL `ns` in `inst`, then drop the instance if it is empty.
+    async fn delete_namespace(&self, inst: &Instance, ns: &str) -> Result<(), ProvisionError> {
+        if self.docker.inspect_container(&inst.name).await?.is_none() {
+            return Ok(());
+        }
+        let ip = self.ensure_instance(inst).await?;
+        let mut con = self.admin(inst, ip).await?;
+        match redis::cmd("NSDEL")
+            .arg(ns)
+            .query_async::<()>(&mut con)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(reservation = %ns, container = %inst.name, "0-db namespace deleted")
+            }
+            Err(e) if reply_text(&e) == "This namespace doesn't exists" => {}
+            Err(e) => return Err(zerr(&format!("NSDEL {ns}"), e)),
+        }
+        self.remove_if_empty(inst, &mut con).await
+    }
+}
+
+async fn connect(ip: Ipv4Addr) -> redis::RedisResult<MultiplexedConnection> {
+    let info = (ip.to_string(), ZDB_PORT)
+        .into_connection_info()?
+        .set_redis_settings(RedisConnectionInfo::default().set_skip_set_lib_name());
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    redis::Client::open(info)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+#[async_trait]
+impl Provisioner for ZdbProvisioner {
+    async fn provision(
+        &self,
+        r: &Reservation,
+        w: &Workload,
+    ) -> Result<serde_json::Value, ProvisionError> {
+        names::check_id("reservation id", &r.id)?;
+        let z = zdb_of(r, w)?;
+        if z.mode != "user" && z.mode != "seq" {
+            return Err(ProvisionError::Refused(format!(
+                "data.mode: zdb mode {:?} is not one of user, seq",
+                z.mode
+            )));
+        }
+        let password = self
+            .node
+            .open_sealed("password", &z.password)
+            .map_err(|e| ProvisionError::Refused(e.to_string()))?;
+        // 0-db takes NSSET values of at most 63 bytes, and `*` means
+        // "clear the password"; an empty password means none.
+        let password_arg = match password.expose() {
+            "" => "*",
+            "*" => {
+                return Err(ProvisionError::Refused(
+                    "data.password: \"*\" cannot be a 0-db password (it clears the password)"
+                        .into(),
+                ))
+            }
+            p if p.len() > 63 => {
+                return Err(ProvisionError::Refused(format!(
+                    "data.password: 0-db passwords are at most 63 bytes, this one has {}",
+                    p.len()
+                )))
+            }
+            p => p,
+        };
+        let maxsize = z.size.checked_mul(1 << 30).ok_or_else(|| {
+            ProvisionError::Refused(format!("data.size: {} GiB is out of range", z.size))
+        })?;
+        let inst = self.instance(z);
+        let ns = r.id.as_str();
+
+        let _guard = self.lock.lock().await;
+        let ip = self.ensure_instance(&inst).await?;
+        let mut con = self.admin(&inst, ip).await?;
+        if Self::namespace_exists(&mut con, ns).await? {
+            tracing::info!(reservation = %ns, container = %inst.name, "0-db namespace exists; re-applying its settings");
+        } else {
+            redis::cmd("NSNEW")
+                .arg(ns)
+                .query_async::<()>(&mut con)
+                .await
+                .map_err(|e| zerr(&format!("NSNEW {ns}"), e))?;
+        }
+        redis::cmd("NSSET")
+            .arg(ns)
+            .arg("password")
+            .arg(password_arg)
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(|e| zerr(&format!("NSSET {ns} password"), e))?;
+        redis::cmd("NSSET")
+            .arg(ns)
+            .arg("public")
+            .arg(if z.public { "1" } else { "0" })
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(|e| zerr(&format!("NSSET {ns} public"), e))?;
+        redis::cmd("NSSET")
+            .arg(ns)
+            .arg("maxsize")
+            .arg(maxsize)
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(|e| zerr(&format!("NSSET {ns} maxsize"), e))?;
+        tracing::info!(reservation = %ns, container = %inst.name, ip = %ip, size_gib = z.size, public = z.public, "0-db namespace provisioned");
+        Ok(json!({"namespace": ns, "ip": ip.to_string(), "port": ZDB_PORT}))
+    }
+
+    async fn decommission(&self, r: &Reservation, w: &Workload) -> Result<(), ProvisionError> {
+        names::check_id("reservation id", &r.id)?;
+        let inst = self.instance(zdb_of(r, w)?);
+        let _guard = self.lock.lock().await;
+        self.delete_namespace(&inst, &r.id).await
+    }
+
+    async fn exists(&self, r: &Reservation, w: &Workload) -> Result<bool, ProvisionError> {
+        names::check_id("reservation id", &r.id)?;
+        let inst = self.instance(zdb_of(r, w)?);
+        let _guard = self.lock.lock().await;
+        let Some(c) = self.docker.inspect_container(&inst.name).await? else {
+            return Ok(false);
+        };
+        if !c.is_up() {
+            return Ok(false);
+        }
+        let ip = self.ip_of(&c)?;
+        self.wait_ready(&inst, ip).await?;
+        let mut con = self.admin(&inst, ip).await?;
+        Self::namespace_exists(&mut con, &r.id).await
+    }
+
+    async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
+        let _guard = self.lock.lock().await;
+        let mut ids = Vec::new();
+        for (inst, c) in self.instances().await? {
+            if !c.is_up() {
+                continue;
+            }
+            let ip = self.ip_of(&c)?;
+            let mut con = self.admin(&inst, ip).await?;
+            let list: Vec<String> = redis::cmd("NSLIST")
+                .query_async(&mut con)
+                .await
+                .map_err(|e| zerr("NSLIST", e))?;
+            ids.extend(
+                list.into_iter()
+                    .filter(|n| names::check_id("namespace", n).is_ok()),
+            );
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    async fn remove_labelled(&self, id: &str) -> Result<(), ProvisionError> {
+        names::check_id("reservation id", id)?;
+        let _guard = self.lock.lock().await;
+        for (inst, _) in self.instances().await? {
+            self.delete_namespace(&inst, id).await?;
+        }
+        Ok(())
+    }
+}
