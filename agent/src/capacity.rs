@@ -127,6 +127,37 @@ pub fn parse_disk_type(s: &str) -> Result<DiskType, String> {
     }
 }
 
+/// Parse a size such as `--reserve-memory`: a number of bytes, or a number
+/// with a binary unit `B`, `KiB`, `MiB`, `GiB`, `TiB` (`K`, `M`, `G`, `T`,
+/// `KB`... are read as the same binary units), e.g. `2GiB`, `512 MiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "size {s:?}: unit {other:?} is not one of B, KiB, MiB, GiB, TiB"
+            ))
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?}: expected a number with an optional unit, e.g. 2GiB"))?;
+    let bytes = n * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
+        return Err(format!("size {s:?} is out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
 /// Find the node's resources: CPU cores this process may use, memory
 /// (`MemTotal` of `/proc/meminfo`), and the size of the filesystem holding
 /// `root`, all counted as `disk_type`. The disk figure is the filesystem's
@@ -457,7 +488,7 @@ fn cores(n: u64) -> String {
 
 /// MiB as GiB: whole when it is, else with up to two decimals.
 fn gib(mib: u64) -> String {
-    if mib % MIB_PER_GIB == 0 {
+    if mib.is_multiple_of(MIB_PER_GIB) {
         format!("{}", mib / MIB_PER_GIB)
     } else {
         let s = format!("{:.2}", mib as f64 / MIB_PER_GIB as f64);
@@ -741,6 +772,12 @@ mod tests {
             Some(16384)
         );
         assert_eq!(parse_disk_type("hdd"), Ok(DiskType::Hdd));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("2 GB of RAM").unwrap_err().contains("unit"));
+        assert!(parse_size("lots").is_err());
         assert!(parse_disk_type("nvme").unwrap_err().contains("nvme"));
     }
 }

@@ -95,7 +95,7 @@ pub struct Engine {
 
 enum Verdict {
     /// Provision it.
-    Provision(WorkloadType, Workload),
+    Provision(WorkloadType, Box<Workload>),
     /// Refuse it with this message.
     Refuse(String),
 }
@@ -252,7 +252,7 @@ impl Engine {
         }
         match self.judge(&r) {
             Verdict::Refuse(msg) => self.refuse(&r, msg)?,
-            Verdict::Provision(kind, w) => self.provision(&r, kind, w).await?,
+            Verdict::Provision(kind, w) => self.provision(&r, kind, *w).await?,
         }
         Ok(())
     }
@@ -302,7 +302,7 @@ impl Engine {
             ));
         }
         match Workload::parse(kind, &r.data) {
-            Ok(w) => Verdict::Provision(kind, w),
+            Ok(w) => Verdict::Provision(kind, Box::new(w)),
             Err(e) => Verdict::Refuse(e.to_string()),
         }
     }
@@ -446,49 +446,58 @@ impl Engine {
         }
     }
 
-    /// Run every cached workload through `f`'s check: used by
-    /// reconciliation to re-provision workloads whose objects are gone.
-    pub async fn reprovision(&mut self, cached: &Cached) -> Result<bool, AgentError> {
+    /// Whether a cached workload's objects are gone (reconciliation at
+    /// start). Read-only, so many checks can run at once.
+    pub async fn needs_repair(&self, cached: &Cached) -> bool {
         let r = &cached.reservation;
-        let (Ok(kind), Some(p)) = (
-            r.workload_type(),
-            r.workload_type()
-                .ok()
-                .and_then(|k| self.registry.get(k).cloned()),
+        let Ok(kind) = r.workload_type() else {
+            return false;
+        };
+        let (Some(p), Ok(w)) = (self.registry.get(kind), Workload::parse(kind, &r.data)) else {
+            return false;
+        };
+        match p.exists(r, &w).await {
+            Ok(present) => !present,
+            Err(e) => {
+                warn!(reservation = %r.id, error = %e, "cannot check its Docker objects");
+                false
+            }
+        }
+    }
+
+    /// Provision a cached workload again (its objects are gone). When the
+    /// result data changed (a new container id), the new signed result is
+    /// cached and posted.
+    pub async fn repair(&mut self, cached: &Cached) -> Result<bool, AgentError> {
+        let r = &cached.reservation;
+        let Ok(kind) = r.workload_type() else {
+            return Ok(false);
+        };
+        let (Some(p), Ok(w)) = (
+            self.registry.get(kind).cloned(),
+            Workload::parse(kind, &r.data),
         ) else {
             return Ok(false);
         };
-        let Ok(w) = Workload::parse(kind, &r.data) else {
-            return Ok(false);
-        };
-        match p.exists(r, &w).await {
-            Ok(true) => Ok(false),
-            Ok(false) => {
-                warn!(reservation = %r.id, kind = %kind, "repair: its Docker objects are gone; provisioning again");
-                match tokio::time::timeout(self.cfg.provision_timeout, p.provision(r, &w)).await {
-                    Ok(Ok(data)) => {
-                        if let Ok(res) = self.node.ok_result(&r.kind, &r.id, &data) {
-                            if res.data.get() != cached.result.data.get() {
-                                let c = Cached::new(r.clone(), res.clone());
-                                let seq = self.store.record_provisioned(&c, &res)?;
-                                self.wrote(seq);
-                            }
-                        }
-                        info!(reservation = %r.id, "repair: provisioned again");
-                        Ok(true)
-                    }
-                    Ok(Err(e)) => {
-                        error!(reservation = %r.id, error = %e, "repair failed; will try at next start");
-                        Ok(false)
-                    }
-                    Err(_) => {
-                        error!(reservation = %r.id, "repair timed out");
-                        Ok(false)
+        warn!(reservation = %r.id, kind = %kind, "repair: its Docker objects are gone; provisioning again");
+        match tokio::time::timeout(self.cfg.provision_timeout, p.provision(r, &w)).await {
+            Ok(Ok(data)) => {
+                if let Ok(res) = self.node.ok_result(&r.kind, &r.id, &data) {
+                    if res.data.get() != cached.result.data.get() {
+                        let c = Cached::new(r.clone(), res.clone());
+                        let seq = self.store.record_provisioned(&c, &res)?;
+                        self.wrote(seq);
                     }
                 }
+                info!(reservation = %r.id, "repair: provisioned again");
+                Ok(true)
             }
-            Err(e) => {
-                warn!(reservation = %r.id, error = %e, "cannot check its Docker objects");
+            Ok(Err(e)) => {
+                error!(reservation = %r.id, error = %e, "repair failed; will try at next start");
+                Ok(false)
+            }
+            Err(_) => {
+                error!(reservation = %r.id, "repair timed out; will try at next start");
                 Ok(false)
             }
         }

@@ -21,6 +21,20 @@ use tracing::{debug, info, warn};
 /// Default time between two heartbeats.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 
+/// The default `node_url`: `http://<hostname>` (the kernel's host name;
+/// `http://localhost` if it cannot be read, which `explorer nodes` flags as
+/// unreachable).
+pub fn default_node_url() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        "http://localhost".into()
+    } else {
+        format!("http://{host}")
+    }
+}
+
 /// What the heartbeat loop last saw. Shared with the control socket and
 /// metrics; every read is lock-free except the last error.
 #[derive(Debug, Default)]
@@ -77,7 +91,11 @@ impl HeartbeatState {
 
     /// The last error, `None` once a call succeeded after it.
     pub fn last_error(&self) -> Option<String> {
-        let e = self.last_error.lock().map(|e| e.clone()).unwrap_or_default();
+        let e = self
+            .last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
         (!e.is_empty()).then_some(e)
     }
 
@@ -197,7 +215,7 @@ pub async fn run_with_backoff(
 fn failure(state: &HeartbeatState, backoff: &mut Backoff, what: &str, e: &SourceError) -> Duration {
     let n = state.failed(e);
     let delay = backoff.next_delay();
-    if n == 1 || n % 10 == 0 {
+    if n == 1 || n.is_multiple_of(10) {
         warn!(error = %e, failures = n, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
     } else {
         debug!(error = %e, failures = n, "{what} failed");
@@ -258,7 +276,11 @@ mod tests {
     }
 
     /// Wait until `f` holds for the explorer's node list (at most 10 s).
-    async fn until(url: &str, what: &str, f: impl Fn(&[explorer::NodeInfo]) -> bool) -> Vec<explorer::NodeInfo> {
+    async fn until(
+        url: &str,
+        what: &str,
+        f: impl Fn(&[explorer::NodeInfo]) -> bool,
+    ) -> Vec<explorer::NodeInfo> {
         for _ in 0..200 {
             let n = nodes(url).await;
             if f(&n) {
@@ -266,7 +288,10 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("timed out waiting for: {what}; nodes: {:?}", nodes(url).await);
+        panic!(
+            "timed out waiting for: {what}; nodes: {:?}",
+            nodes(url).await
+        );
     }
 
     fn registration(node: &reservation::Identity) -> NodeRegistration {
@@ -280,6 +305,12 @@ mod tests {
                 hru: 0,
             },
         }
+    }
+
+    #[test]
+    fn default_url_names_this_host() {
+        let u = default_node_url();
+        assert!(u.starts_with("http://") && u.len() > "http://".len(), "{u}");
     }
 
     #[tokio::test]
@@ -320,9 +351,15 @@ mod tests {
         assert!(state.registered());
         // Used capacity follows the callback.
         mem.store(3, Ordering::SeqCst);
-        until(&ex.url(), "used memory 3", |n| n.len() == 1 && n[0].used.mru == 3.0).await;
+        until(&ex.url(), "used memory 3", |n| {
+            n.len() == 1 && n[0].used.mru == 3.0
+        })
+        .await;
         let snap = state.snapshot();
-        assert!(snap.last_heartbeat.is_some() && snap.last_error.is_none(), "{snap:?}");
+        assert!(
+            snap.last_heartbeat.is_some() && snap.last_error.is_none(),
+            "{snap:?}"
+        );
         let _ = stop_tx.send(());
         tokio::time::timeout(Duration::from_secs(5), hb)
             .await
@@ -345,7 +382,7 @@ mod tests {
         let hb = tokio::spawn(run_with_backoff(
             client,
             registration(&node),
-            || Capacity::default(),
+            Capacity::default,
             Duration::from_millis(100),
             Backoff::new(Duration::from_millis(20), Duration::from_millis(100)),
             state.clone(),

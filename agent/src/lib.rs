@@ -17,6 +17,7 @@
 pub mod capacity;
 pub mod config;
 pub mod control;
+pub mod crash;
 pub mod daemon;
 pub mod delivery;
 pub mod engine;

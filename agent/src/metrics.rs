@@ -76,7 +76,8 @@ impl Default for Metrics {
 }
 
 fn unix_secs(t: Option<chrono::DateTime<chrono::Utc>>) -> f64 {
-    t.map(|t| t.timestamp_millis() as f64 / 1000.0).unwrap_or(0.0)
+    t.map(|t| t.timestamp_millis() as f64 / 1000.0)
+        .unwrap_or(0.0)
 }
 
 impl Metrics {
@@ -240,9 +241,15 @@ impl Metrics {
         ];
         for (state, r) in states {
             self.cpu.with_label_values(&[state]).set(r.cpu as i64);
-            self.memory.with_label_values(&[state]).set(mib(r.memory_mib));
-            self.disk.with_label_values(&["ssd", state]).set(mib(r.ssd_mib));
-            self.disk.with_label_values(&["hdd", state]).set(mib(r.hdd_mib));
+            self.memory
+                .with_label_values(&[state])
+                .set(mib(r.memory_mib));
+            self.disk
+                .with_label_values(&["ssd", state])
+                .set(mib(r.ssd_mib));
+            self.disk
+                .with_label_values(&["hdd", state])
+                .set(mib(r.hdd_mib));
         }
     }
 
@@ -385,20 +392,65 @@ mod tests {
         let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
 
         let v = |name: &str, labels: &[(&str, &str)]| num(&find(&scrape, name, labels).value);
-        assert_eq!(v("agent_reservations_total", &[("type", "container"), ("outcome", "provisioned")]), 2.0);
-        assert_eq!(v("agent_reservations_total", &[("type", "volume"), ("outcome", "refused")]), 1.0);
-        assert_eq!(v("agent_reservations_total", &[("type", "bogus"), ("outcome", "refused")]), 1.0);
-        assert_eq!(v("agent_reservations_total", &[("type", "zdb"), ("outcome", "decommissioned")]), 0.0);
+        assert_eq!(
+            v(
+                "agent_reservations_total",
+                &[("type", "container"), ("outcome", "provisioned")]
+            ),
+            2.0
+        );
+        assert_eq!(
+            v(
+                "agent_reservations_total",
+                &[("type", "volume"), ("outcome", "refused")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            v(
+                "agent_reservations_total",
+                &[("type", "bogus"), ("outcome", "refused")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            v(
+                "agent_reservations_total",
+                &[("type", "zdb"), ("outcome", "decommissioned")]
+            ),
+            0.0
+        );
         assert_eq!(v("agent_outbox_depth", &[]), 2.0);
         assert_eq!(v("agent_last_poll_timestamp_seconds", &[]), 0.0);
         assert_eq!(v("agent_registered", &[]), 0.0);
         assert_eq!(v("agent_capacity_cpu_cores", &[("state", "total")]), 4.0);
         assert_eq!(v("agent_capacity_cpu_cores", &[("state", "reserved")]), 1.0);
         assert_eq!(v("agent_capacity_cpu_cores", &[("state", "free")]), 2.0);
-        assert_eq!(v("agent_capacity_memory_bytes", &[("state", "used")]), (512u64 << 20) as f64);
-        assert_eq!(v("agent_capacity_disk_bytes", &[("disk", "ssd"), ("state", "used")]), (256u64 << 20) as f64);
-        assert_eq!(v("agent_capacity_disk_bytes", &[("disk", "hdd"), ("state", "total")]), 0.0);
-        match &find(&scrape, "agent_provision_duration_seconds", &[("type", "container")]).value {
+        assert_eq!(
+            v("agent_capacity_memory_bytes", &[("state", "used")]),
+            (512u64 << 20) as f64
+        );
+        assert_eq!(
+            v(
+                "agent_capacity_disk_bytes",
+                &[("disk", "ssd"), ("state", "used")]
+            ),
+            (256u64 << 20) as f64
+        );
+        assert_eq!(
+            v(
+                "agent_capacity_disk_bytes",
+                &[("disk", "hdd"), ("state", "total")]
+            ),
+            0.0
+        );
+        match &find(
+            &scrape,
+            "agent_provision_duration_seconds",
+            &[("type", "container")],
+        )
+        .value
+        {
             Value::Histogram(buckets) => {
                 let le = |x: f64| buckets.iter().find(|b| b.less_than == x).unwrap().count;
                 assert_eq!(le(0.25), 0.0);
@@ -408,17 +460,34 @@ mod tests {
             }
             other => panic!("not a histogram: {other:?}"),
         }
-        assert_eq!(v("agent_provision_duration_seconds_count", &[("type", "container")]), 2.0);
+        assert_eq!(
+            v(
+                "agent_provision_duration_seconds_count",
+                &[("type", "container")]
+            ),
+            2.0
+        );
 
         // Gauges follow live state between scrapes.
-        store.outbox_ack(store.outbox_peek(1).unwrap()[0].seq).unwrap();
+        store
+            .outbox_ack(store.outbox_peek(1).unwrap()[0].seq)
+            .unwrap();
         ledger.lock().unwrap().release("3-1");
         let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
         assert!(text.contains("\nagent_outbox_depth 1\n"), "{text}");
-        assert!(text.contains("agent_capacity_cpu_cores{state=\"used\"} 0\n"), "{text}");
+        assert!(
+            text.contains("agent_capacity_cpu_cores{state=\"used\"} 0\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE agent_provision_duration_seconds histogram"));
 
-        assert_eq!(reqwest::get(format!("http://{addr}/nope")).await.unwrap().status(), 404);
+        assert_eq!(
+            reqwest::get(format!("http://{addr}/nope"))
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
         let _ = tx.send(());
         server.await.unwrap().unwrap();
     }

@@ -1054,3 +1054,136 @@ impl DockerExtras for crate::fake::FakeDocker {
         }
     }
 }
+
+// ===========================================================================
+// Additions for the crash policy (agent/src/crash.rs), kept apart from the
+// seam above like the kubernetes block: how many times a container was
+// restarted by its restart policy and how its last run ended. Docker's
+// `RestartCount` grows when the engine decides to restart an exited
+// container, so "restarts + (exited now ? 1 : 0)" counts its exits.
+// `ContainerInfo` and `Docker` are unchanged.
+// ===========================================================================
+
+/// How a container has been running (from `docker inspect`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerRuns {
+    /// Docker's state word: `running`, `restarting`, `exited`...
+    pub state: String,
+    /// Restarts by its restart policy since it was created.
+    pub restart_count: u64,
+    /// Exit code of its last run (0 if it never exited).
+    pub exit_code: i64,
+    /// When its last run ended (RFC 3339); `None` if it never exited.
+    pub finished_at: Option<String>,
+    /// Its last run was killed by the kernel's OOM killer.
+    pub oom_killed: bool,
+}
+
+impl ContainerRuns {
+    /// Times it exited: every restart followed an exit, and an `exited` or
+    /// `dead` container has one exit not (yet) followed by a restart.
+    pub fn exits(&self) -> u64 {
+        let down_now = matches!(self.state.as_str(), "exited" | "dead");
+        self.restart_count + down_now as u64
+    }
+}
+
+/// Restart bookkeeping beyond [`Docker`], for the crash policy.
+#[async_trait]
+pub trait DockerRuns: Docker {
+    /// How container `name` has been running; `Ok(None)` if it does not
+    /// exist.
+    async fn container_runs(&self, name: &str) -> Result<Option<ContainerRuns>, ProvisionError>;
+}
+
+#[async_trait]
+impl DockerRuns for BollardDocker {
+    async fn container_runs(&self, name: &str) -> Result<Option<ContainerRuns>, ProvisionError> {
+        let c = match self.client.inspect_container(name, None).await {
+            Ok(c) => c,
+            Err(e) if status_of(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(derr(format_args!("inspect container {name}"), e)),
+        };
+        let st = c.state.unwrap_or_default();
+        Ok(Some(ContainerRuns {
+            state: st.status.map(|s| s.to_string()).unwrap_or_default(),
+            restart_count: c.restart_count.unwrap_or(0).max(0) as u64,
+            exit_code: st.exit_code.unwrap_or(0),
+            // Docker answers the zero time for a container that never
+            // exited.
+            finished_at: st
+                .finished_at
+                .filter(|t| !t.is_empty() && !t.starts_with("0001-01-01")),
+            oom_killed: st.oom_killed.unwrap_or(false),
+        }))
+    }
+}
+
+/// The fake answers from the container's own state plus the restart count
+/// and exit code a test sets with [`crate::fake::FakeDocker::set_runs`]
+/// (kept in a side table, keyed by the fake's `Arc`, since the fake's state
+/// lives in fake.rs).
+#[cfg(any(test, feature = "fake"))]
+mod fake_runs {
+    use std::sync::{Arc, Mutex, Weak};
+
+    use async_trait::async_trait;
+
+    use super::{ContainerRuns, Docker, DockerRuns};
+    use crate::fake::FakeDocker;
+    use crate::ProvisionError;
+
+    type Entry = (Weak<FakeDocker>, String, u64, i64);
+
+    /// A `Weak` keeps the fake's allocation (not its value) alive, so no
+    /// later fake can reuse the address of a dropped one.
+    static RUNS: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+
+    fn table() -> std::sync::MutexGuard<'static, Vec<Entry>> {
+        RUNS.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    impl FakeDocker {
+        /// Make `container_runs(name)` report `restart_count` restarts and
+        /// `exit_code` for the last run (state stays the container's own:
+        /// see `set_state`).
+        pub fn set_runs(self: &Arc<Self>, name: &str, restart_count: u64, exit_code: i64) {
+            let mut t = table();
+            t.retain(|(w, n, _, _)| {
+                w.strong_count() > 0 && !(std::ptr::eq(w.as_ptr(), Arc::as_ptr(self)) && n == name)
+            });
+            t.push((
+                Arc::downgrade(self),
+                name.to_string(),
+                restart_count,
+                exit_code,
+            ));
+        }
+    }
+
+    #[async_trait]
+    impl DockerRuns for FakeDocker {
+        async fn container_runs(
+            &self,
+            name: &str,
+        ) -> Result<Option<ContainerRuns>, ProvisionError> {
+            let Some(info) = self.inspect_container(name).await? else {
+                return Ok(None);
+            };
+            let (restart_count, exit_code) = table()
+                .iter()
+                .find(|(w, n, _, _)| {
+                    std::ptr::eq(w.as_ptr(), self as *const FakeDocker) && n == name
+                })
+                .map(|(_, _, r, e)| (*r, *e))
+                .unwrap_or((0, 0));
+            Ok(Some(ContainerRuns {
+                state: info.state,
+                restart_count,
+                exit_code,
+                finished_at: None,
+                oom_killed: false,
+            }))
+        }
+    }
+}

@@ -11,7 +11,6 @@
 //! `io.agent.reservation`, `io.agent.user` and `io.agent.type`, and never
 //! writes a plaintext secret anywhere but into the workload itself.
 
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -33,12 +32,12 @@ pub mod zdb;
 pub use container::ContainerProvisioner;
 pub use debug::{DebugProvisioner, LogBus};
 pub use docker::{BollardDocker, Docker, DockerExtras};
-pub use kubernetes::KubernetesProvisioner;
-pub use zdb::ZdbProvisioner;
 #[cfg(any(test, feature = "fake"))]
 pub use fake::FakeDocker;
+pub use kubernetes::KubernetesProvisioner;
 pub use network::NetworkProvisioner;
 pub use volume::VolumeProvisioner;
+pub use zdb::ZdbProvisioner;
 
 /// Label naming the reservation id that owns a Docker object.
 pub const LABEL_RESERVATION: &str = "io.agent.reservation";

@@ -75,3 +75,88 @@ impl ReservationSource for DecommissionSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reservation::{Identity, Reservation};
+    use std::time::Instant;
+
+    fn cache(store: &Store, id: &str, expires_in_ms: i64) {
+        let node = Identity::generate();
+        let created = Utc::now();
+        let r: Reservation = serde_json::from_value(serde_json::json!({
+            "id": id, "node_id": "n", "user_id": "u", "type": "network", "data": {},
+            "created": created, "duration": expires_in_ms * 1_000_000,
+        }))
+        .unwrap();
+        let res = node.error_result("network", id, "x");
+        store
+            .record_provisioned(&store::Cached::new(r, res.clone()), &res)
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn wakes_at_the_next_expiry_not_on_a_fixed_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let wake = Arc::new(Notify::new());
+        cache(&store, "1-1", 400);
+        let mut src = DecommissionSource::new(store.clone(), wake.clone());
+        let t = Instant::now();
+        let Some(Work::Due(ids)) = src.next().await else {
+            panic!()
+        };
+        assert_eq!(ids, ["1-1"]);
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(350) && took < Duration::from_millis(1000),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn something_new_cached_wakes_it_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let wake = Arc::new(Notify::new());
+        cache(&store, "1-1", 3_600_000);
+        let mut src = DecommissionSource::new(store.clone(), wake.clone());
+        let s2 = store.clone();
+        let w2 = wake.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            cache(&s2, "2-1", 200);
+            w2.notify_one();
+        });
+        let t = Instant::now();
+        let Some(Work::Due(ids)) = src.next().await else {
+            panic!()
+        };
+        assert_eq!(ids, ["2-1"]);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn an_id_in_flight_is_not_handed_over_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        cache(&store, "1-1", 0);
+        let mut src = DecommissionSource::new(store.clone(), Arc::new(Notify::new()));
+        let Some(Work::Due(ids)) = src.next().await else {
+            panic!()
+        };
+        assert_eq!(ids, ["1-1"]);
+        // Not handled yet: a second call must not return it again at once.
+        let again = tokio::time::timeout(Duration::from_millis(500), src.next()).await;
+        assert!(again.is_err(), "handed over twice: {again:?}");
+        // Once handled (gone from the index) and a new one is due, only
+        // the new one comes.
+        store.record_decommissioned("1-1", "network", None).unwrap();
+        cache(&store, "2-1", 0);
+        let Some(Work::Due(ids)) = src.next().await else {
+            panic!()
+        };
+        assert_eq!(ids, ["2-1"]);
+    }
+}

@@ -63,6 +63,8 @@ pub struct PollSource {
     /// deletions), so a pending deletion does not turn the long poll into a
     /// busy loop.
     idle_pause: Duration,
+    /// The last answer brought nothing new: pause before the next poll.
+    pause_next: bool,
 }
 
 impl PollSource {
@@ -75,6 +77,7 @@ impl PollSource {
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             status: Arc::default(),
             idle_pause: Duration::from_secs(1),
+            pause_next: false,
         }
     }
 
@@ -92,6 +95,9 @@ impl PollSource {
 #[async_trait]
 impl ReservationSource for PollSource {
     async fn next(&mut self) -> Option<Work> {
+        if std::mem::take(&mut self.pause_next) {
+            tokio::time::sleep(self.idle_pause).await;
+        }
         loop {
             let from = if self.first { 0 } else { self.cursor };
             match self.client.poll(from).await {
@@ -116,9 +122,10 @@ impl ReservationSource for PollSource {
                         }
                         continue;
                     }
-                    if self.cursor == before && from != 0 {
-                        tokio::time::sleep(self.idle_pause).await;
-                    }
+                    // Only repeats (pending deletions the explorer sends
+                    // until it hears back): hand them over now, but do not
+                    // ask again at once.
+                    self.pause_next = self.cursor == before && from != 0;
                     tracing::debug!(
                         from,
                         count = answer.reservations.len(),

@@ -47,9 +47,18 @@ async fn container_listed_before_its_network_and_volume_still_runs() -> anyhow::
         )
         .await?;
     let vol = explorer
-        .reserve(&user, &node, "volume", json!({"size": 1, "type": "SSD"}), hour)
+        .reserve(
+            &user,
+            &node,
+            "volume",
+            json!({"size": 1, "type": "SSD"}),
+            hour,
+        )
         .await?;
-    assert_eq!((ct.as_str(), net.as_str(), vol.as_str()), ("1-1", "2-1", "3-1"));
+    assert_eq!(
+        (ct.as_str(), net.as_str(), vol.as_str()),
+        ("1-1", "2-1", "3-1")
+    );
     agent.spawn().await?;
 
     let res = explorer.wait_result(&ct).await?;
@@ -70,12 +79,21 @@ async fn container_listed_before_its_network_and_volume_still_runs() -> anyhow::
     assert!(f("{{json .Config.Env}}")?.contains("GREETING=hi"));
     assert_eq!(f("{{index .Config.Labels \"io.agent.reservation\"}}")?, ct);
     assert_eq!(f("{{index .Config.Labels \"io.agent.user\"}}")?, user.id());
-    assert_eq!(f("{{index .Config.Labels \"io.agent.type\"}}")?, "container");
+    assert_eq!(
+        f("{{index .Config.Labels \"io.agent.type\"}}")?,
+        "container"
+    );
     let mounts = f("{{range .Mounts}}{{.Destination}} {{end}}")?;
     assert!(mounts.contains("/data"), "{mounts}");
-    let hello = wait_for("the container to write into its volume", Duration::from_secs(20), || async {
-        docker(&["exec", &cid, "cat", "/data/hello"]).ok().filter(|s| s == "hello")
-    })
+    let hello = wait_for(
+        "the container to write into its volume",
+        Duration::from_secs(20),
+        || async {
+            docker(&["exec", &cid, "cat", "/data/hello"])
+                .ok()
+                .filter(|s| s == "hello")
+        },
+    )
     .await?;
     assert_eq!(hello, "hello");
 
@@ -104,7 +122,10 @@ async fn expiry_removes_the_container_and_confirms_deletion() -> anyhow::Result<
     assert_eq!(explorer.wait_result(&id).await?.state, ResultState::Ok);
     assert_eq!(labelled(&agent.node_id, &id).0.len(), 1);
     explorer.wait_deleted(&id).await?;
-    assert!(labelled(&agent.node_id, &id).0.is_empty(), "container removed at expiry");
+    assert!(
+        labelled(&agent.node_id, &id).0.is_empty(),
+        "container removed at expiry"
+    );
     assert_eq!(agent.status()?["cached"], 0);
     Ok(())
 }
@@ -131,7 +152,10 @@ async fn container_removed_behind_our_back_is_provisioned_again_at_start() -> an
     agent.spawn().await?;
     let (cts, _, _) = labelled(&agent.node_id, &id);
     assert_eq!(cts.len(), 1, "provisioned again");
-    assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &cts[0]])?, "true");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &cts[0]])?,
+        "true"
+    );
     assert!(agent.log().contains("repair"), "the repair is logged");
     Ok(())
 }
@@ -152,13 +176,19 @@ async fn orphan_of_an_expired_reservation_is_removed_at_start() -> anyhow::Resul
         )
         .await?;
     agent.wait_exit(Duration::from_secs(60))?;
-    assert_eq!(labelled(&agent.node_id, &id).0.len(), 1, "made, but never cached");
+    assert_eq!(
+        labelled(&agent.node_id, &id).0.len(),
+        1,
+        "made, but never cached"
+    );
     tokio::time::sleep(Duration::from_secs(5)).await; // now expired
     agent.env.clear();
     agent.spawn().await?;
-    wait_for("the orphan to be removed", Duration::from_secs(30), || async {
-        labelled(&agent.node_id, &id).0.is_empty().then_some(())
-    })
+    wait_for(
+        "the orphan to be removed",
+        Duration::from_secs(30),
+        || async { labelled(&agent.node_id, &id).0.is_empty().then_some(()) },
+    )
     .await?;
     assert!(agent.log().contains("orphan"), "the removal is logged");
     Ok(())

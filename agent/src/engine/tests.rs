@@ -166,7 +166,8 @@ async fn provisions_once_and_posts_one_signed_result() {
 
 #[tokio::test]
 async fn refusals_name_the_check_and_change_nothing() {
-    let cases: Vec<(Box<dyn Fn(&Fixture) -> Reservation>, &str)> = vec![
+    type Make = Box<dyn Fn(&Fixture) -> Reservation>;
+    let cases: Vec<(Make, &str)> = vec![
         (
             Box::new(|f| {
                 let mut r = f.volume("1-1");

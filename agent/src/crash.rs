@@ -1,0 +1,587 @@
+//! Crash policy: a workload container that keeps crashing is restarted by
+//! Docker (`unless-stopped`); once it has exited `limit` times (5) within
+//! `window` (10 min) the agent gives up on it.
+//!
+//! [`CrashWatch`] polls each watched container's restart count and state
+//! (`inspect`, every `poll`, 10 s by default), keeps the time of each exit
+//! it sees per reservation, and returns a [`GiveUp`] decision with the
+//! message for the signed error result:
+//! `workload crashed 5 times: exit code 1; last log lines: a | b`.
+//! It decides only: the engine decommissions the workload, posts the error
+//! result and marks it deleted (`Engine::decommission_with`).
+//!
+//! Every exit counts, a clean `exit 0` too: with `unless-stopped` Docker
+//! restarts it all the same, so a workload that keeps exiting is not
+//! running whatever its code. Exits are dated when the watch sees them
+//! (Docker restarts a crashing container within seconds, well inside a
+//! poll), and exits from before the agent started are not counted.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use provisioners::docker::DockerRuns;
+use reservation::WorkloadType;
+use serde::Serialize;
+use store::{Cached, Store};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// The numbers of the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashPolicy {
+    /// Exits within `window` that make the agent give up (`--crash-limit`).
+    pub limit: u32,
+    /// The sliding window (`--crash-window`).
+    pub window: Duration,
+    /// How often the containers are inspected.
+    pub poll: Duration,
+    /// Log lines quoted in the error result.
+    pub tail_lines: usize,
+}
+
+impl Default for CrashPolicy {
+    fn default() -> Self {
+        CrashPolicy {
+            limit: 5,
+            window: Duration::from_secs(600),
+            poll: Duration::from_secs(10),
+            tail_lines: 5,
+        }
+    }
+}
+
+/// A container to watch for reservation `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    pub id: String,
+    /// Wire type of the reservation (`container`, `kubernetes`).
+    pub kind: String,
+    /// Docker name of its container.
+    pub container: String,
+}
+
+impl Watched {
+    /// The container of a cached workload, for the types that run one of
+    /// their own: `container` and `kubernetes` (zdb instances are shared by
+    /// many reservations and are not given up on for one of them).
+    pub fn of(cached: &Cached) -> Option<Watched> {
+        let r = &cached.reservation;
+        let container = match r.workload_type().ok()? {
+            WorkloadType::Container => provisioners::names::container_name(&r.id),
+            WorkloadType::Kubernetes => provisioners::kubernetes::node_name(&r.id),
+            _ => return None,
+        };
+        Some(Watched {
+            id: r.id.clone(),
+            kind: r.kind.clone(),
+            container,
+        })
+    }
+}
+
+/// The decision to give up on reservation `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GiveUp {
+    pub id: String,
+    pub kind: String,
+    pub container: String,
+    /// Exits seen within the window (at least the limit).
+    pub crashes: u32,
+    pub exit_code: i64,
+    /// The error for the signed result: `workload crashed N times: exit
+    /// code C; last log lines: ...`.
+    pub message: String,
+}
+
+/// Crash figures of one reservation, for `agentctl status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CrashCount {
+    /// Exits within the window now.
+    pub recent: u32,
+    /// Exits seen since the agent started watching it.
+    pub total: u64,
+    /// Exit code of the last run that ended.
+    pub last_exit_code: i64,
+}
+
+/// Crash counts by reservation id, shared with the control socket.
+pub type CrashCounts = Arc<Mutex<BTreeMap<String, CrashCount>>>;
+
+#[derive(Debug)]
+struct Track {
+    kind: String,
+    container: String,
+    /// Exits Docker reported at the last look; `None` before the first.
+    seen: Option<u64>,
+    exits: VecDeque<Instant>,
+    total: u64,
+    last_exit: i64,
+    oom: bool,
+}
+
+/// Watches containers and decides when to give up on one.
+pub struct CrashWatch {
+    docker: Arc<dyn DockerRuns>,
+    policy: CrashPolicy,
+    tracks: BTreeMap<String, Track>,
+    /// Decided already: not decided again while the engine works on it.
+    given_up: HashSet<String>,
+    counts: CrashCounts,
+    /// Docker failed on the last look (logged once per outage).
+    failing: bool,
+}
+
+impl CrashWatch {
+    pub fn new(docker: Arc<dyn DockerRuns>, policy: CrashPolicy) -> Self {
+        CrashWatch {
+            docker,
+            policy,
+            tracks: BTreeMap::new(),
+            given_up: HashSet::new(),
+            counts: CrashCounts::default(),
+            failing: false,
+        }
+    }
+
+    pub fn policy(&self) -> &CrashPolicy {
+        &self.policy
+    }
+
+    /// The crash counts, kept up to date by [`CrashWatch::check`].
+    pub fn counts(&self) -> CrashCounts {
+        self.counts.clone()
+    }
+
+    /// Watch exactly `items`: new ones are added (their past exits are not
+    /// counted), ones that are gone are forgotten. A reservation's track
+    /// is kept while its container name stays the same.
+    pub fn set_watched(&mut self, items: impl IntoIterator<Item = Watched>) {
+        let mut keep = HashSet::new();
+        for w in items {
+            keep.insert(w.id.clone());
+            let same = self
+                .tracks
+                .get(&w.id)
+                .is_some_and(|t| t.container == w.container);
+            if !same {
+                self.tracks.insert(
+                    w.id,
+                    Track {
+                        kind: w.kind,
+                        container: w.container,
+                        seen: None,
+                        exits: VecDeque::new(),
+                        total: 0,
+                        last_exit: 0,
+                        oom: false,
+                    },
+                );
+            }
+        }
+        self.tracks.retain(|id, _| keep.contains(id));
+        self.given_up.retain(|id| keep.contains(id));
+    }
+
+    /// Watch every cached workload that runs a container of its own.
+    pub fn sync_from_store(&mut self, store: &Store) {
+        let items: Vec<Watched> = store
+            .list()
+            .filter_map(|c| c.ok())
+            .filter_map(|c| Watched::of(&c))
+            .collect();
+        self.set_watched(items);
+    }
+
+    /// Look at every watched container once, as of `now`; the reservations
+    /// to give up on (each decided once).
+    pub async fn check(&mut self, now: Instant) -> Vec<GiveUp> {
+        let mut out = Vec::new();
+        let ids: Vec<String> = self
+            .tracks
+            .keys()
+            .filter(|id| !self.given_up.contains(*id))
+            .cloned()
+            .collect();
+        let mut failed = None;
+        for id in ids {
+            let Some(container) = self.tracks.get(&id).map(|t| t.container.clone()) else {
+                continue;
+            };
+            let runs = match self.docker.container_runs(&container).await {
+                Ok(Some(r)) => r,
+                // Gone: reconciliation repairs it; nothing crashed.
+                Ok(None) => continue,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    continue;
+                }
+            };
+            let Some(t) = self.tracks.get_mut(&id) else {
+                continue;
+            };
+            let exits = runs.exits();
+            let new = match t.seen {
+                Some(before) if exits >= before => exits - before,
+                // First look, or the container was made anew: baseline.
+                _ => 0,
+            };
+            t.seen = Some(exits);
+            if runs.finished_at.is_some() || exits > 0 {
+                t.last_exit = runs.exit_code;
+                t.oom = runs.oom_killed;
+            }
+            for _ in 0..new.min(self.policy.limit as u64 * 2) {
+                t.exits.push_back(now);
+            }
+            t.total += new;
+            while t
+                .exits
+                .front()
+                .is_some_and(|at| now.saturating_duration_since(*at) > self.policy.window)
+            {
+                t.exits.pop_front();
+            }
+            if new > 0 {
+                info!(reservation = %id, container = %container, exits = new, exit_code = runs.exit_code, recent = t.exits.len(), limit = self.policy.limit, "workload container exited; docker restarts it");
+            }
+            if t.exits.len() as u32 >= self.policy.limit {
+                let crashes = t.exits.len() as u32;
+                let (kind, code, oom) = (t.kind.clone(), t.last_exit, t.oom);
+                let tail = match self
+                    .docker
+                    .container_logs(&container, self.policy.tail_lines)
+                    .await
+                {
+                    Ok(s) => tail_of(&s, self.policy.tail_lines),
+                    Err(e) => format!("(logs unavailable: {e})"),
+                };
+                let message = give_up_message(crashes, code, oom, &tail);
+                warn!(reservation = %id, container = %container, crashes, exit_code = code, window_s = self.policy.window.as_secs(), "crash policy: giving up on the workload");
+                self.given_up.insert(id.clone());
+                out.push(GiveUp {
+                    id,
+                    kind,
+                    container,
+                    crashes,
+                    exit_code: code,
+                    message,
+                });
+            }
+        }
+        match failed {
+            Some(e) if !self.failing => {
+                warn!(error = %e, "crash watch cannot inspect containers; will retry");
+                self.failing = true;
+            }
+            Some(e) => debug!(error = %e, "crash watch: inspect failed"),
+            None => self.failing = false,
+        }
+        self.publish();
+        out
+    }
+
+    fn publish(&self) {
+        let counts = self
+            .tracks
+            .iter()
+            .map(|(id, t)| {
+                (
+                    id.clone(),
+                    CrashCount {
+                        recent: t.exits.len() as u32,
+                        total: t.total,
+                        last_exit_code: t.last_exit,
+                    },
+                )
+            })
+            .collect();
+        if let Ok(mut c) = self.counts.lock() {
+            *c = counts;
+        }
+    }
+}
+
+/// `workload crashed N times: exit code C; last log lines: TAIL`.
+pub fn give_up_message(crashes: u32, exit_code: i64, oom_killed: bool, tail: &str) -> String {
+    let oom = if oom_killed {
+        " (killed: out of memory)"
+    } else {
+        ""
+    };
+    let tail = if tail.is_empty() {
+        "(no log output)"
+    } else {
+        tail
+    };
+    format!("workload crashed {crashes} times: exit code {exit_code}{oom}; last log lines: {tail}")
+}
+
+/// The last `n` non-empty lines of `logs`, control characters dropped, each
+/// cut at 200 characters, joined by ` | ` (the message stays one line).
+pub fn tail_of(logs: &str, n: usize) -> String {
+    let lines: Vec<String> = logs
+        .lines()
+        .map(|l| {
+            l.chars()
+                .filter(|c| !c.is_control() || *c == '\t')
+                .take(200)
+                .collect::<String>()
+                .trim()
+                .to_string()
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// Every `policy.poll`: watch what the store caches, look at the
+/// containers, and send each give-up decision to `decisions` (the engine).
+/// Ends on `shutdown` or when the receiver is dropped.
+pub async fn run(
+    mut watch: CrashWatch,
+    store: Store,
+    decisions: mpsc::Sender<GiveUp>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(watch.policy.poll) => {}
+        }
+        watch.sync_from_store(&store);
+        for g in watch.check(Instant::now()).await {
+            if decisions.send(g).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use provisioners::docker::{ContainerNet, ContainerSpec, Docker};
+    use provisioners::FakeDocker;
+
+    fn spec(name: &str) -> ContainerSpec {
+        ContainerSpec {
+            name: name.into(),
+            image: "agent-test/busybox:latest".into(),
+            env: vec![],
+            secret_env: vec![],
+            entrypoint: Some(vec!["sh".into(), "-c".into(), "echo boom; exit 1".into()]),
+            tty: false,
+            open_stdin: false,
+            nano_cpus: 100_000_000,
+            memory: 32 << 20,
+            mounts: vec![],
+            network: ContainerNet::None,
+            ports: vec![],
+            restart_unless_stopped: true,
+            labels: Default::default(),
+        }
+    }
+
+    fn watched(id: &str) -> Watched {
+        Watched {
+            id: id.into(),
+            kind: "container".into(),
+            container: provisioners::names::container_name(id),
+        }
+    }
+
+    async fn fake_with(ids: &[&str]) -> Arc<FakeDocker> {
+        let fake = Arc::new(FakeDocker::new());
+        fake.add_image("agent-test/busybox:latest");
+        for id in ids {
+            let name = provisioners::names::container_name(id);
+            fake.create_container(&spec(&name)).await.unwrap();
+            fake.start_container(&name).await.unwrap();
+        }
+        fake
+    }
+
+    fn policy() -> CrashPolicy {
+        CrashPolicy {
+            limit: 5,
+            window: Duration::from_secs(600),
+            poll: Duration::from_millis(10),
+            tail_lines: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_five_exits_within_the_window() {
+        let fake = fake_with(&["1-1", "2-1"]).await;
+        let name = provisioners::names::container_name("1-1");
+        // Restarts from before the agent watched do not count.
+        fake.set_runs(&name, 40, 1);
+        let mut w = CrashWatch::new(fake.clone(), policy());
+        w.set_watched([watched("1-1"), watched("2-1")]);
+        let t0 = Instant::now();
+        assert!(w.check(t0).await.is_empty());
+        fake.set_runs(&name, 43, 1);
+        assert!(w.check(t0 + Duration::from_secs(60)).await.is_empty());
+        assert_eq!(w.counts().lock().unwrap()["1-1"].recent, 3);
+        // Exited now and not restarted yet: one more exit.
+        fake.set_state(&name, "exited");
+        assert!(w.check(t0 + Duration::from_secs(120)).await.is_empty());
+        fake.set_state(&name, "running");
+        fake.set_runs(&name, 45, 2);
+        let g = w.check(t0 + Duration::from_secs(180)).await;
+        assert_eq!(g.len(), 1, "{g:?}");
+        assert_eq!(g[0].id, "1-1");
+        assert_eq!(g[0].crashes, 5);
+        assert_eq!(g[0].exit_code, 2);
+        assert_eq!(
+            g[0].message,
+            "workload crashed 5 times: exit code 2; last log lines: (no log output)"
+        );
+        assert_eq!(fake.count("container_logs"), 1);
+        // Decided once, while the engine works on it.
+        fake.set_runs(&name, 50, 2);
+        assert!(w.check(t0 + Duration::from_secs(190)).await.is_empty());
+        // The healthy one was never in question.
+        let c = w.counts().lock().unwrap().clone();
+        assert_eq!(c["2-1"], CrashCount::default());
+        assert_eq!(c["1-1"].total, 5);
+        // Once decommissioned it is no longer watched.
+        w.set_watched([watched("2-1")]);
+        w.check(t0 + Duration::from_secs(200)).await;
+        assert!(!w.counts().lock().unwrap().contains_key("1-1"));
+    }
+
+    #[tokio::test]
+    async fn old_exits_leave_the_window() {
+        let fake = fake_with(&["1-1"]).await;
+        let name = provisioners::names::container_name("1-1");
+        let mut w = CrashWatch::new(fake.clone(), policy());
+        w.set_watched([watched("1-1")]);
+        let t0 = Instant::now();
+        w.check(t0).await;
+        // Four exits, then four more 11 minutes later: never five within
+        // ten minutes.
+        fake.set_runs(&name, 4, 1);
+        assert!(w.check(t0 + Duration::from_secs(1)).await.is_empty());
+        fake.set_runs(&name, 8, 1);
+        assert!(w.check(t0 + Duration::from_secs(662)).await.is_empty());
+        assert_eq!(w.counts().lock().unwrap()["1-1"].recent, 4);
+        assert_eq!(w.counts().lock().unwrap()["1-1"].total, 8);
+        // A container made anew (restart count back to 0) is a new
+        // baseline; the exits already in the window still count.
+        fake.set_runs(&name, 0, 0);
+        assert!(w.check(t0 + Duration::from_secs(663)).await.is_empty());
+        assert_eq!(w.counts().lock().unwrap()["1-1"].recent, 4);
+        fake.set_runs(&name, 1, 3);
+        let g = w.check(t0 + Duration::from_secs(664)).await;
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].exit_code, 3);
+    }
+
+    #[tokio::test]
+    async fn docker_errors_and_missing_containers_decide_nothing() {
+        let fake = fake_with(&[]).await;
+        let mut w = CrashWatch::new(fake.clone(), policy());
+        w.set_watched([watched("9-1")]);
+        assert!(w.check(Instant::now()).await.is_empty());
+        fake.fail_next("inspect_container", "engine down");
+        assert!(w.check(Instant::now()).await.is_empty());
+    }
+
+    #[test]
+    fn message_and_tail() {
+        assert_eq!(tail_of("a\n\nb\r\n\u{1b}[31mc\n d \n", 2), "[31mc | d");
+        assert_eq!(tail_of("", 5), "");
+        assert_eq!(
+            give_up_message(6, 137, true, "x | y"),
+            "workload crashed 6 times: exit code 137 (killed: out of memory); last log lines: x | y"
+        );
+    }
+
+    #[test]
+    fn watched_types() {
+        let node = reservation::Identity::generate();
+        let mk = |kind: &str, data: &str| {
+            let r: reservation::Reservation = serde_json::from_str(&format!(
+                r#"{{"id":"7-1","node_id":"n","user_id":"u","type":"{kind}","data":{data},"created":"2026-11-25T11:00:00Z","duration":1,"signature":""}}"#
+            ))
+            .unwrap();
+            Cached::new(r, node.error_result(kind, "7-1", "x"))
+        };
+        assert_eq!(
+            Watched::of(&mk("container", "{}")).unwrap().container,
+            "agent-ct-7-1"
+        );
+        assert_eq!(
+            Watched::of(&mk("kubernetes", "{}")).unwrap().container,
+            provisioners::kubernetes::node_name("7-1")
+        );
+        assert!(Watched::of(&mk("volume", "{}")).is_none());
+        assert!(Watched::of(&mk("zdb", "{}")).is_none());
+    }
+
+    /// The real engine: a busybox container whose entrypoint exits 1 is
+    /// restarted by its policy until the watch gives up, with its exit code
+    /// and its log in the message.
+    #[tokio::test]
+    async fn real_docker_container_exiting_1() {
+        let status = std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/images/build.sh"
+            ))
+            .status()
+            .expect("run tests/images/build.sh");
+        assert!(status.success(), "tests/images/build.sh failed");
+        let docker = Arc::new(
+            provisioners::BollardDocker::connect()
+                .await
+                .expect("the docker engine runs on this machine"),
+        );
+        let id = format!("{}-1", 900_000 + std::process::id());
+        let name = provisioners::names::container_name(&id);
+        let _ = docker.remove_container(&name).await;
+        docker.create_container(&spec(&name)).await.unwrap();
+        docker.start_container(&name).await.unwrap();
+
+        let mut w = CrashWatch::new(
+            docker.clone(),
+            CrashPolicy {
+                poll: Duration::from_millis(200),
+                ..CrashPolicy::default()
+            },
+        );
+        w.set_watched([Watched {
+            id: id.clone(),
+            kind: "container".into(),
+            container: name.clone(),
+        }]);
+        let started = Instant::now();
+        let mut decision = None;
+        // Docker's restart delay doubles from 100 ms: five exits take ~3 s.
+        while started.elapsed() < Duration::from_secs(60) {
+            let g = w.check(Instant::now()).await;
+            if let Some(g) = g.into_iter().next() {
+                decision = Some(g);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = docker.remove_container(&name).await;
+        let g = decision.expect("gave up within 60 s");
+        assert_eq!(g.id, id);
+        assert_eq!(g.exit_code, 1);
+        assert!(g.crashes >= 5, "{g:?}");
+        assert!(
+            g.message.starts_with(&format!(
+                "workload crashed {} times: exit code 1; last log lines: boom",
+                g.crashes
+            )),
+            "{}",
+            g.message
+        );
+    }
+}
