@@ -5,8 +5,20 @@
 # local test images (no registry is reachable: images are made with
 # `docker import`), builds the binaries the end-to-end tests drive, then
 # runs the whole suite with cargo-nextest (cargo test when nextest is absent).
+#
+# Usage: scripts/test.sh [--drills] [nextest filters...]
+#   --drills  also run the long fault drills (#[ignore]d otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+args=()
+drills=0
+for a in "$@"; do
+  case "$a" in
+    --drills) drills=1 ;;
+    *) args+=("$a") ;;
+  esac
+done
 
 need=()
 command -v busybox >/dev/null 2>&1 || [ -x /bin/busybox ] || need+=(busybox-static)
@@ -33,7 +45,11 @@ fi
 
 cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  extra=()
+  [ "$drills" = 1 ] && extra+=(--run-ignored all)
+  cargo nextest run --workspace --no-fail-fast "${extra[@]}" "${args[@]}"
 else
-  cargo test --workspace --no-fail-fast "$@"
+  extra=()
+  [ "$drills" = 1 ] && extra+=(-- --include-ignored)
+  cargo test --workspace --no-fail-fast "${args[@]}" "${extra[@]}"
 fi

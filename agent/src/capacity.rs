@@ -227,6 +227,16 @@ fn mem_total_kib(meminfo: &str) -> Option<u64> {
 /// Size in bytes of the filesystem holding `path` (statvfs; the nearest
 /// existing ancestor when `path` does not exist yet).
 fn fs_size_bytes(path: &Path) -> std::io::Result<u64> {
+    statvfs(path).map(|(size, _)| size)
+}
+
+/// Bytes available to the agent on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    statvfs(path).map(|(_, avail)| avail)
+}
+
+/// (size, available) of the filesystem holding `path`.
+fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let mut p = path;
     while !p.exists() {
@@ -246,7 +256,11 @@ fn fs_size_bytes(path: &Path) -> std::io::Result<u64> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok((st.f_blocks as u64).saturating_mul(st.f_frsize as u64))
+    let frsize = st.f_frsize as u64;
+    Ok((
+        (st.f_blocks as u64).saturating_mul(frsize),
+        (st.f_bavail as u64).saturating_mul(frsize),
+    ))
 }
 
 /// What workload `w` holds while it runs, with container layers on

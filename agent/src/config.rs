@@ -61,6 +61,37 @@ pub struct Args {
     /// stand-in image, calls for false.
     #[arg(long, env = "AGENT_K3S_PRIVILEGED")]
     pub k3s_privileged: Option<bool>,
+    /// What the disk under the root is: SSD or HDD.
+    #[arg(long, env = "AGENT_DISK_TYPE")]
+    pub disk_type: Option<String>,
+    /// Memory kept for the host, e.g. 2GiB.
+    #[arg(long, env = "AGENT_RESERVE_MEMORY")]
+    pub reserve_memory: Option<String>,
+    /// CPU cores kept for the host.
+    #[arg(long, env = "AGENT_RESERVE_CPU")]
+    pub reserve_cpu: Option<u32>,
+    /// How many times the usable cores may be promised to workloads
+    /// (1 = no overcommit).
+    #[arg(long, env = "AGENT_CPU_OVERCOMMIT")]
+    pub cpu_overcommit: Option<u32>,
+    /// Disk kept free under the root for the agent's state, e.g. 64MiB.
+    #[arg(long, env = "AGENT_MIN_FREE_DISK")]
+    pub min_free_disk: Option<String>,
+    /// URL where this node can be reached, sent at registration.
+    #[arg(long, env = "AGENT_NODE_URL")]
+    pub node_url: Option<String>,
+    /// Time between heartbeats, e.g. 30s.
+    #[arg(long, env = "AGENT_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (off by default).
+    #[arg(long, env = "AGENT_METRICS")]
+    pub metrics: Option<String>,
+    /// Exits within --crash-window after which a workload is given up.
+    #[arg(long, env = "AGENT_CRASH_LIMIT")]
+    pub crash_limit: Option<u32>,
+    /// Window of the crash policy, e.g. 10m.
+    #[arg(long, env = "AGENT_CRASH_WINDOW", value_parser = humantime::parse_duration)]
+    pub crash_window: Option<Duration>,
 }
 
 /// The TOML file: the same settings, snake_case, all optional.
@@ -77,6 +108,18 @@ pub struct FileConfig {
     pub zdb_image: Option<String>,
     pub k3s_image: Option<String>,
     pub k3s_privileged: Option<bool>,
+    pub disk_type: Option<String>,
+    pub reserve_memory: Option<String>,
+    pub reserve_cpu: Option<u32>,
+    pub cpu_overcommit: Option<u32>,
+    pub min_free_disk: Option<String>,
+    pub node_url: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub heartbeat_interval: Option<Duration>,
+    pub metrics: Option<String>,
+    pub crash_limit: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub crash_window: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -110,6 +153,16 @@ pub struct Settings {
     pub zdb_image: String,
     pub k3s_image: String,
     pub k3s_privileged: bool,
+    pub disk_type: reservation::workloads::DiskType,
+    pub reserve_memory: u64,
+    pub reserve_cpu: u32,
+    pub cpu_overcommit: u32,
+    pub min_free_disk: u64,
+    pub node_url: String,
+    pub heartbeat_interval: Duration,
+    pub metrics: Option<String>,
+    pub crash_limit: u32,
+    pub crash_window: Duration,
 }
 
 impl Settings {
@@ -136,6 +189,10 @@ impl Settings {
             }
         };
         let dev = args.dev;
+        let bad = |key: &str, reason: String| AgentError::Config {
+            path: format!("{} ({key})", path.display()),
+            reason,
+        };
         let explorer = match args.explorer.or(file.explorer) {
             Some(e) => e,
             None if dev => format!("http://{DEV_EXPLORER_LISTEN}"),
@@ -183,6 +240,38 @@ impl Settings {
                 .or(file.k3s_image)
                 .unwrap_or_else(|| provisioners::kubernetes::DEFAULT_K3S_IMAGE.into()),
             k3s_privileged: args.k3s_privileged.or(file.k3s_privileged).unwrap_or(true),
+            disk_type: match args.disk_type.or(file.disk_type) {
+                Some(d) => crate::capacity::parse_disk_type(&d).map_err(|e| bad("disk_type", e))?,
+                None => reservation::workloads::DiskType::Ssd,
+            },
+            reserve_memory: match args.reserve_memory.or(file.reserve_memory) {
+                Some(m) => crate::capacity::parse_size(&m).map_err(|e| bad("reserve_memory", e))?,
+                None => crate::capacity::DEFAULT_RESERVE_MEMORY,
+            },
+            reserve_cpu: args.reserve_cpu.or(file.reserve_cpu).unwrap_or(0),
+            cpu_overcommit: args
+                .cpu_overcommit
+                .or(file.cpu_overcommit)
+                .unwrap_or(1)
+                .max(1),
+            min_free_disk: match args.min_free_disk.or(file.min_free_disk) {
+                Some(m) => crate::capacity::parse_size(&m).map_err(|e| bad("min_free_disk", e))?,
+                None => 64 << 20,
+            },
+            node_url: args
+                .node_url
+                .or(file.node_url)
+                .unwrap_or_else(crate::heartbeat::default_node_url),
+            heartbeat_interval: args
+                .heartbeat_interval
+                .or(file.heartbeat_interval)
+                .unwrap_or(crate::heartbeat::DEFAULT_INTERVAL),
+            metrics: args.metrics.or(file.metrics),
+            crash_limit: args.crash_limit.or(file.crash_limit).unwrap_or(5).max(1),
+            crash_window: args
+                .crash_window
+                .or(file.crash_window)
+                .unwrap_or(Duration::from_secs(600)),
         })
     }
 }

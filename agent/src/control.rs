@@ -46,6 +46,12 @@ pub struct Control {
     pub store: Store,
     pub poll: Arc<PollStatus>,
     pub docker: std::sync::RwLock<Arc<dyn DockerProbe>>,
+    /// Capacity: total, reserved, used, free.
+    pub ledger: Arc<std::sync::Mutex<crate::capacity::Ledger>>,
+    /// Registration with the explorer and the last heartbeat.
+    pub heartbeat: Arc<crate::heartbeat::HeartbeatState>,
+    /// Crash counts per watched workload.
+    pub crashes: crate::crash::CrashCounts,
 }
 
 impl Control {
@@ -97,6 +103,9 @@ impl Control {
             "cached": self.store.cached_len(),
             "pending_results": self.store.outbox_len(),
             "docker": docker,
+            "capacity": self.ledger.lock().map(|l| json!(l.snapshot())).unwrap_or(Value::Null),
+            "registration": json!(self.heartbeat.snapshot()),
+            "crashes": self.crashes.lock().map(|c| json!(*c)).unwrap_or(Value::Null),
         }))
     }
 

@@ -150,6 +150,12 @@ impl CrashWatch {
     }
 
     /// The crash counts, kept up to date by [`CrashWatch::check`].
+    /// Share `counts` (made before the watch, e.g. for the control socket).
+    pub fn with_counts(mut self, counts: CrashCounts) -> Self {
+        self.counts = counts;
+        self
+    }
+
     pub fn counts(&self) -> CrashCounts {
         self.counts.clone()
     }

@@ -4,20 +4,27 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use provisioners::{BollardDocker, Docker, LogBus, NodeOptions, VolumeProvisioner};
 use reservation::Identity;
-use sources::{CombinedSource, DecommissionSource, ExplorerClient, PollSource, ReservationSource};
+use sources::{
+    CombinedSource, DecommissionSource, ExplorerClient, NodeRegistration, PollSource,
+    ReservationSource,
+};
 use store::Store;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::capacity::{fingerprint, Ledger};
 use crate::config::{Settings, DEV_EXPLORER_LISTEN};
 use crate::control::{Control, DockerProbe};
+use crate::crash::{self, CrashCounts, CrashPolicy, CrashWatch};
 use crate::engine::{Engine, EngineConfig, Shared};
+use crate::heartbeat::{self, HeartbeatState};
+use crate::metrics;
 use crate::{delivery, reconcile, AgentError};
 
 /// `DockerProbe` over the provisioners' Docker seam.
@@ -80,15 +87,73 @@ pub async fn run(
         start_dev_explorer(&settings, &node, &stop_rx).await?;
     }
 
+    // Capacity: fingerprinted now, usage rebuilt from the cache (each
+    // cached workload charged once).
+    let mut total = fingerprint(
+        &settings.root,
+        settings.disk_type,
+        settings.reserve_cpu,
+        settings.reserve_memory,
+    );
+    total.physical.cpu = total
+        .physical
+        .cpu
+        .saturating_mul(settings.cpu_overcommit as u64);
+    let mut ledger = Ledger::new(total);
+    let charged = ledger.rebuild_from_store(&store);
+    let ledger = Arc::new(Mutex::new(ledger));
+    info!(charged, capacity = ?total, "capacity fingerprinted");
+
     let client = ExplorerClient::new(&settings.explorer, node.id(), settings.max_poll_bytes)?;
     let poll = PollSource::new(client.clone(), store.cursor()?);
     let shared = Arc::new(Shared::default());
+
+    // Registration and heartbeat need no Docker: start them first.
+    let heartbeat = Arc::new(HeartbeatState::default());
+    let registration = NodeRegistration {
+        node_id: node.id().to_string(),
+        url: settings.node_url.clone(),
+        capacity: ledger
+            .lock()
+            .map(|l| l.total_capacity())
+            .unwrap_or_default(),
+    };
+    let used_ledger = ledger.clone();
+    tokio::spawn(heartbeat::run(
+        client.clone(),
+        registration,
+        move || {
+            used_ledger
+                .lock()
+                .map(|l| l.used_capacity())
+                .unwrap_or_default()
+        },
+        settings.heartbeat_interval,
+        heartbeat.clone(),
+        signal(&stop_rx),
+    ));
+
+    let metrics = &shared.metrics;
+    metrics.watch_outbox(store.clone());
+    metrics.watch_poll(poll.status());
+    metrics.watch_heartbeat(heartbeat.clone());
+    metrics.watch_ledger(ledger.clone());
+    if let Some(addr) = &settings.metrics {
+        let listener = metrics::bind(addr).await?;
+        info!(addr = %addr, "serving Prometheus metrics on /metrics");
+        tokio::spawn(metrics::serve(
+            listener,
+            shared.metrics.clone(),
+            signal(&stop_rx),
+        ));
+    }
     if let Some(last) = store.outbox_last_seq()? {
         shared
             .durable_below
             .store(last + 1, std::sync::atomic::Ordering::SeqCst);
     }
 
+    let crash_watch_counts = CrashCounts::default();
     // The control socket answers even while Docker is down.
     let control = Arc::new(Control {
         node_id: node.id().to_string(),
@@ -97,6 +162,9 @@ pub async fn run(
         store: store.clone(),
         poll: poll.status(),
         docker: std::sync::RwLock::new(Arc::new(Unreachable("connecting".into()))),
+        ledger: ledger.clone(),
+        heartbeat: heartbeat.clone(),
+        crashes: crash_watch_counts.clone(),
     });
     let socket = tokio::spawn(crate::control::serve(
         settings.socket.clone(),
@@ -123,16 +191,38 @@ pub async fn run(
             log_bus,
         },
     );
+    // The crash watch decides; the engine decommissions.
+    let (give_up_tx, give_up_rx) = tokio::sync::mpsc::channel(16);
+    let watch = CrashWatch::new(
+        docker.clone(),
+        CrashPolicy {
+            limit: settings.crash_limit,
+            window: settings.crash_window,
+            ..CrashPolicy::default()
+        },
+    )
+    .with_counts(crash_watch_counts);
+    tokio::spawn(crash::run(
+        watch,
+        store.clone(),
+        give_up_tx,
+        signal(&stop_rx),
+    ));
+
     let mut engine = Engine::new(
         node.clone(),
         store.clone(),
         registry,
         EngineConfig {
             provision_timeout: settings.provision_timeout,
+            root: Some(settings.root.clone()),
+            min_free_disk: settings.min_free_disk,
             ..EngineConfig::default()
         },
         shared.clone(),
-    );
+    )
+    .with_ledger(ledger.clone())
+    .with_give_ups(give_up_rx);
     reconcile::repair_cached(&mut engine).await?;
 
     let delivery = tokio::spawn(delivery::run(

@@ -10,11 +10,14 @@
 //! provisioning reuses what exists, so nothing is made twice and exactly one
 //! result is delivered.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 use chrono::{DateTime, Utc};
 use provisioners::{ProvisionError, Registry};
@@ -24,7 +27,10 @@ use store::{Cached, OutcomeState, Store};
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::capacity::{Charge, Ledger};
+use crate::crash::GiveUp;
 use crate::faults;
+use crate::metrics::Metrics;
 use crate::AgentError;
 
 /// Largest `data` accepted, in bytes.
@@ -38,6 +44,11 @@ pub struct EngineConfig {
     /// Delay before a decommission that must wait (volume in use) or that
     /// failed is tried again.
     pub retry_decommission: Duration,
+    /// The agent's root: new work is refused while the filesystem under it
+    /// has less than `min_free_disk` bytes free (the cache must stay
+    /// writable for what runs already).
+    pub root: Option<PathBuf>,
+    pub min_free_disk: u64,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +56,8 @@ impl Default for EngineConfig {
         EngineConfig {
             provision_timeout: Duration::from_secs(600),
             retry_decommission: Duration::from_secs(5),
+            root: None,
+            min_free_disk: 64 << 20,
         }
     }
 }
@@ -62,17 +75,13 @@ pub struct Shared {
     pub expiry_wake: Arc<Notify>,
     /// Set once the first `from=0` poll answer is handled.
     pub first_poll_done: std::sync::atomic::AtomicBool,
-    /// Handled reservations by (type, outcome).
-    pub handled: Mutex<BTreeMap<(String, &'static str), u64>>,
-    /// Provisioning durations by type (seconds), for metrics.
-    pub durations: Mutex<Vec<(String, f64)>>,
+    /// Prometheus series: reservations handled, provisioning durations.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
     fn count(&self, kind: &str, outcome: &'static str) {
-        if let Ok(mut m) = self.handled.lock() {
-            *m.entry((kind.to_string(), outcome)).or_default() += 1;
-        }
+        self.metrics.handled(kind, outcome);
     }
 }
 
@@ -91,6 +100,13 @@ pub struct Engine {
     /// One past the highest outbox seq written so far.
     written_below: u64,
     first_poll_seen: bool,
+    /// Capacity charged per workload; `None` admits everything (tests).
+    ledger: Option<Arc<Mutex<Ledger>>>,
+    /// Give-up decisions of the crash watch.
+    give_ups: Option<mpsc::Receiver<GiveUp>>,
+    /// Error results of given-up workloads whose decommission must be
+    /// retried: posted with the deletion once it succeeds.
+    pending_errors: HashMap<String, WorkloadResult>,
 }
 
 enum Verdict {
@@ -118,7 +134,22 @@ impl Engine {
             confirmed: HashSet::new(),
             written_below: 0,
             first_poll_seen: false,
+            ledger: None,
+            give_ups: None,
+            pending_errors: HashMap::new(),
         }
+    }
+
+    /// Admit new work against this capacity ledger, and charge it.
+    pub fn with_ledger(mut self, ledger: Arc<Mutex<Ledger>>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Act on the crash watch's give-up decisions.
+    pub fn with_give_ups(mut self, rx: mpsc::Receiver<GiveUp>) -> Self {
+        self.give_ups = Some(rx);
+        self
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -133,13 +164,27 @@ impl Engine {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
+        let mut give_ups = self.give_ups.take();
         loop {
             let work = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                Some(g) = async { match give_ups.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                    let span = tracing::info_span!("reservation", id = %g.id);
+                    if let Err(e) = self.give_up(g).instrument(span).await.and_then(|_| self.commit()) {
+                        error!(error = %e, "cannot record a give-up; going on");
+                    }
+                    continue;
+                }
                 w = source.next() => match w { Some(w) => w, None => break },
             };
-            self.handle(work).await?;
+            if let Err(e) = self.handle(work).await {
+                // A cache that cannot be written (disk full, I/O error)
+                // must not kill the node: what was not recorded comes back
+                // (the explorer sends it again, the expiry index keeps it).
+                error!(error = %e, "cannot record this work; going on");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
         self.commit()?;
         Ok(())
@@ -328,6 +373,23 @@ impl Engine {
                 format!("workload type {kind} is not supported on this node"),
             );
         };
+        if let Some(msg) = self.disk_short() {
+            return self.refuse(r, msg);
+        }
+        let charge = match &self.ledger {
+            Some(l) => {
+                let l = l
+                    .lock()
+                    .map_err(|_| AgentError::Other("capacity ledger poisoned".into()))?;
+                let c = l.charge_of(&w);
+                if let Err(msg) = l.admit(&r.id, &c) {
+                    drop(l);
+                    return self.refuse(r, msg);
+                }
+                c
+            }
+            None => Charge::ZERO,
+        };
         info!(reservation = %r.id, kind = %kind, user = %r.user_id, "provisioning");
         let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(self.cfg.provision_timeout, p.provision(r, &w)).await;
@@ -362,15 +424,44 @@ impl Engine {
             .record_provisioned(&Cached::new(r.clone(), res.clone()), &res)?;
         self.wrote(seq);
         let secs = started.elapsed().as_secs_f64();
-        if let Ok(mut d) = self.shared.durations.lock() {
-            if d.len() < 10_000 {
-                d.push((r.kind.clone(), secs));
+        self.shared.metrics.provisioned_in(&r.kind, secs);
+        if let Some(l) = &self.ledger {
+            if let Ok(mut l) = l.lock() {
+                l.add(&r.id, charge);
             }
         }
         self.shared.count(&r.kind, "provisioned");
         info!(reservation = %r.id, kind = %kind, seconds = secs, "provisioned");
         faults::point("after-record");
         Ok(())
+    }
+
+    /// Why new work cannot be taken for lack of disk under the root, if so.
+    fn disk_short(&self) -> Option<String> {
+        let root = self.cfg.root.as_ref()?;
+        let free = crate::capacity::free_bytes(root).ok()?;
+        (free < self.cfg.min_free_disk).then(|| {
+            format!(
+                "not enough disk space on this node: {} MiB free under {}, {} MiB must stay free for the agent's state",
+                free >> 20,
+                root.display(),
+                self.cfg.min_free_disk >> 20
+            )
+        })
+    }
+
+    /// The crash policy gave up on a workload: decommission it, post the
+    /// signed error result with the deletion, and mark it deleted.
+    async fn give_up(&mut self, g: GiveUp) -> Result<(), AgentError> {
+        let Some(cached) = self.store.get(&g.id)? else {
+            return Ok(());
+        };
+        warn!(reservation = %g.id, crashes = g.crashes, exit_code = g.exit_code, "crash policy: giving up on the workload");
+        let res = self
+            .node
+            .error_result(&cached.reservation.kind, &g.id, g.message);
+        self.pending_errors.insert(g.id.clone(), res);
+        self.decommission(&cached, "crash policy").await
     }
 
     /// Undo what a failed provisioning may have left, so a refusal changes
@@ -386,7 +477,8 @@ impl Engine {
     /// Decommission a cached workload; if it must wait (still in use) or
     /// fails, it is rescheduled and the decommission source retries it.
     async fn decommission(&mut self, cached: &Cached, why: &str) -> Result<(), AgentError> {
-        self.decommission_with(cached, why, None).await
+        let pending = self.pending_errors.get(&cached.reservation.id).cloned();
+        self.decommission_with(cached, why, pending.as_ref()).await
     }
 
     /// Decommission, and post `result` (an error result) with the deletion.
@@ -414,6 +506,12 @@ impl Engine {
             Ok(()) => {
                 let seq = self.store.record_decommissioned(&r.id, &r.kind, result)?;
                 self.wrote(seq);
+                self.pending_errors.remove(&r.id);
+                if let Some(l) = &self.ledger {
+                    if let Ok(mut l) = l.lock() {
+                        l.release(&r.id);
+                    }
+                }
                 self.confirmed.insert(r.id.clone());
                 self.shared.count(&r.kind, "decommissioned");
                 info!(reservation = %r.id, kind = %r.kind, why, "decommissioned");

@@ -70,3 +70,12 @@ pub async fn serve(
 ) -> Result<(), ExplorerError> {
     server::run(listener, cfg, shutdown).await
 }
+
+/// The explorer's routes over the database in `cfg.data_dir`, without a
+/// listener or graceful shutdown: the real handlers, for driving them
+/// in-process (the fuzz targets in `fuzz/` send requests through it with
+/// `tower::ServiceExt::oneshot`). A poll with an empty answer is not held.
+/// Run a server with [`serve`].
+pub fn router(cfg: &ServerConfig) -> Result<axum::Router, ExplorerError> {
+    server::in_process(cfg)
+}

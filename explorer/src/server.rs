@@ -428,6 +428,22 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .with_state(st)
 }
 
+/// The routes over the database in `cfg.data_dir`, with no listener. The
+/// shutdown sender is dropped at once, so a poll with an empty answer
+/// returns at once instead of being held: the fuzz targets drive the real
+/// handlers in-process, one request after another.
+pub(crate) fn in_process(cfg: &ServerConfig) -> Result<Router, ExplorerError> {
+    let db = Db::open(&cfg.data_dir)?;
+    let (_no_shutdown, rx) = watch::channel(false);
+    Ok(router(Arc::new(AppState {
+        db,
+        long_poll: cfg.long_poll,
+        max_body: cfg.max_body,
+        wake: Mutex::new(HashMap::new()),
+        shutdown: rx,
+    })))
+}
+
 pub(crate) async fn run(
     listener: tokio::net::TcpListener,
     cfg: ServerConfig,

@@ -17,7 +17,7 @@ fn network(name: &str, node: &str, octet: u8) -> serde_json::Value {
     })
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_reservation_result_and_signed_deletion() -> anyhow::Result<()> {
     let explorer = Explorer::start().await?;
     let agent = Agent::start(&explorer.url).await?;
@@ -64,7 +64,7 @@ async fn signed_reservation_result_and_signed_deletion() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_get_signed_errors_and_the_agent_keeps_running() -> anyhow::Result<()> {
     let explorer = Explorer::start().await?;
     let mut agent = Agent::start(&explorer.url).await?;

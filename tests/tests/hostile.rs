@@ -5,64 +5,12 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::routing::{get, put};
+use common::scripted::{self, Answer};
 use common::*;
-use reservation::{Identity, Reservation, ResultState, WorkloadResult};
+use reservation::{Identity, Reservation, ResultState};
 use serde_json::{json, Value};
-
-#[derive(Default)]
-struct Script {
-    /// Poll answers served in order; the last one repeats.
-    answers: Vec<String>,
-    served: usize,
-    results: Vec<WorkloadResult>,
-    deleted: Vec<String>,
-}
-
-type Shared = Arc<Mutex<Script>>;
-
-async fn start(script: Shared) -> String {
-    let app = axum::Router::new()
-        .route(
-            "/reservations/:node/poll",
-            get(|State(s): State<Shared>| async move {
-                let body = {
-                    let mut s = s.lock().unwrap();
-                    let i = s.served.min(s.answers.len() - 1);
-                    s.served += 1;
-                    s.answers[i].clone()
-                };
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                ([("content-type", "application/json")], body)
-            }),
-        )
-        .route(
-            "/reservations/:id",
-            put(|State(s): State<Shared>, body: String| async move {
-                let r: WorkloadResult = serde_json::from_str(&body).unwrap();
-                s.lock().unwrap().results.push(r);
-                "ok"
-            }),
-        )
-        .route(
-            "/reservations/:id/deleted",
-            put(
-                |State(s): State<Shared>, Path(id): Path<String>| async move {
-                    s.lock().unwrap().deleted.push(id);
-                    "ok"
-                },
-            ),
-        )
-        .with_state(script);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await });
-    url
-}
 
 fn net(node: &str, octet: u8) -> Value {
     json!({"name": format!("hostile-{octet}"), "ip_range": format!("10.{octet}.0.0/16"),
@@ -74,13 +22,10 @@ fn with_id(mut r: Reservation, id: &str) -> Reservation {
     r
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_hostile_answers_are_skipped_or_refused() -> anyhow::Result<()> {
-    let script: Shared = Arc::default();
-    let url = start(script.clone()).await;
-    // The node id is only known once the agent made its key: start it on an
-    // explorer that serves an empty list first.
-    script.lock().unwrap().answers.push("[]".into());
+    // The explorer serves an empty list until the script is set.
+    let (url, script) = scripted::start().await;
     let agent = Agent::start(&url).await?;
     let node = agent.node_id.clone();
     let user = Identity::generate();
@@ -123,21 +68,20 @@ async fn malformed_and_hostile_answers_are_skipped_or_refused() -> anyhow::Resul
         "x".repeat(2 * 1024 * 1024)
     );
 
-    {
-        let mut s = script.lock().unwrap();
-        s.answers = vec![
-            "[{\"id\": \"1-1\", ".into(), // bad JSON
-            "{\"not\": \"an array\"}".into(),
-            two_mb,
-            serde_json::to_string(&vec![unknown_field, wrong_type])?,
-            serde_json::to_string(&vec![
+    scripted::set(
+        &script,
+        vec![
+            Answer::Json("[{\"id\": \"1-1\", ".into()), // bad JSON
+            Answer::Json("{\"not\": \"an array\"}".into()),
+            Answer::Json(two_mb),
+            Answer::Json(serde_json::to_string(&vec![unknown_field, wrong_type])?),
+            Answer::Json(serde_json::to_string(&vec![
                 serde_json::to_value(&forged)?,
                 serde_json::to_value(&elsewhere)?,
                 serde_json::to_value(&good)?,
-            ])?,
-        ];
-        s.served = 0;
-    }
+            ])?),
+        ],
+    );
     let results = wait_for(
         "results for 5-1, 6-1 and 7-1",
         Duration::from_secs(60),
@@ -178,7 +122,10 @@ async fn malformed_and_hostile_answers_are_skipped_or_refused() -> anyhow::Resul
     del.user_id = mallory.id().to_string();
     mallory.sign_reservation(&mut del);
     del.delete_signature = Some(mallory.sign_delete("5-1"));
-    script.lock().unwrap().answers = vec![serde_json::to_string(&vec![del])?];
+    scripted::set(
+        &script,
+        vec![Answer::Json(serde_json::to_string(&vec![del])?)],
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(agent.status()?["cached"], 1, "5-1 keeps running");
     assert!(script.lock().unwrap().deleted.is_empty());

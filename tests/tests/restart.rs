@@ -65,22 +65,22 @@ async fn crash_at(fault: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_after_provisioning_before_caching() -> anyhow::Result<()> {
     crash_at("after-provision").await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_after_caching_before_delivery() -> anyhow::Result<()> {
     crash_at("after-record").await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_delivery() -> anyhow::Result<()> {
     crash_at("during-delivery").await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explorer_outage_results_wait_in_the_outbox_across_a_restart() -> anyhow::Result<()> {
     let explorer = Explorer::start().await?;
     let proxy = Proxy::start(&explorer.url).await;

@@ -30,7 +30,7 @@ const SERVICES: &[(&str, &str)] = &[
     ("AGENT_K3S_PRIVILEGED", "false"),
 ];
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zdb_namespace_with_sealed_password() -> anyhow::Result<()> {
     standins();
     let explorer = Explorer::start().await?;
@@ -77,7 +77,7 @@ async fn zdb_namespace_with_sealed_password() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_master_on_the_users_network() -> anyhow::Result<()> {
     standins();
     let explorer = Explorer::start().await?;
@@ -198,7 +198,7 @@ impl Redis {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_forwards_the_agents_log_lines_until_deleted() -> anyhow::Result<()> {
     let redis_port = free_port();
     let mut redis = Redis::start(redis_port).await?;

@@ -10,7 +10,7 @@ use common::*;
 use reservation::{Identity, ResultState};
 use serde_json::json;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_listed_before_its_network_and_volume_still_runs() -> anyhow::Result<()> {
     ensure_images();
     let explorer = Explorer::start().await?;
@@ -104,7 +104,7 @@ async fn container_listed_before_its_network_and_volume_still_runs() -> anyhow::
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_removes_the_container_and_confirms_deletion() -> anyhow::Result<()> {
     ensure_images();
     let explorer = Explorer::start().await?;
@@ -130,7 +130,7 @@ async fn expiry_removes_the_container_and_confirms_deletion() -> anyhow::Result<
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_removed_behind_our_back_is_provisioned_again_at_start() -> anyhow::Result<()> {
     ensure_images();
     let explorer = Explorer::start().await?;
@@ -160,7 +160,7 @@ async fn container_removed_behind_our_back_is_provisioned_again_at_start() -> an
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_of_an_expired_reservation_is_removed_at_start() -> anyhow::Result<()> {
     ensure_images();
     let explorer = Explorer::start().await?;

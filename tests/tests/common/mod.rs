@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod scripted;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -298,6 +299,9 @@ impl Agent {
             .arg("--config")
             .arg("/dev/null")
             .env("RUST_LOG", "info,agent=debug")
+            // Tests run several 1-core containers on a 2-core machine.
+            .env("AGENT_CPU_OVERCOMMIT", "16")
+            .env("AGENT_HEARTBEAT_INTERVAL", "2s")
             .stdout(Stdio::null())
             .stderr(log);
         for (k, v) in &self.env {
@@ -370,6 +374,21 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Resident memory of the agent process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid().unwrap_or(0)))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn is_running(&mut self) -> bool {

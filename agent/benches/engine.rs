@@ -1,0 +1,171 @@
+//! Benchmark: engine throughput (BENCHMARKS.md, figure 1). Reservations per
+//! second through the real `Engine::handle`: signature check, judgement,
+//! the node's signed result, the cache and outbox transaction in a real
+//! sled store on disk, and the store flush (fsync) the engine does once per
+//! poll answer. The provisioner does nothing, so Docker is not measured.
+//!
+//! Each criterion iteration starts from a fresh store in a temp dir (same
+//! disk as the agent's root would be); building the store and cloning the
+//! input is outside the timed part.
+//!
+//! Cases:
+//! - `one_answer/10000`: 10,000 reservations in one poll answer, one flush.
+//! - `one_answer_json_log/10000`: the same with the daemon's JSON log lines
+//!   (two per reservation) formatted and written to a sink.
+//! - `answer_each/1000`: 1,000 poll answers of one reservation each, one
+//!   flush each (1,000 rather than 10,000 keeps a sample short; the rate is
+//!   what is compared).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent::engine::{Engine, EngineConfig};
+use async_trait::async_trait;
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use provisioners::{ProvisionError, Provisioner, Registry};
+use reservation::{Identity, Reservation, Workload, WorkloadType};
+use sources::Work;
+use store::Store;
+
+/// Provisions nothing and says so.
+struct NoOp;
+
+#[async_trait]
+impl Provisioner for NoOp {
+    async fn provision(
+        &self,
+        r: &Reservation,
+        _w: &Workload,
+    ) -> Result<serde_json::Value, ProvisionError> {
+        Ok(serde_json::json!({"id": format!("noop-{}", r.id)}))
+    }
+    async fn decommission(&self, _r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
+        Ok(())
+    }
+}
+
+/// `n` container reservations for `node`, signed by one user, valid for an
+/// hour from now.
+fn reservations(node: &Identity, n: usize) -> Vec<Reservation> {
+    let user = Identity::generate();
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    (1..=n)
+        .map(|i| {
+            let mut r: Reservation = serde_json::from_value(serde_json::json!({
+                "id": format!("{i}-1"),
+                "node_id": node.id(),
+                "user_id": user.id(),
+                "type": "container",
+                "data": {
+                    "flist": "agent-test/busybox:latest",
+                    "entrypoint": "sleep 3600",
+                    "capacity": {"cpu": 1, "memory": 64}
+                },
+                "created": created,
+                "duration": 3_600_000_000_000i64,
+            }))
+            .expect("reservation json");
+            user.sign_reservation(&mut r);
+            r
+        })
+        .collect()
+}
+
+/// Time handling `answers` (poll answers) on a fresh store and engine.
+fn run_once(
+    rt: &tokio::runtime::Runtime,
+    node: &Arc<Identity>,
+    answers: &[Vec<Reservation>],
+    log: bool,
+) -> Duration {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("cache")).expect("store");
+    let mut reg = Registry::new();
+    reg.register(WorkloadType::Container, Arc::new(NoOp));
+    let mut engine = Engine::new(
+        node.clone(),
+        store.clone(),
+        reg,
+        EngineConfig::default(),
+        Arc::default(),
+    );
+    let work: Vec<Work> = answers
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Work::Poll {
+            reservations: a.clone(),
+            cursor: i as u64 + 1,
+        })
+        .collect();
+    let total: usize = answers.iter().map(Vec::len).sum();
+    let handle_all = || {
+        rt.block_on(async {
+            let start = Instant::now();
+            for w in work {
+                engine.handle(w).await.expect("engine handles the answer");
+            }
+            start.elapsed()
+        })
+    };
+    let took = if log {
+        // The daemon's `--log-format json` layer, written to a sink.
+        let sub = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::with_default(sub, handle_all)
+    } else {
+        handle_all()
+    };
+    // Not timed: prove every reservation went through cache and outbox.
+    assert_eq!(store.cached_len(), total, "every reservation is cached");
+    assert_eq!(store.outbox_len(), total, "every result is in the outbox");
+    took
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let node = Arc::new(Identity::generate());
+    let all = reservations(&node, 10_000);
+    let one_answer = vec![all.clone()];
+    let answer_each: Vec<Vec<Reservation>> = all[..1_000].iter().map(|r| vec![r.clone()]).collect();
+
+    let mut g = c.benchmark_group("engine");
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(10));
+
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("one_answer/10000", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| run_once(&rt, &node, &one_answer, false))
+                .sum()
+        })
+    });
+    g.bench_function("one_answer_json_log/10000", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| run_once(&rt, &node, &one_answer, true))
+                .sum()
+        })
+    });
+    g.throughput(Throughput::Elements(1_000));
+    g.bench_function("answer_each/1000", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| run_once(&rt, &node, &answer_each, false))
+                .sum()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

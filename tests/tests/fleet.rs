@@ -1,0 +1,182 @@
+//! End to end, what an operator of a fleet relies on: admission against
+//! capacity, registration and heartbeat, `explorer nodes`, Prometheus
+//! metrics, the crash policy, and `agentctl` exit codes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reservation::{Identity, ResultState};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refuses_what_does_not_fit_and_changes_nothing() -> anyhow::Result<()> {
+    let explorer = Explorer::start().await?;
+    let agent = Agent::start(&explorer.url).await?;
+    let node = agent.node_id.clone();
+    let user = Identity::generate();
+    let id = explorer
+        .reserve(
+            &user,
+            &node,
+            "container",
+            json!({"flist": BUSYBOX, "capacity": {"cpu": 1, "memory": 100_000_000}}),
+            Duration::from_secs(600),
+        )
+        .await?;
+    let res = explorer.wait_result(&id).await?;
+    assert_eq!(res.state, ResultState::Error);
+    assert!(
+        res.error
+            .starts_with("not enough memory: asked 100000000 MiB,"),
+        "{}",
+        res.error
+    );
+    assert!(res.error.ends_with("MiB free"), "{}", res.error);
+    assert_eq!(labelled(&node, &id), (vec![], vec![], vec![]));
+    let st = agent.status()?;
+    assert_eq!(st["capacity"]["used"]["memory_mib"], 0, "{st}");
+    assert!(st["capacity"]["total"]["memory_mib"].as_u64().unwrap() > 1024);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_heartbeats_and_shows_in_explorer_nodes() -> anyhow::Result<()> {
+    let explorer = Explorer::start().await?;
+    let agent =
+        Agent::start_with(&explorer.url, &[("AGENT_NODE_URL", "http://127.0.0.1:9")]).await?;
+    let node = agent.node_id.clone();
+    let nodes = wait_for("two heartbeats", Duration::from_secs(20), || async {
+        let v: serde_json::Value = reqwest::get(format!("{}/nodes", explorer.url))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let n = v
+            .as_array()?
+            .iter()
+            .find(|n| n["node_id"] == node.as_str())?
+            .clone();
+        (!n["last_heartbeat"].is_null()).then_some(n)
+    })
+    .await?;
+    assert_eq!(nodes["url"], "http://127.0.0.1:9");
+    assert!(nodes["capacity"]["mru"].as_f64().unwrap() >= 1.0, "{nodes}");
+    let st = agent.status()?;
+    assert_eq!(st["registration"]["registered"], true, "{st}");
+    assert!(!st["registration"]["last_heartbeat"].is_null());
+    // The CLI table flags the loopback URL.
+    let out = std::process::Command::new(bin("explorer"))
+        .args(["--explorer", &explorer.url, "nodes"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&node) && text.contains("ago"), "{text}");
+    assert!(text.to_lowercase().contains("loopback"), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_outcomes() -> anyhow::Result<()> {
+    let explorer = Explorer::start().await?;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let agent = Agent::start_with(&explorer.url, &[("AGENT_METRICS", addr.as_str())]).await?;
+    let user = Identity::generate();
+    let id = explorer
+        .reserve(
+            &user,
+            &agent.node_id,
+            "volume",
+            json!({"size": 1, "type": "TAPE"}),
+            Duration::from_secs(60),
+        )
+        .await?;
+    explorer.wait_result(&id).await?;
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("agent_reservations_total")
+                && l.contains("volume")
+                && l.contains("refused")
+        })
+        .unwrap_or_default();
+    assert!(line.ends_with(" 1"), "{line}\n{text}");
+    assert!(text.contains("agent_outbox_depth"), "{text}");
+    assert!(text.contains("agent_last_poll"), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_keeps_crashing_is_given_up() -> anyhow::Result<()> {
+    ensure_images();
+    let explorer = Explorer::start().await?;
+    let agent = Agent::start_with(
+        &explorer.url,
+        &[("AGENT_CRASH_LIMIT", "2"), ("AGENT_CRASH_WINDOW", "5m")],
+    )
+    .await?;
+    let user = Identity::generate();
+    let id = explorer
+        .reserve(
+            &user,
+            &agent.node_id,
+            "container",
+            json!({"flist": BUSYBOX, "entrypoint": "sh -c 'echo about to fail; exit 3'", "capacity": {"cpu": 1, "memory": 32}}),
+            Duration::from_secs(600),
+        )
+        .await?;
+    assert_eq!(explorer.wait_result(&id).await?.state, ResultState::Ok);
+    let give_up = wait_for(
+        "the crash policy to give up",
+        Duration::from_secs(90),
+        || async {
+            explorer
+                .results(&id)
+                .await
+                .ok()?
+                .into_iter()
+                .find(|r| r.state == ResultState::Error)
+        },
+    )
+    .await?;
+    give_up.verify(&agent.node_id)?;
+    assert!(
+        give_up.error.starts_with("workload crashed"),
+        "{}",
+        give_up.error
+    );
+    assert!(
+        give_up.error.contains("exit code 3") && give_up.error.contains("about to fail"),
+        "{}",
+        give_up.error
+    );
+    explorer.wait_deleted(&id).await?;
+    assert!(labelled(&agent.node_id, &id).0.is_empty(), "decommissioned");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agentctl_exit_codes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (code, _, err) = ctl_at(&dir.path().join("nope.sock"), &["status"])?;
+    assert_eq!(code, 2, "unreachable agent");
+    assert!(err.contains("--socket"), "{err}");
+    let explorer = Explorer::start().await?;
+    let agent = Agent::start(&explorer.url).await?;
+    let (code, _, err) = agent.ctl(&["show", "404-1"])?;
+    assert_eq!(code, 1, "a request the agent refuses");
+    assert!(err.contains("404-1"), "{err}");
+    let (code, out, _) = agent.ctl(&["status"])?;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("node id:") && out.contains(&agent.node_id),
+        "{out}"
+    );
+    Ok(())
+}
