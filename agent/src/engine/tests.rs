@@ -72,6 +72,7 @@ fn fixture_with(rec: Recorder, kinds: &[WorkloadType]) -> Fixture {
     let cfg = EngineConfig {
         provision_timeout: Duration::from_millis(300),
         retry_decommission: Duration::from_secs(60),
+        ..EngineConfig::default()
     };
     let engine = Engine::new(node.clone(), store.clone(), reg, cfg, Arc::default());
     Fixture {
@@ -379,4 +380,95 @@ async fn secrets_never_reach_the_result_or_cache() {
         f.store.outbox_peek(100).unwrap()
     );
     assert!(!dump.contains("hunter2-plaintext"));
+}
+
+fn tiny_ledger() -> Arc<Mutex<crate::capacity::Ledger>> {
+    use crate::capacity::{Ledger, Resources, Total};
+    Arc::new(Mutex::new(Ledger::new(Total {
+        physical: Resources {
+            cpu: 2,
+            memory_mib: 1024,
+            ssd_mib: 4096,
+            hdd_mib: 0,
+        },
+        reserved: Resources::ZERO,
+        root_disk: reservation::workloads::DiskType::Ssd,
+    })))
+}
+
+#[tokio::test]
+async fn admission_charges_refuses_and_releases() {
+    let mut f = fixture();
+    let ledger = tiny_ledger();
+    f.engine = Engine::new(
+        f.node.clone(),
+        f.store.clone(),
+        {
+            let mut reg = Registry::new();
+            reg.register(WorkloadType::Container, f.rec.clone());
+            reg
+        },
+        EngineConfig::default(),
+        Arc::default(),
+    )
+    .with_ledger(ledger.clone());
+    let ct = |f: &Fixture, id: &str, mem: u64| {
+        f.reservation(
+            id,
+            "container",
+            json!({"flist": "img", "capacity": {"cpu": 1, "memory": mem}}),
+        )
+    };
+    f.poll(vec![ct(&f, "1-1", 800)]).await;
+    assert_eq!(ledger.lock().unwrap().used().memory_mib, 800);
+    f.poll(vec![ct(&f, "2-1", 400)]).await;
+    let errs: Vec<_> = f.results().into_iter().filter(|r| r.id == "2-1").collect();
+    assert_eq!(
+        errs[0].error,
+        "not enough memory: asked 400 MiB, 224 MiB free"
+    );
+    assert_eq!(
+        f.calls(),
+        ["provision container 1-1"],
+        "nothing created for 2-1"
+    );
+    f.engine
+        .handle(Work::Due(vec!["1-1".into()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.lock().unwrap().used().memory_mib,
+        0,
+        "released at decommission"
+    );
+}
+
+#[tokio::test]
+async fn crash_give_up_decommissions_with_a_signed_error() {
+    let mut f = fixture();
+    f.poll(vec![f.volume("1-1")]).await;
+    f.engine
+        .give_up(GiveUp {
+            id: "1-1".into(),
+            kind: "volume".into(),
+            container: "c".into(),
+            crashes: 5,
+            exit_code: 3,
+            message: "workload crashed 5 times: exit code 3; last log lines: boom".into(),
+        })
+        .await
+        .unwrap();
+    assert!(!f.store.is_cached("1-1").unwrap());
+    let errs: Vec<_> = f
+        .results()
+        .into_iter()
+        .filter(|r| r.state == reservation::ResultState::Error)
+        .collect();
+    assert_eq!(errs.len(), 1);
+    errs[0].verify(f.node.id()).unwrap();
+    assert!(errs[0].error.starts_with("workload crashed 5 times"));
+    assert_eq!(
+        f.store.outcome("1-1").unwrap().unwrap().state,
+        OutcomeState::Deleted
+    );
 }
