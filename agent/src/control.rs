@@ -1,8 +1,10 @@
 //! The control socket `agentctl` talks to: a Unix socket (mode 0600) that
 //! takes one JSON request line and answers one JSON line.
 //!
-//! Requests: `{"cmd":"status"}`, `{"cmd":"list"}`, `{"cmd":"show","id":"..."}`.
-//! Answers: `{"ok":true,"data":...}` or `{"ok":false,"error":"..."}`.
+//! Requests: `{"cmd":"status"}`, `{"cmd":"list"}`, `{"cmd":"show","id":"..."}`,
+//! `{"cmd":"logs","id":"...","tail":N,"follow":bool}`.
+//! Answers: `{"ok":true,"data":...}` or `{"ok":false,"error":"..."}`; for
+//! `logs`, `{"ok":true}` then the raw log text until the stream ends.
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -22,12 +24,27 @@ use tracing::{debug, warn};
 
 use crate::AgentError;
 
-/// Health of the Docker engine, as the status shows it.
+/// What the socket asks the Docker engine: its health, a container's
+/// state, a container's logs.
 #[async_trait]
 pub trait DockerProbe: Send + Sync {
     /// The engine's version, or why it does not answer.
     async fn version(&self) -> Result<String, String>;
+
+    /// Docker's state of container `name` (`running`, `exited`...).
+    async fn state(&self, _name: &str) -> Result<Option<String>, String> {
+        Err("docker is not reachable".into())
+    }
+
+    /// Logs of container `name`: the last `tail` lines, then new ones with
+    /// `follow`.
+    async fn logs(&self, _name: &str, _tail: usize, _follow: bool) -> Result<LogStream, String> {
+        Err("docker is not reachable".into())
+    }
 }
+
+/// Log text chunks.
+pub type LogStream = futures_util::stream::BoxStream<'static, Result<String, String>>;
 
 /// A request line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -35,7 +52,20 @@ pub trait DockerProbe: Send + Sync {
 pub enum Request {
     Status,
     List,
-    Show { id: String },
+    Show {
+        id: String,
+    },
+    Logs {
+        id: String,
+        #[serde(default = "default_tail")]
+        tail: usize,
+        #[serde(default)]
+        follow: bool,
+    },
+}
+
+fn default_tail() -> usize {
+    100
 }
 
 /// Everything the socket reads from.
@@ -67,8 +97,36 @@ impl Control {
         match req {
             Request::Status => self.status().await,
             Request::List => self.list(),
-            Request::Show { id } => self.show(&id),
+            Request::Show { id } => self.show(&id).await,
+            Request::Logs { .. } => Err("logs are streamed, not answered".into()),
         }
+    }
+
+    /// The Docker container that runs reservation `id`, if it has one.
+    fn container_of(&self, id: &str) -> Result<String, String> {
+        let c = self
+            .store
+            .get(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("reservation {id} is not running on this node; `agentctl list` shows the ones that are"))?;
+        match c.reservation.kind.as_str() {
+            "container" | "kubernetes" => {
+                let data: Value = serde_json::from_str(c.result.data.get()).unwrap_or(Value::Null);
+                data["id"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("reservation {id} has no container id in its result"))
+            }
+            other => Err(format!(
+                "reservation {id} is a {other}: it has no container logs"
+            )),
+        }
+    }
+
+    /// Start streaming the logs of reservation `id`.
+    pub async fn logs(&self, id: &str, tail: usize, follow: bool) -> Result<LogStream, String> {
+        let name = self.container_of(id)?;
+        self.docker_probe().logs(&name, tail, follow).await
     }
 
     fn docker_probe(&self) -> Arc<dyn DockerProbe> {
@@ -129,7 +187,7 @@ impl Control {
         Ok(Value::Array(rows))
     }
 
-    fn show(&self, id: &str) -> Result<Value, String> {
+    async fn show(&self, id: &str) -> Result<Value, String> {
         let outcome = self.store.outcome(id).map_err(|e| e.to_string())?;
         let cached = self.store.get(id).map_err(|e| e.to_string())?;
         if outcome.is_none() && cached.is_none() {
@@ -150,11 +208,20 @@ impl Control {
             }
             None => (Value::Null, Value::Null),
         };
+        let docker = match self.container_of(id) {
+            Ok(name) => match self.docker_probe().state(&name).await {
+                Ok(Some(state)) => json!({"container": name, "state": state}),
+                Ok(None) => json!({"container": name, "state": "gone"}),
+                Err(e) => json!({"container": name, "error": e}),
+            },
+            Err(_) => Value::Null,
+        };
         Ok(json!({
             "id": id,
             "outcome": outcome,
             "reservation": reservation,
             "result": result,
+            "docker": docker,
         }))
     }
 }
@@ -241,6 +308,9 @@ async fn handle(stream: UnixStream, control: Arc<Control>) -> std::io::Result<()
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r.take(64 * 1024)).lines();
     if let Some(line) = lines.next_line().await? {
+        if let Ok(Request::Logs { id, tail, follow }) = serde_json::from_str::<Request>(&line) {
+            return stream_logs(&mut w, &control, &id, tail, follow).await;
+        }
         let answer = match serde_json::from_str::<Request>(&line) {
             Ok(req) => match control.answer(req).await {
                 Ok(data) => json!({"ok": true, "data": data}),
@@ -253,6 +323,37 @@ async fn handle(stream: UnixStream, control: Arc<Control>) -> std::io::Result<()
         w.write_all(&out).await?;
     }
     Ok(())
+}
+
+async fn stream_logs(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    control: &Control,
+    id: &str,
+    tail: usize,
+    follow: bool,
+) -> std::io::Result<()> {
+    use futures_util::StreamExt;
+    match control.logs(id, tail, follow).await {
+        Err(e) => {
+            let mut out = serde_json::to_vec(&json!({"ok": false, "error": e}))?;
+            out.push(b'\n');
+            w.write_all(&out).await
+        }
+        Ok(mut s) => {
+            w.write_all(b"{\"ok\":true}\n").await?;
+            while let Some(chunk) = s.next().await {
+                match chunk {
+                    Ok(text) => w.write_all(text.as_bytes()).await?,
+                    Err(e) => {
+                        w.write_all(format!("\nagentctl: log stream ended: {e}\n").as_bytes())
+                            .await?;
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

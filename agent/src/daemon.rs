@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use provisioners::{BollardDocker, Docker, LogBus, NodeOptions, VolumeProvisioner};
+use provisioners::{BollardDocker, Docker, DockerLogs, LogBus, NodeOptions, VolumeProvisioner};
 use reservation::Identity;
 use sources::{
     CombinedSource, DecommissionSource, ExplorerClient, NodeRegistration, PollSource,
@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::capacity::{fingerprint, Ledger};
 use crate::config::{Settings, DEV_EXPLORER_LISTEN};
-use crate::control::{Control, DockerProbe};
+use crate::control::{Control, DockerProbe, LogStream};
 use crate::crash::{self, CrashCounts, CrashPolicy, CrashWatch};
 use crate::engine::{Engine, EngineConfig, Shared};
 use crate::heartbeat::{self, HeartbeatState};
@@ -28,7 +28,7 @@ use crate::metrics;
 use crate::{delivery, reconcile, AgentError};
 
 /// `DockerProbe` over the provisioners' Docker seam.
-struct Probe(Arc<dyn Docker>);
+struct Probe(Arc<BollardDocker>);
 
 #[async_trait]
 impl DockerProbe for Probe {
@@ -38,6 +38,24 @@ impl DockerProbe for Probe {
             .await
             .map(|i| format!("{} (api {})", i.version, i.api_version))
             .map_err(|e| e.to_string())
+    }
+
+    async fn state(&self, name: &str) -> Result<Option<String>, String> {
+        self.0
+            .inspect_container(name)
+            .await
+            .map(|c| c.map(|c| c.state))
+            .map_err(|e| e.to_string())
+    }
+
+    async fn logs(&self, name: &str, tail: usize, follow: bool) -> Result<LogStream, String> {
+        use futures_util::StreamExt;
+        let s = self
+            .0
+            .stream_logs(name, tail, follow)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(s.map(|c| c.map_err(|e| e.to_string())).boxed())
     }
 }
 

@@ -1187,3 +1187,56 @@ mod fake_runs {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Log streaming, for `agentctl logs ID --follow`.
+
+/// A stream of log text chunks.
+pub type LogStream = futures_util::stream::BoxStream<'static, Result<String, ProvisionError>>;
+
+/// Container logs as a stream, beyond [`Docker`]'s tail.
+#[async_trait]
+pub trait DockerLogs: Docker {
+    /// The last `tail` lines of container `name`, then (with `follow`)
+    /// every new line until the container stops or the stream is dropped.
+    async fn stream_logs(
+        &self,
+        name: &str,
+        tail: usize,
+        follow: bool,
+    ) -> Result<LogStream, ProvisionError>;
+}
+
+#[async_trait]
+impl DockerLogs for BollardDocker {
+    async fn stream_logs(
+        &self,
+        name: &str,
+        tail: usize,
+        follow: bool,
+    ) -> Result<LogStream, ProvisionError> {
+        use bollard::container::LogsOptions;
+        if self.inspect_container(name).await?.is_none() {
+            return Err(ProvisionError::Refused(format!(
+                "container {name} does not exist"
+            )));
+        }
+        let opts = LogsOptions::<String> {
+            stdout: true,
+            stderr: true,
+            follow,
+            tail: tail.to_string(),
+            ..Default::default()
+        };
+        let name = name.to_string();
+        let s = self
+            .client
+            .logs(&name.clone(), Some(opts))
+            .map(move |chunk| {
+                chunk
+                    .map(|c| String::from_utf8_lossy(&c.into_bytes()).into_owned())
+                    .map_err(|e| derr(format_args!("logs of container {name}"), e))
+            });
+        Ok(Box::pin(s))
+    }
+}

@@ -31,7 +31,7 @@ pub mod zdb;
 
 pub use container::ContainerProvisioner;
 pub use debug::{DebugProvisioner, LogBus};
-pub use docker::{BollardDocker, Docker, DockerExtras};
+pub use docker::{BollardDocker, Docker, DockerExtras, DockerLogs};
 #[cfg(any(test, feature = "fake"))]
 pub use fake::FakeDocker;
 pub use kubernetes::KubernetesProvisioner;

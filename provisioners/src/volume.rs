@@ -472,9 +472,33 @@ fn is_mounted(p: &Path) -> bool {
     me.dev() != parent.dev()
 }
 
-/// Run a system tool; an error carries its stderr.
+/// Whether this process has a mount namespace of its own (systemd's
+/// ProtectSystem/PrivateTmp give a service one): mounts made there would be
+/// invisible to dockerd, so (u)mount must run in the host's namespace.
+fn private_mount_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(me), Ok(init)) => me != init,
+        _ => false,
+    }
+}
+
+/// Run a system tool; an error carries its stderr. `mount` and `umount`
+/// run in the host's mount namespace (through `nsenter`) when the agent
+/// has a private one, so Docker sees the volume filesystems.
 async fn run(prog: &str, args: &[&str]) -> Result<(), String> {
-    let out = tokio::process::Command::new(find_tool(prog).unwrap_or_else(|| prog.into()))
+    let tool = find_tool(prog).unwrap_or_else(|| prog.into());
+    let mut cmd = if matches!(prog, "mount" | "umount") && private_mount_namespace() {
+        let mut c =
+            tokio::process::Command::new(find_tool("nsenter").unwrap_or_else(|| "nsenter".into()));
+        c.arg("--mount=/proc/1/ns/mnt").arg("--").arg(&tool);
+        c
+    } else {
+        tokio::process::Command::new(&tool)
+    };
+    let out = cmd
         .args(args)
         .output()
         .await

@@ -180,3 +180,55 @@ async fn agentctl_exit_codes() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agentctl_show_and_logs_of_a_container() -> anyhow::Result<()> {
+    ensure_images();
+    let explorer = Explorer::start().await?;
+    let agent = Agent::start(&explorer.url).await?;
+    let user = Identity::generate();
+    let sealed = reservation::seal_for(&agent.node_id, b"never-shown")?;
+    let id = explorer
+        .reserve(
+            &user,
+            &agent.node_id,
+            "container",
+            json!({"flist": BUSYBOX, "entrypoint": "sh -c 'echo hello-logs; sleep 3600'",
+                   "secret_env": {"TOKEN": sealed}, "capacity": {"cpu": 1, "memory": 32}}),
+            Duration::from_secs(600),
+        )
+        .await?;
+    assert_eq!(explorer.wait_result(&id).await?.state, ResultState::Ok);
+    let (code, out, err) = agent.ctl(&["show", &id, "--json"])?;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(v["docker"]["state"], "running", "{out}");
+    assert_eq!(
+        v["reservation"]["data"]["secret_env"]["TOKEN"],
+        "<redacted>"
+    );
+    let logs = wait_for(
+        "the container's output",
+        Duration::from_secs(20),
+        || async {
+            let (code, out, _) = agent.ctl(&["logs", &id]).ok()?;
+            (code == 0 && out.contains("hello-logs")).then_some(out)
+        },
+    )
+    .await?;
+    assert!(logs.contains("hello-logs"));
+    // A follow stream keeps the connection open until we stop it.
+    let mut follow = std::process::Command::new(bin("agentctl"))
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["logs", "--follow", &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(follow.try_wait()?.is_none(), "--follow keeps streaming");
+    follow.kill()?;
+    let _ = follow.wait();
+    let (code, _, err) = agent.ctl(&["logs", "999-1"])?;
+    assert_eq!(code, 1, "{err}");
+    Ok(())
+}

@@ -39,11 +39,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// One reservation: its data (secrets redacted), outcome and result.
+    /// One reservation: its data (secrets redacted), outcome, result and
+    /// Docker state.
     Show {
         id: String,
         #[arg(long)]
         json: bool,
+    },
+    /// A container's (or k3s node's) logs.
+    Logs {
+        id: String,
+        /// Keep streaming new lines until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// Lines of history to show first.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
     },
 }
 
@@ -54,17 +65,14 @@ async fn main() -> ExitCode {
         Cmd::Status { json } => (json!({"cmd": "status"}), *json),
         Cmd::List { json } => (json!({"cmd": "list"}), *json),
         Cmd::Show { id, json } => (json!({"cmd": "show", "id": id}), *json),
+        Cmd::Logs { id, follow, tail } => {
+            let req = json!({"cmd": "logs", "id": id, "follow": follow, "tail": tail});
+            return logs(&cli.socket, &req).await;
+        }
     };
     let answer = match ask(&cli.socket, &req).await {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!(
-                "agentctl: cannot reach the agent at {}: {e}\n\
-                 Is the agent running (systemctl status agent)? Point at its socket with --socket PATH or AGENT_SOCKET.",
-                cli.socket.display()
-            );
-            return ExitCode::from(2);
-        }
+        Err(e) => return unreachable(&cli.socket, &e),
     };
     if answer["ok"] != json!(true) {
         eprintln!(
@@ -84,8 +92,52 @@ async fn main() -> ExitCode {
         Cmd::Status { .. } => print_status(data),
         Cmd::List { .. } => print_list(data),
         Cmd::Show { .. } => println!("{}", serde_json::to_string_pretty(data).unwrap_or_default()),
+        Cmd::Logs { .. } => {}
     }
     ExitCode::SUCCESS
+}
+
+fn unreachable(socket: &std::path::Path, e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!(
+        "agentctl: cannot reach the agent at {}: {e}\n\
+         Is the agent running (systemctl status agent)? Point at its socket with --socket PATH or AGENT_SOCKET.",
+        socket.display()
+    );
+    ExitCode::from(2)
+}
+
+/// Stream logs: a JSON status line, then raw text to stdout.
+async fn logs(socket: &PathBuf, req: &Value) -> ExitCode {
+    let stream = match UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(e) => return unreachable(socket, &e),
+    };
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(req).unwrap_or_default();
+    line.push(b'\n');
+    if let Err(e) = w.write_all(&line).await {
+        return unreachable(socket, &e);
+    }
+    let mut r = BufReader::new(r);
+    let mut head = String::new();
+    if let Err(e) = r.read_line(&mut head).await {
+        return unreachable(socket, &e);
+    }
+    let head: Value = serde_json::from_str(&head).unwrap_or(Value::Null);
+    if head["ok"] != json!(true) {
+        eprintln!(
+            "agentctl: {}",
+            head["error"]
+                .as_str()
+                .unwrap_or("the agent refused the request")
+        );
+        return ExitCode::from(1);
+    }
+    let mut out = tokio::io::stdout();
+    match tokio::io::copy(&mut r, &mut out).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => unreachable(socket, &e),
+    }
 }
 
 async fn ask(socket: &PathBuf, req: &Value) -> std::io::Result<Value> {
@@ -176,9 +228,73 @@ fn print_status(d: &Value) {
         ("by type", counters),
         ("pending results", d["pending_results"].to_string()),
         ("docker", docker),
+        ("registration", registration(&d["registration"])),
+        ("capacity", capacity(&d["capacity"])),
+        ("crashes", crashes(&d["crashes"])),
     ];
     for (k, v) in rows {
         println!("{:<16} {v}", format!("{k}:"));
+    }
+}
+
+fn registration(r: &Value) -> String {
+    if r["registered"] != json!(true) {
+        return format!(
+            "not registered yet{}",
+            r["last_error"]
+                .as_str()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    let mut s = format!("registered; last heartbeat {}", ago(&r["last_heartbeat"]));
+    if r["failures"].as_u64().unwrap_or(0) > 0 {
+        s += &format!(
+            "; {} failures, last: {}",
+            r["failures"],
+            r["last_error"].as_str().unwrap_or("")
+        );
+    }
+    s
+}
+
+/// `used/total (free N, reserved R)` per resource.
+fn capacity(c: &Value) -> String {
+    if c.is_null() {
+        return "unknown".into();
+    }
+    let row = |label: &str, key: &str, unit: &str, div: u64| {
+        let g = |part: &str| c[part][key].as_u64().unwrap_or(0) / div;
+        format!(
+            "{label} {}/{}{unit} (free {}, reserved {})",
+            g("used"),
+            g("total"),
+            g("free"),
+            g("reserved")
+        )
+    };
+    [
+        row("cpu", "cpu", " cores", 1),
+        row("memory", "memory_mib", " MiB", 1),
+        row("ssd", "ssd_mib", " GiB", 1024),
+        row("hdd", "hdd_mib", " GiB", 1024),
+    ]
+    .join("\n                 ")
+}
+
+fn crashes(c: &Value) -> String {
+    match c.as_object() {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(id, v)| {
+                format!(
+                    "{id}: {} recent, {} total, last exit {}",
+                    v["recent"], v["total"], v["last_exit_code"]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => "none".into(),
     }
 }
 
