@@ -92,6 +92,13 @@ pub struct Args {
     /// Window of the crash policy, e.g. 10m.
     #[arg(long, env = "AGENT_CRASH_WINDOW", value_parser = humantime::parse_duration)]
     pub crash_window: Option<Duration>,
+    /// Deadline of one image pull, e.g. 10m.
+    #[arg(long, env = "AGENT_PULL_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub pull_timeout: Option<Duration>,
+    /// How long an image the agent pulled may stay unused before it is
+    /// removed, e.g. 24h.
+    #[arg(long, env = "AGENT_IMAGE_GRACE", value_parser = humantime::parse_duration)]
+    pub image_grace: Option<Duration>,
 }
 
 /// The TOML file: the same settings, snake_case, all optional.
@@ -120,6 +127,10 @@ pub struct FileConfig {
     pub crash_limit: Option<u32>,
     #[serde(default, with = "humantime_serde_opt")]
     pub crash_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub pull_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub image_grace: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -163,6 +174,8 @@ pub struct Settings {
     pub metrics: Option<String>,
     pub crash_limit: u32,
     pub crash_window: Duration,
+    pub pull_timeout: Duration,
+    pub image_grace: Duration,
 }
 
 impl Settings {
@@ -272,6 +285,14 @@ impl Settings {
                 .crash_window
                 .or(file.crash_window)
                 .unwrap_or(Duration::from_secs(600)),
+            pull_timeout: args
+                .pull_timeout
+                .or(file.pull_timeout)
+                .unwrap_or(Duration::from_secs(600)),
+            image_grace: args
+                .image_grace
+                .or(file.image_grace)
+                .unwrap_or(Duration::from_secs(24 * 3600)),
         })
     }
 }

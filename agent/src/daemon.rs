@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use provisioners::images::ImagePolicy;
 use provisioners::{BollardDocker, Docker, DockerLogs, LogBus, NodeOptions, VolumeProvisioner};
 use reservation::Identity;
 use sources::{
@@ -189,7 +190,7 @@ pub async fn run(
         control.clone(),
         signal(&stop_rx),
     ));
-    let Some(docker) = connect_docker(&stop_rx).await else {
+    let Some(docker) = connect_docker(&stop_rx, &settings).await else {
         let _ = socket.await;
         return Ok(()); // shut down while waiting for Docker
     };
@@ -209,6 +210,25 @@ pub async fn run(
             log_bus,
         },
     );
+    // Images the agent pulled and no container used for the grace period
+    // go; images pulled by hand are never touched.
+    let gc_docker = docker.clone();
+    let grace = settings.image_grace;
+    let gc_stop = signal(&stop_rx);
+    tokio::spawn(async move {
+        tokio::pin!(gc_stop);
+        let every = (grace / 4).clamp(Duration::from_secs(60), Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = &mut gc_stop => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = provisioners::images::collect(&gc_docker, grace).await {
+                warn!(error = %e, "image garbage collection");
+            }
+        }
+    });
+
     // The crash watch decides; the engine decommissions.
     let (give_up_tx, give_up_rx) = tokio::sync::mpsc::channel(16);
     let watch = CrashWatch::new(
@@ -273,7 +293,10 @@ pub async fn run(
 
 /// Connect to Docker, retrying every 5 s while it is unreachable (the agent
 /// must not crash-loop when the engine restarts). `None` on shutdown.
-async fn connect_docker(stop: &watch::Receiver<bool>) -> Option<Arc<BollardDocker>> {
+async fn connect_docker(
+    stop: &watch::Receiver<bool>,
+    settings: &Settings,
+) -> Option<Arc<BollardDocker>> {
     let mut warned = false;
     loop {
         match BollardDocker::connect().await {
@@ -281,7 +304,9 @@ async fn connect_docker(stop: &watch::Receiver<bool>) -> Option<Arc<BollardDocke
                 if warned {
                     info!("docker engine reachable again");
                 }
-                return Some(Arc::new(d));
+                let policy =
+                    ImagePolicy::new(settings.pull_timeout, settings.root.join("images.json"));
+                return Some(Arc::new(d.with_image_policy(policy)));
             }
             Err(e) => {
                 if !warned {

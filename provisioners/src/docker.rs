@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -251,6 +252,8 @@ pub fn split_image_tag(image: &str) -> (String, String) {
 #[derive(Clone)]
 pub struct BollardDocker {
     client: bollard::Docker,
+    /// Pull deadline, shared pulls and the record of pulled images.
+    images: Arc<crate::images::ImagePolicy>,
 }
 
 type BErr = bollard::errors::Error;
@@ -295,12 +298,84 @@ impl BollardDocker {
         let client = client.negotiate_version().await.map_err(|e| {
             ProvisionError::Docker(format!("cannot negotiate the docker API version: {e}"))
         })?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            images: Arc::default(),
+        })
+    }
+
+    /// Pull with this policy (deadline, record file for garbage collection).
+    pub fn with_image_policy(mut self, policy: crate::images::ImagePolicy) -> Self {
+        self.images = Arc::new(policy);
+        self
+    }
+
+    /// The image policy, for garbage collection.
+    pub fn image_policy(&self) -> &crate::images::ImagePolicy {
+        &self.images
+    }
+
+    /// Images any container (ours or not, any state) was created from.
+    pub async fn images_in_use(&self) -> Result<std::collections::HashSet<String>, ProvisionError> {
+        use bollard::container::ListContainersOptions;
+        let list = self
+            .client
+            .list_containers(Some(ListContainersOptions::<String> {
+                all: true,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| derr(format_args!("list containers"), e))?;
+        let mut used = std::collections::HashSet::new();
+        for c in list {
+            used.extend(c.image);
+            used.extend(c.image_id);
+        }
+        Ok(used)
+    }
+
+    /// Remove image `image`; an image already gone is fine.
+    pub async fn remove_image(&self, image: &str) -> Result<(), ProvisionError> {
+        match self.client.remove_image(image, None, None).await {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(derr(format_args!("remove image {image}"), e)),
+        }
+    }
+
+    async fn pull_now(&self, image: &str) -> Result<(), ProvisionError> {
+        use bollard::image::CreateImageOptions;
+        let (repo, tag) = split_image_tag(image);
+        let opts = CreateImageOptions {
+            from_image: repo,
+            tag,
+            ..Default::default()
+        };
+        tracing::info!(image, "pulling image");
+        let mut stream = self.client.create_image(Some(opts), None, None);
+        // Log each layer's status when it changes, not every progress tick.
+        let mut last: HashMap<String, String> = HashMap::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| derr(format_args!("pull image {image}"), e))?;
+            let layer = info.id.clone().unwrap_or_default();
+            let status = info.status.clone().unwrap_or_default();
+            if last.get(&layer) != Some(&status) {
+                tracing::info!(image, layer = %layer, status = %status, "pull progress");
+                last.insert(layer, status);
+            } else if let Some(p) = &info.progress {
+                tracing::debug!(image, layer = %layer, progress = %p, "pull progress");
+            }
+        }
+        tracing::info!(image, "image pulled");
+        Ok(())
     }
 
     /// Wrap an already configured client.
     pub fn from_client(client: bollard::Docker) -> Self {
-        Self { client }
+        Self {
+            client,
+            images: Arc::default(),
+        }
     }
 
     /// The bollard client (for callers outside the seam, like tests).
@@ -412,30 +487,8 @@ impl Docker for BollardDocker {
     }
 
     async fn pull_image(&self, image: &str) -> Result<(), ProvisionError> {
-        use bollard::image::CreateImageOptions;
-        let (repo, tag) = split_image_tag(image);
-        let opts = CreateImageOptions {
-            from_image: repo,
-            tag,
-            ..Default::default()
-        };
-        tracing::info!(image, "pulling image");
-        let mut stream = self.client.create_image(Some(opts), None, None);
-        // Log each layer's status when it changes, not every progress tick.
-        let mut last: HashMap<String, String> = HashMap::new();
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| derr(format_args!("pull image {image}"), e))?;
-            let layer = info.id.clone().unwrap_or_default();
-            let status = info.status.clone().unwrap_or_default();
-            if last.get(&layer) != Some(&status) {
-                tracing::info!(image, layer = %layer, status = %status, "pull progress");
-                last.insert(layer, status);
-            } else if let Some(p) = &info.progress {
-                tracing::debug!(image, layer = %layer, progress = %p, "pull progress");
-            }
-        }
-        tracing::info!(image, "image pulled");
-        Ok(())
+        let policy = self.images.clone();
+        policy.pull(image, || self.pull_now(image)).await
     }
 
     async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, ProvisionError> {

@@ -23,6 +23,7 @@ pub mod debug;
 pub mod docker;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod images;
 pub mod kubernetes;
 pub mod names;
 pub mod network;

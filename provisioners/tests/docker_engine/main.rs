@@ -5,5 +5,6 @@
 
 mod common;
 mod container;
+mod images;
 mod network;
 mod volume;
