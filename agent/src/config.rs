@@ -357,6 +357,36 @@ mod tests {
         .is_err());
     }
 
+    /// Every setting the shipped example documents is one the agent reads,
+    /// with a value of the right type.
+    #[test]
+    fn the_shipped_example_config_parses_uncommented() {
+        let example = include_str!("../../systemd/agent.toml.example");
+        let uncommented: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.split_once(" = ").is_some_and(|(k, _)| {
+                    k.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let keys = uncommented.lines().count();
+        assert!(keys >= 20, "only {keys} settings found:\n{uncommented}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("agent.toml");
+        std::fs::write(&f, &uncommented).unwrap();
+        let s = Settings::resolve(Args {
+            config: Some(f),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.explorer, "https://explorer.example");
+        assert_eq!(s.image_grace, Duration::from_secs(24 * 3600));
+    }
+
     #[test]
     fn dev_defaults() {
         let s = Settings::resolve(Args {

@@ -472,3 +472,65 @@ async fn crash_give_up_decommissions_with_a_signed_error() {
         OutcomeState::Deleted
     );
 }
+
+/// The engine over the real Docker provisioners, with bollard swapped for
+/// the recording fake: what Docker would be asked, in order.
+#[tokio::test]
+async fn engine_drives_docker_provisioners_through_the_narrow_seam() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("cache")).unwrap();
+    let node = Arc::new(Identity::generate());
+    let fake = Arc::new(provisioners::FakeDocker::new());
+    fake.add_image("img:1");
+    let reg = provisioners::docker_registry(fake.clone(), node.clone(), dir.path());
+    let mut engine = Engine::new(
+        node.clone(),
+        store.clone(),
+        reg,
+        EngineConfig::default(),
+        Arc::default(),
+    );
+    let user = Identity::generate();
+    let mk = |id: &str, kind: &str, data: serde_json::Value| {
+        let mut r: Reservation = serde_json::from_value(json!({
+            "id": id, "node_id": node.id(), "user_id": user.id(), "type": kind, "data": data,
+            "created": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "duration": 3_600_000_000_000i64,
+        }))
+        .unwrap();
+        user.sign_reservation(&mut r);
+        r
+    };
+    let ct = mk(
+        "1-1",
+        "container",
+        json!({"flist": "img:1", "env": {"A": "b"}, "capacity": {"cpu": 2, "memory": 64}}),
+    );
+    engine
+        .handle(Work::Poll {
+            reservations: vec![ct.clone()],
+            cursor: 2,
+        })
+        .await
+        .unwrap();
+    let name = provisioners::names::container_name("1-1");
+    assert_eq!(fake.container_names(), vec![name.clone()]);
+    let spec = fake.container_spec(&name).unwrap();
+    assert_eq!(spec.nano_cpus, 2_000_000_000);
+    assert_eq!(spec.memory, 64 << 20);
+    assert!(spec.restart_unless_stopped);
+    assert_eq!(fake.count("create_container"), 1);
+    // Seen again: no second create.
+    engine
+        .handle(Work::Poll {
+            reservations: vec![ct],
+            cursor: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(fake.count("create_container"), 1);
+    // Expiry: stopped and removed.
+    engine.handle(Work::Due(vec!["1-1".into()])).await.unwrap();
+    assert!(fake.container_names().is_empty());
+    assert!(fake.count("remove_container") >= 1);
+}
