@@ -313,6 +313,17 @@ impl Engine {
         if let Err(e) = r.verify() {
             return Verdict::Refuse(format!("{e} (user_id {})", r.user_id));
         }
+        // Ids are the explorer's, not the user's: the same signed
+        // reservation under another id is a replay.
+        match self.store.signature_owner(&r.signature) {
+            Ok(Some(owner)) if owner != r.id => {
+                return Verdict::Refuse(format!(
+                    "signature: this signed reservation was already provisioned as {owner}; a replay under a new id is refused"
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Verdict::Refuse(format!("cache unreadable: {e}")),
+        }
         if r.node_id != self.node.id() {
             return Verdict::Refuse(format!(
                 "node_id {} is not this node ({})",

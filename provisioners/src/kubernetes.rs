@@ -65,7 +65,7 @@ pub struct KubernetesProvisioner {
 
 /// Docker name of the container (and volume) of reservation `id`.
 pub fn node_name(id: &str) -> String {
-    format!("{}k8s-{id}", names::PREFIX)
+    names::scoped("k8s", id)
 }
 
 /// The k3s command line (without the `/bin/k3s` entrypoint) of a node at

@@ -52,6 +52,11 @@ pub fn is_ours(labels: &Labels) -> bool {
         .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
 }
 
+/// The node label (to add to an object's labels), when scoped.
+pub fn node_labels() -> Vec<(String, String)> {
+    node_filter()
+}
+
 /// The node label filter, when scoped.
 fn node_filter() -> Vec<(String, String)> {
     NODE.get()
@@ -75,6 +80,12 @@ pub fn check_id(field: &str, id: &str) -> Result<(), ProvisionError> {
             id.chars().take(64).collect::<String>()
         )))
     }
+}
+
+/// Docker name of an object of `kind` (`k8s`, ...) of reservation `id`,
+/// scoped like every other name.
+pub fn scoped(kind: &str, id: &str) -> String {
+    format!("{}{kind}-{id}", scope())
 }
 
 /// Docker name of the container of reservation `id`.

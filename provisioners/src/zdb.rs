@@ -164,14 +164,16 @@ impl ZdbProvisioner {
     }
 
     fn labels(&self, inst: &Instance) -> Labels {
-        Labels::from([
+        let mut l = Labels::from([
             (
                 LABEL_TYPE.to_string(),
                 WorkloadType::Zdb.as_str().to_string(),
             ),
             (LABEL_DISK.to_string(), inst.disk.as_str().to_string()),
             (LABEL_ZDB_MODE.to_string(), inst.mode.clone()),
-        ])
+        ]);
+        l.extend(names::node_labels());
+        l
     }
 
     fn ip_of(&self, c: &ContainerInfo) -> Result<Ipv4Addr, ProvisionError> {

@@ -70,6 +70,10 @@ pub struct Store {
     outbox: sled::Tree,
     /// cursor and per-type counters.
     meta: sled::Tree,
+    /// user signature -> reservation id, of every provisioned reservation:
+    /// ids are the explorer's, so only this catches a signed reservation
+    /// replayed under a new id.
+    signatures: sled::Tree,
 }
 
 const CURSOR: &[u8] = b"cursor";
@@ -125,6 +129,7 @@ impl Store {
             expiry_by_id: db.open_tree("expiry_by_id")?,
             outbox: db.open_tree("outbox")?,
             meta: db.open_tree("meta")?,
+            signatures: db.open_tree("signatures")?,
             db,
         })
     }
@@ -145,6 +150,15 @@ impl Store {
 
     pub fn is_cached(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.cache.contains_key(id)?)
+    }
+
+    /// The id under which a reservation with this user signature was
+    /// provisioned, if any.
+    pub fn signature_owner(&self, signature: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .signatures
+            .get(signature.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// How reservation `id` was judged, if it was.
@@ -168,6 +182,7 @@ impl Store {
         let rec = records::encode(cached);
         let outcome = records::encode(&Outcome::new(OutcomeState::Provisioned, ""));
         let out = records::encode(&Outbound::Result(result.clone()));
+        let sig = cached.reservation.signature.clone();
         let seq = (
             &self.cache,
             &self.outcomes,
@@ -175,10 +190,14 @@ impl Store {
             &self.expiry_by_id,
             &self.outbox,
             &self.meta,
+            &self.signatures,
         )
-            .transaction(|(cache, outcomes, expiry, by_id, outbox, meta)| {
+            .transaction(|(cache, outcomes, expiry, by_id, outbox, meta, sigs)| {
                 let seq = outbox.generate_id()?;
                 outbox.insert(&seq.to_be_bytes(), out.as_slice())?;
+                if !sig.is_empty() {
+                    sigs.insert(sig.as_bytes(), id.as_bytes())?;
+                }
                 let fresh = cache.insert(id.as_bytes(), rec.as_slice())?.is_none();
                 outcomes.insert(id.as_bytes(), outcome.as_slice())?;
                 if let Some(old) = by_id.get(id.as_bytes())? {

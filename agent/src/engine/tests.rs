@@ -534,3 +534,20 @@ async fn engine_drives_docker_provisioners_through_the_narrow_seam() {
     assert!(fake.container_names().is_empty());
     assert!(fake.count("remove_container") >= 1);
 }
+
+#[tokio::test]
+async fn a_signed_reservation_replayed_under_a_new_id_is_refused() {
+    let mut f = fixture();
+    let r = f.volume("1-1");
+    f.poll(vec![r.clone()]).await;
+    let mut replay = r.clone();
+    replay.id = "2-1".into();
+    f.poll(vec![replay]).await;
+    assert_eq!(f.calls(), ["provision volume 1-1"]);
+    let err = f.results().into_iter().find(|x| x.id == "2-1").unwrap();
+    assert!(
+        err.error.contains("already provisioned as 1-1"),
+        "{}",
+        err.error
+    );
+}
