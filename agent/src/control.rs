@@ -82,6 +82,8 @@ pub struct Control {
     pub heartbeat: Arc<crate::heartbeat::HeartbeatState>,
     /// Crash counts per watched workload.
     pub crashes: crate::crash::CrashCounts,
+    /// Set once the cache is loaded and reconciled with Docker.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 impl Control {
@@ -149,6 +151,7 @@ impl Control {
         };
         let (poll_failures, poll_error) = self.poll.failures();
         Ok(json!({
+            "ready": self.ready.load(std::sync::atomic::Ordering::SeqCst),
             "node_id": self.node_id,
             "explorer": self.explorer,
             "version": env!("CARGO_PKG_VERSION"),

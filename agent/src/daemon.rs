@@ -184,6 +184,7 @@ pub async fn run(
         ledger: ledger.clone(),
         heartbeat: heartbeat.clone(),
         crashes: crash_watch_counts.clone(),
+        ready: Default::default(),
     });
     let socket = tokio::spawn(crate::control::serve(
         settings.socket.clone(),
@@ -195,8 +196,17 @@ pub async fn run(
         return Ok(()); // shut down while waiting for Docker
     };
     control.set_docker(Arc::new(Probe(docker.clone())));
-    if let Some(why) = VolumeProvisioner::new(docker.clone(), settings.root.clone()).unavailable() {
+    let volumes = VolumeProvisioner::new(docker.clone(), settings.root.clone());
+    if let Some(why) = volumes.unavailable() {
         error!(reason = %why, "VOLUME SIZES CANNOT BE ENFORCED ON THIS NODE: volume reservations will be refused");
+    } else {
+        // After a reboot: the volume filesystems back, before reconciliation
+        // looks at the containers that mount them.
+        match volumes.remount_all().await {
+            Ok(ids) if !ids.is_empty() => info!(count = ids.len(), "remounted volume images"),
+            Ok(_) => {}
+            Err(e) => error!(error = %e, "cannot remount volume images"),
+        }
     }
 
     let registry = provisioners::node_registry(
@@ -276,6 +286,9 @@ pub async fn run(
             shared.expiry_wake.clone(),
         )),
     ];
+    control
+        .ready
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     info!(node_id = node.id(), socket = %settings.socket.display(), "agent ready");
     let result = engine
         .run(CombinedSource::new(sources), signal(&stop_rx))

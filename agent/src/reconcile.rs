@@ -9,6 +9,8 @@
 //!
 //! Each repair is logged.
 
+use std::collections::{HashMap, HashSet};
+
 use futures_util::StreamExt;
 use tracing::{error, info, warn};
 
@@ -27,11 +29,35 @@ pub async fn repair_cached(engine: &mut Engine) -> Result<usize, AgentError> {
         .list()
         .filter(|c| !matches!(c, Ok(c) if c.reservation.is_expired(now))) // the decommission source takes those
         .collect::<Result<_, _>>()?;
-    // Checks are reads: run them side by side, a bounded number at once,
-    // so a node with thousands of workloads is ready in a second.
+    // One listing per type clears most workloads at once; the rest are
+    // checked one by one (reads: side by side, a bounded number at once),
+    // so a node with thousands of workloads is ready in about a second.
+    let mut present: HashMap<String, HashSet<String>> = HashMap::new();
+    for kind in engine.registry().kinds().collect::<Vec<_>>() {
+        let Some(p) = engine.registry().get(kind) else {
+            continue;
+        };
+        match p.present().await {
+            Ok(Some(ids)) => {
+                present.insert(kind.as_str().to_string(), ids);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(kind = %kind, error = %e, "reconciliation: cannot list; checking one by one")
+            }
+        }
+    }
+    let to_check: Vec<&store::Cached> = cached
+        .iter()
+        .filter(|c| {
+            !present
+                .get(&c.reservation.kind)
+                .is_some_and(|ids| ids.contains(&c.reservation.id))
+        })
+        .collect();
     let missing: Vec<&store::Cached> = {
         let engine = &*engine;
-        futures_util::stream::iter(&cached)
+        futures_util::stream::iter(to_check)
             .map(|c| async move { engine.needs_repair(c).await.then_some(c) })
             .buffer_unordered(CHECKS_AT_ONCE)
             .filter_map(|c| async move { c })

@@ -503,6 +503,23 @@ impl Provisioner for ContainerProvisioner {
         })
     }
 
+    async fn present(&self) -> Result<Option<std::collections::HashSet<String>>, ProvisionError> {
+        let filter = ContainerFilter {
+            labels: names::type_filter(WorkloadType::Container),
+            ..Default::default()
+        };
+        let list = self.docker.list_containers(&filter).await?;
+        Ok(Some(
+            list.into_iter()
+                .filter(|c| {
+                    c.is_up()
+                        && c.name == names::container_name(label(&c.labels, LABEL_RESERVATION))
+                })
+                .map(|c| label(&c.labels, LABEL_RESERVATION).to_string())
+                .collect(),
+        ))
+    }
+
     async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
         let filter = ContainerFilter {
             labels: names::type_filter(WorkloadType::Container),

@@ -412,6 +412,20 @@ impl Provisioner for KubernetesProvisioner {
             .is_some_and(|c| c.is_up() && label(&c.labels, LABEL_RESERVATION) == r.id))
     }
 
+    async fn present(&self) -> Result<Option<std::collections::HashSet<String>>, ProvisionError> {
+        let filter = ContainerFilter {
+            labels: names::type_filter(WorkloadType::Kubernetes),
+            ..Default::default()
+        };
+        let list = self.docker.list_containers(&filter).await?;
+        Ok(Some(
+            list.into_iter()
+                .filter(|c| c.is_up() && c.name == node_name(label(&c.labels, LABEL_RESERVATION)))
+                .map(|c| label(&c.labels, LABEL_RESERVATION).to_string())
+                .collect(),
+        ))
+    }
+
     async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
         let filter = ContainerFilter {
             labels: names::type_filter(WorkloadType::Kubernetes),

@@ -88,6 +88,15 @@ pub trait Provisioner: Send + Sync {
         Ok(true)
     }
 
+    /// Reservation ids whose objects exist and are healthy, found in one
+    /// call, so a restart with thousands of workloads checks them at once.
+    /// `None`: this type can only be checked one by one with `exists`. An
+    /// id missing from the set is then checked with `exists` before it is
+    /// repaired.
+    async fn present(&self) -> Result<Option<std::collections::HashSet<String>>, ProvisionError> {
+        Ok(None)
+    }
+
     /// Reservation ids of every labelled object of this type on the node.
     async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
         Ok(Vec::new())

@@ -196,6 +196,12 @@ impl Provisioner for NetworkProvisioner {
             .is_some_and(|e| label(&e.labels, LABEL_RESERVATION) == r.id))
     }
 
+    async fn present(&self) -> Result<Option<std::collections::HashSet<String>>, ProvisionError> {
+        // The labels carry the reservation; the name must be the one the
+        // user's (user_id, name) maps to, which list_labelled already keeps.
+        Ok(Some(self.list_labelled().await?.into_iter().collect()))
+    }
+
     async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
         let ids: BTreeSet<String> = self
             .docker

@@ -311,7 +311,26 @@ impl Agent {
         if self.env.iter().any(|(k, _)| k == "AGENT_FAULT") {
             return Ok(());
         }
+        if self.env.iter().any(|(k, _)| k == "DOCKER_HOST") {
+            // Docker may be unreachable on purpose: the socket answers, but
+            // the agent is not ready until Docker is.
+            return self.wait_socket().await;
+        }
         self.wait_ready().await
+    }
+
+    /// Wait until the control socket answers.
+    pub async fn wait_socket(&self) -> Result<()> {
+        let socket = self.socket.clone();
+        wait_for("agent socket", Duration::from_secs(30), || {
+            let socket = socket.clone();
+            async move {
+                let (code, _, _) = ctl_at(&socket, &["status", "--json"]).ok()?;
+                (code == 0).then_some(())
+            }
+        })
+        .await
+        .with_context(|| format!("agent log:\n{}", self.log()))
     }
 
     pub async fn wait_ready(&self) -> Result<()> {
@@ -319,10 +338,10 @@ impl Agent {
         wait_for("agent socket", Duration::from_secs(30), || {
             let socket = socket.clone();
             async move {
-                ctl_at(&socket, &["status", "--json"])
-                    .ok()
-                    .filter(|o| o.0 == 0)
-                    .map(|_| ())
+                // Ready: socket answers, cache loaded, reconciled.
+                let (code, out, _) = ctl_at(&socket, &["status", "--json"]).ok()?;
+                let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+                (code == 0 && v["ready"] == true).then_some(())
             }
         })
         .await
