@@ -63,7 +63,7 @@ for i, k in enumerate(TYPES):
     write("workload_data", k, bytes([i]) + json.dumps(DATA[k]).encode())
 write("workload_data", "mountpoint", b"\x03/data/../x")
 
-# explorer_http: op, flags, [len, key], body.
+# explorer_http: op, flags, [len, key] (only with key choice 0), body.
 OPS = ["create", "show", "put_result", "delete", "poll", "results", "put_deleted",
        "register", "nodes", "uptime", "raw"]
 op = {n: i for i, n in enumerate(OPS)}
@@ -88,8 +88,8 @@ write("explorer_http", "poll0", bytes([op["poll"], KEY_NODE]) + b"from=0")
 write("explorer_http", "poll1", bytes([op["poll"], KEY_NODE]) + b"from=1")
 write("explorer_http", "poll-bad", bytes([op["poll"], KEY_INPUT, 3]) + b"abcfrom=-1")
 reg = {"node_id": NODE, "url": "http://127.0.0.1:1", "capacity": {"cru": 2, "mru": 1.5, "sru": 10, "hru": 0}}
-write("explorer_http", "register", bytes([op["register"], SIGN]) + json.dumps(reg).encode())
-write("explorer_http", "nodes", bytes([op["nodes"], 0]))
+write("explorer_http", "register", bytes([op["register"], SIGN | KEY_11]) + json.dumps(reg).encode())
+write("explorer_http", "nodes", bytes([op["nodes"], KEY_11]))
 write("explorer_http", "uptime", bytes([op["uptime"], KEY_NODE]) +
       json.dumps({"uptime": 12.5, "used": {"cru": 1, "mru": 0.5, "sru": 0, "hru": 0}}).encode())
-write("explorer_http", "raw", bytes([op["raw"], 0]) + b"PATCH /reservations/1-1/poll?from=1\n{}")
+write("explorer_http", "raw", bytes([op["raw"], KEY_11]) + b"PATCH /reservations/1-1/poll?from=1\n{}")

@@ -125,6 +125,13 @@ fn pct(key: &str) -> String {
     s
 }
 
+/// `EXPLORER_FUZZ_TRACE=1` prints every request and its status (to see
+/// which paths an input reaches when replaying it).
+fn trace() -> bool {
+    static T: OnceLock<bool> = OnceLock::new();
+    *T.get_or_init(|| std::env::var_os("EXPLORER_FUZZ_TRACE").is_some())
+}
+
 struct Answer {
     status: StatusCode,
     body: Vec<u8>,
@@ -137,16 +144,17 @@ fn send(w: &World, method: Method, uri: &str, body: Vec<u8>) -> Option<Answer> {
         .header("content-type", "application/json")
         .body(Body::from(body))
         .ok()?;
-    let resp = w
-        .rt
-        .block_on(w.router.clone().oneshot(req))
-        .expect("the router is infallible");
+    let resp =
+        w.rt.block_on(w.router.clone().oneshot(req))
+            .expect("the router is infallible");
     let status = resp.status();
-    let body = w
-        .rt
-        .block_on(axum::body::to_bytes(resp.into_body(), 64 << 20))
-        .expect("answer body")
-        .to_vec();
+    let body =
+        w.rt.block_on(axum::body::to_bytes(resp.into_body(), 64 << 20))
+            .expect("answer body")
+            .to_vec();
+    if trace() {
+        eprintln!("{method} {uri} -> {status}");
+    }
     assert!(
         !status.is_server_error(),
         "{method} {uri} answered {status}: {}",
@@ -167,7 +175,10 @@ fn get<T: serde::de::DeserializeOwned>(w: &World, uri: &str) -> T {
 }
 
 /// Parse `body` as a JSON object, let `edit` change it, re-serialize.
-fn edit_object(body: &[u8], edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Option<String> {
+fn edit_object(
+    body: &[u8],
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Option<String> {
     let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
     edit(v.as_object_mut()?);
     serde_json::to_string(&v).ok()
@@ -218,11 +229,21 @@ fuzz_target!(|data: &[u8]| {
     let last = w.last.lock().unwrap().clone();
     let (key, rest): (String, &[u8]) = match flags & 3 {
         0 => {
-            let Some((&len, rest)) = rest.split_first() else { return };
+            let Some((&len, rest)) = rest.split_first() else {
+                return;
+            };
             let len = (len as usize % 64).min(rest.len());
-            (String::from_utf8_lossy(&rest[..len]).into_owned(), &rest[len..])
+            (
+                String::from_utf8_lossy(&rest[..len]).into_owned(),
+                &rest[len..],
+            )
         }
-        1 => (last.as_ref().map(|l| l.0.clone()).unwrap_or_else(|| "1-1".into()), rest),
+        1 => (
+            last.as_ref()
+                .map(|l| l.0.clone())
+                .unwrap_or_else(|| "1-1".into()),
+            rest,
+        ),
         2 => (w.node.id().to_string(), rest),
         _ => ("1-1".to_string(), rest),
     };
@@ -233,7 +254,11 @@ fuzz_target!(|data: &[u8]| {
     match op {
         Op::Create => {
             let (path_key, body, signed) = if sign {
-                let node_id = if to_node { w.node.id().to_string() } else { key.clone() };
+                let node_id = if to_node {
+                    w.node.id().to_string()
+                } else {
+                    key.clone()
+                };
                 let signed = edit_object(&body, |o| {
                     o.entry("id").or_insert("".into());
                     o.insert("user_id".into(), w.user.id().into());
@@ -251,13 +276,18 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 (k, body, None)
             };
-            let Some(a) = send(w, Method::POST, &format!("/reservations/{path_key}"), body.clone())
-            else {
+            let Some(a) = send(
+                w,
+                Method::POST,
+                &format!("/reservations/{path_key}"),
+                body.clone(),
+            ) else {
                 return;
             };
             let Some(r) = signed else { return };
             let fits = body.len() <= MAX_BODY;
-            if !fits || r.kind.is_empty() {
+            // An empty node id leaves no path segment: no route, 404.
+            if !fits || r.kind.is_empty() || r.node_id.is_empty() {
                 assert_ne!(a.status, StatusCode::CREATED);
                 return;
             }
@@ -279,7 +309,10 @@ fuzz_target!(|data: &[u8]| {
                 w,
                 &format!("/reservations/{}/poll?from={n}", pct(&r.node_id)),
             );
-            assert!(polled.iter().all(|p| p.node_id == r.node_id), "poll leaked another node's reservation");
+            assert!(
+                polled.iter().all(|p| p.node_id == r.node_id),
+                "poll leaked another node's reservation"
+            );
             let mine = polled.iter().find(|p| p.id == created.id);
             if !r.is_expired(chrono::Utc::now()) || r.to_delete {
                 let mine = mine.expect("a live reservation is polled by its node");
@@ -353,18 +386,26 @@ fuzz_target!(|data: &[u8]| {
                 let v: ReservationView = get(w, &format!("/reservations/{k}"));
                 let r = v.reservation();
                 assert!(r.to_delete);
-                r.verify_delete().expect("a stored deletion verifies when served");
+                r.verify_delete()
+                    .expect("a stored deletion verifies when served");
                 r.verify().expect("a deleted reservation still verifies");
             }
         }
         Op::Poll => {
             let q = String::from_utf8_lossy(&body).replace(['#', ' '], "");
-            if let Some(a) = send(w, Method::GET, &format!("/reservations/{k}/poll?{q}"), Vec::new())
-            {
+            if let Some(a) = send(
+                w,
+                Method::GET,
+                &format!("/reservations/{k}/poll?{q}"),
+                Vec::new(),
+            ) {
                 if a.status == StatusCode::OK {
                     let list: Vec<Reservation> =
                         serde_json::from_slice(&a.body).expect("a poll answer parses");
-                    assert!(list.iter().all(|r| r.node_id == key), "poll leaked another node's reservation");
+                    assert!(
+                        list.iter().all(|r| r.node_id == key),
+                        "poll leaked another node's reservation"
+                    );
                 }
             }
         }
@@ -407,7 +448,9 @@ fuzz_target!(|data: &[u8]| {
             };
             let head = String::from_utf8_lossy(head);
             let (m, path) = head.split_once(' ').unwrap_or(("GET", &head));
-            let Ok(method) = Method::from_bytes(m.as_bytes()) else { return };
+            let Ok(method) = Method::from_bytes(m.as_bytes()) else {
+                return;
+            };
             if !path.starts_with('/') {
                 return;
             }

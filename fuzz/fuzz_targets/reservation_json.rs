@@ -98,7 +98,11 @@ fn check(r: &Reservation) {
     // What the explorer stores and serves is the reservation the user
     // signed: same message, same verdicts.
     let back = reparse(r);
-    assert_eq!(back.signing_message(), msg, "round trip changed the message");
+    assert_eq!(
+        back.signing_message(),
+        msg,
+        "round trip changed the message"
+    );
     assert_eq!(back.verify().is_ok(), verdict);
     assert_eq!(back.verify_delete().is_ok(), delete_verdict);
     assert_eq!(back.id, r.id);
@@ -118,7 +122,8 @@ fn check(r: &Reservation) {
         panic!("a signed reservation no longer verifies after a round trip: {e}");
     }
     s.delete_signature = Some(u.sign_delete(&s.id));
-    s.verify_delete().expect("a fresh delete signature verifies");
+    s.verify_delete()
+        .expect("a fresh delete signature verifies");
     reparse(&s)
         .verify_delete()
         .expect("a delete signature verifies after a round trip");

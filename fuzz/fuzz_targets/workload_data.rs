@@ -153,10 +153,17 @@ fn check_container(c: &Container) {
         .memory
         .checked_mul(1024 * 1024)
         .and_then(|b| i64::try_from(b).ok());
-    assert!(bytes.is_some(), "memory {} MiB overflows", c.capacity.memory);
+    assert!(
+        bytes.is_some(),
+        "memory {} MiB overflows",
+        c.capacity.memory
+    );
     assert!(c.capacity.cpu > 0);
     for k in c.env.keys().chain(c.secret_env.keys()) {
-        assert!(!k.is_empty() && !k.contains('=') && !k.contains('\0'), "{k:?}");
+        assert!(
+            !k.is_empty() && !k.contains('=') && !k.contains('\0'),
+            "{k:?}"
+        );
     }
 }
 
