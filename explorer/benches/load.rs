@@ -51,7 +51,10 @@ fn explorer_bin() -> Result<PathBuf> {
         .context("target dir")?
         .join("explorer");
     if !p.exists() {
-        bail!("{} is missing: run `cargo build --release --bins` first", p.display());
+        bail!(
+            "{} is missing: run `cargo build --release --bins` first",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -130,7 +133,9 @@ async fn burst(reqs: Vec<reqwest::RequestBuilder>, expect: u16, clients: usize) 
 
 async fn run(out: PathBuf) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let url = format!("http://127.0.0.1:{port}");
     let _server = Server(
         Command::new(explorer_bin()?)
@@ -175,7 +180,8 @@ async fn run(out: PathBuf) -> Result<()> {
             .map(|_| {
                 *n += 1;
                 let r = signed(&user, node.id(), *n);
-                http.post(format!("{url}/reservations/{}", node.id())).json(&r)
+                http.post(format!("{url}/reservations/{}", node.id()))
+                    .json(&r)
             })
             .collect()
     };
@@ -188,7 +194,10 @@ async fn run(out: PathBuf) -> Result<()> {
             .map(|_| http.get(format!("{url}/reservations/{}/poll?from=0", poll_node.id())))
             .collect();
         let b = burst(reqs, 200, CLIENTS).await?;
-        eprintln!("explorer poll run {run}, {CLIENTS} clients: {:.0}/s", b.rate);
+        eprintln!(
+            "explorer poll run {run}, {CLIENTS} clients: {:.0}/s",
+            b.rate
+        );
         poll.push(json!({"rate_per_s": b.rate, "latency_s": b.latencies, "stalled": b.stalled}));
     }
     // Last, as it may leave the server stalled: concurrent submits.
@@ -234,7 +243,11 @@ fn main() -> Result<()> {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .worker_threads(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        )
         .enable_all()
         .build()?;
     rt.block_on(run(out))

@@ -132,13 +132,16 @@ impl Db {
         self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Make every write so far durable.
+    /// Make every write so far durable. sled 0.34's `flush_async` can hang
+    /// when awaited by several requests at once (spacejam/sled#1308), which
+    /// stalled concurrent POSTs; the blocking `flush` on the blocking pool
+    /// is safe to call concurrently.
     pub async fn flush(&self) -> Result<(), ExplorerError> {
-        self.db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.storage(e))
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(r) => r.map(|_| ()).map_err(|e| self.storage(e)),
+            Err(e) => Err(self.storage(sled::Error::Io(std::io::Error::other(e.to_string())))),
+        }
     }
 
     /// Store `r` under the next reservation number; returns it with its id.

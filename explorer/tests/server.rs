@@ -719,3 +719,37 @@ async fn a_deletion_posted_with_the_reservation_is_kept_for_the_node_to_judge() 
     assert!(t.elapsed() >= Duration::from_millis(1900));
     s.stop().await;
 }
+
+/// Many users posting at once are all answered (sled's `flush_async`
+/// used to hang when awaited concurrently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_posts_are_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let node = Identity::generate();
+    let node_id = node.id().to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let url = s.url.clone();
+        let node_id = node_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut ids = Vec::new();
+            for _ in 0..10 {
+                let r = volume(&Identity::generate(), &node_id);
+                ids.push(post(&c, &url, &r).await);
+            }
+            ids
+        }));
+    }
+    let all = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(tasks),
+    )
+    .await
+    .expect("every POST answered within 60 s");
+    let ids: std::collections::HashSet<String> = all.into_iter().flat_map(|r| r.unwrap()).collect();
+    assert_eq!(ids.len(), 320, "320 distinct ids");
+    assert_eq!(poll(&client(), &s.url, &node_id, 0).await.len(), 320);
+    s.stop().await;
+}
