@@ -169,7 +169,22 @@ fn spawn_agent(root: &Root, explorer: &str, env: &[(&str, &str)]) -> Result<Proc
         .create(true)
         .append(true)
         .open(&root.log)?;
-    let mut cmd = Command::new(bin("agent")?);
+    // `BENCH_AGENT_WRAP="perf record -g -o FILE --"` profiles the agent;
+    // (the RSS figures then read the wrapper's, so only for profiling).
+    // `{name}` in it becomes the root's name (one profile per run).
+    let name = root.root.file_name().unwrap_or_default().to_string_lossy();
+    let wrap = std::env::var("BENCH_AGENT_WRAP")
+        .unwrap_or_default()
+        .replace("{name}", &name);
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.args(words).arg(bin("agent")?);
+            c
+        }
+        None => Command::new(bin("agent")?),
+    };
     cmd.arg("--explorer")
         .arg(explorer)
         .arg("--root")
@@ -181,6 +196,9 @@ fn spawn_agent(root: &Root, explorer: &str, env: &[(&str, &str)]) -> Result<Proc
         .arg("--log-format")
         .arg("json")
         .env("RUST_LOG", "info")
+        // The figures run more 1-core containers than this machine has
+        // cores; capacity admission is not what they measure.
+        .env("AGENT_CPU_OVERCOMMIT", "100000")
         .stdout(Stdio::null())
         .stderr(log);
     for (k, v) in env {
@@ -248,6 +266,10 @@ fn signed(
     created: i64,
     dur: Duration,
 ) -> Reservation {
+    // Distinct signed bytes: the agent refuses a replayed signature under a
+    // new id.
+    static NONCE: AtomicU64 = AtomicU64::new(0);
+    let nonce = NONCE.fetch_add(1, Ordering::Relaxed).to_string();
     let created = chrono::DateTime::from_timestamp(created, 0).unwrap_or_default();
     let mut r: Reservation = serde_json::from_value(json!({
         "id": "",
@@ -257,6 +279,7 @@ fn signed(
         "data": {
             "flist": IMAGE,
             "entrypoint": entrypoint,
+            "env": {"BENCH_NONCE": nonce},
             "capacity": {"cpu": 1, "memory": 64}
         },
         "created": created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -416,15 +439,15 @@ impl Drop for Cleanup {
     }
 }
 
-/// Start an agent on a fresh root and wait until it answered its first
-/// poll: (process, spawn time, ready time).
+/// Start an agent on a fresh root and wait until it is ready (socket
+/// answers, "agent ready" logged; its first poll is a long poll held by
+/// the explorer while it has nothing for the node): (process, spawn time,
+/// ready time).
 async fn fresh_agent(root: &Root, explorer: &str) -> Result<(Proc, f64, f64)> {
     let t0 = now_s();
     let p = spawn_agent(root, explorer, &[])?;
-    let (t, _) = wait_status(&root.socket, Duration::from_secs(60), |v| {
-        !v["last_poll"].is_null()
-    })
-    .await?;
+    wait_status(&root.socket, Duration::from_secs(60), |_| true).await?;
+    let t = log_time(&root.log, "agent ready", None, Duration::from_secs(60)).await?;
     Ok((p, t0, t))
 }
 
@@ -651,7 +674,7 @@ async fn fig5(dir: &Path, runs: usize, clean: &mut Cleanup) -> Result<Value> {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (rss, hwm) = rss_kib(agent.pid())?;
         agent.stop();
-        let row = json!({"rss_kib": rss, "hwm_kib": hwm, "start_to_first_poll_s": t_ready - t0});
+        let row = json!({"rss_kib": rss, "hwm_kib": hwm, "start_to_ready_s": t_ready - t0});
         eprintln!("fig5 {i}: {row}");
         rows.push(row);
     }
@@ -659,25 +682,33 @@ async fn fig5(dir: &Path, runs: usize, clean: &mut Cleanup) -> Result<Value> {
 }
 
 /// A Docker Engine API stub on a Unix socket, for the restart figure: every
-/// container named like the agent's (`agent-<node>-ct-<id>`) is running
-/// and labelled for reservation `<id>`; every list is empty. It counts the
-/// requests it answers.
+/// seeded reservation's container is listed running and labelled (as
+/// `docker ps` would show 10,000 of them), every container named like the
+/// agent's (`agent-<node>-ct-<id>`) inspects as running; other lists are
+/// empty. It counts the requests it answers.
 #[derive(Default)]
 struct StubStats {
     requests: AtomicU64,
     inspects: AtomicU64,
+    lists: AtomicU64,
 }
 
-async fn stub_docker(path: PathBuf, node: String, stats: Arc<StubStats>) -> Result<()> {
+async fn stub_docker(
+    path: PathBuf,
+    node: String,
+    ids: Arc<Vec<String>>,
+    stats: Arc<StubStats>,
+) -> Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let node = node.clone();
             let stats = stats.clone();
+            let ids = ids.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    let answer = stub_answer(&req, &node, &stats);
+                    let answer = stub_answer(&req, &node, &ids, &stats);
                     async move { Ok::<_, Infallible>(answer) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -692,6 +723,7 @@ async fn stub_docker(path: PathBuf, node: String, stats: Arc<StubStats>) -> Resu
 fn stub_answer<B>(
     req: &hyper::Request<B>,
     node: &str,
+    ids: &[String],
     stats: &StubStats,
 ) -> hyper::Response<axum::body::Body> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -720,7 +752,33 @@ fn stub_answer<B>(
             200,
             json!({"NCPU": 2, "MemTotal": 1u64 << 33, "ServerVersion": "stub"}),
         ),
-        "/containers/json" | "/networks" => reply(200, json!([])),
+        "/containers/json" => {
+            stats.lists.fetch_add(1, Ordering::Relaxed);
+            let q = req.uri().query().unwrap_or_default();
+            if q.contains("io.agent.type%3Dcontainer") || q.contains("io.agent.type=container") {
+                let list: Vec<Value> = ids
+                    .iter()
+                    .map(|id| {
+                        json!({
+                            "Id": format!("{:064x}", id.len()),
+                            "Names": [format!("/{prefix}{id}")],
+                            "Image": IMAGE,
+                            "State": "running",
+                            "Status": "Up 1 hour",
+                            "Labels": {
+                                "io.agent.reservation": id,
+                                "io.agent.type": "container",
+                                "io.agent.node": node,
+                            },
+                        })
+                    })
+                    .collect();
+                reply(200, Value::Array(list))
+            } else {
+                reply(200, json!([]))
+            }
+        }
+        "/networks" => reply(200, json!([])),
         "/volumes" => reply(200, json!({"Volumes": [], "Warnings": []})),
         p if p.starts_with("/containers/") && p.ends_with("/json") => {
             stats.inspects.fetch_add(1, Ordering::Relaxed);
@@ -849,6 +907,11 @@ async fn restart_once(
     let t0 = now_s();
     let mut agent = spawn_agent(&run, explorer, env)?;
     let (t_socket, _) = wait_status(&run.socket, Duration::from_secs(120), |_| true).await?;
+    // `ready` in the status: cache loaded and reconciled.
+    let (t_ready_status, _) = wait_status(&run.socket, Duration::from_secs(300), |v| {
+        v["ready"] == json!(true)
+    })
+    .await?;
     let (t_polled, st) = wait_status(&run.socket, Duration::from_secs(300), |v| {
         v["cursor"].as_u64().unwrap_or(0) > last
     })
@@ -857,6 +920,18 @@ async fn restart_once(
     let (rss_ready, _) = rss_kib(agent.pid())?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss, hwm) = rss_kib(agent.pid())?;
+    // `BENCH_TRIM_GDB=1`: how much of that RSS is freed heap glibc keeps
+    // (gdb calls malloc_trim(0) in the agent). A diagnosis aid only.
+    let mut rss_trimmed = Value::Null;
+    if std::env::var_os("BENCH_TRIM_GDB").is_some() {
+        let pid = agent.pid().to_string();
+        let _ = Command::new("gdb")
+            .args(["-p", &pid, "-batch", "-ex", "call (int)malloc_trim(0)"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        rss_trimmed = json!(rss_kib(agent.pid())?.0);
+    }
     agent.stop();
     if st["cached"].as_u64() != Some(cached) {
         bail!(
@@ -870,10 +945,12 @@ async fn restart_once(
     Ok(json!({
         "start_to_socket_s": t_socket - t0,
         "start_to_ready_log_s": t_ready - t0,
+        "start_to_ready_status_s": t_ready_status - t0,
         "start_to_first_poll_handled_s": t_polled - t0,
         "rss_at_ready_kib": rss_ready,
         "rss_idle_kib": rss,
         "hwm_kib": hwm,
+        "rss_after_malloc_trim_kib": rss_trimmed,
         "repairs": repairs,
     }))
 }
@@ -903,11 +980,19 @@ async fn fig6(
 
     // 10,000 cached, Docker stub.
     let tmpl = make_root(dir, "fig6-stub-tmpl")?;
-    let (posted, post_rate) = post_many(&explorer.url, &user, tmpl.node.id(), n, 8).await?;
+    // One client, so reservation numbers follow the order of `posted`.
+    let (posted, post_rate) = post_many(&explorer.url, &user, tmpl.node.id(), n, 1).await?;
     let seed_s = seed(&tmpl, &posted)?;
     let stub_sock = dir.join("docker-stub.sock");
     let stats = Arc::new(StubStats::default());
-    stub_docker(stub_sock.clone(), tmpl.node.id().to_string(), stats.clone()).await?;
+    let ids = Arc::new(posted.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>());
+    stub_docker(
+        stub_sock.clone(),
+        tmpl.node.id().to_string(),
+        ids,
+        stats.clone(),
+    )
+    .await?;
     let host = format!("unix://{}", stub_sock.display());
     let last = posted
         .iter()
@@ -917,6 +1002,7 @@ async fn fig6(
     let mut stub_runs = Vec::new();
     for i in 0..runs {
         let before = stats.inspects.load(Ordering::Relaxed);
+        let lists_before = stats.lists.load(Ordering::Relaxed);
         let mut row = restart_once(
             &tmpl,
             dir,
@@ -928,6 +1014,7 @@ async fn fig6(
         )
         .await?;
         row["stub_inspects"] = json!(stats.inspects.load(Ordering::Relaxed) - before);
+        row["stub_lists"] = json!(stats.lists.load(Ordering::Relaxed) - lists_before);
         eprintln!("fig6 stub {i}: {row}");
         stub_runs.push(row);
     }
@@ -935,7 +1022,7 @@ async fn fig6(
     // A few cached containers that really run, real engine.
     let real = make_root(dir, "fig6-real-tmpl")?;
     clean.nodes.push(real.node.id().to_string());
-    let (posted_real, _) = post_many(&explorer.url, &user, real.node.id(), real_k, 4).await?;
+    let (posted_real, _) = post_many(&explorer.url, &user, real.node.id(), real_k, 1).await?;
     seed(&real, &posted_real)?;
     let scope: String = real.node.id().chars().take(8).collect();
     let mut real_name = String::new();
@@ -1079,5 +1166,10 @@ async fn run(out: PathBuf, figs: Vec<String>, quick: bool) -> Result<()> {
     }
     std::fs::write(&out, serde_json::to_string_pretty(&all)?)?;
     eprintln!("wrote {}", out.display());
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        // Keep the agents' logs and roots for a closer look.
+        eprintln!("kept {}", dir.path().display());
+        std::mem::forget(dir);
+    }
     Ok(())
 }

@@ -59,6 +59,9 @@ fn reservations(node: &Identity, n: usize) -> Vec<Reservation> {
                 "data": {
                     "flist": "agent-test/busybox:latest",
                     "entrypoint": "sleep 3600",
+                    // Distinct signed bytes: the engine refuses a replayed
+                    // signature under a new id.
+                    "env": {"N": i.to_string()},
                     "capacity": {"cpu": 1, "memory": 64}
                 },
                 "created": created,
@@ -120,6 +123,15 @@ fn run_once(
         handle_all()
     };
     // Not timed: prove every reservation went through cache and outbox.
+    if store.cached_len() != total {
+        let r = answers[answers.len() - 1].last().expect("one");
+        panic!(
+            "only {} of {total} cached; {}: {:?}",
+            store.cached_len(),
+            r.id,
+            store.outcome(&r.id)
+        );
+    }
     assert_eq!(store.cached_len(), total, "every reservation is cached");
     assert_eq!(store.outbox_len(), total, "every result is in the outbox");
     took
@@ -165,6 +177,117 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // Where the time of one reservation goes: the same 10,000 reservations
+    // through each step alone.
+    let mut p = c.benchmark_group("engine_parts");
+    p.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Elements(10_000));
+    p.bench_function("verify/10000", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                for r in &all {
+                    r.verify().expect("verifies");
+                }
+            }
+            start.elapsed()
+        })
+    });
+    p.bench_function("sign_result/10000", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                for r in &all {
+                    let data = serde_json::json!({"id": format!("noop-{}", r.id)});
+                    node.ok_result(&r.kind, &r.id, &data).expect("signs");
+                }
+            }
+            start.elapsed()
+        })
+    });
+    let results: Vec<_> = all
+        .iter()
+        .map(|r| {
+            let data = serde_json::json!({"id": format!("noop-{}", r.id)});
+            let res = node.ok_result(&r.kind, &r.id, &data).expect("signs");
+            (store::Cached::new(r.clone(), res.clone()), res)
+        })
+        .collect();
+    p.bench_function("store_record_provisioned_then_flush/10000", |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let store = Store::open(&dir.path().join("cache")).expect("store");
+                let start = Instant::now();
+                for (c, res) in &results {
+                    store.record_provisioned(c, res).expect("recorded");
+                }
+                store.flush().expect("flushed");
+                took += start.elapsed();
+            }
+            took
+        })
+    });
+    p.bench_function("store_lookups_in_10000/10000", |b| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("cache")).expect("store");
+        for (c, res) in &results {
+            store.record_provisioned(c, res).expect("recorded");
+        }
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                for r in &all {
+                    // What the engine reads before judging a reservation.
+                    store.get(&r.id).expect("get");
+                    store.outcome(&r.id).expect("outcome");
+                    store.signature_owner(&r.signature).expect("owner");
+                }
+            }
+            start.elapsed()
+        })
+    });
+    // What a restart does with 10,000 cached before any Docker call: open
+    // the store (sled recovery) and read and decode every cached workload.
+    let filled = tempfile::tempdir().expect("temp dir");
+    {
+        let store = Store::open(&filled.path().join("cache")).expect("store");
+        for (c, res) in &results {
+            store.record_provisioned(c, res).expect("recorded");
+        }
+        store.flush().expect("flushed");
+    }
+    p.throughput(Throughput::Elements(1));
+    p.bench_function("store_open_with_10000", |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let store = Store::open(&filled.path().join("cache")).expect("store");
+                took += start.elapsed();
+                drop(store);
+            }
+            took
+        })
+    });
+    p.throughput(Throughput::Elements(10_000));
+    p.bench_function("store_list_decode_10000", |b| {
+        let store = Store::open(&filled.path().join("cache")).expect("store");
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let n = store.list().filter(|c| c.is_ok()).count();
+                assert_eq!(n, 10_000, "every cached workload decodes");
+            }
+            start.elapsed()
+        })
+    });
+    p.finish();
 }
 
 criterion_group!(benches, bench);

@@ -10,10 +10,11 @@
 //! - poll: `GET /reservations/{node}/poll?from=0` of a node holding 10
 //!   reservations (never held: there is always something to answer).
 //!
-//! Submit runs with one client, then with `CLIENTS`: concurrent POSTs can
-//! stall the server for good (every request waits on sled's `flush_async`,
-//! a known sled 0.34 deadlock), so each request has a deadline and a stall
-//! is recorded (with how many requests went through) instead of hanging.
+//! Submit runs with one client and with `CLIENTS`. Concurrent POSTs once
+//! stalled the server for good (sled 0.34's concurrent `flush_async`
+//! deadlock, fixed in the explorer by flushing on the blocking pool), so
+//! each request has a deadline and a stall is recorded (with how many
+//! requests went through) instead of hanging the bench.
 //!
 //! `cargo bench -p explorer --bench load -- --out FILE` after
 //! `cargo build --release --bins`. Client and server share the machine's
@@ -185,10 +186,31 @@ async fn run(out: PathBuf) -> Result<()> {
             })
             .collect()
     };
+    let mut submit_conc = Vec::new();
     for run in 0..RUNS {
         let b = burst(submits(SUBMITS_PER_RUN, &mut n), 201, 1).await?;
         eprintln!("explorer submit run {run}, 1 client: {:.0}/s", b.rate);
         submit.push(json!({"rate_per_s": b.rate, "latency_s": b.latencies, "stalled": b.stalled}));
+
+        let b = burst(submits(SUBMITS_PER_RUN, &mut n), 201, CLIENTS).await?;
+        eprintln!(
+            "explorer submit run {run}, {CLIENTS} clients: {:.0}/s, {} answered, {} clients stalled",
+            b.rate,
+            b.latencies.len(),
+            b.stalled
+        );
+        let stalled = b.stalled;
+        submit_conc.push(json!({
+            "rate_per_s": b.rate,
+            "latency_s": b.latencies,
+            "answered": b.latencies.len(),
+            "sent": SUBMITS_PER_RUN,
+            "stalled_clients": b.stalled,
+        }));
+        if stalled > 0 {
+            // The server is stuck; the rest would measure nothing.
+            break;
+        }
 
         let reqs: Vec<_> = (0..POLLS_PER_RUN)
             .map(|_| http.get(format!("{url}/reservations/{}/poll?from=0", poll_node.id())))
@@ -200,20 +222,6 @@ async fn run(out: PathBuf) -> Result<()> {
         );
         poll.push(json!({"rate_per_s": b.rate, "latency_s": b.latencies, "stalled": b.stalled}));
     }
-    // Last, as it may leave the server stalled: concurrent submits.
-    let b = burst(submits(SUBMITS_PER_RUN, &mut n), 201, CLIENTS).await?;
-    eprintln!(
-        "explorer submit, {CLIENTS} clients: {} answered, {} clients stalled",
-        b.latencies.len(),
-        b.stalled
-    );
-    let concurrent = json!({
-        "answered": b.latencies.len(),
-        "sent": SUBMITS_PER_RUN,
-        "stalled_clients": b.stalled,
-        "rate_per_s": b.rate,
-        "latency_s": b.latencies,
-    });
     let res: Value = json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "clients": CLIENTS,
@@ -221,7 +229,7 @@ async fn run(out: PathBuf) -> Result<()> {
         "polls_per_run": POLLS_PER_RUN,
         "poll_answer_reservations": 10,
         "submit": submit,
-        "submit_concurrent": concurrent,
+        "submit_concurrent": submit_conc,
         "poll": poll,
     });
     if let Some(p) = out.parent() {

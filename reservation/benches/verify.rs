@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use ed25519_dalek::{Signature, VerifyingKey};
 use reservation::{Identity, Reservation};
 
@@ -91,5 +91,73 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// The ratio, measured in pairs: rounds of `PAIR_N` verifications through
+/// our crate then `PAIR_N` bare ones (order alternating), so load from
+/// other processes hits both sides alike. Per-round times go to the JSON
+/// file named by `BENCH_VERIFY_OUT`, if set.
+fn paired() {
+    const ROUNDS: usize = 100;
+    const PAIR_N: usize = 500;
+    let r = signed_reservation();
+    let msg = r.signing_message();
+    let key_bytes: [u8; 32] = bs58::decode(&r.user_id)
+        .into_vec()
+        .expect("base58")
+        .try_into()
+        .expect("32 bytes");
+    let vk = VerifyingKey::from_bytes(&key_bytes).expect("key");
+    let sig = Signature::from_slice(&B64.decode(&r.signature).expect("b64")).expect("sig");
+    let ours = || {
+        let t = std::time::Instant::now();
+        for _ in 0..PAIR_N {
+            black_box(black_box(&r).verify().is_ok());
+        }
+        t.elapsed().as_secs_f64() / PAIR_N as f64
+    };
+    let bare = || {
+        let t = std::time::Instant::now();
+        for _ in 0..PAIR_N {
+            black_box(vk.verify_strict(black_box(&msg), black_box(&sig)).is_ok());
+        }
+        t.elapsed().as_secs_f64() / PAIR_N as f64
+    };
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for i in 0..ROUNDS {
+        let (o, b) = if i % 2 == 0 {
+            let o = ours();
+            (o, bare())
+        } else {
+            let b = bare();
+            (ours(), b)
+        };
+        rounds.push(serde_json::json!({"ours_s": o, "bare_s": b}));
+    }
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .map(|v| v["ours_s"].as_f64().unwrap_or(0.0) / v["bare_s"].as_f64().unwrap_or(1.0))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "verify paired: {ROUNDS} rounds of {PAIR_N}: median ratio ours/bare {:.3} (min {:.3}, max {:.3})",
+        ratios[ROUNDS / 2],
+        ratios[0],
+        ratios[ROUNDS - 1]
+    );
+    if let Some(path) = std::env::var_os("BENCH_VERIFY_OUT") {
+        let out = serde_json::json!({"per_round": PAIR_N, "rounds": rounds});
+        if let Err(e) = std::fs::write(&path, out.to_string()) {
+            eprintln!(
+                "cannot write {}: {e}",
+                std::path::Path::new(&path).display()
+            );
+        }
+    }
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    paired();
+}
