@@ -216,6 +216,9 @@ impl Engine {
                     self.first_poll_seen = true;
                     crate::reconcile::remove_orphans(self).await;
                     self.shared.first_poll_done.store(true, Ordering::SeqCst);
+                    // Start-up decoded the whole cache and the full `from=0`
+                    // answer; hand that memory back to the system.
+                    crate::release_freed_memory();
                 }
             }
             Work::Due(ids) => {

@@ -71,6 +71,8 @@ pub async fn repair_cached(engine: &mut Engine) -> Result<usize, AgentError> {
         }
     }
     engine.finish()?;
+    drop(cached);
+    crate::release_freed_memory();
     if repaired > 0 {
         info!(
             repaired,
