@@ -14,8 +14,14 @@ use common::*;
 use reservation::{Identity, ResultState};
 use serde_json::json;
 
+/// A small container. Each call differs (a nonce in its env): two
+/// byte-identical signed reservations in the same second would be taken for
+/// a replay under a new id, and refused.
 fn busybox(cmd: &str) -> serde_json::Value {
-    json!({"flist": BUSYBOX, "entrypoint": cmd, "capacity": {"cpu": 1, "memory": 32}})
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    json!({"flist": BUSYBOX, "entrypoint": cmd, "env": {"NONCE": n.to_string()},
+           "capacity": {"cpu": 1, "memory": 32}})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +67,8 @@ async fn explorer_down_two_minutes_while_work_and_deletions_queue() -> anyhow::R
         )
         .await?;
     for id in short.iter().chain([&keep, &doomed]) {
-        assert_eq!(explorer.wait_result(id).await?.state, ResultState::Ok);
+        let res = explorer.wait_result(id).await?;
+        assert_eq!(res.state, ResultState::Ok, "{id}: {}", res.error);
     }
     let rss_before = agent.rss_kib();
     let disk_before = dir_size(&agent.root.join("cache"));
