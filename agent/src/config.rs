@@ -389,16 +389,15 @@ mod tests {
 
     #[test]
     fn dev_defaults() {
+        // An empty config file: only flags and --dev decide.
         let s = Settings::resolve(Args {
             dev: true,
-            config: None,
+            config: Some(PathBuf::from("/dev/null")),
             ..Default::default()
-        });
-        // /etc/agent/agent.toml may exist on a dev box; only check when not.
-        if !Path::new(DEFAULT_CONFIG).exists() {
-            let s = s.unwrap();
-            assert_eq!(s.explorer, "http://127.0.0.1:7700");
-            assert_eq!(s.root, PathBuf::from("./.agent-dev"));
-        }
+        })
+        .unwrap();
+        assert_eq!(s.explorer, "http://127.0.0.1:7700");
+        assert_eq!(s.root, PathBuf::from("./.agent-dev"));
+        assert_eq!(s.socket, PathBuf::from("./.agent-dev/agent.sock"));
     }
 }

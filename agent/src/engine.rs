@@ -254,6 +254,12 @@ impl Engine {
     /// Judge and act on one reservation from a poll answer.
     pub async fn handle_reservation(&mut self, r: Reservation) -> Result<(), AgentError> {
         let id = r.id.clone();
+        // The common case at start (`from=0` lists everything): cached and
+        // not a deletion. Skip it without decoding the cached record.
+        if !r.to_delete && self.store.is_cached(&id)? {
+            debug!(reservation = %id, "already provisioned; skipped");
+            return Ok(());
+        }
         if let Some(cached) = self.store.get(&id)? {
             // The cached copy is what the user signed and we run; the
             // incoming copy can only ask for a deletion, and only with the

@@ -232,6 +232,22 @@ pub trait Docker: Send + Sync {
     async fn list_networks(&self) -> Result<Vec<NetworkInfo>, ProvisionError>;
 }
 
+/// The containers matching `filter`, as `name (state), ...`, or `None` when
+/// there are none: what an InUse refusal names.
+pub async fn users_of(
+    docker: &dyn Docker,
+    filter: &ContainerFilter,
+) -> Result<Option<String>, ProvisionError> {
+    let users = docker.list_containers(filter).await?;
+    Ok((!users.is_empty()).then(|| {
+        users
+            .iter()
+            .map(|c| format!("{} ({})", c.name, c.state))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }))
+}
+
 /// Split an image reference into `(repository, tag)`, `latest` when there
 /// is neither tag nor digest (Docker would otherwise pull every tag).
 pub fn split_image_tag(image: &str) -> (String, String) {

@@ -88,21 +88,13 @@ impl NetworkProvisioner {
     }
 
     async fn remove(&self, name: &str, id: &str) -> Result<(), ProvisionError> {
-        let users = self
-            .docker
-            .list_containers(&ContainerFilter {
-                network: Some(name.to_string()),
-                ..Default::default()
-            })
-            .await?;
-        if !users.is_empty() {
-            let who: Vec<String> = users
-                .iter()
-                .map(|c| format!("{} ({})", c.name, c.state))
-                .collect();
+        let filter = ContainerFilter {
+            network: Some(name.to_string()),
+            ..Default::default()
+        };
+        if let Some(who) = crate::docker::users_of(self.docker.as_ref(), &filter).await? {
             return Err(ProvisionError::InUse(format!(
-                "network of reservation {id} still has container {} attached; it is removed once that is gone",
-                who.join(", ")
+                "network of reservation {id} still has container {who} attached; it is removed once that is gone"
             )));
         }
         if self.docker.remove_network(name).await? {

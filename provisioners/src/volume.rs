@@ -250,21 +250,13 @@ impl VolumeProvisioner {
     async fn remove_by_id(&self, id: &str) -> Result<(), ProvisionError> {
         names::check_id("volume id", id)?;
         let vname = names::volume_name(id);
-        let users = self
-            .docker
-            .list_containers(&ContainerFilter {
-                volume: Some(vname.clone()),
-                ..Default::default()
-            })
-            .await?;
-        if !users.is_empty() {
-            let who: Vec<String> = users
-                .iter()
-                .map(|c| format!("{} ({})", c.name, c.state))
-                .collect();
+        let filter = ContainerFilter {
+            volume: Some(vname.clone()),
+            ..Default::default()
+        };
+        if let Some(who) = crate::docker::users_of(self.docker.as_ref(), &filter).await? {
             return Err(ProvisionError::InUse(format!(
-                "volume {id} is still mounted by container {}; it is removed once that is gone",
-                who.join(", ")
+                "volume {id} is still mounted by container {who}; it is removed once that is gone"
             )));
         }
         let removed = self.docker.remove_volume(&vname).await?;
