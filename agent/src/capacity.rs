@@ -663,11 +663,9 @@ mod tests {
             data: raw,
             created: Some(chrono::Utc::now()),
             duration: 3_600_000_000_000,
-            signature: String::new(),
-            to_delete: false,
-            delete_signature: None,
+            ..Default::default()
         };
-        let res = node.error_result(kind.as_str(), id, "x");
+        let res = node.error_result(&r, "x");
         store::Cached::new(r, res)
     }
 

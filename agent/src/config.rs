@@ -44,6 +44,10 @@ pub struct Args {
     /// Deadline for one provisioning, e.g. 10m.
     #[arg(long, env = "AGENT_PROVISION_TIMEOUT", value_parser = humantime::parse_duration)]
     pub provision_timeout: Option<Duration>,
+    /// Longest reservation lifetime (duration) accepted, e.g. 366d; longer
+    /// ones are refused with a signed error [default: 366d].
+    #[arg(long, env = "AGENT_MAX_DURATION", value_parser = humantime::parse_duration)]
+    pub max_duration: Option<Duration>,
     /// Log format: text or json.
     #[arg(long, env = "AGENT_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -110,6 +114,8 @@ pub struct FileConfig {
     pub socket: Option<PathBuf>,
     #[serde(default, with = "humantime_serde_opt")]
     pub provision_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub max_duration: Option<Duration>,
     pub log_format: Option<String>,
     pub max_poll_bytes: Option<usize>,
     pub zdb_image: Option<String>,
@@ -159,6 +165,7 @@ pub struct Settings {
     pub socket: PathBuf,
     pub dev: bool,
     pub provision_timeout: Duration,
+    pub max_duration: Duration,
     pub log_format: LogFormat,
     pub max_poll_bytes: usize,
     pub zdb_image: String,
@@ -239,6 +246,10 @@ impl Settings {
                 .provision_timeout
                 .or(file.provision_timeout)
                 .unwrap_or(Duration::from_secs(600)),
+            max_duration: args
+                .max_duration
+                .or(file.max_duration)
+                .unwrap_or(crate::engine::DEFAULT_MAX_DURATION),
             log_format,
             max_poll_bytes: args
                 .max_poll_bytes

@@ -515,7 +515,10 @@ mod tests {
                 r#"{{"id":"7-1","node_id":"n","user_id":"u","type":"{kind}","data":{data},"created":"2026-11-25T11:00:00Z","duration":1,"signature":""}}"#
             ))
             .unwrap();
-            Cached::new(r, node.error_result(kind, "7-1", "x"))
+            {
+                let res = node.error_result(&r, "x");
+                Cached::new(r, res)
+            }
         };
         assert_eq!(
             Watched::of(&mk("container", "{}")).unwrap().container,

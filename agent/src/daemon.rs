@@ -12,7 +12,7 @@ use provisioners::images::ImagePolicy;
 use provisioners::{BollardDocker, Docker, DockerLogs, LogBus, NodeOptions, VolumeProvisioner};
 use reservation::Identity;
 use sources::{
-    CombinedSource, DecommissionSource, ExplorerClient, NodeRegistration, PollSource,
+    CombinedSource, DecommissionSource, ExplorerClient, PollSource,
     ReservationSource,
 };
 use store::Store;
@@ -129,8 +129,8 @@ pub async fn run(
 
     // Registration and heartbeat need no Docker: start them first.
     let heartbeat = Arc::new(HeartbeatState::default());
-    let registration = NodeRegistration {
-        node_id: node.id().to_string(),
+    let registration = heartbeat::NodeProfile {
+        node: node.clone(),
         url: settings.node_url.clone(),
         capacity: ledger
             .lock()
@@ -263,6 +263,7 @@ pub async fn run(
         registry,
         EngineConfig {
             provision_timeout: settings.provision_timeout,
+            max_duration: settings.max_duration,
             root: Some(settings.root.clone()),
             min_free_disk: settings.min_free_disk,
             ..EngineConfig::default()

@@ -60,7 +60,7 @@ async fn drain(store: &Store, client: &ExplorerClient, shared: &Shared) -> Resul
         let id = entry.item.id();
         let outcome = match &entry.item {
             Outbound::Result(r) => client.put_result(r).await,
-            Outbound::Deleted { id } => client.put_deleted(id).await,
+            Outbound::Deleted { id, signature } => client.put_deleted(id, signature).await,
         };
         match outcome {
             Ok(()) => {

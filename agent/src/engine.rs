@@ -49,7 +49,12 @@ pub struct EngineConfig {
     /// writable for what runs already).
     pub root: Option<PathBuf>,
     pub min_free_disk: u64,
+    /// The longest `duration` accepted (`--max-duration`).
+    pub max_duration: Duration,
 }
+
+/// Default `--max-duration`: 366 days.
+pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -58,6 +63,7 @@ impl Default for EngineConfig {
             retry_decommission: Duration::from_secs(5),
             root: None,
             min_free_disk: 64 << 20,
+            max_duration: DEFAULT_MAX_DURATION,
         }
     }
 }
@@ -112,8 +118,18 @@ pub struct Engine {
 enum Verdict {
     /// Provision it.
     Provision(WorkloadType, Box<Workload>),
-    /// Refuse it with this message.
-    Refuse(String),
+    /// Refuse it with this message. `verified`: its user signature
+    /// verified, so it enters the replay index.
+    Refuse { message: String, verified: bool },
+}
+
+impl Verdict {
+    fn refuse(message: impl Into<String>) -> Self {
+        Verdict::Refuse {
+            message: message.into(),
+            verified: true,
+        }
+    }
 }
 
 impl Engine {
@@ -196,6 +212,7 @@ impl Engine {
             Work::Poll {
                 mut reservations,
                 cursor,
+                synced,
             } => {
                 // Dependency order: networks and volumes before the
                 // containers that use them; unknown types last.
@@ -209,7 +226,7 @@ impl Engine {
                 }
                 self.store.set_cursor(cursor)?;
                 self.commit()?;
-                if !self.first_poll_seen {
+                if synced && !self.first_poll_seen {
                     // Every reservation the explorer knows has now been
                     // seen (and valid orphans adopted): what is left
                     // labelled but uncached is an orphan.
@@ -253,6 +270,13 @@ impl Engine {
 
     /// Judge and act on one reservation from a poll answer.
     pub async fn handle_reservation(&mut self, r: Reservation) -> Result<(), AgentError> {
+        // Check 1: nothing is signed about an id outside the grammar (a
+        // crafted id could make signed bytes read as something else).
+        if !reservation::valid_id(&r.id) {
+            let shown: String = r.id.chars().take(64).collect();
+            warn!(reservation = ?shown, "skipping a reservation whose id is not <number>-<number>; nothing is signed about it");
+            return Ok(());
+        }
         let id = r.id.clone();
         // The common case at start (`from=0` lists everything): cached and
         // not a deletion. Skip it without decoding the cached record.
@@ -287,13 +311,16 @@ impl Engine {
             }
             if self.confirmed.insert(id.clone()) {
                 info!(reservation = %id, "signed deletion of a workload not running here: confirming");
+                let confirmation = self.node.sign_deleted(&id, &r.signature);
                 match outcome.map(|o| o.state) {
                     Some(OutcomeState::Deleted) => {
-                        let seq = self.store.queue_deleted(&id)?;
+                        let seq = self.store.queue_deleted(&id, &confirmation)?;
                         self.wrote(seq);
                     }
                     _ => {
-                        let seq = self.store.record_decommissioned(&id, &r.kind, None)?;
+                        let seq =
+                            self.store
+                                .record_decommissioned(&id, &r.kind, &confirmation, None)?;
                         self.wrote(seq);
                     }
                 }
@@ -305,7 +332,10 @@ impl Engine {
             return Ok(());
         }
         match self.judge(&r) {
-            Verdict::Refuse(msg) => self.refuse(&r, msg)?,
+            Verdict::Refuse { message, verified } => {
+                let sig = if verified { r.signature.as_str() } else { "" };
+                self.refuse_recording(&r, message, sig)?
+            }
             Verdict::Provision(kind, w) => self.provision(&r, kind, *w).await?,
         }
         Ok(())
@@ -317,65 +347,80 @@ impl Engine {
         }
     }
 
-    /// Every check of a new reservation, in the order PROTOCOL.md lists them.
+    /// Every check of a new reservation, in the order PROTOCOL.md lists them
+    /// (check 1, the id grammar, is done before: nothing is signed about a
+    /// malformed id; check 8, capacity and tenancy, at provisioning).
     fn judge(&self, r: &Reservation) -> Verdict {
-        if let Err(e) = r.verify() {
-            return Verdict::Refuse(format!("{e} (user_id {})", r.user_id));
+        let unverified = |message: String| Verdict::Refuse {
+            message,
+            verified: false,
+        };
+        // 2. Version 2 with a nonce.
+        if let Err(e) = r.check_version() {
+            return unverified(e.to_string());
         }
-        // Ids are the explorer's, not the user's: the same signed
-        // reservation under another id is a replay.
+        // 3. The user's signature.
+        if let Err(e) = r.verify() {
+            return unverified(format!("{e} (user_id {})", r.user_id));
+        }
+        // 4. Ids are the explorer's, not the user's: the same signed
+        // reservation judged under another id is a replay, whether it was
+        // provisioned or refused then.
         match self.store.signature_owner(&r.signature) {
-            Ok(Some(owner)) if owner != r.id => {
-                return Verdict::Refuse(format!(
-                    "signature: this signed reservation was already provisioned as {owner}; a replay under a new id is refused"
+            Ok(Some(first)) if first != r.id => {
+                return Verdict::refuse(format!(
+                    "signature: this signed reservation was already judged as {first}; a replay under a new id is refused"
                 ))
             }
             Ok(_) => {}
-            Err(e) => return Verdict::Refuse(format!("cache unreadable: {e}")),
+            Err(e) => return unverified(format!("cache unreadable: {e}")),
         }
+        // 5. This node.
         if r.node_id != self.node.id() {
-            return Verdict::Refuse(format!(
+            return Verdict::refuse(format!(
                 "node_id {} is not this node ({})",
                 r.node_id,
                 self.node.id()
             ));
         }
-        if r.created_set().is_none() {
-            return Verdict::Refuse("created: not set".into());
+        // 6. Lifetime.
+        if let Err(e) = r.check_lifetime(Utc::now(), self.cfg.max_duration) {
+            return Verdict::refuse(e.to_string());
         }
-        if r.duration <= 0 {
-            return Verdict::Refuse(format!("duration: must be > 0, got {}", r.duration));
-        }
-        match r.expires_at() {
-            None => return Verdict::Refuse("duration: created + duration overflows".into()),
-            Some(at) if at <= Utc::now() => {
-                return Verdict::Refuse(format!(
-                    "expired: the reservation ended at {}",
-                    at.to_rfc3339()
-                ))
-            }
-            _ => {}
-        }
+        // 7. Type and data.
         let kind = match r.workload_type() {
             Ok(k) => k,
-            Err(e) => return Verdict::Refuse(e.to_string()),
+            Err(e) => return Verdict::refuse(e.to_string()),
         };
         if r.data.get().len() > MAX_DATA_BYTES {
-            return Verdict::Refuse(format!(
+            return Verdict::refuse(format!(
                 "data: {} bytes, more than the {MAX_DATA_BYTES} bytes limit",
                 r.data.get().len()
             ));
         }
         match Workload::parse(kind, &r.data) {
             Ok(w) => Verdict::Provision(kind, Box::new(w)),
-            Err(e) => Verdict::Refuse(e.to_string()),
+            Err(e) => Verdict::refuse(e.to_string()),
         }
     }
 
+    /// Refuse a reservation whose signature verified (it enters the replay
+    /// index).
     fn refuse(&mut self, r: &Reservation, msg: String) -> Result<(), AgentError> {
+        self.refuse_recording(r, msg, &r.signature)
+    }
+
+    /// Refuse with a signed error result; `verified_signature` enters the
+    /// replay index unless empty.
+    fn refuse_recording(
+        &mut self,
+        r: &Reservation,
+        msg: String,
+        verified_signature: &str,
+    ) -> Result<(), AgentError> {
         warn!(reservation = %r.id, kind = %r.kind, error = %msg, "refused");
-        let res = self.node.error_result(&r.kind, &r.id, msg);
-        let seq = self.store.record_refused(&res)?;
+        let res = self.node.error_result(r, msg);
+        let seq = self.store.record_refused(&res, verified_signature)?;
         self.wrote(seq);
         self.shared.count(&r.kind, "refused");
         Ok(())
@@ -435,7 +480,7 @@ impl Engine {
             }
         };
         faults::point("after-provision");
-        let res = match self.node.ok_result(&r.kind, &r.id, &data) {
+        let res = match self.node.ok_result(r, &data) {
             Ok(res) => res,
             Err(e) => return self.refuse(r, format!("result data cannot be encoded: {e}")),
         };
@@ -477,9 +522,7 @@ impl Engine {
             return Ok(());
         };
         warn!(reservation = %g.id, crashes = g.crashes, exit_code = g.exit_code, "crash policy: giving up on the workload");
-        let res = self
-            .node
-            .error_result(&cached.reservation.kind, &g.id, g.message);
+        let res = self.node.error_result(&cached.reservation, g.message);
         self.pending_errors.insert(g.id.clone(), res);
         self.decommission(&cached, "crash policy").await
     }
@@ -524,7 +567,10 @@ impl Engine {
         };
         match step {
             Ok(()) => {
-                let seq = self.store.record_decommissioned(&r.id, &r.kind, result)?;
+                let confirmation = self.node.sign_deleted(&r.id, &r.signature);
+                let seq = self
+                    .store
+                    .record_decommissioned(&r.id, &r.kind, &confirmation, result)?;
                 self.wrote(seq);
                 self.pending_errors.remove(&r.id);
                 if let Some(l) = &self.ledger {
@@ -600,7 +646,7 @@ impl Engine {
         warn!(reservation = %r.id, kind = %kind, "repair: its Docker objects are gone; provisioning again");
         match tokio::time::timeout(self.cfg.provision_timeout, p.provision(r, &w)).await {
             Ok(Ok(data)) => {
-                if let Ok(res) = self.node.ok_result(&r.kind, &r.id, &data) {
+                if let Ok(res) = self.node.ok_result(r, &data) {
                     if res.data.get() != cached.result.data.get() {
                         let c = Cached::new(r.clone(), res.clone());
                         let seq = self.store.record_provisioned(&c, &res)?;

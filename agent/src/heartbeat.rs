@@ -1,6 +1,8 @@
 //! Node registration and heartbeat: `POST /nodes` at start, then
 //! `POST /nodes/{id}/uptime` with the uptime and used capacity every
-//! interval (30 s by default).
+//! interval (30 s by default). Both are signed by the node (`node-v2`) with
+//! a unix millisecond timestamp that never repeats or goes back, so the
+//! explorer can refuse a replayed or forged one.
 //!
 //! The loop never ends on an error: while the explorer is down it retries
 //! with jittered backoff (capped at the interval), and a `404` on the
@@ -15,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sources::{Backoff, Capacity, ExplorerClient, NodeRegistration, SourceError};
+use reservation::node::{Registration, Uptime};
+use reservation::Identity;
+use sources::{Backoff, Capacity, ExplorerClient, SourceError};
 use tracing::{debug, info, warn};
 
 /// Default time between two heartbeats.
@@ -138,13 +142,36 @@ impl HeartbeatState {
     }
 }
 
+/// What the node says of itself at registration.
+#[derive(Debug, Clone)]
+pub struct NodeProfile {
+    pub node: Arc<Identity>,
+    /// Where the node can be reached.
+    pub url: String,
+    pub capacity: Capacity,
+}
+
+/// Timestamps for signed node messages: unix ms, strictly increasing
+/// within this process (the explorer refuses one not newer than the last).
+#[derive(Debug, Default)]
+struct Stamps {
+    last: i64,
+}
+
+impl Stamps {
+    fn next(&mut self) -> i64 {
+        self.last = Utc::now().timestamp_millis().max(self.last + 1);
+        self.last
+    }
+}
+
 /// Register, then heartbeat every `interval` until `shutdown` resolves.
 /// `used` is asked for the used capacity at each heartbeat; the uptime sent
 /// is the time since this call. Backoff while the explorer is down starts at
 /// 1 s and is capped at `interval`.
 pub async fn run(
     client: ExplorerClient,
-    reg: NodeRegistration,
+    reg: NodeProfile,
     used: impl Fn() -> Capacity + Send,
     interval: Duration,
     state: Arc<HeartbeatState>,
@@ -158,7 +185,7 @@ pub async fn run(
 /// [`run`] with an explicit backoff (tests use a short one).
 pub async fn run_with_backoff(
     client: ExplorerClient,
-    reg: NodeRegistration,
+    reg: NodeProfile,
     used: impl Fn() -> Capacity + Send,
     interval: Duration,
     mut backoff: Backoff,
@@ -168,14 +195,18 @@ pub async fn run_with_backoff(
     let started = Instant::now();
     tokio::pin!(shutdown);
     let mut registered = false;
+    let mut stamps = Stamps::default();
+    let node_id = reg.node.id().to_string();
     loop {
         let delay = if !registered {
-            match client.register(&reg).await {
+            let signed = Registration::signed(&reg.node, &reg.url, &reg.capacity, stamps.next());
+            match client.register(&signed).await {
                 Ok(()) => {
                     registered = true;
                     state.set_registered();
                     backoff.reset();
-                    info!(node_id = %reg.node_id, url = %reg.url, capacity = ?reg.capacity, explorer = %client.base(), "registered with the explorer");
+                    let c = reg.capacity;
+                    info!(node_id = %node_id, url = %reg.url, capacity = %format!("cpu={} memory={}GiB ssd={}GiB hdd={}GiB", c.cru, c.mru, c.sru, c.hru), explorer = %client.base(), "registered with the explorer");
                     // Heartbeat at once: the explorer learns the used
                     // capacity and the first heartbeat time now.
                     continue;
@@ -184,7 +215,8 @@ pub async fn run_with_backoff(
             }
         } else {
             let uptime = started.elapsed().as_secs();
-            match client.heartbeat(uptime, used()).await {
+            let signed = Uptime::signed(&reg.node, uptime, &used(), stamps.next());
+            match client.heartbeat(&signed).await {
                 Ok(()) => {
                     if state.failures() > 0 {
                         info!(explorer = %client.base(), "heartbeat accepted again");
@@ -195,7 +227,7 @@ pub async fn run_with_backoff(
                     interval
                 }
                 Err(SourceError::Status { status: 404, .. }) => {
-                    warn!(node_id = %reg.node_id, explorer = %client.base(), "the explorer does not know this node (404 on heartbeat); registering again");
+                    warn!(node_id = %node_id, explorer = %client.base(), "the explorer does not know this node (404 on heartbeat); registering again");
                     registered = false;
                     state.registered.store(false, Ordering::Relaxed);
                     continue;
@@ -294,9 +326,9 @@ mod tests {
         );
     }
 
-    fn registration(node: &reservation::Identity) -> NodeRegistration {
-        NodeRegistration {
-            node_id: node.id().to_string(),
+    fn registration(node: &reservation::Identity) -> NodeProfile {
+        NodeProfile {
+            node: Arc::new(node.clone()),
             url: "http://10.0.0.7:9100".into(),
             capacity: Capacity {
                 cru: 4,

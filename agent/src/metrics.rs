@@ -338,12 +338,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store::Store::open(dir.path()).unwrap();
         let node = reservation::Identity::generate();
-        store
-            .record_refused(&node.error_result("volume", "1-1", "bad"))
-            .unwrap();
-        store
-            .record_refused(&node.error_result("volume", "2-1", "bad"))
-            .unwrap();
+        for id in ["1-1", "2-1"] {
+            let r = reservation::Reservation {
+                id: id.into(),
+                kind: "volume".into(),
+                ..Default::default()
+            };
+            store
+                .record_refused(&node.error_result(&r, "bad"), "")
+                .unwrap();
+        }
 
         let mut ledger = Ledger::new(Total {
             physical: Resources {

@@ -23,6 +23,7 @@ fn signed_reservation() -> Reservation {
     let node = Identity::from_seed(&[9; 32]);
     let json = serde_json::json!({
         "id": "1-1",
+        "version": 2,
         "node_id": node.id(),
         "user_id": user.id(),
         "type": "container",

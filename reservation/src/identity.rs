@@ -106,37 +106,65 @@ impl Identity {
         B64.encode(self.key.sign(msg).to_bytes())
     }
 
-    /// Fill in `r.signature` as the user `self`.
+    /// Fill in `r.signature` as the user `self`. A reservation is never
+    /// signed without a nonce: an empty one is filled with a fresh random
+    /// nonce first.
     pub fn sign_reservation(&self, r: &mut Reservation) {
+        if r.nonce.is_empty() {
+            r.nonce = crate::model::new_nonce();
+        }
         r.signature = self.sign(&r.signing_message());
     }
 
-    /// The `delete_signature` for reservation `id`.
-    pub fn sign_delete(&self, id: &str) -> String {
-        self.sign(&Reservation::delete_message(id))
+    /// The `delete_signature` for the reservation whose signature (base64
+    /// text, exactly as in the reservation) is `reservation_signature`.
+    pub fn sign_delete(&self, reservation_signature: &str) -> String {
+        self.sign(&Reservation::delete_message(reservation_signature))
     }
 
-    /// A signed ok result carrying `data` (serialized once; those bytes are
-    /// both signed and sent).
+    /// The node's confirmation that it decommissioned reservation `id`
+    /// (body of `PUT /reservations/{id}/deleted`).
+    pub fn sign_deleted(&self, id: &str, reservation_signature: &str) -> String {
+        self.sign(&Reservation::deleted_message(id, reservation_signature))
+    }
+
+    /// A signed ok result for `r` carrying `data` (serialized once; those
+    /// bytes are both signed and sent).
     pub fn ok_result(
         &self,
-        kind: &str,
-        id: &str,
+        r: &Reservation,
         data: &impl Serialize,
     ) -> Result<WorkloadResult, serde_json::Error> {
         let raw = RawValue::from_string(serde_json::to_string(data)?)?;
-        Ok(self.result(kind, id, ResultState::Ok, String::new(), raw))
+        Ok(self.sign_result(
+            &r.kind,
+            &r.id,
+            &r.signature,
+            ResultState::Ok,
+            String::new(),
+            raw,
+        ))
     }
 
-    /// A signed error result with the message a person can act on.
-    pub fn error_result(&self, kind: &str, id: &str, error: impl Into<String>) -> WorkloadResult {
-        self.result(kind, id, ResultState::Error, error.into(), null_raw())
+    /// A signed error result for `r` with the message a person can act on.
+    pub fn error_result(&self, r: &Reservation, error: impl Into<String>) -> WorkloadResult {
+        self.sign_result(
+            &r.kind,
+            &r.id,
+            &r.signature,
+            ResultState::Error,
+            error.into(),
+            null_raw(),
+        )
     }
 
-    fn result(
+    /// A result signed for the reservation `id` whose user signature is
+    /// `reservation_signature`.
+    pub fn sign_result(
         &self,
         kind: &str,
         id: &str,
+        reservation_signature: &str,
         state: ResultState,
         error: String,
         data: Box<RawValue>,
@@ -150,7 +178,7 @@ impl Identity {
             data,
             signature: String::new(),
         };
-        r.signature = self.sign(&r.signing_message());
+        r.signature = self.sign(&r.signing_message(reservation_signature));
         r
     }
 

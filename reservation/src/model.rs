@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::frame::{self, frame};
 use crate::Error;
 
 /// Unix seconds of Go's zero `time.Time`, used in the signed message when a
@@ -80,11 +81,55 @@ impl FromStr for WorkloadType {
     }
 }
 
+/// The protocol version this crate speaks and signs.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// How far in the future `created` may be (clock skew between the user and
+/// the node).
+pub const MAX_FUTURE_SKEW_SECS: i64 = 5 * 60;
+
+/// The refusal of a reservation signed with version 1 (or no version).
+pub const VERSION_1_REFUSED: &str = "protocol version 1 is not accepted; sign with version 2";
+
+/// Whether `id` follows the grammar `^[0-9]{1,20}-[0-9]{1,20}$`. A node
+/// signs nothing about a reservation whose id does not: a crafted id could
+/// otherwise make the node sign bytes it never meant.
+pub fn valid_id(id: &str) -> bool {
+    let digits = |p: &str| (1..=20).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    match id.split_once('-') {
+        Some((n, w)) => digits(n) && digits(w),
+        None => false,
+    }
+}
+
+/// Whether `nonce` is 32 to 64 lowercase hex characters.
+pub fn valid_nonce(nonce: &str) -> bool {
+    (32..=64).contains(&nonce.len())
+        && nonce
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A fresh random nonce: 16 random bytes as 32 lowercase hex characters.
+pub fn new_nonce() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
 /// A reservation as the explorer serves it and the user signed it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reservation {
     pub id: String,
+    /// Protocol version; absent (0) in a version 1 reservation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u32,
     pub node_id: String,
     pub user_id: String,
     /// The wire `type`. Kept as a string so an unknown type still gets a
@@ -98,12 +143,37 @@ pub struct Reservation {
     /// Lifetime in nanoseconds (Go `time.Duration`).
     #[serde(default)]
     pub duration: i64,
+    /// Random per reservation, so two otherwise identical reservations have
+    /// different signatures (and neither is taken for a replay).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub nonce: String,
     #[serde(default)]
     pub signature: String,
     #[serde(default)]
     pub to_delete: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_signature: Option<String>,
+}
+
+impl Default for Reservation {
+    /// An empty version 2 reservation with `data` `null`, for building one
+    /// field by field before signing.
+    fn default() -> Self {
+        Reservation {
+            id: String::new(),
+            version: PROTOCOL_VERSION,
+            node_id: String::new(),
+            user_id: String::new(),
+            kind: String::new(),
+            data: null_raw(),
+            created: None,
+            duration: 0,
+            nonce: String::new(),
+            signature: String::new(),
+            to_delete: false,
+            delete_signature: None,
+        }
+    }
 }
 
 impl Reservation {
@@ -139,29 +209,128 @@ impl Reservation {
     }
 
     /// The exact bytes the user signs:
-    /// `node_id ‖ user_id ‖ type ‖ data ‖ unix(created) ‖ duration`.
+    /// `frame("reservation-v2", node_id, user_id, type, data,
+    /// decimal(unix seconds of created), decimal(duration), nonce)`.
     pub fn signing_message(&self) -> Vec<u8> {
         let created = self
             .created
             .map(|c| c.timestamp())
-            .unwrap_or(GO_ZERO_TIME_UNIX);
-        let mut m = Vec::with_capacity(
-            self.node_id.len() + self.user_id.len() + self.kind.len() + self.data.get().len() + 32,
-        );
-        m.extend_from_slice(self.node_id.as_bytes());
-        m.extend_from_slice(self.user_id.as_bytes());
-        m.extend_from_slice(self.kind.as_bytes());
-        m.extend_from_slice(self.data.get().as_bytes());
-        m.extend_from_slice(created.to_string().as_bytes());
-        m.extend_from_slice(self.duration.to_string().as_bytes());
-        m
+            .unwrap_or(GO_ZERO_TIME_UNIX)
+            .to_string();
+        let duration = self.duration.to_string();
+        frame(&[
+            frame::RESERVATION.as_bytes(),
+            self.node_id.as_bytes(),
+            self.user_id.as_bytes(),
+            self.kind.as_bytes(),
+            self.data.get().as_bytes(),
+            created.as_bytes(),
+            duration.as_bytes(),
+            self.nonce.as_bytes(),
+        ])
     }
 
-    /// The bytes a deletion signs: `"delete:" ‖ id`.
-    pub fn delete_message(id: &str) -> Vec<u8> {
-        let mut m = b"delete:".to_vec();
-        m.extend_from_slice(id.as_bytes());
-        m
+    /// The bytes a deletion signs: `frame("delete-v2", signature)`, where
+    /// `signature` is the reservation's own base64 signature text. A
+    /// deletion is thereby bound to one signed reservation, whatever id the
+    /// explorer gives it.
+    pub fn delete_message(reservation_signature: &str) -> Vec<u8> {
+        frame(&[frame::DELETE.as_bytes(), reservation_signature.as_bytes()])
+    }
+
+    /// The bytes of a node's deletion confirmation:
+    /// `frame("deleted-v2", id, signature_of_the_reservation)`.
+    pub fn deleted_message(id: &str, reservation_signature: &str) -> Vec<u8> {
+        frame(&[
+            frame::DELETED.as_bytes(),
+            id.as_bytes(),
+            reservation_signature.as_bytes(),
+        ])
+    }
+
+    /// Check 2 of PROTOCOL.md: version 2 with a nonce.
+    pub fn check_version(&self) -> Result<(), Error> {
+        match self.version {
+            0 | 1 => Err(Error::Field {
+                field: "version".into(),
+                message: VERSION_1_REFUSED.into(),
+            }),
+            PROTOCOL_VERSION if self.nonce.is_empty() => Err(Error::Field {
+                field: "nonce".into(),
+                message: format!("missing: {VERSION_1_REFUSED}"),
+            }),
+            PROTOCOL_VERSION if !valid_nonce(&self.nonce) => Err(Error::Field {
+                field: "nonce".into(),
+                message: "must be 32 to 64 lowercase hex characters".into(),
+            }),
+            PROTOCOL_VERSION => Ok(()),
+            v => Err(Error::Field {
+                field: "version".into(),
+                message: format!("protocol version {v} is not supported; sign with version 2"),
+            }),
+        }
+    }
+
+    /// Check 6 of PROTOCOL.md: `created` is set in whole seconds and at
+    /// most 5 minutes ahead of `now`, `duration` is positive and at most
+    /// `max_duration`, and the reservation has not expired. Returns the
+    /// expiry.
+    pub fn check_lifetime(
+        &self,
+        now: DateTime<Utc>,
+        max_duration: std::time::Duration,
+    ) -> Result<DateTime<Utc>, Error> {
+        let field = |field: &str, message: String| Error::Field {
+            field: field.into(),
+            message,
+        };
+        let created = self
+            .created_set()
+            .ok_or_else(|| field("created", "not set".into()))?;
+        if created.timestamp_subsec_nanos() != 0 {
+            return Err(field(
+                "created",
+                "must be whole seconds (the signature covers seconds only)".into(),
+            ));
+        }
+        let ahead = created - now;
+        if ahead > chrono::Duration::seconds(MAX_FUTURE_SKEW_SECS) {
+            return Err(field(
+                "created",
+                format!(
+                    "{} is {}s in the future; at most {MAX_FUTURE_SKEW_SECS}s is accepted (check the clock)",
+                    created.to_rfc3339(),
+                    ahead.num_seconds()
+                ),
+            ));
+        }
+        if self.duration <= 0 {
+            return Err(field(
+                "duration",
+                format!("must be > 0, got {}", self.duration),
+            ));
+        }
+        let max_ns = i64::try_from(max_duration.as_nanos()).unwrap_or(i64::MAX);
+        if self.duration > max_ns {
+            return Err(field(
+                "duration",
+                format!(
+                    "{} is longer than this node's maximum of {}",
+                    human_duration(self.duration),
+                    human_duration(max_ns)
+                ),
+            ));
+        }
+        let at = self
+            .expires_at()
+            .ok_or_else(|| field("duration", "created + duration overflows".into()))?;
+        if at <= now {
+            return Err(field(
+                "expired",
+                format!("the reservation ended at {}", at.to_rfc3339()),
+            ));
+        }
+        Ok(at)
     }
 
     /// Verify the user's signature over [`Reservation::signing_message`].
@@ -174,7 +343,8 @@ impl Reservation {
         )
     }
 
-    /// Verify `delete_signature` against `user_id`. A missing one is an error.
+    /// Verify `delete_signature` against `user_id`, over this reservation's
+    /// own signature. A missing one is an error.
     pub fn verify_delete(&self) -> Result<(), Error> {
         let sig = self.delete_signature.as_deref().unwrap_or("");
         if sig.is_empty() {
@@ -183,12 +353,36 @@ impl Reservation {
                 reason: "missing: the deletion is not signed by the user".into(),
             });
         }
-        crate::verify_signature(&self.user_id, &Self::delete_message(&self.id), sig).map_err(|e| {
-            Error::BadSignature {
+        crate::verify_signature(&self.user_id, &Self::delete_message(&self.signature), sig)
+            .map_err(|e| Error::BadSignature {
                 what: "delete_signature".into(),
                 reason: format!("{e}"),
-            }
+            })
+    }
+
+    /// Verify a node's deletion confirmation of this reservation.
+    pub fn verify_deleted(&self, confirmation: &str) -> Result<(), Error> {
+        crate::verify_signature(
+            &self.node_id,
+            &Self::deleted_message(&self.id, &self.signature),
+            confirmation,
+        )
+        .map_err(|e| Error::BadSignature {
+            what: "deleted signature".into(),
+            reason: format!("{e}"),
         })
+    }
+}
+
+/// A duration in nanoseconds as days, hours or seconds, for messages.
+fn human_duration(ns: i64) -> String {
+    let s = ns / 1_000_000_000;
+    if s >= 86_400 && s % 86_400 == 0 {
+        format!("{} days", s / 86_400)
+    } else if s >= 3600 && s % 3600 == 0 {
+        format!("{} hours", s / 3600)
+    } else {
+        format!("{s}s")
     }
 }
 
@@ -226,23 +420,31 @@ pub struct WorkloadResult {
 }
 
 impl WorkloadResult {
-    /// The bytes the node signs: `id ‖ state ‖ error ‖ data`.
-    pub fn signing_message(&self) -> Vec<u8> {
-        let mut m = Vec::new();
-        m.extend_from_slice(self.id.as_bytes());
-        m.extend_from_slice(self.state.as_str().as_bytes());
-        m.extend_from_slice(self.error.as_bytes());
-        m.extend_from_slice(self.data.get().as_bytes());
-        m
+    /// The bytes the node signs: `frame("result-v2", id, state, error,
+    /// data, signature_of_the_reservation)`. Binding the reservation's
+    /// signature means a result cannot be moved to another reservation.
+    pub fn signing_message(&self, reservation_signature: &str) -> Vec<u8> {
+        frame(&[
+            frame::RESULT.as_bytes(),
+            self.id.as_bytes(),
+            self.state.as_str().as_bytes(),
+            self.error.as_bytes(),
+            self.data.get().as_bytes(),
+            reservation_signature.as_bytes(),
+        ])
     }
 
-    /// Verify the node's signature.
-    pub fn verify(&self, node_id: &str) -> Result<(), Error> {
-        crate::verify_signature(node_id, &self.signing_message(), &self.signature).map_err(|e| {
-            Error::BadSignature {
-                what: format!("result {} signature", self.id),
-                reason: format!("{e}"),
-            }
+    /// Verify the node's signature, for the reservation whose signature is
+    /// `reservation_signature`.
+    pub fn verify(&self, node_id: &str, reservation_signature: &str) -> Result<(), Error> {
+        crate::verify_signature(
+            node_id,
+            &self.signing_message(reservation_signature),
+            &self.signature,
+        )
+        .map_err(|e| Error::BadSignature {
+            what: format!("result {} signature", self.id),
+            reason: format!("{e}"),
         })
     }
 }

@@ -1,30 +1,15 @@
-//! The explorer's HTTP client (reqwest): poll, results, deletions, node
-//! registration and heartbeat. Answers are read with a size cap.
+//! The explorer's HTTP client (reqwest): paged polls, results, signed
+//! deletion confirmations, node registration and heartbeat. Answers are
+//! read with a size cap.
 
 use std::time::Duration;
 
+use reservation::node::{Registration, Uptime};
 use reservation::{Reservation, WorkloadResult};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::SourceError;
-
-/// Capacity in the protocol's units: cores, GiB of memory, SSD and HDD.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Capacity {
-    pub cru: u64,
-    pub mru: u64,
-    pub sru: u64,
-    pub hru: u64,
-}
-
-/// `POST /nodes` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeRegistration {
-    pub node_id: String,
-    pub url: String,
-    pub capacity: Capacity,
-}
 
 /// What one poll brought: reservations that parsed, deduplicated by id, and
 /// how many entries were skipped as malformed or repeated.
@@ -33,6 +18,41 @@ pub struct PollAnswer {
     pub reservations: Vec<Reservation>,
     pub malformed: usize,
     pub repeated: usize,
+}
+
+/// The largest reservation an honest explorer serves, in bytes: `data` of
+/// at most 64 KiB (the node refuses more) plus the other fields. A poll
+/// answer of `limit` entries is never read past `limit` times this.
+pub const MAX_RESERVATION_BYTES: usize = 64 * 1024 + 4 * 1024;
+
+/// Entries asked for in one poll (the protocol's default and maximum).
+pub const POLL_LIMIT: usize = 1000;
+
+/// Which page of the poll to ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollQuery {
+    /// Reservation number to start from.
+    pub from: u64,
+    /// `all=true`: expired and deleted ones too (the resync at start).
+    pub all: bool,
+    /// At most this many entries.
+    pub limit: usize,
+}
+
+impl PollQuery {
+    /// Bytes read of an answer to this query before it is dropped as too
+    /// large: `limit` × the largest reservation, at most `max_answer`. A
+    /// single entry may use the whole `max_answer`, so one oversized
+    /// reservation can still be read and refused with a signed error.
+    pub fn byte_cap(&self, max_answer: usize) -> usize {
+        if self.limit <= 1 {
+            max_answer
+        } else {
+            self.limit
+                .saturating_mul(MAX_RESERVATION_BYTES)
+                .min(max_answer)
+        }
+    }
 }
 
 /// Client of one explorer for one node.
@@ -117,8 +137,17 @@ impl ExplorerClient {
     }
 
     async fn check(&self, url: &str, resp: reqwest::Response) -> Result<Vec<u8>, SourceError> {
+        self.check_capped(url, resp, self.max_answer).await
+    }
+
+    async fn check_capped(
+        &self,
+        url: &str,
+        resp: reqwest::Response,
+        limit: usize,
+    ) -> Result<Vec<u8>, SourceError> {
         let status = resp.status();
-        let body = self.read_capped(url, resp, self.max_answer).await?;
+        let body = self.read_capped(url, resp, limit).await?;
         if !status.is_success() {
             return Err(SourceError::Status {
                 url: url.into(),
@@ -131,11 +160,21 @@ impl ExplorerClient {
         Ok(body)
     }
 
-    /// `GET /reservations/{node}/poll?from=N`.
-    pub async fn poll(&self, from: u64) -> Result<PollAnswer, SourceError> {
+    /// The configured cap on one answer, in bytes.
+    pub fn max_answer(&self) -> usize {
+        self.max_answer
+    }
+
+    /// `GET /reservations/{node}/poll?from=N&limit=L[&all=true]`, read up to
+    /// [`PollQuery::byte_cap`].
+    pub async fn poll(&self, q: PollQuery) -> Result<PollAnswer, SourceError> {
         let url = format!(
-            "{}/reservations/{}/poll?from={from}",
-            self.base, self.node_id
+            "{}/reservations/{}/poll?from={}&limit={}{}",
+            self.base,
+            self.node_id,
+            q.from,
+            q.limit,
+            if q.all { "&all=true" } else { "" }
         );
         let resp = self
             .http
@@ -144,7 +183,9 @@ impl ExplorerClient {
             .send()
             .await
             .map_err(|e| self.unreachable(&url, e))?;
-        let body = self.check(&url, resp).await?;
+        let body = self
+            .check_capped(&url, resp, q.byte_cap(self.max_answer))
+            .await?;
         parse_poll_answer(&url, &body)
     }
 
@@ -158,23 +199,24 @@ impl ExplorerClient {
         self.send(&url, self.http.put(&url).body(body)).await
     }
 
-    /// `PUT /reservations/{id}/deleted`.
-    pub async fn put_deleted(&self, id: &str) -> Result<(), SourceError> {
+    /// `PUT /reservations/{id}/deleted` with the node's signed
+    /// confirmation.
+    pub async fn put_deleted(&self, id: &str, signature: &str) -> Result<(), SourceError> {
         let url = format!("{}/reservations/{id}/deleted", self.base);
-        self.send(&url, self.http.put(&url)).await
+        let body = serde_json::json!({ "signature": signature });
+        self.send(&url, self.http.put(&url).json(&body)).await
     }
 
-    /// `POST /nodes`.
-    pub async fn register(&self, reg: &NodeRegistration) -> Result<(), SourceError> {
+    /// `POST /nodes` with a signed registration.
+    pub async fn register(&self, reg: &Registration) -> Result<(), SourceError> {
         let url = format!("{}/nodes", self.base);
         self.send(&url, self.http.post(&url).json(reg)).await
     }
 
-    /// `POST /nodes/{id}/uptime` with uptime seconds and used capacity.
-    pub async fn heartbeat(&self, uptime_s: u64, used: Capacity) -> Result<(), SourceError> {
+    /// `POST /nodes/{id}/uptime` with a signed heartbeat.
+    pub async fn heartbeat(&self, up: &Uptime) -> Result<(), SourceError> {
         let url = format!("{}/nodes/{}/uptime", self.base, self.node_id);
-        let body = serde_json::json!({"uptime": uptime_s, "used": used});
-        self.send(&url, self.http.post(&url).json(&body)).await
+        self.send(&url, self.http.post(&url).json(up)).await
     }
 
     async fn send(&self, url: &str, req: reqwest::RequestBuilder) -> Result<(), SourceError> {

@@ -90,7 +90,7 @@ mod tests {
             "created": created, "duration": expires_in_ms * 1_000_000,
         }))
         .unwrap();
-        let res = node.error_result("network", id, "x");
+        let res = node.error_result(&r, "x");
         store
             .record_provisioned(&store::Cached::new(r, res.clone()), &res)
             .unwrap();
@@ -152,7 +152,7 @@ mod tests {
         assert!(again.is_err(), "handed over twice: {again:?}");
         // Once handled (gone from the index) and a new one is due, only
         // the new one comes.
-        store.record_decommissioned("1-1", "network", None).unwrap();
+        store.record_decommissioned("1-1", "network", "c2ln", None).unwrap();
         cache(&store, "2-1", 0);
         let Some(Work::Due(ids)) = src.next().await else {
             panic!()

@@ -1,7 +1,8 @@
 //! Where reservations come from, and the explorer's HTTP client.
 //!
 //! - [`ReservationSource`]: the seam the engine pulls [`Work`] from.
-//! - [`PollSource`]: long-polls the explorer, from 0 once, then from the cursor.
+//! - [`PollSource`]: long-polls the explorer: a paged resync from 0 at
+//!   start, then from the cursor, shrinking a page that is too large.
 //! - [`DecommissionSource`]: wakes at the next expiry in the store's index.
 //! - [`CombinedSource`]: merges sources; ends when all of them end.
 //! - [`ExplorerClient`]: poll, put result, put deleted, register, heartbeat.
@@ -18,7 +19,8 @@ pub mod poll;
 use async_trait::async_trait;
 use reservation::Reservation;
 
-pub use client::{Capacity, ExplorerClient, NodeRegistration};
+pub use client::{ExplorerClient, PollQuery, MAX_RESERVATION_BYTES, POLL_LIMIT};
+pub use reservation::Capacity;
 pub use combined::CombinedSource;
 pub use decommission::DecommissionSource;
 pub use poll::{PollSource, PollStatus};
@@ -60,10 +62,13 @@ impl SourceError {
 #[derive(Debug)]
 pub enum Work {
     /// A poll answer: reservations (deduplicated by id) and the cursor to
-    /// persist once they are handled.
+    /// persist once they are handled. `synced` is set once every
+    /// reservation the explorer knows has been handed over (the last page
+    /// of the resync at start, and every live poll after it).
     Poll {
         reservations: Vec<Reservation>,
         cursor: u64,
+        synced: bool,
     },
     /// Cached reservations whose decommission time has come.
     Due(Vec<String>),

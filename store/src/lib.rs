@@ -70,9 +70,10 @@ pub struct Store {
     outbox: sled::Tree,
     /// cursor and per-type counters.
     meta: sled::Tree,
-    /// user signature -> reservation id, of every provisioned reservation:
-    /// ids are the explorer's, so only this catches a signed reservation
-    /// replayed under a new id.
+    /// user signature -> reservation id, of every reservation judged
+    /// (provisioned or refused) whose signature verified: ids are the
+    /// explorer's, so only this catches a signed reservation replayed under
+    /// a new id, also one refused earlier (its user was told it failed).
     signatures: sled::Tree,
 }
 
@@ -152,8 +153,8 @@ impl Store {
         Ok(self.cache.contains_key(id)?)
     }
 
-    /// The id under which a reservation with this user signature was
-    /// provisioned, if any.
+    /// The id under which a reservation with this user signature was first
+    /// judged, if any.
     pub fn signature_owner(&self, signature: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .signatures
@@ -215,33 +216,53 @@ impl Store {
     }
 
     /// Record a refusal (or any outcome that caches nothing) with its signed
-    /// error result into the outbox, atomically.
-    pub fn record_refused(&self, result: &WorkloadResult) -> Result<u64, StoreError> {
+    /// error result into the outbox, atomically. `verified_signature` is
+    /// the reservation's user signature when it verified (empty otherwise):
+    /// it enters the replay index, so the same signed reservation cannot be
+    /// provisioned later under another id after its user was told it
+    /// failed. An unverified signature is not indexed: anyone can copy a
+    /// signature onto garbage, and that must not block the real one.
+    pub fn record_refused(
+        &self,
+        result: &WorkloadResult,
+        verified_signature: &str,
+    ) -> Result<u64, StoreError> {
         let outcome = records::encode(&Outcome::new(OutcomeState::Refused, &result.error));
         let out = records::encode(&Outbound::Result(result.clone()));
         let id = result.id.clone();
-        let seq = (&self.outcomes, &self.outbox).transaction(|(outcomes, outbox)| {
-            let seq = outbox.generate_id()?;
-            outbox.insert(&seq.to_be_bytes(), out.as_slice())?;
-            outcomes.insert(id.as_bytes(), outcome.as_slice())?;
-            Ok(seq)
-        })?;
+        let sig = verified_signature.to_string();
+        let seq = (&self.outcomes, &self.outbox, &self.signatures).transaction(
+            |(outcomes, outbox, sigs)| {
+                let seq = outbox.generate_id()?;
+                outbox.insert(&seq.to_be_bytes(), out.as_slice())?;
+                outcomes.insert(id.as_bytes(), outcome.as_slice())?;
+                if !sig.is_empty() && sigs.get(sig.as_bytes())?.is_none() {
+                    sigs.insert(sig.as_bytes(), id.as_bytes())?;
+                }
+                Ok(seq)
+            },
+        )?;
         Ok(seq)
     }
 
     /// Record that `id` is decommissioned: it leaves the cache and the
     /// expiry index, is marked deleted, and `PUT /deleted` enters the outbox.
-    /// `error` is set when the node gave up on it (crash policy), empty
-    /// otherwise; `result` is an error result to post too, if any.
+    /// `confirmation` is the node's signature of the deletion
+    /// (`deleted-v2`); `result` is an error result to post too, if any (the
+    /// node gave up on it: crash policy).
     pub fn record_decommissioned(
         &self,
         id: &str,
         kind: &str,
+        confirmation: &str,
         result: Option<&WorkloadResult>,
     ) -> Result<u64, StoreError> {
         let error = result.map(|r| r.error.as_str()).unwrap_or("");
         let outcome = records::encode(&Outcome::new(OutcomeState::Deleted, error));
-        let deleted = records::encode(&Outbound::Deleted { id: id.to_string() });
+        let deleted = records::encode(&Outbound::Deleted {
+            id: id.to_string(),
+            signature: confirmation.to_string(),
+        });
         let res = result.map(|r| records::encode(&Outbound::Result(r.clone())));
         let seq = (
             &self.cache,
@@ -271,12 +292,16 @@ impl Store {
     }
 
     /// Queue a bare `PUT /deleted` for `id` (the explorer asks again about
-    /// a deletion the node already carried out).
-    pub fn queue_deleted(&self, id: &str) -> Result<u64, StoreError> {
+    /// a deletion the node already carried out), with the node's signed
+    /// `confirmation`.
+    pub fn queue_deleted(&self, id: &str, confirmation: &str) -> Result<u64, StoreError> {
         let seq = self.db.generate_id()?;
         self.outbox.insert(
             seq.to_be_bytes(),
-            records::encode(&Outbound::Deleted { id: id.to_string() }),
+            records::encode(&Outbound::Deleted {
+                id: id.to_string(),
+                signature: confirmation.to_string(),
+            }),
         )?;
         Ok(seq)
     }

@@ -74,15 +74,21 @@ impl Outcome {
 pub enum Outbound {
     /// `PUT /reservations/{id}` with the signed result.
     Result(WorkloadResult),
-    /// `PUT /reservations/{id}/deleted`.
-    Deleted { id: String },
+    /// `PUT /reservations/{id}/deleted` with the node's signature
+    /// (`deleted-v2`). Records written before protocol version 2 have none;
+    /// the explorer refuses those and delivery drops them.
+    Deleted {
+        id: String,
+        #[serde(default)]
+        signature: String,
+    },
 }
 
 impl Outbound {
     pub fn id(&self) -> &str {
         match self {
             Outbound::Result(r) => &r.id,
-            Outbound::Deleted { id } => id,
+            Outbound::Deleted { id, .. } => id,
         }
     }
 }

@@ -15,9 +15,28 @@ fn reservation(id: &str, kind: &str, created: DateTime<Utc>, secs: i64) -> Reser
     .unwrap()
 }
 
+/// Open the store in `dir`, waiting for a handle this process just dropped
+/// to let go of sled's file lock: sled's background flusher may still hold
+/// it for a moment, and under load `open` then fails with `WouldBlock`.
+fn reopen(dir: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match Store::open(dir) {
+            Ok(s) => return s,
+            Err(StoreError::Open { source: sled::Error::Io(e), .. })
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopen {}: {e}", dir.display()),
+        }
+    }
+}
+
 fn provision(s: &Store, node: &Identity, r: Reservation) -> u64 {
     let res = node
-        .ok_result(&r.kind, &r.id, &serde_json::json!({"volume_id": r.id}))
+        .ok_result(&r, &serde_json::json!({"volume_id": r.id}))
         .unwrap();
     s.record_provisioned(&Cached::new(r, res.clone()), &res)
         .unwrap()
@@ -68,7 +87,7 @@ fn decommission_clears_index_and_queues_deleted() {
     for e in s.outbox_peek(10).unwrap() {
         s.outbox_ack(e.seq).unwrap();
     }
-    s.record_decommissioned("1-1", "volume", None).unwrap();
+    s.record_decommissioned("1-1", "volume", "c2ln", None).unwrap();
     assert!(!s.is_cached("1-1").unwrap());
     assert_eq!(s.counters().unwrap()["volume"], 0);
     assert!(s.next_expiry().unwrap().is_none());
@@ -78,9 +97,9 @@ fn decommission_clears_index_and_queues_deleted() {
     );
     let out = s.outbox_peek(10).unwrap();
     assert_eq!(out.len(), 1);
-    assert!(matches!(&out[0].item, Outbound::Deleted { id } if id == "1-1"));
+    assert!(matches!(&out[0].item, Outbound::Deleted { id, signature } if id == "1-1" && signature == "c2ln"));
     // Twice is harmless: the counter does not go negative.
-    s.record_decommissioned("1-1", "volume", None).unwrap();
+    s.record_decommissioned("1-1", "volume", "c2ln", None).unwrap();
     assert_eq!(s.counters().unwrap()["volume"], 0);
 }
 
@@ -107,13 +126,16 @@ fn survives_reopen_and_cursor_never_moves_back() {
     {
         let s = Store::open(dir.path()).unwrap();
         provision(&s, &node, reservation("1-1", "volume", Utc::now(), 10));
-        let refused = node.error_result("volume", "2-1", "data.size: must be > 0 GiB");
-        s.record_refused(&refused).unwrap();
+        let refused = node.error_result(
+            &reservation("2-1", "volume", Utc::now(), 10),
+            "data.size: must be > 0 GiB",
+        );
+        s.record_refused(&refused, "").unwrap();
         s.set_cursor(7).unwrap();
         s.set_cursor(3).unwrap();
         s.flush().unwrap();
     }
-    let s = Store::open(dir.path()).unwrap();
+    let s = reopen(dir.path());
     assert_eq!(s.cursor().unwrap(), 7);
     assert!(s.is_cached("1-1").unwrap());
     let o = s.outcome("2-1").unwrap().unwrap();
@@ -122,6 +144,26 @@ fn survives_reopen_and_cursor_never_moves_back() {
     let out = s.outbox_peek(10).unwrap();
     assert_eq!(out.len(), 2);
     assert!(out[0].seq < out[1].seq, "outbox keeps order");
+}
+
+#[test]
+fn refused_signatures_enter_the_replay_index_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let r = reservation("5-1", "volume", Utc::now(), 10);
+    s.record_refused(&node.error_result(&r, "not enough capacity"), "sigA")
+        .unwrap();
+    assert_eq!(s.signature_owner("sigA").unwrap().as_deref(), Some("5-1"));
+    // The first id stays the owner.
+    let r2 = reservation("6-1", "volume", Utc::now(), 10);
+    s.record_refused(&node.error_result(&r2, "replay"), "sigA")
+        .unwrap();
+    assert_eq!(s.signature_owner("sigA").unwrap().as_deref(), Some("5-1"));
+    // An unverified signature (empty here) is never indexed.
+    s.record_refused(&node.error_result(&r2, "bad signature"), "")
+        .unwrap();
+    assert_eq!(s.signature_owner("").unwrap(), None);
 }
 
 #[test]

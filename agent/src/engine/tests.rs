@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use provisioners::Provisioner;
 use reservation::seal_for;
+use chrono::Timelike;
 use serde_json::json;
 use store::Outbound;
 
@@ -99,7 +100,7 @@ fn fixture() -> Fixture {
 impl Fixture {
     fn reservation(&self, id: &str, kind: &str, data: serde_json::Value) -> Reservation {
         let mut r: Reservation = serde_json::from_value(json!({
-            "id": id, "node_id": self.node.id(), "user_id": self.user.id(), "type": kind,
+            "id": id, "version": 2, "node_id": self.node.id(), "user_id": self.user.id(), "type": kind,
             "data": data, "created": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "duration": 3_600_000_000_000i64,
         }))
@@ -124,11 +125,12 @@ impl Fixture {
             .collect()
     }
 
-    fn only_error(&self) -> String {
+    /// The one result posted, an error for `res`, signed by the node.
+    fn only_error(&self, res: &Reservation) -> String {
         let r = self.results();
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].state, reservation::ResultState::Error);
-        r[0].verify(self.node.id()).unwrap();
+        r[0].verify(self.node.id(), &res.signature).unwrap();
         assert_eq!(r[0].data.get(), "null");
         r[0].error.clone()
     }
@@ -142,6 +144,7 @@ impl Fixture {
             .handle(Work::Poll {
                 reservations: rs,
                 cursor: 1,
+                synced: true,
             })
             .await
             .unwrap();
@@ -152,12 +155,13 @@ impl Fixture {
 async fn provisions_once_and_posts_one_signed_result() {
     let mut f = fixture();
     let r = f.volume("1-1");
+    let r_sig = r.signature.clone();
     f.poll(vec![r.clone()]).await;
     f.poll(vec![r]).await;
     assert_eq!(f.calls(), ["provision volume 1-1"]);
     let res = f.results();
     assert_eq!(res.len(), 1);
-    res[0].verify(f.node.id()).unwrap();
+    res[0].verify(f.node.id(), &r_sig).unwrap();
     assert_eq!(res[0].data.get(), r#"{"id":"obj-1-1"}"#);
     assert!(f.store.is_cached("1-1").unwrap());
     assert_eq!(f.store.counters().unwrap()["volume"], 1);
@@ -214,6 +218,39 @@ async fn refusals_name_the_check_and_change_nothing() {
             "duration: must be > 0",
         ),
         (
+            Box::new(|f| {
+                let mut r = f.volume("1-1");
+                r.version = 0;
+                r.nonce.clear();
+                f.user.sign_reservation(&mut r);
+                r.nonce.clear();
+                r
+            }),
+            "protocol version 1 is not accepted; sign with version 2",
+        ),
+        (
+            Box::new(|f| {
+                let mut r = f.volume("1-1");
+                r.created = Some(
+                    (Utc::now() + chrono::Duration::minutes(10))
+                        .with_nanosecond(0)
+                        .unwrap(),
+                );
+                f.user.sign_reservation(&mut r);
+                r
+            }),
+            "in the future",
+        ),
+        (
+            Box::new(|f| {
+                let mut r = f.volume("1-1");
+                r.duration = 367 * 24 * 3_600_000_000_000;
+                f.user.sign_reservation(&mut r);
+                r
+            }),
+            "duration: 367 days is longer than this node's maximum of 366 days",
+        ),
+        (
             Box::new(|f| f.reservation("1-1", "vm", json!({}))),
             "unknown workload type \"vm\"",
         ),
@@ -246,7 +283,7 @@ async fn refusals_name_the_check_and_change_nothing() {
         let mut f = fixture();
         let r = make(&f);
         f.poll(vec![r.clone()]).await;
-        let err = f.only_error();
+        let err = f.only_error(&r);
         assert!(err.contains(want), "want {want:?} in {err:?}");
         assert!(f.calls().is_empty(), "a refusal must provision nothing");
         assert_eq!(f.store.cached_len(), 0);
@@ -292,7 +329,7 @@ async fn signed_deletion_decommissions_forged_one_changes_nothing() {
     let mut forged = r.clone();
     forged.to_delete = true;
     forged.user_id = mallory.id().to_string();
-    forged.delete_signature = Some(mallory.sign_delete("1-1"));
+    forged.delete_signature = Some(mallory.sign_delete(&r.signature));
     f.poll(vec![forged.clone()]).await;
     let mut unsigned = r.clone();
     unsigned.to_delete = true;
@@ -300,9 +337,21 @@ async fn signed_deletion_decommissions_forged_one_changes_nothing() {
     assert!(f.store.is_cached("1-1").unwrap());
     assert_eq!(f.calls(), ["provision volume 1-1"]);
 
+    // The user's real deletion, but of another reservation (same fields,
+    // another nonce), handed over under this id: bound to the other one.
+    let mut other = f.volume("1-1");
+    other.nonce = reservation::new_nonce();
+    f.user.sign_reservation(&mut other);
+    let mut moved = r.clone();
+    moved.to_delete = true;
+    moved.delete_signature = Some(f.user.sign_delete(&other.signature));
+    f.poll(vec![moved]).await;
+    assert!(f.store.is_cached("1-1").unwrap());
+    assert_eq!(f.calls(), ["provision volume 1-1"]);
+
     let mut del = r.clone();
     del.to_delete = true;
-    del.delete_signature = Some(f.user.sign_delete("1-1"));
+    del.delete_signature = Some(f.user.sign_delete(&r.signature));
     f.poll(vec![del]).await;
     assert_eq!(f.calls(), ["provision volume 1-1", "decommission 1-1"]);
     assert!(!f.store.is_cached("1-1").unwrap());
@@ -314,6 +363,16 @@ async fn signed_deletion_decommissions_forged_one_changes_nothing() {
         .filter(|e| matches!(e.item, Outbound::Deleted { .. }))
         .collect();
     assert_eq!(deleted.len(), 1);
+    // The confirmation is signed by the node for this reservation.
+    match &deleted[0].item {
+        Outbound::Deleted { id, signature } => {
+            let mut check = r.clone();
+            check.node_id = f.node.id().to_string();
+            check.verify_deleted(signature).unwrap();
+            assert_eq!(id, "1-1");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -323,9 +382,10 @@ async fn failed_provisioning_is_rolled_back_and_refused() {
         "image \"nope\" is not present and cannot be pulled".into(),
     ));
     let mut f = fixture_with(rec, &[WorkloadType::Volume]);
-    f.poll(vec![f.volume("1-1")]).await;
+    let r = f.volume("1-1");
+    f.poll(vec![r.clone()]).await;
     assert_eq!(f.calls(), ["provision volume 1-1", "decommission 1-1"]);
-    assert!(f.only_error().contains("image \"nope\""));
+    assert!(f.only_error(&r).contains("image \"nope\""));
 }
 
 #[tokio::test]
@@ -335,8 +395,9 @@ async fn stuck_provisioning_hits_the_deadline() {
         ..Default::default()
     };
     let mut f = fixture_with(rec, &[WorkloadType::Volume]);
-    f.poll(vec![f.volume("1-1")]).await;
-    assert!(f.only_error().contains("did not finish within"));
+    let r = f.volume("1-1");
+    f.poll(vec![r.clone()]).await;
+    assert!(f.only_error(&r).contains("did not finish within"));
 }
 
 #[tokio::test]
@@ -446,7 +507,8 @@ async fn admission_charges_refuses_and_releases() {
 #[tokio::test]
 async fn crash_give_up_decommissions_with_a_signed_error() {
     let mut f = fixture();
-    f.poll(vec![f.volume("1-1")]).await;
+    let r = f.volume("1-1");
+    f.poll(vec![r.clone()]).await;
     f.engine
         .give_up(GiveUp {
             id: "1-1".into(),
@@ -465,7 +527,7 @@ async fn crash_give_up_decommissions_with_a_signed_error() {
         .filter(|r| r.state == reservation::ResultState::Error)
         .collect();
     assert_eq!(errs.len(), 1);
-    errs[0].verify(f.node.id()).unwrap();
+    errs[0].verify(f.node.id(), &r.signature).unwrap();
     assert!(errs[0].error.starts_with("workload crashed 5 times"));
     assert_eq!(
         f.store.outcome("1-1").unwrap().unwrap().state,
@@ -493,7 +555,7 @@ async fn engine_drives_docker_provisioners_through_the_narrow_seam() {
     let user = Identity::generate();
     let mk = |id: &str, kind: &str, data: serde_json::Value| {
         let mut r: Reservation = serde_json::from_value(json!({
-            "id": id, "node_id": node.id(), "user_id": user.id(), "type": kind, "data": data,
+            "id": id, "version": 2, "node_id": node.id(), "user_id": user.id(), "type": kind, "data": data,
             "created": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "duration": 3_600_000_000_000i64,
         }))
@@ -510,6 +572,7 @@ async fn engine_drives_docker_provisioners_through_the_narrow_seam() {
         .handle(Work::Poll {
             reservations: vec![ct.clone()],
             cursor: 2,
+            synced: true,
         })
         .await
         .unwrap();
@@ -525,6 +588,7 @@ async fn engine_drives_docker_provisioners_through_the_narrow_seam() {
         .handle(Work::Poll {
             reservations: vec![ct],
             cursor: 2,
+            synced: true,
         })
         .await
         .unwrap();
@@ -545,9 +609,82 @@ async fn a_signed_reservation_replayed_under_a_new_id_is_refused() {
     f.poll(vec![replay]).await;
     assert_eq!(f.calls(), ["provision volume 1-1"]);
     let err = f.results().into_iter().find(|x| x.id == "2-1").unwrap();
-    assert!(
-        err.error.contains("already provisioned as 1-1"),
-        "{}",
-        err.error
+    assert!(err.error.contains("already judged as 1-1"), "{}", err.error);
+}
+
+#[tokio::test]
+async fn a_refused_reservation_replayed_under_a_new_id_stays_refused() {
+    let mut f = fixture();
+    f.engine = Engine::new(
+        f.node.clone(),
+        f.store.clone(),
+        {
+            let mut reg = Registry::new();
+            reg.register(WorkloadType::Container, f.rec.clone());
+            reg
+        },
+        EngineConfig::default(),
+        Arc::default(),
+    )
+    .with_ledger(tiny_ledger());
+    // Too big for the node: refused, its user is told it failed.
+    let big = f.reservation(
+        "1-1",
+        "container",
+        json!({"flist": "img", "capacity": {"cpu": 1, "memory": 4096}}),
     );
+    f.poll(vec![big.clone()]).await;
+    // Capacity frees up (nothing else runs), and the explorer hands the
+    // same signed reservation over under a new id.
+    let mut replay = big.clone();
+    replay.id = "2-1".into();
+    f.poll(vec![replay]).await;
+    assert!(f.calls().is_empty(), "{:?}", f.calls());
+    let err = f.results().into_iter().find(|x| x.id == "2-1").unwrap();
+    assert!(err.error.contains("already judged as 1-1"), "{}", err.error);
+}
+
+#[tokio::test]
+async fn identical_reservations_with_fresh_nonces_are_all_provisioned() {
+    let mut f = fixture();
+    let rs: Vec<_> = ["1-1", "2-1", "3-1"].iter().map(|id| f.volume(id)).collect();
+    assert!(rs[0].nonce != rs[1].nonce && rs[1].nonce != rs[2].nonce);
+    f.poll(rs).await;
+    assert_eq!(f.calls().len(), 3, "{:?}", f.calls());
+    assert_eq!(f.store.cached_len(), 3);
+}
+
+#[tokio::test]
+async fn an_id_outside_the_grammar_gets_nothing_signed() {
+    let mut f = fixture();
+    for id in ["157-1ok", "", "1-1-1", "a-1", "12-1\n"] {
+        let mut r = f.volume("1-1");
+        r.id = id.into();
+        f.poll(vec![r]).await;
+    }
+    assert!(f.calls().is_empty());
+    assert!(f.store.outbox_peek(10).unwrap().is_empty(), "nothing signed");
+}
+
+#[tokio::test]
+async fn orphans_wait_for_the_last_resync_page() {
+    let mut f = fixture();
+    f.engine
+        .handle(Work::Poll {
+            reservations: vec![f.volume("1-1")],
+            cursor: 2,
+            synced: false,
+        })
+        .await
+        .unwrap();
+    assert!(!f.engine.shared().first_poll_done.load(Ordering::SeqCst));
+    f.engine
+        .handle(Work::Poll {
+            reservations: vec![f.volume("2-1")],
+            cursor: 3,
+            synced: true,
+        })
+        .await
+        .unwrap();
+    assert!(f.engine.shared().first_poll_done.load(Ordering::SeqCst));
 }

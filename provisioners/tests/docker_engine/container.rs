@@ -406,7 +406,7 @@ async fn a_taken_static_ip_or_host_port_is_refused_and_cleaned_up() {
     let user = Identity::generate();
     let subnet = common::unique_subnet();
     e.network(&mut g, &user, "n", &subnet).await;
-    let port = 20000 + (common::unique_number() % 20000) as u16;
+    let port = common::free_host_port();
     let ip = host(&subnet, 9);
     let (r, w) = reservation(
         &user,

@@ -1,0 +1,162 @@
+//! The node's own signed messages to the explorer: registration
+//! (`POST /nodes`) and heartbeat (`POST /nodes/{node_id}/uptime`).
+//!
+//! Both carry a capacity object signed as its exact JSON bytes and a unix
+//! millisecond `timestamp`; the explorer accepts a message only within 5
+//! minutes of its clock and newer than the last one it accepted for that
+//! node, so a captured message cannot be replayed.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::frame::{self, frame};
+use crate::{Error, Identity};
+
+/// How far a node message's `timestamp` may be from the explorer's clock.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// Capacity in the protocol's units: `cru` CPU cores, `mru` memory GiB,
+/// `sru` SSD GiB, `hru` HDD GiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub cru: u64,
+    pub mru: u64,
+    pub sru: u64,
+    pub hru: u64,
+}
+
+/// Body of `POST /nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registration {
+    pub node_id: String,
+    /// Where the node can be reached.
+    pub url: String,
+    /// Signed as these exact bytes.
+    pub capacity: Box<RawValue>,
+    /// Unix milliseconds.
+    pub timestamp: i64,
+    #[serde(default)]
+    pub signature: String,
+}
+
+/// Body of `POST /nodes/{node_id}/uptime`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Uptime {
+    /// Seconds since the agent started.
+    pub uptime: u64,
+    /// Capacity used by workloads, signed as these exact bytes.
+    pub used: Box<RawValue>,
+    /// Unix milliseconds.
+    pub timestamp: i64,
+    #[serde(default)]
+    pub signature: String,
+}
+
+fn raw(c: &Capacity) -> Box<RawValue> {
+    // Four integers always serialize.
+    RawValue::from_string(serde_json::to_string(c).expect("capacity serializes"))
+        .expect("capacity is JSON")
+}
+
+impl Registration {
+    /// `frame("node-v2", node_id, url, capacity, decimal(timestamp))`.
+    pub fn signing_message(&self) -> Vec<u8> {
+        let ts = self.timestamp.to_string();
+        frame(&[
+            frame::NODE.as_bytes(),
+            self.node_id.as_bytes(),
+            self.url.as_bytes(),
+            self.capacity.get().as_bytes(),
+            ts.as_bytes(),
+        ])
+    }
+
+    /// A registration signed by `node`.
+    pub fn signed(node: &Identity, url: &str, capacity: &Capacity, timestamp: i64) -> Self {
+        let mut r = Registration {
+            node_id: node.id().to_string(),
+            url: url.to_string(),
+            capacity: raw(capacity),
+            timestamp,
+            signature: String::new(),
+        };
+        r.signature = node.sign(&r.signing_message());
+        r
+    }
+
+    /// Verify the signature against `node_id`.
+    pub fn verify(&self) -> Result<(), Error> {
+        crate::verify_signature(&self.node_id, &self.signing_message(), &self.signature).map_err(
+            |e| Error::BadSignature {
+                what: "node registration signature".into(),
+                reason: e.to_string(),
+            },
+        )
+    }
+}
+
+impl Uptime {
+    /// `frame("node-v2", node_id, "uptime", decimal(uptime), used,
+    /// decimal(timestamp))`.
+    pub fn signing_message(&self, node_id: &str) -> Vec<u8> {
+        let up = self.uptime.to_string();
+        let ts = self.timestamp.to_string();
+        frame(&[
+            frame::NODE.as_bytes(),
+            node_id.as_bytes(),
+            b"uptime",
+            up.as_bytes(),
+            self.used.get().as_bytes(),
+            ts.as_bytes(),
+        ])
+    }
+
+    /// A heartbeat signed by `node`.
+    pub fn signed(node: &Identity, uptime: u64, used: &Capacity, timestamp: i64) -> Self {
+        let mut u = Uptime {
+            uptime,
+            used: raw(used),
+            timestamp,
+            signature: String::new(),
+        };
+        u.signature = node.sign(&u.signing_message(node.id()));
+        u
+    }
+
+    /// Verify the signature against `node_id` (from the request path).
+    pub fn verify(&self, node_id: &str) -> Result<(), Error> {
+        crate::verify_signature(node_id, &self.signing_message(node_id), &self.signature).map_err(
+            |e| Error::BadSignature {
+                what: "uptime signature".into(),
+                reason: e.to_string(),
+            },
+        )
+    }
+}
+
+/// Whether a node message's `timestamp` is acceptable at `now_ms`: within
+/// 5 minutes of it, and newer than `last_ms` (the last one accepted for the
+/// node). The error says which rule failed.
+pub fn check_timestamp(timestamp: i64, now_ms: i64, last_ms: Option<i64>) -> Result<(), Error> {
+    let skew = timestamp.saturating_sub(now_ms).saturating_abs();
+    if skew > MAX_CLOCK_SKEW_MS {
+        return Err(Error::Field {
+            field: "timestamp".into(),
+            message: format!(
+                "{timestamp} is {}s away from this explorer's clock ({now_ms}); at most 300s is accepted",
+                skew / 1000
+            ),
+        });
+    }
+    if let Some(last) = last_ms {
+        if timestamp <= last {
+            return Err(Error::Field {
+                field: "timestamp".into(),
+                message: format!(
+                    "{timestamp} is not newer than the last accepted ({last}): a replayed or reordered message"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
