@@ -273,6 +273,7 @@ fn signed(
     let created = chrono::DateTime::from_timestamp(created, 0).unwrap_or_default();
     let mut r: Reservation = serde_json::from_value(json!({
         "id": "",
+        "version": 2,
         "node_id": node,
         "user_id": user.id(),
         "type": "container",
@@ -865,8 +866,10 @@ fn seed(root: &Root, posted: &[(String, Reservation)]) -> Result<f64> {
     let store = Store::open(&root.root.join("cache"))?;
     for (id, r) in posted {
         let data = json!({"id": format!("{:064x}", r.id.len() * 7919), "ipv4": ""});
-        let res = root.node.ok_result(&r.kind, id, &data)?;
-        store.record_provisioned(&Cached::new(r.clone(), res.clone()), &res)?;
+        let mut r = r.clone();
+        r.id = id.clone();
+        let res = root.node.ok_result(&r, &data)?;
+        store.record_provisioned(&Cached::new(r, res.clone()), &res)?;
     }
     loop {
         let batch = store.outbox_peek(1000)?;

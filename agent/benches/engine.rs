@@ -53,6 +53,7 @@ fn reservations(node: &Identity, n: usize) -> Vec<Reservation> {
         .map(|i| {
             let mut r: Reservation = serde_json::from_value(serde_json::json!({
                 "id": format!("{i}-1"),
+                "version": 2,
                 "node_id": node.id(),
                 "user_id": user.id(),
                 "type": "container",
@@ -98,6 +99,7 @@ fn run_once(
         .map(|(i, a)| Work::Poll {
             reservations: a.clone(),
             cursor: i as u64 + 1,
+            synced: true,
         })
         .collect();
     let total: usize = answers.iter().map(Vec::len).sum();
@@ -203,7 +205,7 @@ fn bench(c: &mut Criterion) {
             for _ in 0..iters {
                 for r in &all {
                     let data = serde_json::json!({"id": format!("noop-{}", r.id)});
-                    node.ok_result(&r.kind, &r.id, &data).expect("signs");
+                    node.ok_result(r, &data).expect("signs");
                 }
             }
             start.elapsed()
@@ -213,7 +215,7 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|r| {
             let data = serde_json::json!({"id": format!("noop-{}", r.id)});
-            let res = node.ok_result(&r.kind, &r.id, &data).expect("signs");
+            let res = node.ok_result(r, &data).expect("signs");
             (store::Cached::new(r.clone(), res.clone()), res)
         })
         .collect();

@@ -443,6 +443,7 @@ mod tests {
             signature: String::new(),
             to_delete: false,
             delete_signature: None,
+            ..Default::default()
         };
         let w = Workload::parse(kind, &r.data).unwrap();
         (r, w)

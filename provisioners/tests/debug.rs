@@ -99,6 +99,7 @@ fn debug_reservation(
         signature: String::new(),
         to_delete: false,
         delete_signature: None,
+        ..Default::default()
     };
     user.sign_reservation(&mut r);
     let w = Workload::parse(WorkloadType::Debug, &r.data).unwrap();

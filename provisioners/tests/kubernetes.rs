@@ -103,6 +103,7 @@ fn reservation(node: &Identity, user: &Identity, kind: &str, data: &Value) -> Re
         signature: String::new(),
         to_delete: false,
         delete_signature: None,
+        ..Default::default()
     };
     user.sign_reservation(&mut r);
     r

@@ -108,6 +108,7 @@ impl Setup {
             signature: String::new(),
             to_delete: false,
             delete_signature: None,
+            ..Default::default()
         };
         self.user.sign_reservation(&mut r);
         let w = Workload::parse(WorkloadType::Zdb, &r.data).unwrap();

@@ -33,7 +33,7 @@ async fn signed_reservation_result_and_signed_deletion() -> anyhow::Result<()> {
         .await?;
     let res = explorer.wait_result(&id).await?;
     assert_eq!(res.state, ResultState::Ok, "{}", res.error);
-    res.verify(&agent.node_id)?; // signed by the node key
+    explorer.verify(&res, &agent.node_id).await?; // signed by the node key, for this reservation
     let (_, nets, _) = labelled(&agent.node_id, &id);
     assert_eq!(nets.len(), 1, "one labelled docker network");
 
@@ -49,9 +49,9 @@ async fn signed_reservation_result_and_signed_deletion() -> anyhow::Result<()> {
 
     // A forged deletion does not even pass the explorer...
     let mallory = Identity::generate();
-    assert_eq!(explorer.delete(&id, &mallory.sign_delete(&id)).await?, 400);
+    assert_eq!(explorer.delete_as(&mallory, &id).await?, 400);
     // ...and the signed one decommissions it.
-    assert_eq!(explorer.delete(&id, &user.sign_delete(&id)).await?, 200);
+    assert_eq!(explorer.delete_as(&user, &id).await?, 200);
     explorer.wait_deleted(&id).await?;
     assert!(
         labelled(&agent.node_id, &id).1.is_empty(),
@@ -115,7 +115,7 @@ async fn refusals_get_signed_errors_and_the_agent_keeps_running() -> anyhow::Res
             res.error
         );
         assert_eq!(res.data.get(), "null");
-        res.verify(&node)?;
+        explorer.verify(&res, &node).await?;
         assert!(
             labelled(&agent.node_id, id) == (vec![], vec![], vec![]),
             "refusal changed nothing for {id}"

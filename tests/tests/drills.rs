@@ -85,7 +85,7 @@ async fn explorer_down_two_minutes_while_work_and_deletions_queue() -> anyhow::R
         );
     }
     assert_eq!(
-        explorer.delete(&doomed, &user.sign_delete(&doomed)).await?,
+        explorer.delete_as(&user, &doomed).await?,
         200
     );
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -107,7 +107,8 @@ async fn explorer_down_two_minutes_while_work_and_deletions_queue() -> anyhow::R
 
     proxy.set(UP);
     for id in &queued {
-        explorer.wait_result(id).await?.verify(&node)?;
+        let res = explorer.wait_result(id).await?;
+        explorer.verify(&res, &node).await?;
     }
     for id in &short {
         explorer.wait_deleted(id).await?;

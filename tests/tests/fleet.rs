@@ -145,7 +145,7 @@ async fn a_container_that_keeps_crashing_is_given_up() -> anyhow::Result<()> {
         },
     )
     .await?;
-    give_up.verify(&agent.node_id)?;
+    explorer.verify(&give_up, &agent.node_id).await?;
     assert!(
         give_up.error.starts_with("workload crashed"),
         "{}",

@@ -46,7 +46,7 @@ async fn crash_at(fault: &str) -> anyhow::Result<()> {
     agent.spawn().await?;
     let res = explorer.wait_result(&id).await?;
     assert_eq!(res.state, ResultState::Ok, "{}", res.error);
-    res.verify(&agent.node_id)?;
+    explorer.verify(&res, &agent.node_id).await?;
     // Let the restarted agent settle, then count.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -135,7 +135,7 @@ async fn explorer_outage_results_wait_in_the_outbox_across_a_restart() -> anyhow
     proxy.set(UP);
     for id in &ids {
         let r = explorer.wait_result(id).await?;
-        r.verify(&node)?;
+        explorer.verify(&r, &node).await?;
     }
     wait_for("outbox drained", Duration::from_secs(30), || async {
         (agent.status().ok()?["pending_results"] == 0).then_some(())

@@ -72,7 +72,7 @@ async fn zdb_namespace_with_sealed_password() -> anyhow::Result<()> {
     assert_eq!(right, "OK");
     assert!(!agent.log().contains("pw-e2e"), "no plaintext in the logs");
     // Signed deletion: NSDEL, and the last namespace takes the container.
-    explorer.delete(&id, &user.sign_delete(&id)).await?;
+    explorer.delete_as(&user, &id).await?;
     explorer.wait_deleted(&id).await?;
     Ok(())
 }

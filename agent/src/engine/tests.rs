@@ -193,7 +193,11 @@ async fn refusals_name_the_check_and_change_nothing() {
         (
             Box::new(|f| {
                 let mut r = f.volume("1-1");
-                r.created = Some(Utc::now() - chrono::Duration::hours(2));
+                r.created = Some(
+                    (Utc::now() - chrono::Duration::hours(2))
+                        .with_nanosecond(0)
+                        .unwrap(),
+                );
                 f.user.sign_reservation(&mut r);
                 r
             }),

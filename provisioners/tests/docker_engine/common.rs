@@ -145,6 +145,7 @@ pub fn reservation(
         signature: String::new(),
         to_delete: false,
         delete_signature: None,
+        ..Default::default()
     };
     user.sign_reservation(&mut r);
     let w = Workload::parse(kind, &r.data).expect("valid workload data");

@@ -175,6 +175,30 @@ impl Explorer {
         .await
     }
 
+    /// The user signature of reservation `id`, as the explorer serves it.
+    pub async fn signature_of(&self, id: &str) -> Result<String> {
+        let v = self.get(id).await?;
+        Ok(v["signature"]
+            .as_str()
+            .with_context(|| format!("no reservation {id}: {v}"))?
+            .to_string())
+    }
+
+    /// Check `res` as a user does: signed by `node` for the reservation
+    /// the user signed (its signature as the explorer serves it).
+    pub async fn verify(&self, res: &WorkloadResult, node: &str) -> Result<()> {
+        let sig = self.signature_of(&res.id).await?;
+        res.verify(node, &sig)?;
+        Ok(())
+    }
+
+    /// `DELETE` reservation `id` as `user` does: fetch the reservation and
+    /// sign its signature. Returns the status.
+    pub async fn delete_as(&self, user: &Identity, id: &str) -> Result<u16> {
+        let sig = self.signature_of(id).await?;
+        self.delete(id, &user.sign_delete(&sig)).await
+    }
+
     pub async fn delete(&self, id: &str, signature: &str) -> Result<u16> {
         Ok(reqwest::Client::new()
             .delete(format!("{}/reservations/{id}", self.url))
@@ -215,6 +239,7 @@ pub fn signed(
 ) -> Reservation {
     let mut r: Reservation = serde_json::from_value(json!({
         "id": "",
+        "version": 2,
         "node_id": node,
         "user_id": user.id(),
         "type": kind,

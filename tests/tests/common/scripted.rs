@@ -28,7 +28,12 @@ pub struct Script {
     pub answers: Vec<Answer>,
     pub served: usize,
     pub results: Vec<WorkloadResult>,
+    /// Ids of the deletion confirmations (`PUT .../deleted`) received.
     pub deleted: Vec<String>,
+    /// Their node signatures, in the same order.
+    pub deleted_signatures: Vec<String>,
+    /// Query strings of the polls received, in order.
+    pub polls: Vec<String>,
 }
 
 pub type Shared = Arc<Mutex<Script>>;
@@ -54,8 +59,12 @@ pub async fn start() -> (String, Shared) {
         .route(
             "/reservations/:id/deleted",
             put(
-                |State(s): State<Shared>, Path(id): Path<String>| async move {
-                    s.lock().unwrap().deleted.push(id);
+                |State(s): State<Shared>, Path(id): Path<String>, body: String| async move {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let mut s = s.lock().unwrap();
+                    s.deleted.push(id);
+                    s.deleted_signatures
+                        .push(v["signature"].as_str().unwrap_or_default().to_string());
                     "ok"
                 },
             ),
@@ -74,9 +83,10 @@ pub fn set(script: &Shared, answers: Vec<Answer>) {
     s.served = 0;
 }
 
-async fn poll(State(s): State<Shared>) -> Response {
+async fn poll(State(s): State<Shared>, uri: axum::http::Uri) -> Response {
     let answer = {
         let mut s = s.lock().unwrap();
+        s.polls.push(uri.query().unwrap_or_default().to_string());
         let i = s.served.min(s.answers.len() - 1);
         s.served += 1;
         s.answers[i].clone()
