@@ -268,6 +268,14 @@ pub async fn serve(
             _ = &mut shutdown => break,
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
+                    if let Err(who) = peer_allowed(&stream, &path) {
+                        warn!(peer = %who, "control socket: refusing a peer that is neither root nor in the socket's group");
+                        let mut stream = stream;
+                        let _ = stream
+                            .write_all(b"{\"ok\":false,\"error\":\"permission denied: only root or the control socket's group may use it\"}\n")
+                            .await;
+                        continue;
+                    }
                     let c = control.clone();
                     tokio::spawn(async move {
                         if let Err(e) = handle(stream, c).await {
@@ -281,6 +289,23 @@ pub async fn serve(
     }
     let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// Whether the peer on `stream` may use the socket at `path`: root, the
+/// agent's own user, or a member (by primary group) of the socket file's
+/// group. The file mode already keeps others out; this holds even if an
+/// operator loosens it. `Err` names the peer.
+fn peer_allowed(stream: &UnixStream, path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let cred = stream.peer_cred().map_err(|e| format!("unknown ({e})"))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let group = std::fs::metadata(path).map(|m| m.gid()).ok();
+    if cred.uid() == 0 || cred.uid() == me || Some(cred.gid()) == group {
+        Ok(())
+    } else {
+        Err(format!("uid {} gid {}", cred.uid(), cred.gid()))
+    }
 }
 
 /// Bind `path` with mode 0600.
@@ -301,6 +326,10 @@ pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
         std::fs::remove_file(path)
             .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
     }
+    // The daemon runs under umask 077 (set before anything is created), so
+    // the socket is never connectable by others, not even between bind and
+    // chmod. The umask is process-wide: it is not swapped here, where other
+    // threads may be creating directories.
     let l = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| err(format!("cannot set mode 0600: {e}")))?;

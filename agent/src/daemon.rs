@@ -93,12 +93,18 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
-    std::fs::create_dir_all(&settings.root).map_err(|e| AgentError::Config {
-        path: settings.root.display().to_string(),
-        reason: format!("cannot create the root directory: {e}"),
-    })?;
+    // Everything the agent creates (root, cache, volume images, the control
+    // socket) is for root alone: no window between create and chmod.
+    // SAFETY: umask only swaps the process's file mode mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+    crate::files::private_root(&settings.root)?;
     let node = Arc::new(Identity::load_or_create(&settings.root.join("node.seed"))?);
     let store = Store::open(&settings.root.join("cache"))?;
+    // A cache written by an earlier release (or outside systemd) may be
+    // readable by others: it holds every tenant's reservations.
+    crate::files::private_tree(&settings.root.join("cache"));
     provisioners::names::set_node(node.id());
     info!(node_id = node.id(), root = %settings.root.display(), explorer = %settings.explorer, cached = store.cached_len(), pending_results = store.outbox_len(), "agent starting");
 

@@ -9,6 +9,7 @@
 //! - [`config`]: flags, environment and the TOML file, merged.
 //! - [`daemon`]: wires everything for the `agent` binary.
 //! - [`faults`]: crash points for the restart drills.
+//! - [`files`]: the modes of the agent's state (root 0700, cache 0600).
 //!
 //! Invariants: the engine is the only writer of the cache; a result enters
 //! the outbox in the same transaction as the outcome it reports; nothing is
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod engine;
 pub mod faults;
+pub mod files;
 pub mod heartbeat;
 pub mod metrics;
 pub mod reconcile;

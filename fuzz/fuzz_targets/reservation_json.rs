@@ -121,7 +121,7 @@ fn check(r: &Reservation) {
     if let Err(e) = back.verify() {
         panic!("a signed reservation no longer verifies after a round trip: {e}");
     }
-    s.delete_signature = Some(u.sign_delete(&s.id));
+    s.delete_signature = Some(u.sign_delete(&s.signature));
     s.verify_delete()
         .expect("a fresh delete signature verifies");
     reparse(&s)
@@ -135,10 +135,17 @@ fn check(r: &Reservation) {
     let mut t = s.clone();
     t.node_id.push('x');
     assert!(t.verify().is_err(), "a changed node_id still verifies");
-    let mut t = s;
+    let mut t = s.clone();
+    t.nonce.push('0');
+    assert!(t.verify().is_err(), "a changed nonce still verifies");
+    // A deletion names the signed reservation, not the explorer's id.
+    let mut t = s.clone();
     t.id.push('x');
+    assert!(t.verify_delete().is_ok(), "a deletion is bound to the signature, not the id");
+    let mut t = s;
+    t.signature = u.sign(b"another reservation");
     assert!(
         t.verify_delete().is_err(),
-        "a deletion signature verifies for another id"
+        "a deletion signature verifies for another reservation"
     );
 }

@@ -190,7 +190,13 @@ impl VolumeProvisioner {
         let bytes = size_gib.checked_mul(1 << 30).ok_or_else(|| {
             ProvisionError::Refused(format!("size: {size_gib} GiB is out of range"))
         })?;
-        let f = tokio::fs::File::create(&tmp)
+        // 0600: a volume image holds a tenant's data.
+        let f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
             .await
             .map_err(|e| node_err(&tmp, "cannot create", e))?;
         f.set_len(bytes)
@@ -424,7 +430,9 @@ async fn ensure_mounted(img: &Path, mp: &Path) -> Result<bool, ProvisionError> {
         false
     } else {
         let (i, m) = (img.to_string_lossy(), mp.to_string_lossy());
-        run("mount", &["-o", "loop", &i, &m])
+        // nosuid,nodev: a tenant's filesystem must not carry set-uid
+        // binaries or device nodes into anyone's reach.
+        run("mount", &["-o", "loop,nosuid,nodev", &i, &m])
             .await
             .map_err(|e| ProvisionError::Node(format!("volume image {i}: {e}")))?;
         tracing::info!(image = %i, at = %m, "volume image mounted");
