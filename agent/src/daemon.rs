@@ -11,10 +11,7 @@ use async_trait::async_trait;
 use provisioners::images::ImagePolicy;
 use provisioners::{BollardDocker, Docker, DockerLogs, LogBus, NodeOptions, VolumeProvisioner};
 use reservation::Identity;
-use sources::{
-    CombinedSource, DecommissionSource, ExplorerClient, PollSource,
-    ReservationSource,
-};
+use sources::{CombinedSource, DecommissionSource, ExplorerClient, PollSource, ReservationSource};
 use store::Store;
 use tokio::sync::watch;
 use tracing::{error, info, warn};

@@ -568,9 +568,9 @@ impl Engine {
         match step {
             Ok(()) => {
                 let confirmation = self.node.sign_deleted(&r.id, &r.signature);
-                let seq = self
-                    .store
-                    .record_decommissioned(&r.id, &r.kind, &confirmation, result)?;
+                let seq =
+                    self.store
+                        .record_decommissioned(&r.id, &r.kind, &confirmation, result)?;
                 self.wrote(seq);
                 self.pending_errors.remove(&r.id);
                 if let Some(l) = &self.ledger {

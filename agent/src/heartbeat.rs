@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use reservation::node::{Registration, Uptime};
 use reservation::Identity;
+use serde::Serialize;
 use sources::{Backoff, Capacity, ExplorerClient, SourceError};
 use tracing::{debug, info, warn};
 

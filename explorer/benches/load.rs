@@ -4,11 +4,13 @@
 //! fixed number of concurrent clients, and writes raw samples as JSON for
 //! `bench/report.py`.
 //!
-//! - submit: `POST /reservations/{node}` of distinct user-signed container
-//!   reservations (the server verifies each signature and flushes sled
+//! - submit: `POST /reservations/{node}` of distinct user-signed version 2
+//!   container reservations (each with its own nonce; the server checks
+//!   version, signature, lifetime and the signature index, and flushes sled
 //!   before answering 201);
-//! - poll: `GET /reservations/{node}/poll?from=0` of a node holding 10
-//!   reservations (never held: there is always something to answer).
+//! - poll: `GET /reservations/{node}/poll?from=0` (the full resync) of a
+//!   node holding 10 reservations (never held: there is always something
+//!   to answer, so the per-node limit of held polls does not apply).
 //!
 //! Submit runs with one client and with `CLIENTS`. Concurrent POSTs once
 //! stalled the server for good (sled 0.34's concurrent `flush_async`
@@ -61,8 +63,10 @@ fn explorer_bin() -> Result<PathBuf> {
 }
 
 fn signed(user: &Identity, node: &str, n: usize) -> Reservation {
+    // Version 2: `sign_reservation` fills in a fresh nonce.
     let mut r: Reservation = serde_json::from_value(json!({
         "id": "",
+        "version": reservation::PROTOCOL_VERSION,
         "node_id": node,
         "user_id": user.id(),
         "type": "container",

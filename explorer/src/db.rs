@@ -1,6 +1,7 @@
 //! The explorer's state in sled: reservations with their results, the
-//! per-node index the poll walks, the pending deletions, the node registry
-//! and the reservation counter.
+//! per-node index the poll walks, the pending deletions, the signature
+//! index that refuses a reservation posted twice, the node registry and the
+//! reservation counter.
 //!
 //! Layout (one tree each):
 //! - `meta`: `last_number` -> u64 BE, the last reservation number handed out.
@@ -8,7 +9,14 @@
 //! - `by_node`: node_id ‖ 0 ‖ number BE -> (), so `from=N` is a range scan.
 //! - `pending_delete`: same keys, for `to_delete` reservations the node has
 //!   not confirmed deleted: they are answered whatever the cursor.
-//! - `nodes`: node_id -> [`NodeInfo`] JSON.
+//! - `by_signature`: the user's signature text -> number BE. Written in the
+//!   same transaction as the reservation, under the write lock, so of two
+//!   concurrent posts of one signed reservation exactly one is stored. (A
+//!   database of protocol version 1 has no such index; it needs none, since
+//!   version 1 reservations are refused at `POST` now.)
+//! - `nodes`: node_id -> [`NodeRecord`] JSON, with the last accepted
+//!   timestamp of the node's signed messages (one counter for registration
+//!   and uptime).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -19,10 +27,11 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
-use crate::api::{Capacity, NodeInfo, NodeRegistration};
+use crate::api::{Capacity, NodeInfo};
 use crate::ExplorerError;
 
 /// Version of the stored record layout, so a later release can read it.
+/// (Version 2 of the protocol only added fields with defaults.)
 const SCHEMA: u32 = 1;
 
 /// A stored reservation and what the node said about it.
@@ -36,12 +45,52 @@ pub(crate) struct Record {
     /// The node confirmed it decommissioned the workload.
     #[serde(default)]
     pub deleted: bool,
+    /// The node's signed confirmation (`PUT /reservations/{id}/deleted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_signature: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct NodeRecord {
     v: u32,
     info: NodeInfo,
+    /// The `timestamp` (unix ms) of the last registration or uptime report
+    /// accepted for this node: the next one must be newer.
+    #[serde(default)]
+    last_timestamp: Option<i64>,
+}
+
+/// What [`Db::create`] did.
+pub(crate) enum Insert {
+    /// Stored, with its id.
+    New(Reservation),
+    /// A reservation with the same signature is already stored, under this
+    /// id; nothing was written.
+    Duplicate(String),
+}
+
+/// What an uptime report did.
+pub(crate) enum NodeUpdate {
+    /// Accepted and stored.
+    Done,
+    /// The node is not registered.
+    Unknown,
+    /// The timestamp is refused; the message says why. Nothing was written.
+    Stale(String),
+}
+
+/// Which reservations a poll answers (see [`Db::poll`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PollRange {
+    pub from: u64,
+    pub all: bool,
+    pub limit: usize,
+}
+
+/// Why a transaction was aborted.
+enum Abort {
+    Duplicate(u64),
+    Encode(String),
 }
 
 pub(crate) struct Db {
@@ -51,9 +100,11 @@ pub(crate) struct Db {
     reservations: Tree,
     by_node: Tree,
     pending_delete: Tree,
+    by_signature: Tree,
     nodes: Tree,
-    /// Serializes read-modify-write of records, so two results posted at
-    /// once are both kept.
+    /// Serializes read-modify-write of records (two results posted at once
+    /// are both kept), the duplicate check of a new reservation with its
+    /// insertion, and the timestamp check of a node message with its write.
     write: Mutex<()>,
 }
 
@@ -76,6 +127,10 @@ fn number_of_key(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(tail))
 }
 
+fn u64_of(b: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(b).ok().map(u64::from_be_bytes)
+}
+
 impl Db {
     pub fn open(path: &Path) -> Result<Db, ExplorerError> {
         let storage = |source| ExplorerError::Storage {
@@ -96,6 +151,7 @@ impl Db {
             reservations: tree("reservations")?,
             by_node: tree("by_node")?,
             pending_delete: tree("pending_delete")?,
+            by_signature: tree("by_signature")?,
             nodes: tree("nodes")?,
             db,
             write: Mutex::new(()),
@@ -144,42 +200,60 @@ impl Db {
         }
     }
 
-    /// Store `r` under the next reservation number; returns it with its id.
-    pub fn create(&self, mut r: Reservation) -> Result<Reservation, ExplorerError> {
-        let next = self
-            .meta
-            .update_and_fetch("last_number", |old| {
-                let n = old
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
+    /// Store `r` under the next reservation number, unless a reservation
+    /// with the same signature is already stored. The check, the counter
+    /// and every index are one transaction, under the write lock.
+    pub fn create(&self, r: Reservation) -> Result<Insert, ExplorerError> {
+        let _g = self.lock();
+        let sig = r.signature.clone();
+        let done = (
+            &self.meta,
+            &self.reservations,
+            &self.by_node,
+            &self.pending_delete,
+            &self.by_signature,
+        )
+            .transaction(|(meta, res, idx, pend, by_sig)| {
+                if let Some(n) = by_sig.get(sig.as_bytes())? {
+                    let n = u64_of(&n).unwrap_or(0);
+                    return Err(ConflictableTransactionError::Abort(Abort::Duplicate(n)));
+                }
+                let last = meta
+                    .get("last_number")?
+                    .and_then(|b| u64_of(&b))
                     .unwrap_or(0);
-                Some(n.saturating_add(1).to_be_bytes().to_vec())
-            })
-            .map_err(|e| self.storage(e))?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| self.corrupt("meta/last_number", "not a u64"))?;
-        r.id = format!("{next}-1");
-        let rec = Record {
-            v: SCHEMA,
-            reservation: r,
-            results: Vec::new(),
-            deleted: false,
-        };
-        let bytes = serde_json::to_vec(&rec).map_err(|e| self.corrupt(&rec.reservation.id, e))?;
-        let nk = node_key(&rec.reservation.node_id, next);
-        let pending = rec.reservation.to_delete;
-        (&self.reservations, &self.by_node, &self.pending_delete)
-            .transaction(|(res, idx, pend)| {
+                let next = last.saturating_add(1);
+                let mut rec = Record {
+                    v: SCHEMA,
+                    reservation: r.clone(),
+                    results: Vec::new(),
+                    deleted: false,
+                    deleted_signature: None,
+                };
+                rec.reservation.id = format!("{next}-1");
+                let bytes = serde_json::to_vec(&rec).map_err(|e| {
+                    ConflictableTransactionError::Abort(Abort::Encode(e.to_string()))
+                })?;
+                let nk = node_key(&rec.reservation.node_id, next);
+                meta.insert("last_number", &next.to_be_bytes())?;
                 res.insert(&next.to_be_bytes(), bytes.as_slice())?;
                 idx.insert(nk.as_slice(), &[][..])?;
-                if pending {
+                if rec.reservation.to_delete {
                     pend.insert(nk.as_slice(), &[][..])?;
                 }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| self.tx_err(e))?;
-        Ok(rec.reservation)
+                by_sig.insert(sig.as_bytes(), &next.to_be_bytes())?;
+                Ok(rec.reservation)
+            });
+        match done {
+            Ok(r) => Ok(Insert::New(r)),
+            Err(TransactionError::Abort(Abort::Duplicate(n))) => {
+                Ok(Insert::Duplicate(format!("{n}-1")))
+            }
+            Err(TransactionError::Abort(Abort::Encode(e))) => {
+                Err(self.corrupt("new reservation", e))
+            }
+            Err(TransactionError::Storage(e)) => Err(self.storage(e)),
+        }
     }
 
     fn load(&self, number: u64) -> Result<Option<Record>, ExplorerError> {
@@ -248,13 +322,19 @@ impl Db {
         Ok(Some(rec))
     }
 
-    /// The node confirmed it decommissioned `id`.
-    pub fn mark_deleted(&self, id: &str) -> Result<Option<Record>, ExplorerError> {
+    /// The node confirmed (with its verified `confirmation`) that it
+    /// decommissioned `id`.
+    pub fn mark_deleted(
+        &self,
+        id: &str,
+        confirmation: String,
+    ) -> Result<Option<Record>, ExplorerError> {
         let _g = self.lock();
         let Some(mut rec) = self.get(id)? else {
             return Ok(None);
         };
         rec.deleted = true;
+        rec.deleted_signature = Some(confirmation);
         self.save(&rec, Some(false))?;
         Ok(Some(rec))
     }
@@ -272,108 +352,160 @@ impl Db {
         Ok(Some(rec))
     }
 
-    /// Reservations of `node_id` as `GET /reservations/{node_id}/poll?from=N`
-    /// answers them, ordered by reservation number.
+    /// The next reservation number of an index scan; keys too short to
+    /// hold one are skipped.
+    fn next_number(&self, it: &mut Option<sled::Iter>) -> Result<Option<u64>, ExplorerError> {
+        let Some(iter) = it.as_mut() else {
+            return Ok(None);
+        };
+        for kv in iter.by_ref() {
+            let (k, _) = kv.map_err(|e| self.storage(e))?;
+            if let Some(n) = number_of_key(&k) {
+                return Ok(Some(n));
+            }
+        }
+        *it = None;
+        Ok(None)
+    }
+
+    /// Reservations of `node_id` as `GET /reservations/{node_id}/poll`
+    /// answers them: ascending by reservation number, at most `q.limit`.
     ///
-    /// `from=0`: all of them. Otherwise: number ≥ `from`, not expired at
-    /// `now` and not confirmed deleted (the node is done with those), plus
-    /// every `to_delete` one the node has not confirmed deleted.
+    /// `all`: every one numbered ≥ `from`. Otherwise: number ≥ `from`, not
+    /// expired at `now` and not confirmed deleted (the node is done with
+    /// those), plus every `to_delete` one the node has not confirmed
+    /// deleted, whatever its number. The pending deletions and the range
+    /// are two ordered index scans merged as they go, so no more records
+    /// are loaded than the answer needs (plus those skipped as expired).
     pub fn poll(
         &self,
         node_id: &str,
-        from: u64,
+        q: PollRange,
         now: DateTime<Utc>,
     ) -> Result<Vec<Reservation>, ExplorerError> {
-        let mut numbers = Vec::new();
-        if from == 0 {
-            for kv in self.by_node.scan_prefix(node_prefix(node_id)) {
-                let (k, _) = kv.map_err(|e| self.storage(e))?;
-                numbers.extend(number_of_key(&k));
-            }
-        } else {
-            for kv in self.pending_delete.scan_prefix(node_prefix(node_id)) {
-                let (k, _) = kv.map_err(|e| self.storage(e))?;
-                numbers.extend(number_of_key(&k));
-            }
-            let start = node_key(node_id, from);
-            let end = node_key(node_id, u64::MAX);
-            for kv in self.by_node.range(start..=end) {
-                let (k, _) = kv.map_err(|e| self.storage(e))?;
-                numbers.extend(number_of_key(&k));
-            }
-            numbers.sort_unstable();
-            numbers.dedup();
+        let mut out = Vec::new();
+        if q.limit == 0 {
+            return Ok(out);
         }
-        let mut out = Vec::with_capacity(numbers.len());
-        for n in numbers {
+        let start = node_key(node_id, q.from);
+        let end = node_key(node_id, u64::MAX);
+        let mut range = Some(self.by_node.range(start..=end));
+        let mut pending = (!q.all).then(|| self.pending_delete.scan_prefix(node_prefix(node_id)));
+        let mut a = self.next_number(&mut pending)?;
+        let mut b = self.next_number(&mut range)?;
+        loop {
+            let n = match (a, b) {
+                (None, None) => break,
+                (Some(x), Some(y)) if x == y => {
+                    a = self.next_number(&mut pending)?;
+                    b = self.next_number(&mut range)?;
+                    x
+                }
+                (Some(x), Some(y)) if x < y => {
+                    a = self.next_number(&mut pending)?;
+                    x
+                }
+                (Some(x), None) => {
+                    a = self.next_number(&mut pending)?;
+                    x
+                }
+                (_, Some(y)) => {
+                    b = self.next_number(&mut range)?;
+                    y
+                }
+            };
             let Some(rec) = self.load(n)? else { continue };
             let r = rec.reservation;
             // The key prefix alone could match a node id that embeds a NUL.
             if r.node_id != node_id {
                 continue;
             }
-            let include = from == 0
+            let include = q.all
                 || (r.to_delete && !rec.deleted)
-                || (n >= from && !rec.deleted && !r.is_expired(now));
+                || (n >= q.from && !rec.deleted && !r.is_expired(now));
             if include {
                 out.push(r);
+                if out.len() >= q.limit {
+                    break;
+                }
             }
         }
         Ok(out)
     }
 
-    /// Register or re-register a node: url and capacity are replaced, the
-    /// last heartbeat and usage are kept.
-    pub fn register_node(&self, reg: NodeRegistration) -> Result<NodeInfo, ExplorerError> {
+    /// Register or re-register a (verified) node whose message carries
+    /// `timestamp`: url and capacity are replaced, the last heartbeat and
+    /// usage are kept. Refused, and nothing written, unless the timestamp
+    /// passes [`reservation::node::check_timestamp`] at `now_ms` against
+    /// the last one accepted for the node; `Err` says why.
+    pub fn register_node(
+        &self,
+        node_id: &str,
+        url: &str,
+        capacity: Capacity,
+        timestamp: i64,
+        now_ms: i64,
+    ) -> Result<Result<NodeInfo, String>, ExplorerError> {
         let _g = self.lock();
-        let old = self.node(&reg.node_id)?;
-        let info = NodeInfo {
-            node_id: reg.node_id,
-            url: reg.url,
-            capacity: reg.capacity,
-            used: old.as_ref().map(|o| o.used).unwrap_or_default(),
-            last_heartbeat: old.and_then(|o| o.last_heartbeat),
+        let old = self.node(node_id)?;
+        let last = old.as_ref().and_then(|o| o.last_timestamp);
+        if let Err(e) = reservation::node::check_timestamp(timestamp, now_ms, last) {
+            return Ok(Err(e.to_string()));
+        }
+        let old = old.map(|o| o.info);
+        let rec = NodeRecord {
+            v: SCHEMA,
+            info: NodeInfo {
+                node_id: node_id.to_string(),
+                url: url.to_string(),
+                capacity,
+                used: old.as_ref().map(|o| o.used).unwrap_or_default(),
+                last_heartbeat: old.and_then(|o| o.last_heartbeat),
+            },
+            last_timestamp: Some(timestamp),
         };
-        self.put_node(&info)?;
-        Ok(info)
+        self.put_node(&rec)?;
+        Ok(Ok(rec.info))
     }
 
-    /// Record a heartbeat; `None` if the node is not registered.
+    /// Record a (verified) heartbeat at `now`, under the same timestamp
+    /// rule as [`Db::register_node`]; [`NodeUpdate::Unknown`] if the node
+    /// is not registered.
     pub fn heartbeat(
         &self,
         node_id: &str,
-        used: Option<Capacity>,
+        used: Capacity,
+        timestamp: i64,
         now: DateTime<Utc>,
-    ) -> Result<Option<NodeInfo>, ExplorerError> {
+    ) -> Result<NodeUpdate, ExplorerError> {
         let _g = self.lock();
-        let Some(mut info) = self.node(node_id)? else {
-            return Ok(None);
+        let Some(mut rec) = self.node(node_id)? else {
+            return Ok(NodeUpdate::Unknown);
         };
-        info.last_heartbeat = Some(now);
-        if let Some(u) = used {
-            info.used = u;
+        let now_ms = now.timestamp_millis();
+        if let Err(e) = reservation::node::check_timestamp(timestamp, now_ms, rec.last_timestamp) {
+            return Ok(NodeUpdate::Stale(e.to_string()));
         }
-        self.put_node(&info)?;
-        Ok(Some(info))
+        rec.info.last_heartbeat = Some(now);
+        rec.info.used = used;
+        rec.last_timestamp = Some(timestamp);
+        self.put_node(&rec)?;
+        Ok(NodeUpdate::Done)
     }
 
-    fn node(&self, node_id: &str) -> Result<Option<NodeInfo>, ExplorerError> {
+    fn node(&self, node_id: &str) -> Result<Option<NodeRecord>, ExplorerError> {
         let Some(b) = self.nodes.get(node_id).map_err(|e| self.storage(e))? else {
             return Ok(None);
         };
-        let rec: NodeRecord =
-            serde_json::from_slice(&b).map_err(|e| self.corrupt(format!("nodes/{node_id}"), e))?;
-        Ok(Some(rec.info))
+        serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| self.corrupt(format!("nodes/{node_id}"), e))
     }
 
-    fn put_node(&self, info: &NodeInfo) -> Result<(), ExplorerError> {
-        let rec = NodeRecord {
-            v: SCHEMA,
-            info: info.clone(),
-        };
-        let b = serde_json::to_vec(&rec).map_err(|e| self.corrupt(&info.node_id, e))?;
+    fn put_node(&self, rec: &NodeRecord) -> Result<(), ExplorerError> {
+        let b = serde_json::to_vec(rec).map_err(|e| self.corrupt(&rec.info.node_id, e))?;
         self.nodes
-            .insert(info.node_id.as_bytes(), b)
+            .insert(rec.info.node_id.as_bytes(), b)
             .map_err(|e| self.storage(e))?;
         Ok(())
     }
@@ -411,5 +543,107 @@ mod tests {
         assert_eq!(parse_id("x-1"), None);
         assert_eq!(parse_id("12"), None);
         assert_eq!(number_of_key(&node_key("abc", 7)), Some(7));
+    }
+
+    fn id_list(list: &[Reservation]) -> Vec<&str> {
+        list.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    #[test]
+    fn poll_merges_pending_deletions_with_the_range_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let now = Utc::now();
+        let mk = |node: &str, i: u32| Reservation {
+            node_id: node.into(),
+            user_id: "u".into(),
+            kind: "volume".into(),
+            created: Some(now),
+            duration: 3_600_000_000_000,
+            signature: format!("sig{i}"),
+            ..Reservation::default()
+        };
+        for i in 1..=6 {
+            let r = mk(if i == 4 { "b" } else { "a" }, i);
+            assert!(matches!(db.create(r).unwrap(), Insert::New(r) if r.id == format!("{i}-1")));
+        }
+        db.set_to_delete("2-1", "d".into()).unwrap().unwrap();
+        db.set_to_delete("5-1", "d".into()).unwrap().unwrap();
+        let poll = |from, all, limit| db.poll("a", PollRange { from, all, limit }, now).unwrap();
+        // The pending 2 below the cursor, then the range; 5 once.
+        assert_eq!(id_list(&poll(4, false, 1000)), ["2-1", "5-1", "6-1"]);
+        assert_eq!(id_list(&poll(4, false, 2)), ["2-1", "5-1"]);
+        assert_eq!(
+            id_list(&poll(1, false, 1000)),
+            ["1-1", "2-1", "3-1", "5-1", "6-1"]
+        );
+        assert_eq!(id_list(&poll(1, false, 3)), ["1-1", "2-1", "3-1"]);
+        assert_eq!(id_list(&poll(3, true, 1000)), ["3-1", "5-1", "6-1"]);
+        assert_eq!(
+            id_list(
+                &db.poll(
+                    "b",
+                    PollRange {
+                        from: 1,
+                        all: false,
+                        limit: 9
+                    },
+                    now
+                )
+                .unwrap()
+            ),
+            ["4-1"]
+        );
+        // Confirmed deleted: out of the ordinary poll, still in all=true.
+        db.mark_deleted("2-1", "c".into()).unwrap().unwrap();
+        assert_eq!(id_list(&poll(4, false, 1000)), ["5-1", "6-1"]);
+        assert_eq!(id_list(&poll(1, false, 1000)), ["1-1", "3-1", "5-1", "6-1"]);
+        assert_eq!(id_list(&poll(1, true, 2)), ["1-1", "2-1"]);
+        // Expired: out of the ordinary poll only.
+        let later = now + chrono::Duration::hours(2);
+        let ordinary = db
+            .poll(
+                "a",
+                PollRange {
+                    from: 1,
+                    all: false,
+                    limit: 9,
+                },
+                later,
+            )
+            .unwrap();
+        assert_eq!(id_list(&ordinary), ["5-1"], "only the pending deletion");
+        assert_eq!(
+            db.poll(
+                "a",
+                PollRange {
+                    from: 1,
+                    all: true,
+                    limit: 9
+                },
+                later
+            )
+            .unwrap()
+            .len(),
+            5
+        );
+    }
+
+    #[test]
+    fn a_signature_is_stored_once_and_a_refusal_burns_no_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let r = Reservation {
+            node_id: "a".into(),
+            signature: "same".into(),
+            ..Reservation::default()
+        };
+        assert!(matches!(db.create(r.clone()).unwrap(), Insert::New(n) if n.id == "1-1"));
+        assert!(matches!(db.create(r.clone()).unwrap(), Insert::Duplicate(id) if id == "1-1"));
+        let other = Reservation {
+            signature: "other".into(),
+            ..r
+        };
+        assert!(matches!(db.create(other).unwrap(), Insert::New(n) if n.id == "2-1"));
     }
 }

@@ -1,24 +1,40 @@
 //! The reference explorer: the central reservation API of PROTOCOL.md
-//! ("Explorer HTTP API"), with its state in sled. The `explorer` binary
-//! serves it and is also the user CLI; `agent --dev` and tests run it
-//! in-process through [`serve`].
+//! ("Explorer HTTP API"), protocol version 2, with its state in sled. The
+//! `explorer` binary serves it and is also the user CLI; `agent --dev` and
+//! tests run it in-process through [`serve`].
 //!
 //! Besides the protocol's routes it answers one extension,
 //! `GET /reservations/{id}/results`: every result posted for a reservation,
 //! oldest first (the protocol's `GET /reservations/{id}` shows only the
 //! latest). Tests use it to prove a node posted exactly one result.
 //!
-//! What it checks: the user's signature on `POST /reservations/{node_id}`
-//! (and that the body's `node_id` is the path's), the node's signature on
-//! `PUT /reservations/{id}`, the user's on `DELETE`. It does not judge
-//! `data` or `type`: a well-signed reservation with bad data reaches the
-//! node, which refuses it with a signed error result. On `POST` only `id`
-//! is replaced; `to_delete` and `delete_signature` are kept as posted (they
-//! are outside the user's signature and the node verifies a deletion
-//! itself).
+//! Nodes and users do not trust the explorer, but it still refuses every
+//! protocol violation it can see, and never lets an unsigned message change
+//! its state:
 //!
-//! Poll (`from=N > 0`) leaves out reservations the node confirmed deleted
-//! (`PUT .../deleted`): the node is done with them. `from=0` answers all.
+//! - `POST /reservations/{node_id}` takes only version 2 reservations
+//!   (a `nonce`, the user's signature over the framed message), live
+//!   (`created` in whole seconds, at most 5 minutes ahead, not expired),
+//!   with `data` of at most 64 KiB, for the node of the path; a signature
+//!   already stored is a `409`, so one signed reservation is stored once. It
+//!   does not judge `data` or `type`: a well-signed reservation with bad
+//!   data reaches the node, which refuses it with a signed error result.
+//!   Only `id` is replaced; `to_delete` is kept only with the user's
+//!   `delete_signature`.
+//! - Results (`PUT /reservations/{id}`) and deletion confirmations
+//!   (`PUT .../deleted`) must be signed by the reservation's node over the
+//!   reservation's own signature; deletions (`DELETE`) by its user, over the
+//!   same signature.
+//! - Node registrations and heartbeats must be signed by the node and carry
+//!   a timestamp within 5 minutes of the explorer's clock and newer than the
+//!   last one accepted for that node.
+//!
+//! Poll: an ordinary poll (`from=N`) leaves out expired reservations and
+//! those the node confirmed deleted, but answers every pending deletion;
+//! `all=true` (implied by a bare `from=0`) answers all of them from `N`.
+//! Answers are ascending and at most `limit` (≤ 1000) long. An empty answer
+//! is held up to [`ServerConfig::long_poll`], at most
+//! [`ServerConfig::max_polls_per_node`] at once per node (`429` beyond).
 
 pub mod api;
 mod db;
@@ -29,8 +45,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use api::{Capacity, NodeInfo, NodeRegistration, ReservationView, Uptime};
+pub use api::{Capacity, NodeInfo, Registration, ReservationView, Uptime};
 pub use error::ExplorerError;
+pub use server::{MAX_DATA, MAX_POLL_LIMIT};
 
 /// How a server runs.
 #[derive(Debug, Clone)]
@@ -41,15 +58,19 @@ pub struct ServerConfig {
     pub long_poll: Duration,
     /// Largest request body accepted; bigger ones get `413`.
     pub max_body: usize,
+    /// How many empty polls one node may have held open at once; one more
+    /// is answered `429` at once (a node needs only one in flight).
+    pub max_polls_per_node: usize,
 }
 
 impl ServerConfig {
-    /// Defaults: 20 s long poll, 1 MiB bodies.
+    /// Defaults: 20 s long poll, 1 MiB bodies, 4 held polls per node.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             data_dir: data_dir.into(),
             long_poll: Duration::from_secs(20),
             max_body: 1 << 20,
+            max_polls_per_node: 4,
         }
     }
 }

@@ -1,5 +1,37 @@
-//! The explorer's HTTP routes (PROTOCOL.md, "Explorer HTTP API"), the long
-//! poll, and graceful shutdown.
+//! The explorer's HTTP routes (PROTOCOL.md, "Explorer HTTP API", version
+//! 2), the long poll, and graceful shutdown.
+//!
+//! What each route checks before it writes anything (every refusal is a
+//! `400` with a message saying what was wrong and how to fix it, unless
+//! noted):
+//!
+//! - `POST /reservations/{node_id}`: the body's `node_id` is the path's and
+//!   a node id; `type` is set; `data` is at most [`MAX_DATA`] bytes;
+//!   version 2 with a well-formed nonce (`Reservation::check_version`); the
+//!   user's signature over the framed message; `created` set in whole
+//!   seconds, at most 5 minutes ahead, not expired (`check_lifetime`; each
+//!   node enforces its own maximum duration); a deletion posted along
+//!   (`to_delete`) must carry the user's `delete_signature`. A signature
+//!   already stored is `409`, checked and inserted atomically.
+//! - `GET /reservations/{node_id}/poll?from=N[&all=true][&limit=L]`:
+//!   `limit` 1 to [`MAX_POLL_LIMIT`] (the default). An empty answer is held
+//!   up to `long_poll`; a node has at most `max_polls_per_node` polls held
+//!   at once, beyond which the answer is `429` at once.
+//! - `PUT /reservations/{id}`: the result's `id` is the path's, and the
+//!   node signed it over this reservation's signature.
+//! - `PUT /reservations/{id}/deleted`: the node's signature over
+//!   `frame("deleted-v2", id, <the reservation's signature>)`.
+//! - `DELETE /reservations/{id}`: the user's signature over
+//!   `frame("delete-v2", <the reservation's signature>)`.
+//! - `POST /nodes` and `POST /nodes/{node_id}/uptime`: the node's own
+//!   signature, the capacity figures, and a `timestamp` within 5 minutes of
+//!   the explorer's clock and newer than the last one accepted for that
+//!   node (one counter for both routes), so a captured message cannot be
+//!   replayed. Uptime of an unknown node is `404` (the agent registers
+//!   again).
+//! - Every body larger than `max_body` is `413`.
+//!
+//! A refused request changes nothing.
 //!
 //! Reference-explorer extension, not part of the protocol:
 //! `GET /reservations/{id}/results` answers every result the node posted
@@ -26,20 +58,39 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::api::{Created, DeleteRequest, NodeRegistration, ReservationView, Uptime};
-use crate::db::Db;
+use crate::api::{
+    Capacity, Created, DeleteRequest, DeletedConfirmation, Registration, ReservationView, Uptime,
+};
+use crate::db::{Db, Insert, NodeUpdate, PollRange};
 use crate::{ExplorerError, ServerConfig};
 
 pub(crate) struct AppState {
     db: Db,
     long_poll: Duration,
     max_body: usize,
+    max_polls_per_node: usize,
     /// One channel per node with a poll waiting; bumped when something for
     /// that node is posted or deleted.
     wake: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// How many polls each node has held open (see [`HeldPoll`]).
+    held: Mutex<HashMap<String, usize>>,
     /// Flips to true on shutdown, so held polls answer at once and the
     /// graceful shutdown does not wait out the long poll.
     shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    fn new(db: Db, cfg: &ServerConfig, shutdown: watch::Receiver<bool>) -> Self {
+        AppState {
+            db,
+            long_poll: cfg.long_poll,
+            max_body: cfg.max_body,
+            max_polls_per_node: cfg.max_polls_per_node,
+            wake: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            shutdown,
+        }
+    }
 }
 
 type St = State<Arc<AppState>>;
@@ -98,23 +149,6 @@ impl AppState {
         }
     }
 
-    fn subscribe(&self, node_id: &str) -> watch::Receiver<u64> {
-        let mut map = self.wake.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(node_id.to_string())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
-    }
-
-    /// Drop the node's channel once no poll waits on it, so arbitrary node
-    /// ids in poll paths do not grow the map.
-    fn unsubscribe(&self, node_id: &str, rx: watch::Receiver<u64>) {
-        drop(rx);
-        let mut map = self.wake.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(node_id).is_some_and(|tx| tx.receiver_count() == 0) {
-            map.remove(node_id);
-        }
-    }
-
     async fn flush(&self) -> ApiResult<()> {
         self.db.flush().await.map_err(ApiError::from)
     }
@@ -138,6 +172,17 @@ fn parse_json<T: DeserializeOwned>(what: &str, b: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(b).map_err(|e| ApiError::bad(format!("invalid {what} JSON: {e}")))
 }
 
+/// The largest `data` accepted at `POST /reservations/{node_id}`, in bytes
+/// (64 KiB). Every workload's parameters fit in far less; a node reads
+/// whole poll answers, so one oversized reservation would weigh on every
+/// poll of its node.
+pub const MAX_DATA: usize = 64 << 10;
+
+/// The longest lifetime the explorer stores (100 years): only a sanity
+/// bound. Each node enforces its own maximum (check 6 of PROTOCOL.md) and
+/// answers a longer reservation with a signed error.
+const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// A reservation as posted: `id` may be absent (the explorer assigns it);
 /// otherwise exactly the fields of [`Reservation`].
 #[derive(Deserialize)]
@@ -146,6 +191,8 @@ struct Posted {
     #[serde(default)]
     #[allow(dead_code)]
     id: Option<String>,
+    #[serde(default)]
+    version: u32,
     node_id: String,
     user_id: String,
     #[serde(rename = "type")]
@@ -156,6 +203,8 @@ struct Posted {
     #[serde(default)]
     duration: i64,
     #[serde(default)]
+    nonce: String,
+    #[serde(default)]
     signature: String,
     #[serde(default)]
     to_delete: bool,
@@ -163,8 +212,66 @@ struct Posted {
     delete_signature: Option<String>,
 }
 
-/// `POST /reservations/{node_id}`: check shape and the user's signature,
-/// store, answer the assigned id. `data` is not judged here: a well-signed
+/// Every check of `POST /reservations/{node_id}` on a parsed body, in the
+/// order a client sees them; the reservation to store, or the 400 message.
+fn admit(node_id: &str, p: Posted, now: DateTime<Utc>) -> Result<Reservation, String> {
+    if p.node_id != node_id {
+        return Err(format!(
+            "node_id {:?} in the body does not match {:?} in the path",
+            p.node_id, node_id
+        ));
+    }
+    reservation::identity::parse_public_key("node_id", node_id).map_err(|e| e.to_string())?;
+    if p.kind.is_empty() {
+        return Err("type: must not be empty".into());
+    }
+    let size = p.data.get().len();
+    if size > MAX_DATA {
+        return Err(format!(
+            "data: {size} bytes is larger than the limit of {MAX_DATA} bytes (64 KiB)"
+        ));
+    }
+    let r = Reservation {
+        id: String::new(),
+        version: p.version,
+        node_id: p.node_id,
+        user_id: p.user_id,
+        kind: p.kind,
+        data: p.data,
+        created: p.created,
+        duration: p.duration,
+        nonce: p.nonce,
+        signature: p.signature,
+        to_delete: p.to_delete,
+        delete_signature: p.delete_signature,
+    };
+    r.check_version()
+        .map_err(|e| format!("reservation refused: {e}"))?;
+    r.verify()
+        .map_err(|e| format!("reservation refused: {e} (user_id {})", r.user_id))?;
+    r.check_lifetime(now, MAX_LIFETIME)
+        .map_err(|e| format!("reservation refused: {e}"))?;
+    // `to_delete` and `delete_signature` are outside the user's signature.
+    // A deletion posted with the reservation is kept only if the user
+    // signed it, as `DELETE` requires: an unsigned one would stay pending
+    // (and be answered in every poll of the node) for good.
+    if r.to_delete || r.delete_signature.is_some() {
+        if !r.to_delete {
+            return Err("delete_signature is set but to_delete is false: leave both out, or ask for the deletion with DELETE /reservations/{id}".into());
+        }
+        r.verify_delete().map_err(|e| {
+            format!(
+                "reservation refused: to_delete is set but {e} (sign frame(\"delete-v2\", <the reservation's signature>) with the key of user {})",
+                r.user_id
+            )
+        })?;
+    }
+    Ok(r)
+}
+
+/// `POST /reservations/{node_id}`: check shape, version, the user's
+/// signature and the lifetime, store, answer the assigned id (`409` for a
+/// signature already stored). `data` is not judged here: a well-signed
 /// reservation with bad data reaches the node, which refuses it with a
 /// signed error result the user can read.
 async fn create(
@@ -174,36 +281,32 @@ async fn create(
 ) -> ApiResult<Response> {
     let b = body(st.max_body, b)?;
     let p: Posted = parse_json("reservation", &b)?;
-    if p.node_id != node_id {
-        return Err(ApiError::bad(format!(
-            "node_id {:?} in the body does not match {:?} in the path",
-            p.node_id, node_id
-        )));
-    }
-    if p.kind.is_empty() {
-        return Err(ApiError::bad("type: must not be empty"));
-    }
-    // Only `id` is ignored. `to_delete` and `delete_signature` are kept as
-    // posted: they are outside the user's signature, and a node acts on a
-    // deletion only after verifying `delete_signature` itself. (This is how
-    // a test hands a node a forged deletion without a test-only hook.)
-    let r = Reservation {
-        id: String::new(),
-        node_id: p.node_id,
-        user_id: p.user_id,
-        kind: p.kind,
-        data: p.data,
-        created: p.created,
-        duration: p.duration,
-        signature: p.signature,
-        to_delete: p.to_delete,
-        delete_signature: p.delete_signature,
+    let user = p.user_id.clone();
+    let r = admit(&node_id, p, Utc::now()).map_err(|m| {
+        warn!(node = %node_id, user = %user, error = %m, "reservation refused");
+        ApiError::bad(m)
+    })?;
+    let r = match st.db.create(r)? {
+        Insert::New(r) => r,
+        Insert::Duplicate(id) => {
+            warn!(node = %node_id, user = %user, existing = %id, "reservation posted twice");
+            return Ok((
+                StatusCode::CONFLICT,
+                [
+                    (header::LOCATION, format!("/reservations/{id}")),
+                    (
+                        header::CONTENT_TYPE,
+                        "text/plain; charset=utf-8".to_string(),
+                    ),
+                ],
+                format!(
+                    "this signed reservation is already stored as {id}: a signature is accepted once; \
+                     to get another workload, sign a new reservation (with a fresh nonce)\n"
+                ),
+            )
+                .into_response());
+        }
     };
-    if let Err(e) = r.verify() {
-        warn!(node = %node_id, user = %r.user_id, error = %e, "reservation refused");
-        return Err(ApiError::bad(format!("reservation refused: {e}")));
-    }
-    let r = st.db.create(r)?;
     st.flush().await?;
     info!(reservation = %r.id, node = %r.node_id, user = %r.user_id, r#type = %r.kind, "reservation created");
     st.wake(&r.node_id);
@@ -216,48 +319,177 @@ async fn create(
         .into_response())
 }
 
-#[derive(Deserialize)]
-struct PollQuery {
-    #[serde(default)]
-    from: u64,
+/// The largest and default `limit` of a poll.
+pub const MAX_POLL_LIMIT: usize = 1000;
+
+/// The query of a poll: `from=N[&all=true|false][&limit=L]`. `from` is 0
+/// when absent; `all` defaults to `from == 0` (a bare `from=0` is the full
+/// resync); unknown parameters are ignored.
+fn poll_query(pairs: &[(String, String)]) -> Result<PollRange, String> {
+    let mut from = None;
+    let mut all = None;
+    let mut limit = None;
+    for (k, v) in pairs {
+        let slot = match k.as_str() {
+            "from" => &mut from,
+            "all" => &mut all,
+            "limit" => &mut limit,
+            _ => continue,
+        };
+        if slot.replace(v.as_str()).is_some() {
+            return Err(format!("query: {k} is given twice"));
+        }
+    }
+    let from = match from {
+        None => 0,
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            format!("query: from must be a reservation number (an unsigned integer), got {v:?}")
+        })?,
+    };
+    let all = match all {
+        None => from == 0,
+        Some("true") => true,
+        Some("false") => false,
+        Some(v) => return Err(format!("query: all must be true or false, got {v:?}")),
+    };
+    let limit = match limit {
+        None => MAX_POLL_LIMIT,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_POLL_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "query: limit must be a number from 1 to {MAX_POLL_LIMIT}, got {v:?}"
+                ))
+            }
+        },
+    };
+    Ok(PollRange { from, all, limit })
 }
 
-/// `GET /reservations/{node_id}/poll?from=N`, held up to `long_poll` while
-/// the answer is empty.
+/// A subscription to a node's wake channel; dropping it removes the
+/// channel once no poll waits on it, so arbitrary node ids in poll paths do
+/// not grow the map, whatever way the poll ends (answered, failed, or
+/// dropped because the client went away).
+struct Subscription {
+    st: Arc<AppState>,
+    node_id: String,
+    rx: Option<watch::Receiver<u64>>,
+}
+
+impl Subscription {
+    fn new(st: &Arc<AppState>, node_id: &str) -> Self {
+        let rx = {
+            let mut map = st.wake.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(node_id.to_string())
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe()
+        };
+        Subscription {
+            st: st.clone(),
+            node_id: node_id.to_string(),
+            rx: Some(rx),
+        }
+    }
+
+    fn rx(&mut self) -> &mut watch::Receiver<u64> {
+        self.rx.as_mut().expect("set until dropped")
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut map = self.st.wake.lock().unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(&self.node_id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            map.remove(&self.node_id);
+        }
+    }
+}
+
+/// One of the node's held-poll slots; dropping it frees the slot, on
+/// every exit path of the poll.
+struct HeldPoll {
+    st: Arc<AppState>,
+    node_id: String,
+}
+
+impl HeldPoll {
+    /// A slot, or `None` when the node already has `max_polls_per_node`
+    /// polls held.
+    fn acquire(st: &Arc<AppState>, node_id: &str) -> Option<Self> {
+        let mut held = st.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(node_id.to_string()).or_insert(0);
+        if *n >= st.max_polls_per_node {
+            if *n == 0 {
+                held.remove(node_id);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(HeldPoll {
+            st: st.clone(),
+            node_id: node_id.to_string(),
+        })
+    }
+}
+
+impl Drop for HeldPoll {
+    fn drop(&mut self) {
+        let mut held = self.st.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.node_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.node_id);
+            }
+        }
+    }
+}
+
+/// `GET /reservations/{node_id}/poll?from=N[&all=true][&limit=L]`, held up
+/// to `long_poll` while the answer is empty; `429` when the node already
+/// has `max_polls_per_node` polls held.
 async fn poll(
     State(st): St,
     Path(node_id): Path<String>,
-    q: Result<Query<PollQuery>, QueryRejection>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Json<Vec<Reservation>>> {
-    let Query(PollQuery { from }) = q.map_err(|e| {
-        ApiError::bad(format!(
-            "query: from must be a reservation number (an unsigned integer): {}",
-            e.body_text()
-        ))
-    })?;
+    let Query(pairs) = q.map_err(|e| ApiError::bad(format!("query: {}", e.body_text())))?;
+    let range = poll_query(&pairs).map_err(ApiError::bad)?;
     let deadline = tokio::time::Instant::now() + st.long_poll;
-    let mut rx = st.subscribe(&node_id);
+    let mut sub = Subscription::new(&st, &node_id);
     let mut shutdown = st.shutdown.clone();
+    let mut slot = None;
     let answer = loop {
-        rx.borrow_and_update();
-        let list = match st.db.poll(&node_id, from, Utc::now()) {
-            Ok(l) => l,
-            Err(e) => {
-                st.unsubscribe(&node_id, rx);
-                return Err(e.into());
-            }
-        };
-        if !list.is_empty() || *shutdown.borrow() {
+        sub.rx().borrow_and_update();
+        let list = st.db.poll(&node_id, range, Utc::now())?;
+        if !list.is_empty() || *shutdown.borrow() || st.long_poll.is_zero() {
             break list;
         }
+        if slot.is_none() {
+            slot = Some(HeldPoll::acquire(&st, &node_id).ok_or_else(|| {
+                warn!(node = %node_id, max = st.max_polls_per_node, "too many held polls");
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many concurrent polls for node {node_id}: at most {} are held at once; \
+                         a node needs only one poll in flight, wait for its answer and poll again",
+                        st.max_polls_per_node
+                    ),
+                )
+            })?);
+        }
         tokio::select! {
-            r = rx.changed() => if r.is_err() { break list },
+            r = sub.rx().changed() => if r.is_err() { break list },
             _ = tokio::time::sleep_until(deadline) => break list,
             _ = shutdown.wait_for(|s| *s) => break list,
         }
     };
-    st.unsubscribe(&node_id, rx);
-    tracing::debug!(node = %node_id, from, count = answer.len(), "poll answered");
+    drop(slot);
+    drop(sub);
+    tracing::debug!(node = %node_id, from = range.from, all = range.all, count = answer.len(), "poll answered");
     Ok(Json(answer))
 }
 
@@ -277,7 +509,8 @@ async fn results(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Vec<Wo
     Ok(Json(rec.results))
 }
 
-/// `PUT /reservations/{id}`: a result, signed by the reservation's node.
+/// `PUT /reservations/{id}`: a result, signed by the reservation's node
+/// over this reservation's signature.
 async fn put_result(
     State(st): St,
     Path(id): Path<String>,
@@ -292,11 +525,12 @@ async fn put_result(
             result.id
         )));
     }
-    if let Err(e) = result.verify(&rec.reservation.node_id) {
-        warn!(reservation = %id, node = %rec.reservation.node_id, error = %e, "result refused");
+    let r = &rec.reservation;
+    if let Err(e) = result.verify(&r.node_id, &r.signature) {
+        warn!(reservation = %id, node = %r.node_id, error = %e, "result refused");
         return Err(ApiError::bad(format!(
-            "result refused: {e} (it must be signed by node {})",
-            rec.reservation.node_id
+            "result refused: {e} (it must be signed by node {} over frame(\"result-v2\", id, state, error, data, <the reservation's signature>), with the signature of reservation {id})",
+            r.node_id
         )));
     }
     let state = result.state.as_str();
@@ -309,10 +543,26 @@ async fn put_result(
     Ok(StatusCode::OK)
 }
 
-/// `PUT /reservations/{id}/deleted`: the node decommissioned it.
-async fn put_deleted(State(st): St, Path(id): Path<String>) -> ApiResult<StatusCode> {
+/// `PUT /reservations/{id}/deleted`: the node decommissioned it, and signed
+/// so over the reservation's id and signature.
+async fn put_deleted(
+    State(st): St,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let b = body(st.max_body, b)?;
+    let rec = st.db.get(&id)?.ok_or_else(|| ApiError::not_found(&id))?;
+    let c: DeletedConfirmation = parse_json("deletion confirmation", &b)?;
+    let r = &rec.reservation;
+    if let Err(e) = r.verify_deleted(&c.signature) {
+        warn!(reservation = %id, node = %r.node_id, error = %e, "deletion confirmation refused");
+        return Err(ApiError::bad(format!(
+            "deletion confirmation refused: {e} (it must be signed by node {} over frame(\"deleted-v2\", \"{id}\", <the reservation's signature>))",
+            r.node_id
+        )));
+    }
     st.db
-        .mark_deleted(&id)?
+        .mark_deleted(&id, c.signature)?
         .ok_or_else(|| ApiError::not_found(&id))?;
     st.flush().await?;
     info!(reservation = %id, "node confirmed deletion");
@@ -320,7 +570,7 @@ async fn put_deleted(State(st): St, Path(id): Path<String>) -> ApiResult<StatusC
 }
 
 /// `DELETE /reservations/{id}`: only with the user's signature over
-/// `"delete:" ‖ id`.
+/// `frame("delete-v2", <the reservation's signature>)`.
 async fn delete(
     State(st): St,
     Path(id): Path<String>,
@@ -334,8 +584,8 @@ async fn delete(
     if let Err(e) = candidate.verify_delete() {
         warn!(reservation = %id, user = %rec.reservation.user_id, error = %e, "deletion refused");
         return Err(ApiError::bad(format!(
-            "deletion refused: {e} (sign \"delete:{id}\" with the key of user {})",
-            rec.reservation.user_id
+            "deletion refused: {e} (sign frame(\"delete-v2\", <the reservation's signature>) with the key of user {}; the signature of {id} is {})",
+            rec.reservation.user_id, rec.reservation.signature
         )));
     }
     let rec = st
@@ -348,28 +598,64 @@ async fn delete(
     Ok(StatusCode::OK)
 }
 
-/// `POST /nodes`: register or re-register.
+/// A signed `capacity` or `used` object as the explorer's [`Capacity`].
+fn capacity(what: &str, raw: &RawValue) -> ApiResult<Capacity> {
+    let c: Capacity = serde_json::from_str(raw.get()).map_err(|e| {
+        ApiError::bad(format!(
+            "{what}: not a capacity object ({{\"cru\", \"mru\", \"sru\", \"hru\"}}): {e}"
+        ))
+    })?;
+    if let Some(f) = c.invalid_field() {
+        return Err(ApiError::bad(format!(
+            "{what}.{f}: must be a non-negative number"
+        )));
+    }
+    Ok(c)
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// `POST /nodes`: register or re-register, signed by the node, with a
+/// timestamp newer than the node's last accepted one.
 async fn register(State(st): St, b: Result<Bytes, BytesRejection>) -> ApiResult<StatusCode> {
     let b = body(st.max_body, b)?;
-    let reg: NodeRegistration = parse_json("node registration", &b)?;
+    let reg: Registration = parse_json("node registration", &b)?;
     reservation::identity::parse_public_key("node_id", &reg.node_id)
         .map_err(|e| ApiError::bad(e.to_string()))?;
     if reg.url.trim().is_empty() {
         return Err(ApiError::bad("url: must say where the node can be reached"));
     }
-    if let Some(f) = reg.capacity.invalid_field() {
+    let cap = capacity("capacity", &reg.capacity)?;
+    if let Err(e) = reg.verify() {
+        warn!(node = %reg.node_id, error = %e, "node registration refused");
         return Err(ApiError::bad(format!(
-            "capacity.{f}: must be a non-negative number"
+            "node registration refused: {e} (it must be signed by the node's own key over frame(\"node-v2\", node_id, url, capacity, timestamp))"
         )));
     }
-    let info = st.db.register_node(reg)?;
-    st.flush().await?;
-    info!(node = %info.node_id, url = %info.url, "node registered");
-    Ok(StatusCode::CREATED)
+    match st
+        .db
+        .register_node(&reg.node_id, &reg.url, cap, reg.timestamp, now_ms())?
+    {
+        Ok(info) => {
+            st.flush().await?;
+            info!(node = %info.node_id, url = %info.url, "node registered");
+            Ok(StatusCode::CREATED)
+        }
+        Err(m) => {
+            warn!(node = %reg.node_id, error = %m, "node registration refused");
+            Err(ApiError::bad(format!(
+                "node registration refused: {m} (sign every message with a fresh timestamp)"
+            )))
+        }
+    }
 }
 
-/// `POST /nodes/{node_id}/uptime`: heartbeat. 404 for an unknown node, so
-/// the agent knows to register again (e.g. after the explorer lost state).
+/// `POST /nodes/{node_id}/uptime`: heartbeat, signed by the node, with a
+/// timestamp newer than the node's last accepted one. 404 for an unknown
+/// node, so the agent knows to register again (e.g. after the explorer
+/// lost state).
 async fn uptime(
     State(st): St,
     Path(node_id): Path<String>,
@@ -377,17 +663,26 @@ async fn uptime(
 ) -> ApiResult<StatusCode> {
     let b = body(st.max_body, b)?;
     let up: Uptime = parse_json("uptime", &b)?;
-    if let Some(f) = up.used.as_ref().and_then(|u| u.invalid_field()) {
+    let used = capacity("used", &up.used)?;
+    if let Err(e) = up.verify(&node_id) {
+        warn!(node = %node_id, error = %e, "uptime refused");
         return Err(ApiError::bad(format!(
-            "used.{f}: must be a non-negative number"
+            "uptime refused: {e} (it must be signed by node {node_id} over frame(\"node-v2\", node_id, \"uptime\", uptime, used, timestamp))"
         )));
     }
-    match st.db.heartbeat(&node_id, up.used, Utc::now())? {
-        Some(_) => {
+    match st.db.heartbeat(&node_id, used, up.timestamp, Utc::now())? {
+        NodeUpdate::Done => {
+            st.flush().await?;
             tracing::debug!(node = %node_id, uptime = up.uptime, "heartbeat");
             Ok(StatusCode::OK)
         }
-        None => Err(ApiError::new(
+        NodeUpdate::Stale(m) => {
+            warn!(node = %node_id, error = %m, "uptime refused");
+            Err(ApiError::bad(format!(
+                "uptime refused: {m} (sign every message with a fresh timestamp)"
+            )))
+        }
+        NodeUpdate::Unknown => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("node {node_id:?} is not registered: POST /nodes first"),
         )),
@@ -435,13 +730,7 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
 pub(crate) fn in_process(cfg: &ServerConfig) -> Result<Router, ExplorerError> {
     let db = Db::open(&cfg.data_dir)?;
     let (_no_shutdown, rx) = watch::channel(false);
-    Ok(router(Arc::new(AppState {
-        db,
-        long_poll: cfg.long_poll,
-        max_body: cfg.max_body,
-        wake: Mutex::new(HashMap::new()),
-        shutdown: rx,
-    })))
+    Ok(router(Arc::new(AppState::new(db, cfg, rx))))
 }
 
 pub(crate) async fn run(
@@ -451,13 +740,7 @@ pub(crate) async fn run(
 ) -> Result<(), ExplorerError> {
     let db = Db::open(&cfg.data_dir)?;
     let (tx, rx) = watch::channel(false);
-    let st = Arc::new(AppState {
-        db,
-        long_poll: cfg.long_poll,
-        max_body: cfg.max_body,
-        wake: Mutex::new(HashMap::new()),
-        shutdown: rx.clone(),
-    });
+    let st = Arc::new(AppState::new(db, &cfg, rx.clone()));
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);

@@ -7,13 +7,15 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{ids, poll, start};
+use common::{cap, heartbeat, ids, poll, register, registration, start, uptime, volume};
 use explorer::ReservationView;
-use reservation::{Identity, Workload, WorkloadType};
+use reservation::{Identity, Reservation, ResultState, Workload, WorkloadResult, WorkloadType};
 use serde_json::json;
+use serde_json::value::RawValue;
 
 const BIN: &str = env!("CARGO_BIN_EXE_explorer");
 
@@ -91,6 +93,10 @@ async fn keygen_reserve_get_delete_nodes() {
     assert_eq!(ids(&list), ["1-1"]);
     let res = &list[0];
     res.verify().unwrap();
+    // Version 2, with a fresh random nonce.
+    res.check_version().unwrap();
+    assert_eq!(res.version, 2);
+    assert_eq!(res.nonce.len(), 32, "{}", res.nonce);
     assert_eq!(
         (res.user_id.as_str(), res.kind.as_str()),
         (user.id(), "volume")
@@ -120,7 +126,7 @@ async fn keygen_reserve_get_delete_nodes() {
     );
     assert!(r.stderr.contains("result: none yet"), "{}", r.stderr);
 
-    let result = node.error_result("volume", "1-1", "not enough HDD: asked 2 GiB, 0 GiB free");
+    let result = node.error_result(res, "not enough HDD: asked 2 GiB, 0 GiB free");
     let resp = c
         .put(format!("{}/reservations/1-1", s.url))
         .json(&result)
@@ -132,12 +138,13 @@ async fn keygen_reserve_get_delete_nodes() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr.contains("result: error: not enough HDD")
-            && r.stderr.contains("node signature verifies"),
+            && r.stderr.contains("node signature verifies")
+            && r.stderr.contains("for this reservation"),
         "{}",
         r.stderr
     );
 
-    // delete: signed with the user key.
+    // delete: fetches the reservation and signs over its signature.
     let r = run(&s.url, &key, &["delete", "1-1"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let view: ReservationView = c
@@ -150,6 +157,15 @@ async fn keygen_reserve_get_delete_nodes() {
         .unwrap();
     assert!(view.to_delete);
     view.reservation().verify_delete().unwrap();
+    assert_eq!(
+        view.delete_signature.as_deref(),
+        Some(user.sign_delete(&res.signature).as_str())
+    );
+    assert!(
+        r.stderr.contains("deleting the volume reservation 1-1"),
+        "{}",
+        r.stderr
+    );
     let r = run(&s.url, &key, &["get", "1-1"]).await;
     assert!(
         r.stderr.contains("deletion: requested and signed"),
@@ -157,16 +173,32 @@ async fn keygen_reserve_get_delete_nodes() {
         r.stderr
     );
 
-    // Someone else's key cannot delete it: refused, exit 1.
+    // Someone else's key cannot delete it: refused before anything is
+    // signed, exit 1.
     let other = dir.path().join("other.seed");
     assert_eq!(run(&s.url, &other, &["keygen"]).await.code, 0);
-    let r = run(&s.url, &other, &["delete", "1-1"]).await;
+    let mallory = Identity::load_or_create(&other).unwrap();
+    let second = volume(&user, node.id());
+    assert_eq!(common::post(&c, &s.url, &second).await, "2-1");
+    let r = run(&s.url, &other, &["delete", "2-1"]).await;
     assert_eq!(r.code, 1);
     assert!(
-        r.stderr.contains("400") && r.stderr.contains("delete_signature"),
+        r.stderr
+            .contains(&format!("reservation 2-1 belongs to user {}", user.id()))
+            && r.stderr.contains(mallory.id())
+            && r.stderr.contains("only its user can delete it"),
         "{}",
         r.stderr
     );
+    let view: ReservationView = c
+        .get(format!("{}/reservations/2-1", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!view.to_delete);
     let r = run(&s.url, &key, &["get", "99-1"]).await;
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("404"), "{}", r.stderr);
@@ -181,25 +213,11 @@ async fn keygen_reserve_get_delete_nodes() {
         (&node, "http://127.0.0.1:9000"),
         (&Identity::generate(), "http://10.0.0.7:9000"),
     ] {
-        let reg = json!({"node_id": n.id(), "url": url, "capacity": {"cru": 8, "mru": 16, "sru": 100, "hru": 500}});
-        assert_eq!(
-            c.post(format!("{}/nodes", s.url))
-                .json(&reg)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            201
-        );
+        let (st, msg) = register(&c, &s.url, &registration(n, url)).await;
+        assert_eq!(st, 201, "{msg}");
     }
-    let hb = json!({"uptime": 10, "used": {"cru": 2, "mru": 4, "sru": 2, "hru": 0}});
-    let resp = c
-        .post(format!("{}/nodes/{}/uptime", s.url, node.id()))
-        .json(&hb)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (st, msg) = heartbeat(&c, &s.url, node.id(), &uptime(&node, 10, cap(2, 4, 2, 0))).await;
+    assert_eq!(st, 200, "{msg}");
     let r = run(&s.url, &key, &["nodes"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let lines: Vec<&str> = r.stdout.lines().collect();
@@ -227,6 +245,156 @@ async fn keygen_reserve_get_delete_nodes() {
     let v: Vec<explorer::NodeInfo> = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v.len(), 2);
     s.stop().await;
+}
+
+/// A stand-in explorer (the explorer is not trusted): it answers every
+/// `GET /reservations/{id}` with the JSON in `view`, and records the body
+/// of every `DELETE`.
+struct Fake {
+    url: String,
+    view: Arc<Mutex<String>>,
+    deletes: Arc<Mutex<Vec<String>>>,
+}
+
+async fn fake_explorer() -> Fake {
+    use axum::routing::get;
+    let view = Arc::new(Mutex::new(String::new()));
+    let deletes = Arc::new(Mutex::new(Vec::new()));
+    let (v, d) = (view.clone(), deletes.clone());
+    let app = axum::Router::new().route(
+        "/reservations/:id",
+        get(move || {
+            let body = v.lock().unwrap().clone();
+            async move { ([("content-type", "application/json")], body) }
+        })
+        .delete(move |body: String| {
+            d.lock().unwrap().push(body);
+            async { "" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Fake { url, view, deletes }
+}
+
+impl Fake {
+    fn serve(&self, r: &Reservation, result: Option<WorkloadResult>) {
+        let v = ReservationView::new(r, result, false);
+        *self.view.lock().unwrap() = serde_json::to_string(&v).unwrap();
+    }
+}
+
+/// `get` checks the result against the node and this reservation's
+/// signature, and says so plainly when it does not verify; `delete` signs
+/// nothing for a reservation that does not carry the user's signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_delete_check_what_the_explorer_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("user.seed");
+    let user = Identity::load_or_create(&key).unwrap();
+    let node = Identity::generate();
+    let fake = fake_explorer().await;
+    let mut r = volume(&user, node.id());
+    r.id = "1-1".into();
+    let mut other = volume(&user, node.id());
+    other.id = "2-1".into();
+    let null = || RawValue::from_string("null".into()).unwrap();
+
+    // A good result: verifies, exit 0.
+    fake.serve(
+        &r,
+        Some(node.ok_result(&r, &json!({"volume_id": "1-1"})).unwrap()),
+    );
+    let out = run(&fake.url, &key, &["get", "1-1"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("result: ok; node signature verifies"),
+        "{}",
+        out.stderr
+    );
+
+    // Signed by the node, but for the other reservation's signature and
+    // shown under this id: refused, exit 1.
+    let moved = node.sign_result(
+        "volume",
+        "1-1",
+        &other.signature,
+        ResultState::Ok,
+        String::new(),
+        null(),
+    );
+    fake.serve(&r, Some(moved));
+    let out = run(&fake.url, &key, &["get", "1-1"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("result: ok; node signature DOES NOT VERIFY for this reservation")
+            && out.stderr.contains("do not trust it")
+            && out
+                .stderr
+                .contains("reservation 1-1: a signature does not verify"),
+        "{}",
+        out.stderr
+    );
+    // Signed by someone else.
+    fake.serve(&r, Some(Identity::generate().error_result(&r, "nope")));
+    let out = run(&fake.url, &key, &["get", "1-1"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("DOES NOT VERIFY"), "{}", out.stderr);
+    // The other reservation's genuine result shown with this one.
+    fake.serve(&r, Some(node.error_result(&other, "disk full")));
+    let out = run(&fake.url, &key, &["get", "1-1"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("it is about \"2-1\", NOT this reservation \"1-1\""),
+        "{}",
+        out.stderr
+    );
+    // A version 1 reservation: nodes refuse it, and get says so.
+    let mut v1 = r.clone();
+    v1.version = 0;
+    v1.nonce.clear();
+    fake.serve(&v1, None);
+    let out = run(&fake.url, &key, &["get", "1-1"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "version: NOT ACCEPTED by nodes: version: protocol version 1 is not accepted"
+        ),
+        "{}",
+        out.stderr
+    );
+
+    // delete: a served reservation that does not verify gets no signature.
+    let mut tampered = r.clone();
+    tampered.duration *= 1000;
+    fake.serve(&tampered, None);
+    let out = run(&fake.url, &key, &["delete", "1-1"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "reservation 1-1 as the explorer shows it does not carry your valid signature"
+        ) && out.stderr.contains("nothing was signed"),
+        "{}",
+        out.stderr
+    );
+    assert!(fake.deletes.lock().unwrap().is_empty());
+    // A genuine one: the deletion signs its signature.
+    fake.serve(&r, None);
+    let out = run(&fake.url, &key, &["delete", "1-1"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let sent = fake.deletes.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    let body: serde_json::Value = serde_json::from_str(&sent[0]).unwrap();
+    assert_eq!(
+        body["delete_signature"],
+        json!(user.sign_delete(&r.signature))
+    );
+    let mut check = r.clone();
+    check.delete_signature = Some(body["delete_signature"].as_str().unwrap().into());
+    check.verify_delete().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,7 +540,10 @@ async fn reserve_seals_secrets_for_the_node_and_fills_every_field() {
     }
     for r in &list {
         r.verify().unwrap();
+        r.check_version().unwrap();
     }
+    let nonces: std::collections::HashSet<&str> = list.iter().map(|r| r.nonce.as_str()).collect();
+    assert_eq!(nonces.len(), list.len(), "a fresh nonce each");
     let parsed: Vec<Workload> = list
         .iter()
         .map(|r| Workload::parse(r.workload_type().unwrap(), &r.data).unwrap())

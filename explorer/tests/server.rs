@@ -1,20 +1,37 @@
-//! The explorer's HTTP API over real loopback HTTP: every route of
-//! PROTOCOL.md, signatures checked on the way in, data kept byte for byte,
-//! poll and long-poll semantics, and state across a restart.
+//! The explorer's HTTP API (protocol version 2) over real loopback HTTP:
+//! every route of PROTOCOL.md, signatures checked on the way in, data kept
+//! byte for byte, the lifetime and replay rules of a POST, poll paging and
+//! long-poll semantics (with its per-node limit), signed node messages, and
+//! state across a restart.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use common::{ids, poll, post, signed, start, volume};
-use explorer::{NodeInfo, ReservationView};
-use reservation::{Identity, ResultState, WorkloadResult};
+use chrono::{SubsecRound, Utc};
+use common::{
+    cap, confirm_deleted, delete, expiring_in, heartbeat, ids, nodes, now_ms, poll, poll_q,
+    poll_query, post, post_as, post_body, register, registration, send, signed, signed_exact,
+    start, start_with, until_expired, uptime, volume, VOLUME,
+};
+use explorer::{ReservationView, ServerConfig};
+use reservation::node::{Registration, Uptime};
+use reservation::{Identity, Reservation, ResultState, WorkloadResult};
 use serde_json::json;
 use serde_json::value::RawValue;
 
 fn client() -> reqwest::Client {
     reqwest::Client::new()
+}
+
+fn raw(s: &str) -> Box<RawValue> {
+    RawValue::from_string(s.to_string()).unwrap()
+}
+
+async fn view(c: &reqwest::Client, url: &str, id: &str) -> ReservationView {
+    let (st, text) = send(c.get(format!("{url}/reservations/{id}"))).await;
+    assert_eq!(st, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
 }
 
 #[tokio::test]
@@ -39,26 +56,25 @@ async fn post_and_get_keep_data_byte_for_byte() {
         json!({"id": "1-1"})
     );
 
-    let text = c
-        .get(format!("{}/reservations/1-1", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (st, text) = send(c.get(format!("{}/reservations/1-1", s.url))).await;
+    assert_eq!(st, 200);
     assert!(text.contains(&format!("\"data\":{raw}")), "{text}");
     let view: ReservationView = serde_json::from_str(&text).unwrap();
     assert_eq!(view.id, "1-1");
+    assert_eq!((view.version, view.nonce.as_str()), (2, r.nonce.as_str()));
     assert!(view.result.is_none() && !view.deleted && !view.to_delete);
     view.reservation().verify().unwrap();
+    view.reservation().check_version().unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["version"], json!(2));
+    assert_eq!(v["nonce"], json!(r.nonce));
     assert_eq!(v["result"], serde_json::Value::Null);
     assert_eq!(v["deleted"], json!(false));
 
     let list = poll(&c, &s.url, node.id(), 0).await;
     assert_eq!(ids(&list), ["1-1"]);
     assert_eq!(list[0].data.get(), raw);
+    assert_eq!((list[0].version, &list[0].nonce), (2, &r.nonce));
     list[0].verify().unwrap();
 
     assert_eq!(post(&c, &s.url, &volume(&user, node.id())).await, "2-1");
@@ -66,8 +82,7 @@ async fn post_and_get_keep_data_byte_for_byte() {
 }
 
 #[tokio::test]
-async fn accepts_the_libsodium_vector_reservation() {
-    // The committed copy (reservation/tests checks it equals shared/).
+async fn the_libsodium_vector_reservation_is_judged_by_its_signature_and_lifetime() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../reservation/tests/vectors.json"
@@ -76,21 +91,55 @@ async fn accepts_the_libsodium_vector_reservation() {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let body = vectors["reservation_json"].as_str().unwrap();
     let node = vectors["node_id"].as_str().unwrap();
+    let seed: [u8; 32] = hex_seed(vectors["user_seed"].as_str().unwrap());
+    let user = Identity::from_seed(&seed);
+    let vector: Reservation = serde_json::from_str(body).unwrap();
+    vector.verify().unwrap();
+
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), Duration::from_secs(2)).await;
     let c = client();
-    let resp = c
-        .post(format!("{}/reservations/{node}", s.url))
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    // The vector itself is valid only in its hour (2026-11-25 11:00 to
+    // 12:00 UTC): outside it the explorer refuses it for its lifetime.
+    let (st, msg) = post_body(&c, &s.url, node, body.to_string()).await;
+    let now = Utc::now();
+    let created = vector.created.unwrap();
+    if now >= vector.expires_at().unwrap() {
+        assert_eq!(st, 400, "{msg}");
+        assert!(
+            msg.contains("the reservation ended at 2026-11-25T12:00:00"),
+            "{msg}"
+        );
+    } else if created - now > chrono::Duration::minutes(5) {
+        assert_eq!(st, 400, "{msg}");
+        assert!(msg.contains("in the future"), "{msg}");
+    } else {
+        assert_eq!(st, 201, "{msg}");
+    }
+
+    // The same bytes of data (spaces included), signed now by the vector's
+    // user with the vector's nonce: accepted, kept byte for byte, the
+    // posted id 12-1 replaced.
+    let mut live = vector.clone();
+    live.created = Some(Utc::now().trunc_subsecs(0));
+    user.sign_reservation(&mut live);
+    let (st, msg) = post_body(&c, &s.url, node, serde_json::to_string(&live).unwrap()).await;
+    assert_eq!(st, 201, "{msg}");
     let list = poll(&c, &s.url, node, 0).await;
-    assert_eq!(list[0].data.get(), r#"{"size": 1, "type":"SSD"}"#);
-    assert_eq!(list[0].id, "1-1", "the posted id 12-1 is replaced");
-    list[0].verify().unwrap();
+    let got = list.last().unwrap();
+    assert_eq!(got.data.get(), r#"{"size": 1, "type":"SSD"}"#);
+    assert_ne!(got.id, "12-1", "the posted id is replaced");
+    assert_eq!(got.nonce, "00112233445566778899aabbccddeeff");
+    got.verify().unwrap();
     s.stop().await;
+}
+
+fn hex_seed(h: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
 }
 
 #[tokio::test]
@@ -99,30 +148,32 @@ async fn bad_signatures_and_shapes_are_refused_with_a_message() {
     let s = start(dir.path(), Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
-    let url = format!("{}/reservations/{}", s.url, node.id());
-    let send = |body: String| {
-        let c = c.clone();
-        let url = url.clone();
-        async move {
-            let resp = c.post(url).body(body).send().await.unwrap();
-            (resp.status().as_u16(), resp.text().await.unwrap())
-        }
-    };
+    let send = |body: String| post_body(&c, &s.url, node.id(), body);
     let good = serde_json::to_string(&volume(&user, node.id())).unwrap();
 
-    // A tampered duration, data, or user: the signature no longer verifies.
+    // A tampered duration, data, nonce or user: the signature no longer
+    // verifies.
     let mut r = volume(&user, node.id());
     r.duration *= 2;
     let (st, msg) = send(serde_json::to_string(&r).unwrap()).await;
     assert_eq!(st, 400);
-    assert!(msg.contains("signature"), "{msg}");
+    assert!(
+        msg.contains("reservation refused: signature") && msg.contains("does not verify"),
+        "{msg}"
+    );
     let tampered = good.replace(r#""size":1"#, r#""size":2"#);
     assert_ne!(tampered, good);
     let (st, msg) = send(tampered).await;
     assert_eq!((st, msg.contains("does not verify")), (400, true), "{msg}");
     let mut r = volume(&user, node.id());
-    r.user_id = Identity::generate().id().to_string();
-    assert_eq!(send(serde_json::to_string(&r).unwrap()).await.0, 400);
+    r.nonce = reservation::new_nonce();
+    let (st, msg) = send(serde_json::to_string(&r).unwrap()).await;
+    assert_eq!((st, msg.contains("does not verify")), (400, true), "{msg}");
+    let mut r = volume(&user, node.id());
+    let other = Identity::generate();
+    r.user_id = other.id().to_string();
+    let (st, msg) = send(serde_json::to_string(&r).unwrap()).await;
+    assert_eq!((st, msg.contains(other.id())), (400, true), "{msg}");
     let mut r = volume(&user, node.id());
     r.signature.clear();
     let (st, msg) = send(serde_json::to_string(&r).unwrap()).await;
@@ -153,11 +204,19 @@ async fn bad_signatures_and_shapes_are_refused_with_a_message() {
     let mut bad_dur = v.clone();
     bad_dur["duration"] = json!("1h");
     assert_eq!(send(bad_dur.to_string()).await.0, 400);
-
-    // Too big: refused before parsing.
-    let (st, msg) = send(format!("{{\"pad\":\"{}\"}}", "x".repeat(2 << 20))).await;
-    assert_eq!(st, 413);
-    assert!(msg.contains("1048576 byte limit"), "{msg}");
+    let mut no_type = volume(&user, node.id());
+    no_type.kind.clear();
+    user.sign_reservation(&mut no_type);
+    let (st, msg) = send(serde_json::to_string(&no_type).unwrap()).await;
+    assert_eq!(
+        (st, msg.contains("type: must not be empty")),
+        (400, true),
+        "{msg}"
+    );
+    // A path that is not a node id.
+    let r = volume(&user, "not-a-node");
+    let (st, msg) = post_body(&c, &s.url, "not-a-node", serde_json::to_string(&r).unwrap()).await;
+    assert_eq!((st, msg.contains("node_id")), (400, true), "{msg}");
 
     // Well signed but bad data or an unknown type: accepted, the node
     // refuses it with a signed error result.
@@ -174,15 +233,229 @@ async fn bad_signatures_and_shapes_are_refused_with_a_message() {
     assert_eq!(send(serde_json::to_string(&r).unwrap()).await.0, 201);
 
     // Unknown ids.
-    for id in ["99-1", "abc", "1-2"] {
-        let resp = c
-            .get(format!("{}/reservations/{id}", s.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 404, "{id}");
-        assert!(resp.text().await.unwrap().contains("not found"));
+    for id in ["99-1", "abc", "1-2", "+1-1"] {
+        let (st, msg) = send_get(&c, &format!("{}/reservations/{id}", s.url)).await;
+        assert_eq!(st, 404, "{id}");
+        assert!(msg.contains("not found"), "{msg}");
     }
+    s.stop().await;
+}
+
+async fn send_get(c: &reqwest::Client, url: &str) -> (u16, String) {
+    send(c.get(url)).await
+}
+
+/// A version 1 body (no `version`, no `nonce`), another version, and
+/// missing or malformed nonces are refused, with check_version's message.
+#[tokio::test]
+async fn version_1_and_bad_nonces_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let c = client();
+    let (user, node) = (Identity::generate(), Identity::generate());
+    let send = |body: String| post_body(&c, &s.url, node.id(), body);
+
+    // Version 1: no version, no nonce, signed the old way (a plain
+    // concatenation); its old signature would verify, but is never tried.
+    let created = Utc::now().trunc_subsecs(0);
+    let v1_message = format!(
+        "{}{}volume{VOLUME}{}{}",
+        node.id(),
+        user.id(),
+        created.timestamp(),
+        3_600_000_000_000i64
+    );
+    let v1 = json!({
+        "id": "",
+        "node_id": node.id(),
+        "user_id": user.id(),
+        "type": "volume",
+        "data": {"size": 1, "type": "SSD"},
+        "created": created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "duration": 3_600_000_000_000i64,
+        "signature": user.sign(v1_message.as_bytes()),
+        "to_delete": false,
+    });
+    let (st, msg) = send(v1.to_string()).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(
+        msg.contains("protocol version 1 is not accepted; sign with version 2"),
+        "{msg}"
+    );
+    let mut explicit_v1 = v1.clone();
+    explicit_v1["version"] = json!(1);
+    let (st, msg) = send(explicit_v1.to_string()).await;
+    assert_eq!(
+        (st, msg.contains("protocol version 1 is not accepted")),
+        (400, true),
+        "{msg}"
+    );
+
+    let mut r = volume(&user, node.id());
+    r.version = 3;
+    let (st, msg) = send(serde_json::to_string(&r).unwrap()).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("protocol version 3 is not supported"), "{msg}");
+
+    // Version 2 without a nonce.
+    let mut no_nonce: serde_json::Value = serde_json::to_value(volume(&user, node.id())).unwrap();
+    no_nonce.as_object_mut().unwrap().remove("nonce");
+    let (st, msg) = send(no_nonce.to_string()).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("nonce: missing"), "{msg}");
+
+    // Malformed nonces, each correctly signed.
+    for nonce in [
+        "00112233445566778899AABBCCDDEEFF", // upper case
+        "0011223344556677",                 // too short
+        "zz112233445566778899aabbccddeeff", // not hex
+        &"ab".repeat(33),                   // too long
+    ] {
+        let mut r = volume(&user, node.id());
+        r.nonce = nonce.to_string();
+        user.sign_reservation(&mut r);
+        r.verify().unwrap();
+        let (st, msg) = send(serde_json::to_string(&r).unwrap()).await;
+        assert_eq!(st, 400, "{nonce}: {msg}");
+        assert!(
+            msg.contains("nonce: must be 32 to 64 lowercase hex characters"),
+            "{msg}"
+        );
+    }
+    assert!(poll(&c, &s.url, node.id(), 0).await.is_empty());
+    s.stop().await;
+}
+
+/// `created` must be whole seconds, at most 5 minutes ahead, and the
+/// reservation not expired; `duration` must be positive.
+#[tokio::test]
+async fn expired_future_and_fractional_reservations_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let c = client();
+    let (user, node) = (Identity::generate(), Identity::generate());
+    let send =
+        |r: Reservation| post_body(&c, &s.url, node.id(), serde_json::to_string(&r).unwrap());
+    let hour = 3_600_000_000_000i64;
+
+    let expired = signed(
+        &user,
+        node.id(),
+        "volume",
+        VOLUME,
+        Utc::now() - chrono::Duration::hours(2),
+        3600,
+    );
+    let (st, msg) = send(expired).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("expired: the reservation ended at"), "{msg}");
+
+    let future = signed(
+        &user,
+        node.id(),
+        "volume",
+        VOLUME,
+        Utc::now() + chrono::Duration::minutes(10),
+        3600,
+    );
+    let (st, msg) = send(future).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(
+        msg.contains("in the future; at most 300s is accepted (check the clock)"),
+        "{msg}"
+    );
+    // Four minutes ahead is within the allowance.
+    let soon = signed(
+        &user,
+        node.id(),
+        "volume",
+        VOLUME,
+        Utc::now() + chrono::Duration::minutes(4),
+        3600,
+    );
+    assert_eq!(send(soon).await.0, 201);
+
+    // The signature covers whole seconds only: a fraction is refused even
+    // though the signature verifies.
+    let fraction = Utc::now().trunc_subsecs(0) + chrono::Duration::milliseconds(500);
+    let r = signed_exact(&user, node.id(), "volume", VOLUME, fraction, hour);
+    r.verify().unwrap();
+    let (st, msg) = send(r).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("created: must be whole seconds"), "{msg}");
+
+    let r = signed_exact(
+        &user,
+        node.id(),
+        "volume",
+        VOLUME,
+        Utc::now().trunc_subsecs(0),
+        0,
+    );
+    let (st, msg) = send(r).await;
+    assert_eq!(
+        (st, msg.contains("duration: must be > 0")),
+        (400, true),
+        "{msg}"
+    );
+    let mut r = volume(&user, node.id());
+    r.created = None;
+    user.sign_reservation(&mut r);
+    let (st, msg) = send(r).await;
+    assert_eq!((st, msg.contains("created: not set")), (400, true), "{msg}");
+
+    assert_eq!(ids(&poll(&c, &s.url, node.id(), 0).await), ["1-1"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn data_larger_than_64_kib_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let c = client();
+    let (user, node) = (Identity::generate(), Identity::generate());
+    // A JSON string of exactly 64 KiB (quotes included): accepted.
+    let at_limit = format!("\"{}\"", "x".repeat(explorer::MAX_DATA - 2));
+    let r = signed(&user, node.id(), "volume", &at_limit, Utc::now(), 60);
+    assert_eq!(post(&c, &s.url, &r).await, "1-1");
+    // One byte more: refused, the message names the limit.
+    let over = format!("\"{}\"", "x".repeat(explorer::MAX_DATA - 1));
+    let r = signed(&user, node.id(), "volume", &over, Utc::now(), 60);
+    let (st, msg) = post_body(&c, &s.url, node.id(), serde_json::to_string(&r).unwrap()).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(
+        msg.contains("data: 65537 bytes is larger than the limit of 65536 bytes (64 KiB)"),
+        "{msg}"
+    );
+    assert_eq!(poll(&c, &s.url, node.id(), 0).await.len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413_on_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let c = client();
+    let (user, node) = (Identity::generate(), Identity::generate());
+    let r = post_as(&c, &s.url, &volume(&user, node.id())).await;
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2 << 20));
+    for req in [
+        c.post(format!("{}/reservations/{}", s.url, node.id())),
+        c.put(format!("{}/reservations/{}", s.url, r.id)),
+        c.put(format!("{}/reservations/{}/deleted", s.url, r.id)),
+        c.delete(format!("{}/reservations/{}", s.url, r.id)),
+        c.post(format!("{}/nodes", s.url)),
+        c.post(format!("{}/nodes/{}/uptime", s.url, node.id())),
+    ] {
+        let (st, msg) = send(req.body(big.clone())).await;
+        assert_eq!(st, 413, "{msg}");
+        assert!(
+            msg.contains("request body is larger than the 1048576 byte limit"),
+            "{msg}"
+        );
+    }
+    let v = view(&c, &s.url, &r.id).await;
+    assert!(v.result.is_none() && !v.to_delete && !v.deleted);
     s.stop().await;
 }
 
@@ -197,16 +470,84 @@ async fn a_reservation_posted_under_another_node_is_refused() {
         Identity::generate(),
     );
     let r = volume(&user, node.id());
+    let (st, msg) = post_body(&c, &s.url, other.id(), serde_json::to_string(&r).unwrap()).await;
+    assert_eq!(st, 400);
+    assert!(msg.contains("does not match"), "{msg}");
+    assert!(poll(&c, &s.url, other.id(), 0).await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_signed_reservation_posted_twice_is_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let c = client();
+    let (user, node) = (Identity::generate(), Identity::generate());
+    let r = volume(&user, node.id());
+    let body = serde_json::to_string(&r).unwrap();
+    assert_eq!(post(&c, &s.url, &r).await, "1-1");
     let resp = c
-        .post(format!("{}/reservations/{}", s.url, other.id()))
-        .body(serde_json::to_string(&r).unwrap())
+        .post(format!("{}/reservations/{}", s.url, node.id()))
+        .body(body.clone())
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.status(), 409);
+    assert_eq!(resp.headers()["location"], "/reservations/1-1");
     let msg = resp.text().await.unwrap();
-    assert!(msg.contains("does not match"), "{msg}");
-    assert!(poll(&c, &s.url, other.id(), 0).await.is_empty());
+    assert!(
+        msg.contains("already stored as 1-1") && msg.contains("fresh nonce"),
+        "{msg}"
+    );
+    // With another id, or another posted deletion state: the same
+    // signature, still a conflict.
+    let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["id"] = json!("77-1");
+    let (st, msg) = post_body(&c, &s.url, node.id(), v.to_string()).await;
+    assert_eq!(
+        (st, msg.contains("already stored as 1-1")),
+        (409, true),
+        "{msg}"
+    );
+    // The same content with a fresh nonce is another reservation.
+    let mut again = r.clone();
+    again.nonce.clear();
+    user.sign_reservation(&mut again);
+    assert_ne!(again.nonce, r.nonce);
+    assert_eq!(post(&c, &s.url, &again).await, "2-1");
+    assert_eq!(ids(&poll(&c, &s.url, node.id(), 0).await), ["1-1", "2-1"]);
+
+    // Still a conflict after a restart, and the counter was not burnt.
+    s.stop().await;
+    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let (st, _) = post_body(&c, &s.url, node.id(), body).await;
+    assert_eq!(st, 409);
+    assert_eq!(post(&c, &s.url, &volume(&user, node.id())).await, "3-1");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_posts_of_one_signed_reservation_store_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let (user, node) = (Identity::generate(), Identity::generate());
+    let body = serde_json::to_string(&volume(&user, node.id())).unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (url, node, body) = (s.url.clone(), node.id().to_string(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            post_body(&client(), &url, &node, body).await
+        }));
+    }
+    let answers: Vec<(u16, String)> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let created = answers.iter().filter(|(st, _)| *st == 201).count();
+    let conflicts = answers.iter().filter(|(st, _)| *st == 409).count();
+    assert_eq!((created, conflicts), (1, 15), "{answers:?}");
+    assert_eq!(poll(&client(), &s.url, node.id(), 0).await.len(), 1);
     s.stop().await;
 }
 
@@ -220,19 +561,20 @@ async fn poll_answers_by_cursor_expiry_and_pending_deletion() {
         Identity::generate(),
         Identity::generate(),
     );
-    let two_hours_ago = Utc::now() - chrono::Duration::hours(2);
-    let expired = signed(
-        &user,
-        a.id(),
-        "volume",
-        r#"{"size":1,"type":"SSD"}"#,
-        two_hours_ago,
-        3600,
-    );
-    assert_eq!(post(&c, &s.url, &volume(&user, a.id())).await, "1-1");
-    assert_eq!(post(&c, &s.url, &expired).await, "2-1");
-    assert_eq!(post(&c, &s.url, &volume(&user, a.id())).await, "3-1");
+    let r1 = post_as(&c, &s.url, &volume(&user, a.id())).await;
+    let short = expiring_in(&user, a.id(), 3);
+    let r2 = post_as(&c, &s.url, &short).await;
+    let r3 = post_as(&c, &s.url, &volume(&user, a.id())).await;
     assert_eq!(post(&c, &s.url, &volume(&user, b.id())).await, "4-1");
+    assert_eq!(
+        (r1.id.as_str(), r2.id.as_str(), r3.id.as_str()),
+        ("1-1", "2-1", "3-1")
+    );
+    assert_eq!(
+        ids(&poll(&c, &s.url, a.id(), 1).await),
+        ["1-1", "2-1", "3-1"]
+    );
+    until_expired(&short).await;
 
     assert_eq!(
         ids(&poll(&c, &s.url, a.id(), 0).await),
@@ -245,14 +587,9 @@ async fn poll_answers_by_cursor_expiry_and_pending_deletion() {
 
     // Deleted reservations come whatever the cursor, expired or not, until
     // the node confirms.
-    for id in ["1-1", "2-1"] {
-        let resp = c
-            .delete(format!("{}/reservations/{id}", s.url))
-            .json(&json!({"delete_signature": user.sign_delete(id)}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+    for r in [&r1, &r2] {
+        let (st, msg) = delete(&c, &s.url, &user, r).await;
+        assert_eq!(st, 200, "{msg}");
     }
     let list = poll(&c, &s.url, a.id(), 4).await;
     assert_eq!(ids(&list), ["1-1", "2-1"]);
@@ -264,33 +601,33 @@ async fn poll_answers_by_cursor_expiry_and_pending_deletion() {
         ["1-1", "2-1", "3-1"]
     );
 
-    let resp = c
-        .put(format!("{}/reservations/1-1/deleted", s.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (st, msg) = confirm_deleted(&c, &s.url, "1-1", &a.sign_deleted("1-1", &r1.signature)).await;
+    assert_eq!(st, 200, "{msg}");
+    assert!(view(&c, &s.url, "1-1").await.deleted);
     assert_eq!(ids(&poll(&c, &s.url, a.id(), 3).await), ["2-1", "3-1"]);
     // Confirmed deleted: no longer sent from a cursor, even in range.
     assert_eq!(ids(&poll(&c, &s.url, a.id(), 1).await), ["2-1", "3-1"]);
+    // all=true (and a bare from=0) answers everything, expired and
+    // confirmed-deleted ones included.
     assert_eq!(
         ids(&poll(&c, &s.url, a.id(), 0).await),
         ["1-1", "2-1", "3-1"]
     );
-    let resp = c
-        .put(format!("{}/reservations/77-1/deleted", s.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-
-    let resp = c
-        .get(format!("{}/reservations/{}/poll?from=x", s.url, a.id()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    assert!(resp.text().await.unwrap().contains("from must be"));
+    assert_eq!(
+        ids(&poll_q(&c, &s.url, a.id(), "from=1&all=true").await),
+        ["1-1", "2-1", "3-1"]
+    );
+    assert_eq!(
+        ids(&poll_q(&c, &s.url, a.id(), "from=2&all=true").await),
+        ["2-1", "3-1"]
+    );
+    // from=0 with all=false is an ordinary poll.
+    assert_eq!(
+        ids(&poll_q(&c, &s.url, a.id(), "from=0&all=false").await),
+        ["2-1", "3-1"]
+    );
+    let (st, _) = confirm_deleted(&c, &s.url, "77-1", &a.sign_deleted("77-1", &r1.signature)).await;
+    assert_eq!(st, 404);
 
     // Everything survives a restart; the counter goes on.
     s.stop().await;
@@ -301,6 +638,93 @@ async fn poll_answers_by_cursor_expiry_and_pending_deletion() {
     );
     assert_eq!(ids(&poll(&c, &s.url, a.id(), 3).await), ["2-1", "3-1"]);
     assert_eq!(post(&c, &s.url, &volume(&user, b.id())).await, "5-1");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn poll_pages_with_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), Duration::from_millis(300)).await;
+    let c = client();
+    let (user, node) = (Identity::generate(), Identity::generate());
+    let mut posted = Vec::new();
+    for _ in 0..5 {
+        posted.push(post_as(&c, &s.url, &volume(&user, node.id())).await);
+    }
+    // Another node's reservations are never counted in.
+    post(&c, &s.url, &volume(&user, Identity::generate().id())).await;
+
+    // Ordinary poll: 2, 2, 1, each from the last number + 1.
+    let mut from = 1;
+    let mut pages = Vec::new();
+    loop {
+        let page = poll_q(&c, &s.url, node.id(), &format!("from={from}&limit=2")).await;
+        let numbers: Vec<u64> = page.iter().map(|r| r.number().unwrap()).collect();
+        pages.push(numbers.clone());
+        if page.len() < 2 {
+            break;
+        }
+        from = numbers.last().unwrap() + 1;
+    }
+    assert_eq!(pages, [vec![1, 2], vec![3, 4], vec![5]]);
+
+    // A resync pages the same way with all=true.
+    assert_eq!(
+        ids(&poll_q(&c, &s.url, node.id(), "from=0&all=true&limit=2").await),
+        ["1-1", "2-1"]
+    );
+    assert_eq!(
+        ids(&poll_q(&c, &s.url, node.id(), "from=3&all=true&limit=2").await),
+        ["3-1", "4-1"]
+    );
+    assert_eq!(
+        ids(&poll_q(&c, &s.url, node.id(), "from=5&all=true&limit=2").await),
+        ["5-1"]
+    );
+    // A bare from=0 with a limit is still the resync.
+    assert_eq!(
+        ids(&poll_q(&c, &s.url, node.id(), "from=0&limit=3").await),
+        ["1-1", "2-1", "3-1"]
+    );
+
+    // A pending deletion below the cursor comes first, in number order,
+    // and counts in the limit.
+    let (st, msg) = delete(&c, &s.url, &user, &posted[1]).await;
+    assert_eq!(st, 200, "{msg}");
+    assert_eq!(
+        ids(&poll_q(&c, &s.url, node.id(), "from=4&limit=2").await),
+        ["2-1", "4-1"]
+    );
+    assert_eq!(
+        ids(&poll_q(&c, &s.url, node.id(), "from=1&limit=2").await),
+        ["1-1", "2-1"]
+    );
+    assert_eq!(
+        ids(&poll_q(&c, &s.url, node.id(), "from=3&limit=1000").await),
+        ["2-1", "3-1", "4-1", "5-1"]
+    );
+
+    // Bad queries say what is wrong.
+    for (q, want) in [
+        (
+            "from=1&limit=0",
+            "limit must be a number from 1 to 1000, got \"0\"",
+        ),
+        (
+            "from=1&limit=1001",
+            "limit must be a number from 1 to 1000, got \"1001\"",
+        ),
+        ("from=1&limit=ten", "limit must be a number from 1 to 1000"),
+        ("from=1&limit=-1", "limit must be a number from 1 to 1000"),
+        ("from=x", "from must be a reservation number"),
+        ("from=-1", "from must be a reservation number"),
+        ("from=1&all=yes", "all must be true or false"),
+        ("from=1&from=2", "from is given twice"),
+    ] {
+        let (st, msg) = poll_query(&c, &s.url, node.id(), q).await;
+        assert_eq!(st, 400, "{q}: {msg}");
+        assert!(msg.contains(want), "{q}: {msg}");
+    }
     s.stop().await;
 }
 
@@ -333,7 +757,8 @@ async fn long_poll_holds_then_wakes_on_post_and_on_delete() {
     post(&c, &s.url, &volume(&user, Identity::generate().id())).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!waiting.is_finished());
-    assert_eq!(post(&c, &s.url, &volume(&user, node.id())).await, "2-1");
+    let mine = post_as(&c, &s.url, &volume(&user, node.id())).await;
+    assert_eq!(mine.id, "2-1");
     let (list, took) = waiting.await.unwrap();
     assert_eq!(ids(&list), ["2-1"]);
     assert!(took < Duration::from_millis(1500), "{took:?}");
@@ -347,17 +772,112 @@ async fn long_poll_holds_then_wakes_on_post_and_on_delete() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let resp = c
-        .delete(format!("{}/reservations/2-1", s.url))
-        .json(&json!({"delete_signature": user.sign_delete("2-1")}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (st, msg) = delete(&c, &s.url, &user, &mine).await;
+    assert_eq!(st, 200, "{msg}");
     let (list, took) = waiting.await.unwrap();
     assert_eq!(ids(&list), ["2-1"]);
     assert!(list[0].to_delete);
     assert!(took < Duration::from_millis(1500), "{took:?}");
+    s.stop().await;
+}
+
+/// One poll more than `max_polls_per_node` held for a node is answered
+/// 429 at once; other nodes, and polls with something to answer, are not
+/// affected; the slots are freed however a held poll ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_held_polls_for_one_node_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ServerConfig {
+        long_poll: Duration::from_secs(3),
+        ..ServerConfig::new(dir.path())
+    };
+    let max = cfg.max_polls_per_node;
+    assert_eq!(max, 4, "the default");
+    let s = start_with(cfg).await;
+    let c = client();
+    let (user, node, other) = (
+        Identity::generate(),
+        Identity::generate(),
+        Identity::generate(),
+    );
+    assert_eq!(post(&c, &s.url, &volume(&user, node.id())).await, "1-1");
+    let hold = |from: u64| {
+        let (c, url, n) = (c.clone(), s.url.clone(), node.id().to_string());
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let r = poll_query(&c, &url, &n, &format!("from={from}")).await;
+            (r, t.elapsed())
+        })
+    };
+    let held: Vec<_> = (0..max).map(|_| hold(2)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(held.iter().all(|h| !h.is_finished()));
+
+    // One more for the same node: 429 at once, saying why.
+    let t = Instant::now();
+    let (st, msg) = poll_query(&c, &s.url, node.id(), "from=2").await;
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(st, 429, "{msg}");
+    assert!(
+        msg.contains(&format!("too many concurrent polls for node {}", node.id()))
+            && msg.contains("at most 4"),
+        "{msg}"
+    );
+    // A poll with something to answer is not held, so not refused.
+    assert_eq!(ids(&poll(&c, &s.url, node.id(), 1).await), ["1-1"]);
+    // Another node's polls are held as usual (and answered when woken).
+    let theirs = tokio::spawn({
+        let (c, url, n) = (c.clone(), s.url.clone(), other.id().to_string());
+        async move { poll_query(&c, &url, &n, "from=1").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!theirs.is_finished());
+    assert_eq!(post(&c, &s.url, &volume(&user, other.id())).await, "2-1");
+    let (st, text) = theirs.await.unwrap();
+    assert_eq!(st, 200, "{text}");
+    assert!(text.contains("\"2-1\""), "{text}");
+
+    // The held ones end normally (empty after long_poll)...
+    for h in held {
+        let ((st, text), took) = h.await.unwrap();
+        assert_eq!((st, text.as_str()), (200, "[]"));
+        assert!(took >= Duration::from_millis(2500), "{took:?}");
+    }
+    // ...and free their slots: max polls are held again.
+    let held: Vec<_> = (0..max).map(|_| hold(3)).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(held.iter().all(|h| !h.is_finished()));
+    // Woken polls free their slots too.
+    assert_eq!(post(&c, &s.url, &volume(&user, node.id())).await, "3-1");
+    for h in held {
+        let ((st, text), took) = h.await.unwrap();
+        assert_eq!(st, 200);
+        assert!(text.contains("\"3-1\""), "{text}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    // Clients that give up (the connection closes while held) free their
+    // slots as well.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    for _ in 0..max {
+        let r = impatient
+            .get(format!("{}/reservations/{}/poll?from=4", s.url, node.id()))
+            .send()
+            .await;
+        assert!(r.unwrap_err().is_timeout());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let (st, msg) = poll_query(&c, &s.url, node.id(), "from=4").await;
+    assert_eq!((st, msg.as_str()), (200, "[]"));
+    assert!(
+        t.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
     s.stop().await;
 }
 
@@ -378,24 +898,20 @@ async fn shutdown_answers_held_polls_at_once() {
     assert!(waiting.await.unwrap().is_empty());
 }
 
-fn raw(s: &str) -> Box<RawValue> {
-    RawValue::from_string(s.to_string()).unwrap()
-}
-
 #[tokio::test]
-async fn results_must_be_signed_by_the_node_and_are_all_kept() {
+async fn results_must_be_signed_by_the_node_for_this_reservation_and_are_all_kept() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
-    let id = post(&c, &s.url, &volume(&user, node.id())).await;
-    let put = |id: &str, r: &WorkloadResult| {
-        let (c, url) = (c.clone(), format!("{}/reservations/{id}", s.url));
-        let body = serde_json::to_string(r).unwrap();
-        async move {
-            let resp = c.put(url).body(body).send().await.unwrap();
-            (resp.status().as_u16(), resp.text().await.unwrap())
-        }
+    let r = post_as(&c, &s.url, &volume(&user, node.id())).await;
+    let other = post_as(&c, &s.url, &volume(&user, node.id())).await;
+    let id = r.id.clone();
+    let put = |id: &str, res: &WorkloadResult| {
+        send(
+            c.put(format!("{}/reservations/{id}", s.url))
+                .body(serde_json::to_string(res).unwrap()),
+        )
     };
     let results = || {
         let (c, url) = (c.clone(), format!("{}/reservations/{id}/results", s.url));
@@ -406,71 +922,83 @@ async fn results_must_be_signed_by_the_node_and_are_all_kept() {
         }
     };
 
-    // Signed by someone else, tampered, or for another id: refused.
+    // Signed by someone else: refused, naming the node.
     let forged = Identity::generate()
-        .ok_result("volume", &id, &json!({"volume_id": id}))
+        .ok_result(&r, &json!({"volume_id": id}))
         .unwrap();
     let (st, msg) = put(&id, &forged).await;
     assert_eq!(st, 400);
     assert!(
-        msg.contains("signature") && msg.contains(node.id()),
+        msg.contains("result refused")
+            && msg.contains("does not verify")
+            && msg.contains(node.id()),
         "{msg}"
     );
-    let mut tampered = node.error_result("volume", &id, "disk full");
+    // Tampered after signing.
+    let mut tampered = node.error_result(&r, "disk full");
     tampered.error = "all good".into();
     assert_eq!(put(&id, &tampered).await.0, 400);
-    let other = node.error_result("volume", "9-1", "x");
-    let (st, msg) = put(&id, &other).await;
+    // Signed by the node for another reservation's signature, relabelled
+    // with this id: refused (results are bound to the reservation).
+    let moved = node.sign_result(
+        "volume",
+        &id,
+        &other.signature,
+        ResultState::Ok,
+        String::new(),
+        raw(r#"{"volume_id":"1-1"}"#),
+    );
+    let (st, msg) = put(&id, &moved).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(
+        msg.contains("does not verify") && msg.contains("with the signature of reservation 1-1"),
+        "{msg}"
+    );
+    // For another id.
+    let for_other = node.error_result(&other, "x");
+    let (st, msg) = put(&id, &for_other).await;
     assert_eq!((st, msg.contains("does not match")), (400, true), "{msg}");
-    assert_eq!(put("9-1", &other).await.0, 404);
-    let resp = c
-        .put(format!("{}/reservations/{id}", s.url))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    assert!(resp.text().await.unwrap().contains("invalid result JSON"));
+    let mut unknown = r.clone();
+    unknown.id = "9-1".into();
+    assert_eq!(put("9-1", &node.error_result(&unknown, "x")).await.0, 404);
+    let (st, msg) = send(
+        c.put(format!("{}/reservations/{id}", s.url))
+            .body("{not json"),
+    )
+    .await;
+    assert_eq!(
+        (st, msg.contains("invalid result JSON")),
+        (400, true),
+        "{msg}"
+    );
     assert!(results().await.is_empty());
-    let view: ReservationView = c
-        .get(format!("{}/reservations/{id}", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(view.result.is_none());
+    assert!(view(&c, &s.url, &id).await.result.is_none());
 
     // A good one, with its data bytes kept as signed.
-    let mut good = WorkloadResult {
-        kind: "volume".into(),
-        id: id.clone(),
-        created: Utc::now(),
-        state: ResultState::Ok,
-        error: String::new(),
-        data: raw(r#"{ "volume_id" : "1-1" }"#),
-        signature: String::new(),
-    };
-    good.signature = node.sign(&good.signing_message());
-    assert_eq!(put(&id, &good).await.0, 200);
-    let text = c
-        .get(format!("{}/reservations/{id}", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let good = node.sign_result(
+        "volume",
+        &id,
+        &r.signature,
+        ResultState::Ok,
+        String::new(),
+        raw(r#"{ "volume_id" : "1-1" }"#),
+    );
+    let (st, msg) = put(&id, &good).await;
+    assert_eq!(st, 200, "{msg}");
+    let (_, text) = send(c.get(format!("{}/reservations/{id}", s.url))).await;
     assert!(text.contains(r#""data":{ "volume_id" : "1-1" }"#), "{text}");
-    let view: ReservationView = serde_json::from_str(&text).unwrap();
-    let got = view.result.unwrap();
-    got.verify(node.id()).unwrap();
+    let v: ReservationView = serde_json::from_str(&text).unwrap();
+    let got = v.result.unwrap();
+    got.verify(node.id(), &v.signature).unwrap();
+    assert!(got.verify(node.id(), &other.signature).is_err());
     assert_eq!(got.signature, good.signature);
+    assert_eq!(results().await.len(), 1);
+    // The very same result again (a node retrying) is not kept twice.
+    assert_eq!(put(&id, &good).await.0, 200);
     assert_eq!(results().await.len(), 1);
 
     // A second one is kept too; GET shows the latest.
-    let err = node.error_result("volume", &id, "crashed");
+    let err = node.error_result(&r, "crashed");
     assert_eq!(put(&id, &err).await.0, 200);
     let all = results().await;
     assert_eq!(all.len(), 2);
@@ -478,61 +1006,43 @@ async fn results_must_be_signed_by_the_node_and_are_all_kept() {
         (all[0].state, all[1].state),
         (ResultState::Ok, ResultState::Error)
     );
-    let view: ReservationView = c
-        .get(format!("{}/reservations/{id}", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(view.result.unwrap().error, "crashed");
-    let resp = c
-        .get(format!("{}/reservations/8-1/results", s.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
+    assert_eq!(view(&c, &s.url, &id).await.result.unwrap().error, "crashed");
+    let (st, _) = send(c.get(format!("{}/reservations/8-1/results", s.url))).await;
+    assert_eq!(st, 404);
     s.stop().await;
 }
 
 #[tokio::test]
-async fn deletion_needs_the_users_signature() {
+async fn deletion_needs_the_users_signature_over_this_reservation() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
-    let id = post(&c, &s.url, &volume(&user, node.id())).await;
-    let del = |id: &str, body: String| {
-        let (c, url) = (c.clone(), format!("{}/reservations/{id}", s.url));
-        async move {
-            let resp = c.delete(url).body(body).send().await.unwrap();
-            (resp.status().as_u16(), resp.text().await.unwrap())
-        }
-    };
-    let view = || {
-        let (c, url) = (c.clone(), format!("{}/reservations/{id}", s.url));
-        async move {
-            c.get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<ReservationView>()
-                .await
-                .unwrap()
-        }
-    };
+    let r = post_as(&c, &s.url, &volume(&user, node.id())).await;
+    let other = post_as(&c, &s.url, &volume(&user, node.id())).await;
+    let id = r.id.clone();
+    let del =
+        |id: &str, body: String| send(c.delete(format!("{}/reservations/{id}", s.url)).body(body));
 
-    let forged = Identity::generate().sign_delete(&id);
+    // Signed by another key: refused, saying what to sign and with whose key.
+    let forged = Identity::generate().sign_delete(&r.signature);
     let (st, msg) = del(&id, json!({"delete_signature": forged}).to_string()).await;
     assert_eq!(st, 400);
     assert!(
-        msg.contains("delete_signature") && msg.contains(user.id()),
+        msg.contains("deletion refused: delete_signature")
+            && msg.contains("sign frame(\"delete-v2\", <the reservation's signature>)")
+            && msg.contains(user.id())
+            && msg.contains(&r.signature),
         "{msg}"
     );
-    let other_id = user.sign_delete("2-1");
+    // The user's deletion of another reservation: refused here.
+    let for_other = user.sign_delete(&other.signature);
+    let (st, msg) = del(&id, json!({"delete_signature": for_other}).to_string()).await;
+    assert_eq!((st, msg.contains("does not verify")), (400, true), "{msg}");
+    // The version 1 way (over "delete:<id>"): refused.
+    let v1 = user.sign(format!("delete:{id}").as_bytes());
     assert_eq!(
-        del(&id, json!({"delete_signature": other_id}).to_string())
+        del(&id, json!({"delete_signature": v1}).to_string())
             .await
             .0,
         400
@@ -546,10 +1056,11 @@ async fn deletion_needs_the_users_signature() {
         "{msg}"
     );
     assert_eq!(del(&id, "{}".into()).await.0, 400);
-    let v = view().await;
+    let v = view(&c, &s.url, &id).await;
     assert!(!v.to_delete && v.delete_signature.is_none());
+    assert!(!view(&c, &s.url, &other.id).await.to_delete);
 
-    let good = user.sign_delete(&id);
+    let good = user.sign_delete(&r.signature);
     assert_eq!(
         del("5-1", json!({"delete_signature": good}).to_string())
             .await
@@ -558,11 +1069,95 @@ async fn deletion_needs_the_users_signature() {
     );
     let (st, msg) = del(&id, json!({"delete_signature": good}).to_string()).await;
     assert_eq!(st, 200, "{msg}");
-    let v = view().await;
+    let v = view(&c, &s.url, &id).await;
     assert!(v.to_delete && !v.deleted);
     assert_eq!(v.delete_signature.as_deref(), Some(good.as_str()));
     v.reservation().verify_delete().unwrap();
     v.reservation().verify().unwrap();
+    assert!(!view(&c, &s.url, &other.id).await.to_delete);
+    s.stop().await;
+}
+
+/// `PUT /reservations/{id}/deleted` needs the node's signature over the id
+/// and the reservation's signature; anything else is 400 and changes
+/// nothing (the deletion is still handed out as pending).
+#[tokio::test]
+async fn deletion_confirmations_must_be_signed_by_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), Duration::from_millis(300)).await;
+    let c = client();
+    let (user, node) = (Identity::generate(), Identity::generate());
+    let r = post_as(&c, &s.url, &volume(&user, node.id())).await;
+    let other = post_as(&c, &s.url, &volume(&user, node.id())).await;
+    let (st, msg) = delete(&c, &s.url, &user, &r).await;
+    assert_eq!(st, 200, "{msg}");
+    let pending = || poll(&c, &s.url, node.id(), 3);
+    assert_eq!(ids(&pending().await), ["1-1"]);
+
+    let url = format!("{}/reservations/{}/deleted", s.url, r.id);
+    // Unsigned: no body, an empty object, an empty signature.
+    let (st, msg) = send(c.put(&url)).await;
+    assert_eq!(
+        (st, msg.contains("invalid deletion confirmation JSON")),
+        (400, true),
+        "{msg}"
+    );
+    let (st, msg) = send(c.put(&url).json(&json!({}))).await;
+    assert_eq!(
+        (st, msg.contains("missing field `signature`")),
+        (400, true),
+        "{msg}"
+    );
+    let (st, msg) = confirm_deleted(&c, &s.url, &r.id, "").await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(
+        msg.contains("deletion confirmation refused") && msg.contains("missing"),
+        "{msg}"
+    );
+    // Signed by the wrong key (the user's, or anyone's).
+    for wrong in [&user, &Identity::generate()] {
+        let (st, msg) =
+            confirm_deleted(&c, &s.url, &r.id, &wrong.sign_deleted(&r.id, &r.signature)).await;
+        assert_eq!(st, 400, "{msg}");
+        assert!(
+            msg.contains("does not verify")
+                && msg.contains(&format!("it must be signed by node {}", node.id())),
+            "{msg}"
+        );
+    }
+    // Signed by the node, but for another id or another reservation.
+    let (st, _) = confirm_deleted(
+        &c,
+        &s.url,
+        &r.id,
+        &node.sign_deleted(&other.id, &r.signature),
+    )
+    .await;
+    assert_eq!(st, 400);
+    let (st, _) = confirm_deleted(
+        &c,
+        &s.url,
+        &r.id,
+        &node.sign_deleted(&r.id, &other.signature),
+    )
+    .await;
+    assert_eq!(st, 400);
+    // Nothing changed.
+    assert!(!view(&c, &s.url, &r.id).await.deleted);
+    assert_eq!(ids(&pending().await), ["1-1"]);
+
+    // Unknown id: 404.
+    let (st, msg) =
+        confirm_deleted(&c, &s.url, "9-1", &node.sign_deleted("9-1", &r.signature)).await;
+    assert_eq!((st, msg.contains("not found")), (404, true), "{msg}");
+
+    // The node's own confirmation: 200, and the deletion is done.
+    let (st, msg) =
+        confirm_deleted(&c, &s.url, &r.id, &node.sign_deleted(&r.id, &r.signature)).await;
+    assert_eq!(st, 200, "{msg}");
+    assert!(view(&c, &s.url, &r.id).await.deleted);
+    assert!(pending().await.is_empty());
+    assert!(!view(&c, &s.url, &other.id).await.deleted);
     s.stop().await;
 }
 
@@ -572,102 +1167,261 @@ async fn nodes_register_heartbeat_and_list() {
     let s = start(dir.path(), Duration::from_secs(2)).await;
     let c = client();
     let node = Identity::generate();
-    let nodes = || {
-        let (c, url) = (c.clone(), format!("{}/nodes", s.url));
-        async move {
-            let resp = c.get(url).send().await.unwrap();
-            assert_eq!(resp.status(), 200);
-            resp.text().await.unwrap()
-        }
-    };
-    let send = |path: String, body: serde_json::Value| {
-        let (c, url) = (c.clone(), format!("{}{path}", s.url));
-        async move {
-            let resp = c.post(url).json(&body).send().await.unwrap();
-            (resp.status().as_u16(), resp.text().await.unwrap())
-        }
-    };
-    assert_eq!(nodes().await, "[]");
-    let up = format!("/nodes/{}/uptime", node.id());
-    let (st, msg) = send(up.clone(), json!({"uptime": 5})).await;
+    let (_, text) = send(c.get(format!("{}/nodes", s.url))).await;
+    assert_eq!(text, "[]");
+
+    // Uptime before registering: 404, so the agent registers.
+    let (st, msg) = heartbeat(&c, &s.url, node.id(), &uptime(&node, 5, cap(0, 0, 0, 0))).await;
     assert_eq!((st, msg.contains("POST /nodes")), (404, true), "{msg}");
 
-    let cap = json!({"cru": 8, "mru": 15.5, "sru": 100, "hru": 0});
-    let (st, msg) = send(
-        "/nodes".into(),
-        json!({"node_id": "node-a", "url": "http://10.0.0.1:1", "capacity": cap}),
-    )
-    .await;
+    // Shapes.
+    let mut bad_id = serde_json::to_value(registration(&node, "http://10.0.0.1:1")).unwrap();
+    bad_id["node_id"] = json!("node-a");
+    let (st, msg) = register(&c, &s.url, &bad_id).await;
     assert_eq!((st, msg.contains("node_id")), (400, true), "{msg}");
-    let (st, msg) = send(
-        "/nodes".into(),
-        json!({"node_id": node.id(), "url": "http://10.0.0.1:1"}),
-    )
-    .await;
+    let mut no_cap = serde_json::to_value(registration(&node, "http://10.0.0.1:1")).unwrap();
+    no_cap.as_object_mut().unwrap().remove("capacity");
+    let (st, msg) = register(&c, &s.url, &no_cap).await;
     assert_eq!(
         (st, msg.contains("missing field `capacity`")),
         (400, true),
         "{msg}"
     );
-    let neg = json!({"cru": -1, "mru": 1, "sru": 1, "hru": 1});
-    let (st, msg) = send(
-        "/nodes".into(),
-        json!({"node_id": node.id(), "url": "u", "capacity": neg}),
-    )
-    .await;
+    let neg = signed_registration(
+        &node,
+        "http://u",
+        r#"{"cru":-1,"mru":1,"sru":1,"hru":1}"#,
+        now_ms(),
+    );
+    let (st, msg) = register(&c, &s.url, &neg).await;
     assert_eq!((st, msg.contains("capacity.cru")), (400, true), "{msg}");
+    let not_obj = signed_registration(&node, "http://u", r#""lots""#, now_ms());
+    let (st, msg) = register(&c, &s.url, &not_obj).await;
+    assert_eq!(
+        (st, msg.contains("capacity: not a capacity object")),
+        (400, true),
+        "{msg}"
+    );
+    let no_url = Registration::signed(&node, " ", &cap(1, 1, 1, 1), now_ms());
+    let (st, msg) = register(&c, &s.url, &no_url).await;
+    assert_eq!((st, msg.contains("url:")), (400, true), "{msg}");
 
-    let reg = json!({"node_id": node.id(), "url": "http://10.0.0.1:8080", "capacity": cap});
-    assert_eq!(send("/nodes".into(), reg).await.0, 201);
-    let text = nodes().await;
+    // A fractional capacity, signed as sent.
+    let first = signed_registration(
+        &node,
+        "http://10.0.0.1:8080",
+        r#"{"cru": 8, "mru": 15.5, "sru": 100, "hru": 0}"#,
+        now_ms(),
+    );
+    let (st, msg) = register(&c, &s.url, &first).await;
+    assert_eq!(st, 201, "{msg}");
+    let (_, text) = send(c.get(format!("{}/nodes", s.url))).await;
     // Whole numbers stay integers on the wire.
     assert!(
         text.contains(r#""capacity":{"cru":8,"mru":15.5,"sru":100,"hru":0}"#),
         "{text}"
     );
-    let list: Vec<NodeInfo> = serde_json::from_str(&text).unwrap();
+    let list = nodes(&c, &s.url).await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].url, "http://10.0.0.1:8080");
     assert!(list[0].last_heartbeat.is_none());
     assert_eq!(list[0].used, explorer::Capacity::default());
 
-    let used = json!({"cru": 2, "mru": 4, "sru": 10, "hru": 0});
+    let (st, msg) = heartbeat(&c, &s.url, node.id(), &uptime(&node, 42, cap(2, 4, 10, 0))).await;
+    assert_eq!(st, 200, "{msg}");
+    let list = nodes(&c, &s.url).await;
+    let hb = list[0].last_heartbeat.expect("heartbeat recorded");
+    assert!((Utc::now() - hb).num_seconds().abs() <= 5);
+    assert_eq!((list[0].used.cru, list[0].used.sru), (2.0, 10.0));
+    let (st, msg) = send(
+        c.post(format!("{}/nodes/{}/uptime", s.url, node.id()))
+            .json(&json!({"up": 1})),
+    )
+    .await;
     assert_eq!(
-        send(up.clone(), json!({"uptime": 42, "used": used}))
+        (st, msg.contains("invalid uptime JSON")),
+        (400, true),
+        "{msg}"
+    );
+
+    // Re-registration replaces url and capacity, keeps the heartbeat;
+    // unknown fields are accepted (a newer agent still registers).
+    // (Edited as text: re-serializing through a `Value` would reorder the
+    // signed capacity object's keys.)
+    let again = serde_json::to_string(&registration(&node, "http://10.0.0.9:8080"))
+        .unwrap()
+        .replacen('{', r#"{"version":"x","#, 1);
+    let (st, msg) = send(
+        c.post(format!("{}/nodes", s.url))
+            .header("content-type", "application/json")
+            .body(again),
+    )
+    .await;
+    assert_eq!(st, 201, "{msg}");
+    let list = nodes(&c, &s.url).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].url, "http://10.0.0.9:8080");
+    assert_eq!(list[0].capacity.hru, 500.0);
+    assert!(list[0].last_heartbeat.is_some());
+    assert_eq!(list[0].used.cru, 2.0);
+
+    // Kept across a restart, with the timestamp counter: the first
+    // registration replayed is still refused.
+    s.stop().await;
+    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let list = nodes(&c, &s.url).await;
+    assert_eq!(list[0].url, "http://10.0.0.9:8080");
+    let (st, msg) = register(&c, &s.url, &first).await;
+    assert_eq!(
+        (st, msg.contains("not newer than the last accepted")),
+        (400, true),
+        "{msg}"
+    );
+    s.stop().await;
+}
+
+/// A registration with a raw capacity object, signed by `node`.
+fn signed_registration(node: &Identity, url: &str, capacity: &str, timestamp: i64) -> Registration {
+    let mut r = Registration {
+        node_id: node.id().to_string(),
+        url: url.to_string(),
+        capacity: raw(capacity),
+        timestamp,
+        signature: String::new(),
+    };
+    r.signature = node.sign(&r.signing_message());
+    r
+}
+
+/// Forged node messages (another key, a captured one replayed, a stale
+/// timestamp) are 400 and change nothing.
+#[tokio::test]
+async fn forged_or_replayed_node_messages_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let c = client();
+    let (node, mallory) = (Identity::generate(), Identity::generate());
+    let genuine = registration(&node, "http://10.0.0.1:9100");
+    assert_eq!(register(&c, &s.url, &genuine).await.0, 201);
+    let up = uptime(&node, 10, cap(1, 2, 3, 0));
+    assert_eq!(heartbeat(&c, &s.url, node.id(), &up).await.0, 200);
+    let unchanged = |list: Vec<explorer::NodeInfo>| {
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0].url, "http://10.0.0.1:9100");
+        assert_eq!(list[0].capacity.cru, 8.0);
+        assert_eq!((list[0].used.cru, list[0].used.sru), (1.0, 3.0));
+    };
+    let before = nodes(&c, &s.url).await;
+    unchanged(before.clone());
+
+    // Registration: signed by another key for this node id.
+    let mut forged =
+        Registration::signed(&mallory, "http://evil:1", &cap(99, 99, 99, 99), now_ms());
+    forged.node_id = node.id().to_string();
+    let (st, msg) = register(&c, &s.url, &forged).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(
+        msg.contains("node registration refused: node registration signature")
+            && msg.contains("does not verify"),
+        "{msg}"
+    );
+    // A genuine one with its url changed in transit.
+    let mut moved = registration(&node, "http://10.0.0.1:9100");
+    moved.url = "http://evil:1".into();
+    let (st, msg) = register(&c, &s.url, &moved).await;
+    assert_eq!((st, msg.contains("does not verify")), (400, true), "{msg}");
+    // The captured body replayed (same timestamp).
+    let (st, msg) = register(&c, &s.url, &genuine).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(
+        msg.contains("not newer than the last accepted") && msg.contains("replayed"),
+        "{msg}"
+    );
+    // Correctly signed, but 10 minutes old, or 10 minutes ahead.
+    for skew in [-10, 10] {
+        let ts = now_ms() + skew * 60_000;
+        let stale = Registration::signed(&node, "http://evil:1", &cap(1, 1, 1, 1), ts);
+        let (st, msg) = register(&c, &s.url, &stale).await;
+        assert_eq!(st, 400, "{msg}");
+        assert!(
+            msg.contains("away from this explorer's clock") && msg.contains("at most 300s"),
+            "{msg}"
+        );
+    }
+    unchanged(nodes(&c, &s.url).await);
+
+    // Uptime: signed by another key, tampered, replayed, stale.
+    let forged = uptime(&mallory, 1, cap(50, 50, 50, 50));
+    let (st, msg) = heartbeat(&c, &s.url, node.id(), &forged).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(
+        msg.contains("uptime refused: uptime signature") && msg.contains("does not verify"),
+        "{msg}"
+    );
+    let mut tampered = uptime(&node, 11, cap(1, 2, 3, 0));
+    tampered.used = raw(r#"{"cru":50,"mru":50,"sru":50,"hru":50}"#);
+    assert_eq!(heartbeat(&c, &s.url, node.id(), &tampered).await.0, 400);
+    let (st, msg) = heartbeat(&c, &s.url, node.id(), &up).await;
+    assert_eq!(
+        (st, msg.contains("not newer than the last accepted")),
+        (400, true),
+        "{msg}"
+    );
+    let old = Uptime::signed(&node, 12, &cap(50, 50, 50, 50), now_ms() - 600_000);
+    let (st, msg) = heartbeat(&c, &s.url, node.id(), &old).await;
+    assert_eq!(
+        (st, msg.contains("away from this explorer's clock")),
+        (400, true),
+        "{msg}"
+    );
+    // Another node's genuine uptime posted under this node's path.
+    let (st, _) = heartbeat(
+        &c,
+        &s.url,
+        node.id(),
+        &uptime(&mallory, 1, cap(50, 0, 0, 0)),
+    )
+    .await;
+    assert_eq!(st, 400);
+    let after = nodes(&c, &s.url).await;
+    unchanged(after.clone());
+    assert_eq!(after[0].last_heartbeat, before[0].last_heartbeat);
+
+    // An uptime registered before the registration it follows is older:
+    // refused, one counter for both.
+    let earlier = Uptime::signed(&node, 13, &cap(0, 0, 0, 0), now_ms());
+    assert_eq!(
+        register(&c, &s.url, &registration(&node, "http://10.0.0.2:9100"))
+            .await
+            .0,
+        201
+    );
+    let (st, msg) = heartbeat(&c, &s.url, node.id(), &earlier).await;
+    assert_eq!((st, msg.contains("not newer")), (400, true), "{msg}");
+    assert_eq!(
+        heartbeat(&c, &s.url, node.id(), &uptime(&node, 14, cap(0, 0, 0, 0)))
             .await
             .0,
         200
     );
-    let list: Vec<NodeInfo> = serde_json::from_str(&nodes().await).unwrap();
-    let hb = list[0].last_heartbeat.expect("heartbeat recorded");
-    assert!((Utc::now() - hb).num_seconds().abs() <= 5);
-    assert_eq!((list[0].used.cru, list[0].used.sru), (2.0, 10.0));
-    // A heartbeat without `used` keeps the last figures.
-    assert_eq!(send(up.clone(), json!({"uptime": 43})).await.0, 200);
-    let (st, msg) = send(up.clone(), json!({"up": 1})).await;
-    assert_eq!((st, msg.contains("uptime")), (400, true), "{msg}");
+    assert_eq!(nodes(&c, &s.url).await[0].url, "http://10.0.0.2:9100");
 
-    // Re-registration replaces url and capacity, keeps the heartbeat.
-    let reg = json!({"node_id": node.id(), "url": "http://10.0.0.9:8080", "capacity": cap, "version": "x"});
-    assert_eq!(send("/nodes".into(), reg).await.0, 201);
-    let list: Vec<NodeInfo> = serde_json::from_str(&nodes().await).unwrap();
-    assert_eq!(list.len(), 1);
-    assert_eq!(list[0].url, "http://10.0.0.9:8080");
-    assert!(list[0].last_heartbeat.is_some());
-    assert_eq!(list[0].used.cru, 2.0);
-
-    // Kept across a restart.
-    s.stop().await;
-    let s = start(dir.path(), Duration::from_secs(2)).await;
-    let list: Vec<NodeInfo> = c
-        .get(format!("{}/nodes", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list[0].url, "http://10.0.0.9:8080");
+    // The protocol's vector registration verifies but is from 2026-11-25.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../reservation/tests/vectors.json"
+    );
+    let vectors: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let body = vectors["node_registration"]["body"].as_str().unwrap();
+    let reg: Registration = serde_json::from_str(body).unwrap();
+    reg.verify().unwrap();
+    let (st, msg) = send(c.post(format!("{}/nodes", s.url)).body(body.to_string())).await;
+    assert_eq!(
+        (st, msg.contains("away from this explorer's clock")),
+        (400, true),
+        "{msg}"
+    );
     s.stop().await;
 }
 
@@ -675,45 +1429,54 @@ async fn nodes_register_heartbeat_and_list() {
 async fn unknown_routes_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), Duration::from_secs(2)).await;
-    let resp = client()
-        .get(format!("{}/reservation", s.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    assert!(resp
-        .text()
-        .await
-        .unwrap()
-        .contains("no route GET /reservation"));
+    let (st, msg) = send(client().get(format!("{}/reservation", s.url))).await;
+    assert_eq!(st, 404);
+    assert!(msg.contains("no route GET /reservation"), "{msg}");
     s.stop().await;
 }
 
+/// A deletion posted along with the reservation (`to_delete`, outside the
+/// user's signature) is kept only when the user signed it; an unsigned one
+/// would stay pending in every poll of the node for good.
 #[tokio::test]
-async fn a_deletion_posted_with_the_reservation_is_kept_for_the_node_to_judge() {
+async fn a_deletion_posted_with_the_reservation_must_be_signed() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     assert_eq!(post(&c, &s.url, &volume(&user, node.id())).await, "1-1");
-    // to_delete and delete_signature are outside the user's signature: a
-    // forged one is stored as posted and reaches the node, which refuses it.
     let mut r = volume(&user, node.id());
     r.to_delete = true;
-    r.delete_signature = Some(Identity::generate().sign_delete("2-1"));
+    r.delete_signature = Some(Identity::generate().sign_delete(&r.signature));
+    let (st, msg) = post_body(&c, &s.url, node.id(), serde_json::to_string(&r).unwrap()).await;
+    assert_eq!(st, 400, "{msg}");
+    assert!(
+        msg.contains("to_delete is set but delete_signature") && msg.contains(user.id()),
+        "{msg}"
+    );
+    r.delete_signature = None;
+    let (st, msg) = post_body(&c, &s.url, node.id(), serde_json::to_string(&r).unwrap()).await;
+    assert_eq!((st, msg.contains("missing")), (400, true), "{msg}");
+    let mut half = volume(&user, node.id());
+    half.delete_signature = Some(user.sign_delete(&half.signature));
+    let (st, msg) = post_body(&c, &s.url, node.id(), serde_json::to_string(&half).unwrap()).await;
+    assert_eq!(
+        (st, msg.contains("to_delete is false")),
+        (400, true),
+        "{msg}"
+    );
+
+    // Signed by the user: stored, and handed to the node as pending.
+    r.delete_signature = Some(user.sign_delete(&r.signature));
     assert_eq!(post(&c, &s.url, &r).await, "2-1");
     let list = poll(&c, &s.url, node.id(), 3).await;
     assert_eq!(ids(&list), ["2-1"]);
     assert!(list[0].to_delete);
-    assert_eq!(list[0].delete_signature, r.delete_signature);
     list[0].verify().unwrap();
-    assert!(list[0].verify_delete().is_err());
-    let resp = c
-        .put(format!("{}/reservations/2-1/deleted", s.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    list[0].verify_delete().unwrap();
+    let (st, msg) =
+        confirm_deleted(&c, &s.url, "2-1", &node.sign_deleted("2-1", &r.signature)).await;
+    assert_eq!(st, 200, "{msg}");
     let t = Instant::now();
     assert!(poll(&c, &s.url, node.id(), 3).await.is_empty());
     assert!(t.elapsed() >= Duration::from_millis(1900));

@@ -29,7 +29,7 @@ pub use identity::{verify_signature, Identity};
 pub use model::{
     new_nonce, valid_id, Reservation, ResultState, WorkloadResult, WorkloadType, PROTOCOL_VERSION,
 };
-pub use node::Capacity;
 pub use netid::network_local_id;
+pub use node::Capacity;
 pub use seal::{seal_for, Secret};
 pub use workloads::Workload;

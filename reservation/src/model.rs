@@ -353,11 +353,12 @@ impl Reservation {
                 reason: "missing: the deletion is not signed by the user".into(),
             });
         }
-        crate::verify_signature(&self.user_id, &Self::delete_message(&self.signature), sig)
-            .map_err(|e| Error::BadSignature {
+        crate::verify_signature(&self.user_id, &Self::delete_message(&self.signature), sig).map_err(
+            |e| Error::BadSignature {
                 what: "delete_signature".into(),
                 reason: format!("{e}"),
-            })
+            },
+        )
     }
 
     /// Verify a node's deletion confirmation of this reservation.

@@ -46,8 +46,14 @@ fn reservation(v: &Value) -> Reservation {
 #[test]
 fn ids_from_seeds() {
     let v = vectors();
-    assert_eq!(Identity::from_seed(&seed(&v, "user_seed")).id(), s(&v, "user_id"));
-    assert_eq!(Identity::from_seed(&seed(&v, "node_seed")).id(), s(&v, "node_id"));
+    assert_eq!(
+        Identity::from_seed(&seed(&v, "user_seed")).id(),
+        s(&v, "user_id")
+    );
+    assert_eq!(
+        Identity::from_seed(&seed(&v, "node_seed")).id(),
+        s(&v, "node_id")
+    );
 }
 
 #[test]
@@ -118,7 +124,12 @@ fn ids_outside_the_grammar() {
         let id = id.as_str().unwrap();
         assert!(!valid_id(id), "{id:?} must be refused");
     }
-    for id in ["12-1", "0-0", "18446744073709551615-1", "99999999999999999999-99999999999999999999"] {
+    for id in [
+        "12-1",
+        "0-0",
+        "18446744073709551615-1",
+        "99999999999999999999-99999999999999999999",
+    ] {
         assert!(valid_id(id), "{id:?} is valid");
     }
 }
@@ -128,7 +139,10 @@ fn deletion_is_bound_to_the_reservation_signature() {
     let v = vectors();
     let d = &v["delete"];
     let mut r = reservation(&v);
-    assert!(r.verify_delete().is_err(), "a missing deletion must not verify");
+    assert!(
+        r.verify_delete().is_err(),
+        "a missing deletion must not verify"
+    );
     assert_eq!(
         hex::encode(Reservation::delete_message(&r.signature)),
         s(d, "signed_message_hex")
@@ -172,7 +186,9 @@ fn results_sign_like_libsodium() {
         );
         r.verify(node.id(), &res.signature).unwrap();
         // Bound to the reservation: it does not verify for another one.
-        assert!(r.verify(node.id(), s(&v["delete"], "delete_signature")).is_err());
+        assert!(r
+            .verify(node.id(), s(&v["delete"], "delete_signature"))
+            .is_err());
     }
     let ok = node
         .ok_result(&res, &serde_json::json!({"volume_id": "12-1"}))
@@ -232,7 +248,10 @@ fn node_registration_and_uptime() {
     let node = Identity::from_seed(&seed(&v, "node_seed"));
     let reg_v = &v["node_registration"];
     let reg: Registration = serde_json::from_str(s(reg_v, "body")).unwrap();
-    assert_eq!(hex::encode(reg.signing_message()), s(reg_v, "signed_message_hex"));
+    assert_eq!(
+        hex::encode(reg.signing_message()),
+        s(reg_v, "signed_message_hex")
+    );
     reg.verify().unwrap();
     let cap: reservation::Capacity = serde_json::from_str(reg.capacity.get()).unwrap();
     let ours = Registration::signed(&node, &reg.url, &cap, reg.timestamp);
@@ -260,9 +279,14 @@ fn node_timestamps() {
     let now = 1_795_604_400_123;
     check_timestamp(now, now, None).unwrap();
     check_timestamp(now - 299_000, now, Some(now - 300_000)).unwrap();
-    assert!(check_timestamp(now - 301_000, now, None).is_err(), "too old");
+    assert!(
+        check_timestamp(now - 301_000, now, None).is_err(),
+        "too old"
+    );
     assert!(check_timestamp(now + 301_000, now, None).is_err(), "future");
-    let e = check_timestamp(now, now, Some(now)).unwrap_err().to_string();
+    let e = check_timestamp(now, now, Some(now))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not newer"), "{e}");
     assert!(check_timestamp(i64::MIN, now, None).is_err());
 }
@@ -275,7 +299,9 @@ fn sealed_secret_from_libsodium_opens() {
     let plain = node.open_sealed("password", s(x, "hex")).unwrap();
     assert_eq!(plain.expose(), s(x, "plaintext"));
     assert_eq!(format!("{plain:?}"), "Secret(<redacted>)");
-    assert!(Identity::generate().open_sealed("password", s(x, "hex")).is_err());
+    assert!(Identity::generate()
+        .open_sealed("password", s(x, "hex"))
+        .is_err());
 }
 
 #[test]
@@ -346,5 +372,8 @@ print("verified")
         "libsodium check failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "from rust\nverified\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from rust\nverified\n"
+    );
 }

@@ -20,10 +20,10 @@ use async_trait::async_trait;
 use reservation::Reservation;
 
 pub use client::{ExplorerClient, PollQuery, MAX_RESERVATION_BYTES, POLL_LIMIT};
-pub use reservation::Capacity;
 pub use combined::CombinedSource;
 pub use decommission::DecommissionSource;
 pub use poll::{PollSource, PollStatus};
+pub use reservation::Capacity;
 
 /// Errors talking to the explorer.
 #[derive(Debug, thiserror::Error)]

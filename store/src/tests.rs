@@ -23,9 +23,11 @@ fn reopen(dir: &std::path::Path) -> Store {
     loop {
         match Store::open(dir) {
             Ok(s) => return s,
-            Err(StoreError::Open { source: sled::Error::Io(e), .. })
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && std::time::Instant::now() < deadline =>
+            Err(StoreError::Open {
+                source: sled::Error::Io(e),
+                ..
+            }) if e.kind() == std::io::ErrorKind::WouldBlock
+                && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -87,7 +89,8 @@ fn decommission_clears_index_and_queues_deleted() {
     for e in s.outbox_peek(10).unwrap() {
         s.outbox_ack(e.seq).unwrap();
     }
-    s.record_decommissioned("1-1", "volume", "c2ln", None).unwrap();
+    s.record_decommissioned("1-1", "volume", "c2ln", None)
+        .unwrap();
     assert!(!s.is_cached("1-1").unwrap());
     assert_eq!(s.counters().unwrap()["volume"], 0);
     assert!(s.next_expiry().unwrap().is_none());
@@ -97,9 +100,12 @@ fn decommission_clears_index_and_queues_deleted() {
     );
     let out = s.outbox_peek(10).unwrap();
     assert_eq!(out.len(), 1);
-    assert!(matches!(&out[0].item, Outbound::Deleted { id, signature } if id == "1-1" && signature == "c2ln"));
+    assert!(
+        matches!(&out[0].item, Outbound::Deleted { id, signature } if id == "1-1" && signature == "c2ln")
+    );
     // Twice is harmless: the counter does not go negative.
-    s.record_decommissioned("1-1", "volume", "c2ln", None).unwrap();
+    s.record_decommissioned("1-1", "volume", "c2ln", None)
+        .unwrap();
     assert_eq!(s.counters().unwrap()["volume"], 0);
 }
 

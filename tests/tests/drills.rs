@@ -84,10 +84,7 @@ async fn explorer_down_two_minutes_while_work_and_deletions_queue() -> anyhow::R
                 .await?,
         );
     }
-    assert_eq!(
-        explorer.delete_as(&user, &doomed).await?,
-        200
-    );
+    assert_eq!(explorer.delete_as(&user, &doomed).await?, 200);
     tokio::time::sleep(Duration::from_secs(120)).await;
     // The short ones expired and were decommissioned meanwhile; their
     // confirmations wait in the outbox.

@@ -221,10 +221,7 @@ async fn version_1_holes_stay_closed() -> anyhow::Result<()> {
             .any(|r| r.id.starts_with("157")),
         "nothing signed about 157-1ok"
     );
-    assert!(
-        agent.log().contains("157-1ok"),
-        "the crafted id is logged"
-    );
+    assert!(agent.log().contains("157-1ok"), "the crafted id is logged");
     assert_eq!(agent.status()?["cached"], 0, "nothing provisioned");
 
     // A deletion the user signed for another reservation does not stop
@@ -355,7 +352,11 @@ async fn identical_reservations_with_fresh_nonces_are_all_provisioned() -> anyho
     for id in &ids {
         let r = explorer.wait_result(id).await?;
         assert_eq!(r.state, ResultState::Ok, "{id}: {}", r.error);
-        assert_eq!(labelled(&agent.node_id, id).2.len(), 1, "{id} has its volume");
+        assert_eq!(
+            labelled(&agent.node_id, id).2.len(),
+            1,
+            "{id} has its volume"
+        );
     }
     Ok(())
 }
@@ -394,7 +395,13 @@ async fn node_writes_at_the_explorer_cannot_be_forged() -> anyhow::Result<()> {
     let put_deleted = |body: Value| {
         let http = http.clone();
         let url = format!("{}/reservations/{id}/deleted", explorer.url);
-        async move { http.put(url).json(&body).send().await.map(|r| r.status().as_u16()) }
+        async move {
+            http.put(url)
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
     };
     assert_eq!(put_deleted(json!({})).await?, 400);
     let sig = explorer.signature_of(&id).await?;

@@ -5,9 +5,9 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use chrono::Timelike;
 use provisioners::Provisioner;
 use reservation::seal_for;
-use chrono::Timelike;
 use serde_json::json;
 use store::Outbound;
 
@@ -651,7 +651,10 @@ async fn a_refused_reservation_replayed_under_a_new_id_stays_refused() {
 #[tokio::test]
 async fn identical_reservations_with_fresh_nonces_are_all_provisioned() {
     let mut f = fixture();
-    let rs: Vec<_> = ["1-1", "2-1", "3-1"].iter().map(|id| f.volume(id)).collect();
+    let rs: Vec<_> = ["1-1", "2-1", "3-1"]
+        .iter()
+        .map(|id| f.volume(id))
+        .collect();
     assert!(rs[0].nonce != rs[1].nonce && rs[1].nonce != rs[2].nonce);
     f.poll(rs).await;
     assert_eq!(f.calls().len(), 3, "{:?}", f.calls());
@@ -667,7 +670,10 @@ async fn an_id_outside_the_grammar_gets_nothing_signed() {
         f.poll(vec![r]).await;
     }
     assert!(f.calls().is_empty());
-    assert!(f.store.outbox_peek(10).unwrap().is_empty(), "nothing signed");
+    assert!(
+        f.store.outbox_peek(10).unwrap().is_empty(),
+        "nothing signed"
+    );
 }
 
 #[tokio::test]

@@ -77,12 +77,15 @@ pub enum Cmd {
         #[command(subcommand)]
         kind: Box<ReserveKind>,
     },
-    /// Show a reservation and its result, checking their signatures.
+    /// Show a reservation and its result, checking their signatures (the
+    /// result against the node and this reservation's own signature).
     Get {
         /// Reservation id, e.g. 1-1.
         id: String,
     },
-    /// Ask for the early deletion of your reservation (signed).
+    /// Ask for the early deletion of your reservation: fetches it and signs
+    /// its signature with your key, so the deletion ends that one
+    /// reservation and nothing else.
     Delete {
         /// Reservation id, e.g. 1-1.
         id: String,
@@ -209,11 +212,17 @@ async fn reserve(
 }
 
 /// Verdict on the signatures of a reservation view, one line each; `false`
-/// when one that is present does not verify.
+/// when one that is present does not verify. The result is checked against
+/// the node and the signature of this very reservation, so a result the
+/// node signed for another reservation is not taken for this one's.
 fn verdicts(v: &ReservationView) -> (Vec<String>, bool) {
     let r: Reservation = v.reservation();
     let mut lines = Vec::new();
     let mut ok = true;
+    if let Err(e) = r.check_version() {
+        ok = false;
+        lines.push(format!("version: NOT ACCEPTED by nodes: {e}"));
+    }
     match r.verify() {
         Ok(()) => lines.push(format!("user signature: verifies (user {})", r.user_id)),
         Err(e) => {
@@ -240,16 +249,25 @@ fn verdicts(v: &ReservationView) -> (Vec<String>, bool) {
                 reservation::ResultState::Ok => "ok".to_string(),
                 reservation::ResultState::Error => format!("error: {}", res.error),
             };
-            match res.verify(&r.node_id) {
-                Ok(()) => lines.push(format!(
-                    "result: {what}; node signature verifies (node {})",
-                    r.node_id
-                )),
-                Err(e) => {
-                    ok = false;
-                    lines.push(format!(
-                        "result: {what}; node signature DOES NOT VERIFY: {e}"
-                    ));
+            if res.id != r.id {
+                ok = false;
+                lines.push(format!(
+                    "result: {what}; it is about {:?}, NOT this reservation {:?}: do not trust it",
+                    res.id, r.id
+                ));
+            } else {
+                match res.verify(&r.node_id, &r.signature) {
+                    Ok(()) => lines.push(format!(
+                        "result: {what}; node signature verifies (node {}, for this reservation)",
+                        r.node_id
+                    )),
+                    Err(e) => {
+                        ok = false;
+                        lines.push(format!(
+                            "result: {what}; node signature DOES NOT VERIFY for this reservation: {e} \
+                             (a forged result, or one the node signed for another reservation: do not trust it)"
+                        ));
+                    }
                 }
             }
         }
@@ -257,12 +275,17 @@ fn verdicts(v: &ReservationView) -> (Vec<String>, bool) {
     (lines, ok)
 }
 
-async fn get(client: &Client, id: &str) -> Result<()> {
+async fn fetch(client: &Client, id: &str) -> Result<(ReservationView, String)> {
     let (_, text) = client
         .request(Method::GET, &["reservations", id], None)
         .await?;
     let view: ReservationView = serde_json::from_str(&text)
         .with_context(|| format!("the explorer answered an unexpected body for {id}"))?;
+    Ok((view, text))
+}
+
+async fn get(client: &Client, id: &str) -> Result<()> {
+    let (view, text) = fetch(client, id).await?;
     let pretty: serde_json::Value = serde_json::from_str(&text)?;
     println!("{}", serde_json::to_string_pretty(&pretty)?);
     let (lines, ok) = verdicts(&view);
@@ -277,9 +300,37 @@ async fn get(client: &Client, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Sign the deletion of reservation `id`: fetched first, because the
+/// deletion signs the reservation's own signature (so it can only ever end
+/// that one signed reservation). The fetched reservation must be yours and
+/// carry your valid signature, or nothing is signed.
 async fn delete(client: &Client, user: &Identity, id: &str) -> Result<()> {
+    let (view, _) = fetch(client, id).await?;
+    let r = view.reservation();
+    if r.user_id != user.id() {
+        return Err(client::Refused(format!(
+            "reservation {id} belongs to user {}, not to your key (user {}): only its user can delete it; pass that user's --key",
+            r.user_id,
+            user.id()
+        ))
+        .into());
+    }
+    if let Err(e) = r.verify() {
+        return Err(client::Refused(format!(
+            "reservation {id} as the explorer shows it does not carry your valid signature ({e}); nothing was signed"
+        ))
+        .into());
+    }
+    let created = r
+        .created
+        .map(|c| c.to_rfc3339())
+        .unwrap_or_else(|| "?".into());
+    eprintln!(
+        "deleting the {} reservation {id} on node {} (created {created})",
+        r.kind, r.node_id
+    );
     let body = serde_json::to_string(&explorer::api::DeleteRequest {
-        delete_signature: user.sign_delete(id),
+        delete_signature: user.sign_delete(&r.signature),
     })?;
     client
         .request(Method::DELETE, &["reservations", id], Some(body))

@@ -392,8 +392,8 @@ fn raw_or(common: &Common, make: impl FnOnce(&str) -> Result<Value>) -> Result<S
     }
 }
 
-/// A reservation of `data` for `node`, created now (whole seconds) and
-/// signed by `user`.
+/// A version 2 reservation of `data` for `node`, created now (whole
+/// seconds), with a fresh random nonce, signed by `user`.
 pub fn signed(
     user: &Identity,
     t: WorkloadType,
@@ -402,16 +402,14 @@ pub fn signed(
     data: String,
 ) -> Result<Reservation> {
     let mut r = Reservation {
-        id: String::new(),
         node_id: node,
         user_id: user.id().to_string(),
         kind: t.as_str().to_string(),
         data: RawValue::from_string(data)?,
         created: Some(Utc::now().trunc_subsecs(0)),
         duration,
-        signature: String::new(),
-        to_delete: false,
-        delete_signature: None,
+        nonce: reservation::new_nonce(),
+        ..Reservation::default()
     };
     user.sign_reservation(&mut r);
     Ok(r)

@@ -1,5 +1,6 @@
 //! Shared test helpers: an explorer served on 127.0.0.1 port 0 from a temp
-//! dir, and signed reservations with chosen raw `data` bytes.
+//! dir, signed version 2 reservations with chosen raw `data` bytes, signed
+//! node messages, and small request helpers that answer `(status, text)`.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -7,7 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use explorer::{ExplorerError, ServerConfig};
-use reservation::{Identity, Reservation};
+use reservation::node::{Registration, Uptime};
+use reservation::{Capacity, Identity, Reservation};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -19,13 +21,17 @@ pub struct Server {
 }
 
 pub async fn start(dir: &Path, long_poll: Duration) -> Server {
+    start_with(ServerConfig {
+        long_poll,
+        ..ServerConfig::new(dir)
+    })
+    .await
+}
+
+pub async fn start_with(cfg: ServerConfig) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, rx) = oneshot::channel::<()>();
-    let cfg = ServerConfig {
-        long_poll,
-        ..ServerConfig::new(dir)
-    };
     let handle = tokio::spawn(explorer::serve(listener, cfg, async {
         let _ = rx.await;
     }));
@@ -44,7 +50,31 @@ impl Server {
     }
 }
 
-/// A reservation of `data` (exact bytes) by `user` for `node`.
+/// A version 2 reservation of `data` (exact bytes) by `user` for `node`,
+/// `created` exactly as given (not rounded), lasting `duration_ns`.
+pub fn signed_exact(
+    user: &Identity,
+    node: &str,
+    kind: &str,
+    data: &str,
+    created: DateTime<Utc>,
+    duration_ns: i64,
+) -> Reservation {
+    let mut r = Reservation {
+        node_id: node.to_string(),
+        user_id: user.id().to_string(),
+        kind: kind.to_string(),
+        data: RawValue::from_string(data.to_string()).unwrap(),
+        created: Some(created),
+        duration: duration_ns,
+        ..Reservation::default()
+    };
+    user.sign_reservation(&mut r);
+    r
+}
+
+/// A version 2 reservation of `data` (exact bytes) by `user` for `node`,
+/// created at `created` rounded down to whole seconds.
 pub fn signed(
     user: &Identity,
     node: &str,
@@ -53,57 +83,161 @@ pub fn signed(
     created: DateTime<Utc>,
     duration_s: i64,
 ) -> Reservation {
-    let mut r = Reservation {
-        id: String::new(),
-        node_id: node.to_string(),
-        user_id: user.id().to_string(),
-        kind: kind.to_string(),
-        data: RawValue::from_string(data.to_string()).unwrap(),
-        created: Some(created.trunc_subsecs(0)),
-        duration: duration_s * 1_000_000_000,
-        signature: String::new(),
-        to_delete: false,
-        delete_signature: None,
-    };
-    user.sign_reservation(&mut r);
-    r
-}
-
-/// A one-hour volume reservation created now.
-pub fn volume(user: &Identity, node: &str) -> Reservation {
-    signed(
+    signed_exact(
         user,
         node,
-        "volume",
-        r#"{"size":1,"type":"SSD"}"#,
-        Utc::now(),
-        3600,
+        kind,
+        data,
+        created.trunc_subsecs(0),
+        duration_s * 1_000_000_000,
     )
 }
 
+pub const VOLUME: &str = r#"{"size":1,"type":"SSD"}"#;
+
+/// A one-hour volume reservation created now.
+pub fn volume(user: &Identity, node: &str) -> Reservation {
+    signed(user, node, "volume", VOLUME, Utc::now(), 3600)
+}
+
+/// A volume reservation that expires `secs` seconds from now (created a
+/// minute before that, so it is live when posted).
+pub fn expiring_in(user: &Identity, node: &str, secs: i64) -> Reservation {
+    let created = Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(secs - 60);
+    signed(user, node, "volume", VOLUME, created, 60)
+}
+
+/// Sleep until `r` has expired.
+pub async fn until_expired(r: &Reservation) {
+    let at = r.expires_at().unwrap();
+    let left = (at - Utc::now()).num_milliseconds().max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(left + 200)).await;
+    assert!(r.is_expired(Utc::now()));
+}
+
+/// POST `r`; asserts `201` and answers the assigned id.
 pub async fn post(c: &reqwest::Client, url: &str, r: &Reservation) -> String {
-    let resp = c
-        .post(format!("{url}/reservations/{}", r.node_id))
-        .body(serde_json::to_string(r).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
-    let v: serde_json::Value = resp.json().await.unwrap();
+    let (st, text) = post_body(c, url, &r.node_id, serde_json::to_string(r).unwrap()).await;
+    assert_eq!(st, 201, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["id"].as_str().unwrap().to_string()
 }
 
-pub async fn poll(c: &reqwest::Client, url: &str, node: &str, from: u64) -> Vec<Reservation> {
-    let resp = c
-        .get(format!("{url}/reservations/{node}/poll?from={from}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+/// POST `r` and give it the id the explorer assigned (so it can be signed
+/// about, e.g. by a node's result).
+pub async fn post_as(c: &reqwest::Client, url: &str, r: &Reservation) -> Reservation {
+    let mut r = r.clone();
+    r.id = post(c, url, &r).await;
+    r
+}
+
+/// POST raw bytes as a reservation for `node`.
+pub async fn post_body(c: &reqwest::Client, url: &str, node: &str, body: String) -> (u16, String) {
+    send(c.post(format!("{url}/reservations/{node}")).body(body)).await
+}
+
+/// Send a request; `(status, body text)`.
+pub async fn send(req: reqwest::RequestBuilder) -> (u16, String) {
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// `GET /reservations/{node}/poll?{query}`; `(status, body text)`.
+pub async fn poll_query(c: &reqwest::Client, url: &str, node: &str, query: &str) -> (u16, String) {
+    send(c.get(format!("{url}/reservations/{node}/poll?{query}"))).await
+}
+
+/// A poll that must answer `200`, parsed as the agent parses it.
+pub async fn poll_q(c: &reqwest::Client, url: &str, node: &str, query: &str) -> Vec<Reservation> {
+    let (st, text) = poll_query(c, url, node, query).await;
+    assert_eq!(st, 200, "{text}");
     // The agent parses with deny_unknown_fields: the answer must be exact.
-    serde_json::from_str(&resp.text().await.unwrap()).unwrap()
+    serde_json::from_str(&text).unwrap()
+}
+
+pub async fn poll(c: &reqwest::Client, url: &str, node: &str, from: u64) -> Vec<Reservation> {
+    poll_q(c, url, node, &format!("from={from}")).await
 }
 
 pub fn ids(list: &[Reservation]) -> Vec<&str> {
     list.iter().map(|r| r.id.as_str()).collect()
+}
+
+/// `DELETE /reservations/{id}` signed by `user` over `r`'s signature.
+pub async fn delete(
+    c: &reqwest::Client,
+    url: &str,
+    user: &Identity,
+    r: &Reservation,
+) -> (u16, String) {
+    let body = serde_json::json!({"delete_signature": user.sign_delete(&r.signature)});
+    send(c.delete(format!("{url}/reservations/{}", r.id)).json(&body)).await
+}
+
+/// `PUT /reservations/{id}/deleted` with `signature`.
+pub async fn confirm_deleted(
+    c: &reqwest::Client,
+    url: &str,
+    id: &str,
+    signature: &str,
+) -> (u16, String) {
+    let body = serde_json::json!({"signature": signature});
+    send(
+        c.put(format!("{url}/reservations/{id}/deleted"))
+            .json(&body),
+    )
+    .await
+}
+
+/// Unix milliseconds now, strictly increasing across calls (two node
+/// messages signed in the same millisecond would share a timestamp, and
+/// the explorer accepts a timestamp once).
+pub fn now_ms() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = Utc::now().timestamp_millis();
+    let prev = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| Some(now.max(l + 1)))
+        .unwrap();
+    now.max(prev + 1)
+}
+
+pub fn cap(cru: u64, mru: u64, sru: u64, hru: u64) -> Capacity {
+    Capacity { cru, mru, sru, hru }
+}
+
+/// A registration of `node` at `url`, signed by `node`, stamped now.
+pub fn registration(node: &Identity, url: &str) -> Registration {
+    Registration::signed(node, url, &cap(8, 16, 100, 500), now_ms())
+}
+
+/// `POST /nodes` with `body`.
+pub async fn register(
+    c: &reqwest::Client,
+    url: &str,
+    body: &impl serde::Serialize,
+) -> (u16, String) {
+    send(c.post(format!("{url}/nodes")).json(body)).await
+}
+
+/// An uptime report of `node`, signed by `node`, stamped now.
+pub fn uptime(node: &Identity, up: u64, used: reservation::Capacity) -> Uptime {
+    Uptime::signed(node, up, &used, now_ms())
+}
+
+/// `POST /nodes/{node_id}/uptime` with `body`.
+pub async fn heartbeat(
+    c: &reqwest::Client,
+    url: &str,
+    node_id: &str,
+    body: &impl serde::Serialize,
+) -> (u16, String) {
+    send(c.post(format!("{url}/nodes/{node_id}/uptime")).json(body)).await
+}
+
+/// `GET /nodes`, parsed.
+pub async fn nodes(c: &reqwest::Client, url: &str) -> Vec<explorer::NodeInfo> {
+    let (st, text) = send(c.get(format!("{url}/nodes"))).await;
+    assert_eq!(st, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
 }
