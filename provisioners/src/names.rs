@@ -108,15 +108,43 @@ pub fn network_name(user_id: &str, name: &str) -> String {
     )
 }
 
-/// The three ownership labels of an object of reservation `r`.
+/// Label with a hash of the user signature of the reservation that made
+/// an object: ids are the explorer's, so only the signature says which
+/// signed reservation (and so which user) an object belongs to.
+pub const LABEL_SIGNATURE: &str = "io.agent.sig";
+
+/// The value of [`LABEL_SIGNATURE`] for `r`: hex of md5 over the signature
+/// text (an identifier short enough for a label, not a secret: the
+/// signature itself is public).
+pub fn signature_hash(r: &Reservation) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(r.signature.as_bytes()))
+}
+
+/// The ownership labels of an object of reservation `r`: its id, user,
+/// type, signature hash and node.
 pub fn labels(r: &Reservation, kind: WorkloadType) -> Labels {
     let mut l = Labels::from([
         (LABEL_RESERVATION.to_string(), r.id.clone()),
         (LABEL_USER.to_string(), r.user_id.clone()),
         (LABEL_TYPE.to_string(), kind.as_str().to_string()),
+        (LABEL_SIGNATURE.to_string(), signature_hash(r)),
     ]);
     l.extend(node_filter());
     l
+}
+
+/// Whether an existing object with these labels was made for exactly this
+/// signed reservation `r` (same id, user and signature, on this node), so
+/// a provisioning cut short by a crash may adopt it. Anything else found
+/// under `r`'s name (another user's object, a hand-made one, one of an
+/// earlier reservation the explorer gave the same id) must not be reused.
+pub fn adoptable(existing: &Labels, r: &Reservation) -> bool {
+    let is = |k: &str, v: &str| existing.get(k).is_some_and(|l| l == v);
+    is(LABEL_RESERVATION, &r.id)
+        && is(LABEL_USER, &r.user_id)
+        && is(LABEL_SIGNATURE, &signature_hash(r))
+        && is_ours(existing)
 }
 
 /// The label filter matching every object of type `kind`.
