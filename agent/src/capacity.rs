@@ -305,6 +305,89 @@ pub fn charge_of_reservation(r: &Reservation, root_disk: DiskType) -> Option<Cha
     Some(charge_of(&w, root_disk))
 }
 
+/// What one workload counts against its user's limits: networks, `debug`
+/// reservations and published host ports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tenancy {
+    pub networks: u64,
+    pub debug: u64,
+    pub ports: u64,
+}
+
+impl Tenancy {
+    fn is_zero(&self) -> bool {
+        *self == Tenancy::default()
+    }
+
+    fn saturating_add(self, o: Tenancy) -> Tenancy {
+        Tenancy {
+            networks: self.networks.saturating_add(o.networks),
+            debug: self.debug.saturating_add(o.debug),
+            ports: self.ports.saturating_add(o.ports),
+        }
+    }
+
+    fn saturating_sub(self, o: Tenancy) -> Tenancy {
+        Tenancy {
+            networks: self.networks.saturating_sub(o.networks),
+            debug: self.debug.saturating_sub(o.debug),
+            ports: self.ports.saturating_sub(o.ports),
+        }
+    }
+}
+
+/// What workload `w` counts against its user's limits.
+pub fn tenancy_of(w: &Workload) -> Tenancy {
+    match w {
+        Workload::Network(_) => Tenancy {
+            networks: 1,
+            ..Tenancy::default()
+        },
+        Workload::Debug(_) => Tenancy {
+            debug: 1,
+            ..Tenancy::default()
+        },
+        Workload::Container(c) => Tenancy {
+            ports: c.ports.len() as u64,
+            ..Tenancy::default()
+        },
+        _ => Tenancy::default(),
+    }
+}
+
+/// Default of `--max-networks-per-user`.
+pub const DEFAULT_MAX_NETWORKS_PER_USER: u64 = 16;
+/// Default of `--max-debug-per-user`.
+pub const DEFAULT_MAX_DEBUG_PER_USER: u64 = 2;
+/// Default of `--max-ports-per-user`.
+pub const DEFAULT_MAX_PORTS_PER_USER: u64 = 16;
+
+/// The most of each a single user may hold on this node at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UserLimits {
+    pub networks: u64,
+    pub debug: u64,
+    pub ports: u64,
+}
+
+impl Default for UserLimits {
+    fn default() -> Self {
+        Self {
+            networks: DEFAULT_MAX_NETWORKS_PER_USER,
+            debug: DEFAULT_MAX_DEBUG_PER_USER,
+            ports: DEFAULT_MAX_PORTS_PER_USER,
+        }
+    }
+}
+
+/// Per-user figures for `agentctl status`: the limits and what each user
+/// holds (users holding none of the three are left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantsSnapshot {
+    pub limits: UserLimits,
+    pub users: BTreeMap<String, Tenancy>,
+}
+
 /// Capacity figures for `agentctl status`, in the ledger's units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
@@ -324,6 +407,11 @@ pub struct Ledger {
     total: Total,
     charges: BTreeMap<String, Charge>,
     used: Resources,
+    limits: UserLimits,
+    /// Reservation id → (user, what it counts against the user's limits).
+    owners: BTreeMap<String, (String, Tenancy)>,
+    /// User → what their reservations count, summed.
+    per_user: BTreeMap<String, Tenancy>,
 }
 
 impl Ledger {
@@ -332,6 +420,99 @@ impl Ledger {
             total,
             charges: BTreeMap::new(),
             used: Resources::ZERO,
+            limits: UserLimits::default(),
+            owners: BTreeMap::new(),
+            per_user: BTreeMap::new(),
+        }
+    }
+
+    /// Cap what one user may hold (default [`UserLimits::default`]).
+    pub fn with_user_limits(mut self, limits: UserLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The per-user limits.
+    pub fn user_limits(&self) -> UserLimits {
+        self.limits
+    }
+
+    /// Whether reservation `id` of `user`, counting `t`, stays within the
+    /// user's limits. An id already counted fits. The error names the
+    /// limit, e.g. `per-user limit: user U already has 16 networks on this
+    /// node, the most one user may hold (max_networks_per_user = 16)`.
+    pub fn admit_user(&self, user: &str, id: &str, t: &Tenancy) -> Result<(), String> {
+        if self.owners.contains_key(id) {
+            return Ok(());
+        }
+        let held = self.per_user.get(user).copied().unwrap_or_default();
+        let checks = [
+            (
+                "networks",
+                "max_networks_per_user",
+                t.networks,
+                held.networks,
+                self.limits.networks,
+            ),
+            (
+                "debug reservations",
+                "max_debug_per_user",
+                t.debug,
+                held.debug,
+                self.limits.debug,
+            ),
+            (
+                "published host ports",
+                "max_ports_per_user",
+                t.ports,
+                held.ports,
+                self.limits.ports,
+            ),
+        ];
+        for (what, key, asked, has, max) in checks {
+            if asked > 0 && has.saturating_add(asked) > max {
+                return Err(if asked == 1 {
+                    format!(
+                        "per-user limit: user {user} already has {has} {what} on this node, the most one user may hold ({key} = {max})"
+                    )
+                } else {
+                    format!(
+                        "per-user limit: user {user} already has {has} {what} on this node and asks {asked} more, past the most one user may hold ({key} = {max})"
+                    )
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Count reservation `id` of `user` against the user's limits.
+    /// Counting an id again replaces its count.
+    pub fn add_user(&mut self, id: &str, user: &str, t: Tenancy) {
+        self.release_user(id);
+        if t.is_zero() {
+            return;
+        }
+        self.owners.insert(id.to_string(), (user.to_string(), t));
+        let e = self.per_user.entry(user.to_string()).or_default();
+        *e = e.saturating_add(t);
+    }
+
+    fn release_user(&mut self, id: &str) {
+        if let Some((user, t)) = self.owners.remove(id) {
+            if let Some(e) = self.per_user.get_mut(&user) {
+                *e = e.saturating_sub(t);
+                if e.is_zero() {
+                    self.per_user.remove(&user);
+                }
+            }
+        }
+    }
+
+    /// What each user holds against the limits.
+    pub fn tenants(&self) -> TenantsSnapshot {
+        TenantsSnapshot {
+            limits: self.limits,
+            users: self.per_user.clone(),
         }
     }
 
@@ -388,6 +569,7 @@ impl Ledger {
     /// Release reservation `id`'s charge; releasing an unknown (or already
     /// released) id does nothing. Returns whether something was released.
     pub fn release(&mut self, id: &str) -> bool {
+        self.release_user(id);
         match self.charges.remove(id) {
             Some(c) => {
                 self.used = self.used.saturating_sub(c);
@@ -402,8 +584,17 @@ impl Ledger {
     pub fn rebuild<'a>(&mut self, cached: impl IntoIterator<Item = &'a store::Cached>) {
         self.charges.clear();
         self.used = Resources::ZERO;
+        self.owners.clear();
+        self.per_user.clear();
         for c in cached {
             let r = &c.reservation;
+            let parsed = r
+                .workload_type()
+                .ok()
+                .and_then(|k| Workload::parse(k, &r.data).ok());
+            if let Some(w) = &parsed {
+                self.add_user(&r.id, &r.user_id, tenancy_of(w));
+            }
             match charge_of_reservation(r, self.total.root_disk) {
                 Some(charge) => self.add(&r.id, charge),
                 None => {
@@ -733,6 +924,146 @@ mod tests {
                 hru: 5
             }
         );
+    }
+
+    fn user_of(kind: WorkloadType, data: serde_json::Value) -> Tenancy {
+        tenancy_of(&w(kind, data))
+    }
+
+    #[test]
+    fn per_user_limits_are_charged_named_and_released() {
+        let mut l = Ledger::new(total(4, 8192, 100, 100)).with_user_limits(UserLimits {
+            networks: 2,
+            debug: 1,
+            ports: 3,
+        });
+        let net = user_of(
+            WorkloadType::Network,
+            json!({"name": "n", "ip_range": "10.1.0.0/16", "net_resources": []}),
+        );
+        let dbg = user_of(
+            WorkloadType::Debug,
+            json!({"host": "127.0.0.1", "port": 6379}),
+        );
+        let two_ports = user_of(
+            WorkloadType::Container,
+            json!({"flist": "b", "capacity": {"cpu": 1, "memory": 64},
+                   "ports": [{"container_port": 1, "host_port": 30001},
+                             {"container_port": 2, "host_port": 30002}]}),
+        );
+        assert_eq!((net.networks, dbg.debug, two_ports.ports), (1, 1, 2));
+        assert!(
+            user_of(WorkloadType::Volume, json!({"size": 1, "type": "SSD"})) == Tenancy::default()
+        );
+
+        for id in ["1-1", "1-2"] {
+            l.admit_user("alice", id, &net).unwrap();
+            l.add_user(id, "alice", net);
+        }
+        assert_eq!(
+            l.admit_user("alice", "1-3", &net).unwrap_err(),
+            "per-user limit: user alice already has 2 networks on this node, the most one user may hold (max_networks_per_user = 2)"
+        );
+        // Another user is not held back by alice; an id already counted fits.
+        l.admit_user("bob", "2-1", &net).unwrap();
+        l.admit_user("alice", "1-2", &net).unwrap();
+
+        l.add_user("1-4", "alice", dbg);
+        assert_eq!(
+            l.admit_user("alice", "1-5", &dbg).unwrap_err(),
+            "per-user limit: user alice already has 1 debug reservations on this node, the most one user may hold (max_debug_per_user = 1)"
+        );
+        l.add_user("1-6", "alice", two_ports);
+        assert_eq!(
+            l.admit_user("alice", "1-7", &two_ports).unwrap_err(),
+            "per-user limit: user alice already has 2 published host ports on this node and asks 2 more, past the most one user may hold (max_ports_per_user = 3)"
+        );
+        // Counting an id again replaces its count.
+        l.add_user("1-6", "alice", two_ports);
+        assert_eq!(
+            l.tenants().users["alice"],
+            Tenancy {
+                networks: 2,
+                debug: 1,
+                ports: 2
+            }
+        );
+
+        // Decommission releases.
+        assert!(!l.release("1-1")); // no capacity charge, but the count goes
+        l.release("1-4");
+        l.release("1-6");
+        l.admit_user("alice", "1-3", &net).unwrap();
+        l.admit_user("alice", "1-7", &two_ports).unwrap();
+        assert_eq!(
+            l.tenants().users["alice"],
+            Tenancy {
+                networks: 1,
+                debug: 0,
+                ports: 0
+            }
+        );
+        l.release("1-2");
+        assert!(l.tenants().users.is_empty());
+        assert_eq!(l.tenants().limits.networks, 2);
+    }
+
+    #[test]
+    fn per_user_counts_are_rebuilt_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Identity::generate();
+        let user = Identity::generate();
+        let s = store::Store::open(dir.path()).unwrap();
+        for c in [
+            cached(
+                &node,
+                &user,
+                "1-1",
+                WorkloadType::Network,
+                json!({"name": "n", "ip_range": "10.1.0.0/16", "net_resources": []}),
+            ),
+            cached(
+                &node,
+                &user,
+                "2-1",
+                WorkloadType::Container,
+                json!({"flist": "b", "capacity": {"cpu": 1, "memory": 64},
+                       "ports": [{"container_port": 1, "host_port": 30001}]}),
+            ),
+        ] {
+            let res = c.result.clone();
+            s.record_provisioned(&c, &res).unwrap();
+        }
+        let mut l = Ledger::new(total(4, 4096, 10, 10)).with_user_limits(UserLimits {
+            networks: 1,
+            ..UserLimits::default()
+        });
+        l.add_user(
+            "9-9",
+            user.id(),
+            Tenancy {
+                networks: 5,
+                ..Tenancy::default()
+            },
+        ); // stale
+        l.rebuild_from_store(&s);
+        l.rebuild_from_store(&s);
+        assert_eq!(
+            l.tenants().users[user.id()],
+            Tenancy {
+                networks: 1,
+                debug: 0,
+                ports: 1
+            }
+        );
+        let net = Tenancy {
+            networks: 1,
+            ..Tenancy::default()
+        };
+        assert!(l
+            .admit_user(user.id(), "3-1", &net)
+            .unwrap_err()
+            .contains("max_networks_per_user = 1"));
     }
 
     #[test]

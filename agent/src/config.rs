@@ -60,11 +60,28 @@ pub struct Args {
     /// Image of the k3s containers.
     #[arg(long, env = "AGENT_K3S_IMAGE")]
     pub k3s_image: Option<String>,
-    /// Run k3s containers privileged (true/false). k3s needs it; only a
-    /// sandboxed engine that cannot start privileged containers, with a k3s
-    /// stand-in image, calls for false.
+    /// Run k3s containers privileged (true/false) once kubernetes is
+    /// enabled [default: true]. k3s needs it; only a sandboxed engine that
+    /// cannot start privileged containers, with a k3s stand-in image,
+    /// calls for false. It enables nothing by itself.
     #[arg(long, env = "AGENT_K3S_PRIVILEGED")]
     pub k3s_privileged: Option<bool>,
+    /// Enable kubernetes with k3s containers run under this isolating OCI
+    /// runtime registered with Docker (e.g. kata, sysbox-runc; checked
+    /// against `docker info` at start, runc refused) [default: none,
+    /// kubernetes disabled].
+    #[arg(long, env = "AGENT_KUBERNETES_RUNTIME")]
+    pub kubernetes_runtime: Option<String>,
+    /// Enable kubernetes with privileged k3s containers on the host's
+    /// runtime: any tenant then owns the host. Only for a single-tenant
+    /// node [default: false, kubernetes disabled].
+    #[arg(long, env = "AGENT_KUBERNETES_PRIVILEGED_UNSAFE")]
+    pub kubernetes_privileged_unsafe: bool,
+    /// Comma-separated user ids whose debug reservations get the whole
+    /// node's log; other users get only their own reservations' lines
+    /// [default: none].
+    #[arg(long, env = "AGENT_DEBUG_OPERATORS")]
+    pub debug_operators: Option<String>,
     /// What the disk under the root is: SSD or HDD.
     #[arg(long, env = "AGENT_DISK_TYPE")]
     pub disk_type: Option<String>,
@@ -103,6 +120,36 @@ pub struct Args {
     /// removed, e.g. 24h.
     #[arg(long, env = "AGENT_IMAGE_GRACE", value_parser = humantime::parse_duration)]
     pub image_grace: Option<Duration>,
+    /// Most processes (threads included) one tenant container may hold
+    /// [default: 1024].
+    #[arg(long, env = "AGENT_CONTAINER_PIDS_LIMIT")]
+    pub container_pids_limit: Option<i64>,
+    /// OCI runtime of every tenant container, e.g. runsc (gVisor); it must
+    /// be registered with Docker (`docker info` Runtimes) or the agent
+    /// refuses to start [default: Docker's default runtime].
+    #[arg(long, env = "AGENT_CONTAINER_RUNTIME")]
+    pub container_runtime: Option<String>,
+    /// Host ports tenants may publish, LOW-HIGH [default: 30000-32767].
+    #[arg(long, env = "AGENT_HOST_PORT_RANGE")]
+    pub host_port_range: Option<String>,
+    /// Host address published ports are bound to [default: 0.0.0.0, every
+    /// address].
+    #[arg(long, env = "AGENT_HOST_PORT_ADDRESS")]
+    pub host_port_address: Option<std::net::IpAddr>,
+    /// Comma-separated IPv4 CIDRs every network's subnet must lie in
+    /// [default: 10.0.0.0/8,172.16.0.0/12,192.168.0.0/16].
+    #[arg(long, env = "AGENT_NETWORK_POOL")]
+    pub network_pool: Option<String>,
+    /// Most networks one user may hold on this node [default: 16].
+    #[arg(long, env = "AGENT_MAX_NETWORKS_PER_USER")]
+    pub max_networks_per_user: Option<u64>,
+    /// Most debug reservations one user may hold on this node [default: 2].
+    #[arg(long, env = "AGENT_MAX_DEBUG_PER_USER")]
+    pub max_debug_per_user: Option<u64>,
+    /// Most host ports one user's containers may publish on this node
+    /// [default: 16].
+    #[arg(long, env = "AGENT_MAX_PORTS_PER_USER")]
+    pub max_ports_per_user: Option<u64>,
 }
 
 /// The TOML file: the same settings, snake_case, all optional.
@@ -121,6 +168,9 @@ pub struct FileConfig {
     pub zdb_image: Option<String>,
     pub k3s_image: Option<String>,
     pub k3s_privileged: Option<bool>,
+    pub kubernetes_runtime: Option<String>,
+    pub kubernetes_privileged_unsafe: Option<bool>,
+    pub debug_operators: Option<String>,
     pub disk_type: Option<String>,
     pub reserve_memory: Option<String>,
     pub reserve_cpu: Option<u32>,
@@ -137,6 +187,14 @@ pub struct FileConfig {
     pub pull_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub image_grace: Option<Duration>,
+    pub container_pids_limit: Option<i64>,
+    pub container_runtime: Option<String>,
+    pub host_port_range: Option<String>,
+    pub host_port_address: Option<std::net::IpAddr>,
+    pub network_pool: Option<String>,
+    pub max_networks_per_user: Option<u64>,
+    pub max_debug_per_user: Option<u64>,
+    pub max_ports_per_user: Option<u64>,
 }
 
 mod humantime_serde_opt {
@@ -171,6 +229,10 @@ pub struct Settings {
     pub zdb_image: String,
     pub k3s_image: String,
     pub k3s_privileged: bool,
+    /// Whether kubernetes is enabled, and how (default: disabled).
+    pub kubernetes: provisioners::kubernetes::KubernetesMode,
+    /// Users whose debug reservations see the whole node's log.
+    pub debug_operators: Vec<String>,
     pub disk_type: reservation::workloads::DiskType,
     pub reserve_memory: u64,
     pub reserve_cpu: u32,
@@ -183,6 +245,11 @@ pub struct Settings {
     pub crash_window: Duration,
     pub pull_timeout: Duration,
     pub image_grace: Duration,
+    /// What tenants may ask of the host: container confinement, host
+    /// ports, the subnet pool.
+    pub tenants: provisioners::TenantOptions,
+    /// What one user may hold at once.
+    pub user_limits: crate::capacity::UserLimits,
 }
 
 impl Settings {
@@ -213,6 +280,27 @@ impl Settings {
             path: format!("{} ({key})", path.display()),
             reason,
         };
+        let kubernetes = kubernetes_mode(
+            args.kubernetes_runtime.or(file.kubernetes_runtime),
+            args.kubernetes_privileged_unsafe || file.kubernetes_privileged_unsafe.unwrap_or(false),
+        )?;
+        let debug_operators: Vec<String> = args
+            .debug_operators
+            .or(file.debug_operators)
+            .unwrap_or_default()
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if let Some(bad) = debug_operators
+            .iter()
+            .find(|u| !u.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            return Err(AgentError::Config {
+                path: "--debug-operators".into(),
+                reason: format!("{bad:?} is not a user id (base58)"),
+            });
+        }
         let explorer = match args.explorer.or(file.explorer) {
             Some(e) => e,
             None if dev => format!("http://{DEV_EXPLORER_LISTEN}"),
@@ -264,6 +352,8 @@ impl Settings {
                 .or(file.k3s_image)
                 .unwrap_or_else(|| provisioners::kubernetes::DEFAULT_K3S_IMAGE.into()),
             k3s_privileged: args.k3s_privileged.or(file.k3s_privileged).unwrap_or(true),
+            kubernetes,
+            debug_operators,
             disk_type: match args.disk_type.or(file.disk_type) {
                 Some(d) => crate::capacity::parse_disk_type(&d).map_err(|e| bad("disk_type", e))?,
                 None => reservation::workloads::DiskType::Ssd,
@@ -304,7 +394,111 @@ impl Settings {
                 .image_grace
                 .or(file.image_grace)
                 .unwrap_or(Duration::from_secs(24 * 3600)),
+            tenants: tenant_options(
+                args.container_pids_limit.or(file.container_pids_limit),
+                args.container_runtime.or(file.container_runtime),
+                args.host_port_range.or(file.host_port_range),
+                args.host_port_address.or(file.host_port_address),
+                args.network_pool.or(file.network_pool),
+            )?,
+            user_limits: {
+                let d = crate::capacity::UserLimits::default();
+                crate::capacity::UserLimits {
+                    networks: args
+                        .max_networks_per_user
+                        .or(file.max_networks_per_user)
+                        .unwrap_or(d.networks),
+                    debug: args
+                        .max_debug_per_user
+                        .or(file.max_debug_per_user)
+                        .unwrap_or(d.debug),
+                    ports: args
+                        .max_ports_per_user
+                        .or(file.max_ports_per_user)
+                        .unwrap_or(d.ports),
+                }
+            },
         })
+    }
+}
+
+/// The tenant rules from their settings (`None`: the default).
+fn tenant_options(
+    pids_limit: Option<i64>,
+    runtime: Option<String>,
+    port_range: Option<String>,
+    port_address: Option<std::net::IpAddr>,
+    pool: Option<String>,
+) -> Result<provisioners::TenantOptions, AgentError> {
+    let bad = |path: &str, reason: String| AgentError::Config {
+        path: path.into(),
+        reason,
+    };
+    let mut t = provisioners::TenantOptions::default();
+    if let Some(n) = pids_limit {
+        if n < 1 {
+            return Err(bad(
+                "--container-pids-limit",
+                format!("{n} is not a positive number of processes"),
+            ));
+        }
+        t.container.pids_limit = n;
+    }
+    if let Some(r) = runtime
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+    {
+        if !r
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(bad(
+                "--container-runtime",
+                format!("{r:?} is not a runtime name (letters, digits, - _ .)"),
+            ));
+        }
+        t.container.runtime = Some(r);
+    }
+    if let Some(r) = port_range {
+        t.container.host_ports = provisioners::container::parse_port_range(&r)
+            .map_err(|e| bad("--host-port-range", e))?;
+    }
+    if let Some(a) = port_address {
+        t.container.host_port_address = a;
+    }
+    if let Some(p) = pool {
+        t.network_pool =
+            provisioners::network::parse_pool(&p).map_err(|e| bad("--network-pool", e))?;
+    }
+    Ok(t)
+}
+
+/// Kubernetes is disabled unless the operator names an isolating runtime
+/// or accepts privileged containers on a single-tenant node; not both.
+fn kubernetes_mode(
+    runtime: Option<String>,
+    privileged_unsafe: bool,
+) -> Result<provisioners::kubernetes::KubernetesMode, AgentError> {
+    use provisioners::kubernetes::{check_runtime_name, KubernetesMode};
+    let bad = |path: &str, reason: String| AgentError::Config {
+        path: path.into(),
+        reason,
+    };
+    match (runtime, privileged_unsafe) {
+        (Some(_), true) => Err(bad(
+            "--kubernetes-runtime",
+            "--kubernetes-runtime and --kubernetes-privileged-unsafe exclude each other; pick one"
+                .into(),
+        )),
+        (Some(r), false) => {
+            check_runtime_name(&r).map_err(|e| {
+                let reason = e.trim_start_matches("--kubernetes-runtime: ").to_string();
+                bad("--kubernetes-runtime", reason)
+            })?;
+            Ok(KubernetesMode::Runtime(r))
+        }
+        (None, true) => Ok(KubernetesMode::PrivilegedUnsafe),
+        (None, false) => Ok(KubernetesMode::Disabled),
     }
 }
 
@@ -396,6 +590,131 @@ mod tests {
         .unwrap();
         assert_eq!(s.explorer, "https://explorer.example");
         assert_eq!(s.image_grace, Duration::from_secs(24 * 3600));
+        // Every tenant setting is shown with its default, but the runtime
+        // (none by default) with an example.
+        let mut want = provisioners::TenantOptions::default();
+        want.container.runtime = Some("runsc".into());
+        assert_eq!(s.tenants, want);
+        assert_eq!(s.user_limits, crate::capacity::UserLimits::default());
+    }
+
+    #[test]
+    fn tenant_settings_resolve_and_bad_ones_are_named() {
+        let resolve = |args: Args| {
+            Settings::resolve(Args {
+                dev: true,
+                config: Some(PathBuf::from("/dev/null")),
+                ..args
+            })
+        };
+        let s = resolve(Args::default()).unwrap();
+        assert_eq!(s.tenants.container.pids_limit, 1024);
+        assert_eq!(s.tenants.container.host_ports, (30000, 32767));
+        assert_eq!(s.tenants.container.runtime, None);
+        assert_eq!(s.tenants.network_pool.len(), 3);
+        assert_eq!(
+            (
+                s.user_limits.networks,
+                s.user_limits.debug,
+                s.user_limits.ports
+            ),
+            (16, 2, 16)
+        );
+        let s = resolve(Args {
+            container_pids_limit: Some(64),
+            container_runtime: Some("runsc".into()),
+            host_port_range: Some("40000-40100".into()),
+            host_port_address: Some("127.0.0.1".parse().unwrap()),
+            network_pool: Some("10.0.0.0/8".into()),
+            max_networks_per_user: Some(1),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.tenants.container.pids_limit, 64);
+        assert_eq!(s.tenants.container.runtime.as_deref(), Some("runsc"));
+        assert_eq!(s.tenants.container.host_ports, (40000, 40100));
+        assert_eq!(s.tenants.network_pool, vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(s.user_limits.networks, 1);
+        for (args, want) in [
+            (
+                Args {
+                    host_port_range: Some("2-1".into()),
+                    ..Default::default()
+                },
+                "--host-port-range",
+            ),
+            (
+                Args {
+                    network_pool: Some("10.0.0.0/33".into()),
+                    ..Default::default()
+                },
+                "--network-pool",
+            ),
+            (
+                Args {
+                    container_pids_limit: Some(0),
+                    ..Default::default()
+                },
+                "--container-pids-limit",
+            ),
+            (
+                Args {
+                    container_runtime: Some("a/b".into()),
+                    ..Default::default()
+                },
+                "--container-runtime",
+            ),
+        ] {
+            let e = resolve(args).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_is_enabled_only_explicitly_and_never_with_runc() {
+        use provisioners::kubernetes::KubernetesMode;
+        let resolve = |args: Args| {
+            Settings::resolve(Args {
+                dev: true,
+                config: Some(PathBuf::from("/dev/null")),
+                ..args
+            })
+        };
+        let s = resolve(Args {
+            kubernetes_runtime: Some("kata".into()),
+            debug_operators: Some(" abc, DEF9 ,".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.kubernetes, KubernetesMode::Runtime("kata".into()));
+        assert_eq!(s.debug_operators, ["abc", "DEF9"]);
+        let s = resolve(Args {
+            kubernetes_privileged_unsafe: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.kubernetes, KubernetesMode::PrivilegedUnsafe);
+        for args in [
+            Args {
+                kubernetes_runtime: Some("runc".into()),
+                ..Default::default()
+            },
+            Args {
+                kubernetes_runtime: Some("kata".into()),
+                kubernetes_privileged_unsafe: true,
+                ..Default::default()
+            },
+            Args {
+                debug_operators: Some("ok,not an id".into()),
+                ..Default::default()
+            },
+        ] {
+            let e = resolve(args).unwrap_err().to_string();
+            assert!(
+                e.contains("--kubernetes-runtime") || e.contains("--debug-operators"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
@@ -408,6 +727,12 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.explorer, "http://127.0.0.1:7700");
+        assert_eq!(
+            s.kubernetes,
+            provisioners::kubernetes::KubernetesMode::Disabled,
+            "kubernetes is off unless the operator enables it"
+        );
+        assert!(s.debug_operators.is_empty());
         assert_eq!(s.root, PathBuf::from("./.agent-dev"));
         assert_eq!(s.socket, PathBuf::from("./.agent-dev/agent.sock"));
     }

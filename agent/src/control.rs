@@ -84,6 +84,9 @@ pub struct Control {
     pub crashes: crate::crash::CrashCounts,
     /// Set once the cache is loaded and reconciled with Docker.
     pub ready: std::sync::atomic::AtomicBool,
+    /// How kubernetes runs here: `disabled`, `runtime <name>` or
+    /// `privileged-unsafe`.
+    pub kubernetes: String,
 }
 
 impl Control {
@@ -165,8 +168,10 @@ impl Control {
             "pending_results": self.store.outbox_len(),
             "docker": docker,
             "capacity": self.ledger.lock().map(|l| json!(l.snapshot())).unwrap_or(Value::Null),
+            "tenants": self.ledger.lock().map(|l| json!(l.tenants())).unwrap_or(Value::Null),
             "registration": json!(self.heartbeat.snapshot()),
             "crashes": self.crashes.lock().map(|c| json!(*c)).unwrap_or(Value::Null),
+            "kubernetes": self.kubernetes,
         }))
     }
 
@@ -270,10 +275,7 @@ pub async fn serve(
                 Ok((stream, _)) => {
                     if let Err(who) = peer_allowed(&stream, &path) {
                         warn!(peer = %who, "control socket: refusing a peer that is neither root nor in the socket's group");
-                        let mut stream = stream;
-                        let _ = stream
-                            .write_all(b"{\"ok\":false,\"error\":\"permission denied: only root or the control socket's group may use it\"}\n")
-                            .await;
+                        tokio::spawn(refuse_peer(stream));
                         continue;
                     }
                     let c = control.clone();
@@ -289,6 +291,17 @@ pub async fn serve(
     }
     let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// Answer a refused peer. Its request line is read first (bounded, with a
+/// deadline), so the client reads the refusal instead of a broken pipe.
+async fn refuse_peer(stream: UnixStream) {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r.take(64 * 1024)).lines();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), lines.next_line()).await;
+    let _ = w
+        .write_all(b"{\"ok\":false,\"error\":\"permission denied: only root or the control socket's group may use it\"}\n")
+        .await;
 }
 
 /// Whether the peer on `stream` may use the socket at `path`: root, the

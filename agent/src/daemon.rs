@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use provisioners::images::ImagePolicy;
+use provisioners::kubernetes::KubernetesMode;
 use provisioners::{BollardDocker, Docker, DockerLogs, LogBus, NodeOptions, VolumeProvisioner};
 use reservation::Identity;
 use sources::{CombinedSource, DecommissionSource, ExplorerClient, PollSource, ReservationSource};
@@ -104,6 +105,18 @@ pub async fn run(
     crate::files::private_tree(&settings.root.join("cache"));
     provisioners::names::set_node(node.id());
     info!(node_id = node.id(), root = %settings.root.display(), explorer = %settings.explorer, cached = store.cached_len(), pending_results = store.outbox_len(), "agent starting");
+    match &settings.kubernetes {
+        KubernetesMode::PrivilegedUnsafe => warn!(
+            "KUBERNETES PRIVILEGED-UNSAFE: k3s containers run privileged on the host's runtime; every tenant who reserves kubernetes owns this host. Only for a single-tenant node (--kubernetes-privileged-unsafe)"
+        ),
+        KubernetesMode::Disabled => info!(
+            "kubernetes disabled: kubernetes reservations are refused (enable with --kubernetes-runtime or --kubernetes-privileged-unsafe)"
+        ),
+        KubernetesMode::Runtime(rt) => info!(runtime = %rt, "kubernetes enabled under an isolating runtime; checked against the docker engine once it answers"),
+    }
+    if !settings.debug_operators.is_empty() {
+        info!(operators = ?settings.debug_operators, "debug operators get the whole node's log");
+    }
 
     if settings.dev {
         start_dev_explorer(&settings, &node, &stop_rx).await?;
@@ -121,7 +134,7 @@ pub async fn run(
         .physical
         .cpu
         .saturating_mul(settings.cpu_overcommit as u64);
-    let mut ledger = Ledger::new(total);
+    let mut ledger = Ledger::new(total).with_user_limits(settings.user_limits);
     let charged = ledger.rebuild_from_store(&store);
     let ledger = Arc::new(Mutex::new(ledger));
     info!(charged, capacity = ?total, "capacity fingerprinted");
@@ -188,6 +201,7 @@ pub async fn run(
         heartbeat: heartbeat.clone(),
         crashes: crash_watch_counts.clone(),
         ready: Default::default(),
+        kubernetes: settings.kubernetes.describe(),
     });
     let socket = tokio::spawn(crate::control::serve(
         settings.socket.clone(),
@@ -199,6 +213,23 @@ pub async fn run(
         return Ok(()); // shut down while waiting for Docker
     };
     control.set_docker(Arc::new(Probe(docker.clone())));
+    if let KubernetesMode::Runtime(rt) = &settings.kubernetes {
+        // A runtime the engine does not have (or runc under another name)
+        // would fail every k3s node, or isolate nothing: refuse to start.
+        if let Err(e) = provisioners::kubernetes::check_runtime(&docker, rt).await {
+            error!(error = %e, "refusing to start");
+            return Err(AgentError::Other(e));
+        }
+        info!(runtime = %rt, "kubernetes enabled: k3s containers run under this isolating runtime");
+    }
+    if let Some(rt) = &settings.tenants.container.runtime {
+        // Every tenant container would fail to start: refuse to start.
+        if let Err(e) = check_container_runtime(docker.as_ref(), rt).await {
+            error!(error = %e, "refusing to start");
+            return Err(e);
+        }
+        info!(runtime = %rt, "tenant containers run under this runtime");
+    }
     let volumes = VolumeProvisioner::new(docker.clone(), settings.root.clone());
     if let Some(why) = volumes.unavailable() {
         error!(reason = %why, "VOLUME SIZES CANNOT BE ENFORCED ON THIS NODE: volume reservations will be refused");
@@ -220,7 +251,10 @@ pub async fn run(
             zdb_image: settings.zdb_image.clone(),
             k3s_image: settings.k3s_image.clone(),
             k3s_privileged: settings.k3s_privileged,
+            kubernetes: settings.kubernetes.clone(),
             log_bus,
+            debug_operators: settings.debug_operators.clone(),
+            tenants: settings.tenants.clone(),
         },
     );
     // Images the agent pulled and no container used for the grace period
@@ -306,6 +340,24 @@ pub async fn run(
     store.flush()?;
     info!("agent stopped");
     result
+}
+
+/// `--container-runtime NAME` must be one of the engine's runtimes.
+async fn check_container_runtime(docker: &dyn Docker, name: &str) -> Result<(), AgentError> {
+    let info = docker.info().await.map_err(|e| AgentError::Config {
+        path: "--container-runtime".into(),
+        reason: format!("cannot read the docker engine's runtimes: {e}"),
+    })?;
+    if info.runtimes.iter().any(|r| r == name) {
+        return Ok(());
+    }
+    Err(AgentError::Config {
+        path: "--container-runtime".into(),
+        reason: format!(
+            "runtime {name:?} is not registered with this node's docker engine (it has: {}); add it to \"runtimes\" in /etc/docker/daemon.json and reload dockerd (SIGHUP), or drop the setting",
+            info.runtimes.join(", ")
+        ),
+    })
 }
 
 /// Connect to Docker, retrying every 5 s while it is unreachable (the agent

@@ -220,8 +220,9 @@ impl Engine {
                     .sort_by_key(|r| r.workload_type().map(|t| t.order()).unwrap_or(usize::MAX));
                 for r in reservations {
                     // Every line logged while handling it (provisioners'
-                    // too) carries the reservation id.
-                    let span = tracing::info_span!("reservation", id = %r.id);
+                    // too) carries the reservation id, and its user once
+                    // the signature verified (debug streams go by it).
+                    let span = tracing::info_span!("reservation", id = %r.id, user = tracing::field::Empty);
                     self.handle_reservation(r).instrument(span).await?;
                 }
                 self.store.set_cursor(cursor)?;
@@ -285,6 +286,7 @@ impl Engine {
             return Ok(());
         }
         if let Some(cached) = self.store.get(&id)? {
+            tracing::Span::current().record("user", cached.reservation.user_id.as_str());
             // The cached copy is what the user signed and we run; the
             // incoming copy can only ask for a deletion, and only with the
             // cached owner's signature.
@@ -309,6 +311,7 @@ impl Engine {
                 self.warn_forged(&id, &e.to_string());
                 return Ok(());
             }
+            tracing::Span::current().record("user", r.user_id.as_str());
             if self.confirmed.insert(id.clone()) {
                 info!(reservation = %id, "signed deletion of a workload not running here: confirming");
                 let confirmation = self.node.sign_deleted(&id, &r.signature);
@@ -331,7 +334,14 @@ impl Engine {
             debug!(reservation = %id, outcome = ?o.state, "already judged; skipped");
             return Ok(());
         }
-        match self.judge(&r) {
+        let verdict = self.judge(&r);
+        if matches!(
+            verdict,
+            Verdict::Provision(..) | Verdict::Refuse { verified: true, .. }
+        ) {
+            tracing::Span::current().record("user", r.user_id.as_str());
+        }
+        match verdict {
             Verdict::Refuse { message, verified } => {
                 let sig = if verified { r.signature.as_str() } else { "" };
                 self.refuse_recording(&r, message, sig)?
@@ -447,7 +457,11 @@ impl Engine {
                     .lock()
                     .map_err(|_| AgentError::Other("capacity ledger poisoned".into()))?;
                 let c = l.charge_of(&w);
-                if let Err(msg) = l.admit(&r.id, &c) {
+                let t = crate::capacity::tenancy_of(&w);
+                if let Err(msg) = l
+                    .admit(&r.id, &c)
+                    .and_then(|()| l.admit_user(&r.user_id, &r.id, &t))
+                {
                     drop(l);
                     return self.refuse(r, msg);
                 }
@@ -493,6 +507,7 @@ impl Engine {
         if let Some(l) = &self.ledger {
             if let Ok(mut l) = l.lock() {
                 l.add(&r.id, charge);
+                l.add_user(&r.id, &r.user_id, crate::capacity::tenancy_of(&w));
             }
         }
         self.shared.count(&r.kind, "provisioned");

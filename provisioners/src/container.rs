@@ -19,12 +19,26 @@
 //! - `network.network_id` names the user's network, mapped through the
 //!   node-local id; `ips` (one) becomes a static IPAM address; empty
 //!   `network_id` means network mode `none`.
-//! - `ports` are published on the host; restart policy `unless-stopped`.
+//! - `ports` are published on the host, bound to the operator's
+//!   `--host-port-address`, and only from `--host-port-range` (default
+//!   30000-32767: never a port of the host's own services, like 22); a
+//!   port already taken is refused without saying by whom. Restart policy
+//!   `unless-stopped`.
+//!
+//! Every container is confined ([`Confinement`]): a PIDs limit
+//! (`--container-pids-limit`), `no-new-privileges`, `NET_RAW` dropped from
+//! Docker's default capabilities (no raw sockets: no ARP or ICMP spoofing
+//! of neighbours), and the operator's `--container-runtime` (e.g. gVisor's
+//! `runsc`) when set.
+//!
+//! A container found under the reservation's name is reused only when its
+//! labels say it was made for this very signed reservation
+//! ([`names::adoptable`]); anything else there is removed and replaced.
 //!
 //! Result `data`: `{"id": <container id>, "ipv4": "...", "ipv6": "..."}`.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,8 +49,8 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 
 use crate::docker::{
-    ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, DockerInfo, PortSpec,
-    VolumeMount,
+    Confinement, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, DockerInfo,
+    PortSpec, VolumeMount,
 };
 use crate::names::{self, label};
 use crate::{ProvisionError, Provisioner, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
@@ -44,12 +58,76 @@ use crate::{ProvisionError, Provisioner, LABEL_RESERVATION, LABEL_TYPE, LABEL_US
 /// Docker's smallest memory limit (6 MiB); less is refused up front.
 const MIN_MEMORY_MIB: u64 = 6;
 
+/// Default of `--container-pids-limit`.
+pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+/// Default of `--host-port-range`.
+pub const DEFAULT_HOST_PORTS: (u16, u16) = (30000, 32767);
+/// Capabilities dropped from Docker's default set in every tenant
+/// container: raw sockets would let a tenant forge packets (ARP, ICMP) on
+/// a bridge.
+pub const CAP_DROP: &[&str] = &["NET_RAW"];
+
+/// The operator's rules for tenant containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPolicy {
+    /// Most processes a container may hold (`--container-pids-limit`).
+    pub pids_limit: i64,
+    /// OCI runtime of every tenant container (`--container-runtime`);
+    /// `None`: the engine's default.
+    pub runtime: Option<String>,
+    /// Host ports tenants may publish, inclusive (`--host-port-range`).
+    pub host_ports: (u16, u16),
+    /// Host address published ports are bound to (`--host-port-address`);
+    /// `0.0.0.0` is every address.
+    pub host_port_address: IpAddr,
+}
+
+impl Default for ContainerPolicy {
+    fn default() -> Self {
+        Self {
+            pids_limit: DEFAULT_PIDS_LIMIT,
+            runtime: None,
+            host_ports: DEFAULT_HOST_PORTS,
+            host_port_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    }
+}
+
+impl ContainerPolicy {
+    /// What every tenant container gets.
+    pub fn confinement(&self) -> Confinement {
+        Confinement {
+            pids_limit: Some(self.pids_limit),
+            no_new_privileges: true,
+            cap_drop: CAP_DROP.iter().map(|c| c.to_string()).collect(),
+            runtime: self.runtime.clone(),
+            port_address: Some(self.host_port_address),
+        }
+    }
+}
+
+/// Parse a port range such as `30000-32767` (a single port is a range of
+/// one).
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("port range {s:?}: expected LOW-HIGH with 1 <= LOW <= HIGH <= 65535");
+    let (a, b) = match s.trim().split_once('-') {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    let (a, b): (u16, u16) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
 /// Provisions `container` workloads.
 pub struct ContainerProvisioner {
     docker: Arc<dyn Docker>,
     node: Arc<Identity>,
     stop_grace: Duration,
     info: OnceCell<DockerInfo>,
+    policy: ContainerPolicy,
 }
 
 impl ContainerProvisioner {
@@ -60,7 +138,15 @@ impl ContainerProvisioner {
             node,
             stop_grace: Duration::from_secs(10),
             info: OnceCell::new(),
+            policy: ContainerPolicy::default(),
         }
+    }
+
+    /// Confine containers and publish ports under `policy` (default:
+    /// [`ContainerPolicy::default`]).
+    pub fn with_policy(mut self, policy: ContainerPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// How long a decommissioned container gets between SIGTERM and
@@ -215,7 +301,14 @@ impl ContainerProvisioner {
 
         let mut seen = BTreeSet::new();
         let mut ports = Vec::new();
+        let (low, high) = self.policy.host_ports;
         for (i, p) in c.ports.iter().enumerate() {
+            if !(low..=high).contains(&p.host_port) {
+                return Err(refused(format!(
+                    "ports[{i}].host_port: {} is outside this node's host port range {low}-{high}",
+                    p.host_port
+                )));
+            }
             let udp = p.protocol == PortProtocol::Udp;
             if !seen.insert((p.host_port, udp)) {
                 return Err(refused(format!(
@@ -281,12 +374,9 @@ impl ContainerProvisioner {
         }
         let msg = e.to_string();
         if msg.contains("port is already allocated") || msg.contains("address already in use") {
-            let ports: Vec<String> = spec.ports.iter().map(|p| p.host_port.to_string()).collect();
-            return Err(ProvisionError::Refused(format!(
-                "ports: a host port of {} is already in use on this node ({})",
-                ports.join(", "),
-                msg.trim_start_matches("docker: ")
-            )));
+            // Docker's message may name whoever holds the port (another
+            // tenant's container): it is not passed on.
+            return Err(ProvisionError::Refused(port_taken(&spec.ports, &msg)));
         }
         if let ContainerNet::Bridge {
             ipv4: Some(ip),
@@ -327,12 +417,73 @@ impl ContainerProvisioner {
         self.docker.start_container(&c.name).await
     }
 
+    /// Create and start container `name` of `r`; its result data.
+    async fn create(
+        &self,
+        r: &Reservation,
+        c: &Container,
+        name: &str,
+        net: Option<&str>,
+    ) -> Result<serde_json::Value, ProvisionError> {
+        let spec = self.spec(r, c).await?;
+        let confine = self.policy.confinement();
+        match self.docker.create_confined_container(&spec, &confine).await {
+            Ok(id) => {
+                tracing::info!(reservation = %r.id, container = %name, id = %id, image = %spec.image, "container created");
+                self.start_new(&spec).await?;
+            }
+            Err(e) => {
+                // Another run may have created it meanwhile: reuse that one
+                // if it is this reservation's.
+                match self.docker.inspect_container(name).await? {
+                    Some(c) if names::adoptable(&c.labels, r) => {}
+                    _ => return Err(e),
+                }
+                self.docker.start_container(name).await?;
+            }
+        }
+        let info = self.docker.inspect_container(name).await?.ok_or_else(|| {
+            ProvisionError::Docker(format!("container {name} vanished after start"))
+        })?;
+        tracing::info!(reservation = %r.id, container = %name, state = %info.state, "container provisioned");
+        Ok(Self::result(&info, net))
+    }
+
     async fn remove(&self, name: &str) -> Result<(), ProvisionError> {
         self.docker.stop_container(name, self.stop_grace).await?;
         if self.docker.remove_container(name).await? {
             tracing::info!(container = %name, "container removed");
         }
         Ok(())
+    }
+}
+
+/// The refusal for a host port already taken: the field of the port
+/// Docker names (`Bind for 0.0.0.0:30001 failed`, `listen tcp4
+/// 0.0.0.0:30001: bind: ...`), else every published port, and nothing of
+/// who holds it.
+fn port_taken(ports: &[PortSpec], docker_msg: &str) -> String {
+    let proto = |p: &PortSpec| if p.udp { "udp" } else { "tcp" };
+    let named = ports.iter().enumerate().find(|(_, p)| {
+        let h = p.host_port;
+        docker_msg.contains(&format!(":{h} failed")) || docker_msg.contains(&format!(":{h}: bind"))
+    });
+    match named {
+        Some((i, p)) => format!(
+            "ports[{i}].host_port: {}/{} is already in use on this node",
+            p.host_port,
+            proto(p)
+        ),
+        None => {
+            let all: Vec<String> = ports
+                .iter()
+                .map(|p| format!("{}/{}", p.host_port, proto(p)))
+                .collect();
+            format!(
+                "ports: a host port of {} is already in use on this node",
+                all.join(", ")
+            )
+        }
     }
 }
 
@@ -436,11 +587,17 @@ impl Provisioner for ContainerProvisioner {
             .then(|| names::network_name(&r.user_id, &c.network.network_id));
 
         if let Some(existing) = self.docker.inspect_container(&name).await? {
-            if label(&existing.labels, LABEL_RESERVATION) != r.id {
-                return Err(ProvisionError::Node(format!(
-                    "container {name} exists but is not labelled for reservation {}",
-                    r.id
-                )));
+            if !names::adoptable(&existing.labels, r) {
+                tracing::warn!(
+                    reservation = %r.id,
+                    container = %name,
+                    found_user = %label(&existing.labels, LABEL_USER),
+                    found_reservation = %label(&existing.labels, LABEL_RESERVATION),
+                    found_signature = %label(&existing.labels, names::LABEL_SIGNATURE),
+                    "a container under this reservation's name was not made for it; replacing it"
+                );
+                self.remove(&name).await?;
+                return self.create(r, c, &name, net.as_deref()).await;
             }
             tracing::info!(reservation = %r.id, container = %name, "container already exists; reusing it");
             self.revive(&existing).await?;
@@ -452,25 +609,7 @@ impl Provisioner for ContainerProvisioner {
             return Ok(Self::result(&now, net.as_deref()));
         }
 
-        let spec = self.spec(r, c).await?;
-        match self.docker.create_container(&spec).await {
-            Ok(id) => {
-                tracing::info!(reservation = %r.id, container = %name, id = %id, image = %spec.image, "container created");
-                self.start_new(&spec).await?;
-            }
-            Err(e) => {
-                // Another run may have created it meanwhile: reuse that one.
-                if self.docker.inspect_container(&name).await?.is_none() {
-                    return Err(e);
-                }
-                self.docker.start_container(&name).await?;
-            }
-        }
-        let info = self.docker.inspect_container(&name).await?.ok_or_else(|| {
-            ProvisionError::Docker(format!("container {name} vanished after start"))
-        })?;
-        tracing::info!(reservation = %r.id, container = %name, state = %info.state, "container provisioned");
-        Ok(Self::result(&info, net.as_deref()))
+        self.create(r, c, &name, net.as_deref()).await
     }
 
     async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {

@@ -1,23 +1,38 @@
 //! The `debug` workload: the agent's own log events, as JSON lines, on a
 //! user's Redis pub/sub channel.
 //!
-//! - [`LogBus`]: a broadcast of already formatted JSON lines. The agent
-//!   installs [`LogBus::layer`] in its tracing subscriber; every event
-//!   becomes one line on the bus (formatting is skipped while nobody
-//!   listens).
+//! - [`LogBus`]: a broadcast of already formatted JSON lines, each with the
+//!   user it belongs to ([`LogLine::owner`]). The agent installs
+//!   [`LogBus::layer`] in its tracing subscriber; every event becomes one
+//!   line on the bus (formatting is skipped while nobody listens).
 //! - [`DebugProvisioner`]: one forwarding task per debug reservation that
-//!   reads the bus and `PUBLISH`es each line to `channel` at `host:port`
-//!   (default channel `<node_id>-logs`), reconnecting with exponential
-//!   backoff when Redis goes away. It runs until the reservation expires or
-//!   is decommissioned; an agent restart ends it, and reconciliation starts
-//!   it again ([`Provisioner::exists`] is false then).
+//!   reads the bus and `PUBLISH`es each line it may see to `channel` at
+//!   `host:port` (default channel `<node_id>-logs`), reconnecting with
+//!   exponential backoff when Redis goes away. It runs until the
+//!   reservation expires or is decommissioned; an agent restart ends it,
+//!   and reconciliation starts it again ([`Provisioner::exists`] is false
+//!   then).
+//!
+//! Tenancy: a line belongs to a user when every reservation it is about
+//! (the engine's `reservation` spans, whose `user` it records once the
+//! signature verified, and `reservation` fields of events and spans, looked
+//! up in the ids the bus saw in those spans) belongs to that one user. A
+//! debug reservation gets only its own user's lines: never another user's,
+//! never node-wide lines (start-up, heartbeats, lines about nobody or about
+//! several users), unless its user is one of the node's debug operators
+//! ([`DebugProvisioner::with_operators`], the agent's `--debug-operators`),
+//! who get every line.
 //!
 //! Secrets: the agent never logs a plaintext secret (`reservation::Secret`
-//! redacts itself), and the layer also replaces the value of any field whose
-//! name says password, secret or token with `<redacted>`, in events and in
-//! span fields alike. Free text in a message is not inspected.
+//! redacts itself); the layer also replaces the value of any field whose
+//! name says password, secret, token, key, private, credential, auth,
+//! cookie, seed or admin with `<redacted>`, in events and in span fields
+//! alike; and events of the HTTP and Docker client crates (bollard, hyper,
+//! reqwest, h2..., whose debug events carry request bodies) and of the
+//! redis client never become lines, at any level. Free text in a message
+//! is not inspected.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,27 +52,110 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use crate::{ProvisionError, Provisioner};
+use crate::{names, ProvisionError, Provisioner};
 
 /// Lines kept for a slow or reconnecting forwarder before it starts to
 /// miss some (it then publishes how many it missed).
 pub const DEFAULT_BUS_CAPACITY: usize = 4096;
 /// What a secret-named field's value is replaced with.
 pub const REDACTED: &str = "<redacted>";
+/// Name of the engine's span around each reservation (fields `id`, `user`).
+pub const RESERVATION_SPAN: &str = "reservation";
+/// Crates whose events never become lines: HTTP and Docker clients (their
+/// debug events carry request and response bodies) and the redis client
+/// the forwarders themselves use.
+pub const QUIET_TARGETS: &[&str] = &[
+    "bollard",
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "h2",
+    "http",
+    "tower",
+    "tower_http",
+    "want",
+    "rustls",
+    "mio",
+    "redis",
+    "tokio_util",
+];
+/// Reservation ids whose owner the bus remembers at most (then it forgets
+/// them all; lines about a forgotten id go to operators only).
+const MAX_OWNERS: usize = 100_000;
 
 /// Whether a field of this name may hold a secret: its value is never
 /// forwarded.
 pub fn is_secret_field(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["password", "passwd", "secret", "token", "private_key"]
-        .iter()
-        .any(|s| n.contains(s))
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "key",
+        "private",
+        "credential",
+        "auth",
+        "cookie",
+        "seed",
+        "admin",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
 }
+
+/// Whether events of this target never become lines ([`QUIET_TARGETS`]).
+pub fn is_quiet_target(target: &str) -> bool {
+    QUIET_TARGETS.iter().any(|q| {
+        target == *q
+            || target
+                .strip_prefix(q)
+                .is_some_and(|rest| rest.starts_with("::"))
+    })
+}
+
+/// One formatted log line and the user it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    text: String,
+    owner: Option<String>,
+}
+
+impl LogLine {
+    /// The JSON text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The user every reservation this line is about belongs to; `None`
+    /// for a node-wide line (or one about several users), which only
+    /// debug operators see.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+}
+
+impl std::ops::Deref for LogLine {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for LogLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Reservation id → its user (`None`: seen with two users, so nobody's).
+type Owners = Arc<Mutex<HashMap<String, Option<String>>>>;
 
 /// The node's log events as JSON lines, for every debug forwarder.
 #[derive(Clone)]
 pub struct LogBus {
-    tx: broadcast::Sender<Arc<str>>,
+    tx: broadcast::Sender<Arc<LogLine>>,
+    owners: Owners,
 }
 
 impl Default for LogBus {
@@ -76,7 +174,10 @@ impl LogBus {
     /// A bus keeping up to `capacity` lines for each lagging listener.
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        LogBus { tx }
+        LogBus {
+            tx,
+            owners: Arc::default(),
+        }
     }
 
     /// The tracing layer that formats each event onto this bus. Install it
@@ -85,11 +186,13 @@ impl LogBus {
     pub fn layer(&self) -> JsonLogLayer {
         JsonLogLayer {
             tx: self.tx.clone(),
+            owners: self.owners.clone(),
         }
     }
 
-    /// A listener of every line sent from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+    /// A listener of every line sent from now on (node-wide: filter on
+    /// [`LogLine::owner`] before showing a line to a user).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LogLine>> {
         self.tx.subscribe()
     }
 }
@@ -97,7 +200,34 @@ impl LogBus {
 /// A `tracing_subscriber` layer writing each event as one JSON line onto a
 /// [`LogBus`]: `{"timestamp","level","target","fields":{..},"spans":[{"name",..}]}`.
 pub struct JsonLogLayer {
-    tx: broadcast::Sender<Arc<str>>,
+    tx: broadcast::Sender<Arc<LogLine>>,
+    owners: Owners,
+}
+
+impl JsonLogLayer {
+    /// Remember the user of a `reservation` span's id.
+    fn learn(&self, fields: &Map<String, Value>) {
+        let (Some(Value::String(id)), Some(Value::String(user))) =
+            (fields.get("id"), fields.get("user"))
+        else {
+            return;
+        };
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        if owners.len() >= MAX_OWNERS && !owners.contains_key(id) {
+            owners.clear();
+        }
+        let entry = owners
+            .entry(id.clone())
+            .or_insert_with(|| Some(user.clone()));
+        if entry.as_deref() != Some(user.as_str()) {
+            *entry = None;
+        }
+    }
+
+    fn owner_of(&self, id: &str) -> Option<String> {
+        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        owners.get(id.trim_matches('"')).cloned().flatten()
+    }
 }
 
 /// A span's recorded fields, kept in its extensions for the events inside.
@@ -140,6 +270,39 @@ impl Visit for JsonVisitor<'_> {
     }
 }
 
+/// Who a line is about, collected over its spans and fields.
+#[derive(Default)]
+struct Attribution {
+    users: BTreeSet<String>,
+    /// A reservation whose user is not known: the line is nobody's.
+    unknown: bool,
+}
+
+impl Attribution {
+    fn user(&mut self, u: Option<String>) {
+        match u {
+            Some(u) => {
+                self.users.insert(u);
+            }
+            None => self.unknown = true,
+        }
+    }
+
+    fn owner(self) -> Option<String> {
+        if self.unknown || self.users.len() != 1 {
+            return None;
+        }
+        self.users.into_iter().next()
+    }
+}
+
+fn as_text(v: &Value) -> Option<&str> {
+    match v {
+        Value::String(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
 impl<S> Layer<S> for JsonLogLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -148,6 +311,9 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut fields = Map::new();
         attrs.record(&mut JsonVisitor(&mut fields));
+        if span.name() == RESERVATION_SPAN {
+            self.learn(&fields);
+        }
         span.extensions_mut().insert(SpanFields(fields));
     }
 
@@ -156,6 +322,9 @@ where
         let mut ext = span.extensions_mut();
         if let Some(fields) = ext.get_mut::<SpanFields>() {
             values.record(&mut JsonVisitor(&mut fields.0));
+            if span.name() == RESERVATION_SPAN {
+                self.learn(&fields.0);
+            }
         }
     }
 
@@ -164,8 +333,17 @@ where
             return;
         }
         let meta = event.metadata();
+        if is_quiet_target(meta.target()) {
+            return;
+        }
         let mut fields = Map::new();
         event.record(&mut JsonVisitor(&mut fields));
+        let mut who = Attribution::default();
+        for key in ["reservation", "reservation_id"] {
+            if let Some(id) = fields.get(key).and_then(as_text) {
+                who.user(self.owner_of(id));
+            }
+        }
         let spans: Vec<Value> = ctx
             .event_scope(event)
             .map(|scope| {
@@ -175,6 +353,21 @@ where
                         let mut o = Map::new();
                         o.insert("name".into(), Value::String(span.name().into()));
                         if let Some(f) = span.extensions().get::<SpanFields>() {
+                            if span.name() == RESERVATION_SPAN {
+                                match (
+                                    f.0.get("user").and_then(as_text),
+                                    f.0.get("id").and_then(as_text),
+                                ) {
+                                    (Some(u), _) => who.user(Some(u.to_string())),
+                                    (None, Some(id)) => who.user(self.owner_of(id)),
+                                    (None, None) => who.user(None),
+                                }
+                            }
+                            for key in ["reservation", "reservation_id"] {
+                                if let Some(id) = f.0.get(key).and_then(as_text) {
+                                    who.user(self.owner_of(id));
+                                }
+                            }
                             o.extend(f.0.iter().map(|(k, v)| (k.clone(), v.clone())));
                         }
                         Value::Object(o)
@@ -190,7 +383,10 @@ where
             "spans": spans,
         });
         // No listener left between the check and now: nothing to do.
-        let _ = self.tx.send(Arc::from(line.to_string()));
+        let _ = self.tx.send(Arc::new(LogLine {
+            text: line.to_string(),
+            owner: who.owner(),
+        }));
     }
 }
 
@@ -217,13 +413,30 @@ struct Target {
     host: String,
     port: u16,
     channel: String,
+    /// The reservation's user: the lines it may see.
+    user: String,
+    /// Every line, not only the user's.
+    operator: bool,
+}
+
+impl Target {
+    fn may_see(&self, line: &LogLine) -> bool {
+        self.operator || line.owner() == Some(self.user.as_str())
+    }
+}
+
+/// A running forwarder and the signed reservation it serves.
+struct Task {
+    signature: String,
+    handle: JoinHandle<()>,
 }
 
 /// Provisions `debug` workloads: one forwarding task per reservation.
 pub struct DebugProvisioner {
     bus: LogBus,
     backoff: Backoff,
-    tasks: Mutex<HashMap<String, JoinHandle<()>>>,
+    operators: BTreeSet<String>,
+    tasks: Mutex<HashMap<String, Task>>,
 }
 
 impl DebugProvisioner {
@@ -232,8 +445,20 @@ impl DebugProvisioner {
         DebugProvisioner {
             bus,
             backoff: Backoff::default(),
+            operators: BTreeSet::new(),
             tasks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Users (ids) whose debug reservations get the whole node's log;
+    /// everybody else gets only the lines of their own reservations.
+    pub fn with_operators(mut self, operators: impl IntoIterator<Item = String>) -> Self {
+        self.operators = operators
+            .into_iter()
+            .map(|o| o.trim().to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+        self
     }
 
     /// Change the reconnection delays (tests use short ones).
@@ -247,18 +472,18 @@ impl DebugProvisioner {
         let tasks = self.lock();
         let mut ids: Vec<String> = tasks
             .iter()
-            .filter(|(_, h)| !h.is_finished())
+            .filter(|(_, t)| !t.handle.is_finished())
             .map(|(id, _)| id.clone())
             .collect();
         ids.sort();
         ids
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Task>> {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn target(r: &Reservation, w: &Workload) -> Result<Target, ProvisionError> {
+    fn target(&self, r: &Reservation, w: &Workload) -> Result<Target, ProvisionError> {
         let Workload::Debug(d) = w else {
             return Err(ProvisionError::Refused(format!(
                 "reservation {}: not a debug workload",
@@ -276,14 +501,16 @@ impl DebugProvisioner {
             host: host.to_string(),
             port: d.port,
             channel,
+            user: r.user_id.clone(),
+            operator: self.operators.contains(&r.user_id),
         })
     }
 }
 
 impl Drop for DebugProvisioner {
     fn drop(&mut self) {
-        for (_, h) in self.lock().drain() {
-            h.abort();
+        for (_, t) in self.lock().drain() {
+            t.handle.abort();
         }
     }
 }
@@ -291,10 +518,19 @@ impl Drop for DebugProvisioner {
 #[async_trait]
 impl Provisioner for DebugProvisioner {
     async fn provision(&self, r: &Reservation, w: &Workload) -> Result<Value, ProvisionError> {
-        let target = Self::target(r, w)?;
+        let target = self.target(r, w)?;
+        let signature = names::signature_hash(r);
         let mut tasks = self.lock();
-        if tasks.get(&r.id).is_some_and(|h| !h.is_finished()) {
-            return Ok(Value::Null);
+        if let Some(t) = tasks.get(&r.id) {
+            if !t.handle.is_finished() && t.signature == signature {
+                return Ok(Value::Null);
+            }
+            if !t.handle.is_finished() {
+                // Another signed reservation under this id: never adopt
+                // its forwarder (it may stream to somebody else).
+                tracing::warn!(reservation = %r.id, "a debug forwarder under this id serves another reservation; stopping it");
+            }
+            t.handle.abort();
         }
         let lifetime = r
             .expires_at()
@@ -310,6 +546,7 @@ impl Provisioner for DebugProvisioner {
             host = %target.host,
             port = target.port,
             channel = %target.channel,
+            operator = target.operator,
             "debug log forwarding starts"
         );
         let rx = self.bus.subscribe();
@@ -328,23 +565,27 @@ impl Provisioner for DebugProvisioner {
                 None => forward(target, rx, backoff).await,
             }
         });
-        tasks.insert(r.id.clone(), handle);
+        tasks.insert(r.id.clone(), Task { signature, handle });
         Ok(Value::Null)
     }
 
     async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
-        let handle = self.lock().remove(&r.id);
-        if let Some(h) = handle {
-            h.abort();
+        let task = self.lock().remove(&r.id);
+        if let Some(t) = task {
+            t.handle.abort();
             // Wait until it is really gone: no line leaves after this returns.
-            let _ = h.await;
+            let _ = t.handle.await;
             tracing::info!(reservation = %r.id, "debug log forwarding stopped");
         }
         Ok(())
     }
 
     async fn exists(&self, r: &Reservation, _w: &Workload) -> Result<bool, ProvisionError> {
-        Ok(self.lock().get(&r.id).is_some_and(|h| !h.is_finished()))
+        let signature = names::signature_hash(r);
+        Ok(self
+            .lock()
+            .get(&r.id)
+            .is_some_and(|t| !t.handle.is_finished() && t.signature == signature))
     }
 }
 
@@ -376,7 +617,7 @@ fn dropped_line(n: u64) -> Arc<str> {
 /// Publish every line of `rx` to the target until the bus closes,
 /// reconnecting with backoff. A line whose publish failed is sent again
 /// after reconnecting.
-async fn forward(t: Target, mut rx: broadcast::Receiver<Arc<str>>, backoff: Backoff) {
+async fn forward(t: Target, mut rx: broadcast::Receiver<Arc<LogLine>>, backoff: Backoff) {
     let mut delay = backoff.min;
     let mut pending: Option<Arc<str>> = None;
     let mut failing = false;
@@ -403,7 +644,8 @@ async fn forward(t: Target, mut rx: broadcast::Receiver<Arc<str>>, backoff: Back
             let line = match pending.take() {
                 Some(l) => l,
                 None => match rx.recv().await {
-                    Ok(l) => l,
+                    Ok(l) if t.may_see(&l) => Arc::from(l.text()),
+                    Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(n)) => dropped_line(n),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
@@ -458,6 +700,63 @@ mod tests {
     }
 
     #[test]
+    fn lines_belong_to_the_verified_user_of_their_reservation() {
+        let bus = LogBus::new(64);
+        let mut rx = bus.subscribe();
+        let subscriber = tracing_subscriber::registry().with(bus.layer());
+        tracing::subscriber::with_default(subscriber, || {
+            {
+                let span =
+                    tracing::info_span!("reservation", id = "1-1", user = tracing::field::Empty);
+                let _g = span.enter();
+                tracing::info!("before its signature verified");
+                span.record("user", "alice");
+                tracing::info!("alice's");
+            }
+            tracing::info!(reservation = "1-1", "about alice's, outside the span");
+            tracing::info!(reservation = "9-9", "about a reservation nobody saw");
+            tracing::info!("node-wide");
+            {
+                let span = tracing::info_span!("reservation", id = "2-1", user = "bob");
+                let _g = span.enter();
+                tracing::info!(
+                    reservation = "1-1",
+                    "bob's span mentions alice's reservation"
+                );
+                tracing::info!("bob's");
+            }
+            tracing::debug!(target: "bollard::docker", body = "{\"Env\":[\"A=b\"]}", "request");
+            tracing::error!(target: "hyper_util::client::legacy", "connection");
+            tracing::info!(target: "reqwest", "request");
+        });
+        let owners: Vec<Option<String>> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|l| l.owner().map(String::from))
+            .collect();
+        let s = |u: &str| Some(u.to_string());
+        assert_eq!(
+            owners,
+            [None, s("alice"), s("alice"), None, None, None, s("bob")],
+            "HTTP and Docker client events never become lines"
+        );
+    }
+
+    #[test]
+    fn quiet_targets() {
+        for t in [
+            "bollard",
+            "bollard::docker",
+            "hyper::proto::h1",
+            "reqwest::connect",
+            "h2",
+        ] {
+            assert!(is_quiet_target(t), "{t}");
+        }
+        for t in ["agent::engine", "provisioners::zdb", "bollardx", "hyperion"] {
+            assert!(!is_quiet_target(t), "{t}");
+        }
+    }
+
+    #[test]
     fn secret_names() {
         for n in [
             "password",
@@ -466,6 +765,10 @@ mod tests {
             "secret_env",
             "K3S_TOKEN",
             "token",
+            "key",
+            "ssh_private_key",
+            "admin_password",
+            "seed",
         ] {
             assert!(is_secret_field(n), "{n}");
         }

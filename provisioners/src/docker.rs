@@ -38,6 +38,8 @@ pub struct DockerInfo {
     pub ncpu: u32,
     /// Memory of the host in bytes.
     pub mem_total: u64,
+    /// Names of the OCI runtimes the engine knows (`runc`, `runsc`...).
+    pub runtimes: Vec<String>,
 }
 
 /// A named Docker volume mounted into a container.
@@ -95,6 +97,26 @@ pub struct ContainerSpec {
     /// Restart policy `unless-stopped` when true, `no` otherwise.
     pub restart_unless_stopped: bool,
     pub labels: Labels,
+}
+
+/// How a tenant's container is confined beyond its [`ContainerSpec`]:
+/// what the container provisioner asks of every container a tenant
+/// controls. `Default` confines nothing (Docker's own defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confinement {
+    /// Most processes (threads included) the container may hold; `None`
+    /// leaves Docker's default (unlimited).
+    pub pids_limit: Option<i64>,
+    /// Set `no-new-privileges`: set-uid binaries and file capabilities do
+    /// not raise privileges inside the container.
+    pub no_new_privileges: bool,
+    /// Capabilities dropped from Docker's default set, e.g. `NET_RAW`.
+    pub cap_drop: Vec<String>,
+    /// OCI runtime of the container (e.g. `runsc`); `None`: the engine's
+    /// default.
+    pub runtime: Option<String>,
+    /// Host address published ports are bound to; `None`: every address.
+    pub port_address: Option<std::net::IpAddr>,
 }
 
 /// One network endpoint of a container.
@@ -202,6 +224,13 @@ pub trait Docker: Send + Sync {
     async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, ProvisionError>;
     /// Create (not start) a container; returns its id.
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, ProvisionError>;
+    /// Create (not start) a tenant's container, confined by `confine`;
+    /// returns its id.
+    async fn create_confined_container(
+        &self,
+        spec: &ContainerSpec,
+        confine: &Confinement,
+    ) -> Result<String, ProvisionError>;
     async fn start_container(&self, name: &str) -> Result<(), ProvisionError>;
     /// Stop with SIGTERM, then SIGKILL after `grace`. Stopping a stopped or
     /// missing container succeeds.
@@ -486,11 +515,14 @@ impl Docker for BollardDocker {
             .await
             .map_err(|e| derr("version", e))?;
         let i = self.client.info().await.map_err(|e| derr("info", e))?;
+        let mut runtimes: Vec<String> = i.runtimes.unwrap_or_default().into_keys().collect();
+        runtimes.sort();
         Ok(DockerInfo {
             version: v.version.unwrap_or_default(),
             api_version: v.api_version.unwrap_or_default(),
             ncpu: i.ncpu.unwrap_or(0).max(0) as u32,
             mem_total: i.mem_total.unwrap_or(0).max(0) as u64,
+            runtimes,
         })
     }
 
@@ -516,8 +548,17 @@ impl Docker for BollardDocker {
     }
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, ProvisionError> {
-        // One body for both: plain containers are containers with no extras.
+        // One body for all: plain containers are containers with no extras.
         self.create_container_with(spec, &ContainerExtras::default())
+            .await
+    }
+
+    async fn create_confined_container(
+        &self,
+        spec: &ContainerSpec,
+        confine: &Confinement,
+    ) -> Result<String, ProvisionError> {
+        self.create_full(spec, &ContainerExtras::default(), confine)
             .await
     }
 
@@ -811,6 +852,10 @@ pub struct ContainerExtras {
     pub privileged: bool,
     /// tmpfs mounts: container path → mount options (`""` for defaults).
     pub tmpfs: BTreeMap<String, String>,
+    /// OCI runtime registered with the engine (`HostConfig.Runtime`), e.g.
+    /// an isolating one such as `kata` or `sysbox-runc`; `None`: the
+    /// engine's default.
+    pub runtime: Option<String>,
 }
 
 /// A file written into a container by [`DockerExtras::upload_files`].
@@ -898,6 +943,33 @@ impl DockerExtras for BollardDocker {
         spec: &ContainerSpec,
         extras: &ContainerExtras,
     ) -> Result<String, ProvisionError> {
+        self.create_full(spec, extras, &Confinement::default())
+            .await
+    }
+
+    async fn upload_files(&self, name: &str, files: &[FileUpload]) -> Result<(), ProvisionError> {
+        use bollard::container::UploadToContainerOptions;
+        let archive = tar_of(files)?;
+        let opts = UploadToContainerOptions {
+            path: "/".to_string(),
+            no_overwrite_dir_non_dir: "true".to_string(),
+        };
+        self.client
+            .upload_to_container(name, Some(opts), archive.into())
+            .await
+            .map_err(|e| derr(format_args!("upload files into container {name}"), e))
+    }
+}
+
+impl BollardDocker {
+    /// The one create body: `spec`, plus `extras` (k3s) and `confine`
+    /// (tenant containers).
+    async fn create_full(
+        &self,
+        spec: &ContainerSpec,
+        extras: &ContainerExtras,
+        confine: &Confinement,
+    ) -> Result<String, ProvisionError> {
         use bollard::container::{Config, CreateContainerOptions, NetworkingConfig};
         use bollard::models::{
             EndpointIpamConfig, EndpointSettings, HostConfig, Mount, MountTypeEnum, PortBinding,
@@ -930,7 +1002,7 @@ impl DockerExtras for BollardDocker {
                 .or_insert_with(|| Some(Vec::new()))
                 .get_or_insert_with(Vec::new)
                 .push(PortBinding {
-                    host_ip: None,
+                    host_ip: confine.port_address.map(|a| a.to_string()),
                     host_port: Some(p.host_port.to_string()),
                 });
         }
@@ -967,6 +1039,13 @@ impl DockerExtras for BollardDocker {
                 maximum_retry_count: None,
             }),
             privileged: Some(extras.privileged),
+            pids_limit: confine.pids_limit,
+            security_opt: confine
+                .no_new_privileges
+                .then(|| vec!["no-new-privileges:true".to_string()]),
+            cap_drop: (!confine.cap_drop.is_empty()).then(|| confine.cap_drop.clone()),
+            // The operator's tenant runtime, else the extras' own.
+            runtime: confine.runtime.clone().or_else(|| extras.runtime.clone()),
             tmpfs: (!extras.tmpfs.is_empty()).then(|| extras.tmpfs.clone().into_iter().collect()),
             ..Default::default()
         };
@@ -997,19 +1076,6 @@ impl DockerExtras for BollardDocker {
             .await
             .map_err(|e| derr(format_args!("create container {}", spec.name), e))?;
         Ok(r.id)
-    }
-
-    async fn upload_files(&self, name: &str, files: &[FileUpload]) -> Result<(), ProvisionError> {
-        use bollard::container::UploadToContainerOptions;
-        let archive = tar_of(files)?;
-        let opts = UploadToContainerOptions {
-            path: "/".to_string(),
-            no_overwrite_dir_non_dir: "true".to_string(),
-        };
-        self.client
-            .upload_to_container(name, Some(opts), archive.into())
-            .await
-            .map_err(|e| derr(format_args!("upload files into container {name}"), e))
     }
 }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::docker::{
-    ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, DockerInfo, Endpoint,
-    NetworkInfo, NetworkSpec, VolumeInfo, VolumeSpec,
+    Confinement, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, DockerInfo,
+    Endpoint, NetworkInfo, NetworkSpec, VolumeInfo, VolumeSpec,
 };
 use crate::ProvisionError;
 
@@ -25,6 +25,8 @@ struct State {
     images: BTreeSet<String>,
     pullable: BTreeSet<String>,
     containers: BTreeMap<String, (ContainerSpec, ContainerInfo)>,
+    /// How each container made by `create_confined_container` is confined.
+    confinements: BTreeMap<String, Confinement>,
     volumes: BTreeMap<String, VolumeInfo>,
     networks: BTreeMap<String, (NetworkSpec, NetworkInfo)>,
     failures: BTreeMap<String, String>,
@@ -82,6 +84,48 @@ impl FakeDocker {
     /// The spec container `name` was created with.
     pub fn container_spec(&self, name: &str) -> Option<ContainerSpec> {
         self.st().containers.get(name).map(|(s, _)| s.clone())
+    }
+
+    /// How container `name` was confined (`None`: it was created without
+    /// `create_confined_container`, or does not exist).
+    pub fn container_confinement(&self, name: &str) -> Option<Confinement> {
+        let st = self.st();
+        st.containers
+            .contains_key(name)
+            .then(|| st.confinements.get(name).cloned())
+            .flatten()
+    }
+
+    /// Add a container behind the provisioner's back (`docker run` by
+    /// hand), with these labels.
+    pub fn add_foreign_container(&self, name: &str, labels: crate::docker::Labels) {
+        let mut st = self.st();
+        st.next_id += 1;
+        let info = ContainerInfo {
+            id: format!("{:064x}", st.next_id),
+            name: name.to_string(),
+            image: "foreign".into(),
+            labels: labels.clone(),
+            state: "running".into(),
+            ..Default::default()
+        };
+        let spec = ContainerSpec {
+            name: name.to_string(),
+            image: "foreign".into(),
+            env: Vec::new(),
+            secret_env: Vec::new(),
+            entrypoint: None,
+            tty: false,
+            open_stdin: false,
+            nano_cpus: 0,
+            memory: 0,
+            mounts: Vec::new(),
+            network: ContainerNet::None,
+            ports: Vec::new(),
+            restart_unless_stopped: false,
+            labels,
+        };
+        st.containers.insert(name.to_string(), (spec, info));
     }
 
     /// Names of existing containers, volumes and networks.
@@ -158,6 +202,7 @@ impl Docker for FakeDocker {
             api_version: "1.41".into(),
             ncpu: 4,
             mem_total: 8 << 30,
+            runtimes: vec!["runc".into()],
         })
     }
 
@@ -246,6 +291,18 @@ impl Docker for FakeDocker {
         Ok(id)
     }
 
+    async fn create_confined_container(
+        &self,
+        spec: &ContainerSpec,
+        confine: &Confinement,
+    ) -> Result<String, ProvisionError> {
+        let id = self.create_container(spec).await?;
+        self.st()
+            .confinements
+            .insert(spec.name.clone(), confine.clone());
+        Ok(id)
+    }
+
     async fn start_container(&self, name: &str) -> Result<(), ProvisionError> {
         self.record("start_container", name)?;
         match self.st().containers.get_mut(name) {
@@ -267,7 +324,9 @@ impl Docker for FakeDocker {
 
     async fn remove_container(&self, name: &str) -> Result<bool, ProvisionError> {
         self.record("remove_container", name)?;
-        Ok(self.st().containers.remove(name).is_some())
+        let mut st = self.st();
+        st.confinements.remove(name);
+        Ok(st.containers.remove(name).is_some())
     }
 
     async fn list_containers(
@@ -466,7 +525,9 @@ mod tests {
         Set {
             ct: ContainerProvisioner::new(fake.clone(), node.clone()),
             vol: VolumeProvisioner::unenforced_for_tests(fake.clone(), dir.path().into()),
-            net: NetworkProvisioner::new(fake.clone(), node.id()),
+            // The host's own routes are not the fake's business.
+            net: NetworkProvisioner::new(fake.clone(), node.id())
+                .with_host_view(crate::network::HostView::Fixed(Default::default())),
             fake,
             node,
             _dir: dir,
@@ -508,7 +569,7 @@ mod tests {
                    "entrypoint": "sh -c 'echo \"a b\"'", "interactive": true,
                    "mounts": [{"volume_id": "1-2", "mountpoint": "/x/./y/"}],
                    "network": {"network_id": "n", "ips": ["10.1.1.7"]},
-                   "ports": [{"container_port": 80, "host_port": 8080, "protocol": "udp"}],
+                   "ports": [{"container_port": 80, "host_port": 30080, "protocol": "udp"}],
                    "capacity": {"cpu": 2, "memory": 100}}),
         );
         let out = s.ct.provision(&r, &w).await.unwrap();
@@ -540,9 +601,127 @@ mod tests {
                 ipv4: Some("10.1.1.7".parse().unwrap())
             }
         );
-        assert_eq!(spec.ports[0].host_port, 8080);
+        assert_eq!(spec.ports[0].host_port, 30080);
         assert!(spec.ports[0].udp);
         assert_eq!(spec.labels["io.agent.user"], u.id());
+        // Every tenant container is confined.
+        let c = s.fake.container_confinement("agent-ct-1-3").unwrap();
+        assert_eq!(c.pids_limit, Some(1024));
+        assert!(c.no_new_privileges);
+        assert_eq!(c.cap_drop, vec!["NET_RAW".to_string()]);
+        assert_eq!(c.runtime, None);
+        assert_eq!(c.port_address, Some("0.0.0.0".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn host_ports_come_from_the_operators_range_only() {
+        let s = set();
+        let ct = ContainerProvisioner::new(s.fake.clone(), s.node.clone()).with_policy(
+            crate::container::ContainerPolicy {
+                pids_limit: 64,
+                runtime: Some("runsc".into()),
+                host_ports: (40000, 40010),
+                host_port_address: "127.0.0.1".parse().unwrap(),
+            },
+        );
+        let u = Identity::generate();
+        let (r, w) = res(
+            &u,
+            "9-1",
+            WorkloadType::Network,
+            net_data(&s, "n", "10.9.1.0/24"),
+        );
+        s.net.provision(&r, &w).await.unwrap();
+        for (port, id) in [(22, "9-2"), (39999, "9-3"), (40011, "9-4")] {
+            let (r, w) = res(
+                &u,
+                id,
+                WorkloadType::Container,
+                json!({"flist": "img", "capacity": {"cpu": 1, "memory": 8},
+                       "network": {"network_id": "n"},
+                       "ports": [{"container_port": 80, "host_port": 40000},
+                                 {"container_port": 81, "host_port": port}]}),
+            );
+            let e = ct.provision(&r, &w).await.unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "ports[1].host_port: {port} is outside this node's host port range 40000-40010"
+                )
+            );
+        }
+        let (r, w) = res(
+            &u,
+            "9-5",
+            WorkloadType::Container,
+            json!({"flist": "img", "capacity": {"cpu": 1, "memory": 8},
+                   "network": {"network_id": "n"},
+                   "ports": [{"container_port": 80, "host_port": 40010}]}),
+        );
+        ct.provision(&r, &w).await.unwrap();
+        let c = s.fake.container_confinement("agent-ct-9-5").unwrap();
+        assert_eq!(c.pids_limit, Some(64));
+        assert_eq!(c.runtime.as_deref(), Some("runsc"));
+        assert_eq!(c.port_address, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(s.fake.count("create_container"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_is_refused_without_naming_who_holds_it() {
+        let s = set();
+        let u = Identity::generate();
+        let (r, w) = res(
+            &u,
+            "10-1",
+            WorkloadType::Network,
+            net_data(&s, "n", "10.10.1.0/24"),
+        );
+        s.net.provision(&r, &w).await.unwrap();
+        let (r, w) = res(
+            &u,
+            "10-2",
+            WorkloadType::Container,
+            json!({"flist": "img", "capacity": {"cpu": 1, "memory": 8},
+                   "network": {"network_id": "n"},
+                   "ports": [{"container_port": 80, "host_port": 30001},
+                             {"container_port": 81, "host_port": 30002}]}),
+        );
+        s.fake.fail_next(
+            "start_container",
+            "start container agent-ct-10-2: driver failed programming external connectivity on endpoint agent-ct-77-1 (abc): Bind for 0.0.0.0:30002 failed: port is already allocated",
+        );
+        let e = s.ct.provision(&r, &w).await.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "ports[1].host_port: 30002/tcp is already in use on this node"
+        );
+        assert!(s.fake.container_names().is_empty());
+    }
+
+    #[tokio::test]
+    async fn objects_not_made_for_the_reservation_are_replaced_not_adopted() {
+        let s = set();
+        let (alice, mallory) = (Identity::generate(), Identity::generate());
+        let (r, w) = res(
+            &alice,
+            "11-1",
+            WorkloadType::Container,
+            json!({"flist": "img", "capacity": {"cpu": 1, "memory": 8}}),
+        );
+        let foreign = crate::docker::Labels::from([
+            ("io.agent.reservation".to_string(), "11-1".to_string()),
+            ("io.agent.user".to_string(), mallory.id().to_string()),
+            ("io.agent.type".to_string(), "container".to_string()),
+        ]);
+        s.fake.add_foreign_container("agent-ct-11-1", foreign);
+        s.ct.provision(&r, &w).await.unwrap();
+        assert_eq!(s.fake.count("remove_container"), 1);
+        let spec = s.fake.container_spec("agent-ct-11-1").unwrap();
+        assert_eq!(spec.labels["io.agent.user"], alice.id());
+        assert!(s.fake.container_confinement("agent-ct-11-1").is_some());
+        // Now it is hers: provisioning again adopts it.
+        s.ct.provision(&r, &w).await.unwrap();
+        assert_eq!(s.fake.count("create_container"), 1);
     }
 
     #[tokio::test]

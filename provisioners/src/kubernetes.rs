@@ -1,6 +1,17 @@
 //! The `kubernetes` provisioner: one k3s node per reservation, run in a
 //! privileged Docker container as k3d and kind do.
 //!
+//! A privileged container is root on the host, and a tenant's k3s agent
+//! joins whatever server `master_ips` names, so kubernetes is **refused by
+//! default** ([`KubernetesMode::Disabled`], a signed error saying how to
+//! enable it). The operator enables it with an isolating OCI runtime
+//! registered with Docker ([`KubernetesMode::Runtime`], the agent's
+//! `--kubernetes-runtime`, checked against `docker info` at start by
+//! [`check_runtime`]; the node containers then run under it), or, on a
+//! single-tenant node only, [`KubernetesMode::PrivilegedUnsafe`]
+//! (`--kubernetes-privileged-unsafe`). Every master IP must be a host
+//! address of the user's own network on this node.
+//!
 //! - Container `agent-k8s-<id>` from the configured image (default
 //!   [`DEFAULT_K3S_IMAGE`], the agent's `--k3s-image`), whose entrypoint is
 //!   `/bin/k3s`; the command is `server --node-ip <ip>` when `master_ips` is
@@ -24,9 +35,13 @@
 //!   server: the keys serve an image that adds one, or tooling that reads
 //!   them; nothing listens on port 22 by default.
 //! - Result `data`: `{"id": <container id>, "ip"}`.
-//! - Refused: a size other than 1 or 2, a network that is not the user's
-//!   on this node, an IP outside its subnet (or its network, broadcast or
-//!   gateway address), an IPv6 `ip`, more CPUs than the node has.
+//! - Refused: kubernetes disabled on this node, a size other than 1 or 2,
+//!   a network that is not the user's on this node, an IP outside its
+//!   subnet (or its network, broadcast or gateway address), an IPv6 `ip`,
+//!   a master IP outside that network, more CPUs than the node has.
+//! - Adoption: a container or volume found under the node's name is reused
+//!   only when [`names::adoptable`] holds (made for this very signed
+//!   reservation); anything else there is removed and made afresh.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -54,6 +69,98 @@ pub const AUTHORIZED_KEYS: &str = "/root/.ssh/authorized_keys";
 /// Label with a node's role, `server` or `agent`.
 pub const LABEL_ROLE: &str = "io.agent.k8s.role";
 
+/// The refusal every kubernetes reservation gets while kubernetes is
+/// disabled on the node.
+pub const DISABLED: &str = "kubernetes is disabled on this node: k3s needs a privileged container; the operator enables it with --kubernetes-runtime <isolating runtime> or, on a single-tenant node, --kubernetes-privileged-unsafe";
+
+/// OCI runtimes that share the host's kernel with plain namespaces: no
+/// isolation for a privileged container. Refused by [`check_runtime_name`].
+pub const NON_ISOLATING_RUNTIMES: &[&str] = &[
+    "runc",
+    "crun",
+    "youki",
+    "io.containerd.runc.v1",
+    "io.containerd.runc.v2",
+    "io.containerd.runtime.v1.linux",
+];
+
+/// Whether and how this node runs k3s nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KubernetesMode {
+    /// Every kubernetes reservation is refused with [`DISABLED`] (default).
+    #[default]
+    Disabled,
+    /// Node containers run under this isolating OCI runtime (`kata`,
+    /// `sysbox-runc`...), registered with the Docker engine.
+    Runtime(String),
+    /// Node containers run privileged on the host's runtime: any tenant
+    /// owns the host. Only for a node with a single tenant.
+    PrivilegedUnsafe,
+}
+
+impl KubernetesMode {
+    /// `disabled`, `runtime <name>` or `privileged-unsafe`.
+    pub fn describe(&self) -> String {
+        match self {
+            KubernetesMode::Disabled => "disabled".into(),
+            KubernetesMode::Runtime(r) => format!("runtime {r}"),
+            KubernetesMode::PrivilegedUnsafe => "privileged-unsafe".into(),
+        }
+    }
+}
+
+/// Refuse a runtime name known not to isolate (`runc` and its aliases).
+pub fn check_runtime_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("--kubernetes-runtime: the runtime name is empty".into());
+    }
+    if NON_ISOLATING_RUNTIMES.contains(&name) {
+        return Err(format!(
+            "--kubernetes-runtime: {name:?} does not isolate containers from the host (a privileged k3s container would own it); name an isolating runtime such as kata or sysbox-runc, or use --kubernetes-privileged-unsafe on a single-tenant node"
+        ));
+    }
+    Ok(())
+}
+
+/// Check that `name` is registered with the engine (`docker info`
+/// Runtimes) and is not runc under another name.
+pub async fn check_runtime(docker: &crate::BollardDocker, name: &str) -> Result<(), String> {
+    check_runtime_name(name)?;
+    let info = docker
+        .client()
+        .info()
+        .await
+        .map_err(|e| format!("--kubernetes-runtime: cannot read docker info: {e}"))?;
+    let runtimes = info.runtimes.unwrap_or_default();
+    check_runtime_in(
+        name,
+        &runtimes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.path.clone().unwrap_or_default()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// [`check_runtime`] against a list of (name, path) registered runtimes.
+pub fn check_runtime_in(name: &str, registered: &[(String, String)]) -> Result<(), String> {
+    check_runtime_name(name)?;
+    let Some((_, path)) = registered.iter().find(|(n, _)| n == name) else {
+        let mut known: Vec<&str> = registered.iter().map(|(n, _)| n.as_str()).collect();
+        known.sort();
+        return Err(format!(
+            "--kubernetes-runtime: runtime {name:?} is not registered with this node's docker engine (registered: {}); add it to \"runtimes\" in /etc/docker/daemon.json and restart dockerd",
+            known.join(", ")
+        ));
+    };
+    let base = path.rsplit('/').next().unwrap_or("");
+    if NON_ISOLATING_RUNTIMES.contains(&base) {
+        return Err(format!(
+            "--kubernetes-runtime: runtime {name:?} runs {path:?}, which does not isolate containers from the host; name an isolating runtime such as kata or sysbox-runc"
+        ));
+    }
+    Ok(())
+}
+
 /// Provisions `kubernetes` workloads.
 pub struct KubernetesProvisioner {
     docker: Arc<dyn DockerExtras>,
@@ -61,6 +168,7 @@ pub struct KubernetesProvisioner {
     image: String,
     stop_grace: Duration,
     privileged: bool,
+    mode: KubernetesMode,
 }
 
 /// Docker name of the container (and volume) of reservation `id`.
@@ -110,6 +218,32 @@ fn size_of(k: &Kubernetes) -> Result<(u32, u64, u64), ProvisionError> {
     })
 }
 
+/// Every master must be a host address of the user's network on this node
+/// (a k3s agent joins the server it is told to: never one elsewhere).
+fn check_masters(
+    masters: &[IpAddr],
+    network_id: &str,
+    n: &NetworkInfo,
+) -> Result<(), ProvisionError> {
+    let subnets = n.ipv4_subnets();
+    for m in masters {
+        let inside = match m {
+            IpAddr::V4(m) => subnets
+                .iter()
+                .any(|s| s.contains(m) && *m != s.network() && *m != s.broadcast()),
+            IpAddr::V6(_) => false,
+        };
+        if !inside {
+            let s: Vec<String> = subnets.iter().map(|s| s.to_string()).collect();
+            return Err(ProvisionError::Refused(format!(
+                "data.master_ips: {m} is not in network {network_id:?}'s subnet {} on this node; a node may only join a master on the user's own network",
+                s.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `ip` must be a host address of one of the network's subnets, not its
 /// gateway.
 fn check_ip(ip: Ipv4Addr, network_id: &str, n: &NetworkInfo) -> Result<(), ProvisionError> {
@@ -147,12 +281,22 @@ impl KubernetesProvisioner {
             image: image.into(),
             stop_grace: Duration::from_secs(10),
             privileged: true,
+            mode: KubernetesMode::Disabled,
         }
     }
 
-    /// Whether node containers run privileged (default: yes, real k3s
-    /// needs it). Only an engine that cannot start privileged containers
-    /// (a sandboxed CI runner) calls for `false`, with a k3s stand-in.
+    /// Enable kubernetes (default: [`KubernetesMode::Disabled`], every
+    /// reservation refused).
+    pub fn with_mode(mut self, mode: KubernetesMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Whether node containers run privileged once kubernetes is enabled
+    /// (default: yes, real k3s needs it; under an isolating runtime the
+    /// privilege stays inside its sandbox). Only an engine that cannot
+    /// start privileged containers (a sandboxed CI runner) calls for
+    /// `false`, with a k3s stand-in. It enables nothing by itself.
     pub fn with_privileged(mut self, privileged: bool) -> Self {
         self.privileged = privileged;
         self
@@ -262,6 +406,10 @@ impl KubernetesProvisioner {
                 ("/run".into(), String::new()),
                 ("/var/run".into(), String::new()),
             ]),
+            runtime: match &self.mode {
+                KubernetesMode::Runtime(r) => Some(r.clone()),
+                _ => None,
+            },
         };
         Ok((spec, extras))
     }
@@ -283,6 +431,12 @@ impl KubernetesProvisioner {
         let (spec, extras) = self.node_container(r, k, network, ip, token)?;
         self.ensure_image().await?;
 
+        if let Some(v) = self.docker.inspect_volume(&name).await? {
+            if !names::adoptable(&v.labels, r) {
+                tracing::warn!(volume = %name, "a volume under this k3s node's name was not made for this reservation; removing it");
+                self.docker.remove_volume(&name).await?;
+            }
+        }
         if self.docker.inspect_volume(&name).await?.is_none() {
             let mut labels = names::labels(r, WorkloadType::Kubernetes);
             labels.insert(LABEL_DISK.into(), DiskType::Ssd.as_str().into());
@@ -347,6 +501,9 @@ impl Provisioner for KubernetesProvisioner {
     ) -> Result<serde_json::Value, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         let k = k8s_of(r, w)?;
+        if self.mode == KubernetesMode::Disabled {
+            return Err(ProvisionError::Refused(DISABLED.into()));
+        }
         let (cpu, memory_mib, _) = size_of(k)?;
         let network = self.user_network(r, &k.network_id).await?;
         let ip = match k.ip {
@@ -358,6 +515,7 @@ impl Provisioner for KubernetesProvisioner {
             }
         };
         check_ip(ip, &k.network_id, &network)?;
+        check_masters(&k.master_ips, &k.network_id, &network)?;
         let ncpu = self.docker.info().await?.ncpu;
         if ncpu > 0 && cpu > ncpu {
             return Err(ProvisionError::Refused(format!(
@@ -367,13 +525,17 @@ impl Provisioner for KubernetesProvisioner {
         }
 
         let name = node_name(&r.id);
-        if let Some(c) = self.docker.inspect_container(&name).await? {
-            if label(&c.labels, LABEL_RESERVATION) != r.id {
-                return Err(ProvisionError::Node(format!(
-                    "container {name} exists but does not belong to reservation {}",
-                    r.id
-                )));
+        let existing = match self.docker.inspect_container(&name).await? {
+            Some(c) if !names::adoptable(&c.labels, r) => {
+                // Another user's, hand-made, or of an earlier reservation
+                // under the same id: never reused (nor its labels logged).
+                tracing::warn!(container = %name, "a container under this k3s node's name was not made for this reservation; removing it and creating the node afresh");
+                self.remove(&name).await?;
+                None
             }
+            other => other,
+        };
+        if let Some(c) = existing {
             if !c.is_up() {
                 tracing::info!(reservation = %r.id, container = %name, state = %c.state, "starting existing k3s node");
                 self.docker.start_container(&name).await?;
@@ -409,7 +571,7 @@ impl Provisioner for KubernetesProvisioner {
             .docker
             .inspect_container(&node_name(&r.id))
             .await?
-            .is_some_and(|c| c.is_up() && label(&c.labels, LABEL_RESERVATION) == r.id))
+            .is_some_and(|c| c.is_up() && names::adoptable(&c.labels, r)))
     }
 
     async fn present(&self) -> Result<Option<std::collections::HashSet<String>>, ProvisionError> {
@@ -460,6 +622,110 @@ impl Provisioner for KubernetesProvisioner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn signed_k8s(node: &Identity) -> (Reservation, Workload) {
+        let user = Identity::generate();
+        let data = json!({"size": 1, "network_id": "net", "ip": "10.9.0.5",
+            "cluster_secret": reservation::seal_for(node.id(), b"tok").unwrap(),
+            "master_ips": ["10.9.0.2"]});
+        let mut r = Reservation {
+            id: "77-1".into(),
+            node_id: node.id().to_string(),
+            user_id: user.id().to_string(),
+            kind: "kubernetes".into(),
+            data: serde_json::value::RawValue::from_string(data.to_string()).unwrap(),
+            created: Some(chrono::Utc::now()),
+            duration: 3_600_000_000_000,
+            ..Default::default()
+        };
+        user.sign_reservation(&mut r);
+        let w = Workload::parse(WorkloadType::Kubernetes, &r.data).unwrap();
+        (r, w)
+    }
+
+    #[tokio::test]
+    async fn disabled_by_default_with_a_refusal_that_says_how_to_enable() {
+        let node = Arc::new(Identity::generate());
+        let fake = Arc::new(crate::FakeDocker::new());
+        let k8s = KubernetesProvisioner::new(fake.clone(), node.clone(), "img");
+        let (r, w) = signed_k8s(&node);
+        match k8s.provision(&r, &w).await {
+            Err(ProvisionError::Refused(m)) => {
+                assert_eq!(m, DISABLED);
+                assert!(
+                    m.contains("--kubernetes-runtime")
+                        && m.contains("--kubernetes-privileged-unsafe")
+                );
+            }
+            other => panic!("expected the disabled refusal, got {other:?}"),
+        }
+        assert!(fake.container_names().is_empty() && fake.volume_names().is_empty());
+    }
+
+    #[test]
+    fn the_node_container_carries_the_isolating_runtime() {
+        let node = Arc::new(Identity::generate());
+        let fake = Arc::new(crate::FakeDocker::new());
+        let (r, w) = signed_k8s(&node);
+        let Workload::Kubernetes(k) = &w else {
+            unreachable!()
+        };
+        let ip = Ipv4Addr::new(10, 9, 0, 5);
+        let k8s = KubernetesProvisioner::new(fake.clone(), node.clone(), "img")
+            .with_mode(KubernetesMode::Runtime("kata".into()));
+        let (spec, extras) = k8s
+            .node_container(&r, k, "n", ip, Secret::new("t"))
+            .unwrap();
+        assert_eq!(extras.runtime.as_deref(), Some("kata"));
+        assert!(extras.privileged, "privileged inside the sandbox");
+        assert_eq!(
+            spec.labels[names::LABEL_SIGNATURE],
+            names::signature_hash(&r)
+        );
+        let unsafe_mode = KubernetesProvisioner::new(fake, node, "img")
+            .with_mode(KubernetesMode::PrivilegedUnsafe);
+        let (_, extras) = unsafe_mode
+            .node_container(&r, k, "n", ip, Secret::new("t"))
+            .unwrap();
+        assert_eq!(extras.runtime, None);
+    }
+
+    #[test]
+    fn runtimes_must_be_registered_and_isolating() {
+        let reg = vec![
+            ("runc".to_string(), "runc".to_string()),
+            ("io.containerd.runc.v2".to_string(), "runc".to_string()),
+            ("kata".to_string(), "/usr/bin/kata-runtime".to_string()),
+            ("runc-alias".to_string(), "/usr/local/sbin/runc".to_string()),
+        ];
+        assert!(check_runtime_in("kata", &reg).is_ok());
+        let e = check_runtime_in("sysbox-runc", &reg).unwrap_err();
+        assert!(
+            e.starts_with("--kubernetes-runtime: runtime \"sysbox-runc\" is not registered"),
+            "{e}"
+        );
+        for bad in ["runc", "io.containerd.runc.v2", "runc-alias", ""] {
+            let e = check_runtime_in(bad, &reg).unwrap_err();
+            assert!(e.starts_with("--kubernetes-runtime:"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn masters_must_be_on_the_users_network() {
+        let n = NetworkInfo {
+            name: "n".into(),
+            subnets: vec!["10.9.0.0/24".into()],
+            gateways: vec!["10.9.0.1".into()],
+            ..Default::default()
+        };
+        assert!(check_masters(&["10.9.0.2".parse().unwrap()], "net", &n).is_ok());
+        for bad in ["1.2.3.4", "10.9.1.2", "10.9.0.255", "fd00::1"] {
+            let e = check_masters(&[bad.parse().unwrap()], "net", &n)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("data.master_ips: ") && e.contains(bad), "{e}");
+        }
+    }
 
     #[test]
     fn command_lines() {

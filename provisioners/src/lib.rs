@@ -139,10 +139,41 @@ impl Registry {
 /// `network`. Volumes live under `<root>/volumes/`; `node` opens sealed
 /// secrets and its id picks the network's `net_resources` entry.
 pub fn docker_registry(docker: Arc<dyn Docker>, node: Arc<Identity>, root: &Path) -> Registry {
+    docker_registry_with(docker, node, root, &TenantOptions::default())
+}
+
+/// The operator's rules for what tenants may ask of the host: how their
+/// containers are confined and which host ports they may publish, and the
+/// pool their networks' subnets must come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantOptions {
+    pub container: container::ContainerPolicy,
+    pub network_pool: Vec<ipnet::Ipv4Net>,
+}
+
+impl Default for TenantOptions {
+    fn default() -> Self {
+        Self {
+            container: container::ContainerPolicy::default(),
+            network_pool: network::parse_pool(network::DEFAULT_POOL).expect("valid default pool"),
+        }
+    }
+}
+
+/// [`docker_registry`] under the operator's `tenants` rules.
+pub fn docker_registry_with(
+    docker: Arc<dyn Docker>,
+    node: Arc<Identity>,
+    root: &Path,
+    tenants: &TenantOptions,
+) -> Registry {
     let mut reg = Registry::new();
     reg.register(
         WorkloadType::Network,
-        Arc::new(NetworkProvisioner::new(docker.clone(), node.id())),
+        Arc::new(
+            NetworkProvisioner::new(docker.clone(), node.id())
+                .with_pool(tenants.network_pool.clone()),
+        ),
     )
     .register(
         WorkloadType::Volume,
@@ -150,7 +181,7 @@ pub fn docker_registry(docker: Arc<dyn Docker>, node: Arc<Identity>, root: &Path
     )
     .register(
         WorkloadType::Container,
-        Arc::new(ContainerProvisioner::new(docker, node)),
+        Arc::new(ContainerProvisioner::new(docker, node).with_policy(tenants.container.clone())),
     );
     reg
 }
@@ -163,10 +194,18 @@ pub struct NodeOptions {
     /// Image of the k3s containers.
     pub k3s_image: String,
     /// Run k3s containers privileged (k3s needs it; some sandboxed Docker
-    /// engines cannot start privileged containers at all).
+    /// engines cannot start privileged containers at all). Enables nothing
+    /// by itself: see `kubernetes`.
     pub k3s_privileged: bool,
+    /// Whether kubernetes is enabled, and how (default: disabled).
+    pub kubernetes: kubernetes::KubernetesMode,
     /// Where the agent's own log lines go for `debug` reservations.
     pub log_bus: LogBus,
+    /// User ids whose `debug` reservations get the whole node's log (every
+    /// other user gets only the lines of their own reservations).
+    pub debug_operators: Vec<String>,
+    /// What tenants may ask of the host (containers, ports, subnets).
+    pub tenants: TenantOptions,
 }
 
 /// A registry with every workload type: `docker_registry`'s three plus
@@ -177,7 +216,7 @@ pub fn node_registry<D: DockerExtras + 'static>(
     root: &Path,
     opts: NodeOptions,
 ) -> Registry {
-    let mut reg = docker_registry(docker.clone(), node.clone(), root);
+    let mut reg = docker_registry_with(docker.clone(), node.clone(), root, &opts.tenants);
     let scope: String = node.id().chars().take(8).collect();
     reg.register(
         WorkloadType::Zdb,
@@ -190,12 +229,13 @@ pub fn node_registry<D: DockerExtras + 'static>(
         WorkloadType::Kubernetes,
         Arc::new(
             KubernetesProvisioner::new(docker, node, opts.k3s_image)
-                .with_privileged(opts.k3s_privileged),
+                .with_privileged(opts.k3s_privileged)
+                .with_mode(opts.kubernetes),
         ),
     )
     .register(
         WorkloadType::Debug,
-        Arc::new(DebugProvisioner::new(opts.log_bus)),
+        Arc::new(DebugProvisioner::new(opts.log_bus).with_operators(opts.debug_operators)),
     );
     reg
 }

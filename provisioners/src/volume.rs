@@ -15,6 +15,11 @@
 //!   [`VolumeProvisioner::remount_all`], and before a container using it is
 //!   (re)started.
 //!
+//! A Docker volume found under the reservation's name is reused only when
+//! its labels say it was made for this very signed reservation
+//! ([`names::adoptable`]); anything else there is removed, with the disk
+//! image of that id, and made afresh, so no data crosses between users.
+//!
 //! Writing past the size fails with ENOSPC ("No space left on device").
 //! Needs root, `mkfs.ext4` (e2fsprogs), `mount`/`umount` (util-linux) and
 //! loop devices; without them [`VolumeProvisioner::unavailable`] says why,
@@ -35,7 +40,7 @@ use tokio::sync::Mutex;
 
 use crate::docker::{ContainerFilter, Docker, VolumeSpec};
 use crate::names::{self, label, LABEL_DISK, LABEL_SIZE_GIB};
-use crate::{ProvisionError, Provisioner, LABEL_RESERVATION};
+use crate::{ProvisionError, Provisioner, LABEL_RESERVATION, LABEL_USER};
 
 /// Serialises mount and unmount on this host so two callers never stack
 /// two loop mounts on one directory.
@@ -252,6 +257,50 @@ impl VolumeProvisioner {
         Ok(())
     }
 
+    /// Make volume `vname` of `r` with its disk image; `result` on success.
+    async fn create(
+        &self,
+        r: &Reservation,
+        v: &Volume,
+        vname: &str,
+        result: serde_json::Value,
+    ) -> Result<serde_json::Value, ProvisionError> {
+        let fresh = self.ensure_backing(&r.id, v.size).await?;
+        let mut labels = names::labels(r, WorkloadType::Volume);
+        labels.insert(LABEL_DISK.into(), v.disk().as_str().into());
+        labels.insert(LABEL_SIZE_GIB.into(), v.size.to_string());
+        let spec = VolumeSpec {
+            name: vname.to_string(),
+            driver_opts: [
+                ("type", "none"),
+                ("o", "bind"),
+                ("device", &self.data_path(&r.id).to_string_lossy()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            labels,
+        };
+        if let Err(e) = self.docker.create_volume(&spec).await {
+            // A concurrent run may have made it: fine if it is ours.
+            let ours = self
+                .docker
+                .inspect_volume(vname)
+                .await?
+                .is_some_and(|x| names::adoptable(&x.labels, r));
+            if !ours {
+                if fresh {
+                    if let Err(c) = self.drop_backing(&r.id).await {
+                        tracing::warn!(volume = %r.id, error = %c, "cannot clean up after a failed create");
+                    }
+                }
+                return Err(e);
+            }
+        }
+        tracing::info!(volume = %r.id, size_gib = v.size, disk = v.disk().as_str(), "volume provisioned");
+        Ok(result)
+    }
+
     /// Remove volume `id`: refused with `InUse` while a container mounts it.
     async fn remove_by_id(&self, id: &str) -> Result<(), ProvisionError> {
         names::check_id("volume id", id)?;
@@ -303,11 +352,21 @@ impl Provisioner for VolumeProvisioner {
         let vname = names::volume_name(&r.id);
 
         if let Some(existing) = self.docker.inspect_volume(&vname).await? {
-            if label(&existing.labels, LABEL_RESERVATION) != r.id {
-                return Err(ProvisionError::Node(format!(
-                    "docker volume {vname} exists but is not labelled for reservation {}",
-                    r.id
-                )));
+            if !names::adoptable(&existing.labels, r) {
+                // Not made for this signed reservation (hand-made, another
+                // user's, an earlier reservation under the same id): its
+                // data must not reach this user. Removed with its disk
+                // image, then made afresh.
+                tracing::warn!(
+                    reservation = %r.id,
+                    volume = %vname,
+                    found_user = %label(&existing.labels, LABEL_USER),
+                    found_reservation = %label(&existing.labels, LABEL_RESERVATION),
+                    found_signature = %label(&existing.labels, names::LABEL_SIGNATURE),
+                    "a volume under this reservation's name was not made for it; replacing it"
+                );
+                self.remove_by_id(&r.id).await?;
+                return self.create(r, v, &vname, result).await;
             }
             if self.ensure_backing(&r.id, v.size).await? {
                 tracing::warn!(volume = %r.id, "volume's disk image was missing; made a new, empty one");
@@ -315,35 +374,7 @@ impl Provisioner for VolumeProvisioner {
             tracing::info!(volume = %r.id, "volume already exists; reusing it");
             return Ok(result);
         }
-
-        let fresh = self.ensure_backing(&r.id, v.size).await?;
-        let mut labels = names::labels(r, WorkloadType::Volume);
-        labels.insert(LABEL_DISK.into(), v.disk().as_str().into());
-        labels.insert(LABEL_SIZE_GIB.into(), v.size.to_string());
-        let spec = VolumeSpec {
-            name: vname.clone(),
-            driver_opts: [
-                ("type", "none"),
-                ("o", "bind"),
-                ("device", &self.data_path(&r.id).to_string_lossy()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-            labels,
-        };
-        if let Err(e) = self.docker.create_volume(&spec).await {
-            if self.docker.inspect_volume(&vname).await?.is_none() {
-                if fresh {
-                    if let Err(c) = self.drop_backing(&r.id).await {
-                        tracing::warn!(volume = %r.id, error = %c, "cannot clean up after a failed create");
-                    }
-                }
-                return Err(e);
-            }
-        }
-        tracing::info!(volume = %r.id, size_gib = v.size, disk = v.disk().as_str(), "volume provisioned");
-        Ok(result)
+        self.create(r, v, &vname, result).await
     }
 
     async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {

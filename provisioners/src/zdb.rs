@@ -3,20 +3,34 @@
 //!
 //! - Container `agent-zdb-<hdd|ssd>-<user|seq>`, started on demand from the
 //!   configured image (default [`DEFAULT_ZDB_IMAGE`], the agent's
-//!   `--zdb-image`) as `/bin/zdb --listen 0.0.0.0 --port 9900 --data
-//!   /zdb/data --index /zdb/index --mode <mode> --admin <admin>`, its data on
-//!   the agent-owned Docker volume of the same name, restart
-//!   `unless-stopped`, on the Docker network given at construction
+//!   `--zdb-image`) as `/bin/sh -c 'exec /bin/zdb --listen 0.0.0.0 --port
+//!   9900 --data /zdb/data --index /zdb/index --mode <mode> --protect
+//!   --maxsize 1048576 --admin "$ADMIN"'`, with the admin password only in
+//!   the container's environment (`ADMIN`, as the image's own
+//!   `zdb-process` entrypoint reads it): never in `docker inspect`'s
+//!   Cmd/Args/Entrypoint. 0-db takes it on no other channel than its
+//!   argv, so the 0-db process itself (not the container's config) carries
+//!   it. Its data on the agent-owned Docker volume of the same name,
+//!   restart `unless-stopped`, on the Docker network given at construction
 //!   (default `bridge`).
+//! - `--protect`: 0-db's `default` namespace is read-only for everyone and
+//!   writable only after `SELECT default <admin password>`, and
+//!   `--maxsize` caps it at [`DEFAULT_NAMESPACE_MAXSIZE`]: a tenant who
+//!   reaches port 9900 cannot store data outside a reserved namespace.
 //! - The admin password guards `NSNEW`/`NSSET`/`NSDEL` against anyone who
 //!   reaches port 9900. It is derived from the node key (an ed25519
 //!   signature of the container name), so it survives agent restarts
 //!   without being stored anywhere.
-//! - Per reservation, namespace `<reservation id>`: `NSNEW` (skipped when
-//!   it exists), then `NSSET password <plaintext opened from the sealed
-//!   password>`, `NSSET public 0|1`, `NSSET maxsize <size GiB in bytes>`,
-//!   re-applied on every provision. All of it over the Redis protocol
-//!   through the `redis` crate.
+//! - Per reservation, namespace `<reservation id>-<16 hex of the signature
+//!   hash>` ([`namespace_name`]): the name says which signed reservation
+//!   (so which user) owns it, so a reservation never takes over, nor
+//!   re-passwords, a namespace of another one under the same id. `NSNEW`
+//!   (skipped when it exists), then `NSSET password <plaintext opened from
+//!   the sealed password>`, `NSSET public 0|1`, `NSSET maxsize <size GiB
+//!   in bytes>`, re-applied on every provision. All of it over the Redis
+//!   protocol through the `redis` crate.
+//! - A failed provisioning rolls back what it made: the namespace it
+//!   created, and the 0-db container and volume if it created them.
 //! - Result `data`: `{"namespace", "ip", "port"}`: the container's address
 //!   on its network, reachable from the node and what is routed to that
 //!   network.
@@ -51,8 +65,29 @@ pub const DEFAULT_ZDB_IMAGE: &str = "threefoldtech/0-db";
 pub const ZDB_PORT: u16 = 9900;
 /// Label with the 0-db mode (`user` or `seq`) of a 0-db container.
 pub const LABEL_ZDB_MODE: &str = "io.agent.zdb.mode";
+/// Label set on 0-db containers started with `--protect` and the admin
+/// password in their environment (older ones are recreated).
+pub const LABEL_ZDB_PROTECTED: &str = "io.agent.zdb.protected";
+/// Size limit of 0-db's `default` namespace (`--maxsize`), in bytes.
+pub const DEFAULT_NAMESPACE_MAXSIZE: u64 = 1 << 20;
 /// 0-db's own namespace, present in every instance.
 const DEFAULT_NAMESPACE: &str = "default";
+
+/// The namespace of reservation `r`: `<id>-<first 16 hex characters of
+/// its signature hash>`.
+pub fn namespace_name(r: &Reservation) -> String {
+    let h = names::signature_hash(r);
+    format!("{}-{}", r.id, &h[..16.min(h.len())])
+}
+
+/// The reservation id in a namespace name made by [`namespace_name`].
+pub fn reservation_of_namespace(ns: &str) -> Option<&str> {
+    let (id, h) = ns.rsplit_once('-')?;
+    (h.len() == 16
+        && h.bytes().all(|c| c.is_ascii_hexdigit())
+        && names::check_id("namespace", id).is_ok())
+    .then_some(id)
+}
 /// Where the volume is mounted in the 0-db container.
 const DATA_DIR: &str = "/zdb";
 
@@ -118,6 +153,12 @@ impl ZdbProvisioner {
         }
     }
 
+    /// How long a 0-db container gets to answer PING (default 30 s).
+    pub fn with_ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
     /// Run the 0-db containers on Docker network `network` instead.
     pub fn with_network(mut self, network: impl Into<String>) -> Self {
         self.network = network.into();
@@ -171,6 +212,7 @@ impl ZdbProvisioner {
             ),
             (LABEL_DISK.to_string(), inst.disk.as_str().to_string()),
             (LABEL_ZDB_MODE.to_string(), inst.mode.clone()),
+            (LABEL_ZDB_PROTECTED.to_string(), "1".to_string()),
         ]);
         l.extend(names::node_labels());
         l
@@ -188,11 +230,35 @@ impl ZdbProvisioner {
             })
     }
 
-    /// The running instance, created and started when missing or down.
-    async fn ensure_instance(&self, inst: &Instance) -> Result<Ipv4Addr, ProvisionError> {
-        let c = match self.docker.inspect_container(&inst.name).await? {
-            Some(c) => c,
-            None => self.create_instance(inst).await?,
+    /// The running instance, created and started when missing or down;
+    /// also whether this call created its container.
+    async fn ensure_instance(&self, inst: &Instance) -> Result<(Ipv4Addr, bool), ProvisionError> {
+        let existing = match self.docker.inspect_container(&inst.name).await? {
+            Some(c)
+                if label(&c.labels, LABEL_TYPE) != WorkloadType::Zdb.as_str()
+                    || !names::is_ours(&c.labels) =>
+            {
+                return Err(ProvisionError::Node(format!(
+                    "container {} exists but is not a 0-db container of this node; remove it",
+                    inst.name
+                )));
+            }
+            Some(c) if label(&c.labels, LABEL_ZDB_PROTECTED) != "1" => {
+                // Made by an earlier release: admin password on its
+                // command line, default namespace open. Its namespaces are
+                // on the volume, which stays.
+                tracing::warn!(container = %inst.name, "0-db container predates --protect and the admin password in the environment; recreating it");
+                self.docker
+                    .stop_container(&inst.name, Duration::from_secs(10))
+                    .await?;
+                self.docker.remove_container(&inst.name).await?;
+                None
+            }
+            other => other,
+        };
+        let (c, created) = match existing {
+            Some(c) => (c, false),
+            None => (self.create_instance(inst).await?, true),
         };
         let c = if c.is_up() {
             c
@@ -208,7 +274,46 @@ impl ZdbProvisioner {
         };
         let ip = self.ip_of(&c)?;
         self.wait_ready(inst, ip).await?;
-        Ok(ip)
+        Ok((ip, created))
+    }
+
+    /// [`Self::ensure_instance`], removing the container (and volume) it
+    /// created if it then fails to come up.
+    async fn ensure_instance_or_roll_back(
+        &self,
+        inst: &Instance,
+    ) -> Result<(Ipv4Addr, bool), ProvisionError> {
+        let existed = self.docker.inspect_container(&inst.name).await?.is_some();
+        match self.ensure_instance(inst).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if !existed {
+                    self.remove_instance(inst).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Remove the instance's container and volume, logging a failure.
+    async fn remove_instance(&self, inst: &Instance) {
+        let r = async {
+            self.docker
+                .stop_container(&inst.name, Duration::from_secs(1))
+                .await?;
+            self.docker.remove_container(&inst.name).await?;
+            self.docker.remove_volume(&inst.name).await?;
+            Ok::<(), ProvisionError>(())
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                tracing::info!(container = %inst.name, "0-db container this provisioning created removed")
+            }
+            Err(e) => {
+                tracing::warn!(container = %inst.name, error = %e, "cannot remove the 0-db container this provisioning created")
+            }
+        }
     }
 
     async fn create_instance(&self, inst: &Instance) -> Result<ContainerInfo, ProvisionError> {
@@ -232,29 +337,12 @@ impl ZdbProvisioner {
                 .await?;
         }
         let admin = self.admin_password(&inst.name);
-        let entrypoint = [
-            "/bin/zdb",
-            "--listen",
-            "0.0.0.0",
-            "--port",
-            &ZDB_PORT.to_string(),
-            "--data",
-            &format!("{DATA_DIR}/data"),
-            "--index",
-            &format!("{DATA_DIR}/index"),
-            "--mode",
-            &inst.mode,
-            "--admin",
-            admin.expose(),
-        ]
-        .map(String::from)
-        .to_vec();
         let spec = ContainerSpec {
             name: inst.name.clone(),
             image: self.image.clone(),
             env: Vec::new(),
-            secret_env: Vec::new(),
-            entrypoint: Some(entrypoint),
+            secret_env: vec![("ADMIN".into(), admin)],
+            entrypoint: Some(zdb_entrypoint(&inst.mode)?),
             tty: false,
             open_stdin: false,
             nano_cpus: 0,
@@ -387,7 +475,7 @@ impl ZdbProvisioner {
         if self.docker.inspect_container(&inst.name).await?.is_none() {
             return Ok(());
         }
-        let ip = self.ensure_instance(inst).await?;
+        let (ip, _) = self.ensure_instance(inst).await?;
         let mut con = self.admin(inst, ip).await?;
         match redis::cmd("NSDEL")
             .arg(ns)
@@ -402,6 +490,22 @@ impl ZdbProvisioner {
         }
         self.remove_if_empty(inst, &mut con).await
     }
+}
+
+/// The 0-db container's entrypoint: a shell that hands `$ADMIN` from the
+/// environment to `/bin/zdb` (so `docker inspect` never shows it), with
+/// `--protect` and the default namespace's `--maxsize`. `mode` must be
+/// `user` or `seq` (it is written into the shell line).
+pub fn zdb_entrypoint(mode: &str) -> Result<Vec<String>, ProvisionError> {
+    if mode != "user" && mode != "seq" {
+        return Err(ProvisionError::Refused(format!(
+            "data.mode: zdb mode {mode:?} is not one of user, seq"
+        )));
+    }
+    let line = format!(
+        "exec /bin/zdb --listen 0.0.0.0 --port {ZDB_PORT} --data {DATA_DIR}/data --index {DATA_DIR}/index --mode {mode} --protect --maxsize {DEFAULT_NAMESPACE_MAXSIZE} --admin \"$ADMIN\""
+    );
+    Ok(vec!["/bin/sh".into(), "-c".into(), line])
 }
 
 async fn connect(ip: Ipv4Addr) -> redis::RedisResult<MultiplexedConnection> {
@@ -457,42 +561,60 @@ impl Provisioner for ZdbProvisioner {
             ProvisionError::Refused(format!("data.size: {} GiB is out of range", z.size))
         })?;
         let inst = self.instance(z);
-        let ns = r.id.as_str();
+        let ns = namespace_name(r);
+        let ns = ns.as_str();
 
         let _guard = self.lock.lock().await;
-        let ip = self.ensure_instance(&inst).await?;
-        let mut con = self.admin(&inst, ip).await?;
-        if Self::namespace_exists(&mut con, ns).await? {
-            tracing::info!(reservation = %ns, container = %inst.name, "0-db namespace exists; re-applying its settings");
-        } else {
-            redis::cmd("NSNEW")
+        let (ip, created) = self.ensure_instance_or_roll_back(&inst).await?;
+        let mut made_namespace = false;
+        let steps = async {
+            let mut con = self.admin(&inst, ip).await?;
+            if Self::namespace_exists(&mut con, ns).await? {
+                tracing::info!(reservation = %r.id, namespace = %ns, container = %inst.name, "0-db namespace exists; re-applying its settings");
+            } else {
+                redis::cmd("NSNEW")
+                    .arg(ns)
+                    .query_async::<()>(&mut con)
+                    .await
+                    .map_err(|e| zerr(&format!("NSNEW {ns}"), e))?;
+                made_namespace = true;
+            }
+            redis::cmd("NSSET")
                 .arg(ns)
+                .arg("password")
+                .arg(password_arg)
                 .query_async::<()>(&mut con)
                 .await
-                .map_err(|e| zerr(&format!("NSNEW {ns}"), e))?;
+                .map_err(|e| zerr(&format!("NSSET {ns} password"), e))?;
+            redis::cmd("NSSET")
+                .arg(ns)
+                .arg("public")
+                .arg(if z.public { "1" } else { "0" })
+                .query_async::<()>(&mut con)
+                .await
+                .map_err(|e| zerr(&format!("NSSET {ns} public"), e))?;
+            redis::cmd("NSSET")
+                .arg(ns)
+                .arg("maxsize")
+                .arg(maxsize)
+                .query_async::<()>(&mut con)
+                .await
+                .map_err(|e| zerr(&format!("NSSET {ns} maxsize"), e))?;
+            Ok::<(), ProvisionError>(())
         }
-        redis::cmd("NSSET")
-            .arg(ns)
-            .arg("password")
-            .arg(password_arg)
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(|e| zerr(&format!("NSSET {ns} password"), e))?;
-        redis::cmd("NSSET")
-            .arg(ns)
-            .arg("public")
-            .arg(if z.public { "1" } else { "0" })
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(|e| zerr(&format!("NSSET {ns} public"), e))?;
-        redis::cmd("NSSET")
-            .arg(ns)
-            .arg("maxsize")
-            .arg(maxsize)
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(|e| zerr(&format!("NSSET {ns} maxsize"), e))?;
-        tracing::info!(reservation = %ns, container = %inst.name, ip = %ip, size_gib = z.size, public = z.public, "0-db namespace provisioned");
+        .await;
+        if let Err(e) = steps {
+            // Leave nothing this provisioning made.
+            if created {
+                self.remove_instance(&inst).await;
+            } else if made_namespace {
+                if let Err(e) = self.delete_namespace(&inst, ns).await {
+                    tracing::warn!(reservation = %r.id, namespace = %ns, error = %e, "cannot remove the 0-db namespace of a failed provisioning");
+                }
+            }
+            return Err(e);
+        }
+        tracing::info!(reservation = %r.id, namespace = %ns, container = %inst.name, ip = %ip, size_gib = z.size, public = z.public, "0-db namespace provisioned");
         Ok(json!({"namespace": ns, "ip": ip.to_string(), "port": ZDB_PORT}))
     }
 
@@ -500,7 +622,7 @@ impl Provisioner for ZdbProvisioner {
         names::check_id("reservation id", &r.id)?;
         let inst = self.instance(zdb_of(r, w)?);
         let _guard = self.lock.lock().await;
-        self.delete_namespace(&inst, &r.id).await
+        self.delete_namespace(&inst, &namespace_name(r)).await
     }
 
     async fn exists(&self, r: &Reservation, w: &Workload) -> Result<bool, ProvisionError> {
@@ -516,7 +638,7 @@ impl Provisioner for ZdbProvisioner {
         let ip = self.ip_of(&c)?;
         self.wait_ready(&inst, ip).await?;
         let mut con = self.admin(&inst, ip).await?;
-        Self::namespace_exists(&mut con, &r.id).await
+        Self::namespace_exists(&mut con, &namespace_name(r)).await
     }
 
     async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
@@ -533,8 +655,9 @@ impl Provisioner for ZdbProvisioner {
                 .await
                 .map_err(|e| zerr("NSLIST", e))?;
             ids.extend(
-                list.into_iter()
-                    .filter(|n| names::check_id("namespace", n).is_ok()),
+                list.iter()
+                    .filter_map(|n| reservation_of_namespace(n))
+                    .map(String::from),
             );
         }
         ids.sort();
@@ -546,8 +669,66 @@ impl Provisioner for ZdbProvisioner {
         names::check_id("reservation id", id)?;
         let _guard = self.lock.lock().await;
         for (inst, _) in self.instances().await? {
-            self.delete_namespace(&inst, id).await?;
+            let (ip, _) = self.ensure_instance(&inst).await?;
+            let mut con = self.admin(&inst, ip).await?;
+            let list: Vec<String> = redis::cmd("NSLIST")
+                .query_async(&mut con)
+                .await
+                .map_err(|e| zerr("NSLIST", e))?;
+            drop(con);
+            for ns in list
+                .iter()
+                .filter(|n| reservation_of_namespace(n) == Some(id))
+            {
+                self.delete_namespace(&inst, ns).await?;
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_named_after_the_signed_reservation() {
+        let user = Identity::generate();
+        let mut r = Reservation {
+            id: "12-3".into(),
+            user_id: user.id().to_string(),
+            ..Default::default()
+        };
+        r.signature = "sig-a".into();
+        let a = namespace_name(&r);
+        assert!(
+            a.starts_with("12-3-") && a.len() == "12-3-".len() + 16,
+            "{a}"
+        );
+        assert_eq!(reservation_of_namespace(&a), Some("12-3"));
+        r.signature = "sig-b".into();
+        assert_ne!(
+            namespace_name(&r),
+            a,
+            "another signed reservation, another namespace"
+        );
+        for bad in [
+            "default",
+            "12-3",
+            "12-3-xyz",
+            "a-b-0123456789abcdef",
+            "12-0123456789abcdef",
+        ] {
+            assert_eq!(reservation_of_namespace(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_entrypoint_never_carries_the_admin_password() {
+        let e = zdb_entrypoint("seq").unwrap();
+        assert_eq!(e[..2], ["/bin/sh", "-c"]);
+        assert!(e[2].contains("--protect") && e[2].contains("--maxsize 1048576"));
+        assert!(e[2].contains("--mode seq") && e[2].ends_with("--admin \"$ADMIN\""));
+        assert!(zdb_entrypoint("user; rm -rf /").is_err());
     }
 }

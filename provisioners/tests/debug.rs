@@ -1,7 +1,11 @@
 //! Debug log forwarding against a real `redis-server` (Debian package) on
 //! loopback: lines arrive as JSON on the channel, secrets stay redacted,
 //! forwarding survives a Redis restart, and stops on decommission and on
-//! expiry.
+//! expiry; a user's stream carries only their own reservations' lines,
+//! a debug operator's the whole node's.
+//!
+//! The generic tests pump node-wide lines, so their debug reservations'
+//! users are operators.
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -86,7 +90,18 @@ fn debug_reservation(
     age: Duration,
     life: Duration,
 ) -> (Reservation, Workload) {
-    let user = Identity::generate();
+    debug_reservation_of(&Identity::generate(), node, port, channel, age, life)
+}
+
+/// [`debug_reservation`] signed by `user`.
+fn debug_reservation_of(
+    user: &Identity,
+    node: &Identity,
+    port: u16,
+    channel: &str,
+    age: Duration,
+    life: Duration,
+) -> (Reservation, Workload) {
     let data = json!({"host": "127.0.0.1", "port": port, "channel": channel}).to_string();
     let mut r = Reservation {
         id: format!("{}{:04}-1", std::process::id(), counter()),
@@ -158,7 +173,6 @@ async fn lines_arrive_as_json_survive_a_redis_restart_and_stop_on_decommission()
     let redis = Redis::start(port).await;
     let mut sub = redis.subscribe(&channel).await;
 
-    let p = DebugProvisioner::new(bus.clone()).with_backoff(fast());
     let (r, w) = debug_reservation(
         &node,
         port,
@@ -166,6 +180,9 @@ async fn lines_arrive_as_json_survive_a_redis_restart_and_stop_on_decommission()
         Duration::ZERO,
         Duration::from_secs(3600),
     );
+    let p = DebugProvisioner::new(bus.clone())
+        .with_backoff(fast())
+        .with_operators([r.user_id.clone()]);
     assert_eq!(p.provision(&r, &w).await.unwrap(), Value::Null);
     assert!(p.exists(&r, &w).await.unwrap());
 
@@ -236,8 +253,10 @@ async fn default_channel_is_node_logs_and_provisioning_twice_forwards_once() {
     let redis = Redis::start(port).await;
     let mut sub = redis.subscribe(&format!("{}-logs", node.id())).await;
 
-    let p = DebugProvisioner::new(bus.clone()).with_backoff(fast());
     let (r, w) = debug_reservation(&node, port, "", Duration::ZERO, Duration::from_secs(3600));
+    let p = DebugProvisioner::new(bus.clone())
+        .with_backoff(fast())
+        .with_operators([r.user_id.clone()]);
     p.provision(&r, &w).await.unwrap();
     p.provision(&r, &w).await.unwrap();
     assert_eq!(p.active(), vec![r.id.clone()]);
@@ -287,7 +306,6 @@ async fn forwarding_ends_when_the_reservation_expires() {
     let redis = Redis::start(port).await;
     let mut sub = redis.subscribe(&channel).await;
 
-    let p = DebugProvisioner::new(bus.clone()).with_backoff(fast());
     // Created almost an hour ago: about 3 s left.
     let (r, w) = debug_reservation(
         &node,
@@ -296,6 +314,9 @@ async fn forwarding_ends_when_the_reservation_expires() {
         Duration::from_secs(3600 - 3),
         Duration::from_secs(3600),
     );
+    let p = DebugProvisioner::new(bus.clone())
+        .with_backoff(fast())
+        .with_operators([r.user_id.clone()]);
     p.provision(&r, &w).await.unwrap();
     pump_until_arrival(&mut sub, "alive").await;
 
@@ -324,5 +345,146 @@ async fn forwarding_ends_when_the_reservation_expires() {
         p.provision(&old, &w_old).await,
         Err(ProvisionError::Refused(_))
     ));
+    redis.stop().await;
+}
+
+/// Log like the engine does about reservation `id` of `user`: inside its
+/// `reservation` span, the user recorded once its signature verified.
+fn log_about(id: &str, user: &str, marker: &str) {
+    let span = tracing::info_span!("reservation", id = %id, user = tracing::field::Empty);
+    let _e = span.enter();
+    tracing::info!(reservation = %id, marker, "judging");
+    span.record("user", user);
+    tracing::info!(reservation = %id, marker, "provisioned");
+    // Secrets by field name, and a Docker request body, at debug level.
+    tracing::warn!(
+        password = "hunter2",
+        cluster_secret = "s3cr3t",
+        marker,
+        "opened"
+    );
+    tracing::debug!(target: "bollard::docker", marker, body = %format!("{{\"Env\":[\"K3S_TOKEN=body-t0k3n\"],\"user\":\"{user}\"}}"), "POST /containers/create");
+    tracing::trace!(target: "hyper::proto::h1::io", marker, "flushed body-t0k3n");
+}
+
+#[tokio::test]
+async fn a_users_stream_carries_only_their_reservations_and_operators_get_the_node() {
+    let bus = LogBus::default();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(bus.layer()));
+    let node = Identity::generate();
+    let port = free_port();
+    let redis = Redis::start(port).await;
+    let (alice, bob, op) = (
+        Identity::generate(),
+        Identity::generate(),
+        Identity::generate(),
+    );
+    let (ca, cb, co) = (uniq("alice"), uniq("bob"), uniq("operator"));
+    let mut sub_a = redis.subscribe(&ca).await;
+    let mut sub_b = redis.subscribe(&cb).await;
+    let mut sub_o = redis.subscribe(&co).await;
+    let life = Duration::from_secs(3600);
+    let (da, wa) = debug_reservation_of(&alice, &node, port, &ca, Duration::ZERO, life);
+    let (db, wb) = debug_reservation_of(&bob, &node, port, &cb, Duration::ZERO, life);
+    let (dop, wo) = debug_reservation_of(&op, &node, port, &co, Duration::ZERO, life);
+    let p = DebugProvisioner::new(bus.clone())
+        .with_backoff(fast())
+        .with_operators([op.id().to_string()]);
+    for (r, w) in [(&da, &wa), (&db, &wb), (&dop, &wo)] {
+        p.provision(r, w).await.unwrap();
+    }
+    let (a1, b1) = ("910001-1", "920001-1");
+
+    // Until each stream has seen its user's line (the forwarders connect).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (mut seen_a, mut seen_b, mut seen_o) = (Vec::new(), Vec::new(), Vec::new());
+    let has = |v: &[Value], m: &str| v.iter().any(|l| l["fields"]["marker"] == m);
+    let mut round = 0;
+    while !(has(&seen_a, "a")
+        && has(&seen_b, "b")
+        && has(&seen_o, "a")
+        && has(&seen_o, "b")
+        && has(&seen_o, "node"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lines did not arrive"
+        );
+        log_about(a1, alice.id(), "a");
+        log_about(b1, bob.id(), "b");
+        tracing::info!(
+            marker = "node",
+            round,
+            "node-wide: registered with the explorer"
+        );
+        tracing::info!(reservation = %b1, marker = "about-b", "outside any span, about bob's");
+        round += 1;
+        seen_a.extend(drain(&mut sub_a, Duration::from_millis(200)).await);
+        seen_b.extend(drain(&mut sub_b, Duration::from_millis(200)).await);
+        seen_o.extend(drain(&mut sub_o, Duration::from_millis(200)).await);
+    }
+    seen_a.extend(drain(&mut sub_a, Duration::from_millis(300)).await);
+    seen_o.extend(drain(&mut sub_o, Duration::from_millis(300)).await);
+
+    let text_a: String = seen_a.iter().map(|l| l.to_string() + "\n").collect();
+    for never in [
+        b1,
+        bob.id(),
+        op.id(),
+        &db.id,
+        &dop.id,
+        "\"node\"",
+        "hunter2",
+        "s3cr3t",
+        "t0k3n",
+        "bollard",
+        "hyper",
+    ] {
+        assert!(
+            !text_a.contains(never),
+            "alice's stream carries {never:?}:\n{text_a}"
+        );
+    }
+    assert!(text_a.contains(a1), "{text_a}");
+    assert!(
+        seen_a.iter().all(|l| l["fields"]["marker"] == "a"),
+        "{text_a}"
+    );
+    assert!(
+        seen_a.iter().all(|l| l["fields"]["message"] != "judging"),
+        "a line before the signature verified is nobody's: {text_a}"
+    );
+    let secret = seen_a
+        .iter()
+        .find(|l| l["fields"]["message"] == "opened")
+        .unwrap();
+    assert_eq!(secret["fields"]["password"], REDACTED);
+    assert_eq!(secret["fields"]["cluster_secret"], REDACTED);
+    let text_b: String = seen_b.iter().map(|l| l.to_string()).collect();
+    assert!(
+        !text_b.contains(a1) && !text_b.contains(alice.id()),
+        "{text_b}"
+    );
+    assert!(
+        has(&seen_b, "about-b"),
+        "a line about bob's reservation outside its span is bob's"
+    );
+
+    // The operator gets every user's lines and the node's, never secrets
+    // nor Docker request bodies.
+    let text_o: String = seen_o.iter().map(|l| l.to_string() + "\n").collect();
+    assert!(text_o.contains("judging"), "{text_o}");
+    for never in [
+        "hunter2",
+        "s3cr3t",
+        "t0k3n",
+        "\"target\":\"bollard",
+        "\"target\":\"hyper",
+    ] {
+        assert!(!text_o.contains(never), "operator stream carries {never:?}");
+    }
+    for (r, w) in [(&da, &wa), (&db, &wb), (&dop, &wo)] {
+        p.decommission(r, w).await.unwrap();
+    }
     redis.stop().await;
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use provisioners::docker::{ContainerFilter, Docker};
-use provisioners::zdb::ZdbProvisioner;
+use provisioners::zdb::{namespace_name, ZdbProvisioner};
 use provisioners::{BollardDocker, ProvisionError, Provisioner};
 use redis::aio::MultiplexedConnection;
 use redis::{IntoConnectionInfo, RedisConnectionInfo, RedisError};
@@ -187,8 +187,9 @@ async fn namespaces_share_a_container_with_passwords_public_access_and_maxsize()
 
     let res1 = s.zdb.provision(&r1, &w1).await.unwrap();
     let res2 = s.zdb.provision(&r2, &w2).await.unwrap();
-    assert_eq!(res1["namespace"], r1.id.as_str());
-    assert_eq!(res2["namespace"], r2.id.as_str());
+    assert_eq!(res1["namespace"], namespace_name(&r1).as_str());
+    assert_eq!(res2["namespace"], namespace_name(&r2).as_str());
+    assert!(namespace_name(&r1).starts_with(&format!("{}-", r1.id)));
     assert_eq!(res1["port"], 9900);
     assert_eq!(
         res1["ip"], res2["ip"],
@@ -202,7 +203,7 @@ async fn namespaces_share_a_container_with_passwords_public_access_and_maxsize()
 
     // Passwords: wrong one and none are refused on a private namespace.
     let mut c = client(&ip).await;
-    let ns1 = r1.id.as_bytes();
+    let ns1 = res1["namespace"].as_str().unwrap().as_bytes();
     assert_eq!(
         run(&mut c, &[b"SELECT", ns1, b"pw-two"]).await.unwrap_err(),
         "Access denied"
@@ -240,7 +241,7 @@ async fn namespaces_share_a_container_with_passwords_public_access_and_maxsize()
 
     // Public namespace: readable without password, not writable.
     let mut c = client(&ip).await;
-    let ns2 = r2.id.as_bytes();
+    let ns2 = res2["namespace"].as_str().unwrap().as_bytes();
     ok(run(&mut c, &[b"SELECT", ns2, b"pw-two"]).await);
     run(&mut c, &[b"SET", b"pub", b"data"]).await.unwrap();
     let mut anon = client(&ip).await;
@@ -336,7 +337,11 @@ async fn modes_and_disks_get_their_own_container_and_bad_passwords_are_refused()
     );
     // The seq instance runs in sequential mode: keys are allocated.
     let mut c = client(a["ip"].as_str().unwrap()).await;
-    ok(run(&mut c, &[b"SELECT", seq.id.as_bytes(), b"pw-seq"]).await);
+    ok(run(
+        &mut c,
+        &[b"SELECT", namespace_name(&seq).as_bytes(), b"pw-seq"],
+    )
+    .await);
     assert_eq!(
         run(&mut c, &[b"SET", b"", b"v"]).await.unwrap(),
         redis::Value::BulkString(0u32.to_le_bytes().to_vec())
@@ -366,9 +371,177 @@ async fn a_lost_container_is_recreated_on_provision() {
     let res = s.zdb.provision(&r, &w).await.unwrap();
     assert!(s.zdb.exists(&r, &w).await.unwrap());
     let mut c = client(res["ip"].as_str().unwrap()).await;
-    ok(run(&mut c, &[b"SELECT", r.id.as_bytes(), b"pw"]).await);
+    ok(run(&mut c, &[b"SELECT", namespace_name(&r).as_bytes(), b"pw"]).await);
 
     s.zdb.remove_labelled(&r.id).await.unwrap();
     assert!(s.containers().await.is_empty());
     assert!(!s.volume_exists(&name).await);
+}
+
+fn sh(cmd: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_default_namespace_is_protected_and_the_admin_password_stays_off_argv() {
+    let s = setup().await;
+    let (r, w) = s.zdb("user", "SSD", false, "pw");
+    let res = s.zdb.provision(&r, &w).await.unwrap();
+    let name = format!("{}ssd-user", s.prefix);
+
+    // The admin password is in the environment, never in Cmd, Args or
+    // Entrypoint.
+    let c = s
+        .docker
+        .client()
+        .inspect_container(&name, None)
+        .await
+        .unwrap();
+    let env = c.config.as_ref().unwrap().env.clone().unwrap_or_default();
+    let admin = env
+        .iter()
+        .find_map(|e| e.strip_prefix("ADMIN="))
+        .expect("ADMIN in the container's environment")
+        .to_string();
+    assert!(admin.len() >= 20, "{admin}");
+    let config = c.config.unwrap();
+    let shown = format!(
+        "{:?} {:?} {:?} {:?}",
+        c.args, c.path, config.cmd, config.entrypoint
+    );
+    assert!(
+        !shown.contains(&admin),
+        "admin password on the command line: {shown}"
+    );
+    assert!(
+        shown.contains("--protect") && shown.contains("--maxsize"),
+        "{shown}"
+    );
+
+    // A tenant who reaches port 9900 cannot write the default namespace,
+    // nor administer it with AUTH alone.
+    let ip = res["ip"].as_str().unwrap();
+    let mut anon = client(ip).await;
+    assert_eq!(
+        run(&mut anon, &[b"SET", b"k", b"v"]).await.unwrap_err(),
+        "Namespace is in read-only mode"
+    );
+    ok(run(&mut anon, &[b"SELECT", b"default"]).await);
+    assert_eq!(
+        run(&mut anon, &[b"SET", b"k", b"v"]).await.unwrap_err(),
+        "Namespace is in read-only mode"
+    );
+    assert_eq!(
+        run(&mut anon, &[b"SELECT", b"default", b"guess"])
+            .await
+            .unwrap_err(),
+        "Access denied"
+    );
+    // With the admin password it is writable, and capped at 1 MiB.
+    let mut adm = client(ip).await;
+    ok(run(&mut adm, &[b"SELECT", b"default", admin.as_bytes()]).await);
+    run(&mut adm, &[b"SET", b"k", b"v"]).await.unwrap();
+    let big = vec![1u8; 1 << 20];
+    assert_eq!(
+        run(&mut adm, &[b"SET", b"big", &big]).await.unwrap_err(),
+        "No space left on this namespace"
+    );
+    drop((anon, adm));
+    s.zdb.decommission(&r, &w).await.unwrap();
+    assert!(s.containers().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_provisioning_leaves_no_container_it_created() {
+    let s = setup().await;
+    // The stand-in with NSSET failing (ZDB_STANDIN_FAIL): the namespace
+    // step after NSNEW fails.
+    let tag = format!(
+        "agent-test/zdb-failing:{}-{}",
+        std::process::id(),
+        counter()
+    );
+    let tmp = format!("{}mk-image", s.prefix);
+    sh(&format!("docker create --name {tmp} {IMAGE} >/dev/null"));
+    sh(&format!(
+        "docker commit --change 'ENV ZDB_STANDIN_FAIL=NSSET' {tmp} {tag} >/dev/null; docker rm -f {tmp} >/dev/null"
+    ));
+    struct Image(String);
+    impl Drop for Image {
+        fn drop(&mut self) {
+            sh(&format!("docker rmi -f {} >/dev/null 2>&1", self.0));
+        }
+    }
+    let _image = Image(tag.clone());
+    let failing = ZdbProvisioner::new(s.docker.clone(), s.node.clone(), tag.as_str())
+        .with_name_prefix(s.prefix.clone());
+    let (r, w) = s.zdb("user", "HDD", false, "pw");
+    match failing.provision(&r, &w).await {
+        Err(e) => assert!(e.to_string().contains("NSSET"), "{e}"),
+        Ok(v) => panic!("expected a failure, got {v}"),
+    }
+    assert!(
+        s.containers().await.is_empty(),
+        "{:?}",
+        s.containers().await
+    );
+    assert!(!s.volume_exists(&format!("{}hdd-user", s.prefix)).await);
+
+    // A container that existed before is kept, without the namespace.
+    let (ok_r, ok_w) = s.zdb("user", "HDD", false, "pw");
+    let res = s.zdb.provision(&ok_r, &ok_w).await.unwrap();
+    let (r2, w2) = s.zdb("user", "HDD", false, "x".repeat(64).as_str());
+    assert!(s.zdb.provision(&r2, &w2).await.is_err());
+    assert_eq!(s.containers().await, vec![format!("{}hdd-user", s.prefix)]);
+    let mut c = client(res["ip"].as_str().unwrap()).await;
+    let list = run(&mut c, &[b"NSLIST"]).await.unwrap();
+    assert!(!format!("{list:?}").contains(&r2.id), "{list:?}");
+    drop(c);
+    s.zdb.decommission(&ok_r, &ok_w).await.unwrap();
+}
+
+#[tokio::test]
+async fn another_users_reservation_under_the_same_id_never_takes_over_a_namespace() {
+    let s = setup().await;
+    let (r, w) = s.zdb("user", "SSD", false, "alice-pw");
+    let res = s.zdb.provision(&r, &w).await.unwrap();
+
+    // The explorer hands Mallory's signed reservation the same id.
+    let mallory = Identity::generate();
+    let data = json!({"size": 1, "mode": "user", "disk_type": "SSD", "public": false,
+        "password": seal_for(s.node.id(), b"mallory-pw").unwrap()});
+    let mut evil = Reservation {
+        id: r.id.clone(),
+        node_id: s.node.id().to_string(),
+        user_id: mallory.id().to_string(),
+        kind: "zdb".into(),
+        data: serde_json::value::RawValue::from_string(data.to_string()).unwrap(),
+        created: Some(Utc::now()),
+        duration: 3_600_000_000_000,
+        ..Default::default()
+    };
+    mallory.sign_reservation(&mut evil);
+    let we = Workload::parse(WorkloadType::Zdb, &evil.data).unwrap();
+    let res_evil = s.zdb.provision(&evil, &we).await.unwrap();
+    assert_ne!(res_evil["namespace"], res["namespace"]);
+
+    // Alice's namespace keeps Alice's password.
+    let mut c = client(res["ip"].as_str().unwrap()).await;
+    let ns = res["namespace"].as_str().unwrap().as_bytes();
+    assert_eq!(
+        run(&mut c, &[b"SELECT", ns, b"mallory-pw"])
+            .await
+            .unwrap_err(),
+        "Access denied"
+    );
+    ok(run(&mut c, &[b"SELECT", ns, b"alice-pw"]).await);
+    drop(c);
+    s.zdb.decommission(&evil, &we).await.unwrap();
+    assert!(s.zdb.exists(&r, &w).await.unwrap());
+    s.zdb.decommission(&r, &w).await.unwrap();
 }

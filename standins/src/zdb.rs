@@ -10,7 +10,14 @@
 //!   password is `Access denied`;
 //! - `SET` fails with `No space left on this namespace` when the data would
 //!   exceed `maxsize` (the old value of an overwritten key does not count);
-//! - in `seq` mode an empty key allocates the next 4-byte little-endian id.
+//! - in `seq` mode an empty key allocates the next 4-byte little-endian id;
+//! - `--protect` (zdbd.c, redis.c): the `default` namespace gets the admin
+//!   password; a new connection starts in it read-only (`SET` is
+//!   `Namespace is in read-only mode`) until `SELECT default <admin
+//!   password>`; `--maxsize` limits `default` (`NSSET` cannot touch it).
+//!
+//! Test hook: [`Server::with_failing`] makes named commands fail (the
+//! binary reads `ZDB_STANDIN_FAIL`), to exercise a client's rollback.
 //!
 //! State lives in memory only: a restarted stand-in starts empty (the real
 //! 0-db keeps its namespaces on its data volume).
@@ -86,6 +93,8 @@ struct State {
 pub struct Server {
     admin: Option<String>,
     mode: Mode,
+    protect: bool,
+    failing: Vec<String>,
     state: Mutex<State>,
 }
 
@@ -112,11 +121,52 @@ impl Server {
         Server {
             admin: admin.filter(|a| !a.is_empty()),
             mode,
+            protect: false,
+            failing: Vec::new(),
             state: Mutex::new(State {
                 namespaces,
                 generations: 0,
             }),
         }
+    }
+
+    /// `--protect`: `default` is locked by the admin password and new
+    /// connections are read-only in it. Like 0-db, it needs an admin
+    /// password: `Err` without one.
+    pub fn with_protect(mut self, protect: bool) -> Result<Self, &'static str> {
+        if !protect {
+            return Ok(self);
+        }
+        let Some(admin) = self.admin.clone() else {
+            return Err("protected mode only works with admin password");
+        };
+        self.protect = true;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ns) = st.namespaces.get_mut(DEFAULT_NS) {
+            ns.password = Some(admin);
+        }
+        drop(st);
+        Ok(self)
+    }
+
+    /// `--maxsize`: the `default` namespace's size limit in bytes.
+    pub fn with_default_maxsize(self, maxsize: u64) -> Self {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ns) = st.namespaces.get_mut(DEFAULT_NS) {
+            ns.maxsize = maxsize;
+        }
+        drop(st);
+        self
+    }
+
+    /// Test hook: these commands (upper case) always fail.
+    pub fn with_failing(mut self, commands: impl IntoIterator<Item = String>) -> Self {
+        self.failing = commands
+            .into_iter()
+            .map(|c| c.trim().to_ascii_uppercase())
+            .filter(|c| !c.is_empty())
+            .collect();
+        self
     }
 
     /// Whether admin commands need `AUTH`.
@@ -129,7 +179,7 @@ impl Server {
         Session {
             ns: DEFAULT_NS.to_string(),
             generation: 0,
-            writable: true,
+            writable: !self.protect,
             admin: self.admin.is_none(),
             quit: false,
         }
@@ -141,6 +191,9 @@ impl Server {
             return Reply::err("Empty command");
         };
         let cmd = text(cmd).to_ascii_uppercase();
+        if self.failing.contains(&cmd) {
+            return Reply::err("Internal error (stand-in failure injection)");
+        }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match cmd.as_str() {
             "PING" => match argv.len() {
@@ -537,6 +590,59 @@ mod tests {
             run(&srv, &mut s, &["NSLIST"]),
             Reply::Array(vec![Reply::bulk("default"), Reply::bulk("n")])
         );
+    }
+
+    #[test]
+    fn protect_locks_the_default_namespace_with_the_admin_password() {
+        assert!(Server::new(None, Mode::User).with_protect(true).is_err());
+        let srv = Server::new(Some("adm".into()), Mode::User)
+            .with_protect(true)
+            .unwrap()
+            .with_default_maxsize(4);
+        let mut s = srv.session();
+        assert!(is_err(
+            &run(&srv, &mut s, &["SET", "k", "v"]),
+            "Namespace is in read-only mode"
+        ));
+        // AUTH makes an admin, not a writer of default.
+        assert_eq!(run(&srv, &mut s, &["AUTH", "adm"]), Reply::ok());
+        assert!(is_err(
+            &run(&srv, &mut s, &["SET", "k", "v"]),
+            "Namespace is in read-only mode"
+        ));
+        assert!(is_err(
+            &run(&srv, &mut s, &["SELECT", "default", "nope"]),
+            "Access denied"
+        ));
+        assert_eq!(run(&srv, &mut s, &["SELECT", "default"]), Reply::ok());
+        assert!(is_err(
+            &run(&srv, &mut s, &["SET", "k", "v"]),
+            "Namespace is in read-only mode"
+        ));
+        assert_eq!(
+            run(&srv, &mut s, &["SELECT", "default", "adm"]),
+            Reply::ok()
+        );
+        assert_eq!(run(&srv, &mut s, &["SET", "k", "1234"]), Reply::bulk("k"));
+        assert!(is_err(
+            &run(&srv, &mut s, &["SET", "l", "5"]),
+            "No space left on this namespace"
+        ));
+        assert!(is_err(
+            &run(&srv, &mut s, &["NSSET", "default", "password", "x"]),
+            "Cannot update default namespace"
+        ));
+    }
+
+    #[test]
+    fn failure_injection() {
+        let srv = Server::new(None, Mode::User).with_failing(["nsset".to_string()]);
+        let mut s = srv.session();
+        assert_eq!(run(&srv, &mut s, &["NSNEW", "n"]), Reply::ok());
+        assert!(is_err(
+            &run(&srv, &mut s, &["NSSET", "n", "public", "0"]),
+            "Internal error (stand-in failure injection)"
+        ));
     }
 
     #[test]

@@ -30,7 +30,9 @@ done
 if [ -z "$BUSYBOX" ]; then
     if command -v apt-get >/dev/null 2>&1; then
         echo "build.sh: installing busybox-static" >&2
-        apt-get install -y busybox-static >&2
+        # A fresh machine's package lists may be empty or stale.
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >&2
         BUSYBOX=/bin/busybox
     else
         echo "build.sh: no static busybox found; install busybox-static" >&2

@@ -100,3 +100,137 @@ async fn state_volumes_and_socket_are_for_root_alone() -> anyhow::Result<()> {
     assert_eq!(agent.status()?["node_id"], agent.node_id);
     Ok(())
 }
+
+fn net(node: &str, name: &str, subnet: &str) -> serde_json::Value {
+    json!({"name": name, "ip_range": "10.0.0.0/8",
+           "net_resources": [{"node_id": node, "subnet": subnet}]})
+}
+
+/// A hostile tenant tries to exhaust the node's networks: with the cap set
+/// to 1 (AGENT_MAX_NETWORKS_PER_USER), its second network is refused with a
+/// signed error naming the limit, another user is not held back, the count
+/// shows per user in `agentctl status`, and decommissioning releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_networks_are_capped_and_released() -> anyhow::Result<()> {
+    let explorer = Explorer::start().await?;
+    let agent = Agent::start_with(&explorer.url, &[("AGENT_MAX_NETWORKS_PER_USER", "1")]).await?;
+    let node = agent.node_id.clone();
+    let (mallory, alice) = (Identity::generate(), Identity::generate());
+    let hour = Duration::from_secs(3600);
+    let first = explorer
+        .reserve(
+            &mallory,
+            &node,
+            "network",
+            net(&node, "a", "10.203.1.0/24"),
+            hour,
+        )
+        .await?;
+    let res = explorer.wait_result(&first).await?;
+    assert_eq!(res.state, ResultState::Ok, "{}", res.error);
+
+    let second = explorer
+        .reserve(
+            &mallory,
+            &node,
+            "network",
+            net(&node, "b", "10.203.2.0/24"),
+            hour,
+        )
+        .await?;
+    let res = explorer.wait_result(&second).await?;
+    assert_eq!(res.state, ResultState::Error);
+    assert_eq!(
+        res.error,
+        format!(
+            "per-user limit: user {} already has 1 networks on this node, the most one user may hold (max_networks_per_user = 1)",
+            mallory.id()
+        )
+    );
+    explorer.verify(&res, &node).await?;
+    assert_eq!(
+        labelled(&node, &second).1,
+        Vec::<String>::new(),
+        "nothing made"
+    );
+
+    // Another user is not held back by mallory's count.
+    let theirs = explorer
+        .reserve(
+            &alice,
+            &node,
+            "network",
+            net(&node, "a", "10.203.3.0/24"),
+            hour,
+        )
+        .await?;
+    let res = explorer.wait_result(&theirs).await?;
+    assert_eq!(res.state, ResultState::Ok, "{}", res.error);
+
+    // Charged per user, in the JSON and the human view.
+    let status = agent.status()?;
+    assert_eq!(status["tenants"]["limits"]["networks"], 1);
+    assert_eq!(status["tenants"]["users"][mallory.id()]["networks"], 1);
+    assert_eq!(status["tenants"]["users"][alice.id()]["networks"], 1);
+    let (code, human, _) = agent.ctl(&["status"])?;
+    assert_eq!(code, 0);
+    assert!(
+        human.contains(&format!(
+            "{} networks 1/1, debug 0/2, ports 0/16",
+            mallory.id()
+        )),
+        "{human}"
+    );
+
+    // Decommissioned: released, so a new network is accepted.
+    assert_eq!(explorer.delete_as(&mallory, &first).await?, 200);
+    explorer.wait_deleted(&first).await?;
+    wait_for(
+        "mallory's count released",
+        Duration::from_secs(30),
+        || async {
+            let s = agent.status().ok()?;
+            s["tenants"]["users"][mallory.id()].is_null().then_some(())
+        },
+    )
+    .await?;
+    let third = explorer
+        .reserve(
+            &mallory,
+            &node,
+            "network",
+            net(&node, "c", "10.203.4.0/24"),
+            hour,
+        )
+        .await?;
+    let res = explorer.wait_result(&third).await?;
+    assert_eq!(res.state, ResultState::Ok, "{}", res.error);
+    Ok(())
+}
+
+/// `--container-runtime` naming a runtime Docker does not have: the agent
+/// refuses to start, saying which and what it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unregistered_container_runtime_stops_the_agent_at_start() -> anyhow::Result<()> {
+    let explorer = Explorer::start().await?;
+    let mut agent = Agent::prepare(
+        &explorer.url,
+        &[("AGENT_CONTAINER_RUNTIME", "no-such-runtime")],
+    )?;
+    // Spawned without waiting for readiness: it must exit instead.
+    agent.env.push(("AGENT_FAULT".into(), "none".into()));
+    agent.spawn().await?;
+    let status = agent.wait_exit(Duration::from_secs(60))?;
+    assert!(!status.success(), "{status}");
+    let log = agent.log();
+    assert!(
+        log.contains(
+            "runtime \\\"no-such-runtime\\\" is not registered with this node's docker engine"
+        ) || log.contains(
+            "runtime \"no-such-runtime\" is not registered with this node's docker engine"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("--container-runtime"), "{log}");
+    Ok(())
+}

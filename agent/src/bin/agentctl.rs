@@ -230,10 +230,21 @@ fn print_status(d: &Value) {
         ("docker", docker),
         ("registration", registration(&d["registration"])),
         ("capacity", capacity(&d["capacity"])),
+        ("per user", tenants(&d["tenants"])),
         ("crashes", crashes(&d["crashes"])),
+        ("kubernetes", kubernetes(&d["kubernetes"])),
     ];
     for (k, v) in rows {
         println!("{:<16} {v}", format!("{k}:"));
+    }
+}
+
+fn kubernetes(k: &Value) -> String {
+    match k.as_str().unwrap_or("?") {
+        "privileged-unsafe" => {
+            "PRIVILEGED-UNSAFE: k3s containers are privileged on the host; every kubernetes tenant owns this node".into()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -280,6 +291,31 @@ fn capacity(c: &Value) -> String {
         row("hdd", "hdd_mib", " GiB", 1024),
     ]
     .join("\n                 ")
+}
+
+/// What each user holds against the per-user limits, one line each:
+/// `<user> networks 1/16, debug 0/2, ports 2/16`.
+fn tenants(t: &Value) -> String {
+    if t.is_null() {
+        return "unknown".into();
+    }
+    let lim = &t["limits"];
+    let row = |u: &Value| {
+        ["networks", "debug", "ports"]
+            .map(|k| format!("{k} {}/{}", u[k].as_u64().unwrap_or(0), lim[k]))
+            .join(", ")
+    };
+    match t["users"].as_object() {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(user, u)| format!("{user} {}", row(u)))
+            .collect::<Vec<_>>()
+            .join("\n                 "),
+        _ => format!(
+            "none held (limits: networks {}, debug {}, ports {})",
+            lim["networks"], lim["debug"], lim["ports"]
+        ),
+    }
 }
 
 fn crashes(c: &Value) -> String {

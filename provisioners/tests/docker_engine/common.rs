@@ -56,25 +56,21 @@ pub fn unique_number() -> u64 {
     base + NEXT.fetch_add(1, Ordering::SeqCst)
 }
 
-/// A TCP port on the host that nothing listens on now, for a test to
-/// publish. It is taken below the kernel's ephemeral range (32768-60999 by
-/// default, where outgoing connections get their ports) and checked by
-/// binding it on every interface, as Docker's proxy will.
+/// A host port in the agent's default host port range (30000-32767) that
+/// nothing listens on now, for a test to publish: a random one, checked by
+/// binding it (TCP and UDP) on every interface, as Docker's proxy will.
 pub fn free_host_port() -> u16 {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (start, end) = (10_000u16, low.max(10_100));
+    let (start, end) = provisioners::container::DEFAULT_HOST_PORTS;
+    let span = u64::from(end - start) + 1;
     for i in 0..2000u64 {
-        let port = start + ((random().wrapping_add(i * 7919)) % u64::from(end - start)) as u16;
+        let port = start + ((random().wrapping_add(i * 7919)) % span) as u16;
         let tcp = std::net::TcpListener::bind(("0.0.0.0", port));
         let udp = std::net::UdpSocket::bind(("0.0.0.0", port));
         if tcp.is_ok() && udp.is_ok() {
             return port;
         }
     }
-    panic!("no free host port below {end}");
+    panic!("no free host port in {start}-{end}");
 }
 
 /// A private /24 for this test: `10.<o>.<n>.0/24`, with `<o>` chosen per

@@ -176,7 +176,13 @@ async fn bad_subnets_are_refused() {
         WorkloadType::Network,
         net_data(&node, "b", "172.16.0.0/12", "172.17.5.0/24"),
     );
-    refused(&np, &r, &w, "overlaps docker network bridge").await;
+    refused(
+        &np,
+        &r,
+        &w,
+        "overlaps the host route 172.17.0.0/16 (docker0)",
+    )
+    .await;
     // No entry for this node.
     let other = Identity::generate();
     let (r, w) = reservation(
@@ -290,4 +296,147 @@ async fn two_users_networks_cannot_reach_each_other() {
     assert!(!np.exists(&ra, &wa).await.unwrap());
     np.remove_labelled(&rb.id).await.unwrap();
     assert!(!np.exists(&rb, &wb).await.unwrap());
+}
+
+/// A hostile tenant asks for subnets over the host's own ranges: each is
+/// refused naming what it overlaps; an ordinary private subnet passes.
+#[tokio::test]
+async fn subnets_over_the_host_are_refused_by_name() {
+    let mut g = Guard::new();
+    let d = common::docker().await;
+    let node = Identity::generate();
+    let np = NetworkProvisioner::new(d.clone(), node.id());
+    let user = Identity::generate();
+    let bridge = d
+        .inspect_network("bridge")
+        .await
+        .unwrap()
+        .expect("docker's default bridge");
+    let docker0 = bridge.ipv4_subnets()[0];
+    let inside = ipnet::Ipv4Net::new(docker0.network(), 24).unwrap();
+    let cases = [
+        (
+            "172.16.0.0/12".to_string(),
+            inside.to_string(),
+            format!("data.net_resources: subnet {inside} overlaps the host route {docker0} (docker0)"),
+        ),
+        (
+            "127.0.0.0/8".into(),
+            "127.0.5.0/24".into(),
+            "data.net_resources: subnet 127.0.5.0/24 overlaps the loopback range 127.0.0.0/8".into(),
+        ),
+        (
+            "169.254.0.0/16".into(),
+            "169.254.7.0/24".into(),
+            "data.net_resources: subnet 169.254.7.0/24 overlaps the link-local range 169.254.0.0/16".into(),
+        ),
+        (
+            "100.64.0.0/10".into(),
+            "100.64.1.0/24".into(),
+            "data.net_resources: subnet 100.64.1.0/24 is outside this node's network pool 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16".into(),
+        ),
+    ];
+    for (range, subnet, want) in cases {
+        let (r, w) = reservation(
+            &user,
+            &node,
+            &g.id(),
+            WorkloadType::Network,
+            net_data(&node, "n", &range, &subnet),
+        );
+        refused(&np, &r, &w, &want).await;
+    }
+    // A narrower pool refuses what the default allows.
+    let tight = NetworkProvisioner::new(d.clone(), node.id())
+        .with_pool(vec!["192.168.0.0/16".parse().unwrap()]);
+    let subnet = common::unique_subnet();
+    let (r, w) = reservation(
+        &user,
+        &node,
+        &g.id(),
+        WorkloadType::Network,
+        net_data(&node, "n", "10.0.0.0/8", &subnet),
+    );
+    refused(
+        &tight,
+        &r,
+        &w,
+        &format!("subnet {subnet} is outside this node's network pool 192.168.0.0/16"),
+    )
+    .await;
+    // Nothing was made; an ordinary 10.x subnet is accepted, and a second
+    // network next to it is not mistaken for a host route (its bridge is
+    // Docker's).
+    assert!(np
+        .list_labelled()
+        .await
+        .unwrap()
+        .iter()
+        .all(|id| !g.ids.contains(id)));
+    np.provision(&r, &w).await.expect("a private subnet");
+    let (r2, w2) = reservation(
+        &user,
+        &node,
+        &g.id(),
+        WorkloadType::Network,
+        net_data(&node, "m", "10.0.0.0/8", &common::unique_subnet()),
+    );
+    np.provision(&r2, &w2)
+        .await
+        .expect("a second private subnet");
+    // Its own subnet is now taken by a Docker network: named as such.
+    let (r3, w3) = reservation(
+        &user,
+        &node,
+        &g.id(),
+        WorkloadType::Network,
+        net_data(&node, "o", "10.0.0.0/8", &subnet),
+    );
+    refused(&np, &r3, &w3, "overlaps your network \"n\"").await;
+}
+
+/// A network made by hand under the name the agent would give a user's
+/// network, labelled for another user, is replaced, not adopted.
+#[tokio::test]
+async fn a_hand_made_network_under_the_name_is_replaced_not_adopted() {
+    let mut g = Guard::new();
+    let d = common::docker().await;
+    let node = Identity::generate();
+    let np = NetworkProvisioner::new(d.clone(), node.id());
+    let (alice, mallory) = (Identity::generate(), Identity::generate());
+    let id = g.id();
+    let name = provisioners::names::network_name(alice.id(), "lan");
+    let planted = common::unique_subnet();
+    let out = std::process::Command::new("docker")
+        .args(["network", "create", "--subnet", &planted])
+        .args(["--label", &format!("io.agent.reservation={id}")])
+        .args(["--label", &format!("io.agent.user={}", mallory.id())])
+        .args(["--label", "io.agent.type=network", &name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let planted_id = d.inspect_network(&name).await.unwrap().unwrap().id;
+    let subnet = common::unique_subnet();
+    let (r, w) = reservation(
+        &alice,
+        &node,
+        &id,
+        WorkloadType::Network,
+        net_data(&node, "lan", "10.0.0.0/8", &subnet),
+    );
+    np.provision(&r, &w)
+        .await
+        .expect("provision over the planted network");
+    let n = d.inspect_network(&name).await.unwrap().unwrap();
+    assert_ne!(n.id, planted_id, "the planted network was adopted");
+    assert_eq!(n.labels["io.agent.user"], alice.id());
+    assert_eq!(n.subnets, vec![subnet]);
+    assert_eq!(
+        n.labels["io.agent.sig"],
+        provisioners::names::signature_hash(&r)
+    );
 }

@@ -218,3 +218,57 @@ async fn lost_mounts_are_restored_and_data_survives() {
     assert!(!vp.list_labelled().await.unwrap().contains(&id));
     assert!(!vp.image_path(&id).exists());
 }
+
+/// A volume made by hand under the name the agent would use for a
+/// reservation, labelled for another user, is replaced (with fresh,
+/// empty data), not adopted.
+#[tokio::test]
+async fn a_hand_made_volume_under_the_name_is_replaced_not_adopted() {
+    let mut g = Guard::new();
+    let d = common::docker().await;
+    let node = Identity::generate();
+    let vp = VolumeProvisioner::new(d.clone(), g.root());
+    let (alice, mallory) = (Identity::generate(), Identity::generate());
+    let id = g.id();
+    let name = format!("agent-vol-{id}");
+    let out = std::process::Command::new("docker")
+        .args(["volume", "create"])
+        .args(["--label", &format!("io.agent.reservation={id}")])
+        .args(["--label", &format!("io.agent.user={}", mallory.id())])
+        .args(["--label", "io.agent.type=volume", &name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let planted = common::run_once(&d, None, &[(&name, "/v")], "echo mallory > /v/planted")
+        .await
+        .unwrap();
+    assert_eq!(planted.code, 0, "{}", planted.output);
+    let (r, w) = reservation(
+        &alice,
+        &node,
+        &id,
+        WorkloadType::Volume,
+        json!({"size": 1, "type": "SSD"}),
+    );
+    vp.provision(&r, &w)
+        .await
+        .expect("provision over the planted volume");
+    let v = d.inspect_volume(&name).await.unwrap().unwrap();
+    assert_eq!(v.labels["io.agent.user"], alice.id());
+    assert_eq!(
+        v.labels["io.agent.sig"],
+        provisioners::names::signature_hash(&r)
+    );
+    assert_eq!(
+        v.driver_opts.get("device").map(String::as_str),
+        Some(vp.data_path(&id).to_string_lossy().as_ref())
+    );
+    let seen = common::run_once(&d, None, &[(&name, "/v")], "ls -A /v; echo end")
+        .await
+        .unwrap();
+    assert!(!seen.output.contains("planted"), "{}", seen.output);
+}

@@ -1,10 +1,13 @@
 //! `zdb-standin`: a 0-db stand-in server for tests (see `standins::zdb`).
 //!
 //! Accepts the real `zdb` flags the agent passes (`--listen`, `--port`,
-//! `--admin`, `--mode`, `--data`, `--index`) and ignores other `--flag
-//! [value]` pairs, so a container spec written for the real image runs it
-//! unchanged. `ZDB_PORT` and `ADMIN` in the environment are defaults for
-//! `--port` and `--admin`. Never prints a password.
+//! `--admin`, `--mode`, `--data`, `--index`, `--protect`, `--maxsize`) and
+//! ignores other `--flag [value]` pairs, so a container spec written for
+//! the real image runs it unchanged. `ZDB_PORT` and `ADMIN` in the
+//! environment are defaults for `--port` and `--admin`. `--protect`
+//! without an admin password exits 1, as 0-db does. Test hook:
+//! `ZDB_STANDIN_FAIL=NSSET,...` makes those commands fail. Never prints a
+//! password.
 
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,11 +21,13 @@ struct Config {
     port: u16,
     admin: Option<String>,
     mode: Mode,
+    protect: bool,
+    maxsize: u64,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: zdb-standin [--listen ADDR] [--port N] [--admin PASSWORD] [--mode user|seq] [--data DIR] [--index DIR]"
+        "usage: zdb-standin [--listen ADDR] [--port N] [--admin PASSWORD] [--mode user|seq] [--protect] [--maxsize BYTES] [--data DIR] [--index DIR]"
     );
     std::process::exit(2)
 }
@@ -36,11 +41,18 @@ fn parse_args() -> Config {
             .unwrap_or(9900),
         admin: std::env::var("ADMIN").ok(),
         mode: Mode::User,
+        protect: false,
+        maxsize: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
         let flag = args[i].as_str();
+        if flag == "--protect" {
+            cfg.protect = true;
+            i += 1;
+            continue;
+        }
         let value = args.get(i + 1).filter(|v| !v.starts_with("--")).cloned();
         let takes = value.is_some();
         match flag {
@@ -56,6 +68,11 @@ fn parse_args() -> Config {
                 cfg.mode = value
                     .as_deref()
                     .and_then(Mode::parse)
+                    .unwrap_or_else(|| usage())
+            }
+            "--maxsize" => {
+                cfg.maxsize = value
+                    .and_then(|v| v.parse().ok())
                     .unwrap_or_else(|| usage())
             }
             "--data" | "--index" => {}
@@ -109,11 +126,25 @@ fn main() {
         eprintln!("zdb-standin: cannot listen on {addr}: {e}");
         std::process::exit(1)
     });
-    let srv = Arc::new(Server::new(cfg.admin, cfg.mode));
+    let failing: Vec<String> = std::env::var("ZDB_STANDIN_FAIL")
+        .unwrap_or_default()
+        .split(',')
+        .map(String::from)
+        .collect();
+    let srv = match Server::new(cfg.admin, cfg.mode).with_protect(cfg.protect) {
+        Ok(s) => s.with_default_maxsize(cfg.maxsize).with_failing(failing),
+        Err(e) => {
+            eprintln!("zdb-standin: {e}");
+            std::process::exit(1)
+        }
+    };
+    let srv = Arc::new(srv);
     eprintln!(
-        "zdb-standin: listening on {addr} (mode {:?}, admin password {})",
+        "zdb-standin: listening on {addr} (mode {:?}, admin password {}, protect {}, default maxsize {})",
         cfg.mode,
-        if srv.has_admin() { "set" } else { "not set" }
+        if srv.has_admin() { "set" } else { "not set" },
+        cfg.protect,
+        cfg.maxsize
     );
     for stream in listener.incoming() {
         match stream {
