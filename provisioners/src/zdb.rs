@@ -53,8 +53,8 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::docker::{
-    ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, Labels, VolumeMount,
-    VolumeSpec,
+    Confinement, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, Labels,
+    VolumeMount, VolumeSpec,
 };
 use crate::names::{self, label, LABEL_DISK};
 use crate::{ProvisionError, Provisioner, LABEL_TYPE};
@@ -72,6 +72,9 @@ pub const LABEL_ZDB_PROTECTED: &str = "io.agent.zdb.protected";
 pub const DEFAULT_NAMESPACE_MAXSIZE: u64 = 1 << 20;
 /// 0-db's own namespace, present in every instance.
 const DEFAULT_NAMESPACE: &str = "default";
+
+/// PIDs limit of a 0-db server container (0-db is single-threaded).
+const ZDB_PIDS_LIMIT: i64 = 256;
 
 /// The namespace of reservation `r`: `<id>-<first 16 hex characters of
 /// its signature hash>`.
@@ -359,7 +362,17 @@ impl ZdbProvisioner {
             restart_unless_stopped: true,
             labels,
         };
-        self.docker.create_container(&spec).await?;
+        // The 0-db server is shared by tenants: confined like their own
+        // containers (it needs no raw sockets and no privilege changes).
+        let confine = Confinement {
+            pids_limit: Some(ZDB_PIDS_LIMIT),
+            no_new_privileges: true,
+            cap_drop: vec!["NET_RAW".into()],
+            ..Confinement::default()
+        };
+        self.docker
+            .create_confined_container(&spec, &confine)
+            .await?;
         tracing::info!(container = %inst.name, image = %self.image, "0-db container created");
         self.docker
             .inspect_container(&inst.name)

@@ -409,6 +409,17 @@ async fn the_default_namespace_is_protected_and_the_admin_password_stays_off_arg
         .expect("ADMIN in the container's environment")
         .to_string();
     assert!(admin.len() >= 20, "{admin}");
+    // The shared 0-db server is confined like tenant containers.
+    let hc = c.host_config.clone().unwrap();
+    assert_eq!(hc.pids_limit, Some(256));
+    assert!(
+        hc.security_opt
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.starts_with("no-new-privileges")),
+        "no-new-privileges"
+    );
+    assert_eq!(hc.cap_drop, Some(vec!["NET_RAW".to_string()]));
     let config = c.config.unwrap();
     let shown = format!(
         "{:?} {:?} {:?} {:?}",

@@ -132,13 +132,13 @@ impl ReservationSource for PollSource {
             let q = self.query();
             let answer = match self.client.poll(q).await {
                 Ok(a) => a,
-                Err(SourceError::TooLarge { limit: bytes, .. }) if q.limit > 1 => {
+                Err(e @ SourceError::TooLarge { .. }) if q.limit > 1 => {
                     // Never drop work for good: ask for fewer entries until
                     // a page fits (one entry may use the whole cap).
                     self.limit = (q.limit / 2).max(1);
                     tracing::warn!(
+                        error = %e,
                         from = q.from,
-                        bytes,
                         limit = self.limit,
                         "poll answer larger than its cap; asking again for fewer entries"
                     );

@@ -137,10 +137,11 @@ impl Explorer {
             .send()
             .await?;
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let text = resp.text().await.unwrap_or_default();
         if status.as_u16() != 201 {
-            bail!("explorer answered {status}: {body}");
+            bail!("explorer answered {status}: {}", text.trim());
         }
+        let body: Value = serde_json::from_str(&text)?;
         Ok(body["id"].as_str().context("id in answer")?.to_string())
     }
 
