@@ -62,6 +62,17 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// Take no new work (`on`), or take it again.
+    Drain {
+        #[serde(default = "yes")]
+        on: bool,
+    },
+    /// Drain, and end every running workload now.
+    Purge,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_tail() -> usize {
@@ -87,6 +98,25 @@ pub struct Control {
     /// How kubernetes runs here: `disabled`, `runtime <name>` or
     /// `privileged-unsafe`.
     pub kubernetes: String,
+    /// The agent's root, where the drain marker lives.
+    pub root: PathBuf,
+    /// Shared with the engine: new work is refused while set.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Ends workloads early through the engine (`purge`).
+    pub evict: tokio::sync::mpsc::Sender<crate::crash::GiveUp>,
+}
+
+/// Name of the marker file under the root that keeps a drain across
+/// restarts.
+pub const DRAIN_MARKER: &str = "draining";
+
+/// Set `flag` from the drain marker under `root`.
+pub fn load_draining(root: &Path, flag: &std::sync::atomic::AtomicBool) {
+    let on = root.join(DRAIN_MARKER).exists();
+    if on {
+        warn!(root = %root.display(), "the node is draining: new reservations are refused (agentctl drain --undo resumes)");
+    }
+    flag.store(on, std::sync::atomic::Ordering::SeqCst);
 }
 
 impl Control {
@@ -103,6 +133,8 @@ impl Control {
             Request::Status => self.status().await,
             Request::List => self.list(),
             Request::Show { id } => self.show(&id).await,
+            Request::Drain { on } => self.drain(on),
+            Request::Purge => self.purge().await,
             Request::Logs { .. } => Err("logs are streamed, not answered".into()),
         }
     }
@@ -172,7 +204,68 @@ impl Control {
             "registration": json!(self.heartbeat.snapshot()),
             "crashes": self.crashes.lock().map(|c| json!(*c)).unwrap_or(Value::Null),
             "kubernetes": self.kubernetes,
+            "draining": self.draining.load(std::sync::atomic::Ordering::SeqCst),
         }))
+    }
+
+    /// Start or stop draining; the marker file keeps it across restarts.
+    fn drain(&self, on: bool) -> Result<Value, String> {
+        let marker = self.root.join(DRAIN_MARKER);
+        let done = if on {
+            std::fs::write(&marker, b"agentctl drain\n")
+        } else {
+            match std::fs::remove_file(&marker) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        };
+        done.map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+        self.draining.store(on, std::sync::atomic::Ordering::SeqCst);
+        if on {
+            warn!("draining: new reservations are refused; running work goes on until it expires or is deleted");
+        } else {
+            tracing::info!("drain lifted: taking new work again");
+        }
+        Ok(json!({"draining": on, "running": self.store.cached_len()}))
+    }
+
+    /// Drain, then hand every cached workload to the engine to end now:
+    /// each is decommissioned, its user gets a signed error result saying
+    /// the operator removed it, and the explorer its deletion.
+    async fn purge(&self) -> Result<Value, String> {
+        self.drain(true)?;
+        let mut doomed = Vec::new();
+        for c in self.store.list() {
+            let c = c.map_err(|e| e.to_string())?;
+            doomed.push((c.reservation.id.clone(), c.reservation.kind.clone()));
+        }
+        let evict = self.evict.clone();
+        let list = doomed
+            .iter()
+            .map(|(id, kind)| json!({"id": id, "type": kind}))
+            .collect::<Vec<_>>();
+        warn!(
+            count = doomed.len(),
+            "purge: removing every workload of this node"
+        );
+        tokio::spawn(async move {
+            for (id, kind) in doomed {
+                let g = crate::crash::GiveUp {
+                    id,
+                    kind,
+                    container: String::new(),
+                    crashes: 0,
+                    exit_code: 0,
+                    message:
+                        "removed by the node's operator (agentctl purge): the node is being cleared"
+                            .into(),
+                };
+                if evict.send(g).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(json!({"draining": true, "removing": list}))
     }
 
     fn list(&self) -> Result<Value, String> {

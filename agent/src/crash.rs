@@ -91,7 +91,7 @@ pub struct GiveUp {
     pub crashes: u32,
     pub exit_code: i64,
     /// The error for the signed result: `workload crashed N times: exit
-    /// code C; last log lines: ...`.
+    /// code C; last log lines: ...`, or the operator's reason.
     pub message: String,
 }
 

@@ -142,12 +142,15 @@ pub async fn run(
     let client = ExplorerClient::new(&settings.explorer, node.id(), settings.max_poll_bytes)?;
     let poll = PollSource::new(client.clone(), store.cursor()?);
     let shared = Arc::new(Shared::default());
+    // A drain survives restarts: a retiring node stays retiring.
+    crate::control::load_draining(&settings.root, &shared.draining);
 
     // Registration and heartbeat need no Docker: start them first.
     let heartbeat = Arc::new(HeartbeatState::default());
     let registration = heartbeat::NodeProfile {
         node: node.clone(),
         url: settings.node_url.clone(),
+        draining: shared.draining.clone(),
         capacity: ledger
             .lock()
             .map(|l| l.total_capacity())
@@ -190,6 +193,9 @@ pub async fn run(
 
     let crash_watch_counts = CrashCounts::default();
     // The control socket answers even while Docker is down.
+    // Decisions to end workloads early go to the engine: the crash watch's
+    // give-ups and the operator's `agentctl purge`.
+    let (give_up_tx, give_up_rx) = tokio::sync::mpsc::channel(16);
     let control = Arc::new(Control {
         node_id: node.id().to_string(),
         explorer: settings.explorer.clone(),
@@ -202,6 +208,9 @@ pub async fn run(
         crashes: crash_watch_counts.clone(),
         ready: Default::default(),
         kubernetes: settings.kubernetes.describe(),
+        root: settings.root.clone(),
+        draining: shared.draining.clone(),
+        evict: give_up_tx.clone(),
     });
     let socket = tokio::spawn(crate::control::serve(
         settings.socket.clone(),
@@ -277,7 +286,6 @@ pub async fn run(
     });
 
     // The crash watch decides; the engine decommissions.
-    let (give_up_tx, give_up_rx) = tokio::sync::mpsc::channel(16);
     let watch = CrashWatch::new(
         docker.clone(),
         CrashPolicy {

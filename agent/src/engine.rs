@@ -83,6 +83,9 @@ pub struct Shared {
     pub first_poll_done: std::sync::atomic::AtomicBool,
     /// Prometheus series: reservations handled, provisioning durations.
     pub metrics: Arc<Metrics>,
+    /// The operator drains the node (`agentctl drain`): new reservations
+    /// are refused with a signed error; running work goes on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -448,6 +451,12 @@ impl Engine {
                 format!("workload type {kind} is not supported on this node"),
             );
         };
+        if self.shared.draining.load(Ordering::SeqCst) {
+            return self.refuse(
+                r,
+                "node is draining: it takes no new work (its operator retires it); reserve on another node".into(),
+            );
+        }
         if let Some(msg) = self.disk_short() {
             return self.refuse(r, msg);
         }
@@ -536,10 +545,16 @@ impl Engine {
         let Some(cached) = self.store.get(&g.id)? else {
             return Ok(());
         };
-        warn!(reservation = %g.id, crashes = g.crashes, exit_code = g.exit_code, "crash policy: giving up on the workload");
+        let why = if g.crashes == 0 {
+            warn!(reservation = %g.id, reason = %g.message, "removed by the node's operator");
+            "removed by the operator"
+        } else {
+            warn!(reservation = %g.id, crashes = g.crashes, exit_code = g.exit_code, "crash policy: giving up on the workload");
+            "crash policy"
+        };
         let res = self.node.error_result(&cached.reservation, g.message);
         self.pending_errors.insert(g.id.clone(), res);
-        self.decommission(&cached, "crash policy").await
+        self.decommission(&cached, why).await
     }
 
     /// Undo what a failed provisioning may have left, so a refusal changes

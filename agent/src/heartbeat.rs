@@ -149,6 +149,20 @@ pub struct NodeProfile {
     /// Where the node can be reached.
     pub url: String,
     pub capacity: Capacity,
+    /// Set while the node drains: heartbeats say so to the explorer.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// The signed `used` object: the capacity in use, and `"draining": true`
+/// while the node takes no new work.
+fn used_json(used: &Capacity, draining: bool) -> Box<serde_json::value::RawValue> {
+    let mut v = serde_json::json!(used);
+    if draining {
+        v["draining"] = serde_json::Value::Bool(true);
+    }
+    serde_json::value::to_raw_value(&v).unwrap_or_else(|_| {
+        serde_json::value::RawValue::from_string("{}".into()).expect("{} is JSON")
+    })
 }
 
 /// Timestamps for signed node messages: unix ms, strictly increasing
@@ -215,7 +229,13 @@ pub async fn run_with_backoff(
             }
         } else {
             let uptime = started.elapsed().as_secs();
-            let signed = Uptime::signed(&reg.node, uptime, &used(), stamps.next());
+            let draining = reg.draining.load(Ordering::Relaxed);
+            let signed = Uptime::signed_raw(
+                &reg.node,
+                uptime,
+                used_json(&used(), draining),
+                stamps.next(),
+            );
             match client.heartbeat(&signed).await {
                 Ok(()) => {
                     if state.failures() > 0 {
@@ -330,6 +350,7 @@ mod tests {
         NodeProfile {
             node: Arc::new(node.clone()),
             url: "http://10.0.0.7:9100".into(),
+            draining: Arc::default(),
             capacity: Capacity {
                 cru: 4,
                 mru: 7,

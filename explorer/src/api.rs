@@ -74,6 +74,10 @@ pub struct NodeInfo {
     pub used: Capacity,
     /// RFC 3339; `null` until the first heartbeat.
     pub last_heartbeat: Option<DateTime<Utc>>,
+    /// The node takes no new work (`agentctl drain`), as its last signed
+    /// heartbeat said (`"draining": true` inside `used`).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Answer of `POST /reservations/{node_id}`.

@@ -460,6 +460,7 @@ impl Db {
                 url: url.to_string(),
                 capacity,
                 used: old.as_ref().map(|o| o.used).unwrap_or_default(),
+                draining: old.as_ref().is_some_and(|o| o.draining),
                 last_heartbeat: old.and_then(|o| o.last_heartbeat),
             },
             last_timestamp: Some(timestamp),
@@ -475,6 +476,7 @@ impl Db {
         &self,
         node_id: &str,
         used: Capacity,
+        draining: bool,
         timestamp: i64,
         now: DateTime<Utc>,
     ) -> Result<NodeUpdate, ExplorerError> {
@@ -488,6 +490,7 @@ impl Db {
         }
         rec.info.last_heartbeat = Some(now);
         rec.info.used = used;
+        rec.info.draining = draining;
         rec.last_timestamp = Some(timestamp);
         self.put_node(&rec)?;
         Ok(NodeUpdate::Done)

@@ -664,13 +664,20 @@ async fn uptime(
     let b = body(st.max_body, b)?;
     let up: Uptime = parse_json("uptime", &b)?;
     let used = capacity("used", &up.used)?;
+    let draining = serde_json::from_str::<serde_json::Value>(up.used.get())
+        .ok()
+        .and_then(|v| v.get("draining").and_then(|d| d.as_bool()))
+        .unwrap_or(false);
     if let Err(e) = up.verify(&node_id) {
         warn!(node = %node_id, error = %e, "uptime refused");
         return Err(ApiError::bad(format!(
             "uptime refused: {e} (it must be signed by node {node_id} over frame(\"node-v2\", node_id, \"uptime\", uptime, used, timestamp))"
         )));
     }
-    match st.db.heartbeat(&node_id, used, up.timestamp, Utc::now())? {
+    match st
+        .db
+        .heartbeat(&node_id, used, draining, up.timestamp, Utc::now())?
+    {
         NodeUpdate::Done => {
             st.flush().await?;
             tracing::debug!(node = %node_id, uptime = up.uptime, "heartbeat");

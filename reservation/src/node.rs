@@ -113,9 +113,17 @@ impl Uptime {
 
     /// A heartbeat signed by `node`.
     pub fn signed(node: &Identity, uptime: u64, used: &Capacity, timestamp: i64) -> Self {
+        Self::signed_raw(node, uptime, raw(used), timestamp)
+    }
+
+    /// A heartbeat signed by `node` whose `used` object is given as JSON
+    /// (the capacity, plus `"draining": true` while the node takes no new
+    /// work: an extension key inside the signed bytes, which explorers that
+    /// do not know it ignore).
+    pub fn signed_raw(node: &Identity, uptime: u64, used: Box<RawValue>, timestamp: i64) -> Self {
         let mut u = Uptime {
             uptime,
-            used: raw(used),
+            used,
             timestamp,
             signature: String::new(),
         };

@@ -232,3 +232,167 @@ async fn agentctl_show_and_logs_of_a_container() -> anyhow::Result<()> {
     assert_eq!(code, 1, "{err}");
     Ok(())
 }
+
+fn net(octet: u8, node: &str) -> serde_json::Value {
+    json!({"name": format!("fleet-{octet}"), "ip_range": format!("10.{octet}.0.0/16"),
+           "net_resources": [{"node_id": node, "subnet": format!("10.{octet}.1.0/24")}]})
+}
+
+/// Retiring a node: `agentctl drain` refuses new work with a signed error,
+/// lets running work go on (and be deleted), survives a restart, shows in
+/// `agentctl status` and in the explorer's node list; `--undo` lifts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_new_work_and_keeps_running_work() -> anyhow::Result<()> {
+    let explorer = Explorer::start().await?;
+    let mut agent = Agent::start(&explorer.url).await?;
+    let node = agent.node_id.clone();
+    let user = Identity::generate();
+    let hour = Duration::from_secs(3600);
+    let running = explorer
+        .reserve(&user, &node, "network", net(241, &node), hour)
+        .await?;
+    assert_eq!(explorer.wait_result(&running).await?.state, ResultState::Ok);
+
+    let (code, out, err) = agent.ctl(&["drain"])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("draining") && out.contains("1 running"),
+        "{out}"
+    );
+    assert_eq!(agent.status()?["draining"], true);
+    let (_, human, _) = agent.ctl(&["status"])?;
+    assert!(human.contains("DRAINING"), "{human}");
+
+    let refused = explorer
+        .reserve(&user, &node, "network", net(242, &node), hour)
+        .await?;
+    let res = explorer.wait_result(&refused).await?;
+    assert_eq!(res.state, ResultState::Error);
+    assert!(res.error.starts_with("node is draining"), "{}", res.error);
+    explorer.verify(&res, &node).await?;
+    assert_eq!(labelled(&node, &running).1.len(), 1, "running work goes on");
+
+    // The explorer's node list says so, through the signed heartbeat.
+    wait_for(
+        "draining in GET /nodes",
+        Duration::from_secs(20),
+        || async {
+            let v: serde_json::Value = reqwest::get(format!("{}/nodes", explorer.url))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v[0]["draining"] == true).then_some(())
+        },
+    )
+    .await?;
+    let out = std::process::Command::new(bin("explorer"))
+        .args(["nodes", "--explorer", &explorer.url])
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("draining"), "{table}");
+
+    // Kept across a restart; deletions still work while draining.
+    agent.stop();
+    agent.spawn().await?;
+    assert_eq!(agent.status()?["draining"], true);
+    assert_eq!(explorer.delete_as(&user, &running).await?, 200);
+    explorer.wait_deleted(&running).await?;
+
+    let (code, out, _) = agent.ctl(&["drain", "--undo"])?;
+    assert_eq!(code, 0);
+    assert!(out.contains("drain lifted"), "{out}");
+    let again = explorer
+        .reserve(&user, &node, "network", net(243, &node), hour)
+        .await?;
+    assert_eq!(explorer.wait_result(&again).await?.state, ResultState::Ok);
+    cleanup_user(user.id());
+    Ok(())
+}
+
+/// `agentctl purge` removes every workload of the node, says what it
+/// removed, tells each user with a signed error and the explorer with a
+/// signed deletion, leaves no Docker object or mount behind, and takes no
+/// new work afterwards. Without `--yes` off a terminal it removes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_removes_every_workload_and_says_what() -> anyhow::Result<()> {
+    let explorer = Explorer::start().await?;
+    let agent = Agent::start(&explorer.url).await?;
+    let node = agent.node_id.clone();
+    let user = Identity::generate();
+    let hour = Duration::from_secs(3600);
+    let netw = explorer
+        .reserve(&user, &node, "network", net(244, &node), hour)
+        .await?;
+    let vol = explorer
+        .reserve(
+            &user,
+            &node,
+            "volume",
+            json!({"size": 1, "type": "SSD"}),
+            hour,
+        )
+        .await?;
+    for id in [&netw, &vol] {
+        assert_eq!(explorer.wait_result(id).await?.state, ResultState::Ok);
+    }
+    let ct = explorer
+        .reserve(
+            &user,
+            &node,
+            "container",
+            json!({"flist": BUSYBOX, "entrypoint": "sleep 600", "capacity": {"cpu": 1, "memory": 32},
+                   "network": {"network_id": "fleet-244"},
+                   "mounts": [{"volume_id": vol, "mountpoint": "/data"}]}),
+            hour,
+        )
+        .await?;
+    let res = explorer.wait_result(&ct).await?;
+    assert_eq!(res.state, ResultState::Ok, "{}", res.error);
+
+    // Not on a terminal and no --yes: nothing happens.
+    let (code, _, err) = agent.ctl(&["purge"])?;
+    assert_eq!(code, 1);
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(agent.status()?["cached"], 3);
+
+    let (code, out, err) = agent.ctl(&["purge", "--yes"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    for id in [&netw, &vol, &ct] {
+        assert!(out.contains(id.as_str()), "{id} listed: {out}");
+    }
+    assert!(out.contains("removed"), "{out}");
+    assert_eq!(agent.status()?["cached"], 0);
+    let f = format!("label=io.agent.node={node}");
+    for what in [
+        vec!["ps", "-a", "-q", "--filter", &f],
+        vec!["network", "ls", "-q", "--filter", &f],
+        vec!["volume", "ls", "-q", "--filter", &f],
+    ] {
+        assert_eq!(docker(&what)?, "", "docker {what:?} after purge");
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    assert!(
+        !mounts.contains(agent.root.to_str().unwrap()),
+        "volume images unmounted"
+    );
+    for id in [&netw, &vol, &ct] {
+        explorer.wait_deleted(id).await?;
+        let results = explorer.results(id).await?;
+        let last = results.last().unwrap();
+        assert_eq!(last.state, ResultState::Error);
+        assert!(
+            last.error.starts_with("removed by the node's operator"),
+            "{}",
+            last.error
+        );
+        explorer.verify(last, &node).await?;
+    }
+    let next = explorer
+        .reserve(&user, &node, "network", net(245, &node), hour)
+        .await?;
+    let res = explorer.wait_result(&next).await?;
+    assert!(res.error.starts_with("node is draining"), "{}", res.error);
+    Ok(())
+}

@@ -47,6 +47,21 @@ enum Cmd {
         json: bool,
     },
     /// A container's (or k3s node's) logs.
+    /// Stop taking new work: new reservations get a signed error "node is
+    /// draining"; running work goes on until it expires or is deleted.
+    /// Kept across restarts. `--undo` takes new work again.
+    Drain {
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Remove every workload of this node now: drain, then decommission
+    /// each one (its user gets a signed error result saying the operator
+    /// removed it). Asks for confirmation unless --yes.
+    Purge {
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
     Logs {
         id: String,
         /// Keep streaming new lines until interrupted.
@@ -65,6 +80,14 @@ async fn main() -> ExitCode {
         Cmd::Status { json } => (json!({"cmd": "status"}), *json),
         Cmd::List { json } => (json!({"cmd": "list"}), *json),
         Cmd::Show { id, json } => (json!({"cmd": "show", "id": id}), *json),
+        Cmd::Drain { undo } => (json!({"cmd": "drain", "on": !undo}), false),
+        Cmd::Purge { yes } => {
+            if !yes && !confirm_purge(&cli.socket).await {
+                eprintln!("agentctl: purge cancelled; nothing was removed (pass --yes to skip the question)");
+                return ExitCode::from(1);
+            }
+            (json!({"cmd": "purge"}), false)
+        }
         Cmd::Logs { id, follow, tail } => {
             let req = json!({"cmd": "logs", "id": id, "follow": follow, "tail": tail});
             return logs(&cli.socket, &req).await;
@@ -92,9 +115,73 @@ async fn main() -> ExitCode {
         Cmd::Status { .. } => print_status(data),
         Cmd::List { .. } => print_list(data),
         Cmd::Show { .. } => println!("{}", serde_json::to_string_pretty(data).unwrap_or_default()),
+        Cmd::Drain { .. } => {
+            if data["draining"] == json!(true) {
+                println!(
+                    "draining: new reservations are refused; {} running workloads go on until they expire or are deleted",
+                    data["running"]
+                );
+            } else {
+                println!("drain lifted: taking new reservations again");
+            }
+        }
+        Cmd::Purge { .. } => return purge_wait(&cli.socket, data).await,
         Cmd::Logs { .. } => {}
     }
     ExitCode::SUCCESS
+}
+
+/// Ask before a purge: only on a terminal, and only `yes` proceeds.
+async fn confirm_purge(socket: &std::path::Path) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        eprintln!("agentctl: purge removes every workload of this node; not on a terminal, so pass --yes to confirm");
+        return false;
+    }
+    let running = ask(socket, &json!({"cmd": "status"}))
+        .await
+        .ok()
+        .and_then(|a| a["data"]["cached"].as_u64())
+        .unwrap_or(0);
+    print!("Remove all {running} workloads of this node and stop taking new ones? Type yes: ");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    line.trim() == "yes"
+}
+
+/// Print what a purge removes, then wait until the agent runs nothing.
+async fn purge_wait(socket: &std::path::Path, data: &Value) -> ExitCode {
+    let list = data["removing"].as_array().cloned().unwrap_or_default();
+    println!("draining, and removing {} workloads:", list.len());
+    for w in &list {
+        println!(
+            "  {} {}",
+            w["id"].as_str().unwrap_or("?"),
+            w["type"].as_str().unwrap_or("?")
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let left = ask(socket, &json!({"cmd": "status"}))
+            .await
+            .ok()
+            .and_then(|a| a["data"]["cached"].as_u64());
+        match left {
+            Some(0) => {
+                println!("removed: this node runs no workload (agentctl drain --undo takes new work again)");
+                return ExitCode::SUCCESS;
+            }
+            _ if std::time::Instant::now() > deadline => {
+                eprintln!(
+                    "agentctl: {} workloads still running after 5 minutes (some may wait for others, e.g. a volume in use); see agentctl list",
+                    left.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+                );
+                return ExitCode::from(1);
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
 }
 
 fn unreachable(socket: &std::path::Path, e: &dyn std::fmt::Display) -> ExitCode {
@@ -140,7 +227,7 @@ async fn logs(socket: &PathBuf, req: &Value) -> ExitCode {
     }
 }
 
-async fn ask(socket: &PathBuf, req: &Value) -> std::io::Result<Value> {
+async fn ask(socket: &std::path::Path, req: &Value) -> std::io::Result<Value> {
     let stream = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         UnixStream::connect(socket),
@@ -221,6 +308,14 @@ fn print_status(d: &Value) {
         ("node id", d["node_id"].as_str().unwrap_or("").to_string()),
         ("explorer", d["explorer"].as_str().unwrap_or("").to_string()),
         ("version", d["version"].as_str().unwrap_or("").to_string()),
+        (
+            "work",
+            if d["draining"] == json!(true) {
+                "DRAINING: new reservations are refused (agentctl drain --undo resumes)".to_string()
+            } else {
+                "taking new reservations".to_string()
+            },
+        ),
         ("uptime", human(d["uptime_s"].as_i64().unwrap_or(0))),
         ("last poll", poll),
         ("cursor", d["cursor"].to_string()),

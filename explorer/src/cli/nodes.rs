@@ -72,11 +72,14 @@ pub fn table(nodes: &[NodeInfo], now: DateTime<Utc>) -> String {
             ut(n.used.mru, n.capacity.mru),
             ut(n.used.sru, n.capacity.sru),
             ut(n.used.hru, n.capacity.hru),
-            if is_loopback(&n.url) {
-                "(loopback: unreachable from other nodes)".into()
-            } else {
-                String::new()
-            },
+            [
+                n.draining.then_some("draining: takes no new work"),
+                is_loopback(&n.url).then_some("(loopback: unreachable from other nodes)"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; "),
         ]);
     }
     let cols = rows[0].len();
@@ -149,6 +152,7 @@ mod tests {
                 capacity: cap,
                 used,
                 last_heartbeat: Some(now - chrono::Duration::seconds(8)),
+                draining: true,
             },
             NodeInfo {
                 node_id: "BBBBBB".into(),
@@ -156,6 +160,7 @@ mod tests {
                 capacity: cap,
                 used: Capacity::default(),
                 last_heartbeat: None,
+                draining: false,
             },
         ];
         let t = table(&nodes, now);
@@ -167,7 +172,9 @@ mod tests {
         assert!(
             lines[1].contains("8s ago") && lines[1].contains("2/8") && lines[1].contains("4.5/16")
         );
-        assert!(lines[1].ends_with("(loopback: unreachable from other nodes)"));
+        assert!(lines[1]
+            .ends_with("draining: takes no new work; (loopback: unreachable from other nodes)"));
         assert!(lines[2].contains("never") && !lines[2].contains("loopback"));
+        assert!(!lines[2].contains("draining"));
     }
 }
