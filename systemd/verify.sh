@@ -23,11 +23,13 @@ mkdir -p "$TMP/units" "$TMP/bin"
 
 printf '#!/bin/sh\nexit 0\n' >"$TMP/bin/agent"
 chmod 0755 "$TMP/bin/agent"
-grep -q '^ExecStart=/usr/local/bin/agent ' agent.service || {
-    echo "verify.sh: agent.service must start /usr/local/bin/agent" >&2
+# /usr/bin/agent: where the node-agent package (scripts/deb.sh) and the
+# manual install alike put the binary.
+grep -q '^ExecStart=/usr/bin/agent ' agent.service || {
+    echo "verify.sh: agent.service must start /usr/bin/agent" >&2
     exit 1
 }
-sed "s|^ExecStart=/usr/local/bin/agent |ExecStart=$TMP/bin/agent |" agent.service >"$TMP/units/agent.service"
+sed "s|^ExecStart=/usr/bin/agent |ExecStart=$TMP/bin/agent |" agent.service >"$TMP/units/agent.service"
 
 if ! systemctl cat docker.service >/dev/null 2>&1 \
     && [ ! -e /lib/systemd/system/docker.service ] \

@@ -347,6 +347,19 @@ pub async fn run(
     }
     store.flush()?;
     info!("agent stopped");
+    if settings.dev {
+        let running = store.cached_len();
+        if running > 0 {
+            println!(
+                "\nagent --dev stopped; its {running} workloads keep running in Docker.\n\
+                 To remove them, start `agent --dev` again and run\n  \
+                 agentctl --socket {} purge --yes\n\
+                 Do not `rm -rf {}` while they run: it holds the node key and mounted volumes.\n",
+                settings.socket.display(),
+                settings.root.display()
+            );
+        }
+    }
     result
 }
 
@@ -424,11 +437,14 @@ async fn start_dev_explorer(
     let id = node.id();
     println!(
         "\nagent --dev: explorer on http://{addr}, node id {id}\n\
-         Reserve a container on this node from another terminal:\n\n  \
+         Reserve a container on this node from another terminal, in this checkout:\n\n  \
+         cargo build --bins && export PATH=$PWD/target/debug:$PATH\n  \
+         bash tests/images/build.sh     # the local image agent-test/busybox:latest\n  \
          explorer keygen\n  \
          explorer reserve container --node {id} --flist agent-test/busybox:latest --entrypoint 'sleep 3600' --cpu 1 --memory 64 --duration 10m\n\n\
-         Inspect it:  agentctl --socket {} list\n",
-        settings.socket.display()
+         Inspect it:  agentctl --socket {sock} list\n\
+         Clean up:    agentctl --socket {sock} purge --yes   (before stopping this agent)\n",
+        sock = settings.socket.display()
     );
     Ok(())
 }

@@ -89,11 +89,33 @@ async fn dev_mode_quick_start() -> anyhow::Result<()> {
         text.contains("1-1") && text.contains("container") && text.contains("running"),
         "{text}"
     );
+    // The README's clean-up step, as written: purge, then stop.
+    let purge = run("agentctl --socket .agent-dev/agent.sock purge --yes")?;
+    let text = String::from_utf8_lossy(&purge.stdout);
+    assert!(
+        purge.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&purge.stderr)
+    );
+    assert!(
+        text.contains("1-1 container") && text.contains("removed"),
+        "{text}"
+    );
+    let f = format!("label=io.agent.node={node}");
+    assert_eq!(
+        docker(&["ps", "-a", "-q", "--filter", &f])?,
+        "",
+        "nothing left"
+    );
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(agent.id().to_string())
         .status();
     let _ = agent.wait();
+    // Nothing left to purge: the exit reminder is not printed.
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest)?;
+    assert!(!rest.contains("keep running"), "{rest}");
     cleanup_node(&node, home.path());
     Ok(())
 }
