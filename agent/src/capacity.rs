@@ -38,6 +38,20 @@ pub struct Resources {
 /// What one workload holds while it runs.
 pub type Charge = Resources;
 
+impl std::fmt::Display for Resources {
+    /// `cpu=2 memory=23.54GiB ssd=251GiB hdd=0GiB`, for log lines.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cpu={} memory={}GiB ssd={}GiB hdd={}GiB",
+            self.cpu,
+            gib(self.memory_mib),
+            gib(self.ssd_mib),
+            gib(self.hdd_mib)
+        )
+    }
+}
+
 impl Resources {
     pub const ZERO: Resources = Resources {
         cpu: 0,
@@ -706,6 +720,17 @@ mod tests {
     use super::*;
     use reservation::{Identity, WorkloadType};
     use serde_json::json;
+
+    #[test]
+    fn resources_read_as_people_write_them() {
+        let r = Resources {
+            cpu: 2,
+            memory_mib: 24_105,
+            ssd_mib: 251 * 1024,
+            hdd_mib: 0,
+        };
+        assert_eq!(r.to_string(), "cpu=2 memory=23.54GiB ssd=251GiB hdd=0GiB");
+    }
 
     fn total(cpu: u64, mem_mib: u64, ssd_gib: u64, hdd_gib: u64) -> Total {
         Total {

@@ -12,7 +12,7 @@ use crate::AgentError;
 pub const DEFAULT_CONFIG: &str = "/etc/agent/agent.toml";
 pub const DEFAULT_ROOT: &str = "/var/lib/agent";
 pub const DEFAULT_SOCKET: &str = "/run/agent/agent.sock";
-pub const DEV_EXPLORER_LISTEN: &str = "127.0.0.1:7700";
+pub const DEV_EXPLORER_PORT: u16 = 7700;
 
 /// Command line of the `agent` daemon.
 #[derive(Debug, Parser, Default)]
@@ -25,13 +25,16 @@ Precedence: flag, then environment, then file, then default.\n\n\
 Examples:\n  agent --dev                                   # local explorer on 127.0.0.1:7700, root ./.agent-dev\n  agent --explorer https://explorer.example --root /var/lib/agent"
 )]
 pub struct Args {
-    /// Explorer base URL, e.g. https://explorer.example.
+    /// Explorer base URL, e.g. https://explorer.example [required; --dev:
+    /// http://127.0.0.1:7700].
     #[arg(long, env = "AGENT_EXPLORER")]
     pub explorer: Option<String>,
-    /// State directory: node key, cache, volume images.
+    /// State directory: node key, cache, volume images [default:
+    /// /var/lib/agent; --dev: ./.agent-dev].
     #[arg(long, env = "AGENT_ROOT")]
     pub root: Option<PathBuf>,
-    /// Control socket for agentctl (mode 0600).
+    /// Control socket for agentctl (mode 0600) [default:
+    /// /run/agent/agent.sock; --dev: <root>/agent.sock].
     #[arg(long, env = "AGENT_SOCKET")]
     pub socket: Option<PathBuf>,
     /// TOML config file [default: /etc/agent/agent.toml, ignored if absent].
@@ -41,23 +44,26 @@ pub struct Args {
     /// root ./.agent-dev, and print a command that reserves a workload here.
     #[arg(long)]
     pub dev: bool,
-    /// Deadline for one provisioning, e.g. 10m.
+    /// Port of the `--dev` explorer on 127.0.0.1 [default: 7700].
+    #[arg(long, env = "AGENT_DEV_PORT", value_name = "PORT")]
+    pub dev_port: Option<u16>,
+    /// Deadline for one provisioning, e.g. 10m [default: 10m].
     #[arg(long, env = "AGENT_PROVISION_TIMEOUT", value_parser = humantime::parse_duration)]
     pub provision_timeout: Option<Duration>,
     /// Longest reservation lifetime (duration) accepted, e.g. 366d; longer
     /// ones are refused with a signed error [default: 366d].
     #[arg(long, env = "AGENT_MAX_DURATION", value_parser = humantime::parse_duration)]
     pub max_duration: Option<Duration>,
-    /// Log format: text or json.
+    /// Log format: text or json [default: text].
     #[arg(long, env = "AGENT_LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// Largest poll answer accepted, in bytes.
+    /// Largest poll answer accepted, in bytes [default: 16777216].
     #[arg(long, env = "AGENT_MAX_POLL_BYTES")]
     pub max_poll_bytes: Option<usize>,
-    /// Image of the 0-db containers.
+    /// Image of the 0-db containers [default: threefoldtech/0-db].
     #[arg(long, env = "AGENT_ZDB_IMAGE")]
     pub zdb_image: Option<String>,
-    /// Image of the k3s containers.
+    /// Image of the k3s containers [default: rancher/k3s:v1.31.4-k3s1].
     #[arg(long, env = "AGENT_K3S_IMAGE")]
     pub k3s_image: Option<String>,
     /// Run k3s containers privileged (true/false) once kubernetes is
@@ -82,42 +88,45 @@ pub struct Args {
     /// [default: none].
     #[arg(long, env = "AGENT_DEBUG_OPERATORS")]
     pub debug_operators: Option<String>,
-    /// What the disk under the root is: SSD or HDD.
+    /// What the disk under the root is: SSD or HDD [default: SSD].
     #[arg(long, env = "AGENT_DISK_TYPE")]
     pub disk_type: Option<String>,
-    /// Memory kept for the host, e.g. 2GiB.
+    /// Memory kept for the host, e.g. 2GiB [default: 2GiB].
     #[arg(long, env = "AGENT_RESERVE_MEMORY")]
     pub reserve_memory: Option<String>,
-    /// CPU cores kept for the host.
+    /// CPU cores kept for the host [default: 0].
     #[arg(long, env = "AGENT_RESERVE_CPU")]
     pub reserve_cpu: Option<u32>,
     /// How many times the usable cores may be promised to workloads
-    /// (1 = no overcommit).
+    /// (1 = no overcommit) [default: 1].
     #[arg(long, env = "AGENT_CPU_OVERCOMMIT")]
     pub cpu_overcommit: Option<u32>,
-    /// Disk kept free under the root for the agent's state, e.g. 64MiB.
+    /// Disk kept free under the root for the agent's state, e.g. 64MiB
+    /// [default: 64MiB].
     #[arg(long, env = "AGENT_MIN_FREE_DISK")]
     pub min_free_disk: Option<String>,
-    /// URL where this node can be reached, sent at registration.
+    /// URL where this node can be reached, sent at registration [default:
+    /// http://<hostname>].
     #[arg(long, env = "AGENT_NODE_URL")]
     pub node_url: Option<String>,
-    /// Time between heartbeats, e.g. 30s.
+    /// Time between heartbeats, e.g. 30s [default: 30s].
     #[arg(long, env = "AGENT_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Option<Duration>,
     /// Serve Prometheus metrics on http://ADDR/metrics (off by default).
     #[arg(long, env = "AGENT_METRICS")]
     pub metrics: Option<String>,
-    /// Exits within --crash-window after which a workload is given up.
+    /// Exits within --crash-window after which a workload is given up
+    /// [default: 5].
     #[arg(long, env = "AGENT_CRASH_LIMIT")]
     pub crash_limit: Option<u32>,
-    /// Window of the crash policy, e.g. 10m.
+    /// Window of the crash policy, e.g. 10m [default: 10m].
     #[arg(long, env = "AGENT_CRASH_WINDOW", value_parser = humantime::parse_duration)]
     pub crash_window: Option<Duration>,
-    /// Deadline of one image pull, e.g. 10m.
+    /// Deadline of one image pull, e.g. 10m [default: 10m].
     #[arg(long, env = "AGENT_PULL_TIMEOUT", value_parser = humantime::parse_duration)]
     pub pull_timeout: Option<Duration>,
     /// How long an image the agent pulled may stay unused before it is
-    /// removed, e.g. 24h.
+    /// removed, e.g. 24h [default: 24h].
     #[arg(long, env = "AGENT_IMAGE_GRACE", value_parser = humantime::parse_duration)]
     pub image_grace: Option<Duration>,
     /// Most processes (threads included) one tenant container may hold
@@ -222,6 +231,8 @@ pub struct Settings {
     pub root: PathBuf,
     pub socket: PathBuf,
     pub dev: bool,
+    /// Port of the `--dev` explorer on 127.0.0.1.
+    pub dev_port: u16,
     pub provision_timeout: Duration,
     pub max_duration: Duration,
     pub log_format: LogFormat,
@@ -303,7 +314,10 @@ impl Settings {
         }
         let explorer = match args.explorer.or(file.explorer) {
             Some(e) => e,
-            None if dev => format!("http://{DEV_EXPLORER_LISTEN}"),
+            None if dev => format!(
+                "http://127.0.0.1:{}",
+                args.dev_port.unwrap_or(DEV_EXPLORER_PORT)
+            ),
             None => {
                 return Err(AgentError::Config {
                     path: path.display().to_string(),
@@ -330,6 +344,7 @@ impl Settings {
             root,
             socket,
             dev,
+            dev_port: args.dev_port.unwrap_or(DEV_EXPLORER_PORT),
             provision_timeout: args
                 .provision_timeout
                 .or(file.provision_timeout)

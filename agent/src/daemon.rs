@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::capacity::{fingerprint, Ledger};
-use crate::config::{Settings, DEV_EXPLORER_LISTEN};
+use crate::config::Settings;
 use crate::control::{Control, DockerProbe, LogStream};
 use crate::crash::{self, CrashCounts, CrashPolicy, CrashWatch};
 use crate::engine::{Engine, EngineConfig, Shared};
@@ -137,7 +137,7 @@ pub async fn run(
     let mut ledger = Ledger::new(total).with_user_limits(settings.user_limits);
     let charged = ledger.rebuild_from_store(&store);
     let ledger = Arc::new(Mutex::new(ledger));
-    info!(charged, capacity = ?total, "capacity fingerprinted");
+    info!(charged, capacity = %total.physical, reserved = %total.reserved, root_disk = ?total.root_disk, "capacity fingerprinted");
 
     let client = ExplorerClient::new(&settings.explorer, node.id(), settings.max_poll_bytes)?;
     let poll = PollSource::new(client.clone(), store.cursor()?);
@@ -419,10 +419,10 @@ async fn start_dev_explorer(
     node: &Identity,
     stop: &watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    let addr: SocketAddr = DEV_EXPLORER_LISTEN.parse().expect("valid address");
+    let addr = SocketAddr::from(([127, 0, 0, 1], settings.dev_port));
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| AgentError::Config {
         path: "--dev".into(),
-        reason: format!("cannot listen on {addr} for the dev explorer: {e} (is another agent --dev or explorer running?)"),
+        reason: format!("cannot listen on {addr} for the dev explorer: {e} (is another agent --dev or explorer running? pick another port with --dev-port)"),
     })?;
     let cfg = explorer::ServerConfig {
         data_dir: settings.root.join("explorer"),
@@ -441,7 +441,7 @@ async fn start_dev_explorer(
          cargo build --bins && export PATH=$PWD/target/debug:$PATH\n  \
          bash tests/images/build.sh     # the local image agent-test/busybox:latest\n  \
          explorer keygen\n  \
-         explorer reserve container --node {id} --flist agent-test/busybox:latest --entrypoint 'sleep 3600' --cpu 1 --memory 64 --duration 10m\n\n\
+         explorer reserve container --explorer http://{addr} --node {id} --flist agent-test/busybox:latest --entrypoint 'sleep 3600' --cpu 1 --memory 64 --duration 10m\n\n\
          Inspect it:  agentctl --socket {sock} list\n\
          Clean up:    agentctl --socket {sock} purge --yes   (before stopping this agent)\n",
         sock = settings.socket.display()

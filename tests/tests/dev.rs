@@ -1,7 +1,9 @@
 //! The README's quick start, as a user types it: `agent --dev`, then the
 //! `explorer keygen` and `explorer reserve container ...` commands it
 //! prints, leave a running container visible in `docker ps` and
-//! `agentctl list`. (Uses the fixed dev port 127.0.0.1:7700.)
+//! `agentctl list`; then the README's clean-up. The dev explorer listens on
+//! a free port (`--dev-port`), so a developer's own `agent --dev` on 7700
+//! never breaks this test.
 
 mod common;
 
@@ -23,6 +25,8 @@ async fn dev_mode_quick_start() -> anyhow::Result<()> {
     );
     let mut agent = Command::new(bin("agent"))
         .arg("--dev")
+        .arg("--dev-port")
+        .arg(free_port().to_string())
         .current_dir(home.path())
         .env("HOME", home.path())
         .env("PATH", &path)
@@ -83,6 +87,17 @@ async fn dev_mode_quick_start() -> anyhow::Result<()> {
     )
     .await?;
     assert!(ps.contains("-ct-1-1"), "{ps}");
+    // Without --socket, agentctl finds the dev agent's socket and says so
+    // (when there is no system agent on this machine).
+    if !std::path::Path::new("/run/agent/agent.sock").exists() {
+        let plain = run("agentctl list")?;
+        assert!(plain.status.success());
+        assert!(
+            String::from_utf8_lossy(&plain.stderr).contains("using the dev agent's socket"),
+            "{}",
+            String::from_utf8_lossy(&plain.stderr)
+        );
+    }
     let list = run("agentctl --socket .agent-dev/agent.sock list")?;
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(

@@ -20,9 +20,10 @@ use tokio::net::UnixStream;
 Examples:\n  agentctl status\n  agentctl --socket ./.agent-dev/agent.sock list --json\n  agentctl show 12-1"
 )]
 struct Cli {
-    /// The agent's control socket.
-    #[arg(long, env = "AGENT_SOCKET", default_value = agent::config::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// The agent's control socket [default: /run/agent/agent.sock, or
+    /// ./.agent-dev/agent.sock when only that one exists (agent --dev)].
+    #[arg(long, env = "AGENT_SOCKET")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -75,7 +76,12 @@ enum Cmd {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let socket = resolve_socket(cli.socket.take());
+    let cli = Resolved {
+        socket,
+        cmd: cli.cmd,
+    };
     let (req, json_out) = match &cli.cmd {
         Cmd::Status { json } => (json!({"cmd": "status"}), *json),
         Cmd::List { json } => (json!({"cmd": "list"}), *json),
@@ -184,10 +190,38 @@ async fn purge_wait(socket: &std::path::Path, data: &Value) -> ExitCode {
     }
 }
 
+/// The command line once the socket is known.
+struct Resolved {
+    socket: PathBuf,
+    cmd: Cmd,
+}
+
+/// Where `agent --dev` puts its socket, relative to where it runs.
+const DEV_SOCKET: &str = ".agent-dev/agent.sock";
+
+/// The socket to use: the one given, else the system one, else (when only
+/// it exists) the dev agent's, said on stderr.
+fn resolve_socket(given: Option<PathBuf>) -> PathBuf {
+    if let Some(s) = given {
+        return s;
+    }
+    let system = PathBuf::from(agent::config::DEFAULT_SOCKET);
+    let dev = PathBuf::from(DEV_SOCKET);
+    if !system.exists() && dev.exists() {
+        eprintln!(
+            "agentctl: using the dev agent's socket ./{DEV_SOCKET} ({} does not exist)",
+            system.display()
+        );
+        return dev;
+    }
+    system
+}
+
 fn unreachable(socket: &std::path::Path, e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!(
         "agentctl: cannot reach the agent at {}: {e}\n\
-         Is the agent running (systemctl status agent)? Point at its socket with --socket PATH or AGENT_SOCKET.",
+         Is the agent running (systemctl status agent)? Point at its socket with --socket PATH or AGENT_SOCKET \
+         (agent --dev listens on ./{DEV_SOCKET}).",
         socket.display()
     );
     ExitCode::from(2)
@@ -369,11 +403,14 @@ fn capacity(c: &Value) -> String {
     if c.is_null() {
         return "unknown".into();
     }
+    // The heartbeat's rule, so `explorer nodes` shows the same figures:
+    // what is used rounds up to whole units, what exists rounds down.
     let row = |label: &str, key: &str, unit: &str, div: u64| {
         let g = |part: &str| c[part][key].as_u64().unwrap_or(0) / div;
+        let up = |part: &str| c[part][key].as_u64().unwrap_or(0).div_ceil(div);
         format!(
             "{label} {}/{}{unit} (free {}, reserved {})",
-            g("used"),
+            up("used"),
             g("total"),
             g("free"),
             g("reserved")
