@@ -324,9 +324,13 @@ impl Engine {
                         self.wrote(seq);
                     }
                     _ => {
-                        let seq =
-                            self.store
-                                .record_decommissioned(&id, &r.kind, &confirmation, None)?;
+                        let seq = self.store.record_decommissioned(
+                            &id,
+                            &r.kind,
+                            &r.signature,
+                            &confirmation,
+                            None,
+                        )?;
                         self.wrote(seq);
                     }
                 }
@@ -598,9 +602,13 @@ impl Engine {
         match step {
             Ok(()) => {
                 let confirmation = self.node.sign_deleted(&r.id, &r.signature);
-                let seq =
-                    self.store
-                        .record_decommissioned(&r.id, &r.kind, &confirmation, result)?;
+                let seq = self.store.record_decommissioned(
+                    &r.id,
+                    &r.kind,
+                    &r.signature,
+                    &confirmation,
+                    result,
+                )?;
                 self.wrote(seq);
                 self.pending_errors.remove(&r.id);
                 if let Some(l) = &self.ledger {

@@ -153,7 +153,7 @@ mod tests {
         // Once handled (gone from the index) and a new one is due, only
         // the new one comes.
         store
-            .record_decommissioned("1-1", "network", "c2ln", None)
+            .record_decommissioned("1-1", "network", "", "c2ln", None)
             .unwrap();
         cache(&store, "2-1", 0);
         let Some(Work::Due(ids)) = src.next().await else {

@@ -250,10 +250,16 @@ impl Store {
     /// `confirmation` is the node's signature of the deletion
     /// (`deleted-v2`); `result` is an error result to post too, if any (the
     /// node gave up on it: crash policy).
+    ///
+    /// `signature` is the reservation's user signature (verified by the
+    /// caller): it enters the replay index if it is not there yet, so a
+    /// reservation deleted before the node ever ran it cannot be handed
+    /// over again under a new id and provisioned.
     pub fn record_decommissioned(
         &self,
         id: &str,
         kind: &str,
+        signature: &str,
         confirmation: &str,
         result: Option<&WorkloadResult>,
     ) -> Result<u64, StoreError> {
@@ -271,8 +277,12 @@ impl Store {
             &self.expiry_by_id,
             &self.outbox,
             &self.meta,
+            &self.signatures,
         )
-            .transaction(|(cache, outcomes, expiry, by_id, outbox, meta)| {
+            .transaction(|(cache, outcomes, expiry, by_id, outbox, meta, sigs)| {
+                if !signature.is_empty() && sigs.get(signature.as_bytes())?.is_none() {
+                    sigs.insert(signature.as_bytes(), id.as_bytes())?;
+                }
                 if cache.remove(id.as_bytes())?.is_some() {
                     bump(meta, kind, -1)?;
                 }

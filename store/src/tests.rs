@@ -89,7 +89,7 @@ fn decommission_clears_index_and_queues_deleted() {
     for e in s.outbox_peek(10).unwrap() {
         s.outbox_ack(e.seq).unwrap();
     }
-    s.record_decommissioned("1-1", "volume", "c2ln", None)
+    s.record_decommissioned("1-1", "volume", "", "c2ln", None)
         .unwrap();
     assert!(!s.is_cached("1-1").unwrap());
     assert_eq!(s.counters().unwrap()["volume"], 0);
@@ -104,7 +104,7 @@ fn decommission_clears_index_and_queues_deleted() {
         matches!(&out[0].item, Outbound::Deleted { id, signature } if id == "1-1" && signature == "c2ln")
     );
     // Twice is harmless: the counter does not go negative.
-    s.record_decommissioned("1-1", "volume", "c2ln", None)
+    s.record_decommissioned("1-1", "volume", "", "c2ln", None)
         .unwrap();
     assert_eq!(s.counters().unwrap()["volume"], 0);
 }

@@ -698,3 +698,23 @@ async fn orphans_wait_for_the_last_resync_page() {
         .unwrap();
     assert!(f.engine.shared().first_poll_done.load(Ordering::SeqCst));
 }
+
+/// A hostile explorer hands over a reservation its user deleted before the
+/// node ever saw it (the node confirms the deletion), then the same signed
+/// reservation again under a new id without `to_delete`: a replay, refused.
+#[tokio::test]
+async fn a_reservation_deleted_before_it_ran_cannot_come_back_under_a_new_id() {
+    let mut f = fixture();
+    let r = f.volume("1-1");
+    let mut del = r.clone();
+    del.to_delete = true;
+    del.delete_signature = Some(f.user.sign_delete(&r.signature));
+    f.poll(vec![del]).await;
+    assert!(f.calls().is_empty());
+    let mut again = r.clone();
+    again.id = "2-1".into();
+    f.poll(vec![again]).await;
+    assert!(f.calls().is_empty(), "{:?}", f.calls());
+    let err = f.results().into_iter().find(|x| x.id == "2-1").unwrap();
+    assert!(err.error.contains("already judged as 1-1"), "{}", err.error);
+}
