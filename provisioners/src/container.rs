@@ -587,13 +587,13 @@ impl Provisioner for ContainerProvisioner {
             .then(|| names::network_name(&r.user_id, &c.network.network_id));
 
         if let Some(existing) = self.docker.inspect_container(&name).await? {
+            if names::held_by_another(&existing.labels, r) {
+                return Err(names::held_error(r, "container"));
+            }
             if !names::adoptable(&existing.labels, r) {
                 tracing::warn!(
                     reservation = %r.id,
                     container = %name,
-                    found_user = %label(&existing.labels, LABEL_USER),
-                    found_reservation = %label(&existing.labels, LABEL_RESERVATION),
-                    found_signature = %label(&existing.labels, names::LABEL_SIGNATURE),
                     "a container under this reservation's name was not made for it; replacing it"
                 );
                 self.remove(&name).await?;
@@ -617,8 +617,11 @@ impl Provisioner for ContainerProvisioner {
         let name = names::container_name(&r.id);
         match self.docker.inspect_container(&name).await? {
             None => Ok(()),
-            Some(c) if label(&c.labels, LABEL_RESERVATION) != r.id => {
-                tracing::warn!(container = %name, reservation = %r.id, "not removing a container not labelled for this reservation");
+            Some(c)
+                if label(&c.labels, LABEL_RESERVATION) != r.id
+                    || names::held_by_another(&c.labels, r) =>
+            {
+                tracing::warn!(container = %name, reservation = %r.id, "not removing a container not made for this reservation");
                 Ok(())
             }
             Some(_) => self.remove(&name).await,

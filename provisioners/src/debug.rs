@@ -359,8 +359,10 @@ where
                                     f.0.get("id").and_then(as_text),
                                 ) {
                                     (Some(u), _) => who.user(Some(u.to_string())),
-                                    (None, Some(id)) => who.user(self.owner_of(id)),
-                                    (None, None) => who.user(None),
+                                    // Not verified (yet): ids are the
+                                    // explorer's, so the id's earlier owner
+                                    // must not get these lines.
+                                    (None, _) => who.user(None),
                                 }
                             }
                             for key in ["reservation", "reservation_id"] {

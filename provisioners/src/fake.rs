@@ -724,6 +724,30 @@ mod tests {
         assert_eq!(s.fake.count("create_container"), 1);
     }
 
+    /// A hostile explorer gives Mallory's reservation the id of Alice's
+    /// running container: refused, and Alice's container stays.
+    #[tokio::test]
+    async fn an_id_reused_for_another_users_reservation_never_destroys_the_running_one() {
+        let s = set();
+        let (alice, mallory) = (Identity::generate(), Identity::generate());
+        let data = json!({"flist": "img", "capacity": {"cpu": 1, "memory": 8}});
+        let (r, w) = res(&alice, "12-1", WorkloadType::Container, data.clone());
+        s.ct.provision(&r, &w).await.unwrap();
+        let (m, mw) = res(&mallory, "12-1", WorkloadType::Container, data);
+        let e = s.ct.provision(&m, &mw).await.unwrap_err().to_string();
+        assert!(e.contains("held by another reservation"), "{e}");
+        assert!(
+            !e.contains(alice.id()),
+            "names nothing of the other tenant: {e}"
+        );
+        // The engine rolls a refused provisioning back: that must not
+        // touch Alice's container either.
+        s.ct.decommission(&m, &mw).await.unwrap();
+        assert_eq!(s.fake.count("remove_container"), 0);
+        let spec = s.fake.container_spec("agent-ct-12-1").unwrap();
+        assert_eq!(spec.labels["io.agent.user"], alice.id());
+    }
+
     #[tokio::test]
     async fn provisioning_twice_creates_once() {
         let s = set();

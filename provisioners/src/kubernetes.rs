@@ -526,6 +526,9 @@ impl Provisioner for KubernetesProvisioner {
 
         let name = node_name(&r.id);
         let existing = match self.docker.inspect_container(&name).await? {
+            Some(c) if names::held_by_another(&c.labels, r) => {
+                return Err(names::held_error(r, "k3s node"));
+            }
             Some(c) if !names::adoptable(&c.labels, r) => {
                 // Another user's, hand-made, or of an earlier reservation
                 // under the same id: never reused (nor its labels logged).
@@ -562,7 +565,14 @@ impl Provisioner for KubernetesProvisioner {
 
     async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        self.remove(&node_name(&r.id)).await
+        let name = node_name(&r.id);
+        if let Some(c) = self.docker.inspect_container(&name).await? {
+            if names::held_by_another(&c.labels, r) {
+                tracing::warn!(reservation = %r.id, "not removing a k3s node not made for this reservation");
+                return Ok(());
+            }
+        }
+        self.remove(&name).await
     }
 
     async fn exists(&self, r: &Reservation, _w: &Workload) -> Result<bool, ProvisionError> {

@@ -140,6 +140,30 @@ pub fn labels(r: &Reservation, kind: WorkloadType) -> Labels {
 /// under `r`'s name (another user's object, a hand-made one, one of an
 /// earlier reservation the explorer gave the same id) must not be reused.
 pub fn adoptable(existing: &Labels, r: &Reservation) -> bool {
+    matches_reservation(existing, r)
+}
+
+/// Whether an object under `r`'s name is the live object of another
+/// signed reservation made by this node (it carries this node's label and
+/// a signature hash, but not `r`'s). The explorer assigns ids, so a hostile
+/// one can hand a second reservation the id of a running one: that must be
+/// refused, never "replaced" (which would destroy another tenant's
+/// workload). Hand-made objects, and objects without a signature label,
+/// are not held: they may be replaced.
+pub fn held_by_another(existing: &Labels, r: &Reservation) -> bool {
+    is_ours(existing) && existing.contains_key(LABEL_SIGNATURE) && !matches_reservation(existing, r)
+}
+
+/// The refusal when [`held_by_another`] holds. It names nothing of the
+/// other reservation: that is another tenant's business.
+pub fn held_error(r: &Reservation, what: &str) -> ProvisionError {
+    ProvisionError::Refused(format!(
+        "id: the {what} of reservation {} is held by another reservation on this node; refused (the explorer reused an id)",
+        r.id
+    ))
+}
+
+fn matches_reservation(existing: &Labels, r: &Reservation) -> bool {
     let is = |k: &str, v: &str| existing.get(k).is_some_and(|l| l == v);
     is(LABEL_RESERVATION, &r.id)
         && is(LABEL_USER, &r.user_id)

@@ -325,6 +325,9 @@ impl Provisioner for NetworkProvisioner {
                 && label(&existing.labels, LABEL_TYPE) == WorkloadType::Network.as_str()
                 && names::is_ours(&existing.labels)
                 && owner != r.id;
+            if names::held_by_another(&existing.labels, r) && !users_own {
+                return Err(names::held_error(r, "network"));
+            }
             if users_own {
                 return Err(ProvisionError::Refused(format!(
                     "network {:?} already exists on this node (reservation {owner})",
@@ -334,9 +337,6 @@ impl Provisioner for NetworkProvisioner {
             tracing::warn!(
                 reservation = %r.id,
                 network = %name,
-                found_user = %label(&existing.labels, LABEL_USER),
-                found_reservation = %owner,
-                found_signature = %label(&existing.labels, names::LABEL_SIGNATURE),
                 "a network under this reservation's name was not made for it; replacing it"
             );
             self.remove(&name, &r.id).await?;
@@ -377,7 +377,12 @@ impl Provisioner for NetworkProvisioner {
             None => Ok(()),
             // Another reservation's network of the same name (this one was
             // refused as a duplicate): not ours to remove.
-            Some(e) if label(&e.labels, LABEL_RESERVATION) != r.id => Ok(()),
+            Some(e)
+                if label(&e.labels, LABEL_RESERVATION) != r.id
+                    || names::held_by_another(&e.labels, r) =>
+            {
+                Ok(())
+            }
             Some(_) => self.remove(&name, &r.id).await,
         }
     }

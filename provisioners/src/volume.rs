@@ -40,7 +40,7 @@ use tokio::sync::Mutex;
 
 use crate::docker::{ContainerFilter, Docker, VolumeSpec};
 use crate::names::{self, label, LABEL_DISK, LABEL_SIZE_GIB};
-use crate::{ProvisionError, Provisioner, LABEL_RESERVATION, LABEL_USER};
+use crate::{ProvisionError, Provisioner, LABEL_RESERVATION};
 
 /// Serialises mount and unmount on this host so two callers never stack
 /// two loop mounts on one directory.
@@ -352,6 +352,9 @@ impl Provisioner for VolumeProvisioner {
         let vname = names::volume_name(&r.id);
 
         if let Some(existing) = self.docker.inspect_volume(&vname).await? {
+            if names::held_by_another(&existing.labels, r) {
+                return Err(names::held_error(r, "volume"));
+            }
             if !names::adoptable(&existing.labels, r) {
                 // Not made for this signed reservation (hand-made, another
                 // user's, an earlier reservation under the same id): its
@@ -360,9 +363,6 @@ impl Provisioner for VolumeProvisioner {
                 tracing::warn!(
                     reservation = %r.id,
                     volume = %vname,
-                    found_user = %label(&existing.labels, LABEL_USER),
-                    found_reservation = %label(&existing.labels, LABEL_RESERVATION),
-                    found_signature = %label(&existing.labels, names::LABEL_SIGNATURE),
                     "a volume under this reservation's name was not made for it; replacing it"
                 );
                 self.remove_by_id(&r.id).await?;
@@ -378,6 +378,19 @@ impl Provisioner for VolumeProvisioner {
     }
 
     async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
+        names::check_id("reservation id", &r.id)?;
+        // Never another signed reservation's volume (a refused reservation
+        // the explorer gave a running one's id is rolled back through here).
+        if let Some(v) = self
+            .docker
+            .inspect_volume(&names::volume_name(&r.id))
+            .await?
+        {
+            if names::held_by_another(&v.labels, r) {
+                tracing::warn!(reservation = %r.id, "not removing a volume not made for this reservation");
+                return Ok(());
+            }
+        }
         self.remove_by_id(&r.id).await
     }
 

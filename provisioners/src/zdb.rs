@@ -73,6 +73,14 @@ pub const DEFAULT_NAMESPACE_MAXSIZE: u64 = 1 << 20;
 /// 0-db's own namespace, present in every instance.
 const DEFAULT_NAMESPACE: &str = "default";
 
+/// What one provisioning made of a 0-db instance, so a rollback removes
+/// exactly that.
+#[derive(Debug, Clone, Copy)]
+struct Made {
+    container: bool,
+    volume: bool,
+}
+
 /// PIDs limit of a 0-db server container (0-db is single-threaded).
 const ZDB_PIDS_LIMIT: i64 = 256;
 
@@ -282,30 +290,43 @@ impl ZdbProvisioner {
 
     /// [`Self::ensure_instance`], removing the container (and volume) it
     /// created if it then fails to come up.
+    /// Returns the instance's address and what this call made: its volume
+    /// holds every tenant's namespaces, so a rollback removes the volume
+    /// only when this very call created it.
     async fn ensure_instance_or_roll_back(
         &self,
         inst: &Instance,
-    ) -> Result<(Ipv4Addr, bool), ProvisionError> {
+    ) -> Result<(Ipv4Addr, Made), ProvisionError> {
         let existed = self.docker.inspect_container(&inst.name).await?.is_some();
+        let volume_existed = self.docker.inspect_volume(&inst.name).await?.is_some();
         match self.ensure_instance(inst).await {
-            Ok(v) => Ok(v),
+            Ok((ip, created)) => Ok((
+                ip,
+                Made {
+                    container: created,
+                    volume: created && !volume_existed,
+                },
+            )),
             Err(e) => {
                 if !existed {
-                    self.remove_instance(inst).await;
+                    self.remove_instance(inst, !volume_existed).await;
                 }
                 Err(e)
             }
         }
     }
 
-    /// Remove the instance's container and volume, logging a failure.
-    async fn remove_instance(&self, inst: &Instance) {
+    /// Remove the instance's container, and its volume when `volume` (only
+    /// ever one this provisioning created), logging a failure.
+    async fn remove_instance(&self, inst: &Instance, volume: bool) {
         let r = async {
             self.docker
                 .stop_container(&inst.name, Duration::from_secs(1))
                 .await?;
             self.docker.remove_container(&inst.name).await?;
-            self.docker.remove_volume(&inst.name).await?;
+            if volume {
+                self.docker.remove_volume(&inst.name).await?;
+            }
             Ok::<(), ProvisionError>(())
         }
         .await;
@@ -578,7 +599,7 @@ impl Provisioner for ZdbProvisioner {
         let ns = ns.as_str();
 
         let _guard = self.lock.lock().await;
-        let (ip, created) = self.ensure_instance_or_roll_back(&inst).await?;
+        let (ip, made) = self.ensure_instance_or_roll_back(&inst).await?;
         let mut made_namespace = false;
         let steps = async {
             let mut con = self.admin(&inst, ip).await?;
@@ -617,13 +638,17 @@ impl Provisioner for ZdbProvisioner {
         }
         .await;
         if let Err(e) = steps {
-            // Leave nothing this provisioning made.
-            if created {
-                self.remove_instance(&inst).await;
-            } else if made_namespace {
+            // Leave nothing this provisioning made, and nothing else: the
+            // namespace while its container still runs, then the container
+            // (and the volume only if it is new: others' namespaces live
+            // on an existing one).
+            if made_namespace && !made.volume {
                 if let Err(e) = self.delete_namespace(&inst, ns).await {
                     tracing::warn!(reservation = %r.id, namespace = %ns, error = %e, "cannot remove the 0-db namespace of a failed provisioning");
                 }
+            }
+            if made.container {
+                self.remove_instance(&inst, made.volume).await;
             }
             return Err(e);
         }

@@ -746,3 +746,31 @@ async fn containers_run_under_the_operators_runtime() {
     let out = exec(&e.d, &name, "dmesg | head -3").await;
     assert!(out.contains("gVisor"), "not under gVisor: {out}");
 }
+
+/// A hostile explorer hands Mallory's signed reservation the id of Alice's
+/// running container: refused without naming Alice, and neither the
+/// provisioning nor the engine's rollback (a decommission) touches Alice's
+/// container.
+#[tokio::test]
+async fn an_id_reused_for_another_users_reservation_never_destroys_the_running_one() {
+    let mut g = Guard::new();
+    let e = env(&g).await;
+    let (alice, mallory) = (Identity::generate(), Identity::generate());
+    let id = g.id();
+    let data = json!({"flist": common::IMAGE, "entrypoint": "sleep 600",
+                      "capacity": {"cpu": 1, "memory": 32}});
+    let (r, w) = reservation(&alice, &e.node, &id, WorkloadType::Container, data.clone());
+    let res = e.ct.provision(&r, &w).await.expect("alice's container");
+    let (m, mw) = reservation(&mallory, &e.node, &id, WorkloadType::Container, data);
+    let err = e.ct.provision(&m, &mw).await.unwrap_err().to_string();
+    assert!(err.contains("held by another reservation"), "{err}");
+    assert!(!err.contains(alice.id()), "{err}");
+    e.ct.decommission(&m, &mw)
+        .await
+        .expect("rollback is a no-op");
+    let c = inspect(&e.d, &format!("agent-ct-{id}")).await;
+    assert_eq!(c.id.as_deref(), res["id"].as_str(), "same container");
+    assert_eq!(c.state.unwrap().running, Some(true));
+    let labels = common::labels(c.config.unwrap().labels);
+    assert_eq!(labels["io.agent.user"], alice.id());
+}
