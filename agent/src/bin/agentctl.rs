@@ -32,22 +32,26 @@ struct Cli {
 enum Cmd {
     /// Node id, explorer, uptime, last poll, cursor, counters, outbox, Docker.
     Status {
+        /// Print the raw answer as JSON instead of the summary.
         #[arg(long)]
         json: bool,
     },
-    /// The cached reservations.
+    /// The cached reservations: type, user, state, expiry and the Docker
+    /// objects each one owns.
     List {
+        /// Print the raw answer as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// One reservation: its data (secrets redacted), outcome, result and
     /// Docker state.
     Show {
+        /// The reservation id, as `agentctl list` shows it (e.g. 12-1).
         id: String,
+        /// Print the raw answer as JSON instead of the human view.
         #[arg(long)]
         json: bool,
     },
-    /// A container's (or k3s node's) logs.
     /// Stop taking new work: new reservations get a signed error "node is
     /// draining"; running work goes on until it expires or is deleted.
     /// Kept across restarts. `--undo` takes new work again.
@@ -63,7 +67,9 @@ enum Cmd {
         #[arg(long)]
         yes: bool,
     },
+    /// A container's (or k3s node's) logs.
     Logs {
+        /// The reservation id of a container or kubernetes workload.
         id: String,
         /// Keep streaming new lines until interrupted.
         #[arg(long, short)]
@@ -88,6 +94,17 @@ async fn main() -> ExitCode {
         Cmd::Show { id, json } => (json!({"cmd": "show", "id": id}), *json),
         Cmd::Drain { undo } => (json!({"cmd": "drain", "on": !undo}), false),
         Cmd::Purge { yes } => {
+            // Workloads are removed through the running agent (it signs
+            // each user's result and the explorer's deletion): say so
+            // before asking anything.
+            if let Err(e) = ask(&cli.socket, &json!({"cmd": "status"})).await {
+                let code = unreachable(&cli.socket, &e);
+                eprintln!(
+                    "agentctl: purge works through the running agent, which removes each workload and tells its user; \
+                     start it (systemctl start agent, or agent --dev where you ran it) and purge again. Nothing was removed."
+                );
+                return code;
+            }
             if !yes && !confirm_purge(&cli.socket).await {
                 eprintln!("agentctl: purge cancelled; nothing was removed (pass --yes to skip the question)");
                 return ExitCode::from(1);
@@ -120,7 +137,7 @@ async fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Status { .. } => print_status(data),
         Cmd::List { .. } => print_list(data),
-        Cmd::Show { .. } => println!("{}", serde_json::to_string_pretty(data).unwrap_or_default()),
+        Cmd::Show { .. } => print_show(data),
         Cmd::Drain { .. } => {
             if data["draining"] == json!(true) {
                 println!(
@@ -511,5 +528,109 @@ fn print_list(d: &Value) {
     println!("{}", line(&head.map(String::from)).trim_end());
     for row in &table {
         println!("{}", line(row).trim_end());
+    }
+}
+
+/// The human view of `show`: one `key  value` line per fact, then the
+/// user's data (secrets already redacted by the agent).
+fn print_show(d: &Value) {
+    let id = d["id"].as_str().unwrap_or("");
+    let r = &d["reservation"];
+    let mut rows: Vec<(&str, String)> = Vec::new();
+    let kind = r["type"].as_str().unwrap_or("");
+    rows.push((
+        "reservation",
+        if kind.is_empty() {
+            id.to_string()
+        } else {
+            format!("{id} ({kind})")
+        },
+    ));
+    if let Some(user) = r["user_id"].as_str() {
+        rows.push(("user", user.to_string()));
+    }
+    if let Some(created) = r["created"].as_str() {
+        rows.push(("created", created.to_string()));
+    }
+    if let (Some(created), Some(duration)) = (
+        r["created"]
+            .as_str()
+            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()),
+        r["duration"].as_i64(),
+    ) {
+        let exp = created + chrono::Duration::seconds(duration);
+        let left = (exp.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds();
+        let when = if left > 0 {
+            format!("in {}", human(left))
+        } else {
+            format!("{} ago", human(-left))
+        };
+        rows.push(("expires", format!("{} ({when})", exp.to_rfc3339())));
+    }
+    let o = &d["outcome"];
+    let outcome = match o["state"].as_str() {
+        None => "not judged yet".to_string(),
+        Some(state) => {
+            let at = o["at"].as_str().unwrap_or("");
+            match o["error"].as_str().filter(|e| !e.is_empty()) {
+                Some(e) => format!("{state} at {at}: {e}"),
+                None => format!("{state} at {at}"),
+            }
+        }
+    };
+    rows.push(("outcome", outcome));
+    if r.is_object() {
+        rows.push((
+            "state",
+            if r["to_delete"] == json!(true) {
+                "deletion requested by its user".into()
+            } else {
+                "running".into()
+            },
+        ));
+    } else {
+        rows.push(("state", "not cached on this node".into()));
+    }
+    let res = &d["result"];
+    if res.is_object() {
+        let state = res["state"].as_str().unwrap_or("");
+        let mut line = state.to_string();
+        if let Some(e) = res["error"].as_str().filter(|e| !e.is_empty()) {
+            line.push_str(&format!(": {e}"));
+        }
+        if let Some(obj) = res["data"].as_object() {
+            let facts: Vec<String> = obj
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| match v.as_str() {
+                    Some(s) => format!("{k}={s}"),
+                    None => format!("{k}={v}"),
+                })
+                .collect();
+            if !facts.is_empty() {
+                line.push_str(&format!(" ({})", facts.join(" ")));
+            }
+        }
+        rows.push(("result", line));
+    }
+    let dk = &d["docker"];
+    if let Some(name) = dk["container"].as_str() {
+        let state = match (dk["state"].as_str(), dk["error"].as_str()) {
+            (Some(s), _) => s.to_string(),
+            (None, Some(e)) => format!("unknown ({e})"),
+            _ => "unknown".into(),
+        };
+        rows.push(("docker", format!("container {name}: {state}")));
+    }
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in &rows {
+        println!("{k:<w$}  {v}");
+    }
+    if !r["data"].is_null() {
+        println!("data:");
+        let pretty = serde_json::to_string_pretty(&r["data"]).unwrap_or_default();
+        for line in pretty.lines() {
+            println!("  {line}");
+        }
     }
 }

@@ -34,21 +34,37 @@ signature that does not verify); 2 the explorer is unreachable or failed.";
 #[derive(Debug, Parser)]
 #[command(name = "explorer", version, after_help = EXAMPLES)]
 pub struct Cli {
-    /// The explorer to talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "EXPLORER_URL",
-        default_value = "http://127.0.0.1:7700",
-        value_name = "URL"
-    )]
-    pub explorer: String,
-    /// Your user key (32-byte seed) [default: $HOME/.config/explorer/user.seed].
-    #[arg(long, global = true, env = "EXPLORER_KEY", value_name = "PATH")]
+    /// The explorer to talk to (client commands; also accepted after the
+    /// command) [default: http://127.0.0.1:7700].
+    #[arg(long, env = "EXPLORER_URL", value_name = "URL")]
+    pub explorer: Option<String>,
+    /// Your user key (32-byte seed; client commands; also accepted after
+    /// the command) [default: $HOME/.config/explorer/user.seed].
+    #[arg(long, env = "EXPLORER_KEY", value_name = "PATH")]
     pub key: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
+
+/// The explorer a client command talks to. Declared on each client
+/// command (not globally) so that `serve --help` does not offer it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct At {
+    /// The explorer to talk to [default: http://127.0.0.1:7700].
+    #[arg(long, global = true, env = "EXPLORER_URL", value_name = "URL")]
+    pub explorer: Option<String>,
+}
+
+/// The user key a signing command uses.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Signer {
+    /// Your user key (32-byte seed) [default: $HOME/.config/explorer/user.seed].
+    #[arg(long, global = true, env = "EXPLORER_KEY", value_name = "PATH")]
+    pub key: Option<PathBuf>,
+}
+
+/// Where the explorer is when no flag or environment says.
+const DEFAULT_EXPLORER: &str = "http://127.0.0.1:7700";
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
@@ -66,6 +82,8 @@ pub enum Cmd {
         /// Replace an existing key (its identity is lost for good).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        signer: Signer,
     },
     /// Sign a reservation for a node and post it; prints its id.
     #[command(
@@ -76,12 +94,18 @@ pub enum Cmd {
     Reserve {
         #[command(subcommand)]
         kind: Box<ReserveKind>,
+        #[command(flatten)]
+        at: At,
+        #[command(flatten)]
+        signer: Signer,
     },
     /// Show a reservation and its result, checking their signatures (the
     /// result against the node and this reservation's own signature).
     Get {
         /// Reservation id, e.g. 1-1.
         id: String,
+        #[command(flatten)]
+        at: At,
     },
     /// Ask for the early deletion of your reservation: fetches it and signs
     /// its signature with your key, so the deletion ends that one
@@ -89,12 +113,18 @@ pub enum Cmd {
     Delete {
         /// Reservation id, e.g. 1-1.
         id: String,
+        #[command(flatten)]
+        at: At,
+        #[command(flatten)]
+        signer: Signer,
     },
     /// List the registered nodes, their last heartbeat and capacity.
     Nodes {
         /// Print the explorer's JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        at: At,
     },
 }
 
@@ -120,20 +150,27 @@ fn load_key(path: &Path) -> Result<Identity> {
 
 pub async fn run(cli: Cli) -> Result<()> {
     let Cli { explorer, key, cmd } = cli;
+    // A flag after the command wins over one before it.
+    let url = |at: At| {
+        at.explorer
+            .or(explorer.clone())
+            .unwrap_or_else(|| DEFAULT_EXPLORER.into())
+    };
+    let key = |s: Signer| key_path(s.key.or(key.clone()));
     match cmd {
         Cmd::Serve { listen, data } => serve(&listen, &data).await,
-        Cmd::Keygen { force } => keygen(&key_path(key)?, force),
-        Cmd::Reserve { kind } => {
+        Cmd::Keygen { force, signer } => keygen(&key(signer)?, force),
+        Cmd::Reserve { kind, at, signer } => {
             let (t, node, duration, data) = reserve::build(*kind)?;
-            let user = load_key(&key_path(key)?)?;
-            reserve(&Client::new(&explorer)?, &user, t, node, duration, data).await
+            let user = load_key(&key(signer)?)?;
+            reserve(&Client::new(&url(at))?, &user, t, node, duration, data).await
         }
-        Cmd::Get { id } => get(&Client::new(&explorer)?, &id).await,
-        Cmd::Delete { id } => {
-            let user = load_key(&key_path(key)?)?;
-            delete(&Client::new(&explorer)?, &user, &id).await
+        Cmd::Get { id, at } => get(&Client::new(&url(at))?, &id).await,
+        Cmd::Delete { id, at, signer } => {
+            let user = load_key(&key(signer)?)?;
+            delete(&Client::new(&url(at))?, &user, &id).await
         }
-        Cmd::Nodes { json } => list_nodes(&Client::new(&explorer)?, json).await,
+        Cmd::Nodes { json, at } => list_nodes(&Client::new(&url(at))?, json).await,
     }
 }
 
