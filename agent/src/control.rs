@@ -317,8 +317,10 @@ impl Control {
             },
             Err(_) => Value::Null,
         };
+        let expires_at = cached.as_ref().map(|c| c.expires_at().to_rfc3339());
         Ok(json!({
             "id": id,
+            "expires_at": expires_at,
             "outcome": outcome,
             "reservation": reservation,
             "result": result,

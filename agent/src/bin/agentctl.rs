@@ -552,13 +552,10 @@ fn print_show(d: &Value) {
     if let Some(created) = r["created"].as_str() {
         rows.push(("created", created.to_string()));
     }
-    if let (Some(created), Some(duration)) = (
-        r["created"]
-            .as_str()
-            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()),
-        r["duration"].as_i64(),
-    ) {
-        let exp = created + chrono::Duration::seconds(duration);
+    if let Some(exp) = d["expires_at"]
+        .as_str()
+        .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+    {
         let left = (exp.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds();
         let when = if left > 0 {
             format!("in {}", human(left))
