@@ -256,4 +256,22 @@ mod tests {
             "hand-pulled images are never ours"
         );
     }
+
+    #[tokio::test]
+    async fn collection_removes_through_the_seam_only_unused_pulled_images() {
+        let fake = crate::docker::FakeDocker::new();
+        fake.add_image("ours:1");
+        fake.add_image("foreign");
+        fake.add_image("operators:1");
+        // A container runs the image `foreign` (the fake's hand-made one).
+        fake.add_foreign_container("someone", Default::default());
+        let p = ImagePolicy::default();
+        for image in ["ours:1", "foreign"] {
+            p.pull(image, || async { Ok(()) }).await.unwrap();
+        }
+        let removed = collect(&fake, &p, Duration::ZERO).await.unwrap();
+        assert_eq!(removed, ["ours:1"]);
+        assert_eq!(fake.count("remove_image"), 1);
+        assert_eq!(p.pulled().keys().collect::<Vec<_>>(), ["foreign"]);
+    }
 }

@@ -112,3 +112,52 @@ impl From<DockerError> for ProvisionError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn server(status_code: u16, message: &str) -> BErr {
+        BErr::DockerResponseServerError {
+            status_code,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn engine_errors_keep_their_text_and_their_source() {
+        let e = DockerError::engine("start container agent-ct-1-1", server(500, "boom"));
+        assert_eq!(e.to_string(), "docker: start container agent-ct-1-1: boom");
+        let p = ProvisionError::from(e.clone());
+        assert!(matches!(p, ProvisionError::Docker(_)));
+        assert_eq!(p.to_string(), e.to_string());
+        let source = p.source().expect("the bollard error");
+        assert!(source.downcast_ref::<Arc<BErr>>().is_some(), "{source:?}");
+    }
+
+    #[test]
+    fn each_variant_becomes_the_provision_error_of_who_must_act() {
+        let in_use = DockerError::in_use("docker volume v is in use", server(409, "mounted"));
+        match ProvisionError::from(in_use) {
+            ProvisionError::InUse(m) => assert_eq!(m, "docker volume v is in use: mounted"),
+            other => panic!("{other:?}"),
+        }
+        let gone = ProvisionError::from(DockerError::NoSuchContainer("c".into()));
+        assert!(matches!(&gone, ProvisionError::Refused(m) if m == "container c does not exist"));
+        let slow = ProvisionError::from(DockerError::PullTimeout {
+            image: "i:1".into(),
+            timeout: Duration::from_secs(3),
+        });
+        assert_eq!(
+            slow.to_string(),
+            "pulling image i:1 did not finish within 3s (--pull-timeout)"
+        );
+        assert!(matches!(slow, ProvisionError::Refused(_)));
+        let tar = ProvisionError::from(DockerError::Archive("cannot upload".into()));
+        assert!(matches!(tar, ProvisionError::Node(_)));
+        let other = ProvisionError::from(DockerError::Other("x".into()));
+        assert_eq!(other.to_string(), "docker: x");
+    }
+}
