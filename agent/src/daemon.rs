@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use provisioners::images::ImagePolicy;
 use provisioners::kubernetes::KubernetesMode;
-use provisioners::{BollardDocker, Docker, DockerLogs, LogBus, NodeOptions, VolumeProvisioner};
+use provisioners::{BollardDocker, Docker, LogBus, NodeOptions, VolumeProvisioner};
 use reservation::Identity;
 use sources::{CombinedSource, DecommissionSource, ExplorerClient, PollSource, ReservationSource};
 use store::Store;
@@ -103,7 +103,7 @@ pub async fn run(
     // A cache written by an earlier release (or outside systemd) may be
     // readable by others: it holds every tenant's reservations.
     crate::files::private_tree(&settings.root.join("cache"));
-    provisioners::names::set_node(node.id());
+    let names = provisioners::names::Names::for_node(node.id());
     info!(node_id = node.id(), root = %settings.root.display(), explorer = %settings.explorer, cached = store.cached_len(), pending_results = store.outbox_len(), "agent starting");
     match &settings.kubernetes {
         KubernetesMode::PrivilegedUnsafe => warn!(
@@ -225,7 +225,7 @@ pub async fn run(
     if let KubernetesMode::Runtime(rt) = &settings.kubernetes {
         // A runtime the engine does not have (or runc under another name)
         // would fail every k3s node, or isolate nothing: refuse to start.
-        if let Err(e) = provisioners::kubernetes::check_runtime(&docker, rt).await {
+        if let Err(e) = provisioners::kubernetes::check_runtime(docker.as_ref(), rt).await {
             error!(error = %e, "refusing to start");
             return Err(AgentError::Other(e));
         }
@@ -264,6 +264,7 @@ pub async fn run(
             log_bus,
             debug_operators: settings.debug_operators.clone(),
             tenants: settings.tenants.clone(),
+            names: names.clone(),
         },
     );
     // Images the agent pulled and no container used for the grace period
@@ -279,7 +280,10 @@ pub async fn run(
                 _ = &mut gc_stop => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            if let Err(e) = provisioners::images::collect(&gc_docker, grace).await {
+            if let Err(e) =
+                provisioners::images::collect(gc_docker.as_ref(), gc_docker.image_policy(), grace)
+                    .await
+            {
                 warn!(error = %e, "image garbage collection");
             }
         }
@@ -294,7 +298,8 @@ pub async fn run(
             ..CrashPolicy::default()
         },
     )
-    .with_counts(crash_watch_counts);
+    .with_counts(crash_watch_counts)
+    .with_names(names);
     tokio::spawn(crash::run(
         watch,
         store.clone(),

@@ -1,7 +1,8 @@
 //! The `container` provisioner: one Docker container per reservation,
 //! named `agent-ct-<id>`.
 //!
-//! Request to Docker, field by field (PROTOCOL.md, issue 3):
+//! Request to Docker, field by field (the `container` workload of
+//! docs/PROTOCOL.md):
 //! - `flist` is the image reference; `flist_storage`, when given, is the
 //!   registry host it is pulled from (it replaces a host already in `flist`,
 //!   mirror style). A missing image is pulled (progress logged); one that is
@@ -49,10 +50,10 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 
 use crate::docker::{
-    Confinement, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, DockerInfo,
-    PortSpec, VolumeMount,
+    Confinement, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, DockerError,
+    DockerInfo, PortSpec, VolumeMount,
 };
-use crate::names::{self, label};
+use crate::names::{self, label, Names};
 use crate::{ProvisionError, Provisioner, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
 
 /// Docker's smallest memory limit (6 MiB); less is refused up front.
@@ -128,6 +129,7 @@ pub struct ContainerProvisioner {
     stop_grace: Duration,
     info: OnceCell<DockerInfo>,
     policy: ContainerPolicy,
+    names: Names,
 }
 
 impl ContainerProvisioner {
@@ -139,7 +141,15 @@ impl ContainerProvisioner {
             stop_grace: Duration::from_secs(10),
             info: OnceCell::new(),
             policy: ContainerPolicy::default(),
+            names: Names::unscoped(),
         }
+    }
+
+    /// Name, label and filter objects in this node scope (default:
+    /// unscoped, [`Names::unscoped`]).
+    pub fn with_names(mut self, names: Names) -> Self {
+        self.names = names;
+        self
     }
 
     /// Confine containers and publish ports under `policy` (default:
@@ -157,7 +167,7 @@ impl ContainerProvisioner {
     }
 
     async fn docker_info(&self) -> Result<&DockerInfo, ProvisionError> {
-        self.info.get_or_try_init(|| self.docker.info()).await
+        Ok(self.info.get_or_try_init(|| self.docker.info()).await?)
     }
 
     /// Turn the request into a [`ContainerSpec`], checking everything that
@@ -225,7 +235,7 @@ impl ContainerProvisioner {
                     "mounts[{i}].mountpoint: {target} is mounted twice"
                 )));
             }
-            let vname = names::volume_name(&m.volume_id);
+            let vname = self.names.volume_name(&m.volume_id);
             let v = self.docker.inspect_volume(&vname).await?;
             let owned = v.as_ref().is_some_and(|v| {
                 label(&v.labels, LABEL_USER) == r.user_id
@@ -262,7 +272,7 @@ impl ContainerProvisioner {
             }
             ContainerNet::None
         } else {
-            let nname = names::network_name(&r.user_id, &c.network.network_id);
+            let nname = self.names.network_name(&r.user_id, &c.network.network_id);
             let n = self.docker.inspect_network(&nname).await?;
             let n = match n {
                 Some(n)
@@ -327,7 +337,7 @@ impl ContainerProvisioner {
         let image = self.image(c).await?;
 
         Ok(ContainerSpec {
-            name: names::container_name(&r.id),
+            name: self.names.container_name(&r.id),
             image,
             env,
             secret_env,
@@ -340,7 +350,7 @@ impl ContainerProvisioner {
             network,
             ports,
             restart_unless_stopped: true,
-            labels: names::labels(r, WorkloadType::Container),
+            labels: self.names.labels(r, WorkloadType::Container),
         })
     }
 
@@ -389,7 +399,7 @@ impl ContainerProvisioner {
                 )));
             }
         }
-        Err(e)
+        Err(e.into())
     }
 
     fn result(c: &ContainerInfo, spec_net: Option<&str>) -> serde_json::Value {
@@ -414,7 +424,7 @@ impl ContainerProvisioner {
             }
         }
         tracing::info!(container = %c.name, state = %c.state, "starting existing container");
-        self.docker.start_container(&c.name).await
+        Ok(self.docker.start_container(&c.name).await?)
     }
 
     /// Create and start container `name` of `r`; its result data.
@@ -436,14 +446,16 @@ impl ContainerProvisioner {
                 // Another run may have created it meanwhile: reuse that one
                 // if it is this reservation's.
                 match self.docker.inspect_container(name).await? {
-                    Some(c) if names::adoptable(&c.labels, r) => {}
-                    _ => return Err(e),
+                    Some(c) if self.names.adoptable(&c.labels, r) => {}
+                    _ => return Err(e.into()),
                 }
                 self.docker.start_container(name).await?;
             }
         }
         let info = self.docker.inspect_container(name).await?.ok_or_else(|| {
-            ProvisionError::Docker(format!("container {name} vanished after start"))
+            ProvisionError::Docker(DockerError::Other(format!(
+                "container {name} vanished after start"
+            )))
         })?;
         tracing::info!(reservation = %r.id, container = %name, state = %info.state, "container provisioned");
         Ok(Self::result(&info, net))
@@ -582,15 +594,15 @@ impl Provisioner for ContainerProvisioner {
     ) -> Result<serde_json::Value, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         let c = container_of(r, w)?;
-        let name = names::container_name(&r.id);
+        let name = self.names.container_name(&r.id);
         let net = (!c.network.network_id.is_empty())
-            .then(|| names::network_name(&r.user_id, &c.network.network_id));
+            .then(|| self.names.network_name(&r.user_id, &c.network.network_id));
 
         if let Some(existing) = self.docker.inspect_container(&name).await? {
-            if names::held_by_another(&existing.labels, r) {
+            if self.names.held_by_another(&existing.labels, r) {
                 return Err(names::held_error(r, "container"));
             }
-            if !names::adoptable(&existing.labels, r) {
+            if !self.names.adoptable(&existing.labels, r) {
                 tracing::warn!(
                     reservation = %r.id,
                     container = %name,
@@ -601,11 +613,9 @@ impl Provisioner for ContainerProvisioner {
             }
             tracing::info!(reservation = %r.id, container = %name, "container already exists; reusing it");
             self.revive(&existing).await?;
-            let now = self
-                .docker
-                .inspect_container(&name)
-                .await?
-                .ok_or_else(|| ProvisionError::Docker(format!("container {name} vanished")))?;
+            let now = self.docker.inspect_container(&name).await?.ok_or_else(|| {
+                ProvisionError::Docker(DockerError::Other(format!("container {name} vanished")))
+            })?;
             return Ok(Self::result(&now, net.as_deref()));
         }
 
@@ -614,12 +624,12 @@ impl Provisioner for ContainerProvisioner {
 
     async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let name = names::container_name(&r.id);
+        let name = self.names.container_name(&r.id);
         match self.docker.inspect_container(&name).await? {
             None => Ok(()),
             Some(c)
                 if label(&c.labels, LABEL_RESERVATION) != r.id
-                    || names::held_by_another(&c.labels, r) =>
+                    || self.names.held_by_another(&c.labels, r) =>
             {
                 tracing::warn!(container = %name, reservation = %r.id, "not removing a container not made for this reservation");
                 Ok(())
@@ -633,7 +643,7 @@ impl Provisioner for ContainerProvisioner {
     /// starts it (e.g. after a reboot that lost a volume's mount).
     async fn exists(&self, r: &Reservation, _w: &Workload) -> Result<bool, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let name = names::container_name(&r.id);
+        let name = self.names.container_name(&r.id);
         Ok(match self.docker.inspect_container(&name).await? {
             None => false,
             Some(c) if label(&c.labels, LABEL_RESERVATION) != r.id => false,
@@ -647,7 +657,7 @@ impl Provisioner for ContainerProvisioner {
 
     async fn present(&self) -> Result<Option<std::collections::HashSet<String>>, ProvisionError> {
         let filter = ContainerFilter {
-            labels: names::type_filter(WorkloadType::Container),
+            labels: self.names.type_filter(WorkloadType::Container),
             ..Default::default()
         };
         let list = self.docker.list_containers(&filter).await?;
@@ -655,7 +665,10 @@ impl Provisioner for ContainerProvisioner {
             list.into_iter()
                 .filter(|c| {
                     c.is_up()
-                        && c.name == names::container_name(label(&c.labels, LABEL_RESERVATION))
+                        && c.name
+                            == self
+                                .names
+                                .container_name(label(&c.labels, LABEL_RESERVATION))
                 })
                 .map(|c| label(&c.labels, LABEL_RESERVATION).to_string())
                 .collect(),
@@ -664,7 +677,7 @@ impl Provisioner for ContainerProvisioner {
 
     async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
         let filter = ContainerFilter {
-            labels: names::type_filter(WorkloadType::Container),
+            labels: self.names.type_filter(WorkloadType::Container),
             ..Default::default()
         };
         let ids: BTreeSet<String> = self
@@ -680,7 +693,7 @@ impl Provisioner for ContainerProvisioner {
 
     async fn remove_labelled(&self, id: &str) -> Result<(), ProvisionError> {
         let filter = ContainerFilter {
-            labels: names::id_filter(WorkloadType::Container, id),
+            labels: self.names.id_filter(WorkloadType::Container, id),
             ..Default::default()
         };
         for c in self.docker.list_containers(&filter).await? {

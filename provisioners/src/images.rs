@@ -2,7 +2,8 @@
 //! one image share a single pull, and the images the agent pulled are
 //! recorded so that garbage collection removes only those (never an image
 //! the operator pulled by hand), once no container has used them for a
-//! grace period.
+//! grace period. Garbage collection goes through the [`Docker`] seam like
+//! every other caller.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -14,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use crate::ProvisionError;
+use crate::docker::{Docker, DockerError};
 
 /// One image the agent pulled.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -25,7 +26,7 @@ pub struct Pulled {
     pub unused_since: Option<DateTime<Utc>>,
 }
 
-type Inflight = Arc<OnceCell<Result<(), ProvisionError>>>;
+type Inflight = Arc<OnceCell<Result<(), DockerError>>>;
 
 /// Pull deadline, shared pulls, and the record of pulled images.
 #[derive(Debug)]
@@ -66,10 +67,10 @@ impl ImagePolicy {
 
     /// Run `pull` for `image` under the deadline; a caller that needs the
     /// same image meanwhile waits for that pull instead of starting its own.
-    pub async fn pull<F, Fut>(&self, image: &str, pull: F) -> Result<(), ProvisionError>
+    pub async fn pull<F, Fut>(&self, image: &str, pull: F) -> Result<(), DockerError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(), ProvisionError>>,
+        Fut: Future<Output = Result<(), DockerError>>,
     {
         let cell = {
             let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -80,10 +81,10 @@ impl ImagePolicy {
             .get_or_init(|| async move {
                 match tokio::time::timeout(timeout, pull()).await {
                     Ok(r) => r,
-                    Err(_) => Err(ProvisionError::Refused(format!(
-                        "pulling image {image} did not finish within {}s (--pull-timeout)",
-                        timeout.as_secs()
-                    ))),
+                    Err(_) => Err(DockerError::PullTimeout {
+                        image: image.to_string(),
+                        timeout,
+                    }),
                 }
             })
             .await
@@ -162,22 +163,21 @@ impl ImagePolicy {
     }
 }
 
-/// One garbage-collection pass over `docker`: remove pulled images no
-/// container used for `grace`. Returns the images removed.
+/// One garbage-collection pass over `docker`: remove the images `policy`
+/// recorded as pulled that no container used for `grace`. Returns the
+/// images removed.
 pub async fn collect(
-    docker: &crate::BollardDocker,
+    docker: &dyn Docker,
+    policy: &ImagePolicy,
     grace: Duration,
-) -> Result<Vec<String>, ProvisionError> {
+) -> Result<Vec<String>, DockerError> {
     let in_use = docker.images_in_use().await?;
     let mut removed = Vec::new();
-    for image in docker
-        .image_policy()
-        .collectable(&in_use, grace, Utc::now())
-    {
+    for image in policy.collectable(&in_use, grace, Utc::now()) {
         match docker.remove_image(&image).await {
             Ok(()) => {
                 tracing::info!(image = %image, grace_s = grace.as_secs(), "removed an image no workload used for the grace period");
-                docker.image_policy().forget(&image);
+                policy.forget(&image);
                 removed.push(image);
             }
             Err(e) => tracing::warn!(image = %image, error = %e, "cannot remove an unused image"),
@@ -255,5 +255,23 @@ mod tests {
             !again.pulled().contains_key("operators:1"),
             "hand-pulled images are never ours"
         );
+    }
+
+    #[tokio::test]
+    async fn collection_removes_through_the_seam_only_unused_pulled_images() {
+        let fake = crate::docker::FakeDocker::new();
+        fake.add_image("ours:1");
+        fake.add_image("foreign");
+        fake.add_image("operators:1");
+        // A container runs the image `foreign` (the fake's hand-made one).
+        fake.add_foreign_container("someone", Default::default());
+        let p = ImagePolicy::default();
+        for image in ["ours:1", "foreign"] {
+            p.pull(image, || async { Ok(()) }).await.unwrap();
+        }
+        let removed = collect(&fake, &p, Duration::ZERO).await.unwrap();
+        assert_eq!(removed, ["ours:1"]);
+        assert_eq!(fake.count("remove_image"), 1);
+        assert_eq!(p.pulled().keys().collect::<Vec<_>>(), ["foreign"]);
     }
 }

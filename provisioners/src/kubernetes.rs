@@ -54,10 +54,10 @@ use reservation::{Identity, Reservation, Secret, Workload, WorkloadType};
 use serde_json::json;
 
 use crate::docker::{
-    ContainerExtras, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, DockerExtras,
-    FileUpload, NetworkInfo, VolumeMount, VolumeSpec,
+    ContainerExtras, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker,
+    DockerError, FileUpload, NetworkInfo, VolumeMount, VolumeSpec,
 };
-use crate::names::{self, label, LABEL_DISK, LABEL_SIZE_GIB};
+use crate::names::{self, label, Names, LABEL_DISK, LABEL_SIZE_GIB};
 use crate::{ProvisionError, Provisioner, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
 
 /// The pinned upstream k3s image (production); tests use a local stand-in.
@@ -124,21 +124,13 @@ pub fn check_runtime_name(name: &str) -> Result<(), String> {
 
 /// Check that `name` is registered with the engine (`docker info`
 /// Runtimes) and is not runc under another name.
-pub async fn check_runtime(docker: &crate::BollardDocker, name: &str) -> Result<(), String> {
+pub async fn check_runtime(docker: &dyn Docker, name: &str) -> Result<(), String> {
     check_runtime_name(name)?;
     let info = docker
-        .client()
         .info()
         .await
         .map_err(|e| format!("--kubernetes-runtime: cannot read docker info: {e}"))?;
-    let runtimes = info.runtimes.unwrap_or_default();
-    check_runtime_in(
-        name,
-        &runtimes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.path.clone().unwrap_or_default()))
-            .collect::<Vec<_>>(),
-    )
+    check_runtime_in(name, &info.runtime_paths.into_iter().collect::<Vec<_>>())
 }
 
 /// [`check_runtime`] against a list of (name, path) registered runtimes.
@@ -163,17 +155,19 @@ pub fn check_runtime_in(name: &str, registered: &[(String, String)]) -> Result<(
 
 /// Provisions `kubernetes` workloads.
 pub struct KubernetesProvisioner {
-    docker: Arc<dyn DockerExtras>,
+    docker: Arc<dyn Docker>,
     node: Arc<Identity>,
     image: String,
     stop_grace: Duration,
     privileged: bool,
     mode: KubernetesMode,
+    names: Names,
 }
 
-/// Docker name of the container (and volume) of reservation `id`.
-pub fn node_name(id: &str) -> String {
-    names::scoped("k8s", id)
+/// Docker name of the container (and volume) of reservation `id`, in
+/// node scope `names`.
+pub fn node_name(names: &Names, id: &str) -> String {
+    names.scoped("k8s", id)
 }
 
 /// The k3s command line (without the `/bin/k3s` entrypoint) of a node at
@@ -270,11 +264,7 @@ fn check_ip(ip: Ipv4Addr, network_id: &str, n: &NetworkInfo) -> Result<(), Provi
 
 impl KubernetesProvisioner {
     /// k3s nodes from `image` (entrypoint `/bin/k3s`).
-    pub fn new(
-        docker: Arc<dyn DockerExtras>,
-        node: Arc<Identity>,
-        image: impl Into<String>,
-    ) -> Self {
+    pub fn new(docker: Arc<dyn Docker>, node: Arc<Identity>, image: impl Into<String>) -> Self {
         Self {
             docker,
             node,
@@ -282,7 +272,15 @@ impl KubernetesProvisioner {
             stop_grace: Duration::from_secs(10),
             privileged: true,
             mode: KubernetesMode::Disabled,
+            names: Names::unscoped(),
         }
+    }
+
+    /// Name, label and filter objects in this node scope (default:
+    /// unscoped, [`Names::unscoped`]).
+    pub fn with_names(mut self, names: Names) -> Self {
+        self.names = names;
+        self
     }
 
     /// Enable kubernetes (default: [`KubernetesMode::Disabled`], every
@@ -314,7 +312,7 @@ impl KubernetesProvisioner {
         r: &Reservation,
         network_id: &str,
     ) -> Result<NetworkInfo, ProvisionError> {
-        let name = names::network_name(&r.user_id, network_id);
+        let name = self.names.network_name(&r.user_id, network_id);
         match self.docker.inspect_network(&name).await? {
             Some(n)
                 if label(&n.labels, LABEL_USER) == r.user_id
@@ -369,8 +367,8 @@ impl KubernetesProvisioner {
         token: Secret,
     ) -> Result<(ContainerSpec, ContainerExtras), ProvisionError> {
         let (cpu, memory_mib, _) = size_of(k)?;
-        let name = node_name(&r.id);
-        let mut labels = names::labels(r, WorkloadType::Kubernetes);
+        let name = node_name(&self.names, &r.id);
+        let mut labels = self.names.labels(r, WorkloadType::Kubernetes);
         let role = if k.master_ips.is_empty() {
             "server"
         } else {
@@ -422,7 +420,7 @@ impl KubernetesProvisioner {
         network: &str,
         ip: Ipv4Addr,
     ) -> Result<(), ProvisionError> {
-        let name = node_name(&r.id);
+        let name = node_name(&self.names, &r.id);
         let (_, _, disk_gib) = size_of(k)?;
         let token = self
             .node
@@ -432,13 +430,13 @@ impl KubernetesProvisioner {
         self.ensure_image().await?;
 
         if let Some(v) = self.docker.inspect_volume(&name).await? {
-            if !names::adoptable(&v.labels, r) {
+            if !self.names.adoptable(&v.labels, r) {
                 tracing::warn!(volume = %name, "a volume under this k3s node's name was not made for this reservation; removing it");
                 self.docker.remove_volume(&name).await?;
             }
         }
         if self.docker.inspect_volume(&name).await?.is_none() {
-            let mut labels = names::labels(r, WorkloadType::Kubernetes);
+            let mut labels = self.names.labels(r, WorkloadType::Kubernetes);
             labels.insert(LABEL_DISK.into(), DiskType::Ssd.as_str().into());
             labels.insert(LABEL_SIZE_GIB.into(), disk_gib.to_string());
             self.docker
@@ -451,7 +449,7 @@ impl KubernetesProvisioner {
         }
         if let Err(e) = self.docker.create_container_with(&spec, &extras).await {
             self.cleanup_after_failure(&name).await;
-            return Err(e);
+            return Err(e.into());
         }
         if !k.ssh_keys.is_empty() {
             let mut content = k.ssh_keys.join("\n").into_bytes();
@@ -463,7 +461,7 @@ impl KubernetesProvisioner {
             };
             if let Err(e) = self.docker.upload_files(&name, &[file]).await {
                 self.cleanup_after_failure(&name).await;
-                return Err(e);
+                return Err(e.into());
             }
         }
         if let Err(e) = self.docker.start_container(&name).await {
@@ -480,7 +478,7 @@ impl KubernetesProvisioner {
                     "this node's docker engine cannot start privileged containers, which k3s needs: {msg}"
                 )));
             }
-            return Err(e);
+            return Err(e.into());
         }
         Ok(())
     }
@@ -524,12 +522,12 @@ impl Provisioner for KubernetesProvisioner {
             )));
         }
 
-        let name = node_name(&r.id);
+        let name = node_name(&self.names, &r.id);
         let existing = match self.docker.inspect_container(&name).await? {
-            Some(c) if names::held_by_another(&c.labels, r) => {
+            Some(c) if self.names.held_by_another(&c.labels, r) => {
                 return Err(names::held_error(r, "k3s node"));
             }
-            Some(c) if !names::adoptable(&c.labels, r) => {
+            Some(c) if !self.names.adoptable(&c.labels, r) => {
                 // Another user's, hand-made, or of an earlier reservation
                 // under the same id: never reused (nor its labels logged).
                 tracing::warn!(container = %name, "a container under this k3s node's name was not made for this reservation; removing it and creating the node afresh");
@@ -549,7 +547,9 @@ impl Provisioner for KubernetesProvisioner {
 
         self.create(r, k, &network.name, ip).await?;
         let c = self.docker.inspect_container(&name).await?.ok_or_else(|| {
-            ProvisionError::Docker(format!("container {name} vanished after start"))
+            ProvisionError::Docker(DockerError::Other(format!(
+                "container {name} vanished after start"
+            )))
         })?;
         tracing::info!(
             reservation = %r.id,
@@ -565,9 +565,9 @@ impl Provisioner for KubernetesProvisioner {
 
     async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let name = node_name(&r.id);
+        let name = node_name(&self.names, &r.id);
         if let Some(c) = self.docker.inspect_container(&name).await? {
-            if names::held_by_another(&c.labels, r) {
+            if self.names.held_by_another(&c.labels, r) {
                 tracing::warn!(reservation = %r.id, "not removing a k3s node not made for this reservation");
                 return Ok(());
             }
@@ -579,20 +579,23 @@ impl Provisioner for KubernetesProvisioner {
         names::check_id("reservation id", &r.id)?;
         Ok(self
             .docker
-            .inspect_container(&node_name(&r.id))
+            .inspect_container(&node_name(&self.names, &r.id))
             .await?
-            .is_some_and(|c| c.is_up() && names::adoptable(&c.labels, r)))
+            .is_some_and(|c| c.is_up() && self.names.adoptable(&c.labels, r)))
     }
 
     async fn present(&self) -> Result<Option<std::collections::HashSet<String>>, ProvisionError> {
         let filter = ContainerFilter {
-            labels: names::type_filter(WorkloadType::Kubernetes),
+            labels: self.names.type_filter(WorkloadType::Kubernetes),
             ..Default::default()
         };
         let list = self.docker.list_containers(&filter).await?;
         Ok(Some(
             list.into_iter()
-                .filter(|c| c.is_up() && c.name == node_name(label(&c.labels, LABEL_RESERVATION)))
+                .filter(|c| {
+                    c.is_up()
+                        && c.name == node_name(&self.names, label(&c.labels, LABEL_RESERVATION))
+                })
                 .map(|c| label(&c.labels, LABEL_RESERVATION).to_string())
                 .collect(),
         ))
@@ -600,7 +603,7 @@ impl Provisioner for KubernetesProvisioner {
 
     async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
         let filter = ContainerFilter {
-            labels: names::type_filter(WorkloadType::Kubernetes),
+            labels: self.names.type_filter(WorkloadType::Kubernetes),
             ..Default::default()
         };
         let mut ids: Vec<String> = self
@@ -612,7 +615,7 @@ impl Provisioner for KubernetesProvisioner {
             .collect();
         ids.extend(
             self.docker
-                .list_volumes(&names::type_filter(WorkloadType::Kubernetes))
+                .list_volumes(&self.names.type_filter(WorkloadType::Kubernetes))
                 .await?
                 .iter()
                 .map(|v| label(&v.labels, LABEL_RESERVATION).to_string()),
@@ -625,7 +628,7 @@ impl Provisioner for KubernetesProvisioner {
 
     async fn remove_labelled(&self, id: &str) -> Result<(), ProvisionError> {
         names::check_id("reservation id", id)?;
-        self.remove(&node_name(id)).await
+        self.remove(&node_name(&self.names, id)).await
     }
 }
 

@@ -3,26 +3,39 @@
 //! - [`Provisioner`]: the seam the engine drives, one implementation per
 //!   [`WorkloadType`], held as `Arc<dyn Provisioner>` in a [`Registry`].
 //! - [`ProvisionError`]: what went wrong, split by who must act: the user
-//!   ([`ProvisionError::Refused`]), the node ([`ProvisionError::Docker`]), or
-//!   time ([`ProvisionError::InUse`], retried later).
+//!   ([`ProvisionError::Refused`]), the node ([`ProvisionError::Docker`],
+//!   [`ProvisionError::Node`]), or time ([`ProvisionError::InUse`], retried
+//!   later).
+//!
+//! Map:
+//! - `docker/`: the one Docker seam, [`Docker`] (held as
+//!   `Arc<dyn Docker>`), its plain types, [`DockerError`], the bollard
+//!   implementation [`BollardDocker`] and the recording `FakeDocker`.
+//! - `names.rs`: object names, labels and filters, in a node scope
+//!   ([`names::Names`]) the caller passes in.
+//! - `container.rs`, `volume.rs`, `network.rs`, `zdb.rs`, `kubernetes.rs`,
+//!   `debug.rs`: one provisioner per workload type.
+//! - `images.rs`: pull deadline, shared pulls, garbage collection of the
+//!   images the agent pulled.
 //!
 //! Invariants: a provisioner looks before it creates (a second call for the
 //! same reservation reuses what exists), labels every object it creates with
 //! `io.agent.reservation`, `io.agent.user` and `io.agent.type`, and never
-//! writes a plaintext secret anywhere but into the workload itself.
+//! writes a plaintext secret anywhere but into the workload itself. No
+//! globals but the host's mount lock (`volume.rs`); nothing outside
+//! `docker/` names bollard.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::names::Names;
 use async_trait::async_trait;
 use reservation::{Identity, Reservation, Workload, WorkloadType};
 
 pub mod container;
 pub mod debug;
 pub mod docker;
-#[cfg(any(test, feature = "fake"))]
-pub mod fake;
 pub mod images;
 pub mod kubernetes;
 pub mod names;
@@ -30,11 +43,14 @@ pub mod network;
 pub mod volume;
 pub mod zdb;
 
+#[cfg(test)]
+mod tests;
+
 pub use container::ContainerProvisioner;
 pub use debug::{DebugProvisioner, LogBus};
-pub use docker::{BollardDocker, Docker, DockerExtras, DockerLogs};
 #[cfg(any(test, feature = "fake"))]
-pub use fake::FakeDocker;
+pub use docker::FakeDocker;
+pub use docker::{BollardDocker, Docker, DockerError};
 pub use kubernetes::KubernetesProvisioner;
 pub use network::NetworkProvisioner;
 pub use volume::VolumeProvisioner;
@@ -55,9 +71,11 @@ pub enum ProvisionError {
     /// the signed error result as is.
     #[error("{0}")]
     Refused(String),
-    /// The Docker engine failed or cannot be reached.
-    #[error("docker: {0}")]
-    Docker(String),
+    /// The Docker engine failed or cannot be reached. Displays as the
+    /// [`DockerError`] does (`docker: <what>: <Docker's message>`), whose
+    /// source is the bollard error.
+    #[error(transparent)]
+    Docker(DockerError),
     /// Decommission must wait: the object is still used (a volume mounted
     /// by a running container, a network with containers attached).
     #[error("{0}")]
@@ -136,10 +154,17 @@ impl Registry {
 }
 
 /// A registry with the Docker provisioners of `container`, `volume` and
-/// `network`. Volumes live under `<root>/volumes/`; `node` opens sealed
-/// secrets and its id picks the network's `net_resources` entry.
+/// `network`, with unscoped names. Volumes live under `<root>/volumes/`;
+/// `node` opens sealed secrets and its id picks the network's
+/// `net_resources` entry.
 pub fn docker_registry(docker: Arc<dyn Docker>, node: Arc<Identity>, root: &Path) -> Registry {
-    docker_registry_with(docker, node, root, &TenantOptions::default())
+    docker_registry_with(
+        docker,
+        node,
+        root,
+        &TenantOptions::default(),
+        &Names::unscoped(),
+    )
 }
 
 /// The operator's rules for what tenants may ask of the host: how their
@@ -160,28 +185,37 @@ impl Default for TenantOptions {
     }
 }
 
-/// [`docker_registry`] under the operator's `tenants` rules.
+/// [`docker_registry`] under the operator's `tenants` rules, naming
+/// objects in node scope `names`.
 pub fn docker_registry_with(
     docker: Arc<dyn Docker>,
     node: Arc<Identity>,
     root: &Path,
     tenants: &TenantOptions,
+    names: &Names,
 ) -> Registry {
     let mut reg = Registry::new();
     reg.register(
         WorkloadType::Network,
         Arc::new(
             NetworkProvisioner::new(docker.clone(), node.id())
-                .with_pool(tenants.network_pool.clone()),
+                .with_pool(tenants.network_pool.clone())
+                .with_names(names.clone()),
         ),
     )
     .register(
         WorkloadType::Volume,
-        Arc::new(VolumeProvisioner::new(docker.clone(), root.to_path_buf())),
+        Arc::new(
+            VolumeProvisioner::new(docker.clone(), root.to_path_buf()).with_names(names.clone()),
+        ),
     )
     .register(
         WorkloadType::Container,
-        Arc::new(ContainerProvisioner::new(docker, node).with_policy(tenants.container.clone())),
+        Arc::new(
+            ContainerProvisioner::new(docker, node)
+                .with_policy(tenants.container.clone())
+                .with_names(names.clone()),
+        ),
     );
     reg
 }
@@ -206,23 +240,26 @@ pub struct NodeOptions {
     pub debug_operators: Vec<String>,
     /// What tenants may ask of the host (containers, ports, subnets).
     pub tenants: TenantOptions,
+    /// The node scope every object is named, labelled and found in.
+    pub names: Names,
 }
 
 /// A registry with every workload type: `docker_registry`'s three plus
 /// zdb, kubernetes and debug.
-pub fn node_registry<D: DockerExtras + 'static>(
-    docker: Arc<D>,
+pub fn node_registry(
+    docker: Arc<dyn Docker>,
     node: Arc<Identity>,
     root: &Path,
     opts: NodeOptions,
 ) -> Registry {
-    let mut reg = docker_registry_with(docker.clone(), node.clone(), root, &opts.tenants);
-    let scope: String = node.id().chars().take(8).collect();
+    let names = &opts.names;
+    let mut reg = docker_registry_with(docker.clone(), node.clone(), root, &opts.tenants, names);
     reg.register(
         WorkloadType::Zdb,
         Arc::new(
             ZdbProvisioner::new(docker.clone(), node.clone(), opts.zdb_image)
-                .with_name_prefix(format!("{}{scope}-zdb-", names::PREFIX)),
+                .with_names(names.clone())
+                .with_name_prefix(format!("{}zdb-", names.prefix())),
         ),
     )
     .register(
@@ -230,7 +267,8 @@ pub fn node_registry<D: DockerExtras + 'static>(
         Arc::new(
             KubernetesProvisioner::new(docker, node, opts.k3s_image)
                 .with_privileged(opts.k3s_privileged)
-                .with_mode(opts.kubernetes),
+                .with_mode(opts.kubernetes)
+                .with_names(names.clone()),
         ),
     )
     .register(

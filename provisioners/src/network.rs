@@ -36,7 +36,7 @@ use reservation::workloads::Network;
 use reservation::{Reservation, Workload, WorkloadType};
 
 use crate::docker::{ContainerFilter, Docker, NetworkInfo, NetworkSpec};
-use crate::names::{self, label, LABEL_NETWORK_NAME};
+use crate::names::{self, label, Names, LABEL_NETWORK_NAME};
 use crate::{ProvisionError, Provisioner, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
 
 /// Default of `--network-pool`: the private ranges of RFC 1918.
@@ -146,6 +146,7 @@ pub struct NetworkProvisioner {
     node_id: String,
     pool: Vec<Ipv4Net>,
     host: HostView,
+    names: Names,
 }
 
 impl NetworkProvisioner {
@@ -155,7 +156,15 @@ impl NetworkProvisioner {
             node_id: node_id.into(),
             pool: parse_pool(DEFAULT_POOL).expect("valid default pool"),
             host: HostView::Live,
+            names: Names::unscoped(),
         }
+    }
+
+    /// Name, label and filter objects in this node scope (default:
+    /// unscoped, [`Names::unscoped`]).
+    pub fn with_names(mut self, names: Names) -> Self {
+        self.names = names;
+        self
     }
 
     /// Subnets must lie in one of these ranges (default [`DEFAULT_POOL`]).
@@ -313,19 +322,19 @@ impl Provisioner for NetworkProvisioner {
         names::check_id("reservation id", &r.id)?;
         let n = network_of(r, w)?;
         let sub = self.subnet(n)?;
-        let name = names::network_name(&r.user_id, &n.name);
+        let name = self.names.network_name(&r.user_id, &n.name);
 
         if let Some(existing) = self.docker.inspect_network(&name).await? {
             let owner = label(&existing.labels, LABEL_RESERVATION);
-            if names::adoptable(&existing.labels, r) {
+            if self.names.adoptable(&existing.labels, r) {
                 tracing::info!(reservation = %r.id, network = %name, "network already exists; reusing it");
                 return Ok(serde_json::Value::Null);
             }
             let users_own = label(&existing.labels, LABEL_USER) == r.user_id
                 && label(&existing.labels, LABEL_TYPE) == WorkloadType::Network.as_str()
-                && names::is_ours(&existing.labels)
+                && self.names.is_ours(&existing.labels)
                 && owner != r.id;
-            if names::held_by_another(&existing.labels, r) && !users_own {
+            if self.names.held_by_another(&existing.labels, r) && !users_own {
                 return Err(names::held_error(r, "network"));
             }
             if users_own {
@@ -350,7 +359,7 @@ impl Provisioner for NetworkProvisioner {
                 "data.net_resources: subnet {sub} has no host address"
             ))
         })?;
-        let mut labels = names::labels(r, WorkloadType::Network);
+        let mut labels = self.names.labels(r, WorkloadType::Network);
         labels.insert(LABEL_NETWORK_NAME.into(), n.name.clone());
         let spec = NetworkSpec {
             name: name.clone(),
@@ -361,8 +370,8 @@ impl Provisioner for NetworkProvisioner {
         if let Err(e) = self.docker.create_network(&spec).await {
             // A concurrent run may have made it: reuse that one if ours.
             match self.docker.inspect_network(&name).await? {
-                Some(n) if names::adoptable(&n.labels, r) => {}
-                _ => return Err(e),
+                Some(n) if self.names.adoptable(&n.labels, r) => {}
+                _ => return Err(e.into()),
             }
         }
         tracing::info!(reservation = %r.id, network = %name, subnet = %sub, "network provisioned");
@@ -372,14 +381,14 @@ impl Provisioner for NetworkProvisioner {
     async fn decommission(&self, r: &Reservation, w: &Workload) -> Result<(), ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         let n = network_of(r, w)?;
-        let name = names::network_name(&r.user_id, &n.name);
+        let name = self.names.network_name(&r.user_id, &n.name);
         match self.docker.inspect_network(&name).await? {
             None => Ok(()),
             // Another reservation's network of the same name (this one was
             // refused as a duplicate): not ours to remove.
             Some(e)
                 if label(&e.labels, LABEL_RESERVATION) != r.id
-                    || names::held_by_another(&e.labels, r) =>
+                    || self.names.held_by_another(&e.labels, r) =>
             {
                 Ok(())
             }
@@ -390,7 +399,7 @@ impl Provisioner for NetworkProvisioner {
     async fn exists(&self, r: &Reservation, w: &Workload) -> Result<bool, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         let n = network_of(r, w)?;
-        let name = names::network_name(&r.user_id, &n.name);
+        let name = self.names.network_name(&r.user_id, &n.name);
         Ok(self
             .docker
             .inspect_network(&name)
@@ -411,7 +420,7 @@ impl Provisioner for NetworkProvisioner {
             .await?
             .into_iter()
             .filter(|n| label(&n.labels, LABEL_TYPE) == WorkloadType::Network.as_str())
-            .filter(|n| names::is_ours(&n.labels))
+            .filter(|n| self.names.is_ours(&n.labels))
             .map(|n| label(&n.labels, LABEL_RESERVATION).to_string())
             .filter(|id| !id.is_empty())
             .collect();
@@ -422,7 +431,7 @@ impl Provisioner for NetworkProvisioner {
         for n in self.docker.list_networks().await? {
             if label(&n.labels, LABEL_TYPE) == WorkloadType::Network.as_str()
                 && label(&n.labels, LABEL_RESERVATION) == id
-                && names::is_ours(&n.labels)
+                && self.names.is_ours(&n.labels)
             {
                 self.remove(&n.name, id).await?;
             }

@@ -39,11 +39,19 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::docker::{ContainerFilter, Docker, VolumeSpec};
-use crate::names::{self, label, LABEL_DISK, LABEL_SIZE_GIB};
+use crate::names::{self, label, Names, LABEL_DISK, LABEL_SIZE_GIB};
 use crate::{ProvisionError, Provisioner, LABEL_RESERVATION};
 
 /// Serialises mount and unmount on this host so two callers never stack
 /// two loop mounts on one directory.
+///
+/// The one process-wide static of the crate, on purpose: what it guards is
+/// the host's mount table (and its loop devices), not state of any value.
+/// Several independent owners in one agent mount the same images: the
+/// daemon's own `VolumeProvisioner` (remount at start), the registry's,
+/// and the container provisioner through [`ensure_device_mounted`] before
+/// it starts a container. A lock held by one of them would not serialise
+/// the others.
 static MOUNT_LOCK: Mutex<()> = Mutex::const_new(());
 
 /// How a volume's bytes are held.
@@ -63,6 +71,7 @@ pub struct VolumeProvisioner {
     dir: PathBuf,
     backing: Backing,
     unavailable: Option<String>,
+    names: Names,
 }
 
 impl VolumeProvisioner {
@@ -82,7 +91,15 @@ impl VolumeProvisioner {
             dir,
             backing: Backing::Loop,
             unavailable,
+            names: Names::unscoped(),
         }
+    }
+
+    /// Name, label and filter objects in this node scope (default:
+    /// unscoped, [`Names::unscoped`]).
+    pub fn with_names(mut self, names: Names) -> Self {
+        self.names = names;
+        self
     }
 
     /// A provisioner whose volumes are plain directories with NO size
@@ -95,6 +112,7 @@ impl VolumeProvisioner {
             dir: absolute(&root.join("volumes")),
             backing: Backing::PlainDir,
             unavailable: None,
+            names: Names::unscoped(),
         }
     }
 
@@ -266,7 +284,7 @@ impl VolumeProvisioner {
         result: serde_json::Value,
     ) -> Result<serde_json::Value, ProvisionError> {
         let fresh = self.ensure_backing(&r.id, v.size).await?;
-        let mut labels = names::labels(r, WorkloadType::Volume);
+        let mut labels = self.names.labels(r, WorkloadType::Volume);
         labels.insert(LABEL_DISK.into(), v.disk().as_str().into());
         labels.insert(LABEL_SIZE_GIB.into(), v.size.to_string());
         let spec = VolumeSpec {
@@ -287,14 +305,14 @@ impl VolumeProvisioner {
                 .docker
                 .inspect_volume(vname)
                 .await?
-                .is_some_and(|x| names::adoptable(&x.labels, r));
+                .is_some_and(|x| self.names.adoptable(&x.labels, r));
             if !ours {
                 if fresh {
                     if let Err(c) = self.drop_backing(&r.id).await {
                         tracing::warn!(volume = %r.id, error = %c, "cannot clean up after a failed create");
                     }
                 }
-                return Err(e);
+                return Err(e.into());
             }
         }
         tracing::info!(volume = %r.id, size_gib = v.size, disk = v.disk().as_str(), "volume provisioned");
@@ -304,7 +322,7 @@ impl VolumeProvisioner {
     /// Remove volume `id`: refused with `InUse` while a container mounts it.
     async fn remove_by_id(&self, id: &str) -> Result<(), ProvisionError> {
         names::check_id("volume id", id)?;
-        let vname = names::volume_name(id);
+        let vname = self.names.volume_name(id);
         let filter = ContainerFilter {
             volume: Some(vname.clone()),
             ..Default::default()
@@ -349,13 +367,13 @@ impl Provisioner for VolumeProvisioner {
             )));
         }
         let result = json!({ "volume_id": r.id });
-        let vname = names::volume_name(&r.id);
+        let vname = self.names.volume_name(&r.id);
 
         if let Some(existing) = self.docker.inspect_volume(&vname).await? {
-            if names::held_by_another(&existing.labels, r) {
+            if self.names.held_by_another(&existing.labels, r) {
                 return Err(names::held_error(r, "volume"));
             }
-            if !names::adoptable(&existing.labels, r) {
+            if !self.names.adoptable(&existing.labels, r) {
                 // Not made for this signed reservation (hand-made, another
                 // user's, an earlier reservation under the same id): its
                 // data must not reach this user. Removed with its disk
@@ -383,10 +401,10 @@ impl Provisioner for VolumeProvisioner {
         // the explorer gave a running one's id is rolled back through here).
         if let Some(v) = self
             .docker
-            .inspect_volume(&names::volume_name(&r.id))
+            .inspect_volume(&self.names.volume_name(&r.id))
             .await?
         {
-            if names::held_by_another(&v.labels, r) {
+            if self.names.held_by_another(&v.labels, r) {
                 tracing::warn!(reservation = %r.id, "not removing a volume not made for this reservation");
                 return Ok(());
             }
@@ -398,7 +416,7 @@ impl Provisioner for VolumeProvisioner {
     /// image if its mount is gone (reboot), logging the repair.
     async fn exists(&self, r: &Reservation, _w: &Workload) -> Result<bool, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let vname = names::volume_name(&r.id);
+        let vname = self.names.volume_name(&r.id);
         match self.docker.inspect_volume(&vname).await? {
             Some(v) if label(&v.labels, LABEL_RESERVATION) == r.id => {}
             _ => return Ok(false),
@@ -422,7 +440,7 @@ impl Provisioner for VolumeProvisioner {
     async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
         let mut ids: BTreeSet<String> = self
             .docker
-            .list_volumes(&names::type_filter(WorkloadType::Volume))
+            .list_volumes(&self.names.type_filter(WorkloadType::Volume))
             .await?
             .into_iter()
             .map(|v| label(&v.labels, LABEL_RESERVATION).to_string())

@@ -53,10 +53,10 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::docker::{
-    Confinement, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, Labels,
-    VolumeMount, VolumeSpec,
+    Confinement, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, DockerError,
+    Labels, VolumeMount, VolumeSpec,
 };
-use crate::names::{self, label, LABEL_DISK};
+use crate::names::{self, label, Names, LABEL_DISK};
 use crate::{ProvisionError, Provisioner, LABEL_TYPE};
 
 /// The official 0-db image (production); tests use a local stand-in.
@@ -114,6 +114,7 @@ pub struct ZdbProvisioner {
     /// together must not both create the container, and the last NSDEL's
     /// removal must not race a new NSNEW.
     lock: Mutex<()>,
+    names: Names,
 }
 
 /// One 0-db instance: a (disk type, mode) pair.
@@ -146,6 +147,11 @@ fn reply_text(e: &RedisError) -> String {
     }
 }
 
+/// Container `name` was there a moment ago and is gone.
+fn vanished(name: &str) -> ProvisionError {
+    ProvisionError::Docker(DockerError::Other(format!("container {name} vanished")))
+}
+
 fn zerr(what: &str, e: RedisError) -> ProvisionError {
     ProvisionError::Node(format!("0-db {what}: {}", reply_text(&e)))
 }
@@ -161,7 +167,16 @@ impl ZdbProvisioner {
             prefix: format!("{}zdb-", names::PREFIX),
             ready_timeout: Duration::from_secs(30),
             lock: Mutex::new(()),
+            names: Names::unscoped(),
         }
+    }
+
+    /// Label and filter the 0-db containers in this node scope (default:
+    /// unscoped, [`Names::unscoped`]). Their names come from
+    /// [`Self::with_name_prefix`].
+    pub fn with_names(mut self, names: Names) -> Self {
+        self.names = names;
+        self
     }
 
     /// How long a 0-db container gets to answer PING (default 30 s).
@@ -225,7 +240,7 @@ impl ZdbProvisioner {
             (LABEL_ZDB_MODE.to_string(), inst.mode.clone()),
             (LABEL_ZDB_PROTECTED.to_string(), "1".to_string()),
         ]);
-        l.extend(names::node_labels());
+        l.extend(self.names.node_labels());
         l
     }
 
@@ -247,7 +262,7 @@ impl ZdbProvisioner {
         let existing = match self.docker.inspect_container(&inst.name).await? {
             Some(c)
                 if label(&c.labels, LABEL_TYPE) != WorkloadType::Zdb.as_str()
-                    || !names::is_ours(&c.labels) =>
+                    || !self.names.is_ours(&c.labels) =>
             {
                 return Err(ProvisionError::Node(format!(
                     "container {} exists but is not a 0-db container of this node; remove it",
@@ -279,9 +294,7 @@ impl ZdbProvisioner {
             self.docker
                 .inspect_container(&inst.name)
                 .await?
-                .ok_or_else(|| {
-                    ProvisionError::Docker(format!("container {} vanished", inst.name))
-                })?
+                .ok_or_else(|| vanished(&inst.name))?
         };
         let ip = self.ip_of(&c)?;
         self.wait_ready(inst, ip).await?;
@@ -398,7 +411,7 @@ impl ZdbProvisioner {
         self.docker
             .inspect_container(&inst.name)
             .await?
-            .ok_or_else(|| ProvisionError::Docker(format!("container {} vanished", inst.name)))
+            .ok_or_else(|| vanished(&inst.name))
     }
 
     /// Wait until 0-db answers PING.
@@ -466,7 +479,7 @@ impl ZdbProvisioner {
     /// Every 0-db container of this provisioner, running or not.
     async fn instances(&self) -> Result<Vec<(Instance, ContainerInfo)>, ProvisionError> {
         let filter = ContainerFilter {
-            labels: names::type_filter(WorkloadType::Zdb),
+            labels: self.names.type_filter(WorkloadType::Zdb),
             ..Default::default()
         };
         let mut out = Vec::new();

@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use provisioners::debug::LogBus;
-use provisioners::docker::{Docker, DockerExtras};
-use provisioners::kubernetes::{node_name, KubernetesMode, KubernetesProvisioner, DISABLED};
-use provisioners::names::network_name;
+use provisioners::docker::Docker;
+use provisioners::kubernetes::{KubernetesMode, KubernetesProvisioner, DISABLED};
+use provisioners::names::Names;
 use provisioners::{BollardDocker, NetworkProvisioner, ProvisionError, Provisioner};
 use reservation::workloads::Kubernetes;
 use reservation::{seal_for, Identity, Reservation, Secret, Workload, WorkloadType};
@@ -34,6 +34,17 @@ use serde_json::{json, Value};
 use tracing_subscriber::layer::SubscriberExt;
 
 const IMAGE: &str = "agent-test/k3s:latest";
+
+/// The node container's name, as the provisioners under test (unscoped)
+/// make it.
+fn node_name(id: &str) -> String {
+    provisioners::kubernetes::node_name(&Names::unscoped(), id)
+}
+
+/// The Docker network's name, as the provisioners under test make it.
+fn network_name(user_id: &str, name: &str) -> String {
+    Names::unscoped().network_name(user_id, name)
+}
 const TOKEN: &str = "K10::server:t0k3n with 'quotes' \"and\" $dollars";
 
 fn build_images() {

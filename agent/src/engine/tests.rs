@@ -580,7 +580,7 @@ async fn engine_drives_docker_provisioners_through_the_narrow_seam() {
         })
         .await
         .unwrap();
-    let name = provisioners::names::container_name("1-1");
+    let name = provisioners::names::Names::unscoped().container_name("1-1");
     assert_eq!(fake.container_names(), vec![name.clone()]);
     let spec = fake.container_spec(&name).unwrap();
     assert_eq!(spec.nano_cpus, 2_000_000_000);

@@ -121,7 +121,7 @@ async fn container_matches_the_request_and_is_decommissioned() {
         hc.restart_policy.unwrap().name,
         Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED)
     );
-    let net_name = provisioners::names::network_name(user.id(), "web");
+    let net_name = provisioners::names::Names::unscoped().network_name(user.id(), "web");
     assert_eq!(hc.network_mode.as_deref(), Some(net_name.as_str()));
     let mounts = c.mounts.clone().unwrap();
     assert_eq!(mounts.len(), 1);

@@ -41,7 +41,9 @@ async fn collects_only_unused_images_the_agent_pulled() {
         .await
         .unwrap()
         .with_image_policy(policy);
-    let removed = images::collect(&docker, Duration::ZERO).await.unwrap();
+    let removed = images::collect(&docker, docker.image_policy(), Duration::ZERO)
+        .await
+        .unwrap();
 
     let exists = |i: &str| sh(&["image", "inspect", i]);
     let (used_stays, hand_stays) = (exists(&used), exists(&by_hand));

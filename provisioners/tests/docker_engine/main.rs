@@ -7,4 +7,5 @@ mod common;
 mod container;
 mod images;
 mod network;
+mod runs;
 mod volume;

@@ -250,8 +250,8 @@ async fn two_users_networks_cannot_reach_each_other() {
         net_data(&node, "lan", "10.0.0.0/8", &sb),
     );
     np.provision(&rb, &wb).await.unwrap();
-    let neta = provisioners::names::network_name(alice.id(), "lan");
-    let netb = provisioners::names::network_name(bob.id(), "lan");
+    let neta = provisioners::names::Names::unscoped().network_name(alice.id(), "lan");
+    let netb = provisioners::names::Names::unscoped().network_name(bob.id(), "lan");
     assert_ne!(neta, netb);
 
     // Alice's web server.
@@ -405,7 +405,7 @@ async fn a_hand_made_network_under_the_name_is_replaced_not_adopted() {
     let np = NetworkProvisioner::new(d.clone(), node.id());
     let (alice, mallory) = (Identity::generate(), Identity::generate());
     let id = g.id();
-    let name = provisioners::names::network_name(alice.id(), "lan");
+    let name = provisioners::names::Names::unscoped().network_name(alice.id(), "lan");
     let planted = common::unique_subnet();
     let out = std::process::Command::new("docker")
         .args(["network", "create", "--subnet", &planted])
