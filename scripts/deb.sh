@@ -5,7 +5,8 @@
 #
 # Checks: lintian shows no error and no warning that is not overridden
 # (agent/debian/node-agent.lintian-overrides); after `dpkg -i`, `agent
-# --version` names the package's version, `agentctl --help` runs, the
+# --version` names the package's version, `agent --dev` is refused (the
+# package is built without the dev feature), `agentctl --help` runs, the
 # installed agent.service passes `systemd-analyze verify` and is neither
 # enabled nor started, /etc/agent/agent.toml is a conffile, and the package
 # ships nothing under /var/lib/agent or /run/agent (the unit's
@@ -160,6 +161,15 @@ say "agent --version: $got"
 case "$got" in
     *" $want") ;;
     *) die "agent --version says '$got', the package is $VERSION (expected version $want)" ;;
+esac
+# Built without the dev feature (agent/Cargo.toml [package.metadata.deb]):
+# --dev is refused before anything is read or created.
+if dev_out="$(/usr/bin/agent --dev 2>&1)"; then
+    die "/usr/bin/agent --dev ran: the package must be built without the dev feature"
+fi
+case "$dev_out" in
+    *"without the dev feature"*) say "agent --dev: refused (built without the dev feature)" ;;
+    *) die "/usr/bin/agent --dev failed, but not for want of the dev feature: $dev_out" ;;
 esac
 /usr/bin/agentctl --help >"$TMP/agentctl.help" 2>&1 || { cat "$TMP/agentctl.help" >&2; die "agentctl --help failed"; }
 say "agentctl --help: ok ($(head -n 1 "$TMP/agentctl.help"))"

@@ -3,7 +3,7 @@
 //!
 //! Units inside: CPU in whole cores, memory and disk in MiB (a container's
 //! writable layer is charged 256 MiB, less than the protocol's GiB). The
-//! protocol's [`sources::Capacity`] counts memory and disk in GiB; see
+//! protocol's [`reservation::Capacity`] counts memory and disk in GiB; see
 //! [`Ledger::total_capacity`] and [`Ledger::used_capacity`] for the rounding.
 //!
 //! Invariants: a reservation id is charged at most once (adding it again
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use reservation::workloads::{kubernetes_size, DiskType};
-use reservation::{Reservation, Workload};
+use reservation::{Capacity, Reservation, Workload};
 use serde::Serialize;
 
 /// MiB in a GiB.
@@ -93,23 +93,23 @@ impl Resources {
     }
 
     /// In the protocol's units, every figure rounded down to a whole GiB.
-    pub fn to_capacity_floor(self) -> sources::Capacity {
-        sources::Capacity {
-            cru: self.cpu,
-            mru: self.memory_mib / MIB_PER_GIB,
-            sru: self.ssd_mib / MIB_PER_GIB,
-            hru: self.hdd_mib / MIB_PER_GIB,
-        }
+    pub fn to_capacity_floor(self) -> Capacity {
+        Capacity::whole(
+            self.cpu,
+            self.memory_mib / MIB_PER_GIB,
+            self.ssd_mib / MIB_PER_GIB,
+            self.hdd_mib / MIB_PER_GIB,
+        )
     }
 
     /// In the protocol's units, every figure rounded up to a whole GiB.
-    pub fn to_capacity_ceil(self) -> sources::Capacity {
-        sources::Capacity {
-            cru: self.cpu,
-            mru: self.memory_mib.div_ceil(MIB_PER_GIB),
-            sru: self.ssd_mib.div_ceil(MIB_PER_GIB),
-            hru: self.hdd_mib.div_ceil(MIB_PER_GIB),
-        }
+    pub fn to_capacity_ceil(self) -> Capacity {
+        Capacity::whole(
+            self.cpu,
+            self.memory_mib.div_ceil(MIB_PER_GIB),
+            self.ssd_mib.div_ceil(MIB_PER_GIB),
+            self.hdd_mib.div_ceil(MIB_PER_GIB),
+        )
     }
 }
 
@@ -440,6 +440,28 @@ impl Ledger {
         }
     }
 
+    /// A ledger that admits everything and still counts it: the engine's
+    /// until it is given the node's (benches and tests that do not count
+    /// capacity).
+    pub fn unbounded() -> Self {
+        let all = Resources {
+            cpu: u64::MAX,
+            memory_mib: u64::MAX,
+            ssd_mib: u64::MAX,
+            hdd_mib: u64::MAX,
+        };
+        Ledger::new(Total {
+            physical: all,
+            reserved: Resources::ZERO,
+            root_disk: DiskType::Ssd,
+        })
+        .with_user_limits(UserLimits {
+            networks: u64::MAX,
+            debug: u64::MAX,
+            ports: u64::MAX,
+        })
+    }
+
     /// Cap what one user may hold (default [`UserLimits::default`]).
     pub fn with_user_limits(mut self, limits: UserLimits) -> Self {
         self.limits = limits;
@@ -673,14 +695,14 @@ impl Ledger {
     /// Capacity to register with the explorer: what workloads may take
     /// (total less reserved), memory and disk rounded **down** to whole GiB
     /// so the node never promises what it lacks.
-    pub fn total_capacity(&self) -> sources::Capacity {
+    pub fn total_capacity(&self) -> Capacity {
         self.total.usable().to_capacity_floor()
     }
 
     /// Used capacity for the heartbeat, memory and disk rounded **up** to
     /// whole GiB (a 256 MiB container layer shows as 1 GiB of disk), so
     /// the explorer never sees a busy node as idle.
-    pub fn used_capacity(&self) -> sources::Capacity {
+    pub fn used_capacity(&self) -> Capacity {
         self.used.to_capacity_ceil()
     }
 
@@ -940,15 +962,7 @@ mod tests {
                 hdd_mib: 5 * 1024
             }
         );
-        assert_eq!(
-            l.used_capacity(),
-            sources::Capacity {
-                cru: 1,
-                mru: 1,
-                sru: 1,
-                hru: 5
-            }
-        );
+        assert_eq!(l.used_capacity(), Capacity::whole(1, 1, 1, 5));
     }
 
     fn user_of(kind: WorkloadType, data: serde_json::Value) -> Tenancy {
@@ -1097,15 +1111,7 @@ mod tests {
         t.physical.ssd_mib = 10 * 1024 + 500;
         t.reserved.memory_mib = 100;
         let mut l = Ledger::new(t);
-        assert_eq!(
-            l.total_capacity(),
-            sources::Capacity {
-                cru: 4,
-                mru: 3,
-                sru: 10,
-                hru: 0
-            }
-        );
+        assert_eq!(l.total_capacity(), Capacity::whole(4, 3, 10, 0));
         l.add(
             "1-1",
             Resources {
@@ -1113,7 +1119,7 @@ mod tests {
                 ..Resources::ZERO
             },
         );
-        assert_eq!(l.used_capacity().mru, 2);
+        assert_eq!(l.used_capacity().mru, 2.0);
         let snap = l.snapshot();
         assert_eq!(snap.free.memory_mib, 3900 - 100 - 1025);
         assert_eq!(snap.root_disk, "SSD");

@@ -1,82 +1,113 @@
-//! The agent's settings: flags, then environment (`AGENT_*`), then the TOML
-//! file (`--config`, default `/etc/agent/agent.toml`), then defaults.
+//! The agent's settings: one layered [`Settings`]. Each value comes from
+//! its flag, else its `AGENT_*` environment variable, else the key of the
+//! same name (snake_case) in the TOML file (`--config`, default
+//! `/etc/agent/agent.toml`, ignored when absent unless named), else the
+//! default written on the flag, which `agent --help` shows.
+//!
+//! How the layers meet: clap reads flags, the environment and the
+//! defaults; the file's values are handed to clap as the defaults of their
+//! flags (after checking each key and value, so an error names the file and
+//! the key), and clap parses once more. `--dev` changes the defaults of
+//! `explorer`, `root` and `socket` the same way.
 
+use std::ffi::OsString;
+use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Parser;
-use serde::Deserialize;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Command, CommandFactory, FromArgMatches, Parser};
+use provisioners::container::{parse_port_range, DEFAULT_HOST_PORTS, DEFAULT_PIDS_LIMIT};
+use provisioners::kubernetes::{check_runtime_name, KubernetesMode, DEFAULT_K3S_IMAGE};
+use provisioners::network::{parse_pool, DEFAULT_POOL};
+use provisioners::zdb::DEFAULT_ZDB_IMAGE;
+use provisioners::TenantOptions;
+use reservation::workloads::DiskType;
 
+use crate::capacity::{self, parse_disk_type, parse_size, UserLimits};
 use crate::AgentError;
 
 pub const DEFAULT_CONFIG: &str = "/etc/agent/agent.toml";
 pub const DEFAULT_ROOT: &str = "/var/lib/agent";
 pub const DEFAULT_SOCKET: &str = "/run/agent/agent.sock";
+/// `--dev`: the root, under the working directory.
+pub const DEV_ROOT: &str = "./.agent-dev";
 pub const DEV_EXPLORER_PORT: u16 = 7700;
+/// Default of `--max-poll-bytes`.
+pub const DEFAULT_MAX_POLL_BYTES: usize = 16 << 20;
+/// Default of `--pull-timeout`.
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default of `--image-grace`.
+pub const DEFAULT_IMAGE_GRACE: Duration = Duration::from_secs(24 * 3600);
 
-/// Command line of the `agent` daemon.
-#[derive(Debug, Parser, Default)]
+/// Flags with no key in the file.
+const NOT_IN_FILE: [&str; 3] = ["config", "dev", "dev_port"];
+
+/// Every setting of the `agent` daemon, resolved: see the module doc for
+/// where each value comes from.
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "agent",
     version,
     about = "Node provisioning agent: polls the explorer for signed reservations and provisions them through Docker.",
-    after_help = "Every flag can also come from the environment (AGENT_EXPLORER, AGENT_ROOT, ...) or from the TOML file.\n\
+    after_help = "Every flag can also come from the environment (AGENT_EXPLORER, AGENT_ROOT, ...) or from the TOML file\n\
+(the flag's name in snake_case: max_poll_bytes = 16777216).\n\
 Precedence: flag, then environment, then file, then default.\n\n\
 Examples:\n  agent --dev                                   # local explorer on 127.0.0.1:7700, root ./.agent-dev\n  agent --explorer https://explorer.example --root /var/lib/agent"
 )]
-pub struct Args {
+pub struct Settings {
     /// Explorer base URL, e.g. https://explorer.example [required; --dev:
-    /// http://127.0.0.1:7700].
-    #[arg(long, env = "AGENT_EXPLORER")]
-    pub explorer: Option<String>,
-    /// State directory: node key, cache, volume images [default:
-    /// /var/lib/agent; --dev: ./.agent-dev].
-    #[arg(long, env = "AGENT_ROOT")]
-    pub root: Option<PathBuf>,
-    /// Control socket for agentctl (mode 0600) [default:
-    /// /run/agent/agent.sock; --dev: <root>/agent.sock].
-    #[arg(long, env = "AGENT_SOCKET")]
-    pub socket: Option<PathBuf>,
-    /// TOML config file [default: /etc/agent/agent.toml, ignored if absent].
-    #[arg(long, env = "AGENT_CONFIG")]
-    pub config: Option<PathBuf>,
+    /// http://127.0.0.1:<dev-port>].
+    #[arg(long, env = "AGENT_EXPLORER", required = false)]
+    pub explorer: String,
+    /// State directory: node key, cache, volume images [--dev: ./.agent-dev].
+    #[arg(long, env = "AGENT_ROOT", default_value = DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// Control socket for agentctl (mode 0600) [--dev: <root>/agent.sock].
+    #[arg(long, env = "AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// TOML config file; the default one is ignored if absent.
+    #[arg(long, env = "AGENT_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
     /// Run the reference explorer in this process on 127.0.0.1:7700 with
     /// root ./.agent-dev, and print a command that reserves a workload here.
-    #[arg(long)]
+    #[arg(long, hide = !cfg!(feature = "dev"))]
     pub dev: bool,
-    /// Port of the `--dev` explorer on 127.0.0.1 [default: 7700].
-    #[arg(long, env = "AGENT_DEV_PORT", value_name = "PORT")]
-    pub dev_port: Option<u16>,
-    /// Deadline for one provisioning, e.g. 10m [default: 10m].
-    #[arg(long, env = "AGENT_PROVISION_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub provision_timeout: Option<Duration>,
+    /// Port of the `--dev` explorer on 127.0.0.1.
+    #[arg(long, env = "AGENT_DEV_PORT", value_name = "PORT", default_value_t = DEV_EXPLORER_PORT, hide = !cfg!(feature = "dev"))]
+    pub dev_port: u16,
+    /// Deadline for one provisioning, e.g. 10m.
+    #[arg(long, env = "AGENT_PROVISION_TIMEOUT", value_parser = humantime::parse_duration, default_value = human(crate::engine::DEFAULT_PROVISION_TIMEOUT))]
+    pub provision_timeout: Duration,
     /// Longest reservation lifetime (duration) accepted, e.g. 366d; longer
-    /// ones are refused with a signed error [default: 366d].
-    #[arg(long, env = "AGENT_MAX_DURATION", value_parser = humantime::parse_duration)]
-    pub max_duration: Option<Duration>,
-    /// Log format: text or json [default: text].
-    #[arg(long, env = "AGENT_LOG_FORMAT")]
-    pub log_format: Option<String>,
-    /// Largest poll answer accepted, in bytes [default: 16777216].
-    #[arg(long, env = "AGENT_MAX_POLL_BYTES")]
-    pub max_poll_bytes: Option<usize>,
-    /// Image of the 0-db containers [default: threefoldtech/0-db].
-    #[arg(long, env = "AGENT_ZDB_IMAGE")]
-    pub zdb_image: Option<String>,
-    /// Image of the k3s containers [default: rancher/k3s:v1.31.4-k3s1].
-    #[arg(long, env = "AGENT_K3S_IMAGE")]
-    pub k3s_image: Option<String>,
+    /// ones are refused with a signed error.
+    #[arg(long, env = "AGENT_MAX_DURATION", value_parser = humantime::parse_duration, default_value = human(crate::engine::DEFAULT_MAX_DURATION))]
+    pub max_duration: Duration,
+    /// Log format: text or json.
+    #[arg(long, env = "AGENT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Largest poll answer accepted, in bytes.
+    #[arg(long, env = "AGENT_MAX_POLL_BYTES", default_value_t = DEFAULT_MAX_POLL_BYTES)]
+    pub max_poll_bytes: usize,
+    /// Image of the 0-db containers.
+    #[arg(long, env = "AGENT_ZDB_IMAGE", default_value = DEFAULT_ZDB_IMAGE)]
+    pub zdb_image: String,
+    /// Image of the k3s containers.
+    #[arg(long, env = "AGENT_K3S_IMAGE", default_value = DEFAULT_K3S_IMAGE)]
+    pub k3s_image: String,
     /// Run k3s containers privileged (true/false) once kubernetes is
-    /// enabled [default: true]. k3s needs it; only a sandboxed engine that
-    /// cannot start privileged containers, with a k3s stand-in image,
-    /// calls for false. It enables nothing by itself.
-    #[arg(long, env = "AGENT_K3S_PRIVILEGED")]
-    pub k3s_privileged: Option<bool>,
+    /// enabled. k3s needs it; only a sandboxed engine that cannot start
+    /// privileged containers, with a k3s stand-in image, calls for false.
+    /// It enables nothing by itself.
+    #[arg(long, env = "AGENT_K3S_PRIVILEGED", action = clap::ArgAction::Set, default_value_t = true)]
+    pub k3s_privileged: bool,
     /// Enable kubernetes with k3s containers run under this isolating OCI
     /// runtime registered with Docker (e.g. kata, sysbox-runc; checked
     /// against `docker info` at start, runc refused) [default: none,
     /// kubernetes disabled].
-    #[arg(long, env = "AGENT_KUBERNETES_RUNTIME")]
+    #[arg(long, env = "AGENT_KUBERNETES_RUNTIME", value_parser = parse_kubernetes_runtime)]
     pub kubernetes_runtime: Option<String>,
     /// Enable kubernetes with privileged k3s containers on the host's
     /// runtime: any tenant then owns the host. Only for a single-tenant
@@ -86,135 +117,74 @@ pub struct Args {
     /// Comma-separated user ids whose debug reservations get the whole
     /// node's log; other users get only their own reservations' lines
     /// [default: none].
-    #[arg(long, env = "AGENT_DEBUG_OPERATORS")]
-    pub debug_operators: Option<String>,
-    /// What the disk under the root is: SSD or HDD [default: SSD].
-    #[arg(long, env = "AGENT_DISK_TYPE")]
-    pub disk_type: Option<String>,
-    /// Memory kept for the host, e.g. 2GiB [default: 2GiB].
-    #[arg(long, env = "AGENT_RESERVE_MEMORY")]
-    pub reserve_memory: Option<String>,
-    /// CPU cores kept for the host [default: 0].
-    #[arg(long, env = "AGENT_RESERVE_CPU")]
-    pub reserve_cpu: Option<u32>,
+    #[arg(long, env = "AGENT_DEBUG_OPERATORS", value_name = "IDS", value_parser = parse_user_ids, default_value = "", hide_default_value = true)]
+    pub debug_operators: ::std::vec::Vec<String>,
+    /// What the disk under the root is: SSD or HDD.
+    #[arg(long, env = "AGENT_DISK_TYPE", value_parser = parse_disk_type, default_value = DiskType::Ssd.as_str())]
+    pub disk_type: DiskType,
+    /// Memory kept for the host, e.g. 2GiB.
+    #[arg(long, env = "AGENT_RESERVE_MEMORY", value_parser = parse_size, default_value = size(capacity::DEFAULT_RESERVE_MEMORY))]
+    pub reserve_memory: u64,
+    /// CPU cores kept for the host.
+    #[arg(long, env = "AGENT_RESERVE_CPU", default_value_t = 0)]
+    pub reserve_cpu: u32,
     /// How many times the usable cores may be promised to workloads
-    /// (1 = no overcommit) [default: 1].
-    #[arg(long, env = "AGENT_CPU_OVERCOMMIT")]
-    pub cpu_overcommit: Option<u32>,
-    /// Disk kept free under the root for the agent's state, e.g. 64MiB
-    /// [default: 64MiB].
-    #[arg(long, env = "AGENT_MIN_FREE_DISK")]
-    pub min_free_disk: Option<String>,
+    /// (1 = no overcommit; 0 counts as 1).
+    #[arg(long, env = "AGENT_CPU_OVERCOMMIT", default_value_t = 1)]
+    pub cpu_overcommit: u32,
+    /// Disk kept free under the root for the agent's state, e.g. 64MiB.
+    #[arg(long, env = "AGENT_MIN_FREE_DISK", value_parser = parse_size, default_value = size(crate::engine::DEFAULT_MIN_FREE_DISK))]
+    pub min_free_disk: u64,
     /// URL where this node can be reached, sent at registration [default:
     /// http://<hostname>].
-    #[arg(long, env = "AGENT_NODE_URL")]
-    pub node_url: Option<String>,
-    /// Time between heartbeats, e.g. 30s [default: 30s].
-    #[arg(long, env = "AGENT_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
-    pub heartbeat_interval: Option<Duration>,
+    #[arg(long, env = "AGENT_NODE_URL", default_value = crate::heartbeat::default_node_url(), hide_default_value = true)]
+    pub node_url: String,
+    /// Time between heartbeats, e.g. 30s.
+    #[arg(long, env = "AGENT_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = human(crate::heartbeat::DEFAULT_INTERVAL))]
+    pub heartbeat_interval: Duration,
     /// Serve Prometheus metrics on http://ADDR/metrics (off by default).
     #[arg(long, env = "AGENT_METRICS")]
     pub metrics: Option<String>,
-    /// Exits within --crash-window after which a workload is given up
-    /// [default: 5].
-    #[arg(long, env = "AGENT_CRASH_LIMIT")]
-    pub crash_limit: Option<u32>,
-    /// Window of the crash policy, e.g. 10m [default: 10m].
-    #[arg(long, env = "AGENT_CRASH_WINDOW", value_parser = humantime::parse_duration)]
-    pub crash_window: Option<Duration>,
-    /// Deadline of one image pull, e.g. 10m [default: 10m].
-    #[arg(long, env = "AGENT_PULL_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub pull_timeout: Option<Duration>,
+    /// Exits within --crash-window after which a workload is given up (0
+    /// counts as 1).
+    #[arg(long, env = "AGENT_CRASH_LIMIT", default_value_t = crate::crash::DEFAULT_CRASH_LIMIT)]
+    pub crash_limit: u32,
+    /// Window of the crash policy, e.g. 10m.
+    #[arg(long, env = "AGENT_CRASH_WINDOW", value_parser = humantime::parse_duration, default_value = human(crate::crash::DEFAULT_CRASH_WINDOW))]
+    pub crash_window: Duration,
+    /// Deadline of one image pull, e.g. 10m.
+    #[arg(long, env = "AGENT_PULL_TIMEOUT", value_parser = humantime::parse_duration, default_value = human(DEFAULT_PULL_TIMEOUT))]
+    pub pull_timeout: Duration,
     /// How long an image the agent pulled may stay unused before it is
-    /// removed, e.g. 24h [default: 24h].
-    #[arg(long, env = "AGENT_IMAGE_GRACE", value_parser = humantime::parse_duration)]
-    pub image_grace: Option<Duration>,
-    /// Most processes (threads included) one tenant container may hold
-    /// [default: 1024].
-    #[arg(long, env = "AGENT_CONTAINER_PIDS_LIMIT")]
-    pub container_pids_limit: Option<i64>,
+    /// removed, e.g. 24h.
+    #[arg(long, env = "AGENT_IMAGE_GRACE", value_parser = humantime::parse_duration, default_value = human(DEFAULT_IMAGE_GRACE))]
+    pub image_grace: Duration,
+    /// Most processes (threads included) one tenant container may hold.
+    #[arg(long, env = "AGENT_CONTAINER_PIDS_LIMIT", value_parser = parse_pids_limit, default_value_t = DEFAULT_PIDS_LIMIT)]
+    pub container_pids_limit: i64,
     /// OCI runtime of every tenant container, e.g. runsc (gVisor); it must
     /// be registered with Docker (`docker info` Runtimes) or the agent
     /// refuses to start [default: Docker's default runtime].
-    #[arg(long, env = "AGENT_CONTAINER_RUNTIME")]
+    #[arg(long, env = "AGENT_CONTAINER_RUNTIME", value_parser = parse_container_runtime)]
     pub container_runtime: Option<String>,
-    /// Host ports tenants may publish, LOW-HIGH [default: 30000-32767].
-    #[arg(long, env = "AGENT_HOST_PORT_RANGE")]
-    pub host_port_range: Option<String>,
-    /// Host address published ports are bound to [default: 0.0.0.0, every
-    /// address].
-    #[arg(long, env = "AGENT_HOST_PORT_ADDRESS")]
-    pub host_port_address: Option<std::net::IpAddr>,
-    /// Comma-separated IPv4 CIDRs every network's subnet must lie in
-    /// [default: 10.0.0.0/8,172.16.0.0/12,192.168.0.0/16].
-    #[arg(long, env = "AGENT_NETWORK_POOL")]
-    pub network_pool: Option<String>,
-    /// Most networks one user may hold on this node [default: 16].
-    #[arg(long, env = "AGENT_MAX_NETWORKS_PER_USER")]
-    pub max_networks_per_user: Option<u64>,
-    /// Most debug reservations one user may hold on this node [default: 2].
-    #[arg(long, env = "AGENT_MAX_DEBUG_PER_USER")]
-    pub max_debug_per_user: Option<u64>,
-    /// Most host ports one user's containers may publish on this node
-    /// [default: 16].
-    #[arg(long, env = "AGENT_MAX_PORTS_PER_USER")]
-    pub max_ports_per_user: Option<u64>,
-}
-
-/// The TOML file: the same settings, snake_case, all optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub explorer: Option<String>,
-    pub root: Option<PathBuf>,
-    pub socket: Option<PathBuf>,
-    #[serde(default, with = "humantime_serde_opt")]
-    pub provision_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    pub max_duration: Option<Duration>,
-    pub log_format: Option<String>,
-    pub max_poll_bytes: Option<usize>,
-    pub zdb_image: Option<String>,
-    pub k3s_image: Option<String>,
-    pub k3s_privileged: Option<bool>,
-    pub kubernetes_runtime: Option<String>,
-    pub kubernetes_privileged_unsafe: Option<bool>,
-    pub debug_operators: Option<String>,
-    pub disk_type: Option<String>,
-    pub reserve_memory: Option<String>,
-    pub reserve_cpu: Option<u32>,
-    pub cpu_overcommit: Option<u32>,
-    pub min_free_disk: Option<String>,
-    pub node_url: Option<String>,
-    #[serde(default, with = "humantime_serde_opt")]
-    pub heartbeat_interval: Option<Duration>,
-    pub metrics: Option<String>,
-    pub crash_limit: Option<u32>,
-    #[serde(default, with = "humantime_serde_opt")]
-    pub crash_window: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    pub pull_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    pub image_grace: Option<Duration>,
-    pub container_pids_limit: Option<i64>,
-    pub container_runtime: Option<String>,
-    pub host_port_range: Option<String>,
-    pub host_port_address: Option<std::net::IpAddr>,
-    pub network_pool: Option<String>,
-    pub max_networks_per_user: Option<u64>,
-    pub max_debug_per_user: Option<u64>,
-    pub max_ports_per_user: Option<u64>,
-}
-
-mod humantime_serde_opt {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
+    /// Host ports tenants may publish, LOW-HIGH.
+    #[arg(long, env = "AGENT_HOST_PORT_RANGE", value_name = "LOW-HIGH", value_parser = parse_port_range, default_value = format!("{}-{}", DEFAULT_HOST_PORTS.0, DEFAULT_HOST_PORTS.1))]
+    pub host_port_range: (u16, u16),
+    /// Host address published ports are bound to (0.0.0.0: every address).
+    #[arg(long, env = "AGENT_HOST_PORT_ADDRESS", default_value_t = provisioners::container::ContainerPolicy::default().host_port_address)]
+    pub host_port_address: IpAddr,
+    /// Comma-separated IPv4 CIDRs every network's subnet must lie in.
+    #[arg(long, env = "AGENT_NETWORK_POOL", value_name = "CIDRS", value_parser = parse_pool, default_value = DEFAULT_POOL)]
+    pub network_pool: ::std::vec::Vec<ipnet::Ipv4Net>,
+    /// Most networks one user may hold on this node.
+    #[arg(long, env = "AGENT_MAX_NETWORKS_PER_USER", default_value_t = capacity::DEFAULT_MAX_NETWORKS_PER_USER)]
+    pub max_networks_per_user: u64,
+    /// Most debug reservations one user may hold on this node.
+    #[arg(long, env = "AGENT_MAX_DEBUG_PER_USER", default_value_t = capacity::DEFAULT_MAX_DEBUG_PER_USER)]
+    pub max_debug_per_user: u64,
+    /// Most host ports one user's containers may publish on this node.
+    #[arg(long, env = "AGENT_MAX_PORTS_PER_USER", default_value_t = capacity::DEFAULT_MAX_PORTS_PER_USER)]
+    pub max_ports_per_user: u64,
 }
 
 /// Log output format.
@@ -224,357 +194,397 @@ pub enum LogFormat {
     Json,
 }
 
-/// Resolved settings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub explorer: String,
-    pub root: PathBuf,
-    pub socket: PathBuf,
-    pub dev: bool,
-    /// Port of the `--dev` explorer on 127.0.0.1.
-    pub dev_port: u16,
-    pub provision_timeout: Duration,
-    pub max_duration: Duration,
-    pub log_format: LogFormat,
-    pub max_poll_bytes: usize,
-    pub zdb_image: String,
-    pub k3s_image: String,
-    pub k3s_privileged: bool,
-    /// Whether kubernetes is enabled, and how (default: disabled).
-    pub kubernetes: provisioners::kubernetes::KubernetesMode,
-    /// Users whose debug reservations see the whole node's log.
-    pub debug_operators: Vec<String>,
-    pub disk_type: reservation::workloads::DiskType,
-    pub reserve_memory: u64,
-    pub reserve_cpu: u32,
-    pub cpu_overcommit: u32,
-    pub min_free_disk: u64,
-    pub node_url: String,
-    pub heartbeat_interval: Duration,
-    pub metrics: Option<String>,
-    pub crash_limit: u32,
-    pub crash_window: Duration,
-    pub pull_timeout: Duration,
-    pub image_grace: Duration,
-    /// What tenants may ask of the host: container confinement, host
-    /// ports, the subnet pool.
-    pub tenants: provisioners::TenantOptions,
-    /// What one user may hold at once.
-    pub user_limits: crate::capacity::UserLimits,
-}
-
-impl Settings {
-    /// Merge flags/environment with the file and defaults.
-    pub fn resolve(args: Args) -> Result<Settings, AgentError> {
-        let (path, explicit) = match &args.config {
-            Some(p) => (p.clone(), true),
-            None => (PathBuf::from(DEFAULT_CONFIG), false),
-        };
-        let file = load_file(&path, explicit)?;
-        let log_format = match args
-            .log_format
-            .or(file.log_format)
-            .as_deref()
-            .unwrap_or("text")
-        {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(AgentError::Config {
-                    path: "--log-format".into(),
-                    reason: format!("{other:?} is not text or json"),
-                })
-            }
-        };
-        let dev = args.dev;
-        let bad = |key: &str, reason: String| AgentError::Config {
-            path: format!("{} ({key})", path.display()),
-            reason,
-        };
-        let kubernetes = kubernetes_mode(
-            args.kubernetes_runtime.or(file.kubernetes_runtime),
-            args.kubernetes_privileged_unsafe || file.kubernetes_privileged_unsafe.unwrap_or(false),
-        )?;
-        let debug_operators: Vec<String> = args
-            .debug_operators
-            .or(file.debug_operators)
-            .unwrap_or_default()
-            .split(',')
-            .map(|u| u.trim().to_string())
-            .filter(|u| !u.is_empty())
-            .collect();
-        if let Some(bad) = debug_operators
-            .iter()
-            .find(|u| !u.chars().all(|c| c.is_ascii_alphanumeric()))
-        {
-            return Err(AgentError::Config {
-                path: "--debug-operators".into(),
-                reason: format!("{bad:?} is not a user id (base58)"),
-            });
-        }
-        let explorer = match args.explorer.or(file.explorer) {
-            Some(e) => e,
-            None if dev => format!(
-                "http://127.0.0.1:{}",
-                args.dev_port.unwrap_or(DEV_EXPLORER_PORT)
-            ),
-            None => {
-                return Err(AgentError::Config {
-                    path: path.display().to_string(),
-                    reason: "no explorer URL: pass --explorer URL, set AGENT_EXPLORER, or set explorer = \"...\" in the config file (or try --dev)".into(),
-                })
-            }
-        };
-        let root = args.root.or(file.root).unwrap_or_else(|| {
-            if dev {
-                PathBuf::from("./.agent-dev")
-            } else {
-                PathBuf::from(DEFAULT_ROOT)
-            }
-        });
-        let socket = args.socket.or(file.socket).unwrap_or_else(|| {
-            if dev {
-                root.join("agent.sock")
-            } else {
-                PathBuf::from(DEFAULT_SOCKET)
-            }
-        });
-        Ok(Settings {
-            explorer,
-            root,
-            socket,
-            dev,
-            dev_port: args.dev_port.unwrap_or(DEV_EXPLORER_PORT),
-            provision_timeout: args
-                .provision_timeout
-                .or(file.provision_timeout)
-                .unwrap_or(Duration::from_secs(600)),
-            max_duration: args
-                .max_duration
-                .or(file.max_duration)
-                .unwrap_or(crate::engine::DEFAULT_MAX_DURATION),
-            log_format,
-            max_poll_bytes: args
-                .max_poll_bytes
-                .or(file.max_poll_bytes)
-                .unwrap_or(16 * 1024 * 1024),
-            zdb_image: args
-                .zdb_image
-                .or(file.zdb_image)
-                .unwrap_or_else(|| provisioners::zdb::DEFAULT_ZDB_IMAGE.into()),
-            k3s_image: args
-                .k3s_image
-                .or(file.k3s_image)
-                .unwrap_or_else(|| provisioners::kubernetes::DEFAULT_K3S_IMAGE.into()),
-            k3s_privileged: args.k3s_privileged.or(file.k3s_privileged).unwrap_or(true),
-            kubernetes,
-            debug_operators,
-            disk_type: match args.disk_type.or(file.disk_type) {
-                Some(d) => crate::capacity::parse_disk_type(&d).map_err(|e| bad("disk_type", e))?,
-                None => reservation::workloads::DiskType::Ssd,
-            },
-            reserve_memory: match args.reserve_memory.or(file.reserve_memory) {
-                Some(m) => crate::capacity::parse_size(&m).map_err(|e| bad("reserve_memory", e))?,
-                None => crate::capacity::DEFAULT_RESERVE_MEMORY,
-            },
-            reserve_cpu: args.reserve_cpu.or(file.reserve_cpu).unwrap_or(0),
-            cpu_overcommit: args
-                .cpu_overcommit
-                .or(file.cpu_overcommit)
-                .unwrap_or(1)
-                .max(1),
-            min_free_disk: match args.min_free_disk.or(file.min_free_disk) {
-                Some(m) => crate::capacity::parse_size(&m).map_err(|e| bad("min_free_disk", e))?,
-                None => 64 << 20,
-            },
-            node_url: args
-                .node_url
-                .or(file.node_url)
-                .unwrap_or_else(crate::heartbeat::default_node_url),
-            heartbeat_interval: args
-                .heartbeat_interval
-                .or(file.heartbeat_interval)
-                .unwrap_or(crate::heartbeat::DEFAULT_INTERVAL),
-            metrics: args.metrics.or(file.metrics),
-            crash_limit: args.crash_limit.or(file.crash_limit).unwrap_or(5).max(1),
-            crash_window: args
-                .crash_window
-                .or(file.crash_window)
-                .unwrap_or(Duration::from_secs(600)),
-            pull_timeout: args
-                .pull_timeout
-                .or(file.pull_timeout)
-                .unwrap_or(Duration::from_secs(600)),
-            image_grace: args
-                .image_grace
-                .or(file.image_grace)
-                .unwrap_or(Duration::from_secs(24 * 3600)),
-            tenants: tenant_options(
-                args.container_pids_limit.or(file.container_pids_limit),
-                args.container_runtime.or(file.container_runtime),
-                args.host_port_range.or(file.host_port_range),
-                args.host_port_address.or(file.host_port_address),
-                args.network_pool.or(file.network_pool),
-            )?,
-            user_limits: {
-                let d = crate::capacity::UserLimits::default();
-                crate::capacity::UserLimits {
-                    networks: args
-                        .max_networks_per_user
-                        .or(file.max_networks_per_user)
-                        .unwrap_or(d.networks),
-                    debug: args
-                        .max_debug_per_user
-                        .or(file.max_debug_per_user)
-                        .unwrap_or(d.debug),
-                    ports: args
-                        .max_ports_per_user
-                        .or(file.max_ports_per_user)
-                        .unwrap_or(d.ports),
-                }
-            },
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
         })
     }
 }
 
-/// The tenant rules from their settings (`None`: the default).
-fn tenant_options(
-    pids_limit: Option<i64>,
-    runtime: Option<String>,
-    port_range: Option<String>,
-    port_address: Option<std::net::IpAddr>,
-    pool: Option<String>,
-) -> Result<provisioners::TenantOptions, AgentError> {
-    let bad = |path: &str, reason: String| AgentError::Config {
-        path: path.into(),
-        reason,
-    };
-    let mut t = provisioners::TenantOptions::default();
-    if let Some(n) = pids_limit {
-        if n < 1 {
-            return Err(bad(
-                "--container-pids-limit",
-                format!("{n} is not a positive number of processes"),
-            ));
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not text or json")),
         }
-        t.container.pids_limit = n;
     }
-    if let Some(r) = runtime
-        .map(|r| r.trim().to_string())
-        .filter(|r| !r.is_empty())
+}
+
+impl Settings {
+    /// The settings of this process: its arguments, environment and file.
+    /// A [`AgentError::Cli`] is clap's to print (`--help` and `--version`
+    /// among them): call its `exit`.
+    pub fn load() -> Result<Settings, AgentError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// [`Settings::load`] with these arguments (the first is the program).
+    pub fn load_from<I, T>(args: I) -> Result<Settings, AgentError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
     {
-        if !r
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(bad(
-                "--container-runtime",
-                format!("{r:?} is not a runtime name (letters, digits, - _ .)"),
-            ));
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        // Flags, environment and built-in defaults: where the file is, and
+        // --dev.
+        let first = Settings::command().try_get_matches_from(&args)?;
+        let dev = first.get_flag("dev");
+        if dev && !cfg!(feature = "dev") {
+            return Err(AgentError::Config {
+                path: "--dev".into(),
+                reason: "this agent is built without the dev feature (the embedded explorer, left out of the Debian package): run an explorer and pass --explorer URL, or build the agent with its default features (cargo run --bin agent -- --dev)".into(),
+            });
         }
-        t.container.runtime = Some(r);
+        let path = first
+            .get_one::<PathBuf>("config")
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let explicit = first.value_source("config") != Some(ValueSource::DefaultValue);
+        let file = read_file(&path, explicit)?;
+
+        // The file's values (and --dev's) become the flags' defaults.
+        let mut defaults = file_defaults(&path, &file)?;
+        if dev {
+            let port = first
+                .get_one::<u16>("dev_port")
+                .copied()
+                .unwrap_or(DEV_EXPLORER_PORT);
+            let root = match given(&first, "root") {
+                Some(r) => r,
+                None => defaults.get("root").cloned().unwrap_or(DEV_ROOT.into()),
+            };
+            for (key, value) in [
+                ("explorer", format!("http://127.0.0.1:{port}")),
+                (
+                    "socket",
+                    Path::new(&root).join("agent.sock").display().to_string(),
+                ),
+                ("root", root),
+            ] {
+                defaults.entry(key.to_string()).or_insert(value);
+            }
+        }
+        let mut cmd = Settings::command();
+        for (key, value) in defaults {
+            cmd = cmd.mut_arg(key, |a| a.default_value(value));
+        }
+        let matches = cmd.try_get_matches_from(&args)?;
+        if !matches.contains_id("explorer") {
+            return Err(AgentError::Config {
+                path: path.display().to_string(),
+                reason: "no explorer URL: pass --explorer URL, set AGENT_EXPLORER, or set explorer = \"...\" in the config file (or try --dev)".into(),
+            });
+        }
+        let mut s = Settings::from_arg_matches(&matches)?;
+        s.check()?;
+        Ok(s)
     }
-    if let Some(r) = port_range {
-        t.container.host_ports = provisioners::container::parse_port_range(&r)
-            .map_err(|e| bad("--host-port-range", e))?;
+
+    /// Checks across settings, and the figures where 0 means 1.
+    fn check(&mut self) -> Result<(), AgentError> {
+        if self.kubernetes_runtime.is_some() && self.kubernetes_privileged_unsafe {
+            return Err(AgentError::Config {
+                path: "--kubernetes-runtime".into(),
+                reason: "--kubernetes-runtime and --kubernetes-privileged-unsafe exclude each other; pick one".into(),
+            });
+        }
+        if self.container_runtime.as_deref() == Some("") {
+            self.container_runtime = None;
+        }
+        self.cpu_overcommit = self.cpu_overcommit.max(1);
+        self.crash_limit = self.crash_limit.max(1);
+        Ok(())
     }
-    if let Some(a) = port_address {
-        t.container.host_port_address = a;
+
+    /// Whether kubernetes is enabled, and how: only when the operator
+    /// names an isolating runtime or accepts privileged containers on a
+    /// single-tenant node (never both: refused at load).
+    pub fn kubernetes(&self) -> KubernetesMode {
+        match (&self.kubernetes_runtime, self.kubernetes_privileged_unsafe) {
+            (Some(r), _) => KubernetesMode::Runtime(r.clone()),
+            (None, true) => KubernetesMode::PrivilegedUnsafe,
+            (None, false) => KubernetesMode::Disabled,
+        }
     }
-    if let Some(p) = pool {
-        t.network_pool =
-            provisioners::network::parse_pool(&p).map_err(|e| bad("--network-pool", e))?;
+
+    /// What tenants may ask of the host: container confinement, host
+    /// ports, the subnet pool.
+    pub fn tenants(&self) -> TenantOptions {
+        let mut t = TenantOptions::default();
+        t.container.pids_limit = self.container_pids_limit;
+        t.container.runtime = self.container_runtime.clone();
+        t.container.host_ports = self.host_port_range;
+        t.container.host_port_address = self.host_port_address;
+        t.network_pool = self.network_pool.clone();
+        t
     }
-    Ok(t)
+
+    /// What one user may hold at once.
+    pub fn user_limits(&self) -> UserLimits {
+        UserLimits {
+            networks: self.max_networks_per_user,
+            debug: self.max_debug_per_user,
+            ports: self.max_ports_per_user,
+        }
+    }
 }
 
-/// Kubernetes is disabled unless the operator names an isolating runtime
-/// or accepts privileged containers on a single-tenant node; not both.
-fn kubernetes_mode(
-    runtime: Option<String>,
-    privileged_unsafe: bool,
-) -> Result<provisioners::kubernetes::KubernetesMode, AgentError> {
-    use provisioners::kubernetes::{check_runtime_name, KubernetesMode};
-    let bad = |path: &str, reason: String| AgentError::Config {
-        path: path.into(),
+/// The value of `id` if a flag or the environment gave it.
+fn given(m: &ArgMatches, id: &str) -> Option<String> {
+    match m.value_source(id) {
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable) => m
+            .get_raw(id)
+            .and_then(|mut v| v.next())
+            .map(|v| v.to_string_lossy().into_owned()),
+        _ => None,
+    }
+}
+
+/// The file as a TOML table: empty when the default file is absent.
+fn read_file(path: &Path, explicit: bool) -> Result<toml::Table, AgentError> {
+    let bad = |reason: String| AgentError::Config {
+        path: path.display().to_string(),
         reason,
     };
-    match (runtime, privileged_unsafe) {
-        (Some(_), true) => Err(bad(
-            "--kubernetes-runtime",
-            "--kubernetes-runtime and --kubernetes-privileged-unsafe exclude each other; pick one"
-                .into(),
-        )),
-        (Some(r), false) => {
-            check_runtime_name(&r).map_err(|e| {
-                let reason = e.trim_start_matches("--kubernetes-runtime: ").to_string();
-                bad("--kubernetes-runtime", reason)
-            })?;
-            Ok(KubernetesMode::Runtime(r))
-        }
-        (None, true) => Ok(KubernetesMode::PrivilegedUnsafe),
-        (None, false) => Ok(KubernetesMode::Disabled),
+    match std::fs::read_to_string(path) {
+        Ok(s) => s.parse::<toml::Table>().map_err(|e| bad(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(toml::Table::new()),
+        Err(e) => Err(bad(e.to_string())),
     }
 }
 
-fn load_file(path: &Path, explicit: bool) -> Result<FileConfig, AgentError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => toml::from_str(&s).map_err(|e| AgentError::Config {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            Ok(FileConfig::default())
+/// Each key of the file, checked against the flags and its value against
+/// the flag's parser, as the text clap reads.
+fn file_defaults(
+    path: &Path,
+    file: &toml::Table,
+) -> Result<std::collections::BTreeMap<String, String>, AgentError> {
+    let cmd = Settings::command();
+    let keys: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| a.get_long().is_some())
+        .filter(|a| !NOT_IN_FILE.contains(&a.get_id().as_str()))
+        .filter(|a| !["help", "version"].contains(&a.get_id().as_str()))
+        .map(|a| a.get_id().to_string())
+        .collect();
+    let mut out = std::collections::BTreeMap::new();
+    for (key, value) in file {
+        let bad = |reason: String| AgentError::Config {
+            path: format!("{} ({key})", path.display()),
+            reason,
+        };
+        if !keys.contains(key) {
+            let expected: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+            return Err(AgentError::Config {
+                path: path.display().to_string(),
+                reason: format!(
+                    "unknown key `{key}`, expected one of {}",
+                    expected.join(", ")
+                ),
+            });
         }
-        Err(e) => Err(AgentError::Config {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        }),
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(bad(format!(
+                    "expected a string, a number or a boolean, found {}",
+                    other.type_str()
+                )))
+            }
+        };
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == key.as_str())
+            .expect("a key is a flag");
+        let check = if arg.get_action().takes_values() {
+            // The flag's own parser, through clap.
+            let flag = format!("--{}={text}", arg.get_long().unwrap_or(key));
+            Command::new("agent")
+                .arg(arg.clone().env(None).default_value(None).required(false))
+                .try_get_matches_from(["agent", flag.as_str()])
+                .map(|_| ())
+                .map_err(|e| reason_of(&e))
+        } else {
+            // A switch: true or false.
+            text.parse::<bool>()
+                .map(|_| ())
+                .map_err(|_| format!("{text:?} is not true or false"))
+        };
+        check.map_err(|reason| bad(format!("{value}: {reason}")))?;
+        out.insert(key.clone(), text);
     }
+    Ok(out)
+}
+
+/// What a clap error says of a value, without clap's decoration.
+fn reason_of(e: &clap::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(s) => s.to_string(),
+        None => e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_string(),
+    }
+}
+
+/// A duration as the flags take it, in its largest whole unit up to days
+/// ("30s", "10m", "24h", "366d").
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s >= 2 * 86400 && s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// A size in its largest whole binary unit ("64MiB", "2GiB").
+fn size(bytes: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
+}
+
+/// `--debug-operators`: comma-separated base58 user ids, blanks dropped.
+fn parse_user_ids(s: &str) -> Result<Vec<String>, String> {
+    let ids: Vec<String> = s
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    match ids
+        .iter()
+        .find(|u| !u.chars().all(|c| c.is_ascii_alphanumeric()))
+    {
+        Some(bad) => Err(format!("{bad:?} is not a user id (base58)")),
+        None => Ok(ids),
+    }
+}
+
+/// `--kubernetes-runtime`: an isolating runtime's name (runc refused).
+fn parse_kubernetes_runtime(s: &str) -> Result<String, String> {
+    check_runtime_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.trim_start_matches("--kubernetes-runtime: ").to_string())
+}
+
+/// `--container-pids-limit`: a positive number.
+fn parse_pids_limit(s: &str) -> Result<i64, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(n) => Err(format!("{n} is not a positive number of processes")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `--container-runtime`: a runtime's name (blank: Docker's default).
+fn parse_container_runtime(s: &str) -> Result<String, String> {
+    let r = s.trim();
+    if !r
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "{r:?} is not a runtime name (letters, digits, - _ .)"
+        ));
+    }
+    Ok(r.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn load(args: &[&str]) -> Result<Settings, AgentError> {
+        Settings::load_from(std::iter::once("agent").chain(args.iter().copied()))
+    }
+
+    /// `--dev` with an empty config file: only flags and --dev decide.
+    fn dev(args: &[&str]) -> Result<Settings, AgentError> {
+        let mut all = vec!["--dev", "--config", "/dev/null"];
+        all.extend_from_slice(args);
+        load(&all)
+    }
+
     #[test]
-    fn flag_beats_file_beats_default() {
+    fn flag_beats_env_beats_file_beats_default() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("agent.toml");
         std::fs::write(
             &f,
-            "explorer = \"http://file:1\"\nroot = \"/from/file\"\nprovision_timeout = \"2m\"\n",
+            "explorer = \"http://file:1\"\nroot = \"/from/file\"\nprovision_timeout = \"2m\"\npull_timeout = \"3m\"\n",
         )
         .unwrap();
-        let s = Settings::resolve(Args {
-            explorer: Some("http://flag:1".into()),
-            config: Some(f.clone()),
-            ..Default::default()
-        })
-        .unwrap();
+        let path = f.to_str().unwrap();
+        let s = load(&["--explorer", "http://flag:1", "--config", path]).unwrap();
         assert_eq!(s.explorer, "http://flag:1");
         assert_eq!(s.root, PathBuf::from("/from/file"));
         assert_eq!(s.provision_timeout, Duration::from_secs(120));
         assert_eq!(s.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(s.crash_window, crate::crash::DEFAULT_CRASH_WINDOW);
+        assert_eq!(s.min_free_disk, crate::engine::DEFAULT_MIN_FREE_DISK);
+        // The environment beats the file (a variable no other test reads).
+        std::env::set_var("AGENT_PULL_TIMEOUT", "4m");
+        let s = load(&["--config", path]).unwrap();
+        std::env::remove_var("AGENT_PULL_TIMEOUT");
+        assert_eq!(s.pull_timeout, Duration::from_secs(240));
+        assert_eq!(s.explorer, "http://file:1");
     }
 
     #[test]
-    fn unknown_keys_and_missing_explicit_file_are_errors() {
+    fn unknown_keys_bad_values_and_missing_explicit_file_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("agent.toml");
+        let path = f.to_str().unwrap();
         std::fs::write(&f, "explorr = \"x\"\n").unwrap();
-        let e = Settings::resolve(Args {
-            config: Some(f),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("explorr"), "{e}");
-        assert!(Settings::resolve(Args {
-            config: Some(dir.path().join("nope.toml")),
-            ..Default::default()
-        })
-        .is_err());
+        let e = load(&["--config", path]).unwrap_err().to_string();
+        assert!(e.contains("explorr") && e.contains(path), "{e}");
+        assert!(e.contains("`explorer`"), "the keys are listed: {e}");
+        for (toml, want) in [
+            (
+                "provision_timeout = \"soon\"\n",
+                "(provision_timeout): \"soon\"",
+            ),
+            (
+                "reserve_memory = \"2XB\"\n",
+                "(reserve_memory): \"2XB\": size",
+            ),
+            ("reserve_cpu = -1\n", "(reserve_cpu): -1"),
+            (
+                "kubernetes_privileged_unsafe = \"yes\"\n",
+                "is not true or false",
+            ),
+            ("log_format = \"xml\"\n", "\"xml\" is not text or json"),
+            ("network_pool = [\"10.0.0.0/8\"]\n", "found array"),
+            ("dev = true\n", "unknown key `dev`"),
+            ("explorer = \n", "TOML parse error"),
+        ] {
+            std::fs::write(&f, toml).unwrap();
+            let e = load(&["--config", path, "--explorer", "http://e"])
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("config {path}")), "{toml}: {e}");
+            assert!(e.contains(want), "{toml}: {e}");
+        }
+        let missing = dir.path().join("nope.toml");
+        assert!(load(&["--config", missing.to_str().unwrap(), "--dev"]).is_err());
+        // The default file may be absent; the explorer may not.
+        let e = load(&["--config", "/dev/null"]).unwrap_err().to_string();
+        assert!(e.contains("no explorer URL"), "{e}");
     }
 
     /// Every setting the shipped example documents is one the agent reads,
@@ -598,157 +608,169 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("agent.toml");
         std::fs::write(&f, &uncommented).unwrap();
-        let s = Settings::resolve(Args {
-            config: Some(f),
-            ..Default::default()
-        })
-        .unwrap();
+        let s = load(&["--config", f.to_str().unwrap()]).unwrap();
         assert_eq!(s.explorer, "https://explorer.example");
         assert_eq!(s.image_grace, Duration::from_secs(24 * 3600));
         // Every tenant setting is shown with its default, but the runtime
         // (none by default) with an example.
         let mut want = provisioners::TenantOptions::default();
         want.container.runtime = Some("runsc".into());
-        assert_eq!(s.tenants, want);
-        assert_eq!(s.user_limits, crate::capacity::UserLimits::default());
+        assert_eq!(s.tenants(), want);
+        assert_eq!(s.user_limits(), UserLimits::default());
+        // And every setting of the example is shown with its default, or
+        // says why not.
+        let defaults = dev(&[]).unwrap();
+        assert_eq!(
+            (s.provision_timeout, s.max_duration, s.max_poll_bytes),
+            (
+                defaults.provision_timeout,
+                defaults.max_duration,
+                defaults.max_poll_bytes
+            )
+        );
     }
 
     #[test]
     fn tenant_settings_resolve_and_bad_ones_are_named() {
-        let resolve = |args: Args| {
-            Settings::resolve(Args {
-                dev: true,
-                config: Some(PathBuf::from("/dev/null")),
-                ..args
-            })
-        };
-        let s = resolve(Args::default()).unwrap();
-        assert_eq!(s.tenants.container.pids_limit, 1024);
-        assert_eq!(s.tenants.container.host_ports, (30000, 32767));
-        assert_eq!(s.tenants.container.runtime, None);
-        assert_eq!(s.tenants.network_pool.len(), 3);
+        let s = dev(&[]).unwrap();
+        assert_eq!(s.tenants(), provisioners::TenantOptions::default());
+        assert_eq!(s.tenants().container.pids_limit, 1024);
+        assert_eq!(s.tenants().container.host_ports, (30000, 32767));
+        assert_eq!(s.tenants().container.runtime, None);
+        assert_eq!(s.tenants().network_pool.len(), 3);
         assert_eq!(
             (
-                s.user_limits.networks,
-                s.user_limits.debug,
-                s.user_limits.ports
+                s.user_limits().networks,
+                s.user_limits().debug,
+                s.user_limits().ports
             ),
             (16, 2, 16)
         );
-        let s = resolve(Args {
-            container_pids_limit: Some(64),
-            container_runtime: Some("runsc".into()),
-            host_port_range: Some("40000-40100".into()),
-            host_port_address: Some("127.0.0.1".parse().unwrap()),
-            network_pool: Some("10.0.0.0/8".into()),
-            max_networks_per_user: Some(1),
-            ..Default::default()
-        })
+        let s = dev(&[
+            "--container-pids-limit",
+            "64",
+            "--container-runtime",
+            "runsc",
+            "--host-port-range",
+            "40000-40100",
+            "--host-port-address",
+            "127.0.0.1",
+            "--network-pool",
+            "10.0.0.0/8",
+            "--max-networks-per-user",
+            "1",
+        ])
         .unwrap();
-        assert_eq!(s.tenants.container.pids_limit, 64);
-        assert_eq!(s.tenants.container.runtime.as_deref(), Some("runsc"));
-        assert_eq!(s.tenants.container.host_ports, (40000, 40100));
-        assert_eq!(s.tenants.network_pool, vec!["10.0.0.0/8".parse().unwrap()]);
-        assert_eq!(s.user_limits.networks, 1);
-        for (args, want) in [
-            (
-                Args {
-                    host_port_range: Some("2-1".into()),
-                    ..Default::default()
-                },
-                "--host-port-range",
-            ),
-            (
-                Args {
-                    network_pool: Some("10.0.0.0/33".into()),
-                    ..Default::default()
-                },
-                "--network-pool",
-            ),
-            (
-                Args {
-                    container_pids_limit: Some(0),
-                    ..Default::default()
-                },
-                "--container-pids-limit",
-            ),
-            (
-                Args {
-                    container_runtime: Some("a/b".into()),
-                    ..Default::default()
-                },
-                "--container-runtime",
-            ),
+        let t = s.tenants();
+        assert_eq!(t.container.pids_limit, 64);
+        assert_eq!(t.container.runtime.as_deref(), Some("runsc"));
+        assert_eq!(t.container.host_ports, (40000, 40100));
+        assert_eq!(t.network_pool, vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(s.user_limits().networks, 1);
+        for (flag, value) in [
+            ("--host-port-range", "2-1"),
+            ("--network-pool", "10.0.0.0/33"),
+            ("--container-pids-limit", "0"),
+            ("--container-runtime", "a/b"),
         ] {
-            let e = resolve(args).unwrap_err().to_string();
-            assert!(e.contains(want), "{want}: {e}");
+            let e = dev(&[flag, value]).unwrap_err().to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
         }
+        let e = dev(&["--container-pids-limit", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0 is not a positive number of processes"), "{e}");
+        // A blank runtime is Docker's default.
+        assert_eq!(
+            dev(&["--container-runtime", " "])
+                .unwrap()
+                .tenants()
+                .container
+                .runtime,
+            None
+        );
     }
 
     #[test]
     fn kubernetes_is_enabled_only_explicitly_and_never_with_runc() {
-        use provisioners::kubernetes::KubernetesMode;
-        let resolve = |args: Args| {
-            Settings::resolve(Args {
-                dev: true,
-                config: Some(PathBuf::from("/dev/null")),
-                ..args
-            })
-        };
-        let s = resolve(Args {
-            kubernetes_runtime: Some("kata".into()),
-            debug_operators: Some(" abc, DEF9 ,".into()),
-            ..Default::default()
-        })
+        let s = dev(&[
+            "--kubernetes-runtime",
+            "kata",
+            "--debug-operators",
+            " abc, DEF9 ,",
+        ])
         .unwrap();
-        assert_eq!(s.kubernetes, KubernetesMode::Runtime("kata".into()));
+        assert_eq!(s.kubernetes(), KubernetesMode::Runtime("kata".into()));
         assert_eq!(s.debug_operators, ["abc", "DEF9"]);
-        let s = resolve(Args {
-            kubernetes_privileged_unsafe: true,
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(s.kubernetes, KubernetesMode::PrivilegedUnsafe);
+        let s = dev(&["--kubernetes-privileged-unsafe"]).unwrap();
+        assert_eq!(s.kubernetes(), KubernetesMode::PrivilegedUnsafe);
         for args in [
-            Args {
-                kubernetes_runtime: Some("runc".into()),
-                ..Default::default()
-            },
-            Args {
-                kubernetes_runtime: Some("kata".into()),
-                kubernetes_privileged_unsafe: true,
-                ..Default::default()
-            },
-            Args {
-                debug_operators: Some("ok,not an id".into()),
-                ..Default::default()
-            },
+            &["--kubernetes-runtime", "runc"][..],
+            &[
+                "--kubernetes-runtime",
+                "kata",
+                "--kubernetes-privileged-unsafe",
+            ],
+            &["--debug-operators", "ok,not an id"],
         ] {
-            let e = resolve(args).unwrap_err().to_string();
+            let e = dev(args).unwrap_err().to_string();
             assert!(
                 e.contains("--kubernetes-runtime") || e.contains("--debug-operators"),
                 "{e}"
             );
         }
+        let e = dev(&["--kubernetes-runtime", "runc"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not isolate"), "{e}");
     }
 
     #[test]
     fn dev_defaults() {
-        // An empty config file: only flags and --dev decide.
-        let s = Settings::resolve(Args {
-            dev: true,
-            config: Some(PathBuf::from("/dev/null")),
-            ..Default::default()
-        })
-        .unwrap();
+        let s = dev(&[]).unwrap();
         assert_eq!(s.explorer, "http://127.0.0.1:7700");
         assert_eq!(
-            s.kubernetes,
-            provisioners::kubernetes::KubernetesMode::Disabled,
+            s.kubernetes(),
+            KubernetesMode::Disabled,
             "kubernetes is off unless the operator enables it"
         );
         assert!(s.debug_operators.is_empty());
         assert_eq!(s.root, PathBuf::from("./.agent-dev"));
         assert_eq!(s.socket, PathBuf::from("./.agent-dev/agent.sock"));
+        let s = dev(&["--dev-port", "7800", "--root", "/tmp/r"]).unwrap();
+        assert_eq!(s.explorer, "http://127.0.0.1:7800");
+        assert_eq!(s.socket, PathBuf::from("/tmp/r/agent.sock"));
+    }
+
+    /// The defaults `agent --help` shows are the ones the agent uses.
+    #[test]
+    fn help_shows_every_default() {
+        let help = Settings::command().render_long_help().to_string();
+        for want in [
+            "[default: 10m]",
+            "[default: 366d]",
+            "[default: 24h]",
+            "[default: 30s]",
+            "[default: 2GiB]",
+            "[default: 64MiB]",
+            "[default: 16777216]",
+            "[default: 30000-32767]",
+            "[default: /var/lib/agent]",
+            "[default: SSD]",
+            "[default: text]",
+        ] {
+            assert!(help.contains(want), "{want} missing from:\n{help}");
+        }
+        for d in [
+            crate::engine::DEFAULT_PROVISION_TIMEOUT,
+            crate::engine::DEFAULT_MAX_DURATION,
+            DEFAULT_IMAGE_GRACE,
+            crate::heartbeat::DEFAULT_INTERVAL,
+        ] {
+            assert_eq!(humantime::parse_duration(&human(d)).unwrap(), d);
+        }
+        for b in [capacity::DEFAULT_RESERVE_MEMORY, 64 << 20, 1536, 3] {
+            assert_eq!(parse_size(&size(b)).unwrap(), b);
+        }
     }
 }

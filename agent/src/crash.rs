@@ -42,11 +42,16 @@ pub struct CrashPolicy {
     pub tail_lines: usize,
 }
 
+/// Default `--crash-limit`.
+pub const DEFAULT_CRASH_LIMIT: u32 = 5;
+/// Default `--crash-window`.
+pub const DEFAULT_CRASH_WINDOW: Duration = Duration::from_secs(600);
+
 impl Default for CrashPolicy {
     fn default() -> Self {
         CrashPolicy {
-            limit: 5,
-            window: Duration::from_secs(600),
+            limit: DEFAULT_CRASH_LIMIT,
+            window: DEFAULT_CRASH_WINDOW,
             poll: Duration::from_secs(10),
             tail_lines: 5,
         }

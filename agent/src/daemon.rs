@@ -1,28 +1,31 @@
-//! Wiring of the `agent` daemon: identity, cache, Docker, provisioners,
-//! sources, engine, delivery and the control socket, all stopped by one
-//! shutdown future.
+//! Wiring of the `agent` daemon, one named step at a time: open the state
+//! (identity, cache), count capacity, start what needs no Docker (heartbeat,
+//! metrics, control socket), connect Docker and check its runtimes, build
+//! the provisioners, background tasks and engine, then run the engine on
+//! the sources with delivery beside it; all stopped by one shutdown future.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use provisioners::images::ImagePolicy;
 use provisioners::kubernetes::KubernetesMode;
+use provisioners::names::Names;
 use provisioners::{BollardDocker, Docker, LogBus, NodeOptions, VolumeProvisioner};
 use reservation::Identity;
 use sources::{CombinedSource, DecommissionSource, ExplorerClient, PollSource, ReservationSource};
 use store::Store;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::capacity::{fingerprint, Ledger};
 use crate::config::Settings;
 use crate::control::{Control, DockerProbe, LogStream};
-use crate::crash::{self, CrashCounts, CrashPolicy, CrashWatch};
+use crate::crash::{self, CrashCounts, CrashPolicy, CrashWatch, GiveUp};
 use crate::engine::{Engine, EngineConfig, Shared};
-use crate::heartbeat::{self, HeartbeatState};
+use crate::heartbeat::{self, HeartbeatState, NodeProfile};
 use crate::metrics;
 use crate::{delivery, reconcile, AgentError};
 
@@ -85,12 +88,108 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let started = Instant::now();
+    let stop = stop_on(shutdown);
+    let (node, store) = open_state(&settings)?;
+    log_policies(&settings);
+    #[cfg(feature = "dev")]
+    if settings.dev {
+        crate::dev::start_explorer(&settings, &node, signal(&stop)).await?;
+    }
+    let core = Core {
+        ledger: open_ledger(&settings, &store),
+        shared: Arc::new(Shared::default()),
+        settings,
+        node,
+        store,
+        stop,
+    };
+    // A drain survives restarts: a retiring node stays retiring.
+    crate::control::load_draining(&core.settings.root, &core.shared.draining);
+
+    let client = ExplorerClient::new(
+        &core.settings.explorer,
+        core.node.id(),
+        core.settings.max_poll_bytes,
+    )?;
+    let poll = PollSource::new(client.clone(), core.store.cursor()?);
+    // Registration and heartbeat need no Docker: start them first.
+    let heartbeat = core.spawn_heartbeat(client.clone());
+    core.serve_metrics(&poll, &heartbeat).await?;
+    core.mark_outbox_durable()?;
+
+    // The control socket answers even while Docker is down. Decisions to
+    // end workloads early go to the engine: the crash watch's give-ups and
+    // the operator's `agentctl purge`.
+    let crashes = CrashCounts::default();
+    let (give_up_tx, give_up_rx) = mpsc::channel(16);
+    let control = core.control(
+        started,
+        &poll,
+        heartbeat,
+        crashes.clone(),
+        give_up_tx.clone(),
+    );
+    let socket = tokio::spawn(crate::control::serve(
+        core.settings.socket.clone(),
+        control.clone(),
+        core.signal(),
+    ));
+    let Some(docker) = connect_docker(&core.stop, &core.settings).await else {
+        let _ = socket.await;
+        return Ok(()); // shut down while waiting for Docker
+    };
+    control.set_docker(Arc::new(Probe(docker.clone())));
+    check_runtimes(&core.settings, &docker).await?;
+    prepare_volumes(&core.settings, &docker).await;
+
+    let registry = provisioners::node_registry(
+        docker.clone(),
+        core.node.clone(),
+        &core.settings.root,
+        node_options(&core.settings, log_bus, core.names()),
+    );
+    core.spawn_image_gc(docker.clone());
+    core.spawn_crash_watch(docker, crashes, give_up_tx);
+    let mut engine = core.engine(registry).with_give_ups(give_up_rx);
+    reconcile::repair_cached(&mut engine).await?;
+
+    let delivery = tokio::spawn(delivery::run(
+        core.store.clone(),
+        client,
+        core.shared.clone(),
+        core.signal(),
+    ));
+    control.ready.store(true, Ordering::SeqCst);
+    info!(node_id = core.node.id(), socket = %core.settings.socket.display(), "agent ready");
+    let result = engine.run(core.sources(poll), core.signal()).await;
+    let _ = delivery.await;
+    match socket.await {
+        Ok(Err(e)) => error!(error = %e, "control socket"),
+        Err(e) => error!(error = %e, "control socket task"),
+        Ok(Ok(())) => {}
+    }
+    core.store.flush()?;
+    info!("agent stopped");
+    #[cfg(feature = "dev")]
+    if core.settings.dev {
+        crate::dev::remind_at_exit(&core.settings, &core.store);
+    }
+    result
+}
+
+/// A watch that turns true once `shutdown` resolves.
+fn stop_on(shutdown: impl Future<Output = ()> + Send + 'static) -> watch::Receiver<bool> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    stop_rx
+}
 
+/// The node's state under the root: private files, the node key, the
+/// cache; names of Docker objects scoped to this node.
+fn open_state(settings: &Settings) -> Result<(Arc<Identity>, Store), AgentError> {
     // Everything the agent creates (root, cache, volume images, the control
     // socket) is for root alone: no window between create and chmod.
     // SAFETY: umask only swaps the process's file mode mask.
@@ -103,9 +202,13 @@ pub async fn run(
     // A cache written by an earlier release (or outside systemd) may be
     // readable by others: it holds every tenant's reservations.
     crate::files::private_tree(&settings.root.join("cache"));
-    let names = provisioners::names::Names::for_node(node.id());
     info!(node_id = node.id(), root = %settings.root.display(), explorer = %settings.explorer, cached = store.cached_len(), pending_results = store.outbox_len(), "agent starting");
-    match &settings.kubernetes {
+    Ok((node, store))
+}
+
+/// Say at start what the operator opened: kubernetes, debug operators.
+fn log_policies(settings: &Settings) {
+    match settings.kubernetes() {
         KubernetesMode::PrivilegedUnsafe => warn!(
             "KUBERNETES PRIVILEGED-UNSAFE: k3s containers run privileged on the host's runtime; every tenant who reserves kubernetes owns this host. Only for a single-tenant node (--kubernetes-privileged-unsafe)"
         ),
@@ -117,13 +220,11 @@ pub async fn run(
     if !settings.debug_operators.is_empty() {
         info!(operators = ?settings.debug_operators, "debug operators get the whole node's log");
     }
+}
 
-    if settings.dev {
-        start_dev_explorer(&settings, &node, &stop_rx).await?;
-    }
-
-    // Capacity: fingerprinted now, usage rebuilt from the cache (each
-    // cached workload charged once).
+/// Capacity: fingerprinted now, usage rebuilt from the cache (each cached
+/// workload charged once).
+fn open_ledger(settings: &Settings, store: &Store) -> Arc<Mutex<Ledger>> {
     let mut total = fingerprint(
         &settings.root,
         settings.disk_type,
@@ -134,104 +235,221 @@ pub async fn run(
         .physical
         .cpu
         .saturating_mul(settings.cpu_overcommit as u64);
-    let mut ledger = Ledger::new(total).with_user_limits(settings.user_limits);
-    let charged = ledger.rebuild_from_store(&store);
-    let ledger = Arc::new(Mutex::new(ledger));
+    let mut ledger = Ledger::new(total).with_user_limits(settings.user_limits());
+    let charged = ledger.rebuild_from_store(store);
     info!(charged, capacity = %total.physical, reserved = %total.reserved, root_disk = ?total.root_disk, "capacity fingerprinted");
+    Arc::new(Mutex::new(ledger))
+}
 
-    let client = ExplorerClient::new(&settings.explorer, node.id(), settings.max_poll_bytes)?;
-    let poll = PollSource::new(client.clone(), store.cursor()?);
-    let shared = Arc::new(Shared::default());
-    // A drain survives restarts: a retiring node stays retiring.
-    crate::control::load_draining(&settings.root, &shared.draining);
+/// What the provisioners are told of the node's settings.
+fn node_options(settings: &Settings, log_bus: LogBus, names: Names) -> NodeOptions {
+    NodeOptions {
+        zdb_image: settings.zdb_image.clone(),
+        k3s_image: settings.k3s_image.clone(),
+        k3s_privileged: settings.k3s_privileged,
+        kubernetes: settings.kubernetes(),
+        log_bus,
+        debug_operators: settings.debug_operators.clone(),
+        tenants: settings.tenants(),
+        names,
+    }
+}
 
-    // Registration and heartbeat need no Docker: start them first.
-    let heartbeat = Arc::new(HeartbeatState::default());
-    let registration = heartbeat::NodeProfile {
-        node: node.clone(),
-        url: settings.node_url.clone(),
-        draining: shared.draining.clone(),
-        capacity: ledger
-            .lock()
-            .map(|l| l.total_capacity())
-            .unwrap_or_default(),
-    };
-    let used_ledger = ledger.clone();
-    tokio::spawn(heartbeat::run(
-        client.clone(),
-        registration,
-        move || {
-            used_ledger
+/// What the steps after [`open_state`] share.
+struct Core {
+    settings: Settings,
+    node: Arc<Identity>,
+    store: Store,
+    shared: Arc<Shared>,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Core {
+    /// Docker names and labels scoped to this node: two agents sharing one
+    /// engine never adopt or reap each other's objects.
+    fn names(&self) -> Names {
+        Names::for_node(self.node.id())
+    }
+
+    fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        signal(&self.stop)
+    }
+
+    /// Register with the explorer, then heartbeat the used capacity.
+    fn spawn_heartbeat(&self, client: ExplorerClient) -> Arc<HeartbeatState> {
+        let state = Arc::new(HeartbeatState::default());
+        let profile = NodeProfile {
+            node: self.node.clone(),
+            url: self.settings.node_url.clone(),
+            draining: self.shared.draining.clone(),
+            capacity: self
+                .ledger
                 .lock()
-                .map(|l| l.used_capacity())
-                .unwrap_or_default()
-        },
-        settings.heartbeat_interval,
-        heartbeat.clone(),
-        signal(&stop_rx),
-    ));
+                .map(|l| l.total_capacity())
+                .unwrap_or_default(),
+        };
+        let ledger = self.ledger.clone();
+        tokio::spawn(heartbeat::run(
+            client,
+            profile,
+            move || ledger.lock().map(|l| l.used_capacity()).unwrap_or_default(),
+            self.settings.heartbeat_interval,
+            state.clone(),
+            self.signal(),
+        ));
+        state
+    }
 
-    let metrics = &shared.metrics;
-    metrics.watch_outbox(store.clone());
-    metrics.watch_poll(poll.status());
-    metrics.watch_heartbeat(heartbeat.clone());
-    metrics.watch_ledger(ledger.clone());
-    if let Some(addr) = &settings.metrics {
-        let listener = metrics::bind(addr).await?;
-        info!(addr = %addr, "serving Prometheus metrics on /metrics");
-        tokio::spawn(metrics::serve(
-            listener,
-            shared.metrics.clone(),
-            signal(&stop_rx),
+    /// The metrics' sources, and `--metrics ADDR` served.
+    async fn serve_metrics(
+        &self,
+        poll: &PollSource,
+        heartbeat: &Arc<HeartbeatState>,
+    ) -> Result<(), AgentError> {
+        let m = &self.shared.metrics;
+        m.watch_outbox(self.store.clone());
+        m.watch_poll(poll.status());
+        m.watch_heartbeat(heartbeat.clone());
+        m.watch_ledger(self.ledger.clone());
+        if let Some(addr) = &self.settings.metrics {
+            let listener = metrics::bind(addr).await?;
+            info!(addr = %addr, "serving Prometheus metrics on /metrics");
+            tokio::spawn(metrics::serve(listener, m.clone(), self.signal()));
+        }
+        Ok(())
+    }
+
+    /// What the outbox held at start was durable: delivery may send it.
+    fn mark_outbox_durable(&self) -> Result<(), AgentError> {
+        if let Some(last) = self.store.outbox_last_seq()? {
+            self.shared.durable_below.store(last + 1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// The control socket's view of the agent (Docker: not yet reachable).
+    fn control(
+        &self,
+        started: Instant,
+        poll: &PollSource,
+        heartbeat: Arc<HeartbeatState>,
+        crashes: CrashCounts,
+        evict: mpsc::Sender<GiveUp>,
+    ) -> Arc<Control> {
+        Arc::new(Control {
+            node_id: self.node.id().to_string(),
+            explorer: self.settings.explorer.clone(),
+            started,
+            store: self.store.clone(),
+            poll: poll.status(),
+            docker: std::sync::RwLock::new(Arc::new(Unreachable("connecting".into()))),
+            ledger: self.ledger.clone(),
+            heartbeat,
+            crashes,
+            ready: Default::default(),
+            kubernetes: self.settings.kubernetes().describe(),
+            root: self.settings.root.clone(),
+            draining: self.shared.draining.clone(),
+            evict,
+        })
+    }
+
+    /// Images the agent pulled and no container used for the grace period
+    /// go; images pulled by hand are never touched.
+    fn spawn_image_gc(&self, docker: Arc<BollardDocker>) {
+        let grace = self.settings.image_grace;
+        let stop = self.signal();
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            let every = (grace / 4).clamp(Duration::from_secs(60), Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) =
+                    provisioners::images::collect(docker.as_ref(), docker.image_policy(), grace)
+                        .await
+                {
+                    warn!(error = %e, "image garbage collection");
+                }
+            }
+        });
+    }
+
+    /// The crash watch decides; the engine decommissions.
+    fn spawn_crash_watch(
+        &self,
+        docker: Arc<BollardDocker>,
+        crashes: CrashCounts,
+        give_ups: mpsc::Sender<GiveUp>,
+    ) {
+        let watch = CrashWatch::new(
+            docker,
+            CrashPolicy {
+                limit: self.settings.crash_limit,
+                window: self.settings.crash_window,
+                ..CrashPolicy::default()
+            },
+        )
+        .with_counts(crashes)
+        .with_names(self.names());
+        tokio::spawn(crash::run(
+            watch,
+            self.store.clone(),
+            give_ups,
+            self.signal(),
         ));
     }
-    if let Some(last) = store.outbox_last_seq()? {
-        shared
-            .durable_below
-            .store(last + 1, std::sync::atomic::Ordering::SeqCst);
+
+    /// The engine over the provisioners, admitting against the ledger.
+    fn engine(&self, registry: provisioners::Registry) -> Engine {
+        Engine::new(
+            self.node.clone(),
+            self.store.clone(),
+            registry,
+            EngineConfig {
+                provision_timeout: self.settings.provision_timeout,
+                max_duration: self.settings.max_duration,
+                root: Some(self.settings.root.clone()),
+                min_free_disk: self.settings.min_free_disk,
+                ..EngineConfig::default()
+            },
+            self.shared.clone(),
+        )
+        .with_ledger(self.ledger.clone())
     }
 
-    let crash_watch_counts = CrashCounts::default();
-    // The control socket answers even while Docker is down.
-    // Decisions to end workloads early go to the engine: the crash watch's
-    // give-ups and the operator's `agentctl purge`.
-    let (give_up_tx, give_up_rx) = tokio::sync::mpsc::channel(16);
-    let control = Arc::new(Control {
-        node_id: node.id().to_string(),
-        explorer: settings.explorer.clone(),
-        started,
-        store: store.clone(),
-        poll: poll.status(),
-        docker: std::sync::RwLock::new(Arc::new(Unreachable("connecting".into()))),
-        ledger: ledger.clone(),
-        heartbeat: heartbeat.clone(),
-        crashes: crash_watch_counts.clone(),
-        ready: Default::default(),
-        kubernetes: settings.kubernetes.describe(),
-        root: settings.root.clone(),
-        draining: shared.draining.clone(),
-        evict: give_up_tx.clone(),
-    });
-    let socket = tokio::spawn(crate::control::serve(
-        settings.socket.clone(),
-        control.clone(),
-        signal(&stop_rx),
-    ));
-    let Some(docker) = connect_docker(&stop_rx, &settings).await else {
-        let _ = socket.await;
-        return Ok(()); // shut down while waiting for Docker
-    };
-    control.set_docker(Arc::new(Probe(docker.clone())));
-    if let KubernetesMode::Runtime(rt) = &settings.kubernetes {
+    /// The engine's input: the poll and the expiries, merged.
+    fn sources(&self, poll: PollSource) -> CombinedSource {
+        let sources: Vec<Box<dyn ReservationSource>> = vec![
+            Box::new(poll),
+            Box::new(DecommissionSource::new(
+                self.store.clone(),
+                self.shared.expiry_wake.clone(),
+            )),
+        ];
+        CombinedSource::new(sources)
+    }
+}
+
+/// The runtimes the settings name must be the engine's, or the agent
+/// refuses to start.
+async fn check_runtimes(
+    settings: &Settings,
+    docker: &Arc<BollardDocker>,
+) -> Result<(), AgentError> {
+    if let KubernetesMode::Runtime(rt) = settings.kubernetes() {
         // A runtime the engine does not have (or runc under another name)
         // would fail every k3s node, or isolate nothing: refuse to start.
-        if let Err(e) = provisioners::kubernetes::check_runtime(docker.as_ref(), rt).await {
+        if let Err(e) = provisioners::kubernetes::check_runtime(docker.as_ref(), &rt).await {
             error!(error = %e, "refusing to start");
             return Err(AgentError::Other(e));
         }
         info!(runtime = %rt, "kubernetes enabled: k3s containers run under this isolating runtime");
     }
-    if let Some(rt) = &settings.tenants.container.runtime {
+    if let Some(rt) = &settings.container_runtime {
         // Every tenant container would fail to start: refuse to start.
         if let Err(e) = check_container_runtime(docker.as_ref(), rt).await {
             error!(error = %e, "refusing to start");
@@ -239,133 +457,23 @@ pub async fn run(
         }
         info!(runtime = %rt, "tenant containers run under this runtime");
     }
+    Ok(())
+}
+
+/// Whether volume sizes can be enforced here; after a reboot, the volume
+/// filesystems back before reconciliation looks at the containers that
+/// mount them.
+async fn prepare_volumes(settings: &Settings, docker: &Arc<BollardDocker>) {
     let volumes = VolumeProvisioner::new(docker.clone(), settings.root.clone());
     if let Some(why) = volumes.unavailable() {
         error!(reason = %why, "VOLUME SIZES CANNOT BE ENFORCED ON THIS NODE: volume reservations will be refused");
-    } else {
-        // After a reboot: the volume filesystems back, before reconciliation
-        // looks at the containers that mount them.
-        match volumes.remount_all().await {
-            Ok(ids) if !ids.is_empty() => info!(count = ids.len(), "remounted volume images"),
-            Ok(_) => {}
-            Err(e) => error!(error = %e, "cannot remount volume images"),
-        }
+        return;
     }
-
-    let registry = provisioners::node_registry(
-        docker.clone(),
-        node.clone(),
-        &settings.root,
-        NodeOptions {
-            zdb_image: settings.zdb_image.clone(),
-            k3s_image: settings.k3s_image.clone(),
-            k3s_privileged: settings.k3s_privileged,
-            kubernetes: settings.kubernetes.clone(),
-            log_bus,
-            debug_operators: settings.debug_operators.clone(),
-            tenants: settings.tenants.clone(),
-            names: names.clone(),
-        },
-    );
-    // Images the agent pulled and no container used for the grace period
-    // go; images pulled by hand are never touched.
-    let gc_docker = docker.clone();
-    let grace = settings.image_grace;
-    let gc_stop = signal(&stop_rx);
-    tokio::spawn(async move {
-        tokio::pin!(gc_stop);
-        let every = (grace / 4).clamp(Duration::from_secs(60), Duration::from_secs(3600));
-        loop {
-            tokio::select! {
-                _ = &mut gc_stop => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-            if let Err(e) =
-                provisioners::images::collect(gc_docker.as_ref(), gc_docker.image_policy(), grace)
-                    .await
-            {
-                warn!(error = %e, "image garbage collection");
-            }
-        }
-    });
-
-    // The crash watch decides; the engine decommissions.
-    let watch = CrashWatch::new(
-        docker.clone(),
-        CrashPolicy {
-            limit: settings.crash_limit,
-            window: settings.crash_window,
-            ..CrashPolicy::default()
-        },
-    )
-    .with_counts(crash_watch_counts)
-    .with_names(names);
-    tokio::spawn(crash::run(
-        watch,
-        store.clone(),
-        give_up_tx,
-        signal(&stop_rx),
-    ));
-
-    let mut engine = Engine::new(
-        node.clone(),
-        store.clone(),
-        registry,
-        EngineConfig {
-            provision_timeout: settings.provision_timeout,
-            max_duration: settings.max_duration,
-            root: Some(settings.root.clone()),
-            min_free_disk: settings.min_free_disk,
-            ..EngineConfig::default()
-        },
-        shared.clone(),
-    )
-    .with_ledger(ledger.clone())
-    .with_give_ups(give_up_rx);
-    reconcile::repair_cached(&mut engine).await?;
-
-    let delivery = tokio::spawn(delivery::run(
-        store.clone(),
-        client.clone(),
-        shared.clone(),
-        signal(&stop_rx),
-    ));
-    let sources: Vec<Box<dyn ReservationSource>> = vec![
-        Box::new(poll),
-        Box::new(DecommissionSource::new(
-            store.clone(),
-            shared.expiry_wake.clone(),
-        )),
-    ];
-    control
-        .ready
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    info!(node_id = node.id(), socket = %settings.socket.display(), "agent ready");
-    let result = engine
-        .run(CombinedSource::new(sources), signal(&stop_rx))
-        .await;
-    let _ = delivery.await;
-    match socket.await {
-        Ok(Err(e)) => error!(error = %e, "control socket"),
-        Err(e) => error!(error = %e, "control socket task"),
-        Ok(Ok(())) => {}
+    match volumes.remount_all().await {
+        Ok(ids) if !ids.is_empty() => info!(count = ids.len(), "remounted volume images"),
+        Ok(_) => {}
+        Err(e) => error!(error = %e, "cannot remount volume images"),
     }
-    store.flush()?;
-    info!("agent stopped");
-    if settings.dev {
-        let running = store.cached_len();
-        if running > 0 {
-            println!(
-                "\nagent --dev stopped; its {running} workloads keep running in Docker.\n\
-                 To remove them, start `agent --dev` again and run\n  \
-                 agentctl --socket {} purge --yes\n\
-                 Do not `rm -rf {}` while they run: it holds the node key and mounted volumes.\n",
-                settings.socket.display(),
-                settings.root.display()
-            );
-        }
-    }
-    result
 }
 
 /// `--container-runtime NAME` must be one of the engine's runtimes.
@@ -415,43 +523,6 @@ async fn connect_docker(
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
-}
-
-/// `--dev`: the reference explorer in this process, and a ready-to-paste
-/// reservation command.
-async fn start_dev_explorer(
-    settings: &Settings,
-    node: &Identity,
-    stop: &watch::Receiver<bool>,
-) -> Result<(), AgentError> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], settings.dev_port));
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| AgentError::Config {
-        path: "--dev".into(),
-        reason: format!("cannot listen on {addr} for the dev explorer: {e} (is another agent --dev or explorer running? pick another port with --dev-port)"),
-    })?;
-    let cfg = explorer::ServerConfig {
-        data_dir: settings.root.join("explorer"),
-        ..explorer::ServerConfig::default()
-    };
-    let stop = signal(stop);
-    tokio::spawn(async move {
-        if let Err(e) = explorer::serve(listener, cfg, stop).await {
-            warn!(error = %e, "dev explorer stopped");
-        }
-    });
-    let id = node.id();
-    println!(
-        "\nagent --dev: explorer on http://{addr}, node id {id}\n\
-         Reserve a container on this node from another terminal, in this checkout:\n\n  \
-         cargo build --bins && export PATH=$PWD/target/debug:$PATH\n  \
-         bash tests/images/build.sh     # the local image agent-test/busybox:latest\n  \
-         explorer keygen\n  \
-         explorer reserve container --explorer http://{addr} --node {id} --flist agent-test/busybox:latest --entrypoint 'sleep 3600' --cpu 1 --memory 64 --duration 10m\n\n\
-         Inspect it:  agentctl --socket {sock} list\n\
-         Clean up:    agentctl --socket {sock} purge --yes   (before stopping this agent)\n",
-        sock = settings.socket.display()
-    );
-    Ok(())
 }
 
 /// Set up tracing: text or JSON lines on stderr, `RUST_LOG` to filter

@@ -27,7 +27,7 @@ use store::{Cached, OutcomeState, Store};
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::capacity::{Charge, Ledger};
+use crate::capacity::Ledger;
 use crate::crash::GiveUp;
 use crate::faults;
 use crate::metrics::Metrics;
@@ -55,14 +55,18 @@ pub struct EngineConfig {
 
 /// Default `--max-duration`: 366 days.
 pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Default `--provision-timeout`.
+pub const DEFAULT_PROVISION_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default `--min-free-disk`, in bytes.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 64 << 20;
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            provision_timeout: Duration::from_secs(600),
+            provision_timeout: DEFAULT_PROVISION_TIMEOUT,
             retry_decommission: Duration::from_secs(5),
             root: None,
-            min_free_disk: 64 << 20,
+            min_free_disk: DEFAULT_MIN_FREE_DISK,
             max_duration: DEFAULT_MAX_DURATION,
         }
     }
@@ -109,8 +113,9 @@ pub struct Engine {
     /// One past the highest outbox seq written so far.
     written_below: u64,
     first_poll_seen: bool,
-    /// Capacity charged per workload; `None` admits everything (tests).
-    ledger: Option<Arc<Mutex<Ledger>>>,
+    /// Capacity charged per workload ([`Ledger::unbounded`] until
+    /// [`Engine::with_ledger`]).
+    ledger: Arc<Mutex<Ledger>>,
     /// Give-up decisions of the crash watch.
     give_ups: Option<mpsc::Receiver<GiveUp>>,
     /// Error results of given-up workloads whose decommission must be
@@ -153,7 +158,7 @@ impl Engine {
             confirmed: HashSet::new(),
             written_below: 0,
             first_poll_seen: false,
-            ledger: None,
+            ledger: Arc::new(Mutex::new(Ledger::unbounded())),
             give_ups: None,
             pending_errors: HashMap::new(),
         }
@@ -161,7 +166,7 @@ impl Engine {
 
     /// Admit new work against this capacity ledger, and charge it.
     pub fn with_ledger(mut self, ledger: Arc<Mutex<Ledger>>) -> Self {
-        self.ledger = Some(ledger);
+        self.ledger = ledger;
         self
     }
 
@@ -464,23 +469,21 @@ impl Engine {
         if let Some(msg) = self.disk_short() {
             return self.refuse(r, msg);
         }
-        let charge = match &self.ledger {
-            Some(l) => {
-                let l = l
-                    .lock()
-                    .map_err(|_| AgentError::Other("capacity ledger poisoned".into()))?;
-                let c = l.charge_of(&w);
-                let t = crate::capacity::tenancy_of(&w);
-                if let Err(msg) = l
-                    .admit(&r.id, &c)
-                    .and_then(|()| l.admit_user(&r.user_id, &r.id, &t))
-                {
-                    drop(l);
-                    return self.refuse(r, msg);
-                }
-                c
+        let charge = {
+            let l = self
+                .ledger
+                .lock()
+                .map_err(|_| AgentError::Other("capacity ledger poisoned".into()))?;
+            let c = l.charge_of(&w);
+            let t = crate::capacity::tenancy_of(&w);
+            if let Err(msg) = l
+                .admit(&r.id, &c)
+                .and_then(|()| l.admit_user(&r.user_id, &r.id, &t))
+            {
+                drop(l);
+                return self.refuse(r, msg);
             }
-            None => Charge::ZERO,
+            c
         };
         info!(reservation = %r.id, kind = %kind, user = %r.user_id, "provisioning");
         let started = std::time::Instant::now();
@@ -517,11 +520,9 @@ impl Engine {
         self.wrote(seq);
         let secs = started.elapsed().as_secs_f64();
         self.shared.metrics.provisioned_in(&r.kind, secs);
-        if let Some(l) = &self.ledger {
-            if let Ok(mut l) = l.lock() {
-                l.add(&r.id, charge);
-                l.add_user(&r.id, &r.user_id, crate::capacity::tenancy_of(&w));
-            }
+        if let Ok(mut l) = self.ledger.lock() {
+            l.add(&r.id, charge);
+            l.add_user(&r.id, &r.user_id, crate::capacity::tenancy_of(&w));
         }
         self.shared.count(&r.kind, "provisioned");
         info!(reservation = %r.id, kind = %kind, seconds = secs, "provisioned");
@@ -611,10 +612,8 @@ impl Engine {
                 )?;
                 self.wrote(seq);
                 self.pending_errors.remove(&r.id);
-                if let Some(l) = &self.ledger {
-                    if let Ok(mut l) = l.lock() {
-                        l.release(&r.id);
-                    }
+                if let Ok(mut l) = self.ledger.lock() {
+                    l.release(&r.id);
                 }
                 self.confirmed.insert(r.id.clone());
                 self.shared.count(&r.kind, "decommissioned");

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use reservation::node::{Registration, Uptime};
+use reservation::Capacity;
 use reservation::Identity;
 use serde::Serialize;
-use sources::{Backoff, Capacity, ExplorerClient, SourceError};
+use sources::{Backoff, ExplorerClient, SourceError};
 use tracing::{debug, info, warn};
 
 /// Default time between two heartbeats.
@@ -320,7 +321,7 @@ mod tests {
         }
     }
 
-    async fn nodes(url: &str) -> Vec<explorer::NodeInfo> {
+    async fn nodes(url: &str) -> Vec<reservation::NodeInfo> {
         match reqwest::get(format!("{url}/nodes")).await {
             Ok(r) => r.json().await.unwrap_or_default(),
             Err(_) => Vec::new(),
@@ -331,8 +332,8 @@ mod tests {
     async fn until(
         url: &str,
         what: &str,
-        f: impl Fn(&[explorer::NodeInfo]) -> bool,
-    ) -> Vec<explorer::NodeInfo> {
+        f: impl Fn(&[reservation::NodeInfo]) -> bool,
+    ) -> Vec<reservation::NodeInfo> {
         for _ in 0..200 {
             let n = nodes(url).await;
             if f(&n) {
@@ -351,12 +352,7 @@ mod tests {
             node: Arc::new(node.clone()),
             url: "http://10.0.0.7:9100".into(),
             draining: Arc::default(),
-            capacity: Capacity {
-                cru: 4,
-                mru: 7,
-                sru: 100,
-                hru: 0,
-            },
+            capacity: Capacity::whole(4, 7, 100, 0),
         }
     }
 
@@ -375,12 +371,7 @@ mod tests {
         let state = Arc::new(HeartbeatState::default());
         let mem = Arc::new(AtomicU64::new(1));
         let m = mem.clone();
-        let used = move || Capacity {
-            cru: 1,
-            mru: m.load(Ordering::SeqCst),
-            sru: 1,
-            hru: 0,
-        };
+        let used = move || Capacity::whole(1, m.load(Ordering::SeqCst), 1, 0);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let hb = tokio::spawn(run(
             client,

@@ -6,8 +6,11 @@
 //! - [`delivery`]: drains the outbox to the explorer with retries.
 //! - [`reconcile`]: at start, matches Docker objects with the cache.
 //! - [`control`]: the Unix socket `agentctl` talks to.
-//! - [`config`]: flags, environment and the TOML file, merged.
-//! - [`daemon`]: wires everything for the `agent` binary.
+//! - [`config`]: the one layered `Settings` (flags, environment, TOML
+//!   file, defaults).
+//! - [`daemon`]: wires everything for the `agent` binary, step by step.
+//! - `dev` (feature `dev`, on by default): `agent --dev`'s embedded
+//!   explorer.
 //! - [`faults`]: crash points for the restart drills.
 //! - [`files`]: the modes of the agent's state (root 0700, cache 0600).
 //!
@@ -21,6 +24,8 @@ pub mod control;
 pub mod crash;
 pub mod daemon;
 pub mod delivery;
+#[cfg(feature = "dev")]
+pub mod dev;
 pub mod engine;
 pub mod faults;
 pub mod files;
@@ -48,6 +53,10 @@ pub enum AgentError {
     Reservation(#[from] reservation::Error),
     #[error(transparent)]
     Source(#[from] sources::SourceError),
+    /// Flags or environment that do not parse, or `--help`/`--version`:
+    /// clap prints them (`clap::Error::exit`).
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
     #[error("config {path}: {reason}")]
     Config { path: String, reason: String },
     #[error("control socket {path}: {reason}")]

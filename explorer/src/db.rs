@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
-use crate::api::{Capacity, NodeInfo};
 use crate::ExplorerError;
+use reservation::node::{Capacity, NodeInfo};
 
 /// Version of the stored record layout, so a later release can read it.
 /// (Version 2 of the protocol only added fields with defaults.)

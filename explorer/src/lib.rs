@@ -36,7 +36,6 @@
 //! is held up to [`ServerConfig::long_poll`], at most
 //! [`ServerConfig::max_polls_per_node`] at once per node (`429` beyond).
 
-pub mod api;
 mod db;
 mod error;
 mod server;
@@ -45,8 +44,11 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use api::{Capacity, NodeInfo, Registration, ReservationView, Uptime};
+// The wire types live in the reservation crate; re-exported for the
+// explorer's users.
 pub use error::ExplorerError;
+pub use reservation::api::{Created, DeleteRequest, DeletedConfirmation, ReservationView};
+pub use reservation::node::{Capacity, NodeInfo, Registration, Uptime};
 pub use server::{MAX_DATA, MAX_POLL_LIMIT};
 
 /// How a server runs.

@@ -58,11 +58,10 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::api::{
-    Capacity, Created, DeleteRequest, DeletedConfirmation, Registration, ReservationView, Uptime,
-};
 use crate::db::{Db, Insert, NodeUpdate, PollRange};
 use crate::{ExplorerError, ServerConfig};
+use reservation::api::{Created, DeleteRequest, DeletedConfirmation, ReservationView};
+use reservation::node::{Capacity, NodeInfo, Registration, Uptime};
 
 pub(crate) struct AppState {
     db: Db,
@@ -598,7 +597,7 @@ async fn delete(
     Ok(StatusCode::OK)
 }
 
-/// A signed `capacity` or `used` object as the explorer's [`Capacity`].
+/// A signed `capacity` or `used` object as a [`Capacity`].
 fn capacity(what: &str, raw: &RawValue) -> ApiResult<Capacity> {
     let c: Capacity = serde_json::from_str(raw.get()).map_err(|e| {
         ApiError::bad(format!(
@@ -697,7 +696,7 @@ async fn uptime(
 }
 
 /// `GET /nodes`.
-async fn nodes(State(st): St) -> ApiResult<Json<Vec<crate::api::NodeInfo>>> {
+async fn nodes(State(st): St) -> ApiResult<Json<Vec<NodeInfo>>> {
     Ok(Json(st.db.nodes()?))
 }
 

@@ -156,7 +156,7 @@ async fn keygen_reserve_get_delete_nodes() {
         .await
         .unwrap();
     assert!(view.to_delete);
-    view.reservation().verify_delete().unwrap();
+    view.reservation.verify_delete().unwrap();
     assert_eq!(
         view.delete_signature.as_deref(),
         Some(user.sign_delete(&res.signature).as_str())

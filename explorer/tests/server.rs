@@ -63,8 +63,8 @@ async fn post_and_get_keep_data_byte_for_byte() {
     assert_eq!(view.id, "1-1");
     assert_eq!((view.version, view.nonce.as_str()), (2, r.nonce.as_str()));
     assert!(view.result.is_none() && !view.deleted && !view.to_delete);
-    view.reservation().verify().unwrap();
-    view.reservation().check_version().unwrap();
+    view.reservation.verify().unwrap();
+    view.reservation.check_version().unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["version"], json!(2));
     assert_eq!(v["nonce"], json!(r.nonce));
@@ -989,7 +989,7 @@ async fn results_must_be_signed_by_the_node_for_this_reservation_and_are_all_kep
     assert!(text.contains(r#""data":{ "volume_id" : "1-1" }"#), "{text}");
     let v: ReservationView = serde_json::from_str(&text).unwrap();
     let got = v.result.unwrap();
-    got.verify(node.id(), &v.signature).unwrap();
+    got.verify(node.id(), &v.reservation.signature).unwrap();
     assert!(got.verify(node.id(), &other.signature).is_err());
     assert_eq!(got.signature, good.signature);
     assert_eq!(results().await.len(), 1);
@@ -1072,8 +1072,8 @@ async fn deletion_needs_the_users_signature_over_this_reservation() {
     let v = view(&c, &s.url, &id).await;
     assert!(v.to_delete && !v.deleted);
     assert_eq!(v.delete_signature.as_deref(), Some(good.as_str()));
-    v.reservation().verify_delete().unwrap();
-    v.reservation().verify().unwrap();
+    v.reservation.verify_delete().unwrap();
+    v.reservation.verify().unwrap();
     assert!(!view(&c, &s.url, &other.id).await.to_delete);
     s.stop().await;
 }

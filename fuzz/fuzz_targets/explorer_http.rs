@@ -38,9 +38,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
-use explorer::api::{
-    Capacity, Created, DeleteRequest, DeletedConfirmation, Registration, ReservationView, Uptime,
-};
+use reservation::api::{Created, DeleteRequest, DeletedConfirmation, ReservationView};
+use reservation::node::{Capacity, NodeInfo, Registration, Uptime};
 use libfuzzer_sys::fuzz_target;
 use reservation::{Identity, Reservation, WorkloadResult};
 use tower::ServiceExt;
@@ -239,10 +238,10 @@ fn check_body_types(b: &[u8]) {
     if let Some(v) = roundtrip::<ReservationView>(b) {
         let first: ReservationView = serde_json::from_slice(b).unwrap();
         assert_eq!(
-            v.reservation().signing_message(),
-            first.reservation().signing_message()
+            v.reservation.signing_message(),
+            first.reservation.signing_message()
         );
-        let _ = v.reservation().verify();
+        let _ = v.reservation.verify();
     }
     if let Some(r) = roundtrip::<WorkloadResult>(b) {
         let first: WorkloadResult = serde_json::from_slice(b).unwrap();
@@ -419,7 +418,7 @@ fuzz_target!(|data: &[u8]| {
             }
             let created: Created = serde_json::from_slice(&a.body).expect("created answer");
             let view: ReservationView = get(w, &format!("/reservations/{}", pct(&created.id)));
-            let served = view.reservation();
+            let served = view.reservation.clone();
             assert_eq!(served.signing_message(), r.signing_message());
             if let Err(e) = served.verify() {
                 panic!("a stored reservation no longer verifies when served: {e}");
@@ -476,7 +475,7 @@ fuzz_target!(|data: &[u8]| {
                 if a.status == StatusCode::OK {
                     let v: ReservationView =
                         serde_json::from_slice(&a.body).expect("a shown reservation parses");
-                    v.reservation()
+                    v.reservation
                         .verify()
                         .expect("every stored reservation verifies");
                 }
@@ -552,7 +551,7 @@ fuzz_target!(|data: &[u8]| {
             if a.status == StatusCode::OK {
                 assert!(sign, "an unsigned deletion was accepted");
                 let v: ReservationView = get(w, &format!("/reservations/{k}"));
-                let r = v.reservation();
+                let r = &v.reservation;
                 assert!(r.to_delete);
                 r.verify_delete()
                     .expect("a stored deletion verifies when served");
@@ -669,7 +668,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Op::Nodes => {
             if let Some(a) = send(w, Method::GET, "/nodes", Vec::new()) {
-                let _: Vec<explorer::NodeInfo> =
+                let _: Vec<NodeInfo> =
                     serde_json::from_slice(&a.body).expect("the node list parses");
             }
         }

@@ -28,7 +28,7 @@ fn user() -> &'static Identity {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(answer) = sources::client::parse_poll_answer("http://fuzz/poll", data) {
+    if let Ok(answer) = sources::poll::parse_poll_answer("http://fuzz/poll", data) {
         let items: Vec<&RawValue> =
             serde_json::from_slice(data).expect("a poll answer that parsed is a JSON array");
         assert_eq!(

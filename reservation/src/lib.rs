@@ -11,10 +11,14 @@
 //!   checks that name the offending field.
 //! - [`identity`]: ed25519 identities (users and nodes), the seed file,
 //!   signing and verification of reservations, deletions and results.
-//! - [`node`]: the node's signed registration and heartbeat.
+//! - [`node`]: the node's signed registration and heartbeat, their
+//!   [`Capacity`], and the `GET /nodes` entries.
+//! - [`api`]: the explorer's other bodies (`POST` answer, deletion request
+//!   and confirmation, the `GET /reservations/{id}` view).
 //! - [`seal`]: `crypto_box_seal` secrets, opened with the node key.
 //! - [`netid`]: the node-local network id.
 
+pub mod api;
 pub mod error;
 pub mod frame;
 pub mod identity;
@@ -30,6 +34,6 @@ pub use model::{
     new_nonce, valid_id, Reservation, ResultState, WorkloadResult, WorkloadType, PROTOCOL_VERSION,
 };
 pub use netid::network_local_id;
-pub use node::Capacity;
+pub use node::{Capacity, NodeInfo};
 pub use seal::{seal_for, Secret};
 pub use workloads::Workload;

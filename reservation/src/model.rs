@@ -177,6 +177,23 @@ impl Default for Reservation {
 }
 
 impl Reservation {
+    /// The wire names of every field, in order (views that wrap a
+    /// reservation pick these keys out of a larger object).
+    pub const FIELDS: [&'static str; 12] = [
+        "id",
+        "version",
+        "node_id",
+        "user_id",
+        "type",
+        "data",
+        "created",
+        "duration",
+        "nonce",
+        "signature",
+        "to_delete",
+        "delete_signature",
+    ];
+
     /// The typed workload type, or an error naming the unknown `type`.
     pub fn workload_type(&self) -> Result<WorkloadType, Error> {
         self.kind.parse()

@@ -1,12 +1,14 @@
-//! The node's own signed messages to the explorer: registration
-//! (`POST /nodes`) and heartbeat (`POST /nodes/{node_id}/uptime`).
+//! The node's messages to and about the explorer's node list: signed
+//! registration (`POST /nodes`) and heartbeat (`POST /nodes/{node_id}/uptime`),
+//! the [`Capacity`] they carry, and the [`NodeInfo`] entries of `GET /nodes`.
 //!
 //! Both carry a capacity object signed as its exact JSON bytes and a unix
 //! millisecond `timestamp`; the explorer accepts a message only within 5
 //! minutes of its clock and newer than the last one it accepted for that
 //! node, so a captured message cannot be replayed.
 
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::frame::{self, frame};
@@ -17,12 +19,72 @@ pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 
 /// Capacity in the protocol's units: `cru` CPU cores, `mru` memory GiB,
 /// `sru` SSD GiB, `hru` HDD GiB.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The agent counts whole numbers ([`Capacity::whole`]); the explorer
+/// accepts fractions too (a node that counts memory in fractions of a GiB is
+/// not refused), and a missing figure is 0. Whole numbers are written as
+/// JSON integers (`{"cru":4,"mru":16,"sru":200,"hru":0}`), fractions as
+/// JSON floats, so a client that reads integers keeps working.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Capacity {
-    pub cru: u64,
-    pub mru: u64,
-    pub sru: u64,
-    pub hru: u64,
+    #[serde(default, serialize_with = "whole")]
+    pub cru: f64,
+    #[serde(default, serialize_with = "whole")]
+    pub mru: f64,
+    #[serde(default, serialize_with = "whole")]
+    pub sru: f64,
+    #[serde(default, serialize_with = "whole")]
+    pub hru: f64,
+}
+
+impl Capacity {
+    /// A capacity of whole cores and GiB.
+    pub fn whole(cru: u64, mru: u64, sru: u64, hru: u64) -> Self {
+        Capacity {
+            cru: cru as f64,
+            mru: mru as f64,
+            sru: sru as f64,
+            hru: hru as f64,
+        }
+    }
+
+    /// The first field that is negative or not finite, for a 400 message.
+    pub fn invalid_field(&self) -> Option<&'static str> {
+        [
+            ("cru", self.cru),
+            ("mru", self.mru),
+            ("sru", self.sru),
+            ("hru", self.hru),
+        ]
+        .into_iter()
+        .find(|(_, v)| !v.is_finite() || *v < 0.0)
+        .map(|(k, _)| k)
+    }
+}
+
+/// A whole, non-negative figure as a JSON integer; anything else as a float.
+fn whole<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && *v >= 0.0 && *v < 9.0e15 {
+        s.serialize_u64(*v as u64)
+    } else {
+        s.serialize_f64(*v)
+    }
+}
+
+/// One entry of `GET /nodes`: the node's last accepted registration and
+/// heartbeat, as the explorer stores and lists them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub url: String,
+    pub capacity: Capacity,
+    pub used: Capacity,
+    /// RFC 3339; `null` until the first heartbeat.
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    /// The node takes no new work (`agentctl drain`), as its last signed
+    /// heartbeat said (`"draining": true` inside `used`).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Body of `POST /nodes`.
@@ -53,7 +115,7 @@ pub struct Uptime {
 }
 
 fn raw(c: &Capacity) -> Box<RawValue> {
-    // Four integers always serialize.
+    // Four numbers always serialize.
     RawValue::from_string(serde_json::to_string(c).expect("capacity serializes"))
         .expect("capacity is JSON")
 }

@@ -5,25 +5,26 @@
 //!   start, then from the cursor, shrinking a page that is too large.
 //! - [`DecommissionSource`]: wakes at the next expiry in the store's index.
 //! - [`CombinedSource`]: merges sources; ends when all of them end.
-//! - [`ExplorerClient`]: poll, put result, put deleted, register, heartbeat.
+//! - [`ExplorerClient`]: the explorer's one HTTP client: the poll request
+//!   (in [`poll`]), and the node's outgoing results, deletion
+//!   confirmations, registration and heartbeat (in [`explorer_client`]).
 //!
 //! Invariants: a source never exits on a network error (it backs off with
 //! jitter and goes on), never panics on a malformed answer (it logs and
 //! skips), and holds a bounded amount of an answer in memory.
 
-pub mod client;
 pub mod combined;
 pub mod decommission;
+pub mod explorer_client;
 pub mod poll;
 
 use async_trait::async_trait;
 use reservation::Reservation;
 
-pub use client::{ExplorerClient, PollQuery, MAX_RESERVATION_BYTES, POLL_LIMIT};
 pub use combined::CombinedSource;
 pub use decommission::DecommissionSource;
-pub use poll::{PollSource, PollStatus};
-pub use reservation::Capacity;
+pub use explorer_client::ExplorerClient;
+pub use poll::{PollQuery, PollSource, PollStatus, MAX_RESERVATION_BYTES, POLL_LIMIT};
 
 /// Errors talking to the explorer.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,6 @@
-//! `PollSource`: long-polls the explorer. At start it resyncs with
+//! The poll: [`PollQuery`] (which page), the request on [`ExplorerClient`]
+//! and its capped, element-by-element answer ([`parse_poll_answer`]), and
+//! `PollSource`, which long-polls the explorer. At start it resyncs with
 //! `from=0&all=true`, page after page, so nothing is missed across a
 //! restart; then it polls from the cursor. An answer too large to read is
 //! asked for again with fewer entries, down to one, so a flood of large
@@ -11,8 +13,81 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use reservation::Reservation;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
-use crate::{Backoff, ExplorerClient, PollQuery, ReservationSource, SourceError, Work, POLL_LIMIT};
+use crate::{Backoff, ExplorerClient, ReservationSource, SourceError, Work};
+
+/// What one poll brought: reservations that parsed, deduplicated by id, and
+/// how many entries were skipped as malformed or repeated.
+#[derive(Debug, Default)]
+pub struct PollAnswer {
+    pub reservations: Vec<Reservation>,
+    pub malformed: usize,
+    pub repeated: usize,
+}
+
+/// The largest reservation an honest explorer serves, in bytes: `data` of
+/// at most 64 KiB (the node refuses more) plus the other fields. A poll
+/// answer of `limit` entries is never read past `limit` times this.
+pub const MAX_RESERVATION_BYTES: usize = 64 * 1024 + 4 * 1024;
+
+/// Entries asked for in one poll (the protocol's default and maximum).
+pub const POLL_LIMIT: usize = 1000;
+
+/// Which page of the poll to ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollQuery {
+    /// Reservation number to start from.
+    pub from: u64,
+    /// `all=true`: expired and deleted ones too (the resync at start).
+    pub all: bool,
+    /// At most this many entries.
+    pub limit: usize,
+}
+
+impl PollQuery {
+    /// Bytes read of an answer to this query before it is dropped as too
+    /// large: `limit` × the largest reservation, at most `max_answer`. A
+    /// single entry may use the whole `max_answer`, so one oversized
+    /// reservation can still be read and refused with a signed error.
+    pub fn byte_cap(&self, max_answer: usize) -> usize {
+        if self.limit <= 1 {
+            max_answer
+        } else {
+            self.limit
+                .saturating_mul(MAX_RESERVATION_BYTES)
+                .min(max_answer)
+        }
+    }
+}
+
+impl ExplorerClient {
+    /// `GET /reservations/{node}/poll?from=N&limit=L[&all=true]`, read up to
+    /// [`PollQuery::byte_cap`].
+    pub async fn poll(&self, q: PollQuery) -> Result<PollAnswer, SourceError> {
+        let url = format!(
+            "{}/reservations/{}/poll?from={}&limit={}{}",
+            self.base,
+            self.node_id,
+            q.from,
+            q.limit,
+            if q.all { "&all=true" } else { "" }
+        );
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(self.long_poll + Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&url, e))?;
+        let body = self
+            .check_capped(&url, resp, q.byte_cap(self.max_answer))
+            .await?;
+        parse_poll_answer(&url, &body)
+    }
+}
 
 /// What the poll loop last saw, for `agentctl status` and metrics.
 #[derive(Debug, Default)]
@@ -208,5 +283,82 @@ impl ReservationSource for PollSource {
                 synced: true,
             });
         }
+    }
+}
+
+/// Parse a poll answer: the array must be JSON, each element that fails to
+/// parse as a reservation is logged and skipped, repeats of an id are
+/// dropped (the first one wins).
+pub fn parse_poll_answer(url: &str, body: &[u8]) -> Result<PollAnswer, SourceError> {
+    let items: Vec<&RawValue> =
+        serde_json::from_slice(body).map_err(|e| SourceError::Malformed {
+            url: url.into(),
+            reason: e.to_string(),
+        })?;
+    let mut answer = PollAnswer::default();
+    let mut seen = std::collections::HashSet::new();
+    for raw in items {
+        match serde_json::from_str::<Reservation>(raw.get()) {
+            Ok(r) => {
+                if seen.insert(r.id.clone()) {
+                    answer.reservations.push(r);
+                } else {
+                    answer.repeated += 1;
+                }
+            }
+            Err(e) => {
+                answer.malformed += 1;
+                let id = serde_json::from_str::<IdOnly>(raw.get())
+                    .map(|i| i.id)
+                    .unwrap_or_else(|_| "?".into());
+                tracing::warn!(reservation = %id, error = %e, "skipping malformed reservation in poll answer");
+            }
+        }
+    }
+    if answer.repeated > 0 {
+        tracing::warn!(
+            repeated = answer.repeated,
+            "poll answer repeated reservations; kept one of each"
+        );
+    }
+    Ok(answer)
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good(id: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","node_id":"n","user_id":"u","type":"volume","data":{{"size": 1}},"created":"2026-11-25T11:00:00Z","duration":1,"signature":"","to_delete":false}}"#
+        )
+    }
+
+    #[test]
+    fn malformed_elements_are_skipped_not_fatal() {
+        let body = format!(
+            r#"[{}, {{"id":"2-1","bogus":1}}, {{"id":3}}, {}, {}]"#,
+            good("1-1"),
+            good("4-1"),
+            good("1-1")
+        );
+        let a = parse_poll_answer("u", body.as_bytes()).unwrap();
+        let ids: Vec<_> = a.reservations.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["1-1", "4-1"]);
+        assert_eq!(a.malformed, 2);
+        assert_eq!(a.repeated, 1);
+        assert_eq!(a.reservations[0].data.get(), r#"{"size": 1}"#);
+    }
+
+    #[test]
+    fn bad_json_is_an_error() {
+        assert!(parse_poll_answer("u", b"[{").is_err());
+        assert!(parse_poll_answer("u", b"{}").is_err());
     }
 }

@@ -415,12 +415,7 @@ async fn node_writes_at_the_explorer_cannot_be_forged() -> anyhow::Result<()> {
     // Forged registrations: another key, and the node's own key with a
     // stale timestamp (a captured message replayed).
     let forged_url = "http://attacker.example:9100";
-    let cap = reservation::Capacity {
-        cru: 999,
-        mru: 999,
-        sru: 999,
-        hru: 999,
-    };
+    let cap = reservation::Capacity::whole(999, 999, 999, 999);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut other_key = reservation::node::Registration::signed(&mallory, forged_url, &cap, now_ms);
     other_key.node_id = node.clone();

@@ -2,14 +2,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use agent::config::{Args, Settings};
+use agent::config::Settings;
+use agent::AgentError;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let settings = match Settings::resolve(Args::parse()) {
+    let settings = match Settings::load() {
         Ok(s) => s,
+        Err(AgentError::Cli(e)) => e.exit(),
         Err(e) => {
             eprintln!("agent: {e}");
             return ExitCode::from(2);

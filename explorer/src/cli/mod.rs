@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use explorer::{NodeInfo, ReservationView, ServerConfig};
+use explorer::ServerConfig;
 use reqwest::Method;
+use reservation::api::ReservationView;
+use reservation::NodeInfo;
 use reservation::{Identity, Reservation};
 
 use client::Client;
@@ -238,7 +240,7 @@ async fn reserve(
     let (_, text) = client
         .request(Method::POST, &["reservations", &r.node_id], Some(body))
         .await?;
-    let created: explorer::api::Created = serde_json::from_str(&text)
+    let created: reservation::api::Created = serde_json::from_str(&text)
         .with_context(|| format!("the explorer answered an unexpected body: {text}"))?;
     println!("{}", created.id);
     eprintln!(
@@ -253,7 +255,7 @@ async fn reserve(
 /// the node and the signature of this very reservation, so a result the
 /// node signed for another reservation is not taken for this one's.
 fn verdicts(v: &ReservationView) -> (Vec<String>, bool) {
-    let r: Reservation = v.reservation();
+    let r: &Reservation = &v.reservation;
     let mut lines = Vec::new();
     let mut ok = true;
     if let Err(e) = r.check_version() {
@@ -343,7 +345,7 @@ async fn get(client: &Client, id: &str) -> Result<()> {
 /// carry your valid signature, or nothing is signed.
 async fn delete(client: &Client, user: &Identity, id: &str) -> Result<()> {
     let (view, _) = fetch(client, id).await?;
-    let r = view.reservation();
+    let r = &view.reservation;
     if r.user_id != user.id() {
         return Err(client::Refused(format!(
             "reservation {id} belongs to user {}, not to your key (user {}): only its user can delete it; pass that user's --key",
@@ -366,7 +368,7 @@ async fn delete(client: &Client, user: &Identity, id: &str) -> Result<()> {
         "deleting the {} reservation {id} on node {} (created {created})",
         r.kind, r.node_id
     );
-    let body = serde_json::to_string(&explorer::api::DeleteRequest {
+    let body = serde_json::to_string(&reservation::api::DeleteRequest {
         delete_signature: user.sign_delete(&r.signature),
     })?;
     client

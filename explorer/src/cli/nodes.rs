@@ -2,8 +2,8 @@
 //! per resource), flagging URLs other nodes cannot reach.
 
 use chrono::{DateTime, Utc};
-use explorer::NodeInfo;
 use reqwest::Url;
+use reservation::NodeInfo;
 
 /// "8s ago", "3m ago", "2h ago", "4d ago"; "never" before the first one.
 pub fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
@@ -105,7 +105,7 @@ pub fn table(nodes: &[NodeInfo], now: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use explorer::Capacity;
+    use reservation::Capacity;
 
     #[test]
     fn loopback_hosts() {

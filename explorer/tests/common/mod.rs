@@ -203,7 +203,7 @@ pub fn now_ms() -> i64 {
 }
 
 pub fn cap(cru: u64, mru: u64, sru: u64, hru: u64) -> Capacity {
-    Capacity { cru, mru, sru, hru }
+    Capacity::whole(cru, mru, sru, hru)
 }
 
 /// A registration of `node` at `url`, signed by `node`, stamped now.
