@@ -46,8 +46,11 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    /// Whether trying again can help (network errors and 5xx, 429), or the
-    /// explorer refused the request for good (other 4xx).
+    /// Whether trying again can help, or the explorer refused the request
+    /// for good. Retried: an unreachable explorer, `5xx`, `429` and `408`
+    /// answers, a cache error on our side, and an answer that was too large
+    /// or malformed (an explorer mid-restart or behind a broken proxy may
+    /// answer well next time). Final: every other `4xx`.
     pub fn is_retryable(&self) -> bool {
         match self {
             SourceError::Status { status, .. } => {
