@@ -442,9 +442,9 @@ fn reason_of(e: &clap::Error) -> String {
 fn human(d: Duration) -> String {
     let s = d.as_secs();
     match s {
-        s if s >= 2 * 86400 && s % 86400 == 0 => format!("{}d", s / 86400),
-        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s if s >= 2 * 86400 && s.is_multiple_of(86400) => format!("{}d", s / 86400),
+        s if s >= 3600 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s >= 60 && s.is_multiple_of(60) => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
 }
@@ -452,7 +452,7 @@ fn human(d: Duration) -> String {
 /// A size in its largest whole binary unit ("64MiB", "2GiB").
 fn size(bytes: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
