@@ -704,6 +704,22 @@ mod tests {
         assert_eq!(s.debug_operators, ["abc", "DEF9"]);
         let s = dev(&["--kubernetes-privileged-unsafe"]).unwrap();
         assert_eq!(s.kubernetes(), KubernetesMode::PrivilegedUnsafe);
+        // A switch set in the file, and a file setting excluded by a flag.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("agent.toml");
+        std::fs::write(
+            &f,
+            "kubernetes_privileged_unsafe = true
+",
+        )
+        .unwrap();
+        let path = f.to_str().unwrap();
+        let s = load(&["--dev", "--config", path]).unwrap();
+        assert_eq!(s.kubernetes(), KubernetesMode::PrivilegedUnsafe);
+        let e = load(&["--dev", "--config", path, "--kubernetes-runtime", "kata"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exclude each other"), "{e}");
         for args in [
             &["--kubernetes-runtime", "runc"][..],
             &[
