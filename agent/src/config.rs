@@ -442,9 +442,9 @@ fn reason_of(e: &clap::Error) -> String {
 fn human(d: Duration) -> String {
     let s = d.as_secs();
     match s {
-        s if s >= 2 * 86400 && s % 86400 == 0 => format!("{}d", s / 86400),
-        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s if s >= 2 * 86400 && s.is_multiple_of(86400) => format!("{}d", s / 86400),
+        s if s >= 3600 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s >= 60 && s.is_multiple_of(60) => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
 }
@@ -704,6 +704,22 @@ mod tests {
         assert_eq!(s.debug_operators, ["abc", "DEF9"]);
         let s = dev(&["--kubernetes-privileged-unsafe"]).unwrap();
         assert_eq!(s.kubernetes(), KubernetesMode::PrivilegedUnsafe);
+        // A switch set in the file, and a file setting excluded by a flag.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("agent.toml");
+        std::fs::write(
+            &f,
+            "kubernetes_privileged_unsafe = true
+",
+        )
+        .unwrap();
+        let path = f.to_str().unwrap();
+        let s = load(&["--dev", "--config", path]).unwrap();
+        assert_eq!(s.kubernetes(), KubernetesMode::PrivilegedUnsafe);
+        let e = load(&["--dev", "--config", path, "--kubernetes-runtime", "kata"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exclude each other"), "{e}");
         for args in [
             &["--kubernetes-runtime", "runc"][..],
             &[

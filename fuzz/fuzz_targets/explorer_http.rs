@@ -38,9 +38,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
+use libfuzzer_sys::fuzz_target;
 use reservation::api::{Created, DeleteRequest, DeletedConfirmation, ReservationView};
 use reservation::node::{Capacity, NodeInfo, Registration, Uptime};
-use libfuzzer_sys::fuzz_target;
 use reservation::{Identity, Reservation, WorkloadResult};
 use tower::ServiceExt;
 
