@@ -165,9 +165,10 @@ pub async fn run(
         core.signal(),
     ));
     let ready = async {
-        reconciled.await?;
-        control.ready.store(true, Ordering::SeqCst);
-        info!(node_id = core.node.id(), socket = %core.settings.socket.display(), "agent ready");
+        if reconciled.await?.is_some() {
+            control.ready.store(true, Ordering::SeqCst);
+            info!(node_id = core.node.id(), socket = %core.settings.socket.display(), "agent ready");
+        }
         Ok(())
     };
     let result = tokio::try_join!(engine.run(core.sources(poll), core.signal()), ready).map(|_| ());

@@ -29,13 +29,13 @@ const CHECKS_AT_ONCE: usize = 32;
 
 /// Find the cached workloads whose objects are gone and have the engine
 /// provision them again; arm the orphan sweep for after the first resync.
-/// Returns how many were repaired, once the engine recorded them (0 if the
-/// engine stopped first).
+/// Returns how many were repaired, once the engine recorded them (`None`
+/// if the engine stopped first).
 pub async fn start(
     store: Store,
     registry: Registry,
     engine: mpsc::Sender<EngineCommand>,
-) -> Result<usize, AgentError> {
+) -> Result<Option<usize>, AgentError> {
     let missing = missing(&store, &registry).await?;
     crate::release_freed_memory();
     let (synced, synced_rx) = oneshot::channel();
@@ -48,7 +48,7 @@ pub async fn start(
         .chain([EngineCommand::Reconciled { repaired, sweep }]);
     for c in commands {
         if engine.send(c).await.is_err() {
-            return Ok(0); // the engine stopped: shutting down
+            return Ok(None); // the engine stopped: shutting down
         }
     }
     tokio::spawn(async move {
@@ -59,7 +59,7 @@ pub async fn start(
     });
     let repaired = match answer.await {
         Ok(r) => r?,
-        Err(_) => return Ok(0),
+        Err(_) => return Ok(None),
     };
     if repaired > 0 {
         info!(
@@ -67,7 +67,7 @@ pub async fn start(
             "reconciliation: re-provisioned workloads whose objects were gone"
         );
     }
-    Ok(repaired)
+    Ok(Some(repaired))
 }
 
 /// The ids of cached workloads (not expired: the decommission source takes
