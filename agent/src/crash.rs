@@ -8,7 +8,7 @@
 //! message for the signed error result:
 //! `workload crashed 5 times: exit code 1; last log lines: a | b`.
 //! It decides only: the engine decommissions the workload, posts the error
-//! result and marks it deleted (`Engine::decommission_with`).
+//! result and marks it deleted (`EngineCommand::GiveUp`).
 //!
 //! Every exit counts, a clean `exit 0` too: with `unless-stopped` Docker
 //! restarts it all the same, so a workload that keeps exiting is not

@@ -150,8 +150,13 @@ pub async fn run(
     );
     core.spawn_image_gc(docker.clone());
     core.spawn_crash_watch(docker, crashes, give_up_tx);
-    let mut engine = core.engine(registry).with_give_ups(give_up_rx);
-    reconcile::repair_cached(&mut engine).await?;
+    // Reconciliation's repairs go through the engine, before any work.
+    let (commands, inbox) = mpsc::channel(64);
+    let engine = core
+        .engine(registry.clone())
+        .with_give_ups(give_up_rx)
+        .with_commands(inbox);
+    let reconciled = reconcile::start(core.store.clone(), registry, commands);
 
     let delivery = tokio::spawn(delivery::run(
         core.store.clone(),
@@ -159,9 +164,14 @@ pub async fn run(
         core.shared.clone(),
         core.signal(),
     ));
-    control.ready.store(true, Ordering::SeqCst);
-    info!(node_id = core.node.id(), socket = %core.settings.socket.display(), "agent ready");
-    let result = engine.run(core.sources(poll), core.signal()).await;
+    let ready = async {
+        if reconciled.await?.is_some() {
+            control.ready.store(true, Ordering::SeqCst);
+            info!(node_id = core.node.id(), socket = %core.settings.socket.display(), "agent ready");
+        }
+        Ok(())
+    };
+    let result = tokio::try_join!(engine.run(core.sources(poll), core.signal()), ready).map(|_| ());
     let _ = delivery.await;
     match socket.await {
         Ok(Err(e)) => error!(error = %e, "control socket"),

@@ -3,6 +3,8 @@
 //! - [`engine`]: takes one unit of work at a time from a
 //!   [`sources::ReservationSource`], judges each reservation, drives the
 //!   provisioners, and records outcomes and signed results in the store.
+//! - [`commands`]: what reconciliation, the crash watch and the operator
+//!   ask of the engine, over a channel.
 //! - [`delivery`]: drains the outbox to the explorer with retries.
 //! - [`reconcile`]: at start, matches Docker objects with the cache.
 //! - [`control`]: the Unix socket `agentctl` talks to.
@@ -14,11 +16,12 @@
 //! - [`faults`]: crash points for the restart drills.
 //! - [`files`]: the modes of the agent's state (root 0700, cache 0600).
 //!
-//! Invariants: the engine is the only writer of the cache; a result enters
+//! Invariants: the engine's recorder is the only writer of the cache; a result enters
 //! the outbox in the same transaction as the outcome it reports; nothing is
 //! delivered before it is durable.
 
 pub mod capacity;
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod crash;

@@ -1,10 +1,13 @@
-//! Reconciliation between Docker and the cache, at start:
+//! Reconciliation between Docker and the cache, at start. It reads the
+//! store and asks Docker; what must change in the cache it asks of the
+//! engine with [`EngineCommand`]s (it never imports the engine):
 //! - a cached workload whose objects are gone is provisioned again
-//!   ([`repair_cached`], before the first poll);
-//! - a labelled object the cache does not know is removed
-//!   ([`remove_orphans`], right after the first `from=0` poll answer, by
-//!   which time every valid reservation has been adopted by idempotent
-//!   provisioning). It runs inside the engine so it can never race a
+//!   ([`EngineCommand::Repair`]; the engine takes them before any work,
+//!   and [`start`] returns once they are recorded);
+//! - a labelled object the cache does not know is removed, right after
+//!   the last page of the first `from=0` resync (by which time every valid
+//!   reservation has been adopted by idempotent provisioning), while the
+//!   engine holds still ([`SweepGate`]), so it can never race a
 //!   provisioning in flight.
 //!
 //! Each repair is logged.
@@ -12,29 +15,75 @@
 use std::collections::{HashMap, HashSet};
 
 use futures_util::StreamExt;
+use provisioners::Registry;
+use reservation::Workload;
+use store::{Cached, Store};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
+
+use crate::commands::{EngineCommand, SweepGate};
+use crate::AgentError;
 
 /// Existence checks in flight at once during reconciliation.
 const CHECKS_AT_ONCE: usize = 32;
 
-use crate::engine::Engine;
-use crate::AgentError;
+/// Find the cached workloads whose objects are gone and have the engine
+/// provision them again; arm the orphan sweep for after the first resync.
+/// Returns how many were repaired, once the engine recorded them (`None`
+/// if the engine stopped first).
+pub async fn start(
+    store: Store,
+    registry: Registry,
+    engine: mpsc::Sender<EngineCommand>,
+) -> Result<Option<usize>, AgentError> {
+    let missing = missing(&store, &registry).await?;
+    crate::release_freed_memory();
+    let (synced, synced_rx) = oneshot::channel();
+    let (done_tx, done) = oneshot::channel();
+    let (repaired, answer) = oneshot::channel();
+    let sweep = Some(SweepGate { synced, done });
+    let commands = missing
+        .into_iter()
+        .map(EngineCommand::Repair)
+        .chain([EngineCommand::Reconciled { repaired, sweep }]);
+    for c in commands {
+        if engine.send(c).await.is_err() {
+            return Ok(None); // the engine stopped: shutting down
+        }
+    }
+    tokio::spawn(async move {
+        if synced_rx.await.is_ok() {
+            remove_orphans(&store, &registry).await;
+        }
+        let _ = done_tx.send(());
+    });
+    let repaired = match answer.await {
+        Ok(r) => r?,
+        Err(_) => return Ok(None),
+    };
+    if repaired > 0 {
+        info!(
+            repaired,
+            "reconciliation: re-provisioned workloads whose objects were gone"
+        );
+    }
+    Ok(Some(repaired))
+}
 
-/// Provision again every cached workload whose objects are gone. Returns
-/// how many were repaired.
-pub async fn repair_cached(engine: &mut Engine) -> Result<usize, AgentError> {
+/// The ids of cached workloads (not expired: the decommission source takes
+/// those) whose Docker objects are gone.
+async fn missing(store: &Store, registry: &Registry) -> Result<Vec<String>, AgentError> {
     let now = chrono::Utc::now();
-    let cached: Vec<_> = engine
-        .store()
+    let cached: Vec<_> = store
         .list()
-        .filter(|c| !matches!(c, Ok(c) if c.reservation.is_expired(now))) // the decommission source takes those
+        .filter(|c| !matches!(c, Ok(c) if c.reservation.is_expired(now)))
         .collect::<Result<_, _>>()?;
     // One listing per type clears most workloads at once; the rest are
     // checked one by one (reads: side by side, a bounded number at once),
     // so a node with thousands of workloads is ready in about a second.
     let mut present: HashMap<String, HashSet<String>> = HashMap::new();
-    for kind in engine.registry().kinds().collect::<Vec<_>>() {
-        let Some(p) = engine.registry().get(kind) else {
+    for kind in registry.kinds().collect::<Vec<_>>() {
+        let Some(p) = registry.get(kind) else {
             continue;
         };
         match p.present().await {
@@ -47,44 +96,40 @@ pub async fn repair_cached(engine: &mut Engine) -> Result<usize, AgentError> {
             }
         }
     }
-    let to_check: Vec<&store::Cached> = cached
-        .iter()
-        .filter(|c| {
-            !present
-                .get(&c.reservation.kind)
-                .is_some_and(|ids| ids.contains(&c.reservation.id))
-        })
-        .collect();
-    let missing: Vec<&store::Cached> = {
-        let engine = &*engine;
-        futures_util::stream::iter(to_check)
-            .map(|c| async move { engine.needs_repair(c).await.then_some(c) })
-            .buffer_unordered(CHECKS_AT_ONCE)
-            .filter_map(|c| async move { c })
-            .collect()
-            .await
+    let to_check = cached.iter().filter(|c| {
+        !present
+            .get(&c.reservation.kind)
+            .is_some_and(|ids| ids.contains(&c.reservation.id))
+    });
+    Ok(futures_util::stream::iter(to_check)
+        .map(|c| async move { gone(registry, c).await.then(|| c.reservation.id.clone()) })
+        .buffer_unordered(CHECKS_AT_ONCE)
+        .filter_map(|id| async move { id })
+        .collect()
+        .await)
+}
+
+/// Whether a cached workload's objects are gone. Read-only, so many
+/// checks can run at once.
+async fn gone(registry: &Registry, cached: &Cached) -> bool {
+    let r = &cached.reservation;
+    let Ok(kind) = r.workload_type() else {
+        return false;
     };
-    let mut repaired = 0;
-    for c in missing {
-        if engine.repair(c).await? {
-            repaired += 1;
+    let (Some(p), Ok(w)) = (registry.get(kind), Workload::parse(kind, &r.data)) else {
+        return false;
+    };
+    match p.exists(r, &w).await {
+        Ok(present) => !present,
+        Err(e) => {
+            warn!(reservation = %r.id, error = %e, "cannot check its Docker objects");
+            false
         }
     }
-    engine.finish()?;
-    drop(cached);
-    crate::release_freed_memory();
-    if repaired > 0 {
-        info!(
-            repaired,
-            "reconciliation: re-provisioned workloads whose objects were gone"
-        );
-    }
-    Ok(repaired)
 }
 
 /// Remove labelled objects whose reservation is not cached.
-pub async fn remove_orphans(engine: &Engine) {
-    let registry = engine.registry().clone();
+pub async fn remove_orphans(store: &Store, registry: &Registry) {
     for kind in registry.kinds().collect::<Vec<_>>() {
         let Some(p) = registry.get(kind) else {
             continue;
@@ -97,7 +142,7 @@ pub async fn remove_orphans(engine: &Engine) {
             }
         };
         for id in ids {
-            match engine.store().is_cached(&id) {
+            match store.is_cached(&id) {
                 Ok(true) => {}
                 Ok(false) => match p.remove_labelled(&id).await {
                     Ok(()) => {

@@ -1,0 +1,140 @@
+//! The recorder: owns every write into the store. Each record is one sled
+//! transaction (a provisioned workload's cache entry, outcome, replay
+//! index entry and signed result in the outbox go together, or none does);
+//! a unit of work writes its records unflushed, then [`Recorder::commit`]
+//! flushes once on the blocking pool and only then raises the durable
+//! watermark that delivery reads, so no result leaves the node before it
+//! is on disk.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use reservation::WorkloadResult;
+use store::{Cached, OutcomeState, Store};
+
+use super::Shared;
+use crate::AgentError;
+
+/// The only writer of the store.
+pub struct Recorder {
+    store: Store,
+    shared: Arc<Shared>,
+    /// One past the highest outbox seq written so far.
+    written_below: u64,
+}
+
+/// Read-only access to the store, for the judge's view and the engine.
+#[derive(Clone, Copy)]
+pub struct Reads<'a>(&'a Store);
+
+impl Reads<'_> {
+    pub fn is_cached(&self, id: &str) -> Result<bool, AgentError> {
+        Ok(self.0.is_cached(id)?)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Cached>, AgentError> {
+        Ok(self.0.get(id)?)
+    }
+
+    pub fn outcome(&self, id: &str) -> Result<Option<OutcomeState>, AgentError> {
+        Ok(self.0.outcome(id)?.map(|o| o.state))
+    }
+
+    pub fn signature_owner(&self, signature: &str) -> Result<Option<String>, AgentError> {
+        Ok(self.0.signature_owner(signature)?)
+    }
+}
+
+impl Recorder {
+    pub fn new(store: Store, shared: Arc<Shared>) -> Self {
+        Recorder {
+            store,
+            shared,
+            written_below: 0,
+        }
+    }
+
+    pub fn reads(&self) -> Reads<'_> {
+        Reads(&self.store)
+    }
+
+    fn wrote(&mut self, seq: u64) {
+        self.written_below = self.written_below.max(seq + 1);
+    }
+
+    /// A provisioned workload (or a repaired one with new result data):
+    /// cache entry, outcome, replay index and result, one transaction.
+    pub fn provisioned(
+        &mut self,
+        cached: &Cached,
+        result: &WorkloadResult,
+    ) -> Result<(), AgentError> {
+        let seq = self.store.record_provisioned(cached, result)?;
+        self.wrote(seq);
+        Ok(())
+    }
+
+    /// A refusal and its signed error result; `verified_signature` enters
+    /// the replay index unless empty.
+    pub fn refused(
+        &mut self,
+        result: &WorkloadResult,
+        verified_signature: &str,
+    ) -> Result<(), AgentError> {
+        let seq = self.store.record_refused(result, verified_signature)?;
+        self.wrote(seq);
+        Ok(())
+    }
+
+    /// A decommissioned (or never run) workload: out of the cache, marked
+    /// deleted, its signed `confirmation` and `result` (if any) queued.
+    pub fn decommissioned(
+        &mut self,
+        id: &str,
+        kind: &str,
+        signature: &str,
+        confirmation: &str,
+        result: Option<&WorkloadResult>,
+    ) -> Result<(), AgentError> {
+        let seq = self
+            .store
+            .record_decommissioned(id, kind, signature, confirmation, result)?;
+        self.wrote(seq);
+        Ok(())
+    }
+
+    /// A deletion confirmed again (the workload was deleted before).
+    pub fn deleted_again(&mut self, id: &str, confirmation: &str) -> Result<(), AgentError> {
+        let seq = self.store.queue_deleted(id, confirmation)?;
+        self.wrote(seq);
+        Ok(())
+    }
+
+    /// A decommission to try again at `at`.
+    pub fn reschedule(&mut self, id: &str, at: DateTime<Utc>) -> Result<(), AgentError> {
+        Ok(self.store.reschedule(id, at)?)
+    }
+
+    /// The poll cursor after an answer.
+    pub fn cursor(&mut self, cursor: u64) -> Result<(), AgentError> {
+        Ok(self.store.set_cursor(cursor)?)
+    }
+
+    /// Make everything written durable (one flush, on the blocking pool),
+    /// then let delivery see it and the decommission source look again.
+    pub async fn commit(&mut self) -> Result<(), AgentError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| AgentError::Other(format!("cache flush did not finish: {e}")))??;
+        if self.written_below > self.shared.durable_below.load(Ordering::SeqCst) {
+            self.shared
+                .durable_below
+                .store(self.written_below, Ordering::SeqCst);
+            self.shared.outbox_wake.notify_one();
+        }
+        self.shared.expiry_wake.notify_one();
+        Ok(())
+    }
+}
