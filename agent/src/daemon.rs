@@ -352,6 +352,7 @@ impl Core {
             root: self.settings.root.clone(),
             draining: self.shared.draining.clone(),
             evict,
+            names: self.names(),
         })
     }
 
