@@ -24,7 +24,7 @@
 //! - `names.rs`: object names, labels and filters, in a node scope
 //!   ([`names::Names`]) the caller passes in.
 //! - `container.rs`, `volume.rs`, `network.rs`, `zdb.rs`, `kubernetes.rs`,
-//!   `debug.rs`: one provisioner per workload type.
+//!   `debug.rs`: one plug-in per workload type, owning all of it.
 //! - `images.rs`: pull deadline, shared pulls, garbage collection of the
 //!   images the agent pulled.
 //!

@@ -234,3 +234,95 @@ pub fn node_registry(
     };
     Registry::build(&setup, |_| true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FakeDocker;
+    use serde_json::json;
+
+    #[test]
+    fn every_type_is_listed_once_and_built() {
+        let mut listed: Vec<WorkloadType> = PLUGINS.iter().map(|k| k.kind()).collect();
+        listed.sort();
+        let mut all = WorkloadType::ALL.to_vec();
+        all.sort();
+        assert_eq!(listed, all);
+        let dir = tempfile::tempdir().unwrap();
+        let reg = node_registry(
+            Arc::new(FakeDocker::new()),
+            Arc::new(Identity::generate()),
+            dir.path(),
+            NodeOptions::default(),
+        );
+        for t in WorkloadType::ALL {
+            assert!(reg.get(t).is_some(), "{t}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_workload_of_another_type_is_refused_by_the_adapter() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = docker_registry(
+            Arc::new(FakeDocker::new()),
+            Arc::new(Identity::generate()),
+            dir.path(),
+        );
+        let raw = serde_json::value::to_raw_value(&json!({"size": 1, "type": "SSD"})).unwrap();
+        let w = Workload::parse(WorkloadType::Volume, &raw).unwrap();
+        let r = Reservation {
+            id: "1-1".into(),
+            ..Default::default()
+        };
+        let ct = reg.get(WorkloadType::Container).unwrap();
+        let e = ct.provision(&r, &w).await.unwrap_err().to_string();
+        assert_eq!(e, "reservation 1-1 is a volume, not a container");
+        // Nothing is charged, named or used for the wrong type either.
+        let k = kind(WorkloadType::Container).unwrap();
+        assert_eq!(k.charge(&w, DiskType::Ssd), Charge::ZERO);
+        assert!(k.objects(&Names::unscoped(), &r, &w).is_empty());
+        assert_eq!(charge_of(&w, DiskType::Ssd).ssd_mib, 1024);
+    }
+
+    #[test]
+    fn names_come_from_the_reservation_alone() {
+        let names = Names::for_node("ABCDEFGHIJ");
+        let r = |kind: &str, data: serde_json::Value| Reservation {
+            id: "7-1".into(),
+            user_id: "u".into(),
+            kind: kind.into(),
+            data: serde_json::value::to_raw_value(&data).unwrap(),
+            ..Default::default()
+        };
+        let ct = r(
+            "container",
+            json!({"flist": "b", "capacity": {"cpu": 1, "memory": 64},
+                   "mounts": [{"volume_id": "3-1", "mountpoint": "/d"}],
+                   "network": {"network_id": "n"}}),
+        );
+        assert_eq!(
+            watched_container(&names, &ct).as_deref(),
+            Some("agent-ABCDEFGH-ct-7-1")
+        );
+        assert_eq!(objects(&names, &ct), vec!["agent-ABCDEFGH-ct-7-1"]);
+        assert_eq!(
+            uses(&names, &ct),
+            vec![
+                "agent-ABCDEFGH-vol-3-1".to_string(),
+                names.network_name("u", "n")
+            ]
+        );
+        // The type alone names the watched container; data that does not
+        // parse names no objects.
+        let bad = r("kubernetes", json!({}));
+        assert_eq!(
+            watched_container(&names, &bad).as_deref(),
+            Some("agent-ABCDEFGH-k8s-7-1")
+        );
+        assert!(objects(&names, &bad).is_empty() && uses(&names, &bad).is_empty());
+        let vol = r("volume", json!({"size": 1, "type": "HDD"}));
+        assert_eq!(watched_container(&names, &vol), None);
+        assert_eq!(objects(&names, &vol), vec!["agent-ABCDEFGH-vol-7-1"]);
+        assert!(objects(&names, &r("nonsense", json!({}))).is_empty());
+    }
+}

@@ -511,6 +511,15 @@ mod tests {
     }
 
     #[test]
+    fn workload_data_takes_its_own_variant_only() {
+        let w = parse(WorkloadType::Volume, r#"{"size":2,"type":"HDD"}"#).unwrap();
+        assert_eq!(Volume::of(&w).map(|v| v.size), Some(2));
+        assert!(Container::of(&w).is_none() && Debug::of(&w).is_none());
+        assert_eq!(<Volume as WorkloadData>::KIND, w.kind());
+        assert_eq!(<Kubernetes as WorkloadData>::KIND, WorkloadType::Kubernetes);
+    }
+
+    #[test]
     fn mountpoints() {
         assert_eq!(normalize_mountpoint("/data//x/./").unwrap(), "/data/x");
         assert!(normalize_mountpoint("data").is_err());
