@@ -1,5 +1,7 @@
 //! Capacity: what the node has ([`fingerprint`]), what workloads hold
 //! ([`Ledger`]), and admission of a new workload against what is free.
+//! What one workload holds ([`Charge`], [`Tenancy`]) is its type's plug-in's
+//! to say (`provisioners::charge`, re-exported here).
 //!
 //! Units inside: CPU in whole cores, memory and disk in MiB (a container's
 //! writable layer is charged 256 MiB, less than the protocol's GiB). The
@@ -14,104 +16,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use reservation::workloads::{kubernetes_size, DiskType};
-use reservation::{Capacity, Reservation, Workload};
+use provisioners::charge::gib;
+pub use provisioners::charge::{Charge, Resources, Tenancy, CONTAINER_LAYER_MIB, MIB_PER_GIB};
+pub use provisioners::registry::{charge_of, charge_of_reservation, tenancy_of};
+use reservation::workloads::DiskType;
+#[cfg(test)]
+use reservation::Reservation;
+use reservation::{Capacity, Workload};
 use serde::Serialize;
 
-/// MiB in a GiB.
-pub const MIB_PER_GIB: u64 = 1024;
-/// Disk charged for a container's (or a k3s node's, beyond its size) writable
-/// layer, on the root disk, in MiB.
-pub const CONTAINER_LAYER_MIB: u64 = 256;
 /// Default of `--reserve-memory`: 2 GiB stay with the host.
 pub const DEFAULT_RESERVE_MEMORY: u64 = 2 << 30;
-
-/// An amount of each resource: cores, MiB of memory, MiB of SSD and HDD.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Resources {
-    pub cpu: u64,
-    pub memory_mib: u64,
-    pub ssd_mib: u64,
-    pub hdd_mib: u64,
-}
-
-/// What one workload holds while it runs.
-pub type Charge = Resources;
-
-impl std::fmt::Display for Resources {
-    /// `cpu=2 memory=23.54GiB ssd=251GiB hdd=0GiB`, for log lines.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "cpu={} memory={}GiB ssd={}GiB hdd={}GiB",
-            self.cpu,
-            gib(self.memory_mib),
-            gib(self.ssd_mib),
-            gib(self.hdd_mib)
-        )
-    }
-}
-
-impl Resources {
-    pub const ZERO: Resources = Resources {
-        cpu: 0,
-        memory_mib: 0,
-        ssd_mib: 0,
-        hdd_mib: 0,
-    };
-
-    /// `mib` of disk of type `disk`.
-    pub fn disk(disk: DiskType, mib: u64) -> Resources {
-        match disk {
-            DiskType::Ssd => Resources {
-                ssd_mib: mib,
-                ..Resources::ZERO
-            },
-            DiskType::Hdd => Resources {
-                hdd_mib: mib,
-                ..Resources::ZERO
-            },
-        }
-    }
-
-    pub fn saturating_add(self, o: Resources) -> Resources {
-        Resources {
-            cpu: self.cpu.saturating_add(o.cpu),
-            memory_mib: self.memory_mib.saturating_add(o.memory_mib),
-            ssd_mib: self.ssd_mib.saturating_add(o.ssd_mib),
-            hdd_mib: self.hdd_mib.saturating_add(o.hdd_mib),
-        }
-    }
-
-    pub fn saturating_sub(self, o: Resources) -> Resources {
-        Resources {
-            cpu: self.cpu.saturating_sub(o.cpu),
-            memory_mib: self.memory_mib.saturating_sub(o.memory_mib),
-            ssd_mib: self.ssd_mib.saturating_sub(o.ssd_mib),
-            hdd_mib: self.hdd_mib.saturating_sub(o.hdd_mib),
-        }
-    }
-
-    /// In the protocol's units, every figure rounded down to a whole GiB.
-    pub fn to_capacity_floor(self) -> Capacity {
-        Capacity::whole(
-            self.cpu,
-            self.memory_mib / MIB_PER_GIB,
-            self.ssd_mib / MIB_PER_GIB,
-            self.hdd_mib / MIB_PER_GIB,
-        )
-    }
-
-    /// In the protocol's units, every figure rounded up to a whole GiB.
-    pub fn to_capacity_ceil(self) -> Capacity {
-        Capacity::whole(
-            self.cpu,
-            self.memory_mib.div_ceil(MIB_PER_GIB),
-            self.ssd_mib.div_ceil(MIB_PER_GIB),
-            self.hdd_mib.div_ceil(MIB_PER_GIB),
-        )
-    }
-}
 
 /// The node's resources as found at start, and the part kept for the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -275,98 +190,6 @@ fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
         (st.f_blocks as u64).saturating_mul(frsize),
         (st.f_bavail as u64).saturating_mul(frsize),
     ))
-}
-
-/// What workload `w` holds while it runs, with container layers on
-/// `root_disk`:
-/// - container: its cores and memory, and 256 MiB of root disk;
-/// - volume and zdb: their size on their disk type;
-/// - kubernetes: the size table's cores, memory and disk (on the root disk)
-///   plus the 256 MiB layer of its container;
-/// - network and debug: nothing.
-pub fn charge_of(w: &Workload, root_disk: DiskType) -> Charge {
-    match w {
-        Workload::Container(c) => Resources {
-            cpu: c.capacity.cpu as u64,
-            memory_mib: c.capacity.memory,
-            ..Resources::ZERO
-        }
-        .saturating_add(Resources::disk(root_disk, CONTAINER_LAYER_MIB)),
-        Workload::Volume(v) => Resources::disk(v.disk(), v.size.saturating_mul(MIB_PER_GIB)),
-        Workload::Zdb(z) => Resources::disk(z.disk(), z.size.saturating_mul(MIB_PER_GIB)),
-        Workload::Kubernetes(k) => match kubernetes_size(k.size) {
-            Some((cpu, mem_mib, disk_gib)) => Resources {
-                cpu: cpu as u64,
-                memory_mib: mem_mib,
-                ..Resources::ZERO
-            }
-            .saturating_add(Resources::disk(
-                root_disk,
-                disk_gib.saturating_mul(MIB_PER_GIB) + CONTAINER_LAYER_MIB,
-            )),
-            // Validation refuses other sizes before admission.
-            None => Resources::ZERO,
-        },
-        Workload::Network(_) | Workload::Debug(_) => Resources::ZERO,
-    }
-}
-
-/// The charge of a reservation's workload, `None` when its type or data
-/// does not parse (nothing of it can run, so nothing is charged).
-pub fn charge_of_reservation(r: &Reservation, root_disk: DiskType) -> Option<Charge> {
-    let kind = r.workload_type().ok()?;
-    let w = Workload::parse(kind, &r.data).ok()?;
-    Some(charge_of(&w, root_disk))
-}
-
-/// What one workload counts against its user's limits: networks, `debug`
-/// reservations and published host ports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Tenancy {
-    pub networks: u64,
-    pub debug: u64,
-    pub ports: u64,
-}
-
-impl Tenancy {
-    fn is_zero(&self) -> bool {
-        *self == Tenancy::default()
-    }
-
-    fn saturating_add(self, o: Tenancy) -> Tenancy {
-        Tenancy {
-            networks: self.networks.saturating_add(o.networks),
-            debug: self.debug.saturating_add(o.debug),
-            ports: self.ports.saturating_add(o.ports),
-        }
-    }
-
-    fn saturating_sub(self, o: Tenancy) -> Tenancy {
-        Tenancy {
-            networks: self.networks.saturating_sub(o.networks),
-            debug: self.debug.saturating_sub(o.debug),
-            ports: self.ports.saturating_sub(o.ports),
-        }
-    }
-}
-
-/// What workload `w` counts against its user's limits.
-pub fn tenancy_of(w: &Workload) -> Tenancy {
-    match w {
-        Workload::Network(_) => Tenancy {
-            networks: 1,
-            ..Tenancy::default()
-        },
-        Workload::Debug(_) => Tenancy {
-            debug: 1,
-            ..Tenancy::default()
-        },
-        Workload::Container(c) => Tenancy {
-            ports: c.ports.len() as u64,
-            ..Tenancy::default()
-        },
-        _ => Tenancy::default(),
-    }
 }
 
 /// Default of `--max-networks-per-user`.
@@ -724,16 +547,6 @@ fn cores(n: u64) -> String {
         "1 core".into()
     } else {
         format!("{n} cores")
-    }
-}
-
-/// MiB as GiB: whole when it is, else with up to two decimals.
-fn gib(mib: u64) -> String {
-    if mib.is_multiple_of(MIB_PER_GIB) {
-        format!("{}", mib / MIB_PER_GIB)
-    } else {
-        let s = format!("{:.2}", mib as f64 / MIB_PER_GIB as f64);
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 

@@ -2,10 +2,13 @@
 //! takes one JSON request line and answers one JSON line.
 //!
 //! Requests: `{"cmd":"status"}`, `{"cmd":"list"}`, `{"cmd":"show","id":"..."}`,
-//! `{"cmd":"logs","id":"...","tail":N,"follow":bool}`.
+//! `{"cmd":"logs","id":"...","tail":N,"follow":bool}`. What a workload's
+//! Docker objects and container are called, and what it uses of others,
+//! its type's plug-in says (`provisioners::registry`).
 //! Answers: `{"ok":true,"data":...}` or `{"ok":false,"error":"..."}`; for
 //! `logs`, `{"ok":true}` then the raw log text until the stream ends.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,11 +16,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use provisioners::names::Names;
+use provisioners::registry;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sources::PollStatus;
-use store::Store;
+use store::{Cached, Store};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
@@ -104,6 +109,8 @@ pub struct Control {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Ends workloads early through the engine (`purge`).
     pub evict: tokio::sync::mpsc::Sender<crate::crash::GiveUp>,
+    /// The node scope the workloads' Docker objects are named in.
+    pub names: Names,
 }
 
 /// Name of the marker file under the root that keeps a drain across
@@ -139,25 +146,20 @@ impl Control {
         }
     }
 
-    /// The Docker container that runs reservation `id`, if it has one.
+    /// The Docker container that runs reservation `id`, as its type's
+    /// plug-in names it, if it runs one of its own.
     fn container_of(&self, id: &str) -> Result<String, String> {
         let c = self
             .store
             .get(id)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("reservation {id} is not running on this node; `agentctl list` shows the ones that are"))?;
-        match c.reservation.kind.as_str() {
-            "container" | "kubernetes" => {
-                let data: Value = serde_json::from_str(c.result.data.get()).unwrap_or(Value::Null);
-                data["id"]
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("reservation {id} has no container id in its result"))
-            }
-            other => Err(format!(
-                "reservation {id} is a {other}: it has no container logs"
-            )),
-        }
+        registry::watched_container(&self.names, &c.reservation).ok_or_else(|| {
+            format!(
+                "reservation {id} is a {}: it has no container logs",
+                c.reservation.kind
+            )
+        })
     }
 
     /// Start streaming the logs of reservation `id`.
@@ -269,23 +271,17 @@ impl Control {
     }
 
     fn list(&self) -> Result<Value, String> {
-        let now = Utc::now();
-        let mut rows = Vec::new();
+        let mut cached = Vec::new();
         for c in self.store.list() {
-            let c = c.map_err(|e| e.to_string())?;
-            let r = &c.reservation;
-            let exp = c.expires_at();
-            rows.push(json!({
-                "id": r.id,
-                "type": r.kind,
-                "user": r.user_id,
-                "state": if exp <= now { "expiring" } else { "running" },
-                "expires_at": exp.to_rfc3339(),
-                "expires_in_s": (exp - now).num_seconds(),
-                "result": serde_json::from_str::<Value>(c.result.data.get()).unwrap_or(Value::Null),
-            }));
+            cached.push(c.map_err(|e| e.to_string())?);
         }
-        Ok(Value::Array(rows))
+        let scheduled = |id: &str| self.store.scheduled(id).ok().flatten();
+        Ok(Value::Array(list_rows(
+            &cached,
+            scheduled,
+            &self.names,
+            Utc::now(),
+        )))
     }
 
     async fn show(&self, id: &str) -> Result<Value, String> {
@@ -327,6 +323,71 @@ impl Control {
             "docker": docker,
         }))
     }
+}
+
+/// The rows of `agentctl list`, one per cached workload: its Docker
+/// objects (named by its type's plug-in in node scope `names`) and its
+/// state as of `now`. `scheduled` gives a workload's decommission time
+/// ([`Store::scheduled`]): one before its expiry means a deletion waits.
+///
+/// State: `running`; `expiring` (expired, not decommissioned yet);
+/// `deleting` (a deletion waits); or, for either of the last two while
+/// other cached workloads use its objects (a container mounting the volume,
+/// joining the network), `deleting (waits for 4-1, 5-1)`, naming them.
+pub fn list_rows(
+    cached: &[Cached],
+    scheduled: impl Fn(&str) -> Option<DateTime<Utc>>,
+    names: &Names,
+    now: DateTime<Utc>,
+) -> Vec<Value> {
+    // Object name -> the reservations that use it.
+    let mut users: HashMap<String, Vec<&str>> = HashMap::new();
+    for c in cached {
+        for o in registry::uses(names, &c.reservation) {
+            users.entry(o).or_default().push(&c.reservation.id);
+        }
+    }
+    cached
+        .iter()
+        .map(|c| {
+            let r = &c.reservation;
+            let exp = c.expires_at();
+            let objects = registry::objects(names, r);
+            let expired = exp <= now;
+            let deleting =
+                scheduled(&r.id).is_some_and(|at| at.timestamp_millis() < exp.timestamp_millis());
+            let mut waits_for: Vec<&str> = Vec::new();
+            if expired || deleting {
+                for o in &objects {
+                    for id in users.get(o).into_iter().flatten() {
+                        if *id != r.id && !waits_for.contains(id) {
+                            waits_for.push(id);
+                        }
+                    }
+                }
+            }
+            let state = if !waits_for.is_empty() {
+                format!("deleting (waits for {})", waits_for.join(", "))
+            } else if expired {
+                "expiring".into()
+            } else if deleting {
+                "deleting".into()
+            } else {
+                "running".into()
+            };
+            json!({
+                "id": r.id,
+                "type": r.kind,
+                "user": r.user_id,
+                "state": state,
+                "expires_at": exp.to_rfc3339(),
+                "expires_in_s": (exp - now).num_seconds(),
+                "result": serde_json::from_str::<Value>(c.result.data.get()).unwrap_or(Value::Null),
+                "objects": objects,
+                "waits_for": waits_for,
+            })
+        })
+        .collect()
 }
 
 /// Replace sealed secrets by a marker: they are sealed, but an operator
@@ -499,6 +560,154 @@ async fn stream_logs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reservation::{Identity, Reservation};
+
+    /// A cached workload of `user`, `kind` and `data`, created `age_s`
+    /// seconds ago for `life_s` seconds.
+    fn cached(
+        node: &Identity,
+        user: &Identity,
+        id: &str,
+        kind: &str,
+        data: Value,
+        age_s: i64,
+        life_s: i64,
+    ) -> Cached {
+        let r = Reservation {
+            id: id.into(),
+            node_id: node.id().into(),
+            user_id: user.id().into(),
+            kind: kind.into(),
+            data: serde_json::value::to_raw_value(&data).unwrap(),
+            created: Some(Utc::now() - chrono::Duration::seconds(age_s)),
+            duration: life_s * 1_000_000_000,
+            signature: format!("sig-{id}"),
+            ..Default::default()
+        };
+        let res = node.error_result(&r, "x");
+        Cached::new(r, res)
+    }
+
+    #[test]
+    fn list_names_the_objects_and_what_a_due_workload_waits_for() {
+        let node = Identity::generate();
+        let user = Identity::generate();
+        let names = Names::for_node(node.id());
+        let sealed = reservation::seal_for(node.id(), b"pw").unwrap();
+        let net = json!({"name": "n", "ip_range": "10.1.0.0/16", "net_resources": []});
+        let all = vec![
+            // Its user deleted it; the container and the k3s node hold it.
+            cached(&node, &user, "1-1", "network", net, 10, 3600),
+            // Expired; the container still mounts it.
+            cached(
+                &node,
+                &user,
+                "3-1",
+                "volume",
+                json!({"size": 1, "type": "SSD"}),
+                20,
+                10,
+            ),
+            cached(
+                &node,
+                &user,
+                "4-1",
+                "container",
+                json!({"flist": "b", "capacity": {"cpu": 1, "memory": 64},
+                       "mounts": [{"volume_id": "3-1", "mountpoint": "/data"}],
+                       "network": {"network_id": "n", "ips": ["10.1.1.5"]}}),
+                10,
+                3600,
+            ),
+            cached(
+                &node,
+                &user,
+                "5-1",
+                "zdb",
+                json!({"size": 1, "mode": "seq", "password": sealed, "disk_type": "SSD"}),
+                10,
+                3600,
+            ),
+            cached(
+                &node,
+                &user,
+                "6-1",
+                "kubernetes",
+                json!({"size": 1, "network_id": "n", "ip": "10.1.1.6",
+                       "cluster_secret": sealed, "master_ips": []}),
+                10,
+                3600,
+            ),
+            // Expired, used by nothing.
+            cached(
+                &node,
+                &user,
+                "7-1",
+                "debug",
+                json!({"host": "127.0.0.1", "port": 6379}),
+                20,
+                10,
+            ),
+            // Deleted, used by nothing, its decommission retried.
+            cached(
+                &node,
+                &user,
+                "8-1",
+                "volume",
+                json!({"size": 1, "type": "HDD"}),
+                10,
+                3600,
+            ),
+        ];
+        let soon = Utc::now() + chrono::Duration::seconds(5);
+        let scheduled = |id: &str| {
+            let c = all.iter().find(|c| c.reservation.id == id)?;
+            Some(if id == "1-1" || id == "8-1" {
+                soon
+            } else {
+                c.expires_at()
+            })
+        };
+        let rows = list_rows(&all, scheduled, &names, Utc::now());
+        let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
+        let p = names.prefix();
+
+        let network = names.network_name(user.id(), "n");
+        assert!(network.starts_with(&format!("{p}net-")), "{network}");
+        assert_eq!(row("1-1")["objects"], json!([network]));
+        assert_eq!(row("1-1")["state"], "deleting (waits for 4-1, 6-1)");
+        assert_eq!(row("1-1")["waits_for"], json!(["4-1", "6-1"]));
+
+        assert_eq!(row("3-1")["objects"], json!([format!("{p}vol-3-1")]));
+        assert_eq!(row("3-1")["state"], "deleting (waits for 4-1)");
+
+        assert_eq!(row("4-1")["objects"], json!([format!("{p}ct-4-1")]));
+        assert_eq!(row("4-1")["state"], "running");
+        assert_eq!(row("4-1")["waits_for"], json!([]));
+
+        let ns = provisioners::zdb::namespace_name(&all[3].reservation);
+        assert_eq!(
+            row("5-1")["objects"],
+            json!([ns, format!("{p}zdb-ssd-seq")])
+        );
+        assert_eq!(row("6-1")["objects"], json!([format!("{p}k8s-6-1")]));
+        assert_eq!(row("7-1")["objects"], json!([]));
+        assert_eq!(row("7-1")["state"], "expiring");
+        assert_eq!(row("8-1")["state"], "deleting");
+
+        // Today's keys are all still there.
+        for key in [
+            "id",
+            "type",
+            "user",
+            "state",
+            "expires_at",
+            "expires_in_s",
+            "result",
+        ] {
+            assert!(row("4-1").get(key).is_some(), "{key}");
+        }
+    }
 
     #[test]
     fn redacts_every_secret_field() {

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use provisioners::names::Names;
 use provisioners::Docker;
-use reservation::WorkloadType;
 use serde::Serialize;
 use store::{Cached, Store};
 use tokio::sync::mpsc;
@@ -70,16 +69,12 @@ pub struct Watched {
 
 impl Watched {
     /// The container of a cached workload, named in node scope `names`,
-    /// for the types that run one of their own: `container` and
-    /// `kubernetes` (zdb instances are shared by many reservations and are
-    /// not given up on for one of them).
+    /// as its type's plug-in says: the types that run one of their own
+    /// (`container`, `kubernetes`; zdb instances are shared by many
+    /// reservations and are not given up on for one of them).
     pub fn of(cached: &Cached, names: &Names) -> Option<Watched> {
         let r = &cached.reservation;
-        let container = match r.workload_type().ok()? {
-            WorkloadType::Container => names.container_name(&r.id),
-            WorkloadType::Kubernetes => provisioners::kubernetes::node_name(names, &r.id),
-            _ => return None,
-        };
+        let container = provisioners::registry::watched_container(names, r)?;
         Some(Watched {
             id: r.id.clone(),
             kind: r.kind.clone(),

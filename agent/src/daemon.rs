@@ -362,6 +362,7 @@ impl Core {
             root: self.settings.root.clone(),
             draining: self.shared.draining.clone(),
             evict,
+            names: self.names(),
         })
     }
 

@@ -1,5 +1,8 @@
-//! The `container` provisioner: one Docker container per reservation,
-//! named `agent-ct-<id>`.
+//! The `container` workload type, all of it ([`Plugin`]): one Docker
+//! container per reservation, named `agent-ct-<id>`. It is charged its
+//! cores, memory and a 256 MiB layer on the root disk, counts its published
+//! ports against its user, is the container the crash watch follows, and
+//! uses the volumes it mounts and the network it joins.
 //!
 //! Request to Docker, field by field (the `container` workload of
 //! docs/PROTOCOL.md):
@@ -44,17 +47,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reservation::workloads::{normalize_mountpoint, Container, PortProtocol};
-use reservation::{Identity, Reservation, Workload, WorkloadType};
+use reservation::workloads::{normalize_mountpoint, Container, DiskType, PortProtocol};
+use reservation::{Identity, Reservation, WorkloadType};
 use serde_json::json;
 use tokio::sync::OnceCell;
 
+use crate::charge::{Charge, Resources, Tenancy, CONTAINER_LAYER_MIB};
 use crate::docker::{
     Confinement, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, DockerError,
     DockerInfo, PortSpec, VolumeMount,
 };
 use crate::names::{self, label, Names};
-use crate::{ProvisionError, Provisioner, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
+use crate::plugin::{Plugin, Setup};
+use crate::{ProvisionError, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
 
 /// Docker's smallest memory limit (6 MiB); less is refused up front.
 const MIN_MEMORY_MIB: u64 = 6;
@@ -574,26 +579,61 @@ pub fn image_ref(flist: &str, storage: &str) -> Result<String, ProvisionError> {
     Ok(format!("{host}/{path}"))
 }
 
-fn container_of<'a>(r: &Reservation, w: &'a Workload) -> Result<&'a Container, ProvisionError> {
-    match w {
-        Workload::Container(c) => Ok(c),
-        other => Err(ProvisionError::Refused(format!(
-            "reservation {} is a {}, not a container",
-            r.id,
-            other.kind()
-        ))),
-    }
-}
-
 #[async_trait]
-impl Provisioner for ContainerProvisioner {
+impl Plugin for ContainerProvisioner {
+    type Data = Container;
+
+    fn build(s: &Setup) -> Self {
+        ContainerProvisioner::new(s.docker.clone(), s.node.clone())
+            .with_policy(s.options.tenants.container.clone())
+            .with_names(s.options.names.clone())
+    }
+
+    /// Its cores and memory, and [`CONTAINER_LAYER_MIB`] of root disk.
+    fn charge(c: &Container, root_disk: DiskType) -> Charge {
+        Resources {
+            cpu: c.capacity.cpu as u64,
+            memory_mib: c.capacity.memory,
+            ..Resources::ZERO
+        }
+        .saturating_add(Resources::disk(root_disk, CONTAINER_LAYER_MIB))
+    }
+
+    /// Its published host ports.
+    fn tenancy(c: &Container) -> Tenancy {
+        Tenancy {
+            ports: c.ports.len() as u64,
+            ..Tenancy::default()
+        }
+    }
+
+    fn watched_container(names: &Names, r: &Reservation) -> Option<String> {
+        Some(names.container_name(&r.id))
+    }
+
+    fn objects(names: &Names, r: &Reservation, _c: &Container) -> Vec<String> {
+        vec![names.container_name(&r.id)]
+    }
+
+    /// The volumes it mounts and the network it joins.
+    fn uses(names: &Names, r: &Reservation, c: &Container) -> Vec<String> {
+        let mut used: Vec<String> = c
+            .mounts
+            .iter()
+            .map(|m| names.volume_name(&m.volume_id))
+            .collect();
+        if !c.network.network_id.is_empty() {
+            used.push(names.network_name(&r.user_id, &c.network.network_id));
+        }
+        used
+    }
+
     async fn provision(
         &self,
         r: &Reservation,
-        w: &Workload,
+        c: &Container,
     ) -> Result<serde_json::Value, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let c = container_of(r, w)?;
         let name = self.names.container_name(&r.id);
         let net = (!c.network.network_id.is_empty())
             .then(|| self.names.network_name(&r.user_id, &c.network.network_id));
@@ -622,7 +662,7 @@ impl Provisioner for ContainerProvisioner {
         self.create(r, c, &name, net.as_deref()).await
     }
 
-    async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
+    async fn decommission(&self, r: &Reservation, _c: &Container) -> Result<(), ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         let name = self.names.container_name(&r.id);
         match self.docker.inspect_container(&name).await? {
@@ -641,7 +681,7 @@ impl Provisioner for ContainerProvisioner {
     /// True when the container exists and is running (or being restarted
     /// by Docker). A stopped one counts as gone: provisioning it again
     /// starts it (e.g. after a reboot that lost a volume's mount).
-    async fn exists(&self, r: &Reservation, _w: &Workload) -> Result<bool, ProvisionError> {
+    async fn exists(&self, r: &Reservation, _c: &Container) -> Result<bool, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         let name = self.names.container_name(&r.id);
         Ok(match self.docker.inspect_container(&name).await? {

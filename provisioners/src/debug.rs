@@ -1,5 +1,6 @@
-//! The `debug` workload: the agent's own log events, as JSON lines, on a
-//! user's Redis pub/sub channel.
+//! The `debug` workload type, all of it ([`Plugin`]): the agent's own log
+//! events, as JSON lines, on a user's Redis pub/sub channel; counted
+//! against its user's debug reservations.
 //!
 //! - [`LogBus`]: a broadcast of already formatted JSON lines, each with the
 //!   user it belongs to ([`LogLine::owner`]). The agent installs
@@ -10,7 +11,7 @@
 //!   `host:port` (default channel `<node_id>-logs`), reconnecting with
 //!   exponential backoff when Redis goes away. It runs until the
 //!   reservation expires or is decommissioned; an agent restart ends it,
-//!   and reconciliation starts it again ([`Provisioner::exists`] is false
+//!   and reconciliation starts it again ([`Plugin::exists`] is false
 //!   then).
 //!
 //! Tenancy: a line belongs to a user when every reservation it is about
@@ -41,7 +42,8 @@ use async_trait::async_trait;
 use chrono::{SecondsFormat, Utc};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisConnectionInfo};
-use reservation::{Reservation, Workload};
+use reservation::workloads::Debug;
+use reservation::Reservation;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -52,7 +54,9 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use crate::{names, ProvisionError, Provisioner};
+use crate::charge::Tenancy;
+use crate::plugin::{Plugin, Setup};
+use crate::{names, ProvisionError};
 
 /// Lines kept for a slow or reconnecting forwarder before it starts to
 /// miss some (it then publishes how many it missed).
@@ -485,27 +489,21 @@ impl DebugProvisioner {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn target(&self, r: &Reservation, w: &Workload) -> Result<Target, ProvisionError> {
-        let Workload::Debug(d) = w else {
-            return Err(ProvisionError::Refused(format!(
-                "reservation {}: not a debug workload",
-                r.id
-            )));
-        };
+    fn target(&self, r: &Reservation, d: &Debug) -> Target {
         let host = d.host.trim().trim_start_matches('[').trim_end_matches(']');
         let channel = if d.channel.is_empty() {
             format!("{}-logs", r.node_id)
         } else {
             d.channel.clone()
         };
-        Ok(Target {
+        Target {
             id: r.id.clone(),
             host: host.to_string(),
             port: d.port,
             channel,
             user: r.user_id.clone(),
             operator: self.operators.contains(&r.user_id),
-        })
+        }
     }
 }
 
@@ -518,9 +516,24 @@ impl Drop for DebugProvisioner {
 }
 
 #[async_trait]
-impl Provisioner for DebugProvisioner {
-    async fn provision(&self, r: &Reservation, w: &Workload) -> Result<Value, ProvisionError> {
-        let target = self.target(r, w)?;
+impl Plugin for DebugProvisioner {
+    type Data = Debug;
+
+    fn build(s: &Setup) -> Self {
+        DebugProvisioner::new(s.options.log_bus.clone())
+            .with_operators(s.options.debug_operators.clone())
+    }
+
+    /// One debug reservation.
+    fn tenancy(_d: &Debug) -> Tenancy {
+        Tenancy {
+            debug: 1,
+            ..Tenancy::default()
+        }
+    }
+
+    async fn provision(&self, r: &Reservation, d: &Debug) -> Result<Value, ProvisionError> {
+        let target = self.target(r, d);
         let signature = names::signature_hash(r);
         let mut tasks = self.lock();
         if let Some(t) = tasks.get(&r.id) {
@@ -571,7 +584,7 @@ impl Provisioner for DebugProvisioner {
         Ok(Value::Null)
     }
 
-    async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
+    async fn decommission(&self, r: &Reservation, _d: &Debug) -> Result<(), ProvisionError> {
         let task = self.lock().remove(&r.id);
         if let Some(t) = task {
             t.handle.abort();
@@ -582,7 +595,7 @@ impl Provisioner for DebugProvisioner {
         Ok(())
     }
 
-    async fn exists(&self, r: &Reservation, _w: &Workload) -> Result<bool, ProvisionError> {
+    async fn exists(&self, r: &Reservation, _d: &Debug) -> Result<bool, ProvisionError> {
         let signature = names::signature_hash(r);
         Ok(self
             .lock()

@@ -1,5 +1,7 @@
-//! The `kubernetes` provisioner: one k3s node per reservation, run in a
-//! privileged Docker container as k3d and kind do.
+//! The `kubernetes` workload type, all of it ([`Plugin`]): one k3s node per
+//! reservation, run in a privileged Docker container as k3d and kind do,
+//! charged its size's cores, memory and disk, watched for crashes, using
+//! the user's network it joins.
 //!
 //! A privileged container is root on the host, and a tenant's k3s agent
 //! joins whatever server `master_ips` names, so kubernetes is **refused by
@@ -50,15 +52,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reservation::workloads::{kubernetes_size, DiskType, Kubernetes};
-use reservation::{Identity, Reservation, Secret, Workload, WorkloadType};
+use reservation::{Identity, Reservation, Secret, WorkloadType};
 use serde_json::json;
 
+use crate::charge::{Charge, Resources, CONTAINER_LAYER_MIB, MIB_PER_GIB};
 use crate::docker::{
     ContainerExtras, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker,
     DockerError, FileUpload, NetworkInfo, VolumeMount, VolumeSpec,
 };
 use crate::names::{self, label, Names, LABEL_DISK, LABEL_SIZE_GIB};
-use crate::{ProvisionError, Provisioner, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
+use crate::plugin::{Plugin, Setup};
+use crate::{ProvisionError, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
 
 /// The pinned upstream k3s image (production); tests use a local stand-in.
 pub const DEFAULT_K3S_IMAGE: &str = "rancher/k3s:v1.31.4-k3s1";
@@ -189,17 +193,6 @@ pub fn k3s_command(ip: IpAddr, masters: &[IpAddr]) -> Vec<String> {
     cmd.push("--node-ip".into());
     cmd.push(ip.to_string());
     cmd
-}
-
-fn k8s_of<'a>(r: &Reservation, w: &'a Workload) -> Result<&'a Kubernetes, ProvisionError> {
-    match w {
-        Workload::Kubernetes(k) => Ok(k),
-        other => Err(ProvisionError::Refused(format!(
-            "reservation {}: a {} workload is not kubernetes",
-            r.id,
-            other.kind()
-        ))),
-    }
 }
 
 /// CPU cores, memory MiB and disk GiB of the node's size, or a refusal.
@@ -357,7 +350,7 @@ impl KubernetesProvisioner {
     }
 
     /// The container of node `r` on Docker network `network` at `ip`, with
-    /// `token` for `K3S_TOKEN`: what [`Provisioner::provision`] creates.
+    /// `token` for `K3S_TOKEN`: what [`Plugin::provision`] creates.
     pub fn node_container(
         &self,
         r: &Reservation,
@@ -491,14 +484,55 @@ impl KubernetesProvisioner {
 }
 
 #[async_trait]
-impl Provisioner for KubernetesProvisioner {
+impl Plugin for KubernetesProvisioner {
+    type Data = Kubernetes;
+
+    fn build(s: &Setup) -> Self {
+        let o = &s.options;
+        KubernetesProvisioner::new(s.docker.clone(), s.node.clone(), o.k3s_image.clone())
+            .with_privileged(o.k3s_privileged)
+            .with_mode(o.kubernetes.clone())
+            .with_names(o.names.clone())
+    }
+
+    /// The size table's cores, memory and disk (on the root disk), plus
+    /// the [`CONTAINER_LAYER_MIB`] layer of its container.
+    fn charge(k: &Kubernetes, root_disk: DiskType) -> Charge {
+        match kubernetes_size(k.size) {
+            Some((cpu, mem_mib, disk_gib)) => Resources {
+                cpu: cpu as u64,
+                memory_mib: mem_mib,
+                ..Resources::ZERO
+            }
+            .saturating_add(Resources::disk(
+                root_disk,
+                disk_gib.saturating_mul(MIB_PER_GIB) + CONTAINER_LAYER_MIB,
+            )),
+            // Validation refuses other sizes before admission.
+            None => Resources::ZERO,
+        }
+    }
+
+    fn watched_container(names: &Names, r: &Reservation) -> Option<String> {
+        Some(node_name(names, &r.id))
+    }
+
+    /// Its container and the volume of the same name.
+    fn objects(names: &Names, r: &Reservation, _k: &Kubernetes) -> Vec<String> {
+        vec![node_name(names, &r.id)]
+    }
+
+    /// The user's network it joins.
+    fn uses(names: &Names, r: &Reservation, k: &Kubernetes) -> Vec<String> {
+        vec![names.network_name(&r.user_id, &k.network_id)]
+    }
+
     async fn provision(
         &self,
         r: &Reservation,
-        w: &Workload,
+        k: &Kubernetes,
     ) -> Result<serde_json::Value, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let k = k8s_of(r, w)?;
         if self.mode == KubernetesMode::Disabled {
             return Err(ProvisionError::Refused(DISABLED.into()));
         }
@@ -563,7 +597,7 @@ impl Provisioner for KubernetesProvisioner {
         Ok(Self::result(&c, k.ip))
     }
 
-    async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
+    async fn decommission(&self, r: &Reservation, _k: &Kubernetes) -> Result<(), ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         let name = node_name(&self.names, &r.id);
         if let Some(c) = self.docker.inspect_container(&name).await? {
@@ -575,7 +609,7 @@ impl Provisioner for KubernetesProvisioner {
         self.remove(&name).await
     }
 
-    async fn exists(&self, r: &Reservation, _w: &Workload) -> Result<bool, ProvisionError> {
+    async fn exists(&self, r: &Reservation, _k: &Kubernetes) -> Result<bool, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         Ok(self
             .docker
@@ -635,6 +669,8 @@ impl Provisioner for KubernetesProvisioner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Provisioner;
+    use reservation::Workload;
 
     fn signed_k8s(node: &Identity) -> (Reservation, Workload) {
         let user = Identity::generate();
@@ -662,7 +698,7 @@ mod tests {
         let fake = Arc::new(crate::FakeDocker::new());
         let k8s = KubernetesProvisioner::new(fake.clone(), node.clone(), "img");
         let (r, w) = signed_k8s(&node);
-        match k8s.provision(&r, &w).await {
+        match Provisioner::provision(&k8s, &r, &w).await {
             Err(ProvisionError::Refused(m)) => {
                 assert_eq!(m, DISABLED);
                 assert!(

@@ -1,5 +1,7 @@
-//! The `network` provisioner: one Docker bridge network per node-local
-//! network id, named `agent-net-<network_local_id(user_id, name)>`.
+//! The `network` workload type, all of it ([`Plugin`]): one Docker bridge
+//! network per node-local network id, named
+//! `agent-net-<network_local_id(user_id, name)>`, counted against its
+//! user's networks.
 //!
 //! The subnet is this node's `net_resources` entry. Refused: no entry for
 //! this node, a subnet outside `ip_range`, a subnet overlapping any other
@@ -33,11 +35,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 use reservation::workloads::Network;
-use reservation::{Reservation, Workload, WorkloadType};
+use reservation::{Reservation, WorkloadType};
 
+use crate::charge::Tenancy;
 use crate::docker::{ContainerFilter, Docker, NetworkInfo, NetworkSpec};
 use crate::names::{self, label, Names, LABEL_NETWORK_NAME};
-use crate::{ProvisionError, Provisioner, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
+use crate::plugin::{Plugin, Setup};
+use crate::{ProvisionError, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
 
 /// Default of `--network-pool`: the private ranges of RFC 1918.
 pub const DEFAULT_POOL: &str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16";
@@ -301,26 +305,34 @@ impl NetworkProvisioner {
     }
 }
 
-fn network_of<'a>(r: &Reservation, w: &'a Workload) -> Result<&'a Network, ProvisionError> {
-    match w {
-        Workload::Network(n) => Ok(n),
-        other => Err(ProvisionError::Refused(format!(
-            "reservation {} is a {}, not a network",
-            r.id,
-            other.kind()
-        ))),
-    }
-}
-
 #[async_trait]
-impl Provisioner for NetworkProvisioner {
+impl Plugin for NetworkProvisioner {
+    type Data = Network;
+
+    fn build(s: &Setup) -> Self {
+        NetworkProvisioner::new(s.docker.clone(), s.node.id())
+            .with_pool(s.options.tenants.network_pool.clone())
+            .with_names(s.options.names.clone())
+    }
+
+    /// One network.
+    fn tenancy(_n: &Network) -> Tenancy {
+        Tenancy {
+            networks: 1,
+            ..Tenancy::default()
+        }
+    }
+
+    fn objects(names: &Names, r: &Reservation, n: &Network) -> Vec<String> {
+        vec![names.network_name(&r.user_id, &n.name)]
+    }
+
     async fn provision(
         &self,
         r: &Reservation,
-        w: &Workload,
+        n: &Network,
     ) -> Result<serde_json::Value, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let n = network_of(r, w)?;
         let sub = self.subnet(n)?;
         let name = self.names.network_name(&r.user_id, &n.name);
 
@@ -378,9 +390,8 @@ impl Provisioner for NetworkProvisioner {
         Ok(serde_json::Value::Null)
     }
 
-    async fn decommission(&self, r: &Reservation, w: &Workload) -> Result<(), ProvisionError> {
+    async fn decommission(&self, r: &Reservation, n: &Network) -> Result<(), ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let n = network_of(r, w)?;
         let name = self.names.network_name(&r.user_id, &n.name);
         match self.docker.inspect_network(&name).await? {
             None => Ok(()),
@@ -396,9 +407,8 @@ impl Provisioner for NetworkProvisioner {
         }
     }
 
-    async fn exists(&self, r: &Reservation, w: &Workload) -> Result<bool, ProvisionError> {
+    async fn exists(&self, r: &Reservation, n: &Network) -> Result<bool, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let n = network_of(r, w)?;
         let name = self.names.network_name(&r.user_id, &n.name);
         Ok(self
             .docker
@@ -410,7 +420,9 @@ impl Provisioner for NetworkProvisioner {
     async fn present(&self) -> Result<Option<std::collections::HashSet<String>>, ProvisionError> {
         // The labels carry the reservation; the name must be the one the
         // user's (user_id, name) maps to, which list_labelled already keeps.
-        Ok(Some(self.list_labelled().await?.into_iter().collect()))
+        Ok(Some(
+            Plugin::list_labelled(self).await?.into_iter().collect(),
+        ))
     }
 
     async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {

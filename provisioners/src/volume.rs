@@ -1,5 +1,6 @@
-//! The `volume` provisioner: a Docker volume of `size` GiB whose size is
-//! enforced by the filesystem under it.
+//! The `volume` workload type, all of it ([`Plugin`]): a Docker volume of
+//! `size` GiB whose size is enforced by the filesystem under it, charged
+//! its size on its disk type.
 //!
 //! Mechanism (Docker's `local` driver has no size option for plain
 //! directories, so the limit comes from a fixed-size filesystem):
@@ -33,14 +34,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use reservation::workloads::Volume;
-use reservation::{Reservation, Workload, WorkloadType};
+use reservation::workloads::{DiskType, Volume};
+use reservation::{Reservation, WorkloadType};
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use crate::charge::{Charge, Resources, MIB_PER_GIB};
 use crate::docker::{ContainerFilter, Docker, VolumeSpec};
 use crate::names::{self, label, Names, LABEL_DISK, LABEL_SIZE_GIB};
-use crate::{ProvisionError, Provisioner, LABEL_RESERVATION};
+use crate::plugin::{Plugin, Setup};
+use crate::{ProvisionError, LABEL_RESERVATION};
 
 /// Serialises mount and unmount on this host so two callers never stack
 /// two loop mounts on one directory.
@@ -341,26 +344,29 @@ impl VolumeProvisioner {
     }
 }
 
-fn volume_of<'a>(r: &Reservation, w: &'a Workload) -> Result<&'a Volume, ProvisionError> {
-    match w {
-        Workload::Volume(v) => Ok(v),
-        other => Err(ProvisionError::Refused(format!(
-            "reservation {} is a {}, not a volume",
-            r.id,
-            other.kind()
-        ))),
-    }
-}
-
 #[async_trait]
-impl Provisioner for VolumeProvisioner {
+impl Plugin for VolumeProvisioner {
+    type Data = Volume;
+
+    fn build(s: &Setup) -> Self {
+        VolumeProvisioner::new(s.docker.clone(), s.root.clone()).with_names(s.options.names.clone())
+    }
+
+    /// Its size on its disk type.
+    fn charge(v: &Volume, _root_disk: DiskType) -> Charge {
+        Resources::disk(v.disk(), v.size.saturating_mul(MIB_PER_GIB))
+    }
+
+    fn objects(names: &Names, r: &Reservation, _v: &Volume) -> Vec<String> {
+        vec![names.volume_name(&r.id)]
+    }
+
     async fn provision(
         &self,
         r: &Reservation,
-        w: &Workload,
+        v: &Volume,
     ) -> Result<serde_json::Value, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let v = volume_of(r, w)?;
         if let Some(why) = &self.unavailable {
             return Err(ProvisionError::Node(format!(
                 "volumes cannot be provisioned on this node: {why}"
@@ -395,7 +401,7 @@ impl Provisioner for VolumeProvisioner {
         self.create(r, v, &vname, result).await
     }
 
-    async fn decommission(&self, r: &Reservation, _w: &Workload) -> Result<(), ProvisionError> {
+    async fn decommission(&self, r: &Reservation, _v: &Volume) -> Result<(), ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         // Never another signed reservation's volume (a refused reservation
         // the explorer gave a running one's id is rolled back through here).
@@ -414,7 +420,7 @@ impl Provisioner for VolumeProvisioner {
 
     /// True when the Docker volume and its disk image exist; remounts the
     /// image if its mount is gone (reboot), logging the repair.
-    async fn exists(&self, r: &Reservation, _w: &Workload) -> Result<bool, ProvisionError> {
+    async fn exists(&self, r: &Reservation, _v: &Volume) -> Result<bool, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         let vname = self.names.volume_name(&r.id);
         match self.docker.inspect_volume(&vname).await? {

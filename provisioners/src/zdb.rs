@@ -1,5 +1,6 @@
-//! The `zdb` provisioner: one 0-db namespace per reservation, in a 0-db
-//! container shared by every namespace of the same (disk type, mode).
+//! The `zdb` workload type, all of it ([`Plugin`]): one 0-db namespace per
+//! reservation, in a 0-db container shared by every namespace of the same
+//! (disk type, mode), charged its size on its disk type.
 //!
 //! - Container `agent-zdb-<hdd|ssd>-<user|seq>`, started on demand from the
 //!   configured image (default [`DEFAULT_ZDB_IMAGE`], the agent's
@@ -48,16 +49,18 @@ use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisConnectionInfo, RedisError};
 use reservation::workloads::{DiskType, Zdb};
-use reservation::{Identity, Reservation, Secret, Workload, WorkloadType};
+use reservation::{Identity, Reservation, Secret, WorkloadType};
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use crate::charge::{Charge, Resources, MIB_PER_GIB};
 use crate::docker::{
     Confinement, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, DockerError,
     Labels, VolumeMount, VolumeSpec,
 };
 use crate::names::{self, label, Names, LABEL_DISK};
-use crate::{ProvisionError, Provisioner, LABEL_TYPE};
+use crate::plugin::{Plugin, Setup};
+use crate::{ProvisionError, LABEL_TYPE};
 
 /// The official 0-db image (production); tests use a local stand-in.
 pub const DEFAULT_ZDB_IMAGE: &str = "threefoldtech/0-db";
@@ -99,6 +102,17 @@ pub fn reservation_of_namespace(ns: &str) -> Option<&str> {
         && names::check_id("namespace", id).is_ok())
     .then_some(id)
 }
+/// The prefix of the 0-db containers' and volumes' names in node scope
+/// `names`: `agent-zdb-`, or `agent-<node>-zdb-`.
+pub fn name_prefix(names: &Names) -> String {
+    format!("{}zdb-", names.prefix())
+}
+
+/// `<prefix><hdd|ssd>-<mode>`: the 0-db instance of `disk` and `mode`.
+fn instance_name(prefix: &str, disk: DiskType, mode: &str) -> String {
+    format!("{prefix}{}-{mode}", disk.as_str().to_ascii_lowercase())
+}
+
 /// Where the volume is mounted in the 0-db container.
 const DATA_DIR: &str = "/zdb";
 
@@ -124,17 +138,6 @@ struct Instance {
     mode: String,
     /// Container and volume name.
     name: String,
-}
-
-fn zdb_of<'a>(r: &Reservation, w: &'a Workload) -> Result<&'a Zdb, ProvisionError> {
-    match w {
-        Workload::Zdb(z) => Ok(z),
-        other => Err(ProvisionError::Refused(format!(
-            "reservation {}: a {} workload is not a zdb",
-            r.id,
-            other.kind()
-        ))),
-    }
 }
 
 /// The text of a 0-db error reply (`-Namespace not found` arrives split
@@ -164,7 +167,7 @@ impl ZdbProvisioner {
             node,
             image: image.into(),
             network: "bridge".into(),
-            prefix: format!("{}zdb-", names::PREFIX),
+            prefix: name_prefix(&Names::unscoped()),
             ready_timeout: Duration::from_secs(30),
             lock: Mutex::new(()),
             names: Names::unscoped(),
@@ -201,11 +204,7 @@ impl ZdbProvisioner {
 
     /// The container (and volume) name for `disk` and `mode`.
     pub fn instance_name(&self, disk: DiskType, mode: &str) -> String {
-        format!(
-            "{}{}-{mode}",
-            self.prefix,
-            disk.as_str().to_ascii_lowercase()
-        )
+        instance_name(&self.prefix, disk, mode)
     }
 
     fn instance(&self, z: &Zdb) -> Instance {
@@ -568,14 +567,40 @@ async fn connect(ip: Ipv4Addr) -> redis::RedisResult<MultiplexedConnection> {
 }
 
 #[async_trait]
-impl Provisioner for ZdbProvisioner {
+impl Plugin for ZdbProvisioner {
+    type Data = Zdb;
+
+    fn build(s: &Setup) -> Self {
+        let names = &s.options.names;
+        ZdbProvisioner::new(
+            s.docker.clone(),
+            s.node.clone(),
+            s.options.zdb_image.clone(),
+        )
+        .with_names(names.clone())
+        .with_name_prefix(name_prefix(names))
+    }
+
+    /// Its size on its disk type.
+    fn charge(z: &Zdb, _root_disk: DiskType) -> Charge {
+        Resources::disk(z.disk(), z.size.saturating_mul(MIB_PER_GIB))
+    }
+
+    /// Its namespace, and the 0-db container it shares with others (not
+    /// watched: it is not given up on for one of them).
+    fn objects(names: &Names, r: &Reservation, z: &Zdb) -> Vec<String> {
+        vec![
+            namespace_name(r),
+            instance_name(&name_prefix(names), z.disk(), &z.mode),
+        ]
+    }
+
     async fn provision(
         &self,
         r: &Reservation,
-        w: &Workload,
+        z: &Zdb,
     ) -> Result<serde_json::Value, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let z = zdb_of(r, w)?;
         if z.mode != "user" && z.mode != "seq" {
             return Err(ProvisionError::Refused(format!(
                 "data.mode: zdb mode {:?} is not one of user, seq",
@@ -669,16 +694,16 @@ impl Provisioner for ZdbProvisioner {
         Ok(json!({"namespace": ns, "ip": ip.to_string(), "port": ZDB_PORT}))
     }
 
-    async fn decommission(&self, r: &Reservation, w: &Workload) -> Result<(), ProvisionError> {
+    async fn decommission(&self, r: &Reservation, z: &Zdb) -> Result<(), ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let inst = self.instance(zdb_of(r, w)?);
+        let inst = self.instance(z);
         let _guard = self.lock.lock().await;
         self.delete_namespace(&inst, &namespace_name(r)).await
     }
 
-    async fn exists(&self, r: &Reservation, w: &Workload) -> Result<bool, ProvisionError> {
+    async fn exists(&self, r: &Reservation, z: &Zdb) -> Result<bool, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
-        let inst = self.instance(zdb_of(r, w)?);
+        let inst = self.instance(z);
         let _guard = self.lock.lock().await;
         let Some(c) = self.docker.inspect_container(&inst.name).await? else {
             return Ok(false);

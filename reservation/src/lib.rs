@@ -36,4 +36,4 @@ pub use model::{
 pub use netid::network_local_id;
 pub use node::{Capacity, NodeInfo};
 pub use seal::{seal_for, Secret};
-pub use workloads::Workload;
+pub use workloads::{Workload, WorkloadData};

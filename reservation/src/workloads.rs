@@ -226,6 +226,34 @@ fn parse_as<T: DeserializeOwned>(raw: &RawValue) -> Result<T, Error> {
     })
 }
 
+/// One workload type's `data` struct: the wire type it is the data of, and
+/// the step from a parsed [`Workload`] to it. The provisioners' plug-ins
+/// are typed by it, so no code outside this crate matches on the variants.
+pub trait WorkloadData: Sized + Send + Sync + 'static {
+    /// The wire type whose `data` this is.
+    const KIND: WorkloadType;
+
+    /// `w`'s data when `w` is of this type.
+    fn of(w: &Workload) -> Option<&Self>;
+}
+
+/// `impl WorkloadData` for each `data` struct and its [`Workload`] variant.
+macro_rules! workload_data {
+    ($($variant:ident),* $(,)?) => {$(
+        impl WorkloadData for $variant {
+            const KIND: WorkloadType = WorkloadType::$variant;
+            fn of(w: &Workload) -> Option<&Self> {
+                match w {
+                    Workload::$variant(d) => Some(d),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+workload_data!(Container, Volume, Network, Zdb, Kubernetes, Debug);
+
 impl Workload {
     /// Parse `data` as workload type `kind` and check every range.
     pub fn parse(kind: WorkloadType, raw: &RawValue) -> Result<Workload, Error> {
@@ -480,6 +508,15 @@ mod tests {
 
     fn parse(kind: WorkloadType, s: &str) -> Result<Workload, Error> {
         Workload::parse(kind, &RawValue::from_string(s.to_string()).unwrap())
+    }
+
+    #[test]
+    fn workload_data_takes_its_own_variant_only() {
+        let w = parse(WorkloadType::Volume, r#"{"size":2,"type":"HDD"}"#).unwrap();
+        assert_eq!(Volume::of(&w).map(|v| v.size), Some(2));
+        assert!(Container::of(&w).is_none() && Debug::of(&w).is_none());
+        assert_eq!(<Volume as WorkloadData>::KIND, w.kind());
+        assert_eq!(<Kubernetes as WorkloadData>::KIND, WorkloadType::Kubernetes);
     }
 
     #[test]

@@ -344,6 +344,17 @@ impl Store {
         Ok(())
     }
 
+    /// When `id`'s decommission is scheduled (to the millisecond): its
+    /// expiry, or earlier when a decommission before expiry (a deletion,
+    /// a give-up) must wait and is retried. `None` when it is not cached.
+    pub fn scheduled(&self, id: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self
+            .expiry_by_id
+            .get(id.as_bytes())?
+            .and_then(|k| expiry_of(&k))
+            .map(|(at, _)| at))
+    }
+
     /// Every cached workload, in id order.
     pub fn list(&self) -> impl Iterator<Item = Result<Cached, StoreError>> + '_ {
         self.cache.iter().map(|kv| {

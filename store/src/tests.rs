@@ -126,6 +126,23 @@ fn reschedule_moves_the_expiry() {
 }
 
 #[test]
+fn scheduled_reads_the_expiry_to_the_millisecond() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let now = Utc::now();
+    provision(&s, &node, reservation("1-1", "volume", now, 60));
+    let exp = s.get("1-1").unwrap().unwrap().expires_at();
+    let at = s.scheduled("1-1").unwrap().unwrap();
+    assert_eq!(at.timestamp_millis(), exp.timestamp_millis());
+    let soon = now + Duration::seconds(5);
+    s.reschedule("1-1", soon).unwrap();
+    let at = s.scheduled("1-1").unwrap().unwrap();
+    assert_eq!(at.timestamp_millis(), soon.timestamp_millis());
+    assert_eq!(s.scheduled("9-9").unwrap(), None);
+}
+
+#[test]
 fn survives_reopen_and_cursor_never_moves_back() {
     let dir = tempfile::tempdir().unwrap();
     let node = Identity::generate();

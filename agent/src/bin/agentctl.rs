@@ -484,21 +484,22 @@ fn crashes(c: &Value) -> String {
 }
 
 fn print_list(d: &Value) {
+    for line in list_lines(d) {
+        println!("{line}");
+    }
+}
+
+/// The lines of `list`'s table (or that there is nothing to list).
+fn list_lines(d: &Value) -> Vec<String> {
     let empty = vec![];
     let rows = d.as_array().unwrap_or(&empty);
     if rows.is_empty() {
-        println!("no cached reservations");
-        return;
+        return vec!["no cached reservations".into()];
     }
     let table: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
-            let obj = r["result"]["id"]
-                .as_str()
-                .or(r["result"]["volume_id"].as_str())
-                .or(r["result"]["namespace"].as_str())
-                .map(|s| s.chars().take(12).collect::<String>())
-                .unwrap_or_else(|| "-".into());
+            let obj = docker_objects(r);
             let user = r["user"].as_str().unwrap_or("");
             [
                 r["id"].as_str().unwrap_or("").to_string(),
@@ -525,9 +526,25 @@ fn print_list(d: &Value) {
             .collect::<Vec<_>>()
             .join("  ")
     };
-    println!("{}", line(&head.map(String::from)).trim_end());
+    let mut out = vec![line(&head.map(String::from)).trim_end().to_string()];
     for row in &table {
-        println!("{}", line(row).trim_end());
+        out.push(line(row).trim_end().to_string());
+    }
+    out
+}
+
+/// The DOCKER OBJECT cell of a `list` row: the names the workload's
+/// plug-in gave its objects (a zdb's namespace, then its 0-db container),
+/// or `-`.
+fn docker_objects(row: &Value) -> String {
+    let names: Vec<&str> = row["objects"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if names.is_empty() {
+        "-".into()
+    } else {
+        names.join(", ")
     }
 }
 
@@ -629,5 +646,44 @@ fn print_show(d: &Value) {
         for line in pretty.lines() {
             println!("  {line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_shows_the_plugins_object_names_and_what_a_deletion_waits_for() {
+        let rows = json!([
+            {"id": "3-1", "type": "volume", "user": "0123456789abcdef",
+             "state": "deleting (waits for 4-1)", "expires_in_s": -5,
+             "objects": ["agent-ABCDEFGH-vol-3-1"], "waits_for": ["4-1"]},
+            {"id": "5-1", "type": "zdb", "user": "0123456789abcdef",
+             "state": "running", "expires_in_s": 3600,
+             "objects": ["5-1-0011223344556677", "agent-ABCDEFGH-zdb-ssd-seq"]},
+            {"id": "6-1", "type": "debug", "user": "0123456789abcdef",
+             "state": "expiring", "expires_in_s": 0, "objects": []},
+        ]);
+        let lines = list_lines(&rows);
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(lines[0].starts_with("ID ") && lines[0].ends_with("DOCKER OBJECT"));
+        assert!(
+            lines[1].contains("deleting (waits for 4-1)")
+                && lines[1].ends_with("agent-ABCDEFGH-vol-3-1"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].ends_with("5-1-0011223344556677, agent-ABCDEFGH-zdb-ssd-seq"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].contains("expiring") && lines[3].ends_with('-'),
+            "{}",
+            lines[3]
+        );
+        assert_eq!(list_lines(&json!([])), vec!["no cached reservations"]);
     }
 }
