@@ -289,3 +289,106 @@ impl ExplorerClient {
 fn to_body<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PollQuery;
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn urls_parse_and_fail_over_in_turn() {
+        let e = Explorers::parse(" http://a:1/, ,http://b:2 ");
+        assert_eq!(e.urls(), ["http://a:1", "http://b:2"]);
+        assert_eq!(e.current(), (0, "http://a:1"));
+        assert!(e.fail_over(0));
+        assert_eq!(e.current(), (1, "http://b:2"));
+        // A late failure of the old one does not move it again.
+        assert!(e.fail_over(0));
+        assert_eq!(e.current(), (1, "http://b:2"));
+        assert!(e.fail_over(1));
+        assert_eq!(e.current(), (0, "http://a:1"));
+        let one = Explorers::parse("http://a:1");
+        assert!(!one.fail_over(0));
+        assert_eq!(one.current(), (0, "http://a:1"));
+    }
+
+    /// An explorer stand-in answering `status` to every route, counting.
+    async fn stand_in(status: StatusCode) -> (String, Arc<AtomicUsize>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let answer = move || {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                (status, "[]")
+            }
+        };
+        let app = axum::Router::new()
+            .route("/nodes/:id/uptime", post(answer.clone()))
+            .route("/reservations/:id/poll", get(answer));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (url, hits)
+    }
+
+    fn dead_url() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    }
+
+    fn uptime() -> Uptime {
+        let node = reservation::Identity::generate();
+        Uptime::signed(&node, 1, &reservation::Capacity::default(), 1)
+    }
+
+    const Q: PollQuery = PollQuery {
+        from: 1,
+        all: false,
+        limit: 10,
+    };
+
+    #[tokio::test]
+    async fn messages_go_to_whichever_explorer_answers() {
+        let dead = dead_url();
+        let (live, hits) = stand_in(StatusCode::OK).await;
+        let c = ExplorerClient::new(&format!("{dead},{live}"), "n", 1 << 20).unwrap();
+        c.heartbeat(&uptime()).await.unwrap();
+        assert_eq!(c.base(), live);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        // Clones share the one in use: the poll goes there too.
+        c.clone().poll(Q).await.unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        // Every one down: the error of the last tried.
+        let c = ExplorerClient::new(&format!("{dead},{}", dead_url()), "n", 1 << 20).unwrap();
+        assert!(c.heartbeat(&uptime()).await.unwrap_err().fails_over());
+    }
+
+    #[tokio::test]
+    async fn a_poll_that_fails_moves_the_next_poll_but_a_4xx_does_not() {
+        let (failing, failed_hits) = stand_in(StatusCode::SERVICE_UNAVAILABLE).await;
+        let (live, hits) = stand_in(StatusCode::OK).await;
+        let c = ExplorerClient::new(&format!("{failing},{live}"), "n", 1 << 20).unwrap();
+        assert!(c.poll(Q).await.is_err());
+        assert_eq!(c.base(), live);
+        c.poll(Q).await.unwrap();
+        assert_eq!(
+            (
+                failed_hits.load(Ordering::SeqCst),
+                hits.load(Ordering::SeqCst)
+            ),
+            (1, 1)
+        );
+
+        let (refusing, _) = stand_in(StatusCode::BAD_REQUEST).await;
+        let c = ExplorerClient::new(&format!("{refusing},{live}"), "n", 1 << 20).unwrap();
+        let e = c.heartbeat(&uptime()).await.unwrap_err();
+        assert!(!e.fails_over(), "{e}");
+        assert_eq!(c.base(), refusing, "a refusal is the same on every replica");
+        assert!(c.poll(Q).await.is_err(), "400 is a refusal");
+        assert_eq!(c.base(), refusing);
+    }
+}
