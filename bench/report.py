@@ -5,11 +5,15 @@ Inputs (under OUT, default bench/out):
   criterion/<group>/<bench>/new/{sample,benchmark}.json  criterion's samples
   e2e.json        figures 3-6 (agent/benches/e2e.rs)
   explorer.json   figure 7 (explorer/benches/load.rs)
+  fleet.json      figure 8 (explorer/benches/fleet.rs)
   machine.json    cores, CPU, kernel, commit (written by run.sh)
 
 Every statistic is over the listed samples: median, p99 by nearest rank
 (with fewer than 100 samples it is the largest but one or the largest),
 min and max. Ratios are of medians measured in the same run.
+
+`report.py --fleet-only OUT DEST` writes figure 8 alone into an existing
+DEST (its section and its summary row), for `bench/fleet.sh`.
 """
 
 import json
@@ -18,8 +22,10 @@ import os
 import sys
 from pathlib import Path
 
-OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/out")
-DEST = Path(sys.argv[2] if len(sys.argv) > 2 else "BENCHMARKS.md")
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+FLEET_ONLY = "--fleet-only" in sys.argv[1:]
+OUT = Path(ARGS[0] if len(ARGS) > 0 else "bench/out")
+DEST = Path(ARGS[1] if len(ARGS) > 1 else "BENCHMARKS.md")
 
 
 def load(name):
@@ -436,6 +442,10 @@ def main():
         w("not run")
     w("")
 
+    fl_lines, fl_summary = fleet_section(load("fleet.json") or {})
+    lines.extend(fl_lines)
+    summary.extend(fl_summary)
+
     table = ["| figure | measured (median unless named) | target | verdict | note |", "|---|---|---|---|---|"]
     for name, val, target, ok, note in summary:
         v = "recorded" if ok is None else verdict(ok)
@@ -448,5 +458,97 @@ def main():
     print(f"wrote {DEST}")
 
 
+FLEET_TITLE = "## 8. Explorer at fleet scale: PostgreSQL replicas vs sled"
+
+
+def fleet_section(fl):
+    """Figure 8: its section's lines and its summary rows."""
+    lines = []
+    w = lines.append
+    summary = []
+    w(FLEET_TITLE)
+    w("")
+    w("`bash bench/fleet.sh` (`cargo bench -p explorer --bench fleet`, explorer/benches/fleet.rs): "
+      "release `explorer serve` processes on loopback: **sled**, one server (`--data`), beside "
+      "**2 PG replicas**, two servers on one PostgreSQL database (a throwaway cluster with "
+      "PostgreSQL's default durability: fsync and synchronous commit on; sled flushes before each 201). "
+      f"Each run: {fl.get('nodes', '?'):,} simulated nodes long-poll, one task each in one process "
+      "(node i polls replica i mod 2, as a load balancer spreads them); once every poll is held "
+      f"(`explorer_long_polls_open`), {fl.get('users', '?')} concurrent users POST "
+      f"{fl.get('submits_per_run', '?'):,} pre-signed reservations for random nodes, alternating "
+      f"replicas (burst), then {fl.get('paced_per_run', '?')} more paced at "
+      f"{fl.get('paced_rate_per_s', 0):.0f}/s. Submit → answer: from sending a reservation's POST "
+      "to its node's long poll answering with it. Client, servers and PostgreSQL share the 2 cores. "
+      f"Setups alternate order each run. PostgreSQL: {fl.get('postgres', '?')}.")
+    w("")
+    if not fl:
+        w("not run")
+        w("")
+        return lines, summary
+    sl, pg = fl["sled"], fl["pg2"]
+    w(HEAD)
+    for name, runs in (("sled", sl), ("2 PG replicas", pg)):
+        w(row(f"{name}: submits/s ({fl.get('users')} users, burst)", [r["submit_rate_per_s"] for r in runs], "/s"))
+    for name, runs in (("sled", sl), ("2 PG replicas", pg)):
+        w(row(f"{name}: submit → long-poll answer, burst", [x for r in runs for x in r["burst_latency_s"]], "ms"))
+    for name, runs in (("sled", sl), ("2 PG replicas", pg)):
+        w(row(f"{name}: submit → long-poll answer, paced {fl.get('paced_rate_per_s', 0):.0f}/s",
+              [x for r in runs for x in r["paced_latency_s"]], "ms"))
+    w("")
+    peaks = [r["db_connections_peak"] for r in pg if r.get("db_connections_peak") is not None]
+    answered = lambda runs, k, n: sum(len(r[k]) for r in runs) == n * len(runs)
+    w(f"- connections: {sl[0]['http_connections']:,} HTTP connections held by the clients (one long poll "
+      f"per node, one per user) on either setup; PostgreSQL client backends, peak over a run, both "
+      f"replicas: {', '.join(str(p) for p in peaks)} (each replica: a pool of at most "
+      f"{fl.get('max_connections_per_replica', '?')} plus one LISTEN connection). Held polls use no "
+      "database connection while they wait.")
+    w(f"- every reservation was answered to its node: sled {'yes' if answered(sl, 'burst_latency_s', fl['submits_per_run']) and answered(sl, 'paced_latency_s', fl['paced_per_run']) else '**no**'}, "
+      f"2 PG replicas {'yes' if answered(pg, 'burst_latency_s', fl['submits_per_run']) and answered(pg, 'paced_latency_s', fl['paced_per_run']) else '**no**'}")
+    rs, rp = med([r["submit_rate_per_s"] for r in sl]), med([r["submit_rate_per_s"] for r in pg])
+    lat_b = stats([x for r in pg for x in r["burst_latency_s"]])
+    lat_p = stats([x for r in pg for x in r["paced_latency_s"]])
+    ratio = rp / rs if rs and rp else None
+    w(f"- **2 PG replicas / sled submit rate: {fmt(ratio, 'x')}** (target ≥ 1); "
+      f"p99 submit → answer on 2 PG replicas: {fmt(lat_p and lat_p['p99'], 'ms')} paced, "
+      f"{fmt(lat_b and lat_b['p99'], 'ms')} in the burst (target ≤ 100 ms)")
+    w("")
+    summary.append(("8a. 2 PG replicas / sled, submits/s", f"{fmt(ratio, 'x')} ({fmt(rp, '/s')} vs {fmt(rs, '/s')})",
+                    "≥ 1", ratio is not None and ratio >= 1, f"{fl.get('nodes'):,} nodes long-polling"))
+    if lat_p:
+        summary.append((f"8b. p99 submit → long-poll answer, 2 PG replicas, paced {fl.get('paced_rate_per_s', 0):.0f}/s",
+                        fmt(lat_p["p99"], "ms"), "≤ 100 ms", lat_p["p99"] <= 0.1, f"p50 {fmt(lat_p['median'], 'ms')}"))
+    if lat_b:
+        summary.append(("8c. p99 submit → long-poll answer, 2 PG replicas, burst",
+                        fmt(lat_b["p99"], "ms"), "≤ 100 ms", lat_b["p99"] <= 0.1, f"p50 {fmt(lat_b['median'], 'ms')}"))
+    return lines, summary
+
+
+def fleet_only():
+    """Splice figure 8 (section and summary rows) into DEST as it is."""
+    fl_lines, fl_summary = fleet_section(load("fleet.json") or {})
+    text = DEST.read_text()
+    section = "\n".join(fl_lines) + "\n"
+    start = text.find(FLEET_TITLE)
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        end = len(text) if end < 0 else end + 1
+        text = text[:start] + section + text[end:]
+    else:
+        at = text.find("\n## Where the time goes")
+        at = len(text) if at < 0 else at + 1
+        text = text[:at] + section + "\n" + text[at:]
+    rows = [l for l in text.split("\n")]
+    rows = [l for l in rows if not l.startswith(("| 8a.", "| 8b.", "| 8c."))]
+    last = max(i for i, l in enumerate(rows) if l.startswith("| 7."))
+    for name, val, target, ok, note in reversed(fl_summary):
+        v = "recorded" if ok is None else verdict(ok)
+        rows.insert(last + 1, f"| {name} | {val} | {target} | {v} | {note} |")
+    DEST.write_text("\n".join(rows))
+    print(f"wrote figure 8 into {DEST}")
+
+
 if __name__ == "__main__":
-    main()
+    if FLEET_ONLY:
+        fleet_only()
+    else:
+        main()

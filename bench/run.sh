@@ -52,6 +52,9 @@ cargo bench -p agent --bench e2e -- --out "$PWD/$OUT/e2e.json" $QUICK
 echo "== figure 7: explorer under load"
 cargo bench -p explorer --bench load -- --out "$PWD/$OUT/explorer.json"
 
+echo "== figure 8: explorer at fleet scale (PostgreSQL replicas vs sled)"
+cargo bench -p explorer --bench fleet -- --out "$PWD/$OUT/fleet.json"
+
 total=$(( $(date +%s) - started ))
 python3 - "$OUT/machine.json" <<EOF
 import json, sys

@@ -3,8 +3,11 @@
 #
 # It first installs what a fresh machine lacks (Debian packages), builds the
 # local test images (no registry is reachable: images are made with
-# `docker import`), builds the binaries the end-to-end tests drive, then
-# runs the whole suite with cargo-nextest (cargo test when nextest is absent).
+# `docker import`), starts a throwaway PostgreSQL cluster (the explorer's
+# tests run on sled and on PostgreSQL; EXPLORER_TEST_DATABASE names it),
+# builds the binaries the end-to-end tests drive, then runs the whole suite
+# with cargo-nextest (cargo test when nextest is absent). The cluster is
+# stopped and removed on exit.
 #
 # Usage: scripts/test.sh [--drills] [nextest filters...]
 #   --drills  also run the long fault drills (#[ignore]d otherwise).
@@ -27,14 +30,48 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+pg_bin() {
+  local d
+  if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+    dirname "$(command -v initdb)"
+    return
+  fi
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$d" ] && [ -x "$d/initdb" ] && echo "$d"
+}
+[ -n "$(pg_bin)" ] || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# A fresh Debian redis-server package starts a daemon on 6379; the tests
-# start their own servers on free ports and do not need it.
+# A fresh Debian redis-server package starts a daemon on 6379, and
+# postgresql one on 5432; the tests start their own servers on free ports
+# and need neither.
+
+# The throwaway PostgreSQL cluster: trust auth on loopback and a socket in
+# its temp dir, run as the postgres user (PostgreSQL refuses root), no
+# fsync (nothing here outlives the run).
+if [ -z "${EXPLORER_TEST_DATABASE:-}" ]; then
+  pgbin=$(pg_bin)
+  pgdir=$(mktemp -d /tmp/explorer-test-pg.XXXXXX)
+  as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$pgdir"
+  pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  stop_pg() {
+    as_pg "$pgbin/pg_ctl" -D "$pgdir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    rm -rf "$pgdir"
+  }
+  trap stop_pg EXIT
+  as_pg "$pgbin/initdb" -D "$pgdir/data" -A trust -U postgres -E UTF8 --no-locale -N >"$pgdir/initdb.log" 2>&1 \
+    || { cat "$pgdir/initdb.log" >&2; exit 1; }
+  as_pg "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/postgres.log" -w -t 60 \
+    -o "-p $pgport -k $pgdir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+    start >/dev/null || { cat "$pgdir/postgres.log" >&2; exit 1; }
+  export EXPLORER_TEST_DATABASE="postgres://postgres@127.0.0.1:$pgport/postgres"
+  echo "test.sh: PostgreSQL $("$pgbin/pg_ctl" --version | awk '{print $NF}') on 127.0.0.1:$pgport (EXPLORER_TEST_DATABASE)"
+fi
 
 docker info >/dev/null 2>&1 || { echo "test.sh: the Docker engine does not answer (is dockerd running?)" >&2; exit 1; }
 

@@ -58,10 +58,12 @@ Precedence: flag, then environment, then file, then default.\n\n\
 Examples:\n  agent --dev                                   # local explorer on 127.0.0.1:7700, root ./.agent-dev\n  agent --explorer https://explorer.example --root /var/lib/agent"
 )]
 pub struct Settings {
-    /// Explorer base URL, e.g. https://explorer.example [required; --dev:
-    /// http://127.0.0.1:<dev-port>].
-    #[arg(long, env = "AGENT_EXPLORER", required = false)]
-    pub explorer: String,
+    /// Explorer base URL, e.g. https://explorer.example; several replicas
+    /// of one explorer: comma-separated or the flag repeated (a list in the
+    /// file), polled in turn, moving to the next when one fails [required;
+    /// --dev: http://127.0.0.1:<dev-port>].
+    #[arg(long, env = "AGENT_EXPLORER", value_name = "URL[,URL...]", required = false, action = clap::ArgAction::Append, value_delimiter = ',')]
+    pub explorer: Vec<String>,
     /// State directory: node key, cache, volume images [--dev: ./.agent-dev].
     #[arg(long, env = "AGENT_ROOT", default_value = DEFAULT_ROOT)]
     pub root: PathBuf,
@@ -270,7 +272,13 @@ impl Settings {
         }
         let mut cmd = Settings::command();
         for (key, value) in defaults {
-            cmd = cmd.mut_arg(key, |a| a.default_value(value));
+            cmd = if key == "explorer" {
+                // A list: one default value per URL.
+                let urls: Vec<String> = value.split(',').map(str::to_string).collect();
+                cmd.mut_arg(key, |a| a.default_values(urls))
+            } else {
+                cmd.mut_arg(key, |a| a.default_value(value))
+            };
         }
         let matches = cmd.try_get_matches_from(&args)?;
         if !matches.contains_id("explorer") {
@@ -284,8 +292,26 @@ impl Settings {
         Ok(s)
     }
 
+    /// The explorer URLs, comma-joined, as [`sources::ExplorerClient::new`]
+    /// takes them.
+    pub fn explorers(&self) -> String {
+        self.explorer.join(",")
+    }
+
     /// Checks across settings, and the figures where 0 means 1.
     fn check(&mut self) -> Result<(), AgentError> {
+        self.explorer = self
+            .explorer
+            .iter()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if self.explorer.is_empty() {
+            return Err(AgentError::Config {
+                path: "--explorer".into(),
+                reason: "no explorer URL: pass --explorer URL (several: URL,URL)".into(),
+            });
+        }
         if self.kubernetes_runtime.is_some() && self.kubernetes_privileged_unsafe {
             return Err(AgentError::Config {
                 path: "--kubernetes-runtime".into(),
@@ -392,6 +418,19 @@ fn file_defaults(
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            // Several explorer URLs (replicas): a list of strings.
+            toml::Value::Array(items) if key == "explorer" => {
+                let mut urls = Vec::new();
+                for item in items {
+                    match item.as_str() {
+                        Some(u) if !u.contains(',') => urls.push(u.to_string()),
+                        _ => {
+                            return Err(bad(format!("{item}: each element must be one URL string")))
+                        }
+                    }
+                }
+                urls.join(",")
+            }
             other => {
                 return Err(bad(format!(
                     "expected a string, a number or a boolean, found {}",
@@ -531,7 +570,7 @@ mod tests {
         .unwrap();
         let path = f.to_str().unwrap();
         let s = load(&["--explorer", "http://flag:1", "--config", path]).unwrap();
-        assert_eq!(s.explorer, "http://flag:1");
+        assert_eq!(s.explorer, ["http://flag:1"]);
         assert_eq!(s.root, PathBuf::from("/from/file"));
         assert_eq!(s.provision_timeout, Duration::from_secs(120));
         assert_eq!(s.socket, PathBuf::from(DEFAULT_SOCKET));
@@ -542,7 +581,35 @@ mod tests {
         let s = load(&["--config", path]).unwrap();
         std::env::remove_var("AGENT_PULL_TIMEOUT");
         assert_eq!(s.pull_timeout, Duration::from_secs(240));
-        assert_eq!(s.explorer, "http://file:1");
+        assert_eq!(s.explorer, ["http://file:1"]);
+    }
+
+    #[test]
+    fn several_explorers_by_commas_repeated_flags_or_a_list_in_the_file() {
+        let s = load(&["--explorer", "http://a:1, http://b:2/"]).unwrap();
+        assert_eq!(s.explorer, ["http://a:1", "http://b:2/"]);
+        assert_eq!(s.explorers(), "http://a:1,http://b:2/");
+        let s = load(&["--explorer", "http://a:1", "--explorer", "http://b:2"]).unwrap();
+        assert_eq!(s.explorer, ["http://a:1", "http://b:2"]);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("agent.toml");
+        std::fs::write(&f, "explorer = [\"http://a:1\", \"http://b:2\"]\n").unwrap();
+        let path = f.to_str().unwrap();
+        let s = load(&["--config", path]).unwrap();
+        assert_eq!(s.explorer, ["http://a:1", "http://b:2"]);
+        // The flag still beats the file, list and all.
+        let s = load(&["--config", path, "--explorer", "http://c:3"]).unwrap();
+        assert_eq!(s.explorer, ["http://c:3"]);
+        std::fs::write(&f, "explorer = \"http://a:1,http://b:2\"\n").unwrap();
+        assert_eq!(load(&["--config", path]).unwrap().explorer.len(), 2);
+        std::fs::write(&f, "explorer = [\"http://a:1\", 7]\n").unwrap();
+        let e = load(&["--config", path]).unwrap_err().to_string();
+        assert!(
+            e.contains("(explorer)") && e.contains("one URL string"),
+            "{e}"
+        );
+        let e = load(&["--explorer", " , "]).unwrap_err().to_string();
+        assert!(e.contains("no explorer URL"), "{e}");
     }
 
     #[test]
@@ -609,7 +676,7 @@ mod tests {
         let f = dir.path().join("agent.toml");
         std::fs::write(&f, &uncommented).unwrap();
         let s = load(&["--config", f.to_str().unwrap()]).unwrap();
-        assert_eq!(s.explorer, "https://explorer.example");
+        assert_eq!(s.explorer, ["https://explorer.example"]);
         assert_eq!(s.image_grace, Duration::from_secs(24 * 3600));
         // Every tenant setting is shown with its default, but the runtime
         // (none by default) with an example.
@@ -744,7 +811,7 @@ mod tests {
     #[test]
     fn dev_defaults() {
         let s = dev(&[]).unwrap();
-        assert_eq!(s.explorer, "http://127.0.0.1:7700");
+        assert_eq!(s.explorer, ["http://127.0.0.1:7700"]);
         assert_eq!(
             s.kubernetes(),
             KubernetesMode::Disabled,
@@ -754,7 +821,7 @@ mod tests {
         assert_eq!(s.root, PathBuf::from("./.agent-dev"));
         assert_eq!(s.socket, PathBuf::from("./.agent-dev/agent.sock"));
         let s = dev(&["--dev-port", "7800", "--root", "/tmp/r"]).unwrap();
-        assert_eq!(s.explorer, "http://127.0.0.1:7800");
+        assert_eq!(s.explorer, ["http://127.0.0.1:7800"]);
         assert_eq!(s.socket, PathBuf::from("/tmp/r/agent.sock"));
     }
 

@@ -191,6 +191,7 @@ impl Control {
             "ready": self.ready.load(std::sync::atomic::Ordering::SeqCst),
             "node_id": self.node_id,
             "explorer": self.explorer,
+            "explorer_in_use": self.poll.explorer_in_use(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.started.elapsed().as_secs(),
             "last_poll": self.poll.last_ok().map(|t| t.to_rfc3339()),

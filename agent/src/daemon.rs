@@ -107,7 +107,7 @@ pub async fn run(
     crate::control::load_draining(&core.settings.root, &core.shared.draining);
 
     let client = ExplorerClient::new(
-        &core.settings.explorer,
+        &core.settings.explorers(),
         core.node.id(),
         core.settings.max_poll_bytes,
     )?;
@@ -212,7 +212,7 @@ fn open_state(settings: &Settings) -> Result<(Arc<Identity>, Store), AgentError>
     // A cache written by an earlier release (or outside systemd) may be
     // readable by others: it holds every tenant's reservations.
     crate::files::private_tree(&settings.root.join("cache"));
-    info!(node_id = node.id(), root = %settings.root.display(), explorer = %settings.explorer, cached = store.cached_len(), pending_results = store.outbox_len(), "agent starting");
+    info!(node_id = node.id(), root = %settings.root.display(), explorer = %settings.explorers(), cached = store.cached_len(), pending_results = store.outbox_len(), "agent starting");
     Ok((node, store))
 }
 
@@ -349,7 +349,7 @@ impl Core {
     ) -> Arc<Control> {
         Arc::new(Control {
             node_id: self.node.id().to_string(),
-            explorer: self.settings.explorer.clone(),
+            explorer: self.settings.explorers(),
             started,
             store: self.store.clone(),
             poll: poll.status(),

@@ -1,4 +1,4 @@
-//! The explorer's state in sled: reservations with their results, the
+//! The explorer's state in sled (the default [`Storage`]): reservations with their results, the
 //! per-node index the poll walks, the pending deletions, the signature
 //! index that refuses a reservation posted twice, the node registry and the
 //! reservation counter.
@@ -21,34 +21,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use reservation::{Reservation, WorkloadResult};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
+use crate::storage::{parse_id, Insert, NodeUpdate, PollRange, Record, Storage};
 use crate::ExplorerError;
 use reservation::node::{Capacity, NodeInfo};
 
 /// Version of the stored record layout, so a later release can read it.
 /// (Version 2 of the protocol only added fields with defaults.)
-const SCHEMA: u32 = 1;
-
-/// A stored reservation and what the node said about it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Record {
-    pub v: u32,
-    pub reservation: Reservation,
-    /// Every result received, oldest first; the last one is "the" result.
-    #[serde(default)]
-    pub results: Vec<WorkloadResult>,
-    /// The node confirmed it decommissioned the workload.
-    #[serde(default)]
-    pub deleted: bool,
-    /// The node's signed confirmation (`PUT /reservations/{id}/deleted`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deleted_signature: Option<String>,
-}
+pub(crate) const SCHEMA: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct NodeRecord {
@@ -58,33 +44,6 @@ struct NodeRecord {
     /// accepted for this node: the next one must be newer.
     #[serde(default)]
     last_timestamp: Option<i64>,
-}
-
-/// What [`Db::create`] did.
-pub(crate) enum Insert {
-    /// Stored, with its id.
-    New(Reservation),
-    /// A reservation with the same signature is already stored, under this
-    /// id; nothing was written.
-    Duplicate(String),
-}
-
-/// What an uptime report did.
-pub(crate) enum NodeUpdate {
-    /// Accepted and stored.
-    Done,
-    /// The node is not registered.
-    Unknown,
-    /// The timestamp is refused; the message says why. Nothing was written.
-    Stale(String),
-}
-
-/// Which reservations a poll answers (see [`Db::poll`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PollRange {
-    pub from: u64,
-    pub all: bool,
-    pub limit: usize,
 }
 
 /// Why a transaction was aborted.
@@ -526,13 +485,81 @@ impl Db {
     }
 }
 
-/// The reservation number of an id this explorer hands out (`"<n>-1"`).
-pub(crate) fn parse_id(id: &str) -> Option<u64> {
-    let (n, w) = id.split_once('-')?;
-    if w != "1" {
-        return None;
+/// The sled store behind the seam: the inherent methods, which are
+/// synchronous (sled is an embedded, in-memory-first store; a call never
+/// waits on the network).
+#[async_trait]
+impl Storage for Db {
+    fn describe(&self) -> String {
+        format!("sled at {}", self.path.display())
     }
-    n.parse().ok()
+
+    async fn create(&self, r: Reservation) -> Result<Insert, ExplorerError> {
+        Db::create(self, r)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Record>, ExplorerError> {
+        Db::get(self, id)
+    }
+
+    async fn add_result(&self, id: &str, result: WorkloadResult) -> Result<bool, ExplorerError> {
+        Ok(Db::add_result(self, id, result)?.is_some())
+    }
+
+    async fn mark_deleted(&self, id: &str, confirmation: String) -> Result<bool, ExplorerError> {
+        Ok(Db::mark_deleted(self, id, confirmation)?.is_some())
+    }
+
+    async fn set_to_delete(&self, id: &str, sig: String) -> Result<Option<String>, ExplorerError> {
+        Ok(Db::set_to_delete(self, id, sig)?.map(|r| r.reservation.node_id))
+    }
+
+    async fn poll(
+        &self,
+        node_id: &str,
+        q: PollRange,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Reservation>, ExplorerError> {
+        Db::poll(self, node_id, q, now)
+    }
+
+    async fn register_node(
+        &self,
+        node_id: &str,
+        url: &str,
+        capacity: Capacity,
+        timestamp: i64,
+        now_ms: i64,
+    ) -> Result<Result<NodeInfo, String>, ExplorerError> {
+        Db::register_node(self, node_id, url, capacity, timestamp, now_ms)
+    }
+
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        used: Capacity,
+        draining: bool,
+        timestamp: i64,
+        now: DateTime<Utc>,
+    ) -> Result<NodeUpdate, ExplorerError> {
+        Db::heartbeat(self, node_id, used, draining, timestamp, now)
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, ExplorerError> {
+        Db::nodes(self)
+    }
+
+    async fn flush(&self) -> Result<(), ExplorerError> {
+        Db::flush(self).await
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        // A read through the tree: fails once sled has hit an I/O error.
+        self.meta
+            .get("last_number")
+            .map(|_| ())
+            .map_err(|e| format!("sled at {}: {e}", self.path.display()))
+    }
 }
 
 #[cfg(test)]
@@ -540,11 +567,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids() {
-        assert_eq!(parse_id("12-1"), Some(12));
-        assert_eq!(parse_id("12-2"), None);
-        assert_eq!(parse_id("x-1"), None);
-        assert_eq!(parse_id("12"), None);
+    fn keys() {
         assert_eq!(number_of_key(&node_key("abc", 7)), Some(7));
     }
 

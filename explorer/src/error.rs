@@ -13,8 +13,23 @@ pub enum ExplorerError {
         #[source]
         source: sled::Error,
     },
+    /// The PostgreSQL database cannot be reached or refused a statement.
+    #[error("explorer database {at}: {source}")]
+    Database {
+        /// host:port/database (no password).
+        at: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The PostgreSQL schema cannot be brought up to date.
+    #[error("explorer database {at}: migration failed: {source}")]
+    Migrate {
+        at: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
     /// A stored record that no longer parses (a corrupt or foreign database).
-    #[error("explorer data dir {path}: corrupt record {key}: {reason}")]
+    #[error("explorer data {path}: corrupt record {key}: {reason}")]
     Corrupt {
         path: PathBuf,
         key: String,

@@ -1,12 +1,16 @@
 //! The reference explorer: the central reservation API of PROTOCOL.md
-//! ("Explorer HTTP API"), protocol version 2, with its state in sled. The
-//! `explorer` binary serves it and is also the user CLI; `agent --dev` and
-//! tests run it in-process through [`serve`].
+//! ("Explorer HTTP API"), protocol version 2, with its state in sled (one
+//! process, the default) or in PostgreSQL (any number of replicas on one
+//! database: [`ServerConfig::database`]). The `explorer` binary serves it
+//! and is also the user CLI; `agent --dev` and tests run it in-process
+//! through [`serve`].
 //!
-//! Besides the protocol's routes it answers one extension,
+//! Besides the protocol's routes it answers three extensions:
 //! `GET /reservations/{id}/results`: every result posted for a reservation,
 //! oldest first (the protocol's `GET /reservations/{id}` shows only the
-//! latest). Tests use it to prove a node posted exactly one result.
+//! latest; tests use it to prove a node posted exactly one result);
+//! `GET /health` (`200`, or `503` when the store does not answer); and
+//! `GET /metrics` (Prometheus text).
 //!
 //! Nodes and users do not trust the explorer, but it still refuses every
 //! protocol violation it can see, and never lets an unsigned message change
@@ -38,7 +42,12 @@
 
 mod db;
 mod error;
+mod metrics;
+mod pg;
 mod server;
+mod storage;
+#[doc(hidden)]
+pub mod testing;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -54,8 +63,16 @@ pub use server::{MAX_DATA, MAX_POLL_LIMIT};
 /// How a server runs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Where the sled database lives (created if missing).
+    /// Where the sled database lives (created if missing); unused when
+    /// `database` is set.
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL (`postgres://user:password@host:port/dbname`): the
+    /// state lives there instead, shared with every other server given the
+    /// same URL; the schema is migrated at start.
+    pub database: Option<String>,
+    /// At most this many connections to `database` (one more listens for
+    /// the other replicas' wake-ups).
+    pub max_connections: u32,
     /// How long an empty poll is held open (the protocol allows 20 s).
     pub long_poll: Duration,
     /// Largest request body accepted; bigger ones get `413`.
@@ -66,16 +83,22 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Defaults: 20 s long poll, 1 MiB bodies, 4 held polls per node.
+    /// Defaults: sled under `data_dir`, 20 s long poll, 1 MiB bodies, 4
+    /// held polls per node.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             data_dir: data_dir.into(),
+            database: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             long_poll: Duration::from_secs(20),
             max_body: 1 << 20,
             max_polls_per_node: 4,
         }
     }
 }
+
+/// Default of [`ServerConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -94,7 +117,21 @@ pub async fn serve(
     server::run(listener, cfg, shutdown).await
 }
 
-/// The explorer's routes over the database in `cfg.data_dir`, without a
+/// Bring the PostgreSQL schema at `database` up to date (what `serve`
+/// does at start; `explorer migrate`).
+pub async fn migrate(database: &str) -> Result<(), ExplorerError> {
+    let pg = pg::Pg::connect(database, 2).await?;
+    let done = pg.migrate().await;
+    storage::Storage::close(&pg).await;
+    done
+}
+
+/// The database `url` names, without its password (for messages).
+pub fn redact_database_url(url: &str) -> String {
+    pg::redact(url)
+}
+
+/// The explorer's routes over the sled database in `cfg.data_dir`, without a
 /// listener or graceful shutdown: the real handlers, for driving them
 /// in-process (the fuzz targets in `fuzz/` send requests through it with
 /// `tower::ServiceExt::oneshot`). A poll with an empty answer is not held.

@@ -33,11 +33,17 @@
 //!
 //! A refused request changes nothing.
 //!
-//! Reference-explorer extension, not part of the protocol:
+//! Reference-explorer extensions, not part of the protocol:
 //! `GET /reservations/{id}/results` answers every result the node posted
 //! for the reservation, oldest first (the protocol's `GET /reservations/{id}`
 //! only shows the latest). Tests use it to prove a node posted exactly one
-//! result per attempt.
+//! result per attempt. `GET /health` answers `200 ok` while the store
+//! answers, `503` with the reason otherwise (for a load balancer);
+//! `GET /metrics` is Prometheus text ([`crate::metrics`]).
+//!
+//! The state is behind [`Storage`]: sled, or PostgreSQL shared with other
+//! replicas, whose wake-ups reach this server's held polls through
+//! [`Storage::forward_wakeups`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,8 +51,9 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -58,19 +65,23 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::db::{Db, Insert, NodeUpdate, PollRange};
+use crate::db::Db;
+use crate::metrics::{Metrics, OpenPoll};
+use crate::pg::Pg;
+use crate::storage::{Insert, NodeUpdate, PollRange, Storage, Wakers};
 use crate::{ExplorerError, ServerConfig};
 use reservation::api::{Created, DeleteRequest, DeletedConfirmation, ReservationView};
 use reservation::node::{Capacity, NodeInfo, Registration, Uptime};
 
 pub(crate) struct AppState {
-    db: Db,
+    db: Arc<dyn Storage>,
     long_poll: Duration,
     max_body: usize,
     max_polls_per_node: usize,
     /// One channel per node with a poll waiting; bumped when something for
-    /// that node is posted or deleted.
-    wake: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// that node is posted or deleted (here, or on another replica).
+    wakers: Arc<Wakers>,
+    metrics: Metrics,
     /// How many polls each node has held open (see [`HeldPoll`]).
     held: Mutex<HashMap<String, usize>>,
     /// Flips to true on shutdown, so held polls answer at once and the
@@ -79,13 +90,14 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    fn new(db: Db, cfg: &ServerConfig, shutdown: watch::Receiver<bool>) -> Self {
+    fn new(db: Arc<dyn Storage>, cfg: &ServerConfig, shutdown: watch::Receiver<bool>) -> Self {
         AppState {
+            metrics: Metrics::new(db.connections().is_some()),
             db,
             long_poll: cfg.long_poll,
             max_body: cfg.max_body,
             max_polls_per_node: cfg.max_polls_per_node,
-            wake: Mutex::new(HashMap::new()),
+            wakers: Arc::default(),
             held: Mutex::new(HashMap::new()),
             shutdown,
         }
@@ -142,10 +154,7 @@ type ApiResult<T> = Result<T, ApiError>;
 
 impl AppState {
     fn wake(&self, node_id: &str) {
-        let map = self.wake.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = map.get(node_id) {
-            tx.send_modify(|v| *v = v.wrapping_add(1));
-        }
+        self.wakers.wake(node_id);
     }
 
     async fn flush(&self) -> ApiResult<()> {
@@ -285,7 +294,7 @@ async fn create(
         warn!(node = %node_id, user = %user, error = %m, "reservation refused");
         ApiError::bad(m)
     })?;
-    let r = match st.db.create(r)? {
+    let r = match st.db.create(r).await? {
         Insert::New(r) => r,
         Insert::Duplicate(id) => {
             warn!(node = %node_id, user = %user, existing = %id, "reservation posted twice");
@@ -307,6 +316,7 @@ async fn create(
         }
     };
     st.flush().await?;
+    st.metrics.stored.inc();
     info!(reservation = %r.id, node = %r.node_id, user = %r.user_id, r#type = %r.kind, "reservation created");
     st.wake(&r.node_id);
     let location = format!("/reservations/{}", r.id);
@@ -377,12 +387,7 @@ struct Subscription {
 
 impl Subscription {
     fn new(st: &Arc<AppState>, node_id: &str) -> Self {
-        let rx = {
-            let mut map = st.wake.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(node_id.to_string())
-                .or_insert_with(|| watch::channel(0).0)
-                .subscribe()
-        };
+        let rx = st.wakers.subscribe(node_id);
         Subscription {
             st: st.clone(),
             node_id: node_id.to_string(),
@@ -397,13 +402,8 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        drop(self.rx.take());
-        let mut map = self.st.wake.lock().unwrap_or_else(|p| p.into_inner());
-        if map
-            .get(&self.node_id)
-            .is_some_and(|tx| tx.receiver_count() == 0)
-        {
-            map.remove(&self.node_id);
+        if let Some(rx) = self.rx.take() {
+            self.st.wakers.release(&self.node_id, rx);
         }
     }
 }
@@ -413,6 +413,7 @@ impl Drop for Subscription {
 struct HeldPoll {
     st: Arc<AppState>,
     node_id: String,
+    _open: OpenPoll,
 }
 
 impl HeldPoll {
@@ -431,6 +432,7 @@ impl HeldPoll {
         Some(HeldPoll {
             st: st.clone(),
             node_id: node_id.to_string(),
+            _open: OpenPoll::new(&st.metrics.long_polls),
         })
     }
 }
@@ -463,7 +465,7 @@ async fn poll(
     let mut slot = None;
     let answer = loop {
         sub.rx().borrow_and_update();
-        let list = st.db.poll(&node_id, range, Utc::now())?;
+        let list = st.db.poll(&node_id, range, Utc::now()).await?;
         if !list.is_empty() || *shutdown.borrow() || st.long_poll.is_zero() {
             break list;
         }
@@ -494,7 +496,11 @@ async fn poll(
 
 /// `GET /reservations/{id}`.
 async fn show(State(st): St, Path(id): Path<String>) -> ApiResult<Json<ReservationView>> {
-    let rec = st.db.get(&id)?.ok_or_else(|| ApiError::not_found(&id))?;
+    let rec = st
+        .db
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&id))?;
     Ok(Json(ReservationView::new(
         &rec.reservation,
         rec.results.last().cloned(),
@@ -504,7 +510,11 @@ async fn show(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Reservati
 
 /// `GET /reservations/{id}/results` (extension): every result, oldest first.
 async fn results(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Vec<WorkloadResult>>> {
-    let rec = st.db.get(&id)?.ok_or_else(|| ApiError::not_found(&id))?;
+    let rec = st
+        .db
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&id))?;
     Ok(Json(rec.results))
 }
 
@@ -516,7 +526,11 @@ async fn put_result(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let b = body(st.max_body, b)?;
-    let rec = st.db.get(&id)?.ok_or_else(|| ApiError::not_found(&id))?;
+    let rec = st
+        .db
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&id))?;
     let result: WorkloadResult = parse_json("result", &b)?;
     if result.id != id {
         return Err(ApiError::bad(format!(
@@ -534,9 +548,9 @@ async fn put_result(
     }
     let state = result.state.as_str();
     let error = result.error.clone();
-    st.db
-        .add_result(&id, result)?
-        .ok_or_else(|| ApiError::not_found(&id))?;
+    if !st.db.add_result(&id, result).await? {
+        return Err(ApiError::not_found(&id));
+    }
     st.flush().await?;
     info!(reservation = %id, state, error = %error, "result stored");
     Ok(StatusCode::OK)
@@ -550,7 +564,11 @@ async fn put_deleted(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let b = body(st.max_body, b)?;
-    let rec = st.db.get(&id)?.ok_or_else(|| ApiError::not_found(&id))?;
+    let rec = st
+        .db
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&id))?;
     let c: DeletedConfirmation = parse_json("deletion confirmation", &b)?;
     let r = &rec.reservation;
     if let Err(e) = r.verify_deleted(&c.signature) {
@@ -560,9 +578,9 @@ async fn put_deleted(
             r.node_id
         )));
     }
-    st.db
-        .mark_deleted(&id, c.signature)?
-        .ok_or_else(|| ApiError::not_found(&id))?;
+    if !st.db.mark_deleted(&id, c.signature).await? {
+        return Err(ApiError::not_found(&id));
+    }
     st.flush().await?;
     info!(reservation = %id, "node confirmed deletion");
     Ok(StatusCode::OK)
@@ -576,7 +594,11 @@ async fn delete(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let b = body(st.max_body, b)?;
-    let rec = st.db.get(&id)?.ok_or_else(|| ApiError::not_found(&id))?;
+    let rec = st
+        .db
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&id))?;
     let req: DeleteRequest = parse_json("deletion", &b)?;
     let mut candidate = rec.reservation.clone();
     candidate.delete_signature = Some(req.delete_signature.clone());
@@ -587,13 +609,14 @@ async fn delete(
             rec.reservation.user_id, rec.reservation.signature
         )));
     }
-    let rec = st
+    let node = st
         .db
-        .set_to_delete(&id, req.delete_signature)?
+        .set_to_delete(&id, req.delete_signature)
+        .await?
         .ok_or_else(|| ApiError::not_found(&id))?;
     st.flush().await?;
-    info!(reservation = %id, node = %rec.reservation.node_id, "deletion requested");
-    st.wake(&rec.reservation.node_id);
+    info!(reservation = %id, node = %node, "deletion requested");
+    st.wake(&node);
     Ok(StatusCode::OK)
 }
 
@@ -635,7 +658,8 @@ async fn register(State(st): St, b: Result<Bytes, BytesRejection>) -> ApiResult<
     }
     match st
         .db
-        .register_node(&reg.node_id, &reg.url, cap, reg.timestamp, now_ms())?
+        .register_node(&reg.node_id, &reg.url, cap, reg.timestamp, now_ms())
+        .await?
     {
         Ok(info) => {
             st.flush().await?;
@@ -675,7 +699,8 @@ async fn uptime(
     }
     match st
         .db
-        .heartbeat(&node_id, used, draining, up.timestamp, Utc::now())?
+        .heartbeat(&node_id, used, draining, up.timestamp, Utc::now())
+        .await?
     {
         NodeUpdate::Done => {
             st.flush().await?;
@@ -697,7 +722,58 @@ async fn uptime(
 
 /// `GET /nodes`.
 async fn nodes(State(st): St) -> ApiResult<Json<Vec<NodeInfo>>> {
-    Ok(Json(st.db.nodes()?))
+    Ok(Json(st.db.nodes().await?))
+}
+
+/// `GET /health` (extension): `200 ok` while the store answers, else `503`
+/// with the reason, so a load balancer sends nothing to a replica that
+/// lost its database.
+async fn health(State(st): St) -> Response {
+    match st.db.health().await {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "ok\n",
+        )
+            .into_response(),
+        Err(e) => {
+            warn!(error = %e, "health check failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the explorer's store does not answer: {e}"),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// `GET /metrics` (extension): Prometheus text.
+async fn metrics(State(st): St) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(st.db.connections()),
+    )
+        .into_response()
+}
+
+/// Count every answer in `explorer_http_requests_total`.
+async fn count(State(st): St, req: Request, next: Next) -> Response {
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    st.metrics.request(method, &route, resp.status().as_u16());
+    resp
 }
 
 async fn fallback(method: Method, uri: Uri) -> ApiError {
@@ -724,19 +800,35 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route("/reservations/:key/deleted", put(put_deleted))
         .route("/nodes", post(register).get(nodes))
         .route("/nodes/:key/uptime", post(uptime))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(st.clone(), count))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(st)
 }
 
-/// The routes over the database in `cfg.data_dir`, with no listener. The
-/// shutdown sender is dropped at once, so a poll with an empty answer
+/// The routes over the sled database in `cfg.data_dir`, with no listener.
+/// The shutdown sender is dropped at once, so a poll with an empty answer
 /// returns at once instead of being held: the fuzz targets drive the real
 /// handlers in-process, one request after another.
 pub(crate) fn in_process(cfg: &ServerConfig) -> Result<Router, ExplorerError> {
     let db = Db::open(&cfg.data_dir)?;
     let (_no_shutdown, rx) = watch::channel(false);
-    Ok(router(Arc::new(AppState::new(db, cfg, rx))))
+    Ok(router(Arc::new(AppState::new(Arc::new(db), cfg, rx))))
+}
+
+/// The store `cfg` names: PostgreSQL (schema migrated) when
+/// `cfg.database` is set, else sled under `cfg.data_dir`.
+pub(crate) async fn open(cfg: &ServerConfig) -> Result<Arc<dyn Storage>, ExplorerError> {
+    match &cfg.database {
+        Some(url) => {
+            let pg = Pg::connect(url, cfg.max_connections).await?;
+            pg.migrate().await?;
+            Ok(Arc::new(pg))
+        }
+        None => Ok(Arc::new(Db::open(&cfg.data_dir)?)),
+    }
 }
 
 pub(crate) async fn run(
@@ -744,16 +836,17 @@ pub(crate) async fn run(
     cfg: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ExplorerError> {
-    let db = Db::open(&cfg.data_dir)?;
+    let db = open(&cfg).await?;
     let (tx, rx) = watch::channel(false);
     let st = Arc::new(AppState::new(db, &cfg, rx.clone()));
+    st.db.forward_wakeups(st.wakers.clone(), rx.clone());
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
     });
     let mut stop = rx;
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, data = %cfg.data_dir.display(), "explorer listening");
+        info!(%addr, store = %st.db.describe(), "explorer listening");
     }
     let served = axum::serve(listener, router(st.clone()))
         .with_graceful_shutdown(async move {
@@ -761,6 +854,7 @@ pub(crate) async fn run(
         })
         .await;
     let flushed = st.db.flush().await;
+    st.db.close().await;
     served.map_err(ExplorerError::Serve)?;
     flushed?;
     info!("explorer stopped");

@@ -792,6 +792,7 @@ async fn serve_runs_until_sigterm() {
     let mut child = tokio::process::Command::new(BIN)
         .args(["serve", "--listen", &listen, "--data"])
         .arg(dir.path().join("db"))
+        .env_remove("EXPLORER_DATABASE")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -855,4 +856,49 @@ async fn serve_runs_until_sigterm() {
         log.contains("reservation created") && log.contains("1-1"),
         "{log}"
     );
+}
+
+/// `explorer migrate` brings a PostgreSQL database's schema up to date
+/// (again: nothing to do), says which database without its password when
+/// it cannot, and `serve --help` shows the PostgreSQL deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_the_postgres_deployment_in_serve_help() {
+    let migrate = |url: String| async move {
+        tokio::process::Command::new(BIN)
+            .args(["migrate", "--database", &url])
+            .output()
+            .await
+            .unwrap()
+    };
+    let db = explorer::testing::fresh_database().await;
+    for _ in 0..2 {
+        let out = migrate(db.url.clone()).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("schema up to date"), "{err}");
+    }
+    let out = migrate("postgres://explorer:s3cret@127.0.0.1:1/explorer".into()).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("postgres://127.0.0.1:1/explorer") && !err.contains("s3cret"),
+        "{err}"
+    );
+
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "--database <URL>",
+        "EXPLORER_DATABASE",
+        "--max-connections",
+        "two replicas behind a load",
+        "explorer migrate",
+        "GET /health",
+        "agent --explorer http://a:7700,http://b:7700",
+    ] {
+        assert!(help.contains(want), "{want:?} in:\n{help}");
+    }
 }

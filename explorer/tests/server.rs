@@ -2,8 +2,11 @@
 //! every route of PROTOCOL.md, signatures checked on the way in, data kept
 //! byte for byte, the lifetime and replay rules of a POST, poll paging and
 //! long-poll semantics (with its per-node limit), signed node messages, and
-//! state across a restart.
+//! state across a restart. Every test runs on both stores: sled
+//! (`sled::NAME`) and PostgreSQL (`postgres::NAME`, a fresh database each;
+//! see `explorer::testing` for where the server comes from).
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -12,7 +15,7 @@ use chrono::{SubsecRound, Utc};
 use common::{
     cap, confirm_deleted, delete, expiring_in, heartbeat, ids, nodes, now_ms, poll, poll_q,
     poll_query, post, post_as, post_body, register, registration, send, signed, signed_exact,
-    start, start_with, until_expired, uptime, volume, VOLUME,
+    start_with, until_expired, uptime, volume, Backend, VOLUME,
 };
 use explorer::{ReservationView, ServerConfig};
 use reservation::node::{Registration, Uptime};
@@ -34,10 +37,9 @@ async fn view(c: &reqwest::Client, url: &str, id: &str) -> ReservationView {
     serde_json::from_str(&text).unwrap()
 }
 
-#[tokio::test]
-async fn post_and_get_keep_data_byte_for_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn post_and_get_keep_data_byte_for_byte(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     // Odd spacing, key order and a 2.50 that any re-serialization changes.
@@ -81,8 +83,7 @@ async fn post_and_get_keep_data_byte_for_byte() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn the_libsodium_vector_reservation_is_judged_by_its_signature_and_lifetime() {
+async fn the_libsodium_vector_reservation_is_judged_by_its_signature_and_lifetime(b: Backend) {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../reservation/tests/vectors.json"
@@ -96,8 +97,8 @@ async fn the_libsodium_vector_reservation_is_judged_by_its_signature_and_lifetim
     let vector: Reservation = serde_json::from_str(body).unwrap();
     vector.verify().unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     // The vector itself is valid only in its hour (2026-11-25 11:00 to
     // 12:00 UTC): outside it the explorer refuses it for its lifetime.
@@ -142,10 +143,9 @@ fn hex_seed(h: &str) -> [u8; 32] {
     out
 }
 
-#[tokio::test]
-async fn bad_signatures_and_shapes_are_refused_with_a_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn bad_signatures_and_shapes_are_refused_with_a_message(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     let send = |body: String| post_body(&c, &s.url, node.id(), body);
@@ -247,10 +247,9 @@ async fn send_get(c: &reqwest::Client, url: &str) -> (u16, String) {
 
 /// A version 1 body (no `version`, no `nonce`), another version, and
 /// missing or malformed nonces are refused, with check_version's message.
-#[tokio::test]
-async fn version_1_and_bad_nonces_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn version_1_and_bad_nonces_are_refused(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     let send = |body: String| post_body(&c, &s.url, node.id(), body);
@@ -328,10 +327,9 @@ async fn version_1_and_bad_nonces_are_refused() {
 
 /// `created` must be whole seconds, at most 5 minutes ahead, and the
 /// reservation not expired; `duration` must be positive.
-#[tokio::test]
-async fn expired_future_and_fractional_reservations_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn expired_future_and_fractional_reservations_are_refused(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     let send =
@@ -408,10 +406,9 @@ async fn expired_future_and_fractional_reservations_are_refused() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn data_larger_than_64_kib_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn data_larger_than_64_kib_is_refused(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     // A JSON string of exactly 64 KiB (quotes included): accepted.
@@ -431,10 +428,9 @@ async fn data_larger_than_64_kib_is_refused() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn bodies_over_the_limit_are_413_on_every_route() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn bodies_over_the_limit_are_413_on_every_route(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     let r = post_as(&c, &s.url, &volume(&user, node.id())).await;
@@ -459,10 +455,9 @@ async fn bodies_over_the_limit_are_413_on_every_route() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn a_reservation_posted_under_another_node_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn a_reservation_posted_under_another_node_is_refused(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (user, node, other) = (
         Identity::generate(),
@@ -477,10 +472,9 @@ async fn a_reservation_posted_under_another_node_is_refused() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn the_same_signed_reservation_posted_twice_is_a_conflict() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn the_same_signed_reservation_posted_twice_is_a_conflict(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     let r = volume(&user, node.id());
@@ -519,17 +513,16 @@ async fn the_same_signed_reservation_posted_twice_is_a_conflict() {
 
     // Still a conflict after a restart, and the counter was not burnt.
     s.stop().await;
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let s = store.start(Duration::from_secs(2)).await;
     let (st, _) = post_body(&c, &s.url, node.id(), body).await;
     assert_eq!(st, 409);
     assert_eq!(post(&c, &s.url, &volume(&user, node.id())).await, "3-1");
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_posts_of_one_signed_reservation_store_it_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn concurrent_posts_of_one_signed_reservation_store_it_once(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let (user, node) = (Identity::generate(), Identity::generate());
     let body = serde_json::to_string(&volume(&user, node.id())).unwrap();
     let mut tasks = Vec::new();
@@ -551,10 +544,9 @@ async fn concurrent_posts_of_one_signed_reservation_store_it_once() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn poll_answers_by_cursor_expiry_and_pending_deletion() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_millis(300)).await;
+async fn poll_answers_by_cursor_expiry_and_pending_deletion(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_millis(300)).await;
     let c = client();
     let (user, a, b) = (
         Identity::generate(),
@@ -631,7 +623,7 @@ async fn poll_answers_by_cursor_expiry_and_pending_deletion() {
 
     // Everything survives a restart; the counter goes on.
     s.stop().await;
-    let s = start(dir.path(), Duration::from_millis(300)).await;
+    let s = store.start(Duration::from_millis(300)).await;
     assert_eq!(
         ids(&poll(&c, &s.url, a.id(), 0).await),
         ["1-1", "2-1", "3-1"]
@@ -641,10 +633,9 @@ async fn poll_answers_by_cursor_expiry_and_pending_deletion() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn poll_pages_with_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_millis(300)).await;
+async fn poll_pages_with_limit(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_millis(300)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     let mut posted = Vec::new();
@@ -728,10 +719,9 @@ async fn poll_pages_with_limit() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn long_poll_holds_then_wakes_on_post_and_on_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn long_poll_holds_then_wakes_on_post_and_on_delete(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
 
@@ -784,12 +774,11 @@ async fn long_poll_holds_then_wakes_on_post_and_on_delete() {
 /// One poll more than `max_polls_per_node` held for a node is answered
 /// 429 at once; other nodes, and polls with something to answer, are not
 /// affected; the slots are freed however a held poll ends.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_held_polls_for_one_node_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+async fn too_many_held_polls_for_one_node_are_refused(b: Backend) {
+    let store = b.store().await;
     let cfg = ServerConfig {
         long_poll: Duration::from_secs(3),
-        ..ServerConfig::new(dir.path())
+        ..store.config()
     };
     let max = cfg.max_polls_per_node;
     assert_eq!(max, 4, "the default");
@@ -881,10 +870,9 @@ async fn too_many_held_polls_for_one_node_are_refused() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_answers_held_polls_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(30)).await;
+async fn shutdown_answers_held_polls_at_once(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(30)).await;
     let c = client();
     let node = Identity::generate();
     let waiting = tokio::spawn({
@@ -898,10 +886,9 @@ async fn shutdown_answers_held_polls_at_once() {
     assert!(waiting.await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn results_must_be_signed_by_the_node_for_this_reservation_and_are_all_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn results_must_be_signed_by_the_node_for_this_reservation_and_are_all_kept(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     let r = post_as(&c, &s.url, &volume(&user, node.id())).await;
@@ -1012,10 +999,9 @@ async fn results_must_be_signed_by_the_node_for_this_reservation_and_are_all_kep
     s.stop().await;
 }
 
-#[tokio::test]
-async fn deletion_needs_the_users_signature_over_this_reservation() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn deletion_needs_the_users_signature_over_this_reservation(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     let r = post_as(&c, &s.url, &volume(&user, node.id())).await;
@@ -1081,10 +1067,9 @@ async fn deletion_needs_the_users_signature_over_this_reservation() {
 /// `PUT /reservations/{id}/deleted` needs the node's signature over the id
 /// and the reservation's signature; anything else is 400 and changes
 /// nothing (the deletion is still handed out as pending).
-#[tokio::test]
-async fn deletion_confirmations_must_be_signed_by_the_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_millis(300)).await;
+async fn deletion_confirmations_must_be_signed_by_the_node(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_millis(300)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     let r = post_as(&c, &s.url, &volume(&user, node.id())).await;
@@ -1161,10 +1146,9 @@ async fn deletion_confirmations_must_be_signed_by_the_node() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn nodes_register_heartbeat_and_list() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn nodes_register_heartbeat_and_list(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let node = Identity::generate();
     let (_, text) = send(c.get(format!("{}/nodes", s.url))).await;
@@ -1268,7 +1252,7 @@ async fn nodes_register_heartbeat_and_list() {
     // Kept across a restart, with the timestamp counter: the first
     // registration replayed is still refused.
     s.stop().await;
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+    let s = store.start(Duration::from_secs(2)).await;
     let list = nodes(&c, &s.url).await;
     assert_eq!(list[0].url, "http://10.0.0.9:8080");
     let (st, msg) = register(&c, &s.url, &first).await;
@@ -1295,10 +1279,9 @@ fn signed_registration(node: &Identity, url: &str, capacity: &str, timestamp: i6
 
 /// Forged node messages (another key, a captured one replayed, a stale
 /// timestamp) are 400 and change nothing.
-#[tokio::test]
-async fn forged_or_replayed_node_messages_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn forged_or_replayed_node_messages_change_nothing(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (node, mallory) = (Identity::generate(), Identity::generate());
     let genuine = registration(&node, "http://10.0.0.1:9100");
@@ -1425,10 +1408,9 @@ async fn forged_or_replayed_node_messages_change_nothing() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn unknown_routes_say_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn unknown_routes_say_so(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let (st, msg) = send(client().get(format!("{}/reservation", s.url))).await;
     assert_eq!(st, 404);
     assert!(msg.contains("no route GET /reservation"), "{msg}");
@@ -1438,10 +1420,9 @@ async fn unknown_routes_say_so() {
 /// A deletion posted along with the reservation (`to_delete`, outside the
 /// user's signature) is kept only when the user signed it; an unsigned one
 /// would stay pending in every poll of the node for good.
-#[tokio::test]
-async fn a_deletion_posted_with_the_reservation_must_be_signed() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn a_deletion_posted_with_the_reservation_must_be_signed(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let c = client();
     let (user, node) = (Identity::generate(), Identity::generate());
     assert_eq!(post(&c, &s.url, &volume(&user, node.id())).await, "1-1");
@@ -1485,10 +1466,9 @@ async fn a_deletion_posted_with_the_reservation_must_be_signed() {
 
 /// Many users posting at once are all answered (sled's `flush_async`
 /// used to hang when awaited concurrently).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_posts_are_all_answered() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), Duration::from_secs(2)).await;
+async fn concurrent_posts_are_all_answered(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
     let node = Identity::generate();
     let node_id = node.id().to_string();
     let mut tasks = Vec::new();
@@ -1515,4 +1495,260 @@ async fn concurrent_posts_are_all_answered() {
     assert_eq!(ids.len(), 320, "320 distinct ids");
     assert_eq!(poll(&client(), &s.url, &node_id, 0).await.len(), 320);
     s.stop().await;
+}
+
+/// `GET /health` answers 200 while the store answers; `GET /metrics`
+/// counts requests by route and status, held polls and stored
+/// reservations (and, with PostgreSQL, the pool's connections).
+async fn health_and_metrics(b: Backend) {
+    let store = b.store().await;
+    let s = store.start(Duration::from_secs(2)).await;
+    let c = client();
+    let (st, text) = send(c.get(format!("{}/health", s.url))).await;
+    assert_eq!((st, text.as_str()), (200, "ok\n"));
+    let (user, node) = (Identity::generate(), Identity::generate());
+    let r = volume(&user, node.id());
+    assert_eq!(post(&c, &s.url, &r).await, "1-1");
+    let (st, _) = post_body(&c, &s.url, node.id(), serde_json::to_string(&r).unwrap()).await;
+    assert_eq!(st, 409);
+    send(c.get(format!("{}/no/such/route", s.url))).await;
+    let held = tokio::spawn({
+        let (c, url, n) = (c.clone(), s.url.clone(), node.id().to_string());
+        async move { poll(&c, &url, &n, 2).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (st, text) = send(c.get(format!("{}/metrics", s.url))).await;
+    assert_eq!(st, 200, "{text}");
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has(
+            r#"explorer_http_requests_total{method="POST",route="/reservations/:key",status="201"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            r#"explorer_http_requests_total{method="POST",route="/reservations/:key",status="409"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(r#"explorer_http_requests_total{method="GET",route="unmatched",status="404"} 1"#),
+        "{text}"
+    );
+    assert!(has("explorer_long_polls_open 1"), "{text}");
+    assert!(has("explorer_reservations_stored_total 1"), "{text}");
+    let pooled = text.contains("explorer_database_connections{state=\"open\"}");
+    assert_eq!(pooled, b == Backend::Postgres, "{text}");
+    assert!(held.await.unwrap().is_empty());
+    let (_, text) = send(c.get(format!("{}/metrics", s.url))).await;
+    assert!(
+        text.lines().any(|l| l == "explorer_long_polls_open 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"explorer_http_requests_total{method="GET",route="/reservations/:key/poll",status="200"} 1"#),
+        "{text}"
+    );
+    s.stop().await;
+}
+
+/// PostgreSQL only: what replicas on one database must agree on.
+mod replicas {
+    use super::*;
+    use futures_util::future::join_all;
+
+    /// Two servers on one fresh database.
+    async fn two() -> (common::Store, common::Server, common::Server) {
+        let store = Backend::Postgres.store().await;
+        let a = store.start(Duration::from_secs(5)).await;
+        let b = store.start(Duration::from_secs(5)).await;
+        (store, a, b)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poll_held_on_one_replica_wakes_on_a_post_to_the_other() {
+        let (_store, a, b) = two().await;
+        let c = client();
+        let (user, node) = (Identity::generate(), Identity::generate());
+        for round in 1..=3u64 {
+            let waiting = tokio::spawn({
+                let (c, url, n) = (c.clone(), b.url.clone(), node.id().to_string());
+                async move {
+                    let list = poll(&c, &url, &n, round).await;
+                    (list, Instant::now())
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!waiting.is_finished(), "held on B");
+            let t = Instant::now();
+            let id = post(&c, &a.url, &volume(&user, node.id())).await;
+            let (list, answered) = waiting.await.unwrap();
+            assert_eq!(ids(&list), [id.as_str()]);
+            let took = answered - t;
+            assert!(took < Duration::from_secs(1), "woken in {took:?}");
+        }
+        // A deletion through B wakes a poll held on A.
+        let r = post_as(&c, &a.url, &volume(&user, node.id())).await;
+        let waiting = tokio::spawn({
+            let (c, url, n) = (c.clone(), a.url.clone(), node.id().to_string());
+            async move { poll(&c, &url, &n, 100).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = Instant::now();
+        assert_eq!(delete(&c, &b.url, &user, &r).await.0, 200);
+        let list = waiting.await.unwrap();
+        assert_eq!(ids(&list), [r.id.as_str()]);
+        assert!(list[0].to_delete);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        a.stop().await;
+        b.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ids_are_unique_and_a_signature_is_stored_once_across_replicas() {
+        let (_store, a, b) = two().await;
+        let (user, node) = (Identity::generate(), Identity::generate());
+        // The same signed reservation posted 8 times to each replica at
+        // once: one 201, fifteen 409s naming the stored id.
+        let body = serde_json::to_string(&volume(&user, node.id())).unwrap();
+        let posts = (0..16).map(|i| {
+            let url = if i % 2 == 0 {
+                a.url.clone()
+            } else {
+                b.url.clone()
+            };
+            let (node, body) = (node.id().to_string(), body.clone());
+            async move { post_body(&client(), &url, &node, body).await }
+        });
+        let answers = join_all(posts).await;
+        let created: Vec<_> = answers.iter().filter(|(st, _)| *st == 201).collect();
+        assert_eq!(created.len(), 1, "{answers:?}");
+        assert_eq!(answers.iter().filter(|(st, _)| *st == 409).count(), 15);
+        // Distinct reservations posted to both at once get distinct ids.
+        let posts = (0..40).map(|i| {
+            let url = if i % 2 == 0 {
+                a.url.clone()
+            } else {
+                b.url.clone()
+            };
+            let r = volume(&Identity::generate(), node.id());
+            async move { post(&client(), &url, &r).await }
+        });
+        let got: std::collections::HashSet<String> = join_all(posts).await.into_iter().collect();
+        assert_eq!(got.len(), 40);
+        let c = client();
+        assert_eq!(poll(&c, &a.url, node.id(), 0).await.len(), 41);
+        assert_eq!(
+            serde_json::to_string(&poll(&c, &a.url, node.id(), 0).await).unwrap(),
+            serde_json::to_string(&poll(&c, &b.url, node.id(), 0).await).unwrap(),
+            "the same answer from both"
+        );
+        a.stop().await;
+        b.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn node_timestamps_increase_across_replicas() {
+        let (_store, a, b) = two().await;
+        let c = client();
+        let node = Identity::generate();
+        let first = registration(&node, "http://10.0.0.1:1");
+        assert_eq!(register(&c, &a.url, &first).await.0, 201);
+        // Replayed on the other replica: refused.
+        let (st, msg) = register(&c, &b.url, &first).await;
+        assert_eq!((st, msg.contains("not newer")), (400, true), "{msg}");
+        let up = uptime(&node, 1, cap(1, 1, 1, 0));
+        assert_eq!(heartbeat(&c, &b.url, node.id(), &up).await.0, 200);
+        let (st, msg) = heartbeat(&c, &a.url, node.id(), &up).await;
+        assert_eq!((st, msg.contains("not newer")), (400, true), "{msg}");
+        // Many heartbeats, each sent to both replicas at once: each
+        // timestamp is accepted exactly once.
+        for i in 0..10 {
+            let up = uptime(&node, 10 + i, cap(1, 1, 1, 0));
+            let (x, y) = tokio::join!(
+                heartbeat(&c, &a.url, node.id(), &up),
+                heartbeat(&c, &b.url, node.id(), &up)
+            );
+            let mut sts = [x.0, y.0];
+            sts.sort();
+            assert_eq!(sts, [200, 400], "{x:?} {y:?}");
+        }
+        // A registration signed before the last heartbeat: refused on both.
+        let stale =
+            Registration::signed(&node, "http://evil:1", &cap(1, 1, 1, 1), now_ms() - 1_000);
+        assert_eq!(register(&c, &a.url, &stale).await.0, 400);
+        assert_eq!(register(&c, &b.url, &stale).await.0, 400);
+        assert_eq!(nodes(&c, &b.url).await[0].url, "http://10.0.0.1:1");
+        a.stop().await;
+        b.stop().await;
+    }
+
+    /// `GET /health` is 503 while the database refuses connections, 200
+    /// again once it takes them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_says_503_while_the_database_is_away() {
+        let store = Backend::Postgres.store().await;
+        let s = store.start(Duration::from_secs(2)).await;
+        let c = client();
+        assert_eq!(send(c.get(format!("{}/health", s.url))).await.0, 200);
+        let db = store.database.as_ref().unwrap();
+        let name = db.url.rsplit('/').next().unwrap().to_string();
+        let admin = db.url.replace(&format!("/{name}"), "/postgres");
+        let sql = |q: String| {
+            let admin = admin.clone();
+            async move {
+                use sqlx::{Connection, Executor};
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+                conn.execute(q.as_str()).await.unwrap();
+            }
+        };
+        sql(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false")).await;
+        sql(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await;
+        let (st, msg) = send(c.get(format!("{}/health", s.url))).await;
+        assert_eq!(st, 503, "{msg}");
+        assert!(msg.contains("store does not answer"), "{msg}");
+        sql(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true")).await;
+        let mut ok = false;
+        for _ in 0..50 {
+            if send(c.get(format!("{}/health", s.url))).await.0 == 200 {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ok, "healthy again");
+        s.stop().await;
+    }
+}
+
+// Every test above, on each backend: `sled::NAME` and `postgres::NAME`.
+both_backends! {
+    #[tokio::test] health_and_metrics;
+    #[tokio::test] post_and_get_keep_data_byte_for_byte;
+    #[tokio::test] the_libsodium_vector_reservation_is_judged_by_its_signature_and_lifetime;
+    #[tokio::test] bad_signatures_and_shapes_are_refused_with_a_message;
+    #[tokio::test] version_1_and_bad_nonces_are_refused;
+    #[tokio::test] expired_future_and_fractional_reservations_are_refused;
+    #[tokio::test] data_larger_than_64_kib_is_refused;
+    #[tokio::test] bodies_over_the_limit_are_413_on_every_route;
+    #[tokio::test] a_reservation_posted_under_another_node_is_refused;
+    #[tokio::test] the_same_signed_reservation_posted_twice_is_a_conflict;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] concurrent_posts_of_one_signed_reservation_store_it_once;
+    #[tokio::test] poll_answers_by_cursor_expiry_and_pending_deletion;
+    #[tokio::test] poll_pages_with_limit;
+    #[tokio::test] long_poll_holds_then_wakes_on_post_and_on_delete;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] too_many_held_polls_for_one_node_are_refused;
+    #[tokio::test] shutdown_answers_held_polls_at_once;
+    #[tokio::test] results_must_be_signed_by_the_node_for_this_reservation_and_are_all_kept;
+    #[tokio::test] deletion_needs_the_users_signature_over_this_reservation;
+    #[tokio::test] deletion_confirmations_must_be_signed_by_the_node;
+    #[tokio::test] nodes_register_heartbeat_and_list;
+    #[tokio::test] forged_or_replayed_node_messages_change_nothing;
+    #[tokio::test] unknown_routes_say_so;
+    #[tokio::test] a_deletion_posted_with_the_reservation_must_be_signed;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] concurrent_posts_are_all_answered;
 }

@@ -23,7 +23,7 @@ use reservation::Reservation;
 
 pub use combined::CombinedSource;
 pub use decommission::DecommissionSource;
-pub use explorer_client::ExplorerClient;
+pub use explorer_client::{ExplorerClient, Explorers};
 pub use poll::{PollQuery, PollSource, PollStatus, MAX_RESERVATION_BYTES, POLL_LIMIT};
 
 /// Errors talking to the explorer.

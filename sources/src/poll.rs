@@ -66,10 +66,23 @@ impl PollQuery {
 impl ExplorerClient {
     /// `GET /reservations/{node}/poll?from=N&limit=L[&all=true]`, read up to
     /// [`PollQuery::byte_cap`].
+    /// On a failure that fails over, the next explorer is in use for the
+    /// next poll.
     pub async fn poll(&self, q: PollQuery) -> Result<PollAnswer, SourceError> {
+        let (i, base) = self.explorers.current();
+        let answer = self.poll_at(base, q).await;
+        if let Err(e) = &answer {
+            if e.fails_over() {
+                self.explorers.fail_over(i);
+            }
+        }
+        answer
+    }
+
+    async fn poll_at(&self, base: &str, q: PollQuery) -> Result<PollAnswer, SourceError> {
         let url = format!(
             "{}/reservations/{}/poll?from={}&limit={}{}",
-            self.base,
+            base,
             self.node_id,
             q.from,
             q.limit,
@@ -95,9 +108,15 @@ pub struct PollStatus {
     last_ok_ms: AtomicI64,
     failures: AtomicU64,
     last_error: Mutex<String>,
+    explorers: Option<Arc<crate::explorer_client::Explorers>>,
 }
 
 impl PollStatus {
+    /// The explorer URL the node uses now (of those it was given).
+    pub fn explorer_in_use(&self) -> Option<String> {
+        self.explorers.as_ref().map(|e| e.current().1.to_string())
+    }
+
     /// When a poll last succeeded.
     pub fn last_ok(&self) -> Option<DateTime<Utc>> {
         match self.last_ok_ms.load(Ordering::Relaxed) {
@@ -148,18 +167,26 @@ pub struct PollSource {
     idle_pause: Duration,
     /// The last answer brought nothing new: pause before the next poll.
     pause_next: bool,
+    /// Polls failed over to the next explorer in a row: once every one was
+    /// tried, back off.
+    failed_over: usize,
 }
 
 impl PollSource {
     /// Start at `cursor` (the persisted one) after a paged resync from 0.
     pub fn new(client: ExplorerClient, cursor: u64) -> Self {
+        let status = Arc::new(PollStatus {
+            explorers: Some(client.explorers()),
+            ..PollStatus::default()
+        });
         PollSource {
             client,
             cursor,
             resync: Some(0),
             limit: POLL_LIMIT,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
-            status: Arc::default(),
+            status,
+            failed_over: 0,
             idle_pause: Duration::from_secs(1),
             pause_next: false,
         }
@@ -220,13 +247,22 @@ impl ReservationSource for PollSource {
                     continue;
                 }
                 Err(e) => {
+                    self.status.failed(e.to_string());
+                    let others = self.client.explorers.urls().len().saturating_sub(1);
+                    if e.fails_over() && self.failed_over < others {
+                        // Another replica may answer: ask it at once.
+                        self.failed_over += 1;
+                        tracing::warn!(error = %e, from = q.from, next = %self.client.base(), "poll failed; polling the next explorer");
+                        continue;
+                    }
+                    self.failed_over = 0;
                     let delay = self.backoff.next_delay();
                     tracing::warn!(error = %e, from = q.from, limit = q.limit, retry_in_ms = delay.as_millis() as u64, "poll failed");
-                    self.status.failed(e.to_string());
                     tokio::time::sleep(delay).await;
                     continue;
                 }
             };
+            self.failed_over = 0;
             self.status.ok();
             self.backoff.reset();
             self.limit = self.limit.saturating_mul(2).min(POLL_LIMIT);

@@ -357,7 +357,7 @@ fn print_status(d: &Value) {
     }
     let rows = [
         ("node id", d["node_id"].as_str().unwrap_or("").to_string()),
-        ("explorer", d["explorer"].as_str().unwrap_or("").to_string()),
+        ("explorer", explorer(d)),
         ("version", d["version"].as_str().unwrap_or("").to_string()),
         (
             "work",
@@ -391,6 +391,16 @@ fn kubernetes(k: &Value) -> String {
             "PRIVILEGED-UNSAFE: k3s containers are privileged on the host; every kubernetes tenant owns this node".into()
         }
         other => other.to_string(),
+    }
+}
+
+/// The explorer in use, and the others given (replicas), if any.
+fn explorer(d: &Value) -> String {
+    let all = d["explorer"].as_str().unwrap_or("");
+    match d["explorer_in_use"].as_str() {
+        Some(used) if all.contains(',') => format!("{used} (in use, of {all})"),
+        Some(used) => used.to_string(),
+        None => all.to_string(),
     }
 }
 

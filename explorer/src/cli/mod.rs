@@ -21,6 +21,7 @@ use reserve::ReserveKind;
 const EXAMPLES: &str = "\
 Examples:
   explorer serve --listen 0.0.0.0:7700 --data /var/lib/explorer
+  explorer serve --listen 0.0.0.0:7700 --database postgres://explorer:secret@db:5432/explorer
   explorer keygen
   explorer reserve volume --node NODE_ID --size 1 --type SSD --duration 2h
   explorer reserve container --node NODE_ID --flist busybox:latest --entrypoint 'sleep 3600' --memory 128
@@ -68,16 +69,62 @@ pub struct Signer {
 /// Where the explorer is when no flag or environment says.
 const DEFAULT_EXPLORER: &str = "http://127.0.0.1:7700";
 
+const SERVE_HELP: &str = "\
+State: sled under --data (one process; the default), or PostgreSQL with
+--database (any number of replicas on one database give the same answers;
+the schema is migrated at start, or beforehand with `explorer migrate`).
+
+A PostgreSQL deployment: one database, two replicas behind a load
+balancer, agents given both replicas' URLs (they fail over on their own):
+
+  createdb explorer                      # on the database host
+  export EXPLORER_DATABASE=postgres://explorer:secret@db:5432/explorer
+  explorer migrate                       # optional: serve migrates too
+  explorer serve --listen 0.0.0.0:7700   # on host a
+  explorer serve --listen 0.0.0.0:7700   # on host b
+  # load balancer: health check GET /health (200 ok, 503 database down)
+  agent --explorer http://a:7700,http://b:7700
+
+Extensions besides the protocol: GET /health, GET /metrics (Prometheus),
+GET /reservations/{id}/results.";
+
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the explorer server (SIGTERM or ctrl-c stops it).
+    #[command(after_help = SERVE_HELP)]
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7700", value_name = "ADDR")]
         listen: String,
-        /// Where the state (sled) lives.
+        /// Where the state (sled) lives when --database is not given.
         #[arg(long, default_value = "./explorer-data", value_name = "DIR")]
         data: PathBuf,
+        /// Keep the state in PostgreSQL instead of sled, e.g.
+        /// postgres://explorer:secret@db:5432/explorer; every server given
+        /// the same database serves the same state.
+        #[arg(
+            long,
+            env = "EXPLORER_DATABASE",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        database: Option<String>,
+        /// Most connections to --database held at once (one more listens
+        /// for the other replicas' wake-ups).
+        #[arg(long, env = "EXPLORER_MAX_CONNECTIONS", value_name = "N", default_value_t = explorer::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: u32,
+    },
+    /// Create or update the PostgreSQL schema, then exit (`serve
+    /// --database` does it too at start).
+    Migrate {
+        /// The database, e.g. postgres://explorer:secret@db:5432/explorer.
+        #[arg(
+            long,
+            env = "EXPLORER_DATABASE",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        database: String,
     },
     /// Create your user key (mode 0600) and print your user id.
     Keygen {
@@ -160,7 +207,29 @@ pub async fn run(cli: Cli) -> Result<()> {
     };
     let key = |s: Signer| key_path(s.key.or(key.clone()));
     match cmd {
-        Cmd::Serve { listen, data } => serve(&listen, &data).await,
+        Cmd::Serve {
+            listen,
+            data,
+            database,
+            max_connections,
+        } => {
+            let cfg = ServerConfig {
+                database,
+                max_connections,
+                ..ServerConfig::new(data)
+            };
+            serve(&listen, cfg).await
+        }
+        Cmd::Migrate { database } => {
+            explorer::migrate(&database)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            eprintln!(
+                "database {}: schema up to date",
+                explorer::redact_database_url(&database)
+            );
+            Ok(())
+        }
         Cmd::Keygen { force, signer } => keygen(&key(signer)?, force),
         Cmd::Reserve { kind, at, signer } => {
             let (t, node, duration, data) = reserve::build(*kind)?;
@@ -176,7 +245,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn serve(listen: &str, data: &Path) -> Result<()> {
+async fn serve(listen: &str, cfg: ServerConfig) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -202,7 +271,7 @@ async fn serve(listen: &str, data: &Path) -> Result<()> {
         }
         tracing::info!("stopping");
     };
-    explorer::serve(listener, ServerConfig::new(data), shutdown)
+    explorer::serve(listener, cfg, shutdown)
         .await
         .map_err(|e| anyhow!("{e}"))
 }

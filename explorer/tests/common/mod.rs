@@ -1,6 +1,7 @@
-//! Shared test helpers: an explorer served on 127.0.0.1 port 0 from a temp
-//! dir, signed version 2 reservations with chosen raw `data` bytes, signed
-//! node messages, and small request helpers that answer `(status, text)`.
+//! Shared test helpers: an explorer served on 127.0.0.1 port 0 on either
+//! store ([`Backend`]), signed version 2 reservations with chosen raw `data`
+//! bytes, signed node messages, and small request helpers that answer
+//! `(status, text)`.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -13,6 +14,71 @@ use reservation::{Capacity, Identity, Reservation};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// Which store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sled,
+    Postgres,
+}
+
+/// A test's store, kept across restarts of its servers: a temp dir (sled),
+/// or a fresh PostgreSQL database of its own.
+pub struct Store {
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    pub database: Option<explorer::testing::TestDatabase>,
+}
+
+impl Backend {
+    /// An empty store. PostgreSQL: a fresh database, on the server
+    /// `EXPLORER_TEST_DATABASE` names or on a cluster the tests start;
+    /// panics saying how to run the tests when there is neither.
+    pub async fn store(self) -> Store {
+        Store {
+            backend: self,
+            dir: tempfile::tempdir().unwrap(),
+            database: match self {
+                Backend::Sled => None,
+                Backend::Postgres => Some(explorer::testing::fresh_database().await),
+            },
+        }
+    }
+}
+
+impl Store {
+    /// The default server configuration on this store.
+    pub fn config(&self) -> ServerConfig {
+        ServerConfig {
+            database: self.database.as_ref().map(|d| d.url.clone()),
+            ..ServerConfig::new(self.dir.path())
+        }
+    }
+
+    /// A server on this store (another one on the same PostgreSQL database
+    /// is a replica of it).
+    pub async fn start(&self, long_poll: Duration) -> Server {
+        start_with(ServerConfig {
+            long_poll,
+            ..self.config()
+        })
+        .await
+    }
+}
+
+/// `both_backends! { #[tokio::test] name; ... }`: for each `async fn
+/// name(b: Backend)`, a test `sled::name` and a test `postgres::name`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($(#[$m:meta])* $name:ident;)*) => {
+        mod sled {
+            $( $(#[$m])* async fn $name() { super::$name($crate::common::Backend::Sled).await } )*
+        }
+        mod postgres {
+            $( $(#[$m])* async fn $name() { super::$name($crate::common::Backend::Postgres).await } )*
+        }
+    };
+}
 
 pub struct Server {
     pub url: String,
@@ -35,6 +101,18 @@ pub async fn start_with(cfg: ServerConfig) -> Server {
     let handle = tokio::spawn(explorer::serve(listener, cfg, async {
         let _ = rx.await;
     }));
+    // Ready once it answers (PostgreSQL: connected and migrated).
+    let c = reqwest::Client::new();
+    for _ in 0..300 {
+        if handle.is_finished() {
+            break;
+        }
+        if c.get(format!("{url}/health")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!handle.is_finished(), "the explorer stopped at start");
     Server { url, stop, handle }
 }
 

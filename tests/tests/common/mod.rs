@@ -64,18 +64,31 @@ pub struct Explorer {
     pub url: String,
     pub port: u16,
     pub data: PathBuf,
+    /// `--database`: PostgreSQL instead of sled under `data`.
+    pub database: Option<String>,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Explorer {
     pub async fn start() -> Result<Explorer> {
+        Self::start_on(None).await
+    }
+
+    /// An explorer on the PostgreSQL `database` (every one started on the
+    /// same database is a replica of the others).
+    pub async fn replica(database: &str) -> Result<Explorer> {
+        Self::start_on(Some(database.to_string())).await
+    }
+
+    async fn start_on(database: Option<String>) -> Result<Explorer> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("explorer");
         let mut e = Explorer {
             url: String::new(),
             port: free_port(),
             data,
+            database,
             child: None,
             _dir: Some(dir),
         };
@@ -86,19 +99,25 @@ impl Explorer {
 
     /// (Re)start the process on the same port and data.
     pub async fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::File::create(self.data.with_extension("log"))?;
-        let child = Command::new(bin("explorer"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-                "--data",
-            ])
-            .arg(&self.data)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("spawn explorer")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.with_extension("log"))?;
+        let mut cmd = Command::new(bin("explorer"));
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", self.port),
+            "--data",
+        ])
+        .arg(&self.data)
+        .env_remove("EXPLORER_DATABASE")
+        .stdout(Stdio::null())
+        .stderr(log);
+        if let Some(db) = &self.database {
+            cmd.arg("--database").arg(db);
+        }
+        let child = cmd.spawn().context("spawn explorer")?;
         self.child = Some(child);
         let http = reqwest::Client::new();
         let url = format!("{}/nodes", self.url);
@@ -115,6 +134,11 @@ impl Explorer {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The explorer's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
     }
 
     /// POST a reservation signed by `user` for `node`; returns the id.

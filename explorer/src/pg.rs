@@ -1,0 +1,587 @@
+//! The explorer's state in PostgreSQL (`explorer serve --database URL`),
+//! shared by any number of replicas: the schema is in `migrations/` (run at
+//! start and by `explorer migrate`), queries are sqlx runtime queries over
+//! a connection pool.
+//!
+//! How the promises of [`Storage`] hold across replicas:
+//! - numbers come from the `reservation_number` sequence;
+//! - a unique index on `signature` stores a signed reservation once; the
+//!   insert looks for the signature first, so a plain re-post burns no
+//!   number (only two identical posts racing each other can leave a gap);
+//! - a node's timestamp is checked in the `UPDATE`'s (or upsert's) `WHERE`
+//!   that writes it, so two replicas cannot both accept an old one;
+//! - a write that concerns a node's poll (a new reservation, a deletion)
+//!   sends `NOTIFY explorer_wake, '<node_id>'` in its own statement, so
+//!   the notification goes out exactly when it commits. Each replica keeps
+//!   one listening connection and wakes its polls of that node
+//!   ([`Pg::forward_wakeups`]); when that connection is lost, every held
+//!   poll looks again once it is back.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use reservation::node::{Capacity, NodeInfo};
+use reservation::{Reservation, WorkloadResult};
+use serde_json::value::RawValue;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::db::SCHEMA;
+use crate::storage::{
+    canonical_number, Connections, Insert, NodeUpdate, PollRange, Record, Storage, Wakers,
+};
+use crate::ExplorerError;
+
+/// The channel every replica listens on; the payload is a node id.
+pub(crate) const WAKE_CHANNEL: &str = "explorer_wake";
+
+/// The schema's migrations, compiled in (version, description, SQL).
+const MIGRATIONS: [(i64, &str, &str); 1] = [(
+    1,
+    "explorer",
+    include_str!("../migrations/0001_explorer.sql"),
+)];
+
+/// The migrations above as sqlx's migration source.
+#[derive(Debug)]
+struct Embedded;
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// The columns a [`Reservation`] is read back from.
+const COLUMNS: &str = "number, version, node_id, user_id, kind, data, created, duration, \
+                       nonce, signature, to_delete, delete_signature";
+
+pub(crate) struct Pg {
+    pool: PgPool,
+    /// host:port/database, for logs and errors (never the password).
+    at: String,
+}
+
+/// `host:port/database` of `opts`.
+fn shown(opts: &PgConnectOptions) -> String {
+    format!(
+        "postgres://{}:{}/{}",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap_or("")
+    )
+}
+
+/// The database `url` names, without its password (for messages).
+pub(crate) fn redact(url: &str) -> String {
+    match url.parse::<PgConnectOptions>() {
+        Ok(o) => shown(&o),
+        Err(_) => "the database URL".into(),
+    }
+}
+
+impl Pg {
+    /// Connect a pool of at most `max_connections` to `url` (a PostgreSQL
+    /// URL, e.g. `postgres://explorer:secret@db:5432/explorer`). Nothing is
+    /// created: run [`Pg::migrate`].
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Pg, ExplorerError> {
+        let opts: PgConnectOptions = url.parse().map_err(|e| ExplorerError::Database {
+            at: redact(url),
+            source: e,
+        })?;
+        let at = shown(&opts);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(|source| ExplorerError::Database {
+                at: at.clone(),
+                source,
+            })?;
+        Ok(Pg { pool, at })
+    }
+
+    fn err(&self, source: sqlx::Error) -> ExplorerError {
+        ExplorerError::Database {
+            at: self.at.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, key: impl Into<String>, reason: impl ToString) -> ExplorerError {
+        ExplorerError::Corrupt {
+            path: self.at.clone().into(),
+            key: key.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Bring the schema up to date (each migration once, under sqlx's
+    /// advisory lock, so replicas starting together do not race).
+    pub async fn migrate(&self) -> Result<(), ExplorerError> {
+        let m = Migrator::new(Embedded)
+            .await
+            .map_err(|source| ExplorerError::Migrate {
+                at: self.at.clone(),
+                source,
+            })?;
+        m.run(&self.pool)
+            .await
+            .map_err(|source| ExplorerError::Migrate {
+                at: self.at.clone(),
+                source,
+            })?;
+        info!(database = %self.at, version = MIGRATIONS.len(), "database schema up to date");
+        Ok(())
+    }
+
+    fn reservation(&self, row: &PgRow) -> Result<Reservation, ExplorerError> {
+        let number: i64 = row.try_get("number").map_err(|e| self.err(e))?;
+        let get = |e: sqlx::Error| self.err(e);
+        let kind: Vec<u8> = row.try_get("kind").map_err(get)?;
+        let data: String = row.try_get("data").map_err(get)?;
+        let version: i32 = row.try_get("version").map_err(get)?;
+        let id = format!("{number}-1");
+        Ok(Reservation {
+            version: u32::try_from(version).map_err(|e| self.corrupt(&id, e))?,
+            node_id: row.try_get("node_id").map_err(get)?,
+            user_id: row.try_get("user_id").map_err(get)?,
+            kind: String::from_utf8(kind).map_err(|e| self.corrupt(&id, e))?,
+            data: RawValue::from_string(data).map_err(|e| self.corrupt(&id, e))?,
+            created: row.try_get("created").map_err(get)?,
+            duration: row.try_get("duration").map_err(get)?,
+            nonce: row.try_get("nonce").map_err(get)?,
+            signature: row.try_get("signature").map_err(get)?,
+            to_delete: row.try_get("to_delete").map_err(get)?,
+            delete_signature: row.try_get("delete_signature").map_err(get)?,
+            id,
+        })
+    }
+
+    fn node(&self, row: &PgRow) -> Result<NodeInfo, ExplorerError> {
+        let get = |e: sqlx::Error| self.err(e);
+        let node_id: String = row.try_get("node_id").map_err(get)?;
+        let url: Vec<u8> = row.try_get("url").map_err(get)?;
+        let capacity: String = row.try_get("capacity").map_err(get)?;
+        let used: String = row.try_get("used").map_err(get)?;
+        let bad = |e: &dyn ToString| self.corrupt(format!("nodes/{node_id}"), e.to_string());
+        Ok(NodeInfo {
+            url: String::from_utf8(url).map_err(|e| bad(&e))?,
+            capacity: serde_json::from_str(&capacity).map_err(|e| bad(&e))?,
+            used: serde_json::from_str(&used).map_err(|e| bad(&e))?,
+            draining: row.try_get("draining").map_err(get)?,
+            last_heartbeat: row.try_get("last_heartbeat").map_err(get)?,
+            node_id,
+        })
+    }
+
+    /// The last timestamp accepted for `node_id`: `None` if unknown.
+    async fn last_timestamp(&self, node_id: &str) -> Result<Option<Option<i64>>, ExplorerError> {
+        let row = sqlx::query("SELECT last_timestamp FROM nodes WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| r.try_get::<Option<i64>, _>(0).map_err(|e| self.err(e)))
+            .transpose()
+    }
+}
+
+/// Resolves once `shutdown` is set (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// The number of `id` as PostgreSQL stores it (`bigint`), if `id` is one
+/// this explorer hands out.
+fn number_of(id: &str) -> Option<i64> {
+    canonical_number(id).and_then(|n| i64::try_from(n).ok())
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serializes")
+}
+
+#[async_trait]
+impl Storage for Pg {
+    fn describe(&self) -> String {
+        format!("PostgreSQL at {}", self.at)
+    }
+
+    async fn create(&self, r: Reservation) -> Result<Insert, ExplorerError> {
+        // nanoseconds since 1970 at which it ends; a reservation with no
+        // lifetime is expired (POST refuses those anyway).
+        let expires_ns = match r.expires_at() {
+            Some(at) if r.duration > 0 => at.timestamp_nanos_opt().unwrap_or(i64::MAX),
+            _ => i64::MIN,
+        };
+        let version = i32::try_from(r.version).unwrap_or(i32::MAX);
+        // One statement: look for the signature; if absent, take a number
+        // and insert (the unique index settles a race between replicas),
+        // and notify the node's polls on commit.
+        let sql = format!(
+            "WITH existing AS (SELECT number FROM reservations WHERE signature = $9), \
+             ins AS (INSERT INTO reservations ({COLUMNS}, expires_ns) \
+                SELECT nextval('reservation_number'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
+                WHERE NOT EXISTS (SELECT 1 FROM existing) \
+                ON CONFLICT (signature) DO NOTHING \
+                RETURNING number, node_id) \
+             SELECT number, true AS new, pg_notify('{WAKE_CHANNEL}', node_id)::text AS notified FROM ins \
+             UNION ALL SELECT number, false, NULL FROM existing"
+        );
+        let row = sqlx::query(&sql)
+            .bind(version)
+            .bind(&r.node_id)
+            .bind(&r.user_id)
+            .bind(r.kind.as_bytes())
+            .bind(r.data.get())
+            .bind(r.created)
+            .bind(r.duration)
+            .bind(&r.nonce)
+            .bind(&r.signature)
+            .bind(r.to_delete)
+            .bind(&r.delete_signature)
+            .bind(expires_ns)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let row = match row {
+            Some(row) => row,
+            // Another replica stored the same signature between our look
+            // and our insert: it is a duplicate of that one.
+            None => {
+                sqlx::query("SELECT number, false AS new FROM reservations WHERE signature = $1")
+                    .bind(&r.signature)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| self.err(e))?
+            }
+        };
+        let number: i64 = row.try_get("number").map_err(|e| self.err(e))?;
+        let new: bool = row.try_get("new").map_err(|e| self.err(e))?;
+        if !new {
+            return Ok(Insert::Duplicate(format!("{number}-1")));
+        }
+        let mut r = r;
+        r.id = format!("{number}-1");
+        Ok(Insert::New(r))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Record>, ExplorerError> {
+        let Some(number) = number_of(id) else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT {COLUMNS}, deleted, deleted_signature, \
+               ARRAY(SELECT body FROM results WHERE results.number = reservations.number ORDER BY seq) AS results \
+             FROM reservations WHERE number = $1"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(None);
+        };
+        let reservation = self.reservation(&row)?;
+        let bodies: Vec<String> = row.try_get("results").map_err(|e| self.err(e))?;
+        let results = bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(|e| self.corrupt(format!("results/{id}"), e)))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Record {
+            v: SCHEMA,
+            reservation,
+            results,
+            deleted: row.try_get("deleted").map_err(|e| self.err(e))?,
+            deleted_signature: row.try_get("deleted_signature").map_err(|e| self.err(e))?,
+        }))
+    }
+
+    async fn add_result(&self, id: &str, result: WorkloadResult) -> Result<bool, ExplorerError> {
+        let Some(number) = number_of(id) else {
+            return Ok(false);
+        };
+        let done = sqlx::query(
+            "INSERT INTO results (number, signature, body) \
+             SELECT number, $2, $3 FROM reservations WHERE number = $1 \
+             ON CONFLICT (number, signature) DO NOTHING \
+             RETURNING 1",
+        )
+        .bind(number)
+        .bind(&result.signature)
+        .bind(to_json(&result))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        if done.is_some() {
+            return Ok(true);
+        }
+        // Nothing inserted: the same result again (fine), or no such
+        // reservation.
+        let exists = sqlx::query("SELECT 1 FROM reservations WHERE number = $1")
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(exists.is_some())
+    }
+
+    async fn mark_deleted(&self, id: &str, confirmation: String) -> Result<bool, ExplorerError> {
+        let Some(number) = number_of(id) else {
+            return Ok(false);
+        };
+        let row = sqlx::query(
+            "UPDATE reservations SET deleted = true, deleted_signature = $2 \
+             WHERE number = $1 RETURNING 1",
+        )
+        .bind(number)
+        .bind(confirmation)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(row.is_some())
+    }
+
+    async fn set_to_delete(&self, id: &str, sig: String) -> Result<Option<String>, ExplorerError> {
+        let Some(number) = number_of(id) else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "WITH u AS (UPDATE reservations SET to_delete = true, delete_signature = $2 \
+               WHERE number = $1 RETURNING node_id) \
+             SELECT node_id, pg_notify('{WAKE_CHANNEL}', node_id)::text AS notified FROM u"
+        );
+        let row = sqlx::query(&sql)
+            .bind(number)
+            .bind(sig)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| r.try_get::<String, _>("node_id").map_err(|e| self.err(e)))
+            .transpose()
+    }
+
+    async fn poll(
+        &self,
+        node_id: &str,
+        q: PollRange,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Reservation>, ExplorerError> {
+        if q.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let from = i64::try_from(q.from).unwrap_or(i64::MAX);
+        let now_ns = now.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM reservations WHERE node_id = $1 AND ( \
+               ($3 AND number >= $2) \
+               OR (NOT $3 AND NOT deleted AND (to_delete OR (number >= $2 AND expires_ns > $4)))) \
+             ORDER BY number LIMIT $5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(node_id)
+            .bind(from)
+            .bind(q.all)
+            .bind(now_ns)
+            .bind(i64::try_from(q.limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter().map(|r| self.reservation(r)).collect()
+    }
+
+    async fn register_node(
+        &self,
+        node_id: &str,
+        url: &str,
+        capacity: Capacity,
+        timestamp: i64,
+        now_ms: i64,
+    ) -> Result<Result<NodeInfo, String>, ExplorerError> {
+        // The clock check needs no state; the "newer than the last" check
+        // is the upsert's WHERE.
+        if let Err(e) = reservation::node::check_timestamp(timestamp, now_ms, None) {
+            return Ok(Err(e.to_string()));
+        }
+        let row = sqlx::query(
+            "INSERT INTO nodes (node_id, url, capacity, used, draining, last_heartbeat, last_timestamp) \
+             VALUES ($1, $2, $3, $4, false, NULL, $5) \
+             ON CONFLICT (node_id) DO UPDATE \
+               SET url = EXCLUDED.url, capacity = EXCLUDED.capacity, last_timestamp = EXCLUDED.last_timestamp \
+               WHERE nodes.last_timestamp IS NULL OR nodes.last_timestamp < EXCLUDED.last_timestamp \
+             RETURNING node_id, url, capacity, used, draining, last_heartbeat",
+        )
+        .bind(node_id)
+        .bind(url.as_bytes())
+        .bind(to_json(&capacity))
+        .bind(to_json(&Capacity::default()))
+        .bind(timestamp)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        if let Some(row) = row {
+            return Ok(Ok(self.node(&row)?));
+        }
+        let last = self.last_timestamp(node_id).await?.flatten();
+        Ok(Err(
+            match reservation::node::check_timestamp(timestamp, now_ms, last) {
+                Err(e) => e.to_string(),
+                Ok(()) => format!("timestamp: {timestamp} lost a race with another message of this node; sign a fresh one"),
+            },
+        ))
+    }
+
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        used: Capacity,
+        draining: bool,
+        timestamp: i64,
+        now: DateTime<Utc>,
+    ) -> Result<NodeUpdate, ExplorerError> {
+        let now_ms = now.timestamp_millis();
+        let clock = reservation::node::check_timestamp(timestamp, now_ms, None);
+        let row = match clock {
+            Err(_) => None,
+            Ok(()) => sqlx::query(
+                "UPDATE nodes SET used = $2, draining = $3, last_heartbeat = $4, last_timestamp = $5 \
+                 WHERE node_id = $1 AND (last_timestamp IS NULL OR last_timestamp < $5) \
+                 RETURNING 1",
+            )
+            .bind(node_id)
+            .bind(to_json(&used))
+            .bind(draining)
+            .bind(now)
+            .bind(timestamp)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?,
+        };
+        if row.is_some() {
+            return Ok(NodeUpdate::Done);
+        }
+        // Unknown node, or a timestamp refused: say which, as sled does.
+        let Some(last) = self.last_timestamp(node_id).await? else {
+            return Ok(NodeUpdate::Unknown);
+        };
+        Ok(NodeUpdate::Stale(
+            match reservation::node::check_timestamp(timestamp, now_ms, last) {
+                Err(e) => e.to_string(),
+                Ok(()) => format!("timestamp: {timestamp} lost a race with another message of this node; sign a fresh one"),
+            },
+        ))
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, ExplorerError> {
+        let rows = sqlx::query(
+            "SELECT node_id, url, capacity, used, draining, last_heartbeat FROM nodes \
+             ORDER BY node_id COLLATE \"C\"",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter().map(|r| self.node(r)).collect()
+    }
+
+    async fn flush(&self) -> Result<(), ExplorerError> {
+        // Every statement above commits before it returns.
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        let check = sqlx::query("SELECT 1").fetch_one(&self.pool);
+        match tokio::time::timeout(Duration::from_secs(3), check).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("{}: {e}", self.at)),
+            Err(_) => Err(format!("{}: no answer within 3 s", self.at)),
+        }
+    }
+
+    fn forward_wakeups(&self, wakers: Arc<Wakers>, mut shutdown: watch::Receiver<bool>) {
+        let pool = self.pool.clone();
+        let at = self.at.clone();
+        tokio::spawn(async move {
+            let mut listener: Option<PgListener> = None;
+            loop {
+                let l = match listener.as_mut() {
+                    Some(l) => l,
+                    None => {
+                        let connected = async {
+                            let mut l = PgListener::connect_with(&pool).await?;
+                            l.listen(WAKE_CHANNEL).await?;
+                            Ok::<_, sqlx::Error>(l)
+                        };
+                        tokio::select! {
+                            _ = stopped(&mut shutdown) => return,
+                            r = connected => match r {
+                                Ok(l) => {
+                                    // Anything committed before LISTEN took
+                                    // effect: every held poll looks again.
+                                    wakers.wake_all();
+                                    listener.insert(l)
+                                }
+                                Err(e) => {
+                                    warn!(database = %at, error = %e, "cannot LISTEN for other replicas' wake-ups; held polls answer at their deadline meanwhile; retrying in 1 s");
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = stopped(&mut shutdown) => return,
+                    m = l.try_recv() => match m {
+                        Ok(Some(n)) => wakers.wake(n.payload()),
+                        // The connection was lost and is back (sqlx
+                        // listens again): notifications may be lost.
+                        Ok(None) => {
+                            warn!(database = %at, "the LISTEN connection was lost and re-established; held polls look again");
+                            wakers.wake_all();
+                        }
+                        Err(e) => {
+                            warn!(database = %at, error = %e, "LISTEN connection failed; reconnecting in 1 s");
+                            listener = None;
+                            wakers.wake_all();
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    fn connections(&self) -> Option<Connections> {
+        Some(Connections {
+            open: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+        })
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

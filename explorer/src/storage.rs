@@ -1,0 +1,250 @@
+//! The storage seam: one async trait, [`Storage`], that every route goes
+//! through, with two implementations: sled in one process
+//! ([`crate::db::Db`], the default, for `agent --dev` and labs) and
+//! PostgreSQL shared by any number of replicas ([`crate::pg::Pg`]).
+//!
+//! What both promise (the routes rely on it, `explorer/tests/server.rs`
+//! runs the same tests on each):
+//! - reservation numbers are handed out once, ascending, by the store (a
+//!   counter under a lock; a database sequence);
+//! - a signature is stored once: of two posts of one signed reservation,
+//!   however concurrent and on whichever replica, exactly one is stored;
+//! - `data` and every signed field come back exactly as stored;
+//! - a node's message timestamp is accepted only if newer than the last
+//!   accepted one, checked and written in one step;
+//! - a write is durable when its call (and [`Storage::flush`]) returns.
+//!
+//! Wake-ups: a poll held open waits on [`Wakers`]; the server wakes a node
+//! after a write that concerns it, and a shared store also forwards the
+//! other replicas' wake-ups ([`Storage::forward_wakeups`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use reservation::node::{Capacity, NodeInfo};
+use reservation::{Reservation, WorkloadResult};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::ExplorerError;
+
+/// A stored reservation and what the node said about it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Record {
+    /// Version of sled's record layout (see [`crate::db`]).
+    pub v: u32,
+    pub reservation: Reservation,
+    /// Every result received, oldest first; the last one is "the" result.
+    #[serde(default)]
+    pub results: Vec<WorkloadResult>,
+    /// The node confirmed it decommissioned the workload.
+    #[serde(default)]
+    pub deleted: bool,
+    /// The node's signed confirmation (`PUT /reservations/{id}/deleted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_signature: Option<String>,
+}
+
+/// What [`Storage::create`] did.
+pub(crate) enum Insert {
+    /// Stored, with its id.
+    New(Reservation),
+    /// A reservation with the same signature is already stored, under this
+    /// id; nothing was written.
+    Duplicate(String),
+}
+
+/// What an uptime report did.
+pub(crate) enum NodeUpdate {
+    /// Accepted and stored.
+    Done,
+    /// The node is not registered.
+    Unknown,
+    /// The timestamp is refused; the message says why. Nothing was written.
+    Stale(String),
+}
+
+/// Which reservations a poll answers (see [`Storage::poll`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PollRange {
+    pub from: u64,
+    pub all: bool,
+    pub limit: usize,
+}
+
+/// How many database connections a store holds, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Connections {
+    pub open: u32,
+    pub idle: u32,
+}
+
+/// The explorer's state. Every method is one atomic step: a refused or
+/// failed call changes nothing.
+#[async_trait]
+pub(crate) trait Storage: Send + Sync + 'static {
+    /// Where the state lives, for logs (no password).
+    fn describe(&self) -> String;
+
+    /// Store `r` under the next reservation number, unless a reservation
+    /// with the same signature is already stored.
+    async fn create(&self, r: Reservation) -> Result<Insert, ExplorerError>;
+
+    /// The record of reservation `id` (`"<n>-1"`); `None` for an id that is
+    /// malformed or unknown.
+    async fn get(&self, id: &str) -> Result<Option<Record>, ExplorerError>;
+
+    /// Append a (verified) result; `false` if `id` is unknown. The very
+    /// same signed result sent again is not appended twice.
+    async fn add_result(&self, id: &str, result: WorkloadResult) -> Result<bool, ExplorerError>;
+
+    /// The node confirmed (with its verified `confirmation`) that it
+    /// decommissioned `id`; `false` if `id` is unknown.
+    async fn mark_deleted(&self, id: &str, confirmation: String) -> Result<bool, ExplorerError>;
+
+    /// Set `to_delete` with a (verified) `delete_signature`; the node id of
+    /// the reservation, `None` if `id` is unknown.
+    async fn set_to_delete(&self, id: &str, sig: String) -> Result<Option<String>, ExplorerError>;
+
+    /// Reservations of `node_id` as `GET /reservations/{node_id}/poll`
+    /// answers them: ascending by reservation number, at most `q.limit`.
+    ///
+    /// `all`: every one numbered ≥ `from`. Otherwise: number ≥ `from`, not
+    /// expired at `now` and not confirmed deleted (the node is done with
+    /// those), plus every `to_delete` one the node has not confirmed
+    /// deleted, whatever its number.
+    async fn poll(
+        &self,
+        node_id: &str,
+        q: PollRange,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Reservation>, ExplorerError>;
+
+    /// Register or re-register a (verified) node whose message carries
+    /// `timestamp`: url and capacity are replaced, the last heartbeat and
+    /// usage are kept. Refused, and nothing written, unless the timestamp
+    /// passes [`reservation::node::check_timestamp`] at `now_ms` against
+    /// the last one accepted for the node; `Err` says why.
+    async fn register_node(
+        &self,
+        node_id: &str,
+        url: &str,
+        capacity: Capacity,
+        timestamp: i64,
+        now_ms: i64,
+    ) -> Result<Result<NodeInfo, String>, ExplorerError>;
+
+    /// Record a (verified) heartbeat at `now`, under the same timestamp
+    /// rule as [`Storage::register_node`].
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        used: Capacity,
+        draining: bool,
+        timestamp: i64,
+        now: DateTime<Utc>,
+    ) -> Result<NodeUpdate, ExplorerError>;
+
+    /// Every registered node, ordered by node id (bytewise).
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, ExplorerError>;
+
+    /// Make every write so far durable (sled defers it; PostgreSQL's
+    /// commit already is).
+    async fn flush(&self) -> Result<(), ExplorerError>;
+
+    /// Whether the store answers now (`GET /health`); `Err` says why not.
+    async fn health(&self) -> Result<(), String>;
+
+    /// Forward wake-ups that other replicas publish to `wakers` until
+    /// `shutdown` flips (a shared store; sled has no other replicas).
+    fn forward_wakeups(&self, _wakers: Arc<Wakers>, _shutdown: watch::Receiver<bool>) {}
+
+    /// Database connections held (a pool), if any.
+    fn connections(&self) -> Option<Connections> {
+        None
+    }
+
+    /// Close connections (the server is stopping).
+    async fn close(&self) {}
+}
+
+/// The reservation number of an id this explorer hands out (`"<n>-1"`).
+pub(crate) fn parse_id(id: &str) -> Option<u64> {
+    let (n, w) = id.split_once('-')?;
+    if w != "1" {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// The number of `id` if `id` is exactly how this explorer writes it
+/// (`"7-1"`, not `"07-1"` nor `"+7-1"`).
+pub(crate) fn canonical_number(id: &str) -> Option<u64> {
+    parse_id(id).filter(|n| format!("{n}-1") == id)
+}
+
+/// One channel per node with a poll waiting: a write for the node bumps
+/// it, which wakes every poll of that node held on this server. Channels
+/// exist only while a poll waits, so arbitrary node ids in poll paths do
+/// not grow the map.
+#[derive(Default)]
+pub(crate) struct Wakers {
+    map: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Wakers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wake the polls of `node_id` held here.
+    pub fn wake(&self, node_id: &str) {
+        if let Some(tx) = self.lock().get(node_id) {
+            tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// Wake every poll held here (wake-ups may have been missed: each
+    /// looks again).
+    pub fn wake_all(&self) {
+        for tx in self.lock().values() {
+            tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// A receiver for `node_id`'s wake-ups; hand it back with
+    /// [`Wakers::release`].
+    pub fn subscribe(&self, node_id: &str) -> watch::Receiver<u64> {
+        self.lock()
+            .entry(node_id.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Drop `rx`, and the node's channel once no poll waits on it.
+    pub fn release(&self, node_id: &str, rx: watch::Receiver<u64>) {
+        drop(rx);
+        let mut map = self.lock();
+        if map.get(node_id).is_some_and(|tx| tx.receiver_count() == 0) {
+            map.remove(node_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert_eq!(parse_id("12-1"), Some(12));
+        assert_eq!(parse_id("12-2"), None);
+        assert_eq!(parse_id("x-1"), None);
+        assert_eq!(parse_id("12"), None);
+        assert_eq!(canonical_number("12-1"), Some(12));
+        assert_eq!(canonical_number("012-1"), None);
+        assert_eq!(canonical_number("+12-1"), None);
+    }
+}
