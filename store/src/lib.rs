@@ -111,18 +111,43 @@ fn abort<T>(e: StoreError) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(e))
 }
 
+/// How long [`Store::open`] waits for sled's file lock.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Store {
     /// Open (or create) the cache in `dir`.
+    ///
+    /// sled's file lock is let go only when its background flusher of a
+    /// dropped handle stops, a moment after the drop; a reopen in the same
+    /// process (a restart in tests, an embedded explorer) may meet it. So a
+    /// lock held elsewhere is waited for up to [`LOCK_WAIT`] before the
+    /// error (another agent on the same root) is returned.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(8 * 1024 * 1024)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.display().to_string(),
-                source,
-            })?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(8 * 1024 * 1024)
+                .mode(sled::Mode::LowSpace)
+                .open();
+            match opened {
+                // sled wraps the lock's `WouldBlock` in an `Other` error
+                // whose text says so.
+                Err(sled::Error::Io(e))
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => {
+                    break other.map_err(|source| StoreError::Open {
+                        path: dir.display().to_string(),
+                        source,
+                    })?
+                }
+            }
+        };
         Ok(Store {
             cache: db.open_tree("cache")?,
             outcomes: db.open_tree("outcomes")?,

@@ -26,7 +26,8 @@ fn reopen(dir: &std::path::Path) -> Store {
             Err(StoreError::Open {
                 source: sled::Error::Io(e),
                 ..
-            }) if e.kind() == std::io::ErrorKind::WouldBlock
+            }) if (e.kind() == std::io::ErrorKind::WouldBlock
+                || e.to_string().contains("could not acquire lock"))
                 && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -198,4 +199,19 @@ fn newer_schema_is_refused_with_a_clear_error() {
         .unwrap();
     let e = s.outcome("1-1").unwrap_err().to_string();
     assert!(e.contains("schema 99"), "{e}");
+}
+
+/// A handle still open (here: dropped 300 ms later by another thread) is
+/// waited for, not reported as a second agent on the same root at once.
+#[test]
+fn open_waits_for_a_handle_being_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path()).unwrap();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    let second = Store::open(dir.path());
+    holder.join().unwrap();
+    assert!(second.is_ok(), "{:?}", second.err());
 }
