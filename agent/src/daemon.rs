@@ -164,14 +164,18 @@ pub async fn run(
         core.shared.clone(),
         core.signal(),
     ));
-    let ready = async {
-        if reconciled.await?.is_some() {
-            control.ready.store(true, Ordering::SeqCst);
-            info!(node_id = core.node.id(), socket = %core.settings.socket.display(), "agent ready");
+    let run = engine.run(core.sources(poll), core.signal());
+    tokio::pin!(run);
+    let result = tokio::select! {
+        result = &mut run => result, // stopped before reconciliation ended
+        reconciled = reconciled => {
+            if reconciled?.is_some() {
+                control.ready.store(true, Ordering::SeqCst);
+                info!(node_id = core.node.id(), socket = %core.settings.socket.display(), "agent ready");
+            }
+            run.await
         }
-        Ok(())
     };
-    let result = tokio::try_join!(engine.run(core.sources(poll), core.signal()), ready).map(|_| ());
     let _ = delivery.await;
     match socket.await {
         Ok(Err(e)) => error!(error = %e, "control socket"),
