@@ -718,3 +718,88 @@ async fn a_reservation_deleted_before_it_ran_cannot_come_back_under_a_new_id() {
     let err = f.results().into_iter().find(|x| x.id == "2-1").unwrap();
     assert!(err.error.contains("already judged as 1-1"), "{}", err.error);
 }
+
+/// Hands over its answers, then has nothing more (and does not end).
+struct Answers(std::collections::VecDeque<Work>);
+
+#[async_trait]
+impl ReservationSource for Answers {
+    async fn next(&mut self) -> Option<Work> {
+        match self.0.pop_front() {
+            Some(w) => Some(w),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Reconciliation's commands: no work before `Reconciled`, repairs
+/// answered with their count, and the engine holds still for the sweep
+/// after the first resync.
+#[tokio::test]
+async fn commands_repair_before_any_work_and_hold_for_the_sweep() {
+    use tokio::sync::oneshot;
+    let mut f = fixture();
+    f.poll(vec![f.volume("1-1")]).await;
+    let (commands, inbox) = mpsc::channel(8);
+    let mut reg = Registry::new();
+    reg.register(WorkloadType::Volume, f.rec.clone());
+    let engine = Engine::new(
+        f.node.clone(),
+        f.store.clone(),
+        reg,
+        EngineConfig::default(),
+        Arc::default(),
+    )
+    .with_commands(inbox);
+    let shared = engine.shared();
+    let source = Answers(
+        vec![Work::Poll {
+            reservations: vec![f.volume("2-1")],
+            cursor: 2,
+            synced: true,
+        }]
+        .into(),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = engine.run(source, async {
+        let _ = stopped.await;
+    });
+    let drive = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(f.calls(), ["provision volume 1-1"], "no work yet");
+        commands
+            .send(EngineCommand::Repair("1-1".into()))
+            .await
+            .unwrap();
+        let (synced, synced_rx) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
+        let (repaired, answer) = oneshot::channel();
+        commands
+            .send(EngineCommand::Reconciled {
+                repaired,
+                sweep: Some(SweepGate { synced, done }),
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer.await.unwrap().unwrap(), 1);
+        synced_rx.await.unwrap();
+        // The resync is recorded; the engine waits for the sweep.
+        assert!(f.store.is_cached("2-1").unwrap());
+        assert!(!shared.first_poll_done.load(Ordering::SeqCst));
+        done_tx.send(()).unwrap();
+        let _ = stop.send(());
+    };
+    let (result, ()) = tokio::join!(run, drive);
+    result.unwrap();
+    assert!(shared.first_poll_done.load(Ordering::SeqCst));
+    assert_eq!(
+        f.calls(),
+        [
+            "provision volume 1-1",
+            "provision volume 1-1",
+            "provision volume 2-1"
+        ]
+    );
+    // The repair gave the same result data: nothing posted again.
+    assert_eq!(f.results().len(), 2);
+}
