@@ -48,6 +48,10 @@ struct Fleet {
     container: Reservation,
 }
 
+fn ok(status: u16) {
+    assert!((200..300).contains(&status), "{status}");
+}
+
 fn raw(s: &str) -> Box<RawValue> {
     RawValue::from_string(s.to_string()).unwrap()
 }
@@ -61,13 +65,13 @@ async fn fleet(c: &reqwest::Client, url: &str) -> Fleet {
         &cap(8, 16, 100, 500),
         common::now_ms(),
     );
-    assert_eq!(register(c, url, &reg).await.0, 200);
+    ok(register(c, url, &reg).await.0);
     for (i, used) in [cap(1, 2, 10, 0), cap(2, 6, 20, 50), cap(2, 4, 20, 100)]
         .into_iter()
         .enumerate()
     {
         let (st, text) = heartbeat(c, url, node.id(), &uptime(&node, 60 * i as u64, used)).await;
-        assert_eq!(st, 200, "{text}");
+        assert!((200..300).contains(&st), "{text}");
     }
     let now = Utc::now();
     let put = |r: &Reservation, state: ResultState, error: &str, data: &str| {
@@ -117,9 +121,9 @@ async fn fleet(c: &reqwest::Client, url: &str) -> Fleet {
         ),
     )
     .await;
-    assert_eq!(delete(c, url, &user, &zdb).await.0, 200);
+    ok(delete(c, url, &user, &zdb).await.0);
     let conf = node.sign_deleted(&zdb.id, &zdb.signature);
-    assert_eq!(confirm_deleted(c, url, &zdb.id, &conf).await.0, 200);
+    ok(confirm_deleted(c, url, &zdb.id, &conf).await.0);
 
     let hostile = post_as(
         c,
@@ -384,10 +388,15 @@ async fn assert_fits(b: &fantoccini::Client, page: &str) {
         client <= 390,
         "{page}: the viewport is {v} wide, not 390 px"
     );
-    assert!(
-        scroll <= client,
-        "{page}: the body overflows at 390 px: {v}"
-    );
+    if scroll > client {
+        // Name the elements that stick out, for the failure message.
+        let wide = js(
+            b,
+            "return Array.from(document.querySelectorAll('body *')).filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5).slice(0, 8).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right));",
+        )
+        .await;
+        panic!("{page}: the body overflows at 390 px: {v}; too wide: {wide}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,8 +439,9 @@ async fn browser_fleet_page_live_refresh_no_injection_and_narrow_screens() {
         json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                         "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,860"]}),
     );
-    let b = fantoccini::ClientBuilder::rustls()
-        .unwrap()
+    // Plain HTTP to chromedriver on loopback: no TLS.
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let b = fantoccini::ClientBuilder::new(connector)
         .capabilities(caps)
         .connect(&wd)
         .await
