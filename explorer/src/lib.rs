@@ -48,6 +48,7 @@ mod server;
 mod storage;
 #[doc(hidden)]
 pub mod testing;
+mod ui;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -74,7 +74,7 @@ use reservation::api::{Created, DeleteRequest, DeletedConfirmation, ReservationV
 use reservation::node::{Capacity, NodeInfo, Registration, Uptime};
 
 pub(crate) struct AppState {
-    db: Arc<dyn Storage>,
+    pub(crate) db: Arc<dyn Storage>,
     long_poll: Duration,
     max_body: usize,
     max_polls_per_node: usize,
@@ -87,6 +87,9 @@ pub(crate) struct AppState {
     /// Flips to true on shutdown, so held polls answer at once and the
     /// graceful shutdown does not wait out the long poll.
     shutdown: watch::Receiver<bool>,
+    /// Recent heartbeats per node, for the dashboard's chart (the store
+    /// keeps only the last one); see [`crate::ui::History`].
+    pub(crate) history: crate::ui::History,
 }
 
 impl AppState {
@@ -100,6 +103,7 @@ impl AppState {
             wakers: Arc::default(),
             held: Mutex::new(HashMap::new()),
             shutdown,
+            history: crate::ui::History::default(),
         }
     }
 }
@@ -704,6 +708,7 @@ async fn uptime(
     {
         NodeUpdate::Done => {
             st.flush().await?;
+            st.history.record(&node_id, Utc::now(), used);
             tracing::debug!(node = %node_id, uptime = up.uptime, "heartbeat");
             Ok(StatusCode::OK)
         }
@@ -802,6 +807,7 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route("/nodes/:key/uptime", post(uptime))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(crate::ui::routes())
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(st.clone(), count))
         .layer(DefaultBodyLimit::max(limit))
