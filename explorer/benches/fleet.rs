@@ -364,7 +364,13 @@ async fn run(out: PathBuf) -> Result<()> {
         .execute(&mut conn)
         .await?;
     let _ = conn.close().await;
-    let database = admin.replace("/postgres", "/explorer_bench");
+    let database = format!(
+        "{}/explorer_bench",
+        admin
+            .rsplit_once('/')
+            .map(|(root, _)| root)
+            .unwrap_or(&admin)
+    );
 
     let mut sled_runs = Vec::new();
     let mut pg_runs = Vec::new();

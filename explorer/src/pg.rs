@@ -4,18 +4,31 @@
 //! a connection pool.
 //!
 //! How the promises of [`Storage`] hold across replicas:
-//! - numbers come from the `reservation_number` sequence;
+//! - numbers come from the `reservation_number` sequence, and one node's
+//!   numbers become visible in order: the insert (the migration's
+//!   `explorer_insert_reservation`) holds a per-node advisory lock from
+//!   taking its number to its commit. Otherwise two posts for one node on
+//!   two replicas could commit out of order, a poll could answer the
+//!   larger number first, and the node's cursor would then skip the other;
 //! - a unique index on `signature` stores a signed reservation once; the
 //!   insert looks for the signature first, so a plain re-post burns no
 //!   number (only two identical posts racing each other can leave a gap);
 //! - a node's timestamp is checked in the `UPDATE`'s (or upsert's) `WHERE`
 //!   that writes it, so two replicas cannot both accept an old one;
 //! - a write that concerns a node's poll (a new reservation, a deletion)
-//!   sends `NOTIFY explorer_wake, '<node_id>'` in its own statement, so
-//!   the notification goes out exactly when it commits. Each replica keeps
-//!   one listening connection and wakes its polls of that node
-//!   ([`Pg::forward_wakeups`]); when that connection is lost, every held
-//!   poll looks again once it is back.
+//!   is followed, once committed, by `NOTIFY explorer_wake, '<node_id>'`.
+//!   Each replica keeps one listening connection and wakes its polls of
+//!   that node ([`Pg::forward_wakeups`]); when that connection is lost,
+//!   every held poll looks again once it is back.
+//!
+//! Why the NOTIFY is a transaction of its own, committed without waiting
+//! for the WAL flush: PostgreSQL serializes the commits of notifying
+//! transactions under one lock held until the commit is done, flush
+//! included; sent with the insert, each POST would wait for the one before
+//! it to reach the disk (no group commit). The write itself still commits
+//! durably before its answer; only the wake-up is not durable, and a
+//! NOTIFY lost to a crash between the two delays a poll on another replica
+//! until its long poll ends (the node then polls again and gets it).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -196,6 +209,23 @@ impl Pg {
         })
     }
 
+    /// Wake `node_id`'s polls on every replica: a NOTIFY in a transaction
+    /// of its own that does not wait for the WAL flush (see the module
+    /// doc). A failure is logged: the write it follows is stored, and held
+    /// polls elsewhere answer at their deadline.
+    async fn notify(&self, node_id: &str) {
+        let sent = sqlx::query(
+            "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)::text",
+        )
+        .bind(WAKE_CHANNEL)
+        .bind(node_id)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = sent {
+            warn!(database = %self.at, node = %node_id, error = %e, "NOTIFY failed; polls of this node held on other replicas answer at their deadline");
+        }
+    }
+
     /// The last timestamp accepted for `node_id`: `None` if unknown.
     async fn last_timestamp(&self, node_id: &str) -> Result<Option<Option<i64>>, ExplorerError> {
         let row = sqlx::query("SELECT last_timestamp FROM nodes WHERE node_id = $1")
@@ -237,52 +267,34 @@ impl Storage for Pg {
             _ => i64::MIN,
         };
         let version = i32::try_from(r.version).unwrap_or(i32::MAX);
-        // One statement: look for the signature; if absent, take a number
-        // and insert (the unique index settles a race between replicas),
-        // and notify the node's polls on commit.
-        let sql = format!(
-            "WITH existing AS (SELECT number FROM reservations WHERE signature = $9), \
-             ins AS (INSERT INTO reservations ({COLUMNS}, expires_ns) \
-                SELECT nextval('reservation_number'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
-                WHERE NOT EXISTS (SELECT 1 FROM existing) \
-                ON CONFLICT (signature) DO NOTHING \
-                RETURNING number, node_id) \
-             SELECT number, true AS new, pg_notify('{WAKE_CHANNEL}', node_id)::text AS notified FROM ins \
-             UNION ALL SELECT number, false, NULL FROM existing"
-        );
-        let row = sqlx::query(&sql)
-            .bind(version)
-            .bind(&r.node_id)
-            .bind(&r.user_id)
-            .bind(r.kind.as_bytes())
-            .bind(r.data.get())
-            .bind(r.created)
-            .bind(r.duration)
-            .bind(&r.nonce)
-            .bind(&r.signature)
-            .bind(r.to_delete)
-            .bind(&r.delete_signature)
-            .bind(expires_ns)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        let row = match row {
-            Some(row) => row,
-            // Another replica stored the same signature between our look
-            // and our insert: it is a duplicate of that one.
-            None => {
-                sqlx::query("SELECT number, false AS new FROM reservations WHERE signature = $1")
-                    .bind(&r.signature)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(|e| self.err(e))?
-            }
-        };
+        // One call (the migration's function): look for the signature; if
+        // absent, lock the node, take a number and insert (the unique index
+        // settles a race between replicas).
+        let row = sqlx::query(
+            "SELECT number, new FROM explorer_insert_reservation(\
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(version)
+        .bind(&r.node_id)
+        .bind(&r.user_id)
+        .bind(r.kind.as_bytes())
+        .bind(r.data.get())
+        .bind(r.created)
+        .bind(r.duration)
+        .bind(&r.nonce)
+        .bind(&r.signature)
+        .bind(r.to_delete)
+        .bind(&r.delete_signature)
+        .bind(expires_ns)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
         let number: i64 = row.try_get("number").map_err(|e| self.err(e))?;
         let new: bool = row.try_get("new").map_err(|e| self.err(e))?;
         if !new {
             return Ok(Insert::Duplicate(format!("{number}-1")));
         }
+        self.notify(&r.node_id).await;
         let mut r = r;
         r.id = format!("{number}-1");
         Ok(Insert::New(r))
@@ -369,19 +381,21 @@ impl Storage for Pg {
         let Some(number) = number_of(id) else {
             return Ok(None);
         };
-        let sql = format!(
-            "WITH u AS (UPDATE reservations SET to_delete = true, delete_signature = $2 \
-               WHERE number = $1 RETURNING node_id) \
-             SELECT node_id, pg_notify('{WAKE_CHANNEL}', node_id)::text AS notified FROM u"
-        );
-        let row = sqlx::query(&sql)
-            .bind(number)
-            .bind(sig)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        row.map(|r| r.try_get::<String, _>("node_id").map_err(|e| self.err(e)))
-            .transpose()
+        let row = sqlx::query(
+            "UPDATE reservations SET to_delete = true, delete_signature = $2 \
+             WHERE number = $1 RETURNING node_id",
+        )
+        .bind(number)
+        .bind(sig)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let node: String = row.try_get("node_id").map_err(|e| self.err(e))?;
+        self.notify(&node).await;
+        Ok(Some(node))
     }
 
     async fn poll(
