@@ -93,6 +93,8 @@ pub(crate) struct Pg {
     pool: PgPool,
     /// host:port/database, for logs and errors (never the password).
     at: String,
+    /// Node ids to NOTIFY about, sent by [`notifier`] in batches.
+    wake_tx: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 /// `host:port/database` of `opts`.
@@ -126,13 +128,19 @@ impl Pg {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
+            // No ping before each statement (sqlx's default): a dead
+            // connection fails its statement, is dropped, and `/health`
+            // reports it; a ping doubled every query's round trips.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await
             .map_err(|source| ExplorerError::Database {
                 at: at.clone(),
                 source,
             })?;
-        Ok(Pg { pool, at })
+        let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(notifier(pool.clone(), at.clone(), wake_rx));
+        Ok(Pg { pool, at, wake_tx })
     }
 
     fn err(&self, source: sqlx::Error) -> ExplorerError {
@@ -209,21 +217,10 @@ impl Pg {
         })
     }
 
-    /// Wake `node_id`'s polls on every replica: a NOTIFY in a transaction
-    /// of its own that does not wait for the WAL flush (see the module
-    /// doc). A failure is logged: the write it follows is stored, and held
-    /// polls elsewhere answer at their deadline.
-    async fn notify(&self, node_id: &str) {
-        let sent = sqlx::query(
-            "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)::text",
-        )
-        .bind(WAKE_CHANNEL)
-        .bind(node_id)
-        .execute(&self.pool)
-        .await;
-        if let Err(e) = sent {
-            warn!(database = %self.at, node = %node_id, error = %e, "NOTIFY failed; polls of this node held on other replicas answer at their deadline");
-        }
+    /// Wake `node_id`'s polls on every replica, soon: [`notifier`] sends
+    /// it, with any others queued meanwhile.
+    fn notify(&self, node_id: &str) {
+        let _ = self.wake_tx.send(node_id.to_string());
     }
 
     /// The last timestamp accepted for `node_id`: `None` if unknown.
@@ -235,6 +232,40 @@ impl Pg {
             .map_err(|e| self.err(e))?;
         row.map(|r| r.try_get::<Option<i64>, _>(0).map_err(|e| self.err(e)))
             .transpose()
+    }
+}
+
+/// Sends the NOTIFYs of committed writes: every node id queued by then in
+/// one statement, a transaction of its own that does not wait for the WAL
+/// flush (see the module doc). Under load many writes share one NOTIFY
+/// statement; alone, a write's goes out at once. A failure is logged: the
+/// writes are stored, and held polls elsewhere answer at their deadline.
+async fn notifier(
+    pool: PgPool,
+    at: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut nodes = vec![first];
+        while nodes.len() < 1000 {
+            match rx.try_recv() {
+                Ok(n) => nodes.push(n),
+                Err(_) => break,
+            }
+        }
+        nodes.sort();
+        nodes.dedup();
+        let sent = sqlx::query(
+            "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, n)::text \
+             FROM unnest($2::text[]) AS n",
+        )
+        .bind(WAKE_CHANNEL)
+        .bind(&nodes)
+        .execute(&pool)
+        .await;
+        if let Err(e) = sent {
+            warn!(database = %at, nodes = nodes.len(), error = %e, "NOTIFY failed; polls of these nodes held on other replicas answer at their deadline");
+        }
     }
 }
 
@@ -294,7 +325,7 @@ impl Storage for Pg {
         if !new {
             return Ok(Insert::Duplicate(format!("{number}-1")));
         }
-        self.notify(&r.node_id).await;
+        self.notify(&r.node_id);
         let mut r = r;
         r.id = format!("{number}-1");
         Ok(Insert::New(r))
@@ -394,7 +425,7 @@ impl Storage for Pg {
             return Ok(None);
         };
         let node: String = row.try_get("node_id").map_err(|e| self.err(e))?;
-        self.notify(&node).await;
+        self.notify(&node);
         Ok(Some(node))
     }
 
