@@ -116,7 +116,8 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 impl Pg {
-    /// Connect a pool of at most `max_connections` to `url` (a PostgreSQL
+    /// Connect a pool of at most `max_connections` (the listener's
+    /// included) to `url` (a PostgreSQL
     /// URL, e.g. `postgres://explorer:secret@db:5432/explorer`). Nothing is
     /// created: run [`Pg::migrate`].
     pub async fn connect(url: &str, max_connections: u32) -> Result<Pg, ExplorerError> {
@@ -240,11 +241,7 @@ impl Pg {
 /// flush (see the module doc). Under load many writes share one NOTIFY
 /// statement; alone, a write's goes out at once. A failure is logged: the
 /// writes are stored, and held polls elsewhere answer at their deadline.
-async fn notifier(
-    pool: PgPool,
-    at: String,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
+async fn notifier(pool: PgPool, at: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) {
     while let Some(first) = rx.recv().await {
         let mut nodes = vec![first];
         while nodes.len() < 1000 {
