@@ -479,7 +479,8 @@ def fleet_section(fl):
       f"replicas (burst), then {fl.get('paced_per_run', '?')} more paced at "
       f"{fl.get('paced_rate_per_s', 0):.0f}/s. Submit → answer: from sending a reservation's POST "
       "to its node's long poll answering with it. Client, servers and PostgreSQL share the 2 cores. "
-      f"Setups alternate order each run. PostgreSQL: {fl.get('postgres', '?')}.")
+      f"Setups alternate order each run. PostgreSQL: {fl.get('postgres', '?')}. "
+      f"Run at `{fl.get('commit', '?')}` on {fl.get('date', '?')}.")
     w("")
     if not fl:
         w("not run")
@@ -500,7 +501,7 @@ def fleet_section(fl):
     w(f"- connections: {sl[0]['http_connections']:,} HTTP connections held by the clients (one long poll "
       f"per node, one per user) on either setup; PostgreSQL client backends, peak over a run, both "
       f"replicas: {', '.join(str(p) for p in peaks)} (each replica: a pool of at most "
-      f"{fl.get('max_connections_per_replica', '?')} plus one LISTEN connection). Held polls use no "
+      f"{fl.get('max_connections_per_replica', '?')}, its LISTEN connection included). Held polls use no "
       "database connection while they wait.")
     w(f"- every reservation was answered to its node: sled {'yes' if answered(sl, 'burst_latency_s', fl['submits_per_run']) and answered(sl, 'paced_latency_s', fl['paced_per_run']) else '**no**'}, "
       f"2 PG replicas {'yes' if answered(pg, 'burst_latency_s', fl['submits_per_run']) and answered(pg, 'paced_latency_s', fl['paced_per_run']) else '**no**'}")

@@ -364,7 +364,13 @@ async fn run(out: PathBuf) -> Result<()> {
         .execute(&mut conn)
         .await?;
     let _ = conn.close().await;
-    let database = admin.replace("/postgres", "/explorer_bench");
+    let database = format!(
+        "{}/explorer_bench",
+        admin
+            .rsplit_once('/')
+            .map(|(root, _)| root)
+            .unwrap_or(&admin)
+    );
 
     let mut sled_runs = Vec::new();
     let mut pg_runs = Vec::new();
@@ -394,7 +400,14 @@ async fn run(out: PathBuf) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let res = json!({
+        "commit": commit,
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "nodes": NODES,
         "users": USERS,

@@ -56,3 +56,40 @@ CREATE TABLE nodes (
     -- the next must be newer, checked in the UPDATE that writes it.
     last_timestamp bigint
 );
+
+-- Store a reservation unless its signature is already stored; answers its
+-- number and whether it is new. A node's numbers are handed out in commit
+-- order: a transaction-level advisory lock on the node is taken before the
+-- sequence is read and held until commit, so a poll that has seen number n
+-- of a node can never later find a smaller one committed (the node's
+-- cursor, past n, would skip it). Different nodes do not wait on each other.
+CREATE FUNCTION explorer_insert_reservation(
+    p_version integer, p_node_id text, p_user_id text, p_kind bytea, p_data text,
+    p_created timestamptz, p_duration bigint, p_nonce text, p_signature text,
+    p_to_delete boolean, p_delete_signature text, p_expires_ns bigint,
+    OUT number bigint, OUT new boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT r.number INTO number FROM reservations r WHERE r.signature = p_signature;
+    IF FOUND THEN
+        new := false;
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended('explorer node ' || p_node_id, 0));
+    INSERT INTO reservations (number, version, node_id, user_id, kind, data, created, duration,
+                              nonce, signature, to_delete, delete_signature, expires_ns)
+    VALUES (nextval('reservation_number'), p_version, p_node_id, p_user_id, p_kind, p_data,
+            p_created, p_duration, p_nonce, p_signature, p_to_delete, p_delete_signature,
+            p_expires_ns)
+    ON CONFLICT (signature) DO NOTHING
+    RETURNING reservations.number INTO number;
+    IF FOUND THEN
+        new := true;
+        RETURN;
+    END IF;
+    -- Another transaction stored the same signature meanwhile (it has
+    -- committed: the insert waited for it).
+    SELECT r.number INTO number FROM reservations r WHERE r.signature = p_signature;
+    new := false;
+END
+$$;

@@ -71,8 +71,8 @@ pub struct ServerConfig {
     /// state lives there instead, shared with every other server given the
     /// same URL; the schema is migrated at start.
     pub database: Option<String>,
-    /// At most this many connections to `database` (one more listens for
-    /// the other replicas' wake-ups).
+    /// At most this many connections to `database`, the one that
+    /// listens for the other replicas' wake-ups included.
     pub max_connections: u32,
     /// How long an empty poll is held open (the protocol allows 20 s).
     pub long_poll: Duration,

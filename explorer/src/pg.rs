@@ -4,18 +4,31 @@
 //! a connection pool.
 //!
 //! How the promises of [`Storage`] hold across replicas:
-//! - numbers come from the `reservation_number` sequence;
+//! - numbers come from the `reservation_number` sequence, and one node's
+//!   numbers become visible in order: the insert (the migration's
+//!   `explorer_insert_reservation`) holds a per-node advisory lock from
+//!   taking its number to its commit. Otherwise two posts for one node on
+//!   two replicas could commit out of order, a poll could answer the
+//!   larger number first, and the node's cursor would then skip the other;
 //! - a unique index on `signature` stores a signed reservation once; the
 //!   insert looks for the signature first, so a plain re-post burns no
 //!   number (only two identical posts racing each other can leave a gap);
 //! - a node's timestamp is checked in the `UPDATE`'s (or upsert's) `WHERE`
 //!   that writes it, so two replicas cannot both accept an old one;
 //! - a write that concerns a node's poll (a new reservation, a deletion)
-//!   sends `NOTIFY explorer_wake, '<node_id>'` in its own statement, so
-//!   the notification goes out exactly when it commits. Each replica keeps
-//!   one listening connection and wakes its polls of that node
-//!   ([`Pg::forward_wakeups`]); when that connection is lost, every held
-//!   poll looks again once it is back.
+//!   is followed, once committed, by `NOTIFY explorer_wake, '<node_id>'`.
+//!   Each replica keeps one listening connection and wakes its polls of
+//!   that node ([`Pg::forward_wakeups`]); when that connection is lost,
+//!   every held poll looks again once it is back.
+//!
+//! Why the NOTIFY is a transaction of its own, committed without waiting
+//! for the WAL flush: PostgreSQL serializes the commits of notifying
+//! transactions under one lock held until the commit is done, flush
+//! included; sent with the insert, each POST would wait for the one before
+//! it to reach the disk (no group commit). The write itself still commits
+//! durably before its answer; only the wake-up is not durable, and a
+//! NOTIFY lost to a crash between the two delays a poll on another replica
+//! until its long poll ends (the node then polls again and gets it).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -80,6 +93,8 @@ pub(crate) struct Pg {
     pool: PgPool,
     /// host:port/database, for logs and errors (never the password).
     at: String,
+    /// Node ids to NOTIFY about, sent by [`notifier`] in batches.
+    wake_tx: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 /// `host:port/database` of `opts`.
@@ -101,7 +116,8 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 impl Pg {
-    /// Connect a pool of at most `max_connections` to `url` (a PostgreSQL
+    /// Connect a pool of at most `max_connections` (the listener's
+    /// included) to `url` (a PostgreSQL
     /// URL, e.g. `postgres://explorer:secret@db:5432/explorer`). Nothing is
     /// created: run [`Pg::migrate`].
     pub async fn connect(url: &str, max_connections: u32) -> Result<Pg, ExplorerError> {
@@ -113,13 +129,19 @@ impl Pg {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
+            // No ping before each statement (sqlx's default): a dead
+            // connection fails its statement, is dropped, and `/health`
+            // reports it; a ping doubled every query's round trips.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await
             .map_err(|source| ExplorerError::Database {
                 at: at.clone(),
                 source,
             })?;
-        Ok(Pg { pool, at })
+        let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(notifier(pool.clone(), at.clone(), wake_rx));
+        Ok(Pg { pool, at, wake_tx })
     }
 
     fn err(&self, source: sqlx::Error) -> ExplorerError {
@@ -196,6 +218,12 @@ impl Pg {
         })
     }
 
+    /// Wake `node_id`'s polls on every replica, soon: [`notifier`] sends
+    /// it, with any others queued meanwhile.
+    fn notify(&self, node_id: &str) {
+        let _ = self.wake_tx.send(node_id.to_string());
+    }
+
     /// The last timestamp accepted for `node_id`: `None` if unknown.
     async fn last_timestamp(&self, node_id: &str) -> Result<Option<Option<i64>>, ExplorerError> {
         let row = sqlx::query("SELECT last_timestamp FROM nodes WHERE node_id = $1")
@@ -205,6 +233,36 @@ impl Pg {
             .map_err(|e| self.err(e))?;
         row.map(|r| r.try_get::<Option<i64>, _>(0).map_err(|e| self.err(e)))
             .transpose()
+    }
+}
+
+/// Sends the NOTIFYs of committed writes: every node id queued by then in
+/// one statement, a transaction of its own that does not wait for the WAL
+/// flush (see the module doc). Under load many writes share one NOTIFY
+/// statement; alone, a write's goes out at once. A failure is logged: the
+/// writes are stored, and held polls elsewhere answer at their deadline.
+async fn notifier(pool: PgPool, at: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) {
+    while let Some(first) = rx.recv().await {
+        let mut nodes = vec![first];
+        while nodes.len() < 1000 {
+            match rx.try_recv() {
+                Ok(n) => nodes.push(n),
+                Err(_) => break,
+            }
+        }
+        nodes.sort();
+        nodes.dedup();
+        let sent = sqlx::query(
+            "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, n)::text \
+             FROM unnest($2::text[]) AS n",
+        )
+        .bind(WAKE_CHANNEL)
+        .bind(&nodes)
+        .execute(&pool)
+        .await;
+        if let Err(e) = sent {
+            warn!(database = %at, nodes = nodes.len(), error = %e, "NOTIFY failed; polls of these nodes held on other replicas answer at their deadline");
+        }
     }
 }
 
@@ -237,52 +295,34 @@ impl Storage for Pg {
             _ => i64::MIN,
         };
         let version = i32::try_from(r.version).unwrap_or(i32::MAX);
-        // One statement: look for the signature; if absent, take a number
-        // and insert (the unique index settles a race between replicas),
-        // and notify the node's polls on commit.
-        let sql = format!(
-            "WITH existing AS (SELECT number FROM reservations WHERE signature = $9), \
-             ins AS (INSERT INTO reservations ({COLUMNS}, expires_ns) \
-                SELECT nextval('reservation_number'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
-                WHERE NOT EXISTS (SELECT 1 FROM existing) \
-                ON CONFLICT (signature) DO NOTHING \
-                RETURNING number, node_id) \
-             SELECT number, true AS new, pg_notify('{WAKE_CHANNEL}', node_id)::text AS notified FROM ins \
-             UNION ALL SELECT number, false, NULL FROM existing"
-        );
-        let row = sqlx::query(&sql)
-            .bind(version)
-            .bind(&r.node_id)
-            .bind(&r.user_id)
-            .bind(r.kind.as_bytes())
-            .bind(r.data.get())
-            .bind(r.created)
-            .bind(r.duration)
-            .bind(&r.nonce)
-            .bind(&r.signature)
-            .bind(r.to_delete)
-            .bind(&r.delete_signature)
-            .bind(expires_ns)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        let row = match row {
-            Some(row) => row,
-            // Another replica stored the same signature between our look
-            // and our insert: it is a duplicate of that one.
-            None => {
-                sqlx::query("SELECT number, false AS new FROM reservations WHERE signature = $1")
-                    .bind(&r.signature)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(|e| self.err(e))?
-            }
-        };
+        // One call (the migration's function): look for the signature; if
+        // absent, lock the node, take a number and insert (the unique index
+        // settles a race between replicas).
+        let row = sqlx::query(
+            "SELECT number, new FROM explorer_insert_reservation(\
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(version)
+        .bind(&r.node_id)
+        .bind(&r.user_id)
+        .bind(r.kind.as_bytes())
+        .bind(r.data.get())
+        .bind(r.created)
+        .bind(r.duration)
+        .bind(&r.nonce)
+        .bind(&r.signature)
+        .bind(r.to_delete)
+        .bind(&r.delete_signature)
+        .bind(expires_ns)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
         let number: i64 = row.try_get("number").map_err(|e| self.err(e))?;
         let new: bool = row.try_get("new").map_err(|e| self.err(e))?;
         if !new {
             return Ok(Insert::Duplicate(format!("{number}-1")));
         }
+        self.notify(&r.node_id);
         let mut r = r;
         r.id = format!("{number}-1");
         Ok(Insert::New(r))
@@ -369,19 +409,21 @@ impl Storage for Pg {
         let Some(number) = number_of(id) else {
             return Ok(None);
         };
-        let sql = format!(
-            "WITH u AS (UPDATE reservations SET to_delete = true, delete_signature = $2 \
-               WHERE number = $1 RETURNING node_id) \
-             SELECT node_id, pg_notify('{WAKE_CHANNEL}', node_id)::text AS notified FROM u"
-        );
-        let row = sqlx::query(&sql)
-            .bind(number)
-            .bind(sig)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        row.map(|r| r.try_get::<String, _>("node_id").map_err(|e| self.err(e)))
-            .transpose()
+        let row = sqlx::query(
+            "UPDATE reservations SET to_delete = true, delete_signature = $2 \
+             WHERE number = $1 RETURNING node_id",
+        )
+        .bind(number)
+        .bind(sig)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let node: String = row.try_get("node_id").map_err(|e| self.err(e))?;
+        self.notify(&node);
+        Ok(Some(node))
     }
 
     async fn poll(

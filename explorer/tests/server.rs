@@ -1648,6 +1648,47 @@ mod replicas {
         b.stop().await;
     }
 
+    /// Posts for one node racing on both replicas become visible in number
+    /// order: a node walking its cursor over the answers misses none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_nodes_cursor_misses_nothing_posted_concurrently_to_both() {
+        let (_store, a, b) = two().await;
+        let node = Identity::generate();
+        const N: usize = 80;
+        let walker = tokio::spawn({
+            let (url, n) = (b.url.clone(), node.id().to_string());
+            async move {
+                let c = client();
+                let mut from = 1;
+                let mut seen = Vec::new();
+                let t = Instant::now();
+                while seen.len() < N && t.elapsed() < Duration::from_secs(30) {
+                    for r in poll(&c, &url, &n, from).await {
+                        from = from.max(r.number().unwrap() + 1);
+                        seen.push(r.id);
+                    }
+                }
+                seen
+            }
+        });
+        let posts = (0..N).map(|i| {
+            let url = if i % 2 == 0 {
+                a.url.clone()
+            } else {
+                b.url.clone()
+            };
+            let r = volume(&Identity::generate(), node.id());
+            async move { post(&client(), &url, &r).await }
+        });
+        let mut posted: Vec<String> = join_all(posts).await;
+        let mut seen = walker.await.unwrap();
+        posted.sort();
+        seen.sort();
+        assert_eq!(seen, posted, "every reservation reached the node once");
+        a.stop().await;
+        b.stop().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn node_timestamps_increase_across_replicas() {
         let (_store, a, b) = two().await;

@@ -109,8 +109,8 @@ pub enum Cmd {
             hide_env_values = true
         )]
         database: Option<String>,
-        /// Most connections to --database held at once (one more listens
-        /// for the other replicas' wake-ups).
+        /// Most connections to --database held at once (the one that
+        /// listens for the other replicas' wake-ups included).
         #[arg(long, env = "EXPLORER_MAX_CONNECTIONS", value_name = "N", default_value_t = explorer::DEFAULT_MAX_CONNECTIONS)]
         max_connections: u32,
     },
