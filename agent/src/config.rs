@@ -87,6 +87,15 @@ pub struct Settings {
     /// ones are refused with a signed error.
     #[arg(long, env = "AGENT_MAX_DURATION", value_parser = humantime::parse_duration, default_value = human(crate::engine::DEFAULT_MAX_DURATION))]
     pub max_duration: Duration,
+    /// Provisionings and decommissionings of independent workloads that
+    /// run at once (default 4 × cores; 0 counts as 1).
+    #[arg(long, env = "AGENT_MAX_PARALLEL", default_value_t = crate::engine::default_max_parallel())]
+    pub max_parallel: usize,
+    /// SIGTERM to SIGKILL when a workload's container is stopped, e.g.
+    /// 10s. An expiring workload gets SIGTERM this long before its expiry
+    /// and SIGKILL at it; an early deletion gets all of it.
+    #[arg(long, env = "AGENT_STOP_GRACE", value_parser = humantime::parse_duration, default_value = human(provisioners::container::DEFAULT_STOP_GRACE))]
+    pub stop_grace: Duration,
     /// Log format: text or json.
     #[arg(long, env = "AGENT_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

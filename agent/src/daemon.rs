@@ -266,6 +266,7 @@ fn node_options(settings: &Settings, log_bus: LogBus, names: Names) -> NodeOptio
         debug_operators: settings.debug_operators.clone(),
         tenants: settings.tenants(),
         names,
+        stop_grace: settings.stop_grace,
     }
 }
 
@@ -427,6 +428,8 @@ impl Core {
             EngineConfig {
                 provision_timeout: self.settings.provision_timeout,
                 max_duration: self.settings.max_duration,
+                max_parallel: self.settings.max_parallel,
+                stop_grace: self.settings.stop_grace,
                 root: Some(self.settings.root.clone()),
                 min_free_disk: self.settings.min_free_disk,
                 ..EngineConfig::default()
@@ -440,10 +443,10 @@ impl Core {
     fn sources(&self, poll: PollSource) -> CombinedSource {
         let sources: Vec<Box<dyn ReservationSource>> = vec![
             Box::new(poll),
-            Box::new(DecommissionSource::new(
-                self.store.clone(),
-                self.shared.expiry_wake.clone(),
-            )),
+            Box::new(
+                DecommissionSource::new(self.store.clone(), self.shared.expiry_wake.clone())
+                    .with_grace(self.settings.stop_grace),
+            ),
         ];
         CombinedSource::new(sources)
     }

@@ -143,7 +143,7 @@ impl ContainerProvisioner {
         Self {
             docker,
             node,
-            stop_grace: Duration::from_secs(10),
+            stop_grace: DEFAULT_STOP_GRACE,
             info: OnceCell::new(),
             policy: ContainerPolicy::default(),
             names: Names::unscoped(),
@@ -467,7 +467,12 @@ impl ContainerProvisioner {
     }
 
     async fn remove(&self, name: &str) -> Result<(), ProvisionError> {
-        self.docker.stop_container(name, self.stop_grace).await?;
+        self.remove_within(name, self.stop_grace).await
+    }
+
+    /// Stop (SIGTERM, SIGKILL after `grace`) and remove.
+    async fn remove_within(&self, name: &str, grace: Duration) -> Result<(), ProvisionError> {
+        self.docker.stop_container(name, grace).await?;
         if self.docker.remove_container(name).await? {
             tracing::info!(container = %name, "container removed");
         }
@@ -587,6 +592,7 @@ impl Plugin for ContainerProvisioner {
         ContainerProvisioner::new(s.docker.clone(), s.node.clone())
             .with_policy(s.options.tenants.container.clone())
             .with_names(s.options.names.clone())
+            .with_stop_grace(s.options.stop_grace)
     }
 
     /// Its cores and memory, and [`CONTAINER_LAYER_MIB`] of root disk.
@@ -674,7 +680,10 @@ impl Plugin for ContainerProvisioner {
                 tracing::warn!(container = %name, reservation = %r.id, "not removing a container not made for this reservation");
                 Ok(())
             }
-            Some(_) => self.remove(&name).await,
+            Some(_) => {
+                let grace = stop_grace_before_expiry(r, self.stop_grace, chrono::Utc::now());
+                self.remove_within(&name, grace).await
+            }
         }
     }
 
@@ -740,6 +749,25 @@ impl Plugin for ContainerProvisioner {
             self.remove(&c.name).await?;
         }
         Ok(())
+    }
+}
+
+/// Default `--stop-grace`: Docker's own.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The stop timeout of a decommission at `now`: the full `grace` unless the
+/// reservation expires sooner, then what is left until its expiry (so
+/// SIGKILL comes at the expiry at the latest). The decommission source
+/// wakes `grace` before the expiry, so an expiring workload gets SIGTERM
+/// then and is gone by its expiry; an early deletion gets the full grace.
+pub fn stop_grace_before_expiry(
+    r: &Reservation,
+    grace: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Duration {
+    match r.expires_at() {
+        Some(at) => grace.min((at - now).to_std().unwrap_or(Duration::ZERO)),
+        None => grace,
     }
 }
 

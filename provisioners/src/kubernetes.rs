@@ -262,7 +262,7 @@ impl KubernetesProvisioner {
             docker,
             node,
             image: image.into(),
-            stop_grace: Duration::from_secs(10),
+            stop_grace: crate::container::DEFAULT_STOP_GRACE,
             privileged: true,
             mode: KubernetesMode::Disabled,
             names: Names::unscoped(),
@@ -335,7 +335,12 @@ impl KubernetesProvisioner {
 
     /// Remove the container and the volume of `name`.
     async fn remove(&self, name: &str) -> Result<(), ProvisionError> {
-        self.docker.stop_container(name, self.stop_grace).await?;
+        self.remove_within(name, self.stop_grace).await
+    }
+
+    /// Remove the container (SIGKILL after `grace`) and the volume of `name`.
+    async fn remove_within(&self, name: &str, grace: Duration) -> Result<(), ProvisionError> {
+        self.docker.stop_container(name, grace).await?;
         if self.docker.remove_container(name).await? {
             tracing::info!(container = %name, "k3s node container removed");
         }
@@ -493,6 +498,7 @@ impl Plugin for KubernetesProvisioner {
             .with_privileged(o.k3s_privileged)
             .with_mode(o.kubernetes.clone())
             .with_names(o.names.clone())
+            .with_stop_grace(o.stop_grace)
     }
 
     /// The size table's cores, memory and disk (on the root disk), plus
@@ -606,7 +612,9 @@ impl Plugin for KubernetesProvisioner {
                 return Ok(());
             }
         }
-        self.remove(&name).await
+        let grace =
+            crate::container::stop_grace_before_expiry(r, self.stop_grace, chrono::Utc::now());
+        self.remove_within(&name, grace).await
     }
 
     async fn exists(&self, r: &Reservation, _k: &Kubernetes) -> Result<bool, ProvisionError> {

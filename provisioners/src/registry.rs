@@ -200,6 +200,9 @@ pub struct NodeOptions {
     pub tenants: TenantOptions,
     /// The node scope every object is named, labelled and found in.
     pub names: Names,
+    /// SIGTERM to SIGKILL when a container is stopped (`--stop-grace`);
+    /// less when its reservation expires sooner.
+    pub stop_grace: std::time::Duration,
 }
 
 impl Default for NodeOptions {
@@ -215,6 +218,7 @@ impl Default for NodeOptions {
             debug_operators: Vec::new(),
             tenants: TenantOptions::default(),
             names: Names::unscoped(),
+            stop_grace: crate::container::DEFAULT_STOP_GRACE,
         }
     }
 }

@@ -25,6 +25,9 @@ pub struct DecommissionSource {
     /// Ids handed over whose index entry has not moved yet: not handed over
     /// again while the engine works on them.
     in_flight: HashSet<String>,
+    /// Ids are handed over this long before their time (`--stop-grace`):
+    /// SIGTERM then, SIGKILL at the expiry.
+    grace: Duration,
 }
 
 impl DecommissionSource {
@@ -34,7 +37,15 @@ impl DecommissionSource {
             store,
             wake,
             in_flight: HashSet::new(),
+            grace: Duration::ZERO,
         }
+    }
+
+    /// Hand ids over `grace` before their time (the engine schedules its
+    /// retries that much later).
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 }
 
@@ -42,7 +53,8 @@ impl DecommissionSource {
 impl ReservationSource for DecommissionSource {
     async fn next(&mut self) -> Option<Work> {
         loop {
-            let now = Utc::now();
+            let grace = chrono::Duration::from_std(self.grace).unwrap_or_default();
+            let now = Utc::now() + grace;
             match self.store.due(now, BATCH) {
                 Ok(due) => {
                     let fresh: Vec<String> = due
@@ -59,7 +71,7 @@ impl ReservationSource for DecommissionSource {
                 Err(e) => tracing::error!(error = %e, "cannot read the expiry index"),
             }
             let sleep = match self.store.next_expiry() {
-                Ok(Some(at)) if self.in_flight.is_empty() => (at - Utc::now())
+                Ok(Some(at)) if self.in_flight.is_empty() => (at - grace - Utc::now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
                     .min(MAX_SLEEP),
@@ -160,5 +172,27 @@ mod tests {
             panic!()
         };
         assert_eq!(ids, ["2-1"]);
+    }
+
+    #[tokio::test]
+    async fn wakes_stop_grace_before_the_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let wake = Arc::new(Notify::new());
+        cache(&store, "1-1", 1500);
+        cache(&store, "2-1", 1500);
+        let mut src = DecommissionSource::new(store.clone(), wake.clone())
+            .with_grace(Duration::from_millis(1000));
+        let t = Instant::now();
+        let Some(Work::Due(ids)) = src.next().await else {
+            panic!()
+        };
+        // Both in one batch (stopped concurrently by the engine), 1 s early.
+        assert_eq!(ids, ["1-1", "2-1"]);
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_millis(1100),
+            "{took:?}"
+        );
     }
 }

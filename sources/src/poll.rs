@@ -7,9 +7,10 @@
 //! reservations never stops the node for good. It backs off with jitter
 //! while the explorer is unreachable and never ends on an error.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -149,6 +150,14 @@ impl PollStatus {
     }
 }
 
+/// The pause after a poll answer with nothing new (see
+/// `PollSource::idle_pause`).
+pub const IDLE_PAUSE: Duration = Duration::from_millis(200);
+
+/// An entry handed over longer ago than this is handed over again if the
+/// explorer still sends it.
+const REHAND_AFTER: Duration = Duration::from_secs(30);
+
 /// Long-polls `GET /reservations/{node}/poll`.
 pub struct PollSource {
     client: ExplorerClient,
@@ -161,12 +170,23 @@ pub struct PollSource {
     limit: usize,
     backoff: Backoff,
     status: Arc<PollStatus>,
-    /// Pause after an answer with nothing new in it (only repeated
-    /// deletions), so a pending deletion does not turn the long poll into a
-    /// busy loop.
+    /// Pause after an answer that repeats exactly what was already handed
+    /// over (a pending deletion the explorer sends again until our
+    /// `PUT /deleted` reaches it).
+    ///
+    /// The trade-off: while a deletion is pending the explorer answers a
+    /// long poll at once, so without some pacing the source would busy-loop
+    /// against it; but a pause delays new work submitted meanwhile. So the
+    /// pause is taken only on an answer with nothing new (an answer with
+    /// anything new is handed over at once and polled after without a
+    /// pause), and it is short: new work waits at most this long, and only
+    /// while a deletion is pending.
     idle_pause: Duration,
-    /// The last answer brought nothing new: pause before the next poll.
-    pause_next: bool,
+    /// What was handed over from the last answers, by id: its `to_delete`
+    /// and when. Only entries of the latest answer are kept (bounded by
+    /// the page size); one handed over longer than [`REHAND_AFTER`] ago is
+    /// handed over again (the engine may have failed to record it).
+    handed: HashMap<String, (bool, Instant)>,
     /// Polls failed over to the next explorer in a row: once every one was
     /// tried, back off.
     failed_over: usize,
@@ -187,14 +207,20 @@ impl PollSource {
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             status,
             failed_over: 0,
-            idle_pause: Duration::from_secs(1),
-            pause_next: false,
+            idle_pause: IDLE_PAUSE,
+            handed: HashMap::new(),
         }
     }
 
     /// Shorter backoff for tests.
     pub fn with_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.backoff = Backoff::new(base, max);
+        self
+    }
+
+    /// Another pause after an answer with nothing new (tests).
+    pub fn with_idle_pause(mut self, d: Duration) -> Self {
+        self.idle_pause = d;
         self
     }
 
@@ -227,9 +253,6 @@ impl PollSource {
 #[async_trait]
 impl ReservationSource for PollSource {
     async fn next(&mut self) -> Option<Work> {
-        if std::mem::take(&mut self.pause_next) {
-            tokio::time::sleep(self.idle_pause).await;
-        }
         loop {
             let q = self.query();
             let answer = match self.client.poll(q).await {
@@ -304,9 +327,39 @@ impl ReservationSource for PollSource {
             if answer.reservations.is_empty() {
                 continue;
             }
-            // Only repeats (pending deletions the explorer sends until it
-            // hears back): hand them over now, but do not ask again at once.
-            self.pause_next = self.cursor == before && !full;
+            // Hand over only what is new: an id not handed over yet, or
+            // handed over with another `to_delete` (or long ago).
+            let now = Instant::now();
+            let mut handed = HashMap::with_capacity(answer.reservations.len());
+            let mut fresh = Vec::new();
+            for r in answer.reservations {
+                let seen = self.handed.get(&r.id).filter(|(to_delete, at)| {
+                    *to_delete == r.to_delete && now.duration_since(*at) < REHAND_AFTER
+                });
+                match seen {
+                    Some(&entry) => {
+                        handed.insert(r.id.clone(), entry);
+                    }
+                    None => {
+                        handed.insert(r.id.clone(), (r.to_delete, now));
+                        fresh.push(r);
+                    }
+                }
+            }
+            self.handed = handed;
+            if fresh.is_empty() {
+                // Exactly what was handed over already: the explorer
+                // answers at once while a deletion is pending, so pace
+                // the next poll (briefly; see `idle_pause`).
+                if self.cursor == before && !full {
+                    tokio::time::sleep(self.idle_pause).await;
+                }
+                continue;
+            }
+            let answer = PollAnswer {
+                reservations: fresh,
+                ..answer
+            };
             tracing::debug!(
                 from = q.from,
                 count = answer.reservations.len(),
@@ -396,5 +449,63 @@ mod tests {
     fn bad_json_is_an_error() {
         assert!(parse_poll_answer("u", b"[{").is_err());
         assert!(parse_poll_answer("u", b"{}").is_err());
+    }
+
+    /// An explorer stand-in: every poll answers a pending deletion of 1-1
+    /// at once, and from when `more` is set a new reservation 2-1 too.
+    async fn pending_deletion_explorer(more: Arc<std::sync::atomic::AtomicBool>) -> String {
+        use axum::routing::get;
+        let answer = move || {
+            let more = more.clone();
+            async move {
+                let del = good("1-1").replace("\"to_delete\":false", "\"to_delete\":true");
+                if more.load(Ordering::SeqCst) {
+                    format!("[{del},{}]", good("2-1"))
+                } else {
+                    format!("[{del}]")
+                }
+            }
+        };
+        let app = axum::Router::new().route("/reservations/:id/poll", get(answer));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    }
+
+    fn ids(w: Option<Work>) -> Vec<(String, bool)> {
+        match w {
+            Some(Work::Poll { reservations, .. }) => reservations
+                .into_iter()
+                .map(|r| (r.id, r.to_delete))
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn new_work_during_a_pending_deletion_is_handed_over_promptly() {
+        let more = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let url = pending_deletion_explorer(more.clone()).await;
+        let client = ExplorerClient::new(&url, "n", 1 << 20).unwrap();
+        let mut source = PollSource::new(client, 0);
+        // The resync, then the pending deletion once.
+        assert_eq!(ids(source.next().await), [("1-1".to_string(), true)]);
+        assert_eq!(ids(source.next().await), [("1-1".to_string(), true)]);
+        // Submitted while the explorer keeps repeating the deletion.
+        let m = more.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            m.store(true, Ordering::SeqCst);
+        });
+        let started = Instant::now();
+        let next = source.next().await;
+        let waited = started.elapsed();
+        // Only what is new is handed over, and without the old 1 s pause.
+        assert_eq!(ids(next), [("2-1".to_string(), false)]);
+        assert!(
+            waited < IDLE_PAUSE + Duration::from_millis(250),
+            "{waited:?}"
+        );
     }
 }

@@ -23,14 +23,16 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use provisioners::names::Names;
 use provisioners::{ProvisionError, Registry};
 use reservation::{Identity, Reservation, Workload, WorkloadResult, WorkloadType};
 use sources::{ReservationSource, Work};
 use store::{Cached, OutcomeState, Store};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::capacity::{Charge, Ledger};
@@ -59,6 +61,17 @@ pub struct EngineConfig {
     pub min_free_disk: u64,
     /// The longest `duration` accepted (`--max-duration`).
     pub max_duration: Duration,
+    /// How many provisionings and decommissionings run at once
+    /// (`--max-parallel`).
+    pub max_parallel: usize,
+    /// `--stop-grace`: the decommission source hands an id over this long
+    /// before its time, so a retry is scheduled this much later.
+    pub stop_grace: Duration,
+}
+
+/// Default `--max-parallel`: 4 × the cores.
+pub fn default_max_parallel() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Default `--max-duration`: 366 days.
@@ -76,6 +89,8 @@ impl Default for EngineConfig {
             root: None,
             min_free_disk: DEFAULT_MIN_FREE_DISK,
             max_duration: DEFAULT_MAX_DURATION,
+            max_parallel: default_max_parallel(),
+            stop_grace: Duration::ZERO,
         }
     }
 }
@@ -112,7 +127,14 @@ pub struct Engine {
     node: Arc<Identity>,
     cfg: EngineConfig,
     shared: Arc<Shared>,
-    executor: Executor,
+    executor: Arc<Executor>,
+    /// Bounds the jobs that run at once (`max_parallel`).
+    permits: Arc<Semaphore>,
+    /// The node's object names, for the dependencies between jobs.
+    names: Names,
+    /// Provisionings and decommissionings judged in this unit of work and
+    /// not run yet: [`Engine::run_jobs`] runs them concurrently.
+    jobs: Vec<Job>,
     /// The only writer of the store.
     recorder: Recorder,
     /// Forged deletions already warned about (warned once each).
@@ -217,8 +239,11 @@ impl Engine {
         shared: Arc<Shared>,
     ) -> Self {
         Engine {
+            names: Names::for_node(node.id()),
             node,
-            executor: Executor::new(registry, cfg.provision_timeout),
+            executor: Arc::new(Executor::new(registry, cfg.provision_timeout)),
+            permits: Arc::new(Semaphore::new(cfg.max_parallel.max(1))),
+            jobs: Vec::new(),
             recorder: Recorder::new(store, shared.clone()),
             cfg,
             shared,
@@ -367,12 +392,21 @@ impl Engine {
                 reservations
                     .sort_by_key(|r| r.workload_type().map(|t| t.order()).unwrap_or(usize::MAX));
                 for r in reservations {
+                    // A reservation about one that is judged but not run
+                    // yet (same id or same signature: a deletion, a
+                    // replay) is judged once that has run and is recorded.
+                    if self.jobs.iter().any(|j| {
+                        j.reservation().id == r.id || j.reservation().signature == r.signature
+                    }) {
+                        self.run_jobs().await?;
+                    }
                     // Every line logged while handling it (provisioners'
                     // too) carries the reservation id, and its user once
                     // the signature verified (debug streams go by it).
                     let span = tracing::info_span!("reservation", id = %r.id, user = tracing::field::Empty);
-                    self.handle_reservation(r).instrument(span).await?;
+                    self.judge_one(r).instrument(span).await?;
                 }
+                self.run_jobs().await?;
                 self.recorder.cursor(cursor)?;
                 self.recorder.commit().await?;
                 if synced && !self.first_poll_seen {
@@ -389,9 +423,12 @@ impl Engine {
             }
             Work::Due(ids) => {
                 for id in ids {
-                    let span = tracing::info_span!("reservation", id = %id);
-                    self.decommission_due(&id).instrument(span).await?;
+                    if self.jobs.iter().any(|j| j.reservation().id == id) {
+                        continue;
+                    }
+                    self.decommission_due(&id)?;
                 }
+                self.run_jobs().await?;
                 self.recorder.commit().await?;
             }
         }
@@ -420,6 +457,14 @@ impl Engine {
 
     /// Judge and act on one reservation from a poll answer.
     pub async fn handle_reservation(&mut self, r: Reservation) -> Result<(), AgentError> {
+        self.judge_one(r).await?;
+        self.run_jobs().await
+    }
+
+    /// Judge one reservation: record what needs no Docker at once, and
+    /// queue a provisioning or decommissioning as a job for
+    /// [`Engine::run_jobs`].
+    async fn judge_one(&mut self, r: Reservation) -> Result<(), AgentError> {
         let rules = Rules {
             node_id: self.node.id(),
             now: Utc::now(),
@@ -442,7 +487,7 @@ impl Engine {
             Verdict::Forged { error, .. } => self.warn_forged(id, &error),
             Verdict::Decommission(cached) => {
                 info!(reservation = %id, "signed deletion: decommissioning");
-                self.decommission(&cached, "deleted by its user").await?;
+                self.decommission(*cached, "deleted by its user");
             }
             Verdict::Confirm { again } => {
                 if self.confirmed.insert(id.to_string()) {
@@ -469,7 +514,7 @@ impl Engine {
                 kind,
                 workload,
                 charge,
-            } => self.provision(&r, kind, *workload, charge).await?,
+            } => self.provision(r, kind, *workload, charge),
         }
         Ok(())
     }
@@ -495,40 +540,141 @@ impl Engine {
         Ok(())
     }
 
-    /// Provision an admitted reservation, record it and charge the ledger;
-    /// a failure is rolled back and refused.
-    async fn provision(
+    /// Queue the provisioning of an admitted reservation and charge the
+    /// ledger now (so what is judged after it is admitted against it); a
+    /// failure releases the charge.
+    fn provision(&mut self, r: Reservation, kind: WorkloadType, w: Workload, charge: Charge) {
+        info!(reservation = %r.id, kind = %kind, user = %r.user_id, "provisioning");
+        if let Ok(mut l) = self.ledger.lock() {
+            l.add(&r.id, charge);
+            l.add_user(&r.id, &r.user_id, crate::capacity::tenancy_of(&w));
+        }
+        self.jobs.push(Job::Provision { r, kind, w });
+    }
+
+    /// Run the queued jobs concurrently, at most `max_parallel` at once,
+    /// and record each as it finishes (exactly once, on this task: the
+    /// recorder stays the one writer). A job waits for the jobs it depends
+    /// on (see [`dependencies`]); nothing else waits for a slow one.
+    async fn run_jobs(&mut self) -> Result<(), AgentError> {
+        let jobs = std::mem::take(&mut self.jobs);
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let deps = dependencies(&self.names, &jobs);
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..jobs.len()).map(|_| watch::channel(false)).unzip();
+        let mut running = FuturesUnordered::new();
+        for ((job, tx), wait) in jobs.into_iter().zip(txs).zip(deps) {
+            let waits: Vec<watch::Receiver<bool>> = wait.iter().map(|&i| rxs[i].clone()).collect();
+            let executor = self.executor.clone();
+            let permits = self.permits.clone();
+            let span = tracing::info_span!("reservation", id = %job.reservation().id, user = %job.reservation().user_id);
+            running.push(
+                async move {
+                    for mut rx in waits {
+                        // An error means the other job is gone: go on.
+                        let _ = rx.wait_for(|done| *done).await;
+                    }
+                    let permit = permits.acquire_owned().await;
+                    let done = match job {
+                        Job::Provision { r, kind, w } => {
+                            let started = Instant::now();
+                            let outcome = executor.provision(&r, &w).await;
+                            Done::Provisioned {
+                                r,
+                                kind,
+                                outcome,
+                                started,
+                            }
+                        }
+                        Job::Decommission { cached, why } => {
+                            let outcome = executor.decommission(&cached.reservation).await;
+                            Done::Decommissioned {
+                                cached,
+                                why,
+                                outcome,
+                            }
+                        }
+                    };
+                    drop(permit);
+                    let _ = tx.send(true);
+                    done
+                }
+                .instrument(span),
+            );
+        }
+        let mut first_error = None;
+        while let Some(done) = running.next().await {
+            let id = done.id().to_string();
+            let span = tracing::info_span!("reservation", id = %id);
+            let _entered = span.enter();
+            if let Err(e) = self.record(done) {
+                error!(error = %e, "cannot record this job");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Record a finished job.
+    fn record(&mut self, done: Done) -> Result<(), AgentError> {
+        match done {
+            Done::Provisioned {
+                r,
+                kind,
+                outcome,
+                started,
+            } => self.provisioned(&r, kind, outcome, started),
+            Done::Decommissioned {
+                cached,
+                why,
+                outcome,
+            } => self.decommissioned(&cached, why, outcome),
+        }
+    }
+
+    /// Record a provisioning that finished: its result and cache entry in
+    /// one transaction, or its refusal (the charge released).
+    fn provisioned(
         &mut self,
         r: &Reservation,
         kind: WorkloadType,
-        w: Workload,
-        charge: Charge,
+        outcome: Result<serde_json::Value, String>,
+        started: Instant,
     ) -> Result<(), AgentError> {
-        info!(reservation = %r.id, kind = %kind, user = %r.user_id, "provisioning");
-        let started = std::time::Instant::now();
-        let data = match self.executor.provision(r, &w).await {
+        let release = |ledger: &Mutex<Ledger>| {
+            if let Ok(mut l) = ledger.lock() {
+                l.release(&r.id);
+            }
+        };
+        let data = match outcome {
             Ok(data) => data,
-            Err(msg) => return self.refuse(r, msg, &r.signature),
+            Err(msg) => {
+                release(&self.ledger);
+                return self.refuse(r, msg, &r.signature);
+            }
         };
         faults::point("after-provision");
         let res = match self.node.ok_result(r, &data) {
             Ok(res) => res,
             Err(e) => {
+                release(&self.ledger);
                 return self.refuse(
                     r,
                     format!("result data cannot be encoded: {e}"),
                     &r.signature,
-                )
+                );
             }
         };
-        self.recorder
-            .provisioned(&Cached::new(r.clone(), res.clone()), &res)?;
+        if let Err(e) = self
+            .recorder
+            .provisioned(&Cached::new(r.clone(), res.clone()), &res)
+        {
+            release(&self.ledger);
+            return Err(e);
+        }
         let secs = started.elapsed().as_secs_f64();
         self.shared.metrics.provisioned_in(&r.kind, secs);
-        if let Ok(mut l) = self.ledger.lock() {
-            l.add(&r.id, charge);
-            l.add_user(&r.id, &r.user_id, crate::capacity::tenancy_of(&w));
-        }
         self.shared.count(&r.kind, "provisioned");
         info!(reservation = %r.id, kind = %kind, seconds = secs, "provisioned");
         faults::point("after-record");
@@ -551,15 +697,26 @@ impl Engine {
         };
         let res = self.node.error_result(&cached.reservation, g.message);
         self.pending_errors.insert(g.id.clone(), res);
-        self.decommission(&cached, why).await
+        self.decommission(cached, why);
+        self.run_jobs().await
     }
 
-    /// Decommission a cached workload, posting a pending error result (a
-    /// give-up's) with the deletion; if it must wait (still in use) or
-    /// fails, it is rescheduled and the decommission source retries it.
-    async fn decommission(&mut self, cached: &Cached, why: &str) -> Result<(), AgentError> {
+    /// Queue the decommission of a cached workload.
+    fn decommission(&mut self, cached: Cached, why: &'static str) {
+        self.jobs.push(Job::Decommission { cached, why });
+    }
+
+    /// Record a decommission that finished, posting a pending error result
+    /// (a give-up's) with the deletion; if it must wait (still in use) or
+    /// failed, it is rescheduled and the decommission source retries it.
+    fn decommissioned(
+        &mut self,
+        cached: &Cached,
+        why: &str,
+        outcome: Result<(), ProvisionError>,
+    ) -> Result<(), AgentError> {
         let r = &cached.reservation;
-        match self.executor.decommission(r).await {
+        match outcome {
             Ok(()) => {
                 let confirmation = self.node.sign_deleted(&r.id, &r.signature);
                 self.recorder.decommissioned(
@@ -578,8 +735,9 @@ impl Engine {
                 info!(reservation = %r.id, kind = %r.kind, why, "decommissioned");
             }
             Err(e) => {
+                // The decommission source hands it over `stop_grace` early.
                 let at: DateTime<Utc> = Utc::now()
-                    + chrono::Duration::from_std(self.cfg.retry_decommission)
+                    + chrono::Duration::from_std(self.cfg.retry_decommission + self.cfg.stop_grace)
                         .unwrap_or(chrono::Duration::seconds(5));
                 match &e {
                     ProvisionError::InUse(m) => {
@@ -595,14 +753,11 @@ impl Engine {
         Ok(())
     }
 
-    async fn decommission_due(&mut self, id: &str) -> Result<(), AgentError> {
-        match self.recorder.reads().get(id)? {
-            Some(c) => {
-                self.decommission(&c, "due: expired or deletion pending")
-                    .await
-            }
-            None => Ok(()),
+    fn decommission_due(&mut self, id: &str) -> Result<(), AgentError> {
+        if let Some(c) = self.recorder.reads().get(id)? {
+            self.decommission(c, "due: expired or deletion pending");
         }
+        Ok(())
     }
 
     /// Provision a cached workload again (its objects are gone). When the
@@ -638,6 +793,81 @@ impl Engine {
             }
         }
     }
+}
+
+/// A provisioning or decommissioning judged and not run yet.
+enum Job {
+    Provision {
+        r: Reservation,
+        kind: WorkloadType,
+        w: Workload,
+    },
+    Decommission {
+        cached: Cached,
+        why: &'static str,
+    },
+}
+
+impl Job {
+    fn reservation(&self) -> &Reservation {
+        match self {
+            Job::Provision { r, .. } => r,
+            Job::Decommission { cached, .. } => &cached.reservation,
+        }
+    }
+}
+
+/// A job that ran, to record.
+enum Done {
+    Provisioned {
+        r: Reservation,
+        kind: WorkloadType,
+        outcome: Result<serde_json::Value, String>,
+        started: Instant,
+    },
+    Decommissioned {
+        cached: Cached,
+        why: &'static str,
+        outcome: Result<(), ProvisionError>,
+    },
+}
+
+impl Done {
+    fn id(&self) -> &str {
+        match self {
+            Done::Provisioned { r, .. } => &r.id,
+            Done::Decommissioned { cached, .. } => &cached.reservation.id,
+        }
+    }
+}
+
+/// For each job, the jobs it waits for. Jobs come in dependency order
+/// (networks, volumes, zdb, containers, ...): a provisioning waits for the
+/// earlier provisionings that make an object it uses (a container for its
+/// network and volumes); a decommission waits for the later decommissions
+/// of workloads that use one of its objects (a volume for the container
+/// that mounts it). Only earlier (resp. later) jobs count, so there is no
+/// cycle.
+fn dependencies(names: &Names, jobs: &[Job]) -> Vec<Vec<usize>> {
+    let objects: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| provisioners::registry::objects(names, j.reservation()))
+        .collect();
+    let uses: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| provisioners::registry::uses(names, j.reservation()))
+        .collect();
+    let shares = |user: usize, maker: usize| uses[user].iter().any(|o| objects[maker].contains(o));
+    (0..jobs.len())
+        .map(|j| match jobs[j] {
+            Job::Provision { .. } => (0..j)
+                .filter(|&i| matches!(jobs[i], Job::Provision { .. }) && shares(j, i))
+                .collect(),
+            Job::Decommission { .. } => (j + 1..jobs.len())
+                .filter(|&i| matches!(jobs[i], Job::Decommission { .. }) && shares(i, j))
+                .collect(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

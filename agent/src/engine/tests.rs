@@ -19,6 +19,10 @@ struct Recorder {
     fail_provision: Mutex<Option<ProvisionError>>,
     fail_decommission: Mutex<Option<ProvisionError>>,
     hang: bool,
+    /// Provisioning of these ids takes this long.
+    slow: Mutex<HashMap<String, Duration>>,
+    /// "start <id>" and "end <id>" of every provisioning, in order.
+    log: Mutex<Vec<String>>,
 }
 
 #[async_trait]
@@ -32,9 +36,15 @@ impl Provisioner for Recorder {
             .lock()
             .unwrap()
             .push(format!("provision {} {}", r.kind, r.id));
+        self.log.lock().unwrap().push(format!("start {}", r.id));
         if self.hang {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
+        let slow = self.slow.lock().unwrap().get(&r.id).copied();
+        if let Some(d) = slow {
+            tokio::time::sleep(d).await;
+        }
+        self.log.lock().unwrap().push(format!("end {}", r.id));
         if let Some(e) = self.fail_provision.lock().unwrap().clone() {
             return Err(e);
         }
@@ -802,4 +812,187 @@ async fn commands_repair_before_any_work_and_hold_for_the_sweep() {
     );
     // The repair gave the same result data: nothing posted again.
     assert_eq!(f.results().len(), 2);
+}
+
+#[tokio::test]
+async fn a_slow_provisioning_delays_nothing_else() {
+    let mut f = fixture();
+    f.rec
+        .slow
+        .lock()
+        .unwrap()
+        .insert("1-1".into(), Duration::from_millis(200));
+    let (a, b) = (f.volume("1-1"), f.volume("2-1"));
+    f.poll(vec![a, b]).await;
+    let log = f.rec.log.lock().unwrap().clone();
+    assert_eq!(log, ["start 1-1", "start 2-1", "end 2-1", "end 1-1"]);
+    assert_eq!(f.results().len(), 2);
+    assert!(f.store.is_cached("1-1").unwrap() && f.store.is_cached("2-1").unwrap());
+}
+
+#[tokio::test]
+async fn a_container_waits_for_its_network_in_the_same_answer() {
+    let mut f = fixture();
+    f.rec
+        .slow
+        .lock()
+        .unwrap()
+        .insert("2-1".into(), Duration::from_millis(150));
+    let ct = f.reservation(
+        "1-1",
+        "container",
+        json!({"flist": "img", "capacity": {"cpu": 1, "memory": 64}, "network": {"network_id": "net"}}),
+    );
+    let other = f.reservation(
+        "4-1",
+        "container",
+        json!({"flist": "img", "capacity": {"cpu": 1, "memory": 64}}),
+    );
+    let net = f.reservation(
+        "2-1",
+        "network",
+        json!({"name": "net", "ip_range": "10.9.0.0/16", "net_resources": [{"node_id": f.node.id(), "subnet": "10.9.1.0/24"}]}),
+    );
+    f.poll(vec![ct, other, net]).await;
+    let log = f.rec.log.lock().unwrap().clone();
+    let at = |e: &str| log.iter().position(|l| l == e).unwrap();
+    // The container on the network starts once the network is made; the
+    // other one does not wait for it.
+    assert!(at("start 1-1") > at("end 2-1"), "{log:?}");
+    assert!(at("end 4-1") < at("end 2-1"), "{log:?}");
+    assert_eq!(f.results().len(), 3);
+}
+
+#[tokio::test]
+async fn a_volume_is_deleted_after_the_container_that_mounts_it() {
+    let mut f = fixture();
+    let vol = f.volume("3-1");
+    let ct = f.reservation(
+        "1-1",
+        "container",
+        json!({"flist": "img", "capacity": {"cpu": 1, "memory": 64}, "mounts": [{"volume_id": "3-1", "mountpoint": "/data"}]}),
+    );
+    f.poll(vec![vol, ct]).await;
+    f.engine
+        .handle(Work::Due(vec!["3-1".into(), "1-1".into()]))
+        .await
+        .unwrap();
+    let calls = f.calls();
+    let at = |e: &str| calls.iter().position(|l| l == e).unwrap();
+    assert!(at("decommission 1-1") < at("decommission 3-1"), "{calls:?}");
+}
+
+#[tokio::test]
+async fn twelve_containers_at_once_survive_a_kill_midway() {
+    // kill -9 while 12 provisionings of one answer run: the engine's future
+    // is dropped with some done and some not, nothing flushed; a new
+    // engine over the same store and Docker makes each container once and
+    // posts one result each.
+    let dir = tempfile::tempdir().unwrap();
+    let node = Arc::new(Identity::generate());
+    let fake = Arc::new(provisioners::FakeDocker::new());
+    fake.add_image("img:1");
+    fake.allow_pull("slow:1");
+    fake.delay_pull("slow:1", Duration::from_millis(300));
+    let user = Identity::generate();
+    let rs: Vec<Reservation> = (1..=12)
+        .map(|i| {
+            let image = if i % 3 == 0 { "slow:1" } else { "img:1" };
+            let mut r: Reservation = serde_json::from_value(json!({
+                "id": format!("{i}-1"), "version": 2, "node_id": node.id(), "user_id": user.id(), "type": "container",
+                "data": {"flist": image, "capacity": {"cpu": 1, "memory": 64}},
+                "created": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "duration": 3_600_000_000_000i64,
+            }))
+            .unwrap();
+            user.sign_reservation(&mut r);
+            r
+        })
+        .collect();
+    let work = || Work::Poll {
+        reservations: rs.clone(),
+        cursor: 12,
+        synced: false,
+    };
+    {
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let reg = provisioners::docker_registry(fake.clone(), node.clone(), dir.path());
+        let mut engine = Engine::new(
+            node.clone(),
+            store,
+            reg,
+            EngineConfig::default(),
+            Arc::default(),
+        );
+        let killed = tokio::time::timeout(Duration::from_millis(100), engine.handle(work())).await;
+        assert!(killed.is_err(), "the slow pulls were still running");
+    }
+    let made = fake.count("create_container");
+    assert!((8..12).contains(&made), "{made} made before the kill");
+    let store = Store::open(&dir.path().join("cache2")).unwrap();
+    let reg = provisioners::docker_registry(fake.clone(), node.clone(), dir.path());
+    let mut engine = Engine::new(
+        node.clone(),
+        store.clone(),
+        reg,
+        EngineConfig::default(),
+        Arc::default(),
+    );
+    engine.handle(work()).await.unwrap();
+    assert_eq!(fake.count("create_container"), 12);
+    assert_eq!(fake.container_names().len(), 12);
+    let results = store.outbox_peek(100).unwrap();
+    assert_eq!(results.len(), 12);
+}
+
+#[tokio::test]
+async fn an_expiring_container_is_killed_by_its_expiry_a_deletion_gets_the_full_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("cache")).unwrap();
+    let node = Arc::new(Identity::generate());
+    let fake = Arc::new(provisioners::FakeDocker::new());
+    fake.add_image("img:1");
+    let reg = provisioners::docker_registry(fake.clone(), node.clone(), dir.path());
+    let mut engine = Engine::new(
+        node.clone(),
+        store,
+        reg,
+        EngineConfig::default(),
+        Arc::default(),
+    );
+    let user = Identity::generate();
+    let mk = |id: &str, seconds: i64| {
+        let mut r: Reservation = serde_json::from_value(json!({
+            "id": id, "version": 2, "node_id": node.id(), "user_id": user.id(), "type": "container",
+            "data": {"flist": "img:1", "capacity": {"cpu": 1, "memory": 64}},
+            "created": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "duration": seconds * 1_000_000_000,
+        }))
+        .unwrap();
+        user.sign_reservation(&mut r);
+        r
+    };
+    let (soon, later) = (mk("1-1", 4), mk("2-1", 3600));
+    let _ = &later;
+    engine
+        .handle(Work::Poll {
+            reservations: vec![soon.clone(), later.clone()],
+            cursor: 3,
+            synced: false,
+        })
+        .await
+        .unwrap();
+    // Handed over `stop_grace` before its expiry: SIGKILL at the expiry.
+    engine.handle(Work::Due(vec!["1-1".into()])).await.unwrap();
+    let names = provisioners::names::Names::unscoped();
+    let g = fake.stop_grace(&names.container_name("1-1")).unwrap();
+    assert!(
+        g <= Duration::from_secs(4) && g >= Duration::from_secs(1),
+        "{g:?}"
+    );
+    // Stopped long before its expiry (a user's early deletion, a give-up):
+    // the full grace.
+    engine.handle(Work::Due(vec!["2-1".into()])).await.unwrap();
+    let g = fake.stop_grace(&names.container_name("2-1"));
+    assert_eq!(g, Some(provisioners::container::DEFAULT_STOP_GRACE));
 }

@@ -35,6 +35,10 @@ struct State {
     volumes: BTreeMap<String, VolumeInfo>,
     networks: BTreeMap<String, (NetworkSpec, NetworkInfo)>,
     failures: BTreeMap<String, String>,
+    /// The stop timeout of the last stop of each container.
+    stop_graces: BTreeMap<String, Duration>,
+    /// How long pulling an image takes, from `delay_pull`.
+    pull_delays: BTreeMap<String, Duration>,
     /// `(restart count, last exit code)` by container, from `set_runs`.
     runs: BTreeMap<String, (u64, i64)>,
     /// Log text by container, from `set_logs`.
@@ -66,6 +70,16 @@ impl FakeDocker {
     /// Let `image` be pulled (pulling anything else fails).
     pub fn allow_pull(&self, image: &str) {
         self.st().pullable.insert(normal(image));
+    }
+
+    /// The stop timeout the last stop of container `name` was given.
+    pub fn stop_grace(&self, name: &str) -> Option<Duration> {
+        self.st().stop_graces.get(name).copied()
+    }
+
+    /// Make pulling `image` take `d` (a slow registry).
+    pub fn delay_pull(&self, image: &str, d: Duration) {
+        self.st().pull_delays.insert(normal(image), d);
     }
 
     /// Make the next call of operation `op` (e.g. `"start_container"`)
@@ -250,6 +264,10 @@ impl Docker for FakeDocker {
 
     async fn pull_image(&self, image: &str) -> Result<(), DockerError> {
         self.record("pull_image", image)?;
+        let delay = self.st().pull_delays.get(&normal(image)).copied();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         let mut st = self.st();
         if st.pullable.contains(&normal(image)) {
             st.images.insert(normal(image));
@@ -376,7 +394,8 @@ impl Docker for FakeDocker {
         }
     }
 
-    async fn stop_container(&self, name: &str, _grace: Duration) -> Result<(), DockerError> {
+    async fn stop_container(&self, name: &str, grace: Duration) -> Result<(), DockerError> {
+        self.st().stop_graces.insert(name.to_string(), grace);
         self.record("stop_container", name)?;
         if let Some((_, c)) = self.st().containers.get_mut(name) {
             c.state = "exited".into();
