@@ -39,9 +39,10 @@ fn hostile_data() -> String {
 }
 
 /// What the fixture stored: one node (three heartbeats), one user and
-/// four reservations: `1-1` a volume deployed, `2-1` a container with
-/// secrets whose result is an error, `3-1` a zdb deleted (asked by the
-/// user, confirmed by the node), `4-1` a network with hostile data.
+/// six reservations, one of each type: `1-1` a volume deployed, `2-1` a
+/// container with secrets whose result is an error, `3-1` a zdb deleted
+/// (asked by the user, confirmed by the node), `4-1` a network with hostile
+/// data, `5-1` a kubernetes node deployed, `6-1` a debug forwarder pending.
 struct Fleet {
     node: Identity,
     user: Identity,
@@ -131,9 +132,52 @@ async fn fleet(c: &reqwest::Client, url: &str) -> Fleet {
         &signed(&user, node.id(), "network", &hostile_data(), now, 3600),
     )
     .await;
+    // The other two types: a k3s node deployed (its cluster secret is
+    // sealed), a debug forwarder not answered yet.
+    let k8s = post_as(
+        c,
+        url,
+        &signed(
+            &user,
+            node.id(),
+            "kubernetes",
+            r#"{"size":1,"network_id":"net","ip":"10.9.0.5","cluster_secret":"5ea1ed","master_ips":[],"ssh_keys":[]}"#,
+            now,
+            3600,
+        ),
+    )
+    .await;
+    ok(put(
+        &k8s,
+        ResultState::Ok,
+        "",
+        r#"{"id":"c0ffee","ip":"10.9.0.5"}"#,
+    )
+    .await
+    .0);
+    let debug = post_as(
+        c,
+        url,
+        &signed(
+            &user,
+            node.id(),
+            "debug",
+            r#"{"host":"127.0.0.1:6379","channel":"logs"}"#,
+            now,
+            3600,
+        ),
+    )
+    .await;
     assert_eq!(
-        [volume.id.as_str(), &container.id, &zdb.id, &hostile.id],
-        ["1-1", "2-1", "3-1", "4-1"]
+        [
+            volume.id.as_str(),
+            &container.id,
+            &zdb.id,
+            &hostile.id,
+            &k8s.id,
+            &debug.id
+        ],
+        ["1-1", "2-1", "3-1", "4-1", "5-1", "6-1"]
     );
     Fleet {
         node,
@@ -181,7 +225,7 @@ async fn api_json_lists_the_fleet_a_node_a_reservation_and_a_user() {
     // Active ones only: the zdb is deleted.
     assert_eq!(
         n["workloads"],
-        json!({"container": 1, "network": 1, "volume": 1})
+        json!({"container": 1, "debug": 1, "kubernetes": 1, "network": 1, "volume": 1})
     );
     assert_eq!(v["totals"]["nodes"], 1);
     assert_eq!(v["totals"]["capacity"]["hru"], 500);
@@ -200,12 +244,24 @@ async fn api_json_lists_the_fleet_a_node_a_reservation_and_a_user() {
             ("1-1", "deployed"),
             ("2-1", "error"),
             ("3-1", "deleted"),
-            ("4-1", "pending")
+            ("4-1", "pending"),
+            ("5-1", "deployed"),
+            ("6-1", "pending")
         ]
     );
     assert_eq!(v["heartbeats"].as_array().unwrap().len(), 3);
     assert_eq!(v["heartbeats"][1]["used"]["mru"], 6);
-    assert_eq!(v["types"], json!(["container", "network", "volume", "zdb"]));
+    assert_eq!(
+        v["types"],
+        json!([
+            "container",
+            "debug",
+            "kubernetes",
+            "network",
+            "volume",
+            "zdb"
+        ])
+    );
     let v = get_json(&c, &format!("{}/api/nodes/{node}?state=error", s.url)).await;
     assert_eq!(v["reservations"].as_array().unwrap().len(), 1);
     assert_eq!(
@@ -241,8 +297,11 @@ async fn api_json_lists_the_fleet_a_node_a_reservation_and_a_user() {
     );
 
     let v = get_json(&c, &format!("{}/api/users/{}", s.url, f.user.id())).await;
-    assert_eq!(v["reservations"].as_array().unwrap().len(), 4);
+    assert_eq!(v["reservations"].as_array().unwrap().len(), 6);
     assert_eq!(v["reservations"][0]["node_id"], node);
+    let v = get_json(&c, &format!("{}/api/reservations/5-1", s.url)).await;
+    assert_eq!(v["data"]["cluster_secret"], "<sealed>");
+    assert_eq!(v["result"]["signature_verifies"], true);
 
     for path in [
         "/api/reservations/9-1",
@@ -316,7 +375,7 @@ async fn pages_escape_what_users_signed_and_carry_a_csp() {
     assert!(page.contains("type=%3Cx%3E\""));
     assert!(page.contains("<polyline class=\"cpu\""));
     let (_, _, page) = get(&c, &format!("{}/ui/users/{}", s.url, f.user.id())).await;
-    assert_eq!(page.matches("<tr data-id=").count(), 4);
+    assert_eq!(page.matches("<tr data-id=").count(), 6);
     // A hostile id in a path is escaped too.
     let (st, _, page) = get(&c, &format!("{}/ui/users/%3Cscript%3Ex", s.url)).await;
     assert_eq!(st, 200);
@@ -506,10 +565,10 @@ async fn browser_fleet_page_live_refresh_no_injection_and_narrow_screens() {
     .await;
     b.wait()
         .at_most(Duration::from_secs(3))
-        .for_element(fantoccini::Locator::Css("tr[data-id='5-1']"))
+        .for_element(fantoccini::Locator::Css("tr[data-id='7-1']"))
         .await
         .expect("the new reservation appears within 3 s");
-    eprintln!("live refresh showed 5-1 after {:?}", t.elapsed());
+    eprintln!("live refresh showed 7-1 after {:?}", t.elapsed());
     assert_eq!(
         js(&b, "return window.notReloaded === true;").await,
         json!(true)
