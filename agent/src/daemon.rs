@@ -430,7 +430,6 @@ impl Core {
                 max_duration: self.settings.max_duration,
                 max_parallel: self.settings.max_parallel,
                 stop_grace: self.settings.stop_grace,
-                root: Some(self.settings.root.clone()),
                 min_free_disk: self.settings.min_free_disk,
                 ..EngineConfig::default()
             },

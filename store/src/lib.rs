@@ -58,6 +58,8 @@ type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Where it lives (the agent checks the free space under it).
+    dir: std::path::PathBuf,
     /// id -> [`Cached`]: workloads the node runs now.
     cache: sled::Tree,
     /// id -> [`Outcome`]: every reservation judged, so none is judged twice.
@@ -156,8 +158,14 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             meta: db.open_tree("meta")?,
             signatures: db.open_tree("signatures")?,
+            dir: dir.to_path_buf(),
             db,
         })
+    }
+
+    /// The directory the cache lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Make every write so far durable.

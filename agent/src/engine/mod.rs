@@ -20,7 +20,6 @@ mod recorder;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,10 +53,9 @@ pub struct EngineConfig {
     /// Delay before a decommission that must wait (volume in use) or that
     /// failed is tried again.
     pub retry_decommission: Duration,
-    /// The agent's root: new work is refused while the filesystem under it
-    /// has less than `min_free_disk` bytes free (the cache must stay
-    /// writable for what runs already).
-    pub root: Option<PathBuf>,
+    /// New work is refused while the filesystem of the cache has less
+    /// than this many bytes free (the cache must stay writable for what
+    /// runs already).
     pub min_free_disk: u64,
     /// The longest `duration` accepted (`--max-duration`).
     pub max_duration: Duration,
@@ -86,7 +84,6 @@ impl Default for EngineConfig {
         EngineConfig {
             provision_timeout: DEFAULT_PROVISION_TIMEOUT,
             retry_decommission: Duration::from_secs(5),
-            root: None,
             min_free_disk: DEFAULT_MIN_FREE_DISK,
             max_duration: DEFAULT_MAX_DURATION,
             max_parallel: default_max_parallel(),
@@ -197,7 +194,7 @@ impl View for NodeView<'_> {
     }
 
     fn disk_short(&self) -> Option<String> {
-        let root = self.cfg.root.as_ref()?;
+        let root = self.reads.dir();
         let free = crate::capacity::free_bytes(root).ok()?;
         (free < self.cfg.min_free_disk).then(|| {
             format!(

@@ -44,6 +44,11 @@ impl Reads<'_> {
     pub fn signature_owner(&self, signature: &str) -> Result<Option<String>, AgentError> {
         Ok(self.0.signature_owner(signature)?)
     }
+
+    /// Where the cache lives: new work is refused while its disk is short.
+    pub fn dir(&self) -> &std::path::Path {
+        self.0.dir()
+    }
 }
 
 impl Recorder {
