@@ -29,14 +29,17 @@
 //! `cargo build --release --bins`; needs PostgreSQL (`initdb`, `pg_ctl`)
 //! installed. Client, servers and database share the machine's cores.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::{explorer_bin, Server};
 use reservation::{Identity, Reservation};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
@@ -47,31 +50,6 @@ const SUBMITS: usize = 3_000;
 const PACED: usize = 600;
 const PACED_RATE: f64 = 200.0;
 const RUNS: usize = 3;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn explorer_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("target dir")?
-        .join("explorer");
-    if !p.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release --bins` first",
-            p.display()
-        );
-    }
-    Ok(p)
-}
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

@@ -22,11 +22,14 @@
 //! `cargo build --release --bins`. Client and server share the machine's
 //! cores; the client is one tokio runtime with as many workers as cores.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::{explorer_bin, Server};
 use reservation::{Identity, Reservation};
 use serde_json::{json, Value};
 
@@ -36,31 +39,6 @@ const SUBMITS_PER_RUN: usize = 1_000;
 const POLLS_PER_RUN: usize = 5_000;
 /// A request not answered by then counts as a stall.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn explorer_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("target dir")?
-        .join("explorer");
-    if !p.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release --bins` first",
-            p.display()
-        );
-    }
-    Ok(p)
-}
 
 fn signed(user: &Identity, node: &str, n: usize) -> Reservation {
     // Version 2: `sign_reservation` fills in a fresh nonce.
