@@ -8,7 +8,6 @@
 //! Answers: `{"ok":true,"data":...}` or `{"ok":false,"error":"..."}`; for
 //! `logs`, `{"ok":true}` then the raw log text until the stream ends.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -341,13 +340,11 @@ pub fn list_rows(
     names: &Names,
     now: DateTime<Utc>,
 ) -> Vec<Value> {
-    // Object name -> the reservations that use it.
-    let mut users: HashMap<String, Vec<&str>> = HashMap::new();
-    for c in cached {
-        for o in registry::uses(names, &c.reservation) {
-            users.entry(o).or_default().push(&c.reservation.id);
-        }
-    }
+    // What each workload uses, named once; looked at for due rows only.
+    let uses: Vec<Vec<String>> = cached
+        .iter()
+        .map(|c| registry::uses(names, &c.reservation))
+        .collect();
     cached
         .iter()
         .map(|c| {
@@ -359,11 +356,10 @@ pub fn list_rows(
                 scheduled(&r.id).is_some_and(|at| at.timestamp_millis() < exp.timestamp_millis());
             let mut waits_for: Vec<&str> = Vec::new();
             if expired || deleting {
-                for o in &objects {
-                    for id in users.get(o).into_iter().flatten() {
-                        if *id != r.id && !waits_for.contains(id) {
-                            waits_for.push(id);
-                        }
+                for (other, used) in cached.iter().zip(&uses) {
+                    let o = &other.reservation;
+                    if o.id != r.id && registry::relies_on(o, used, r, &objects) {
+                        waits_for.push(&o.id);
                     }
                 }
             }
@@ -593,6 +589,7 @@ mod tests {
     fn list_names_the_objects_and_what_a_due_workload_waits_for() {
         let node = Identity::generate();
         let user = Identity::generate();
+        let other = Identity::generate();
         let names = Names::for_node(node.id());
         let sealed = reservation::seal_for(node.id(), b"pw").unwrap();
         let net = json!({"name": "n", "ip_range": "10.1.0.0/16", "net_resources": []});
@@ -656,6 +653,20 @@ mod tests {
                 "8-1",
                 "volume",
                 json!({"size": 1, "type": "HDD"}),
+                10,
+                3600,
+            ),
+            // Another tenant's container naming this user's volume 3-1 and
+            // network "n" (refused when provisioned; cached here to attack
+            // the listing): it must not show as holding them.
+            cached(
+                &node,
+                &other,
+                "9-1",
+                "container",
+                json!({"flist": "b", "capacity": {"cpu": 1, "memory": 64},
+                       "mounts": [{"volume_id": "3-1", "mountpoint": "/data"}],
+                       "network": {"network_id": "n", "ips": ["10.1.1.7"]}}),
                 10,
                 3600,
             ),

@@ -78,6 +78,22 @@ pub fn uses(names: &Names, r: &Reservation) -> Vec<String> {
     parsed(r).map_or_else(Vec::new, |(k, w)| k.uses(names, r, &w))
 }
 
+/// Whether workload `user`, which uses the objects `uses` (as [`uses`]
+/// names them), relies on workload `maker`, which makes `objects` (as
+/// [`objects`] names them): the one rule for provisioning order, deletion
+/// order and `agentctl list`'s "waits for". Only a workload of the same
+/// user counts: naming another tenant's volume (ids are the explorer's) is
+/// refused when provisioned, and must not order, delay or show against
+/// that tenant's workloads either.
+pub fn relies_on(
+    user: &Reservation,
+    uses: &[String],
+    maker: &Reservation,
+    objects: &[String],
+) -> bool {
+    user.user_id == maker.user_id && uses.iter().any(|o| objects.contains(o))
+}
+
 fn parsed(r: &Reservation) -> Option<(&'static dyn Kind, Workload)> {
     let t = r.workload_type().ok()?;
     Some((kind(t)?, Workload::parse(t, &r.data).ok()?))

@@ -854,7 +854,14 @@ fn dependencies(names: &Names, jobs: &[Job]) -> Vec<Vec<usize>> {
         .iter()
         .map(|j| provisioners::registry::uses(names, j.reservation()))
         .collect();
-    let shares = |user: usize, maker: usize| uses[user].iter().any(|o| objects[maker].contains(o));
+    let shares = |user: usize, maker: usize| {
+        provisioners::registry::relies_on(
+            jobs[user].reservation(),
+            &uses[user],
+            jobs[maker].reservation(),
+            &objects[maker],
+        )
+    };
     (0..jobs.len())
         .map(|j| match jobs[j] {
             Job::Provision { .. } => (0..j)
