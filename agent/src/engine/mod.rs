@@ -554,10 +554,18 @@ impl Engine {
     /// recorder stays the one writer). A job waits for the jobs it depends
     /// on (see [`dependencies`]); nothing else waits for a slow one.
     async fn run_jobs(&mut self) -> Result<(), AgentError> {
-        let jobs = std::mem::take(&mut self.jobs);
+        let mut jobs = std::mem::take(&mut self.jobs);
         if jobs.is_empty() {
             return Ok(());
         }
+        // `dependencies` reads makers before users: a poll answer comes
+        // sorted so, an expiry batch in time order. A stable sort by type
+        // puts both in that order.
+        jobs.sort_by_key(|j| {
+            j.reservation()
+                .workload_type()
+                .map_or(usize::MAX, |t| t.order())
+        });
         let deps = dependencies(&self.names, &jobs);
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..jobs.len()).map(|_| watch::channel(false)).unzip();
         let mut running = FuturesUnordered::new();

@@ -21,8 +21,11 @@ struct Recorder {
     hang: bool,
     /// Provisioning of these ids takes this long.
     slow: Mutex<HashMap<String, Duration>>,
-    /// "start <id>" and "end <id>" of every provisioning, in order.
+    /// "start <id>" and "end <id>" of every provisioning, "stop <id>" and
+    /// "gone <id>" of every decommission, in order.
     log: Mutex<Vec<String>>,
+    /// Decommission of these ids takes this long.
+    slow_stop: Mutex<HashMap<String, Duration>>,
 }
 
 #[async_trait]
@@ -55,6 +58,12 @@ impl Provisioner for Recorder {
             .lock()
             .unwrap()
             .push(format!("decommission {}", r.id));
+        self.log.lock().unwrap().push(format!("stop {}", r.id));
+        let slow = self.slow_stop.lock().unwrap().get(&r.id).copied();
+        if let Some(d) = slow {
+            tokio::time::sleep(d).await;
+        }
+        self.log.lock().unwrap().push(format!("gone {}", r.id));
         match self.fail_decommission.lock().unwrap().take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -880,6 +889,33 @@ async fn a_volume_is_deleted_after_the_container_that_mounts_it() {
     let calls = f.calls();
     let at = |e: &str| calls.iter().position(|l| l == e).unwrap();
     assert!(at("decommission 1-1") < at("decommission 3-1"), "{calls:?}");
+}
+
+#[tokio::test]
+async fn an_expiry_batch_in_time_order_still_removes_the_user_first() {
+    // The expiry index hands ids over in time order: here the container
+    // before the volume it mounts. The volume must still go after it, not
+    // fail "in use" and outlive its expiry until a retry.
+    let mut f = fixture();
+    let vol = f.volume("3-1");
+    let ct = f.reservation(
+        "1-1",
+        "container",
+        json!({"flist": "img", "capacity": {"cpu": 1, "memory": 64}, "mounts": [{"volume_id": "3-1", "mountpoint": "/data"}]}),
+    );
+    f.poll(vec![vol, ct]).await;
+    f.rec
+        .slow_stop
+        .lock()
+        .unwrap()
+        .insert("1-1".into(), Duration::from_millis(100));
+    f.engine
+        .handle(Work::Due(vec!["1-1".into(), "3-1".into()]))
+        .await
+        .unwrap();
+    let log = f.rec.log.lock().unwrap().clone();
+    let at = |e: &str| log.iter().position(|l| l == e).unwrap();
+    assert!(at("stop 3-1") > at("gone 1-1"), "{log:?}");
 }
 
 #[tokio::test]
