@@ -1,7 +1,7 @@
 //! The executor: owns what the engine does to the node through the
 //! provisioner registry. It provisions under a deadline and rolls back a
 //! provisioning that failed (so a refusal changes nothing on the node), and
-//! decommissions. It never touches the store.
+//! decommissions under the same deadline. It never touches the store.
 
 use std::time::Duration;
 
@@ -89,10 +89,8 @@ impl Executor {
 
     /// Undo what a failed provisioning may have left.
     async fn roll_back(&self, r: &Reservation, w: &Workload) {
-        if let Some(p) = self.registry.get(w.kind()) {
-            if let Err(e) = p.decommission(r, w).await {
-                warn!(reservation = %r.id, error = %e, "rolling back a failed provisioning");
-            }
+        if let Err(e) = self.remove(r, w).await {
+            warn!(reservation = %r.id, error = %e, "rolling back a failed provisioning");
         }
     }
 
@@ -100,12 +98,28 @@ impl Executor {
     /// have been provisioned for one of a type the node does not serve or
     /// whose data does not parse.
     pub async fn decommission(&self, r: &Reservation) -> Result<(), ProvisionError> {
-        let Some(w) = self.workload(r) else {
-            return Ok(());
-        };
-        match self.registry.get(w.kind()) {
-            Some(p) => p.decommission(r, &w).await,
+        match self.workload(r) {
+            Some(w) => self.remove(r, &w).await,
             None => Ok(()),
         }
+    }
+
+    /// Decommission `w` under the same deadline as a provisioning: a Docker
+    /// call that never answers must not hold the engine's unit of work (and
+    /// every job after it) for good. A timeout is an error, so the caller
+    /// tries again later.
+    async fn remove(&self, r: &Reservation, w: &Workload) -> Result<(), ProvisionError> {
+        let Some(p) = self.registry.get(w.kind()) else {
+            return Ok(());
+        };
+        tokio::time::timeout(self.deadline, p.decommission(r, w))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProvisionError::Node(format!(
+                    "decommission of {} did not finish within {}s",
+                    r.id,
+                    self.deadline.as_secs()
+                )))
+            })
     }
 }

@@ -919,6 +919,29 @@ async fn an_expiry_batch_in_time_order_still_removes_the_user_first() {
 }
 
 #[tokio::test]
+async fn a_hung_decommission_gives_up_at_the_deadline_and_is_retried() {
+    // A Docker call that never answers must not hold the engine for good:
+    // the decommission ends at the deadline (300 ms here) and stays cached
+    // for a retry.
+    let mut f = fixture();
+    let vol = f.volume("3-1");
+    f.poll(vec![vol]).await;
+    f.rec
+        .slow_stop
+        .lock()
+        .unwrap()
+        .insert("3-1".into(), Duration::from_secs(3600));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        f.engine.handle(Work::Due(vec!["3-1".into()])),
+    )
+    .await
+    .expect("the engine is not held by a hung decommission")
+    .unwrap();
+    assert!(f.store.is_cached("3-1").unwrap());
+}
+
+#[tokio::test]
 async fn twelve_containers_at_once_survive_a_kill_midway() {
     // kill -9 while 12 provisionings of one answer run: the engine's future
     // is dropped with some done and some not, nothing flushed; a new
