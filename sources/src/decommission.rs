@@ -95,8 +95,13 @@ mod tests {
     use std::time::Instant;
 
     fn cache(store: &Store, id: &str, expires_in_ms: i64) {
+        cache_from(store, id, Utc::now(), expires_in_ms)
+    }
+
+    /// Cache `id` created at `created`: ids given one `created` expire at
+    /// the very same instant.
+    fn cache_from(store: &Store, id: &str, created: chrono::DateTime<Utc>, expires_in_ms: i64) {
         let node = Identity::generate();
-        let created = Utc::now();
         let r: Reservation = serde_json::from_value(serde_json::json!({
             "id": id, "node_id": "n", "user_id": "u", "type": "network", "data": {},
             "created": created, "duration": expires_in_ms * 1_000_000,
@@ -179,8 +184,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let wake = Arc::new(Notify::new());
-        cache(&store, "1-1", 1500);
-        cache(&store, "2-1", 1500);
+        // The same expiry (two calls to `cache` would be milliseconds apart,
+        // and the later one then comes in a batch of its own).
+        let created = Utc::now();
+        cache_from(&store, "1-1", created, 1500);
+        cache_from(&store, "2-1", created, 1500);
         let mut src = DecommissionSource::new(store.clone(), wake.clone())
             .with_grace(Duration::from_millis(1000));
         let t = Instant::now();

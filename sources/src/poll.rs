@@ -158,6 +158,27 @@ pub const IDLE_PAUSE: Duration = Duration::from_millis(200);
 /// explorer still sends it.
 const REHAND_AFTER: Duration = Duration::from_secs(30);
 
+/// What an entry said when it was handed over: its deletion flag and the
+/// signatures the engine judges. The explorer decides ids, so an id alone
+/// says nothing: a forged deletion of an id must not hide the user's real
+/// one that follows under the same id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Said {
+    to_delete: bool,
+    signature: String,
+    delete_signature: Option<String>,
+}
+
+impl Said {
+    fn of(r: &Reservation) -> Self {
+        Said {
+            to_delete: r.to_delete,
+            signature: r.signature.clone(),
+            delete_signature: r.delete_signature.clone(),
+        }
+    }
+}
+
 /// Long-polls `GET /reservations/{node}/poll`.
 pub struct PollSource {
     client: ExplorerClient,
@@ -182,11 +203,12 @@ pub struct PollSource {
     /// pause), and it is short: new work waits at most this long, and only
     /// while a deletion is pending.
     idle_pause: Duration,
-    /// What was handed over from the last answers, by id: its `to_delete`
-    /// and when. Only entries of the latest answer are kept (bounded by
-    /// the page size); one handed over longer than [`REHAND_AFTER`] ago is
-    /// handed over again (the engine may have failed to record it).
-    handed: HashMap<String, (bool, Instant)>,
+    /// What was handed over from the last answers, by id: what it said
+    /// ([`Said`]) and when. Only entries of the latest answer are kept
+    /// (bounded by the page size); one handed over longer than
+    /// [`REHAND_AFTER`] ago is handed over again (the engine may have failed
+    /// to record it).
+    handed: HashMap<String, (Said, Instant)>,
     /// Polls failed over to the next explorer in a row: once every one was
     /// tried, back off.
     failed_over: usize,
@@ -290,12 +312,14 @@ impl ReservationSource for PollSource {
             self.backoff.reset();
             self.limit = self.limit.saturating_mul(2).min(POLL_LIMIT);
             let before = self.cursor;
-            // The cursor follows ids of the grammar only: a malformed id is
-            // skipped by the engine and must not move the cursor either.
+            // The cursor follows ids of the grammar only, of reservations
+            // addressed to this node: a malformed id is skipped by the
+            // engine, and another node's entry (a wrong or hostile explorer
+            // URL) is refused, so neither may move the cursor past work.
             let last = answer
                 .reservations
                 .iter()
-                .filter(|r| reservation::valid_id(&r.id))
+                .filter(|r| reservation::valid_id(&r.id) && r.node_id == self.client.node_id)
                 .filter_map(|r| r.number())
                 .max();
             if let Some(n) = last {
@@ -328,20 +352,22 @@ impl ReservationSource for PollSource {
                 continue;
             }
             // Hand over only what is new: an id not handed over yet, or
-            // handed over with another `to_delete` (or long ago).
+            // handed over saying something else (or long ago).
             let now = Instant::now();
             let mut handed = HashMap::with_capacity(answer.reservations.len());
             let mut fresh = Vec::new();
             for r in answer.reservations {
-                let seen = self.handed.get(&r.id).filter(|(to_delete, at)| {
-                    *to_delete == r.to_delete && now.duration_since(*at) < REHAND_AFTER
-                });
+                let said = Said::of(&r);
+                let seen = self
+                    .handed
+                    .remove(&r.id)
+                    .filter(|(was, at)| *was == said && now.duration_since(*at) < REHAND_AFTER);
                 match seen {
-                    Some(&entry) => {
+                    Some(entry) => {
                         handed.insert(r.id.clone(), entry);
                     }
                     None => {
-                        handed.insert(r.id.clone(), (r.to_delete, now));
+                        handed.insert(r.id.clone(), (said, now));
                         fresh.push(r);
                     }
                 }
@@ -471,6 +497,73 @@ mod tests {
         let url = format!("http://{}", l.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(l, app).await });
         url
+    }
+
+    /// An explorer stand-in that answers `answers` in turn (the last one
+    /// again and again).
+    async fn explorer_answering(answers: Vec<String>) -> String {
+        use axum::routing::get;
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let answer = move || {
+            let i = n.fetch_add(1, Ordering::SeqCst);
+            let body = answers[i.min(answers.len() - 1)].clone();
+            async move { body }
+        };
+        let app = axum::Router::new().route("/reservations/:id/poll", get(answer));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    }
+
+    fn cursor(w: Option<Work>) -> u64 {
+        match w {
+            Some(Work::Poll { cursor, .. }) => cursor,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn another_nodes_entry_never_moves_the_cursor() {
+        // A wrong or hostile explorer URL answers an entry for another node
+        // with a huge number: the engine refuses it, and the cursor stays
+        // where this node's own work puts it.
+        let foreign =
+            good("18446744073709551614-1").replace("\"node_id\":\"n\"", "\"node_id\":\"m\"");
+        let url = explorer_answering(vec![format!("[{},{foreign}]", good("2-1"))]).await;
+        let client = ExplorerClient::new(&url, "n", 1 << 20).unwrap();
+        let mut source = PollSource::new(client, 0);
+        assert_eq!(cursor(source.next().await), 3);
+    }
+
+    #[tokio::test]
+    async fn a_deletion_that_says_something_else_under_the_same_id_is_handed_over() {
+        // A forged deletion of 1-1, then the user's own under the same id:
+        // the second says something else and must reach the engine at once.
+        let del = |sig: &str| {
+            good("1-1").replace(
+                "\"to_delete\":false",
+                &format!("\"to_delete\":true,\"delete_signature\":\"{sig}\""),
+            )
+        };
+        let url = explorer_answering(vec![
+            "[]".into(),
+            format!("[{}]", del("forged")),
+            format!("[{}]", del("real")),
+        ])
+        .await;
+        let client = ExplorerClient::new(&url, "n", 1 << 20).unwrap();
+        let mut source = PollSource::new(client, 0);
+        source.next().await; // the (empty) resync
+        let sigs = |w: Option<Work>| match w {
+            Some(Work::Poll { reservations, .. }) => reservations
+                .into_iter()
+                .map(|r| r.delete_signature.unwrap_or_default())
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(sigs(source.next().await), ["forged"]);
+        assert_eq!(sigs(source.next().await), ["real"]);
     }
 
     fn ids(w: Option<Work>) -> Vec<(String, bool)> {
