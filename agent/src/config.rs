@@ -255,7 +255,7 @@ impl Settings {
             .cloned()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
         let explicit = first.value_source("config") != Some(ValueSource::DefaultValue);
-        let file = read_file(&path, explicit)?;
+        let file = file_for(&path, explicit, dev)?;
 
         // The file's values (and --dev's) become the flags' defaults.
         let mut defaults = file_defaults(&path, &file)?;
@@ -380,6 +380,16 @@ fn given(m: &ArgMatches, id: &str) -> Option<String> {
 }
 
 /// The file as a TOML table: empty when the default file is absent.
+/// The config file's table. `--dev` is a sandbox of its own: the system's
+/// default file (which may name the production explorer, root and socket)
+/// is read only when named with `--config`.
+fn file_for(path: &Path, explicit: bool, dev: bool) -> Result<toml::Table, AgentError> {
+    if dev && !explicit {
+        return Ok(toml::Table::new());
+    }
+    read_file(path, explicit)
+}
+
 fn read_file(path: &Path, explicit: bool) -> Result<toml::Table, AgentError> {
     let bad = |reason: String| AgentError::Config {
         path: path.display().to_string(),
@@ -556,6 +566,21 @@ fn parse_container_runtime(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_reads_the_default_file_only_when_named() {
+        // A system file naming the production explorer and root.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "explorer = \"https://prod.example\"\nroot = \"/var/lib/agent\"\n",
+        )
+        .unwrap();
+        assert!(file_for(&path, false, true).unwrap().is_empty());
+        assert_eq!(file_for(&path, false, false).unwrap().len(), 2);
+        assert_eq!(file_for(&path, true, true).unwrap().len(), 2);
+    }
 
     fn load(args: &[&str]) -> Result<Settings, AgentError> {
         Settings::load_from(std::iter::once("agent").chain(args.iter().copied()))
