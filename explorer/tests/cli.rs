@@ -666,6 +666,17 @@ async fn exit_codes_say_refused_or_unreachable() {
     let r = run(&dead, &key, &["nodes"]).await;
     assert_eq!(r.code, 2);
 
+    // A flag before the command wins over EXPLORER_URL (flag, then env).
+    let out = tokio::process::Command::new(BIN)
+        .args(["--explorer", &dead, "nodes"])
+        .env("EXPLORER_URL", "http://127.0.0.1:9/from-env")
+        .env_remove("EXPLORER_KEY")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&dead) && !err.contains("from-env"), "{err}");
+
     // No key yet: says how to make one.
     let r = run(
         &dead,

@@ -53,16 +53,18 @@ pub struct Cli {
 /// command (not globally) so that `serve --help` does not offer it.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct At {
-    /// The explorer to talk to [default: http://127.0.0.1:7700].
-    #[arg(long, global = true, env = "EXPLORER_URL", value_name = "URL")]
+    /// The explorer to talk to [default: $EXPLORER_URL, else
+    /// http://127.0.0.1:7700].
+    #[arg(long, global = true, value_name = "URL")]
     pub explorer: Option<String>,
 }
 
 /// The user key a signing command uses.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Signer {
-    /// Your user key (32-byte seed) [default: $HOME/.config/explorer/user.seed].
-    #[arg(long, global = true, env = "EXPLORER_KEY", value_name = "PATH")]
+    /// Your user key (32-byte seed) [default: $EXPLORER_KEY, else
+    /// $HOME/.config/explorer/user.seed].
+    #[arg(long, global = true, value_name = "PATH")]
     pub key: Option<PathBuf>,
 }
 
