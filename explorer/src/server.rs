@@ -135,9 +135,14 @@ impl ApiError {
 }
 
 impl From<ExplorerError> for ApiError {
+    /// The cause goes to the log only: it may name the database's address,
+    /// which anonymous callers have no business learning.
     fn from(e: ExplorerError) -> Self {
         tracing::error!(error = %e, "storage failure");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the explorer's store failed; its log says why",
+        )
     }
 }
 
@@ -463,6 +468,10 @@ async fn poll(
 ) -> ApiResult<Json<Vec<Reservation>>> {
     let Query(pairs) = q.map_err(|e| ApiError::bad(format!("query: {}", e.body_text())))?;
     let range = poll_query(&pairs).map_err(ApiError::bad)?;
+    // Only a node id can have work: anything else would only fill the
+    // wake-up and held-poll tables (and reach the store's queries).
+    reservation::identity::parse_public_key("node_id", &node_id)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + st.long_poll;
     let mut sub = Subscription::new(&st, &node_id);
     let mut shutdown = st.shutdown.clone();
@@ -639,6 +648,9 @@ fn capacity(what: &str, raw: &RawValue) -> ApiResult<Capacity> {
     Ok(c)
 }
 
+/// Longest node URL accepted at registration.
+pub const MAX_NODE_URL: usize = 2048;
+
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -652,6 +664,13 @@ async fn register(State(st): St, b: Result<Bytes, BytesRejection>) -> ApiResult<
         .map_err(|e| ApiError::bad(e.to_string()))?;
     if reg.url.trim().is_empty() {
         return Err(ApiError::bad("url: must say where the node can be reached"));
+    }
+    // Shown in `explorer nodes`, the dashboard and the log: bounded, one
+    // line, no control characters.
+    if reg.url.len() > MAX_NODE_URL || reg.url.chars().any(char::is_control) {
+        return Err(ApiError::bad(format!(
+            "url: at most {MAX_NODE_URL} bytes, without control characters"
+        )));
     }
     let cap = capacity("capacity", &reg.capacity)?;
     if let Err(e) = reg.verify() {
@@ -745,7 +764,7 @@ async fn health(State(st): St) -> Response {
             warn!(error = %e, "health check failed");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("the explorer's store does not answer: {e}"),
+                "the explorer's store does not answer; its log says why",
             )
             .into_response()
         }

@@ -716,6 +716,12 @@ async fn poll_pages_with_limit(b: Backend) {
         assert_eq!(st, 400, "{q}: {msg}");
         assert!(msg.contains(want), "{q}: {msg}");
     }
+    // Only a node id can have work: anything else is refused before it
+    // reaches the store or the tables of held polls.
+    for bogus in ["a%00", "node-a", &"x".repeat(5000)] {
+        let (st, msg) = poll_query(&c, &s.url, bogus, "from=1").await;
+        assert_eq!((st, msg.contains("node_id")), (400, true), "{msg}");
+    }
     s.stop().await;
 }
 
@@ -1163,6 +1169,14 @@ async fn nodes_register_heartbeat_and_list(b: Backend) {
     bad_id["node_id"] = json!("node-a");
     let (st, msg) = register(&c, &s.url, &bad_id).await;
     assert_eq!((st, msg.contains("node_id")), (400, true), "{msg}");
+    // The url is shown in lists, pages and logs: bounded, one line.
+    for url in [
+        "http://a\ninfo fake log line".to_string(),
+        format!("http://{}", "a".repeat(3000)),
+    ] {
+        let (st, msg) = register(&c, &s.url, &registration(&node, &url)).await;
+        assert_eq!((st, msg.contains("url: at most")), (400, true), "{msg}");
+    }
     let mut no_cap = serde_json::to_value(registration(&node, "http://10.0.0.1:1")).unwrap();
     no_cap.as_object_mut().unwrap().remove("capacity");
     let (st, msg) = register(&c, &s.url, &no_cap).await;
@@ -1752,6 +1766,7 @@ mod replicas {
         let (st, msg) = send(c.get(format!("{}/health", s.url))).await;
         assert_eq!(st, 503, "{msg}");
         assert!(msg.contains("store does not answer"), "{msg}");
+        assert!(!msg.contains("postgres") && !msg.contains(&name), "{msg}");
         sql(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true")).await;
         let mut ok = false;
         for _ in 0..50 {
