@@ -393,7 +393,7 @@ pub fn redact(v: &mut Value) {
     match v {
         Value::Object(m) => {
             for (k, val) in m.iter_mut() {
-                if matches!(k.as_str(), "secret_env" | "password" | "cluster_secret") {
+                if reservation::workloads::is_secret_key(k) {
                     match val {
                         Value::Object(inner) => {
                             for (_, s) in inner.iter_mut() {

@@ -51,7 +51,7 @@ pub(crate) const MAX_STRING: usize = 1024;
 /// Shown instead of a secret.
 pub(crate) const SEALED: &str = "<sealed>";
 
-const CSP: &str = "default-src 'self'; script-src 'self'";
+const CSP: &str = "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 const APP_JS: &str = include_str!("ui/app.js");
 const APP_CSS: &str = include_str!("ui/app.css");
 
@@ -445,12 +445,6 @@ async fn user_rows(st: &AppState, user: &str) -> Result<Vec<Row>, ExplorerError>
 
 // ------------------------------------------------------ sealing, cutting
 
-/// Whether a key of `data` names a secret.
-pub(crate) fn is_secret(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    k.contains("secret") || k.contains("password") || k.contains("private") || k == "token"
-}
-
 /// `raw` JSON as the dashboard shows it: secrets sealed, long strings cut.
 pub(crate) fn shown(raw: &str) -> Value {
     match serde_json::from_str::<Value>(raw) {
@@ -467,7 +461,7 @@ fn clean(v: &mut Value, secret: bool) {
         Value::Object(m) => {
             let old = std::mem::take(m);
             for (k, mut x) in old {
-                let s = secret || is_secret(&k);
+                let s = secret || reservation::workloads::is_secret_key(&k);
                 clean(&mut x, s);
                 m.insert(cut(&k, MAX_STRING), x);
             }
@@ -504,9 +498,9 @@ fn short(id: &str) -> String {
 
 // ---------------------------------------------------------------- API
 
+/// A storage failure: the cause to the log, not to the anonymous reader.
 fn fail(e: ExplorerError) -> Response {
-    tracing::error!(error = %e, "storage failure (dashboard)");
-    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+    crate::server::ApiError::from(e).into_response()
 }
 
 fn json_404(what: &str, id: &str) -> Response {

@@ -23,7 +23,7 @@ use reservation::{Identity, Reservation, ResultState};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-const CSP: &str = "default-src 'self'; script-src 'self'";
+const CSP: &str = "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 const NODE_URL: &str = "http://10.0.0.7:8080";
 
 /// A `data` that tries to run a script three ways, with a 60 000 byte

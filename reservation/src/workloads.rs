@@ -342,6 +342,15 @@ fn check_size(field: &str, size: u64) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether a key of `data` names a secret: the sealed fields of the
+/// protocol (`secret_env`, `password`, `cluster_secret`) and, for data the
+/// node does not parse, any key that says secret, password, private or
+/// token. Whoever shows `data` (agentctl, the dashboard) masks its value.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("secret") || k.contains("password") || k.contains("private") || k == "token"
+}
+
 fn check_sealed(field: &str, v: &str) -> Result<(), Error> {
     if v.is_empty() {
         return Err(Error::data(
@@ -576,6 +585,22 @@ mod tests {
                 assert_eq!(n.subnet_for("a").unwrap().to_string(), "10.1.1.0/24")
             }
             _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn every_sealed_field_is_a_secret_key() {
+        for k in [
+            "secret_env",
+            "password",
+            "cluster_secret",
+            "wg_private_key",
+            "TOKEN",
+        ] {
+            assert!(is_secret_key(k), "{k}");
+        }
+        for k in ["env", "flist", "network_id", "size"] {
+            assert!(!is_secret_key(k), "{k}");
         }
     }
 }
