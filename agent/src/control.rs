@@ -305,13 +305,16 @@ impl Control {
             }
             None => (Value::Null, Value::Null),
         };
-        let docker = match self.container_of(id) {
-            Ok(name) => match self.docker_probe().state(&name).await {
+        let container = cached
+            .as_ref()
+            .and_then(|c| registry::watched_container(&self.names, &c.reservation));
+        let docker = match container {
+            Some(name) => match self.docker_probe().state(&name).await {
                 Ok(Some(state)) => json!({"container": name, "state": state}),
                 Ok(None) => json!({"container": name, "state": "gone"}),
                 Err(e) => json!({"container": name, "error": e}),
             },
-            Err(_) => Value::Null,
+            None => Value::Null,
         };
         let expires_at = cached.as_ref().map(|c| c.expires_at().to_rfc3339());
         Ok(json!({

@@ -174,10 +174,11 @@ impl ZdbProvisioner {
         }
     }
 
-    /// Label and filter the 0-db containers in this node scope (default:
-    /// unscoped, [`Names::unscoped`]). Their names come from
-    /// [`Self::with_name_prefix`].
+    /// Name, label and filter the 0-db containers in this node scope
+    /// (default: unscoped, [`Names::unscoped`]): their names take the
+    /// scope's prefix ([`name_prefix`]), as `agentctl list` names them.
     pub fn with_names(mut self, names: Names) -> Self {
+        self.prefix = name_prefix(&names);
         self.names = names;
         self
     }
@@ -194,8 +195,8 @@ impl ZdbProvisioner {
         self
     }
 
-    /// Name the containers and volumes `<prefix><hdd|ssd>-<mode>` (default
-    /// prefix `agent-zdb-`; tests use their own so they never share an
+    /// Name the containers and volumes `<prefix><hdd|ssd>-<mode>` instead
+    /// of the scope's prefix (tests use their own so they never share an
     /// instance).
     pub fn with_name_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -578,7 +579,6 @@ impl Plugin for ZdbProvisioner {
             s.options.zdb_image.clone(),
         )
         .with_names(names.clone())
-        .with_name_prefix(name_prefix(names))
     }
 
     /// Its size on its disk type.

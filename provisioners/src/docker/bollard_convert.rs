@@ -139,28 +139,8 @@ pub(super) fn container_info(c: ContainerInspectResponse) -> ContainerInfo {
         .and_then(|s| s.status)
         .map(|s| s.to_string())
         .unwrap_or_default();
-    let networks = c
-        .network_settings
-        .and_then(|n| n.networks)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, e)| {
-            (
-                k,
-                Endpoint {
-                    ipv4: e.ip_address.unwrap_or_default(),
-                    ipv6: e.global_ipv6_address.unwrap_or_default(),
-                },
-            )
-        })
-        .collect();
-    let volumes = c
-        .mounts
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| m.typ == Some(MountPointTypeEnum::VOLUME))
-        .filter_map(|m| m.name)
-        .collect();
+    let networks = endpoints(c.network_settings.and_then(|n| n.networks));
+    let volumes = volume_names(c.mounts);
     ContainerInfo {
         id: c.id.unwrap_or_default(),
         name: c
@@ -215,29 +195,39 @@ pub(super) fn container_summary(c: ContainerSummary) -> ContainerInfo {
         image: c.image.unwrap_or_default(),
         labels: labels_of(c.labels),
         state: c.state.unwrap_or_default(),
-        networks: c
-            .network_settings
-            .and_then(|n| n.networks)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, e)| {
-                (
-                    k,
-                    Endpoint {
-                        ipv4: e.ip_address.unwrap_or_default(),
-                        ipv6: e.global_ipv6_address.unwrap_or_default(),
-                    },
-                )
-            })
-            .collect(),
-        volumes: c
-            .mounts
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|m| m.typ == Some(MountPointTypeEnum::VOLUME))
-            .filter_map(|m| m.name)
-            .collect(),
+        networks: endpoints(c.network_settings.and_then(|n| n.networks)),
+        volumes: volume_names(c.mounts),
     }
+}
+
+/// A container's addresses on each network it joined (inspect and list
+/// answers alike).
+fn endpoints<N: FromIterator<(String, Endpoint)>>(
+    networks: Option<std::collections::HashMap<String, bollard::models::EndpointSettings>>,
+) -> N {
+    networks
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, e)| {
+            (
+                k,
+                Endpoint {
+                    ipv4: e.ip_address.unwrap_or_default(),
+                    ipv6: e.global_ipv6_address.unwrap_or_default(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The names of the Docker volumes a container mounts.
+fn volume_names(mounts: Option<Vec<bollard::models::MountPoint>>) -> Vec<String> {
+    mounts
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.typ == Some(MountPointTypeEnum::VOLUME))
+        .filter_map(|m| m.name)
+        .collect()
 }
 
 /// Restart count and last exit of an inspected container.
