@@ -642,7 +642,8 @@ fn capacity(what: &str, raw: &RawValue) -> ApiResult<Capacity> {
     })?;
     if let Some(f) = c.invalid_field() {
         return Err(ApiError::bad(format!(
-            "{what}.{f}: must be a non-negative number"
+            "{what}.{f}: must be a number from 0 to {}",
+            reservation::node::MAX_FIGURE
         )));
     }
     Ok(c)

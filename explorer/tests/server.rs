@@ -1193,6 +1193,16 @@ async fn nodes_register_heartbeat_and_list(b: Backend) {
     );
     let (st, msg) = register(&c, &s.url, &neg).await;
     assert_eq!((st, msg.contains("capacity.cru")), (400, true), "{msg}");
+    // Finite but huge: two such nodes would make the fleet's sums infinite
+    // (written as null, unreadable back).
+    let huge = signed_registration(
+        &node,
+        "http://u",
+        r#"{"cru":1,"mru":1e308,"sru":1,"hru":1}"#,
+        now_ms(),
+    );
+    let (st, msg) = register(&c, &s.url, &huge).await;
+    assert_eq!((st, msg.contains("capacity.mru")), (400, true), "{msg}");
     let not_obj = signed_registration(&node, "http://u", r#""lots""#, now_ms());
     let (st, msg) = register(&c, &s.url, &not_obj).await;
     assert_eq!(

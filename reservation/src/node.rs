@@ -48,7 +48,9 @@ impl Capacity {
         }
     }
 
-    /// The first field that is negative or not finite, for a 400 message.
+    /// The first field that is negative, not finite or above
+    /// [`MAX_FIGURE`], for a 400 message. The bound keeps sums over a fleet
+    /// finite and every figure writable as a JSON integer.
     pub fn invalid_field(&self) -> Option<&'static str> {
         [
             ("cru", self.cru),
@@ -57,14 +59,18 @@ impl Capacity {
             ("hru", self.hru),
         ]
         .into_iter()
-        .find(|(_, v)| !v.is_finite() || *v < 0.0)
+        .find(|(_, v)| !v.is_finite() || *v < 0.0 || *v > MAX_FIGURE)
         .map(|(k, _)| k)
     }
 }
 
+/// The largest capacity figure accepted (2^53: every whole figure up to it
+/// is exact in an f64 and written as a JSON integer).
+pub const MAX_FIGURE: f64 = 9_007_199_254_740_992.0;
+
 /// A whole, non-negative figure as a JSON integer; anything else as a float.
 fn whole<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-    if v.fract() == 0.0 && *v >= 0.0 && *v < 9.0e15 {
+    if v.fract() == 0.0 && *v >= 0.0 && *v <= MAX_FIGURE {
         s.serialize_u64(*v as u64)
     } else {
         s.serialize_f64(*v)
