@@ -164,7 +164,9 @@ case "$got" in
 esac
 # Built without the dev feature (agent/Cargo.toml [package.metadata.deb]):
 # --dev is refused before anything is read or created.
-if dev_out="$(/usr/bin/agent --dev 2>&1)"; then
+# Bounded, in a scratch directory: a wrongly built package would start an
+# embedded explorer (and ./.agent-dev) and run until stopped.
+if dev_out="$(cd "$TMP" && timeout 10 /usr/bin/agent --dev 2>&1)"; then
     die "/usr/bin/agent --dev ran: the package must be built without the dev feature"
 fi
 case "$dev_out" in
