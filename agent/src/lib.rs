@@ -2,7 +2,8 @@
 //!
 //! - [`engine`]: takes one unit of work at a time from a
 //!   [`sources::ReservationSource`], judges each reservation, drives the
-//!   provisioners, and records outcomes and signed results in the store.
+//!   provisioners (jobs run concurrently, across units), and records
+//!   outcomes and signed results in the store.
 //! - [`commands`]: what reconciliation, the crash watch and the operator
 //!   ask of the engine, over a channel.
 //! - [`delivery`]: drains the outbox to the explorer with retries.

@@ -1,20 +1,25 @@
-//! The engine: one unit of work at a time, in order, and the commands of
-//! the tasks around it between units. This file owns the loop; the parts
-//! it drives each own one thing:
+//! The engine: judges one unit of work at a time, in order, and runs the
+//! jobs it gives (provisionings, decommissions) concurrently, across units:
+//! a slow job holds up nothing but its own workload and what depends on it.
+//! This file owns the loop; the parts it drives each own one thing:
 //! - [`judge`]: the decision about a reservation, pure;
 //! - [`executor`]: provisioning (under a deadline, rolled back when it
 //!   fails) and decommissioning through the provisioners;
+//! - [`inflight`]: the jobs running, the reservations parked behind them
+//!   (same id or signature) and the poll cursors waiting for them;
 //! - [`recorder`]: every write into the store, and the flush.
 //!
-//! Durability: records are written without an fsync each; at the end of a
-//! unit of work the recorder flushes the store once and only then raises the
-//! delivery watermark, so no result leaves the node before it is durable.
-//! A crash before that flush loses the records but not the Docker objects;
-//! the `from=0` poll at restart brings the reservation back and idempotent
-//! provisioning reuses what exists, so nothing is made twice and exactly one
-//! result is delivered.
+//! Durability: records are written without an fsync each; after a unit of
+//! work is judged, and after jobs finish, the recorder flushes the store
+//! once and only then raises the delivery watermark, so no result leaves
+//! the node before it is durable. A poll cursor is recorded only once all
+//! the work handed over up to it is. A crash before a flush loses the
+//! records but not the Docker objects; the `from=0` poll at restart brings
+//! the reservation back and idempotent provisioning reuses what exists, so
+//! nothing is made twice and exactly one result is delivered.
 
 mod executor;
+mod inflight;
 pub mod judge;
 mod recorder;
 
@@ -25,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use provisioners::names::Names;
 use provisioners::{ProvisionError, Registry};
 use reservation::{Identity, Reservation, Workload, WorkloadResult, WorkloadType};
@@ -40,6 +44,7 @@ use crate::faults;
 use crate::metrics::Metrics;
 use crate::AgentError;
 use executor::{Executor, Failure};
+use inflight::{InFlight, Running, Ticket};
 use judge::{Rules, Verdict, View};
 use recorder::{Reads, Recorder};
 
@@ -78,6 +83,9 @@ pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 pub const DEFAULT_PROVISION_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default `--min-free-disk`, in bytes.
 pub const DEFAULT_MIN_FREE_DISK: u64 = 64 << 20;
+/// How long a stopping engine waits for the jobs that run (systemd's
+/// `TimeoutStopSec` is 120 s; an abandoned job is taken again at start).
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -129,9 +137,12 @@ pub struct Engine {
     permits: Arc<Semaphore>,
     /// The node's object names, for the dependencies between jobs.
     names: Names,
-    /// Provisionings and decommissionings judged in this unit of work and
-    /// not run yet: [`Engine::run_jobs`] runs them concurrently.
-    jobs: Vec<Job>,
+    /// Provisionings and decommissionings judged and not started yet:
+    /// [`Engine::start_jobs`] starts them.
+    jobs: Vec<(Ticket, Job)>,
+    /// Jobs running (across units of work), what is parked behind them,
+    /// and the poll cursors waiting for them.
+    inflight: InFlight<Done>,
     /// The only writer of the store.
     recorder: Recorder,
     /// Forged deletions already warned about (warned once each).
@@ -241,6 +252,7 @@ impl Engine {
             executor: Arc::new(Executor::new(registry, cfg.provision_timeout)),
             permits: Arc::new(Semaphore::new(cfg.max_parallel.max(1))),
             jobs: Vec::new(),
+            inflight: InFlight::new(),
             recorder: Recorder::new(store, shared.clone()),
             cfg,
             shared,
@@ -281,8 +293,11 @@ impl Engine {
         self.shared.clone()
     }
 
-    /// Run until the source ends or `shutdown` resolves. The current unit of
-    /// work is always finished (and flushed) before returning.
+    /// Run until the source ends or `shutdown` resolves. Work is taken
+    /// while earlier jobs run; each job is recorded (and flushed) as it
+    /// finishes. At shutdown the jobs still running get [`SHUTDOWN_WAIT`]
+    /// to finish; what is left then was not recorded and comes back with
+    /// the `from=0` poll at the next start (provisioning is idempotent).
     pub async fn run(
         mut self,
         mut source: impl ReservationSource,
@@ -312,6 +327,13 @@ impl Engine {
                     }
                     continue;
                 }
+                done = self.inflight.next_done() => {
+                    if let Err(e) = self.finished(done).await {
+                        error!(error = %e, "cannot record a finished job; going on");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
                 g = next(&mut give_ups) => {
                     match g {
                         Some(g) => {
@@ -323,7 +345,7 @@ impl Engine {
                 }
                 w = source.next(), if !reconciling => match w { Some(w) => w, None => break },
             };
-            if let Err(e) = self.handle(work).await {
+            if let Err(e) = self.take(work).await {
                 // A cache that cannot be written (disk full, I/O error)
                 // must not kill the node: what was not recorded comes back
                 // (the explorer sends it again, the expiry index keeps it).
@@ -331,10 +353,24 @@ impl Engine {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+        if !self.inflight.is_idle() {
+            info!(
+                jobs = self.inflight.running_len(),
+                "stopping: waiting for the jobs that run"
+            );
+            if tokio::time::timeout(SHUTDOWN_WAIT, self.drain())
+                .await
+                .is_err()
+            {
+                warn!(
+                    reservations = ?self.inflight.ids(),
+                    "stopping with jobs unfinished; they were not recorded and are taken again at the next start"
+                );
+            }
+        }
         self.recorder.commit().await?;
         Ok(())
     }
-
     /// Carry out one command; true once reconciliation is done and went
     /// well (work may be taken).
     async fn command(&mut self, c: EngineCommand) -> bool {
@@ -376,8 +412,16 @@ impl Engine {
         }
     }
 
-    /// Handle one unit of work and make its records durable.
+    /// Handle one unit of work, wait for every job it started (and any
+    /// started before), and make its records durable.
     pub async fn handle(&mut self, work: Work) -> Result<(), AgentError> {
+        self.take(work).await?;
+        self.drain().await
+    }
+
+    /// Take one unit of work: judge it, record what needs no Docker, start
+    /// its jobs (without waiting for them) and flush.
+    async fn take(&mut self, work: Work) -> Result<(), AgentError> {
         match work {
             Work::Poll {
                 mut reservations,
@@ -388,28 +432,24 @@ impl Engine {
                 // containers that use them; unknown types last.
                 reservations
                     .sort_by_key(|r| r.workload_type().map(|t| t.order()).unwrap_or(usize::MAX));
+                let mut tickets = Vec::with_capacity(reservations.len());
                 for r in reservations {
-                    // A reservation about one that is judged but not run
-                    // yet (same id or same signature: a deletion, a
-                    // replay) is judged once that has run and is recorded.
-                    if self.jobs.iter().any(|j| {
-                        j.reservation().id == r.id || j.reservation().signature == r.signature
-                    }) {
-                        self.run_jobs().await?;
-                    }
-                    // Every line logged while handling it (provisioners'
-                    // too) carries the reservation id, and its user once
-                    // the signature verified (debug streams go by it).
-                    let span = tracing::info_span!("reservation", id = %r.id, user = tracing::field::Empty);
-                    self.judge_one(r).instrument(span).await?;
+                    let t = self.inflight.ticket();
+                    tickets.push(t);
+                    self.admit(t, r).await?;
                 }
-                self.run_jobs().await?;
-                self.recorder.cursor(cursor)?;
+                self.start_jobs();
+                self.inflight.answered(cursor, tickets);
+                if let Some(c) = self.inflight.ready_cursor() {
+                    self.recorder.cursor(c)?;
+                }
                 self.recorder.commit().await?;
                 if synced && !self.first_poll_seen {
                     // Every reservation the explorer knows has now been
-                    // seen (and valid orphans adopted): what is left
-                    // labelled but uncached is an orphan.
+                    // seen; once what runs is recorded (valid orphans
+                    // adopted, new work cached), what is left labelled but
+                    // uncached is an orphan.
+                    self.drain().await?;
                     self.first_poll_seen = true;
                     self.hold_for_sweep().await;
                     self.shared.first_poll_done.store(true, Ordering::SeqCst);
@@ -420,16 +460,93 @@ impl Engine {
             }
             Work::Due(ids) => {
                 for id in ids {
-                    if self.jobs.iter().any(|j| j.reservation().id == id) {
+                    // Running or parked: it is recorded first, and the
+                    // decommission source hands it over again if still due.
+                    if self.inflight.holds_id(&id)
+                        || self.jobs.iter().any(|(_, j)| j.reservation().id == id)
+                    {
                         continue;
                     }
                     self.decommission_due(&id)?;
                 }
-                self.run_jobs().await?;
+                self.start_jobs();
                 self.recorder.commit().await?;
             }
         }
         Ok(())
+    }
+
+    /// Judge `r` now, or park it behind the running or parked reservation
+    /// with its id or signature (a deletion, a replay): it is judged once
+    /// that one is recorded, so the judge sees each id in order.
+    async fn admit(&mut self, t: Ticket, r: Reservation) -> Result<(), AgentError> {
+        if self
+            .jobs
+            .iter()
+            .any(|(_, j)| j.reservation().id == r.id || j.reservation().signature == r.signature)
+        {
+            self.start_jobs();
+        }
+        if let Some(after) = self.inflight.blocker(t, &r) {
+            debug!(reservation = %r.id, "waits for the work on the same reservation that runs");
+            self.inflight.park(t, after, r);
+            return Ok(());
+        }
+        // Every line logged while handling it (provisioners' too) carries
+        // the reservation id, and its user once the signature verified
+        // (debug streams go by it).
+        let span = tracing::info_span!("reservation", id = %r.id, user = tracing::field::Empty);
+        self.judge_one(t, r).instrument(span).await
+    }
+
+    /// Record a job that finished, and any other that finished meanwhile;
+    /// judge what was parked behind them; record the poll cursor they
+    /// held; flush once.
+    async fn finished(&mut self, first: (Ticket, Done)) -> Result<(), AgentError> {
+        let mut done = Some(first);
+        let mut first_error = None;
+        while let Some((t, d)) = done.take().or_else(|| self.inflight.try_done()) {
+            {
+                let span = tracing::info_span!("reservation", id = %d.id());
+                let _entered = span.enter();
+                if let Err(e) = self.record(d) {
+                    error!(error = %e, "cannot record this job");
+                    first_error.get_or_insert(e);
+                }
+            }
+            let mut settled = vec![t];
+            while let Some(t) = settled.pop() {
+                for (own, r) in self.inflight.settle(t) {
+                    self.admit(own, r).await?;
+                    self.start_jobs();
+                    if !self.inflight.pending(own) {
+                        settled.push(own);
+                    }
+                }
+            }
+        }
+        if let Some(c) = self.inflight.ready_cursor() {
+            self.recorder.cursor(c)?;
+        }
+        self.recorder.commit().await?;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Wait for every job in flight (and what is parked behind them), and
+    /// record each.
+    pub async fn drain(&mut self) -> Result<(), AgentError> {
+        self.start_jobs();
+        let mut first_error = None;
+        while self.inflight.running_len() > 0 {
+            let done = self.inflight.next_done().await;
+            if let Err(e) = self.finished(done).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => self.recorder.commit().await,
+        }
     }
 
     /// Let the orphan sweep run, if reconciliation asked for it, and take
@@ -454,14 +571,15 @@ impl Engine {
 
     /// Judge and act on one reservation from a poll answer.
     pub async fn handle_reservation(&mut self, r: Reservation) -> Result<(), AgentError> {
-        self.judge_one(r).await?;
-        self.run_jobs().await
+        let t = self.inflight.ticket();
+        self.admit(t, r).await?;
+        self.drain().await
     }
 
     /// Judge one reservation: record what needs no Docker at once, and
-    /// queue a provisioning or decommissioning as a job for
-    /// [`Engine::run_jobs`].
-    async fn judge_one(&mut self, r: Reservation) -> Result<(), AgentError> {
+    /// queue a provisioning or decommissioning as a job (ticket `t`) for
+    /// [`Engine::start_jobs`].
+    async fn judge_one(&mut self, t: Ticket, r: Reservation) -> Result<(), AgentError> {
         let rules = Rules {
             node_id: self.node.id(),
             now: Utc::now(),
@@ -484,7 +602,7 @@ impl Engine {
             Verdict::Forged { error, .. } => self.warn_forged(id, &error),
             Verdict::Decommission(cached) => {
                 info!(reservation = %id, "signed deletion: decommissioning");
-                self.decommission(*cached, "deleted by its user");
+                self.decommission(t, *cached, "deleted by its user");
             }
             Verdict::Confirm { again } => {
                 if self.confirmed.insert(id.to_string()) {
@@ -511,7 +629,7 @@ impl Engine {
                 kind,
                 workload,
                 charge,
-            } => self.provision(r, kind, *workload, charge),
+            } => self.provision(t, r, kind, *workload, charge),
         }
         Ok(())
     }
@@ -540,85 +658,93 @@ impl Engine {
     /// Queue the provisioning of an admitted reservation and charge the
     /// ledger now (so what is judged after it is admitted against it); a
     /// failure releases the charge.
-    fn provision(&mut self, r: Reservation, kind: WorkloadType, w: Workload, charge: Charge) {
+    fn provision(
+        &mut self,
+        t: Ticket,
+        r: Reservation,
+        kind: WorkloadType,
+        w: Workload,
+        charge: Charge,
+    ) {
         info!(reservation = %r.id, kind = %kind, user = %r.user_id, "provisioning");
         if let Ok(mut l) = self.ledger.lock() {
             l.add(&r.id, charge);
             l.add_user(&r.id, &r.user_id, crate::capacity::tenancy_of(&w));
         }
-        self.jobs.push(Job::Provision { r, kind, w });
+        self.jobs.push((t, Job::Provision { r, kind, w }));
     }
 
-    /// Run the queued jobs concurrently, at most `max_parallel` at once,
-    /// and record each as it finishes (exactly once, on this task: the
-    /// recorder stays the one writer). A job waits for the jobs it depends
-    /// on (see [`dependencies`]); nothing else waits for a slow one.
-    async fn run_jobs(&mut self) -> Result<(), AgentError> {
+    /// Start the queued jobs, at most `max_parallel` running at once; each
+    /// is recorded when it finishes ([`Engine::finished`], on the engine's
+    /// task: the recorder stays the one writer). A job waits for the jobs
+    /// it depends on, queued with it or running (see [`dependencies`]);
+    /// nothing else waits for a slow one.
+    fn start_jobs(&mut self) {
         let mut jobs = std::mem::take(&mut self.jobs);
         if jobs.is_empty() {
-            return Ok(());
+            return;
         }
         // `dependencies` reads makers before users: a poll answer comes
         // sorted so, an expiry batch in time order. A stable sort by type
         // puts both in that order.
-        jobs.sort_by_key(|j| {
+        jobs.sort_by_key(|(_, j)| {
             j.reservation()
                 .workload_type()
                 .map_or(usize::MAX, |t| t.order())
         });
-        let deps = dependencies(&self.names, &jobs);
+        let deps = dependencies(&self.names, &jobs, self.inflight.running());
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..jobs.len()).map(|_| watch::channel(false)).unzip();
-        let mut running = FuturesUnordered::new();
-        for ((job, tx), wait) in jobs.into_iter().zip(txs).zip(deps) {
-            let waits: Vec<watch::Receiver<bool>> = wait.iter().map(|&i| rxs[i].clone()).collect();
+        for (((t, job), tx), (wait, waits_running, objects, uses)) in
+            jobs.into_iter().zip(txs).zip(deps)
+        {
+            let mut waits: Vec<watch::Receiver<bool>> =
+                wait.iter().map(|&i| rxs[i].clone()).collect();
+            waits.extend(waits_running);
             let executor = self.executor.clone();
             let permits = self.permits.clone();
-            let span = tracing::info_span!("reservation", id = %job.reservation().id, user = %job.reservation().user_id);
-            running.push(
-                async move {
-                    for mut rx in waits {
-                        // An error means the other job is gone: go on.
-                        let _ = rx.wait_for(|done| *done).await;
-                    }
-                    let permit = permits.acquire_owned().await;
-                    let done = match job {
-                        Job::Provision { r, kind, w } => {
-                            let started = Instant::now();
-                            let outcome = executor.provision(&r, &w).await;
-                            Done::Provisioned {
-                                r,
-                                kind,
-                                outcome,
-                                started,
-                            }
-                        }
-                        Job::Decommission { cached, why } => {
-                            let outcome = executor.decommission(&cached.reservation).await;
-                            Done::Decommissioned {
-                                cached,
-                                why,
-                                outcome,
-                            }
-                        }
-                    };
-                    drop(permit);
-                    let _ = tx.send(true);
-                    done
+            let r = job.reservation().clone();
+            let span = tracing::info_span!("reservation", id = %r.id, user = %r.user_id);
+            let info = Running {
+                ticket: t,
+                provision: matches!(job, Job::Provision { .. }),
+                reservation: r,
+                objects,
+                uses,
+                done: tx.subscribe(),
+            };
+            let run = async move {
+                for mut rx in waits {
+                    // An error means the other job is gone: go on.
+                    let _ = rx.wait_for(|done| *done).await;
                 }
-                .instrument(span),
-            );
-        }
-        let mut first_error = None;
-        while let Some(done) = running.next().await {
-            let id = done.id().to_string();
-            let span = tracing::info_span!("reservation", id = %id);
-            let _entered = span.enter();
-            if let Err(e) = self.record(done) {
-                error!(error = %e, "cannot record this job");
-                first_error.get_or_insert(e);
+                let permit = permits.acquire_owned().await;
+                let done = match job {
+                    Job::Provision { r, kind, w } => {
+                        let started = Instant::now();
+                        let outcome = executor.provision(&r, &w).await;
+                        Done::Provisioned {
+                            r,
+                            kind,
+                            outcome,
+                            started,
+                        }
+                    }
+                    Job::Decommission { cached, why } => {
+                        let outcome = executor.decommission(&cached.reservation).await;
+                        Done::Decommissioned {
+                            cached,
+                            why,
+                            outcome,
+                        }
+                    }
+                };
+                drop(permit);
+                let _ = tx.send(true);
+                done
             }
+            .instrument(span);
+            self.inflight.start(info, Box::pin(run));
         }
-        first_error.map_or(Ok(()), Err)
     }
 
     /// Record a finished job.
@@ -702,13 +828,15 @@ impl Engine {
         };
         let res = self.node.error_result(&cached.reservation, g.message);
         self.pending_errors.insert(g.id.clone(), res);
-        self.decommission(cached, why);
-        self.run_jobs().await
+        let t = self.inflight.ticket();
+        self.decommission(t, cached, why);
+        self.start_jobs();
+        Ok(())
     }
 
-    /// Queue the decommission of a cached workload.
-    fn decommission(&mut self, cached: Cached, why: &'static str) {
-        self.jobs.push(Job::Decommission { cached, why });
+    /// Queue the decommission of a cached workload (ticket `t`).
+    fn decommission(&mut self, t: Ticket, cached: Cached, why: &'static str) {
+        self.jobs.push((t, Job::Decommission { cached, why }));
     }
 
     /// Record a decommission that finished, posting a pending error result
@@ -760,7 +888,8 @@ impl Engine {
 
     fn decommission_due(&mut self, id: &str) -> Result<(), AgentError> {
         if let Some(c) = self.recorder.reads().get(id)? {
-            self.decommission(c, "due: expired or deletion pending");
+            let t = self.inflight.ticket();
+            self.decommission(t, c, "due: expired or deletion pending");
         }
         Ok(())
     }
@@ -846,38 +975,77 @@ impl Done {
     }
 }
 
-/// For each job, the jobs it waits for. Jobs come in dependency order
-/// (networks, volumes, zdb, containers, ...): a provisioning waits for the
-/// earlier provisionings that make an object it uses (a container for its
-/// network and volumes); a decommission waits for the later decommissions
-/// of workloads that use one of its objects (a volume for the container
-/// that mounts it). Only earlier (resp. later) jobs count, so there is no
+/// For each job: the jobs of its batch it waits for (indices), the running
+/// jobs it waits for, and its objects and uses. Jobs come in dependency
+/// order (networks, volumes, zdb, containers, ...): a provisioning waits
+/// for the earlier provisionings that make an object it uses (a container
+/// for its network and volumes); a decommission waits for the later
+/// decommissions of workloads that use one of its objects (a volume for the
+/// container that mounts it). Only earlier (resp. later) jobs of the batch
+/// count, and running jobs wait for none of the batch, so there is no
 /// cycle.
-fn dependencies(names: &Names, jobs: &[Job]) -> Vec<Vec<usize>> {
+#[allow(clippy::type_complexity)]
+fn dependencies(
+    names: &Names,
+    jobs: &[(Ticket, Job)],
+    running: &[Running],
+) -> Vec<(
+    Vec<usize>,
+    Vec<watch::Receiver<bool>>,
+    Vec<String>,
+    Vec<String>,
+)> {
+    use provisioners::registry;
     let objects: Vec<Vec<String>> = jobs
         .iter()
-        .map(|j| provisioners::registry::objects(names, j.reservation()))
+        .map(|(_, j)| registry::objects(names, j.reservation()))
         .collect();
     let uses: Vec<Vec<String>> = jobs
         .iter()
-        .map(|j| provisioners::registry::uses(names, j.reservation()))
+        .map(|(_, j)| registry::uses(names, j.reservation()))
         .collect();
     let shares = |user: usize, maker: usize| {
-        provisioners::registry::relies_on(
-            jobs[user].reservation(),
+        registry::relies_on(
+            jobs[user].1.reservation(),
             &uses[user],
-            jobs[maker].reservation(),
+            jobs[maker].1.reservation(),
             &objects[maker],
         )
     };
+    let is_provision = |i: usize| matches!(jobs[i].1, Job::Provision { .. });
     (0..jobs.len())
-        .map(|j| match jobs[j] {
-            Job::Provision { .. } => (0..j)
-                .filter(|&i| matches!(jobs[i], Job::Provision { .. }) && shares(j, i))
-                .collect(),
-            Job::Decommission { .. } => (j + 1..jobs.len())
-                .filter(|&i| matches!(jobs[i], Job::Decommission { .. }) && shares(i, j))
-                .collect(),
+        .map(|j| {
+            let r = jobs[j].1.reservation();
+            let (batch, running): (Vec<usize>, Vec<_>) = if is_provision(j) {
+                (
+                    (0..j)
+                        .filter(|&i| is_provision(i) && shares(j, i))
+                        .collect(),
+                    running
+                        .iter()
+                        .filter(|o| {
+                            o.provision
+                                && registry::relies_on(r, &uses[j], &o.reservation, &o.objects)
+                        })
+                        .map(|o| o.done.clone())
+                        .collect(),
+                )
+            } else {
+                (
+                    (j + 1..jobs.len())
+                        .filter(|&i| !is_provision(i) && shares(i, j))
+                        .collect(),
+                    running
+                        .iter()
+                        .filter(|o| {
+                            !o.provision
+                                && registry::relies_on(&o.reservation, &o.uses, r, &objects[j])
+                        })
+                        .map(|o| o.done.clone())
+                        .collect(),
+                )
+            };
+            (batch, running, objects[j].clone(), uses[j].clone())
         })
         .collect()
 }

@@ -543,6 +543,8 @@ async fn crash_give_up_decommissions_with_a_signed_error() {
         })
         .await
         .unwrap();
+    // The decommission runs as a job; wait for it to be recorded.
+    f.engine.drain().await.unwrap();
     assert!(!f.store.is_cached("1-1").unwrap());
     let errs: Vec<_> = f
         .results()
@@ -1054,4 +1056,181 @@ async fn an_expiring_container_is_killed_by_its_expiry_a_deletion_gets_the_full_
     engine.handle(Work::Due(vec!["2-1".into()])).await.unwrap();
     let g = fake.stop_grace(&names.container_name("2-1"));
     assert_eq!(g, Some(provisioners::container::DEFAULT_STOP_GRACE));
+}
+
+/// Run `engine` over `answers` until `until` holds (checked every 10 ms,
+/// at most 10 s), calling `during` once meanwhile; then stop it.
+async fn run_until(
+    engine: Engine,
+    answers: Vec<Work>,
+    mut until: impl FnMut() -> bool,
+    during: impl Future<Output = ()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = engine.run(Answers(answers.into()), async {
+        let _ = stopped.await;
+    });
+    let drive = async {
+        during.await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !until() {
+            assert!(Instant::now() < deadline, "not done within 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = stop.send(());
+    };
+    let (result, ()) = tokio::join!(run, drive);
+    result.unwrap();
+}
+
+fn answer(reservations: Vec<Reservation>, cursor: u64) -> Work {
+    Work::Poll {
+        reservations,
+        cursor,
+        synced: false,
+    }
+}
+
+/// A fixture whose provisionings may take long (no 300 ms deadline).
+fn patient_fixture() -> Fixture {
+    let mut f = fixture();
+    let mut reg = Registry::new();
+    for k in [
+        WorkloadType::Container,
+        WorkloadType::Volume,
+        WorkloadType::Network,
+    ] {
+        reg.register(k, f.rec.clone());
+    }
+    f.engine = Engine::new(
+        f.node.clone(),
+        f.store.clone(),
+        reg,
+        EngineConfig::default(),
+        Arc::default(),
+    );
+    f
+}
+
+#[tokio::test]
+async fn a_slow_job_holds_up_no_later_answer_and_keeps_its_cursor_back() {
+    // Answer 1 brings a workload whose provisioning is slow (an image pull
+    // that hangs); answer 2 brings another. The second is provisioned and
+    // recorded while the first still runs; the cursor stays before answer
+    // 1 until it is recorded too (a restart must get it again).
+    let f = patient_fixture();
+    f.rec
+        .slow
+        .lock()
+        .unwrap()
+        .insert("1-1".into(), Duration::from_millis(1500));
+    let answers = vec![
+        answer(vec![f.volume("1-1")], 2),
+        answer(vec![f.volume("2-1")], 3),
+    ];
+    let store = f.store.clone();
+    let mut seen_second_alone = false;
+    run_until(
+        f.engine,
+        answers,
+        || {
+            let (one, two) = (
+                store.is_cached("1-1").unwrap(),
+                store.is_cached("2-1").unwrap(),
+            );
+            if two && !one {
+                assert_eq!(store.cursor().unwrap(), 0, "cursor moved past running work");
+                seen_second_alone = true;
+            }
+            one && two
+        },
+        async {},
+    )
+    .await;
+    assert!(seen_second_alone, "answer 2 waited for answer 1's slow job");
+    assert_eq!(f.store.cursor().unwrap(), 3);
+    assert_eq!(f.rec.log.lock().unwrap()[..2], ["start 1-1", "start 2-1"]);
+}
+
+#[tokio::test]
+async fn a_deletion_of_a_running_job_is_judged_once_it_is_recorded() {
+    // The user deletes a workload while it is still being provisioned: the
+    // deletion waits for it (no decommission of something half made, no
+    // "not running here" confirmation), and other work goes on meanwhile.
+    let f = patient_fixture();
+    f.rec
+        .slow
+        .lock()
+        .unwrap()
+        .insert("1-1".into(), Duration::from_millis(800));
+    let r = f.volume("1-1");
+    let mut deletion = r.clone();
+    deletion.to_delete = true;
+    deletion.delete_signature = Some(f.user.sign_delete(&r.signature));
+    // A replay of the same signed reservation under a new id, too.
+    let mut replay = r.clone();
+    replay.id = "9-1".into();
+    let answers = vec![
+        answer(vec![r.clone()], 2),
+        answer(vec![deletion, replay, f.volume("2-1")], 5),
+    ];
+    let store = f.store.clone();
+    run_until(
+        f.engine,
+        answers,
+        || {
+            store.outcome("1-1").unwrap().map(|o| o.state) == Some(OutcomeState::Deleted)
+                && store.outcome("9-1").unwrap().is_some()
+        },
+        async {},
+    )
+    .await;
+    let log = f.rec.log.lock().unwrap().clone();
+    let at = |e: &str| log.iter().position(|l| l == e).unwrap();
+    assert!(at("end 2-1") < at("end 1-1"), "{log:?}");
+    assert!(at("stop 1-1") > at("end 1-1"), "{log:?}");
+    assert_eq!(
+        *f.rec.calls.lock().unwrap(),
+        [
+            "provision volume 1-1",
+            "provision volume 2-1",
+            "decommission 1-1"
+        ]
+    );
+    assert_eq!(
+        store.outcome("9-1").unwrap().unwrap().state,
+        OutcomeState::Refused
+    );
+    assert_eq!(store.cursor().unwrap(), 5);
+}
+
+#[tokio::test]
+async fn a_container_waits_for_its_network_from_an_earlier_answer() {
+    let f = patient_fixture();
+    f.rec
+        .slow
+        .lock()
+        .unwrap()
+        .insert("2-1".into(), Duration::from_millis(400));
+    let net = f.reservation(
+        "2-1",
+        "network",
+        json!({"name": "net", "ip_range": "10.9.0.0/16", "net_resources": [{"node_id": f.node.id(), "subnet": "10.9.1.0/24"}]}),
+    );
+    let ct = f.reservation(
+        "3-1",
+        "container",
+        json!({"flist": "img", "capacity": {"cpu": 1, "memory": 64}, "network": {"network_id": "net"}}),
+    );
+    let store = f.store.clone();
+    run_until(
+        f.engine,
+        vec![answer(vec![net], 2), answer(vec![ct], 3)],
+        || store.is_cached("3-1").unwrap(),
+        async {},
+    )
+    .await;
+    let log = f.rec.log.lock().unwrap().clone();
+    let at = |e: &str| log.iter().position(|l| l == e).unwrap();
+    assert!(at("start 3-1") > at("end 2-1"), "{log:?}");
 }
