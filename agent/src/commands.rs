@@ -39,12 +39,14 @@ impl From<GiveUp> for EngineCommand {
 }
 
 /// The orphan sweep's hold on the engine. Once the last page of the first
-/// `from=0` resync is recorded (every valid reservation has been seen and
-/// adopted), the engine sends on `synced` and takes nothing else until
-/// `done` answers or is dropped: removing labelled objects the cache does
-/// not know must never race a provisioning in flight.
+/// `from=0` resync is judged (every valid reservation has been seen, and
+/// adopted or started), the engine sends on `synced` the ids of the jobs
+/// still running (the sweep spares their objects) and takes nothing else,
+/// nor runs those jobs, until `done` answers or is dropped: removing
+/// labelled objects the cache does not know must never race a
+/// provisioning in flight.
 #[derive(Debug)]
 pub struct SweepGate {
-    pub synced: oneshot::Sender<()>,
+    pub synced: oneshot::Sender<std::collections::HashSet<String>>,
     pub done: oneshot::Receiver<()>,
 }

@@ -52,8 +52,8 @@ pub async fn start(
         }
     }
     tokio::spawn(async move {
-        if synced_rx.await.is_ok() {
-            remove_orphans(&store, &registry).await;
+        if let Ok(running) = synced_rx.await {
+            remove_orphans(&store, &registry, &running).await;
         }
         let _ = done_tx.send(());
     });
@@ -129,7 +129,7 @@ async fn gone(registry: &Registry, cached: &Cached) -> bool {
 }
 
 /// Remove labelled objects whose reservation is not cached.
-pub async fn remove_orphans(store: &Store, registry: &Registry) {
+pub async fn remove_orphans(store: &Store, registry: &Registry, running: &HashSet<String>) {
     for kind in registry.kinds().collect::<Vec<_>>() {
         let Some(p) = registry.get(kind) else {
             continue;
@@ -142,6 +142,10 @@ pub async fn remove_orphans(store: &Store, registry: &Registry) {
             }
         };
         for id in ids {
+            if running.contains(&id) {
+                // Its provisioning runs (a slow pull): recorded when done.
+                continue;
+            }
             match store.is_cached(&id) {
                 Ok(true) => {}
                 Ok(false) => match p.remove_labelled(&id).await {

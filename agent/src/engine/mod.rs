@@ -446,10 +446,8 @@ impl Engine {
                 self.recorder.commit().await?;
                 if synced && !self.first_poll_seen {
                     // Every reservation the explorer knows has now been
-                    // seen; once what runs is recorded (valid orphans
-                    // adopted, new work cached), what is left labelled but
-                    // uncached is an orphan.
-                    self.drain().await?;
+                    // seen, and adopted or started: what is left labelled,
+                    // uncached and not running is an orphan.
                     self.first_poll_seen = true;
                     self.hold_for_sweep().await;
                     self.shared.first_poll_done.store(true, Ordering::SeqCst);
@@ -553,7 +551,8 @@ impl Engine {
     /// nothing else meanwhile.
     async fn hold_for_sweep(&mut self) {
         if let Some(SweepGate { synced, done }) = self.sweep.take() {
-            if synced.send(()).is_ok() {
+            let running = self.inflight.ids().into_iter().collect();
+            if synced.send(running).is_ok() {
                 let _ = done.await;
             }
         }

@@ -803,11 +803,19 @@ async fn commands_repair_before_any_work_and_hold_for_the_sweep() {
             .await
             .unwrap();
         assert_eq!(answer.await.unwrap().unwrap(), 1);
-        synced_rx.await.unwrap();
-        // The resync is recorded; the engine waits for the sweep.
-        assert!(f.store.is_cached("2-1").unwrap());
+        // The resync is judged; its provisioning runs (the sweep spares
+        // it) and waits, as the engine does, for the sweep.
+        let running = synced_rx.await.unwrap();
+        assert_eq!(running, HashSet::from(["2-1".to_string()]));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!f.store.is_cached("2-1").unwrap(), "ran during the sweep");
         assert!(!shared.first_poll_done.load(Ordering::SeqCst));
         done_tx.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f.store.is_cached("2-1").unwrap() {
+            assert!(Instant::now() < deadline, "2-1 never recorded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let _ = stop.send(());
     };
     let (result, ()) = tokio::join!(run, drive);

@@ -1,0 +1,185 @@
+//! Concurrency, end to end through the real agent, explorer and Docker: a
+//! provisioning that hangs (an image pull from a registry that accepts and
+//! never answers) holds up nothing but its own workload, and a kill -9
+//! while several provisionings run still gives one container and one
+//! signed result each.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use reservation::{Identity, ResultState};
+use serde_json::json;
+
+/// A "registry" on loopback that accepts connections and never answers:
+/// Docker's pull of `127.0.0.1:<port>/...` hangs until its own timeout.
+/// Counts the connections (a pull under way has one).
+struct HangingRegistry {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HangingRegistry {
+    async fn start() -> HangingRegistry {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(sock);
+            }
+        });
+        HangingRegistry {
+            port,
+            connections,
+            task,
+        }
+    }
+
+    fn image(&self) -> String {
+        format!("127.0.0.1:{}/hang:1", self.port)
+    }
+}
+
+impl Drop for HangingRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn sleeper(tag: &str) -> serde_json::Value {
+    json!({
+        "flist": BUSYBOX,
+        "entrypoint": format!("sleep 3600 # {tag}"),
+        "capacity": {"cpu": 1, "memory": 64},
+    })
+}
+
+fn hanging(image: &str) -> serde_json::Value {
+    json!({"flist": image, "capacity": {"cpu": 1, "memory": 64}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_pull_holds_up_only_its_own_workload() -> anyhow::Result<()> {
+    ensure_images();
+    let registry = HangingRegistry::start().await;
+    let explorer = Explorer::start().await?;
+    let agent = Agent::start(&explorer.url).await?;
+    let node = agent.node_id.clone();
+    let user = Identity::generate();
+    let hour = Duration::from_secs(3600);
+    let stuck = explorer
+        .reserve(&user, &node, "container", hanging(&registry.image()), hour)
+        .await?;
+    // The pull is under way (Docker dialled the registry) before the rest
+    // is even submitted: they come in later poll answers.
+    wait_for(
+        "the pull to reach the registry",
+        Duration::from_secs(60),
+        || async { (registry.connections.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            explorer
+                .reserve(
+                    &user,
+                    &node,
+                    "container",
+                    sleeper(&format!("behind-{i}")),
+                    hour,
+                )
+                .await?,
+        );
+    }
+    for id in &ids {
+        let res = explorer.wait_result(id).await?;
+        assert_eq!(res.state, ResultState::Ok, "{id}: {}", res.error);
+        explorer.verify(&res, &node).await?;
+    }
+    // All three run while the pull still hangs: no result for it yet.
+    assert!(
+        explorer.results(&stuck).await?.is_empty(),
+        "the hanging pull finished first; the test proves nothing"
+    );
+    let status = agent.status()?;
+    assert_eq!(status["cached"], 3, "{status}");
+    // The hanging one ends with one signed error, and no container.
+    let res = explorer.wait_result(&stuck).await?;
+    assert_eq!(res.state, ResultState::Error);
+    explorer.verify(&res, &node).await?;
+    let (containers, _, _) = labelled(&node, &stuck);
+    assert!(containers.is_empty(), "{containers:?}");
+    cleanup_user(user.id());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_while_provisionings_run_side_by_side() -> anyhow::Result<()> {
+    // The agent dies at the first record while the others of its answer
+    // still run (one behind a hanging pull). Restarted, each workload has
+    // one container and exactly one signed result; the hanging one one
+    // error.
+    ensure_images();
+    let registry = HangingRegistry::start().await;
+    let explorer = Explorer::start().await?;
+    let mut agent = Agent::prepare(&explorer.url, &[("AGENT_FAULT", "after-record")])?;
+    let node = agent.node_id.clone();
+    let user = Identity::generate();
+    let hour = Duration::from_secs(3600);
+    let stuck = explorer
+        .reserve(&user, &node, "container", hanging(&registry.image()), hour)
+        .await?;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            explorer
+                .reserve(
+                    &user,
+                    &node,
+                    "container",
+                    sleeper(&format!("kill-{i}")),
+                    hour,
+                )
+                .await?,
+        );
+    }
+    // All five in the agent's first answer.
+    agent.spawn().await?;
+    let status = agent.wait_exit(Duration::from_secs(60))?;
+    assert!(!status.success(), "agent must have died at after-record");
+    agent.env.clear();
+    agent.spawn().await?;
+    for id in &ids {
+        let res = explorer.wait_result(id).await?;
+        assert_eq!(res.state, ResultState::Ok, "{id}: {}", res.error);
+        explorer.verify(&res, &node).await?;
+    }
+    let res = explorer.wait_result(&stuck).await?;
+    assert_eq!(res.state, ResultState::Error, "{}", res.error);
+    // Let the restarted agent settle, then count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in ids.iter().chain([&stuck]) {
+        assert_eq!(
+            explorer.results(id).await?.len(),
+            1,
+            "exactly one result for {id}"
+        );
+    }
+    for id in &ids {
+        let (containers, _, _) = labelled(&node, id);
+        assert_eq!(containers.len(), 1, "one container for {id}, no twin");
+    }
+    assert!(labelled(&node, &stuck).0.is_empty());
+    assert_eq!(agent.status()?["cached"], 4);
+    cleanup_user(user.id());
+    Ok(())
+}
