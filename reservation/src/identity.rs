@@ -205,34 +205,52 @@ pub fn parse_public_key(what: &'static str, id: &str) -> Result<VerifyingKey, Er
     VerifyingKey::from_bytes(&arr).map_err(|_| bad("not an ed25519 public key".into()))
 }
 
-/// Most decompressed keys kept by [`cached_public_key`]; past that the
-/// cache starts over (a node sees few distinct signers).
+/// Most decompressed keys a [`KeyCache`] keeps; past that it starts over
+/// (a node sees few distinct signers).
 const KEY_CACHE_CAP: usize = 1024;
 
-/// [`parse_public_key`] of a signer id, kept: decompressing the point costs
-/// about a tenth of a verification.
-fn cached_public_key(id: &str) -> Result<VerifyingKey, Error> {
-    static KEYS: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<String, VerifyingKey>>,
-    > = std::sync::OnceLock::new();
-    let keys = KEYS.get_or_init(Default::default);
-    if let Some(vk) = keys.lock().ok().and_then(|k| k.get(id).copied()) {
-        return Ok(vk);
+/// Signers' public keys, decoded once: decompressing the point costs about
+/// a tenth of a verification. A value its owner holds (the agent's engine
+/// keeps one for the judge), not process-wide state.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    keys: std::sync::Mutex<std::collections::HashMap<String, VerifyingKey>>,
+}
+
+impl KeyCache {
+    pub fn new() -> Self {
+        Self::default()
     }
-    let vk = parse_public_key("signer id", id)?;
-    if let Ok(mut k) = keys.lock() {
-        if k.len() >= KEY_CACHE_CAP {
-            k.clear();
+
+    /// [`parse_public_key`] of a signer id, kept.
+    fn key(&self, id: &str) -> Result<VerifyingKey, Error> {
+        if let Some(vk) = self.keys.lock().ok().and_then(|k| k.get(id).copied()) {
+            return Ok(vk);
         }
-        k.insert(id.to_string(), vk);
+        let vk = parse_public_key("signer id", id)?;
+        if let Ok(mut k) = self.keys.lock() {
+            if k.len() >= KEY_CACHE_CAP {
+                k.clear();
+            }
+            k.insert(id.to_string(), vk);
+        }
+        Ok(vk)
     }
-    Ok(vk)
+
+    /// [`verify_signature`], with the signer's key from this cache.
+    pub fn verify(&self, signer_id: &str, msg: &[u8], sig_b64: &str) -> Result<(), Error> {
+        verify_with_key(&self.key(signer_id)?, msg, sig_b64)
+    }
 }
 
 /// Verify the base64 signature `sig_b64` by `signer_id` over `msg`.
 /// Strict verification: rejects small-order keys and malleable signatures.
 pub fn verify_signature(signer_id: &str, msg: &[u8], sig_b64: &str) -> Result<(), Error> {
-    let vk = cached_public_key(signer_id)?;
+    verify_with_key(&parse_public_key("signer id", signer_id)?, msg, sig_b64)
+}
+
+/// Verify `sig_b64` by `vk` over `msg`, strictly.
+fn verify_with_key(vk: &VerifyingKey, msg: &[u8], sig_b64: &str) -> Result<(), Error> {
     let bad = |reason: &str| Error::BadSignature {
         what: "signature".into(),
         reason: reason.into(),
@@ -257,7 +275,12 @@ mod tests {
         let a = Identity::generate();
         let b = Identity::generate();
         let sig = a.sign(b"m");
+        let keys = KeyCache::new();
         for _ in 0..2 {
+            keys.verify(a.id(), b"m", &sig).unwrap();
+            assert!(keys.verify(a.id(), b"n", &sig).is_err());
+            assert!(keys.verify(b.id(), b"m", &sig).is_err());
+            assert!(keys.verify("not-a-key", b"m", &sig).is_err());
             verify_signature(a.id(), b"m", &sig).unwrap();
             assert!(verify_signature(a.id(), b"n", &sig).is_err());
             assert!(verify_signature(b.id(), b"m", &sig).is_err());

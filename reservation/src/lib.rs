@@ -29,7 +29,7 @@ pub mod seal;
 pub mod workloads;
 
 pub use error::Error;
-pub use identity::{verify_signature, Identity};
+pub use identity::{verify_signature, Identity, KeyCache};
 pub use model::{
     new_nonce, valid_id, Reservation, ResultState, WorkloadResult, WorkloadType, PROTOCOL_VERSION,
 };

@@ -352,17 +352,31 @@ impl Reservation {
 
     /// Verify the user's signature over [`Reservation::signing_message`].
     pub fn verify(&self) -> Result<(), Error> {
-        crate::verify_signature(&self.user_id, &self.signing_message(), &self.signature).map_err(
-            |e| Error::BadSignature {
-                what: "signature".into(),
-                reason: format!("{e}"),
-            },
-        )
+        self.verify_with(None)
+    }
+
+    /// [`Reservation::verify`], with the user's key from `keys` if given.
+    pub fn verify_with(&self, keys: Option<&crate::KeyCache>) -> Result<(), Error> {
+        let msg = self.signing_message();
+        match keys {
+            Some(k) => k.verify(&self.user_id, &msg, &self.signature),
+            None => crate::verify_signature(&self.user_id, &msg, &self.signature),
+        }
+        .map_err(|e| Error::BadSignature {
+            what: "signature".into(),
+            reason: format!("{e}"),
+        })
     }
 
     /// Verify `delete_signature` against `user_id`, over this reservation's
     /// own signature. A missing one is an error.
     pub fn verify_delete(&self) -> Result<(), Error> {
+        self.verify_delete_with(None)
+    }
+
+    /// [`Reservation::verify_delete`], with the user's key from `keys` if
+    /// given.
+    pub fn verify_delete_with(&self, keys: Option<&crate::KeyCache>) -> Result<(), Error> {
         let sig = self.delete_signature.as_deref().unwrap_or("");
         if sig.is_empty() {
             return Err(Error::BadSignature {
@@ -370,12 +384,15 @@ impl Reservation {
                 reason: "missing: the deletion is not signed by the user".into(),
             });
         }
-        crate::verify_signature(&self.user_id, &Self::delete_message(&self.signature), sig).map_err(
-            |e| Error::BadSignature {
-                what: "delete_signature".into(),
-                reason: format!("{e}"),
-            },
-        )
+        let msg = Self::delete_message(&self.signature);
+        match keys {
+            Some(k) => k.verify(&self.user_id, &msg, sig),
+            None => crate::verify_signature(&self.user_id, &msg, sig),
+        }
+        .map_err(|e| Error::BadSignature {
+            what: "delete_signature".into(),
+            reason: format!("{e}"),
+        })
     }
 
     /// Verify a node's deletion confirmation of this reservation.

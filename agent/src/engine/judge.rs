@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reservation::{Reservation, Workload, WorkloadType};
+use reservation::{KeyCache, Reservation, Workload, WorkloadType};
 use store::{Cached, OutcomeState};
 
 use crate::capacity::Charge;
@@ -52,6 +52,9 @@ pub struct Rules<'a> {
     pub now: DateTime<Utc>,
     /// The longest `duration` accepted.
     pub max_duration: Duration,
+    /// Users' keys decoded before (a memo: verification is the same with
+    /// or without it).
+    pub keys: Option<&'a KeyCache>,
 }
 
 /// What to do with a reservation.
@@ -135,7 +138,7 @@ pub fn judge(r: &Reservation, view: &impl View, rules: &Rules) -> Result<Verdict
         if let Some(cached) = view.cached(&r.id)? {
             let mut check = cached.reservation.clone();
             check.delete_signature = r.delete_signature.clone();
-            return Ok(match check.verify_delete() {
+            return Ok(match check.verify_delete_with(rules.keys) {
                 Ok(()) => Verdict::Decommission(Box::new(cached)),
                 Err(e) => Verdict::Forged {
                     error: e.to_string(),
@@ -146,7 +149,10 @@ pub fn judge(r: &Reservation, view: &impl View, rules: &Rules) -> Result<Verdict
     }
     let outcome = view.outcome(&r.id)?;
     if r.to_delete {
-        if let Err(e) = r.verify().and_then(|_| r.verify_delete()) {
+        if let Err(e) = r
+            .verify_with(rules.keys)
+            .and_then(|_| r.verify_delete_with(rules.keys))
+        {
             return Ok(Verdict::Forged {
                 error: e.to_string(),
                 owner: None,
@@ -170,7 +176,7 @@ fn judge_new(r: &Reservation, view: &impl View, rules: &Rules) -> Result<Verdict
         return Ok(Verdict::unverified(e.to_string()));
     }
     // 3. The user's signature.
-    if let Err(e) = r.verify() {
+    if let Err(e) = r.verify_with(rules.keys) {
         return Ok(Verdict::unverified(format!("{e} (user_id {})", r.user_id)));
     }
     // 4. Ids are the explorer's, not the user's: the same signed
@@ -365,6 +371,7 @@ mod tests {
                 node_id: self.node.id(),
                 now: Utc::now(),
                 max_duration: Duration::from_secs(366 * 24 * 3600),
+                keys: None,
             };
             judge(r, facts, &rules).unwrap()
         }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use provisioners::names::Names;
 use provisioners::{ProvisionError, Registry};
-use reservation::{Identity, Reservation, Workload, WorkloadResult, WorkloadType};
+use reservation::{Identity, KeyCache, Reservation, Workload, WorkloadResult, WorkloadType};
 use sources::{ReservationSource, Work};
 use store::{Cached, OutcomeState, Store};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
@@ -143,6 +143,8 @@ pub struct Engine {
     /// Jobs running (across units of work), what is parked behind them,
     /// and the poll cursors waiting for them.
     inflight: InFlight<Done>,
+    /// Users' keys decoded before, for the judge.
+    keys: KeyCache,
     /// The only writer of the store.
     recorder: Recorder,
     /// Forged deletions already warned about (warned once each).
@@ -253,6 +255,7 @@ impl Engine {
             permits: Arc::new(Semaphore::new(cfg.max_parallel.max(1))),
             jobs: Vec::new(),
             inflight: InFlight::new(),
+            keys: KeyCache::new(),
             recorder: Recorder::new(store, shared.clone()),
             cfg,
             shared,
@@ -583,6 +586,7 @@ impl Engine {
             node_id: self.node.id(),
             now: Utc::now(),
             max_duration: self.cfg.max_duration,
+            keys: Some(&self.keys),
         };
         let verdict = judge::judge(&r, &self.view(), &rules)?;
         if let Some(user) = verdict.user(&r) {
