@@ -106,6 +106,8 @@ pub struct Control {
     pub root: PathBuf,
     /// Shared with the engine: new work is refused while set.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Shared with the engine: the jobs running now.
+    pub jobs: Arc<std::sync::Mutex<std::collections::HashMap<u64, crate::engine::JobView>>>,
     /// Ends workloads early through the engine (`purge`).
     pub evict: tokio::sync::mpsc::Sender<crate::crash::GiveUp>,
     /// The node scope the workloads' Docker objects are named in.
@@ -115,6 +117,9 @@ pub struct Control {
 /// Name of the marker file under the root that keeps a drain across
 /// restarts.
 pub const DRAIN_MARKER: &str = "draining";
+
+/// Jobs listed by `status` (the oldest; the count is always given).
+const JOBS_SHOWN: usize = 10;
 
 /// Set `flag` from the drain marker under `root`.
 pub fn load_draining(root: &Path, flag: &std::sync::atomic::AtomicBool) {
@@ -207,7 +212,22 @@ impl Control {
             "crashes": self.crashes.lock().map(|c| json!(*c)).unwrap_or(Value::Null),
             "kubernetes": self.kubernetes,
             "draining": self.draining.load(std::sync::atomic::Ordering::SeqCst),
+            "jobs": self.jobs_running(),
         }))
+    }
+
+    /// The jobs running, oldest first: how many, and the first
+    /// [`JOBS_SHOWN`] (a hanging pull shows at the top).
+    fn jobs_running(&self) -> Value {
+        let mut jobs: Vec<crate::engine::JobView> = self
+            .jobs
+            .lock()
+            .map(|j| j.values().cloned().collect())
+            .unwrap_or_default();
+        jobs.sort_by_key(|j| j.since);
+        let running = jobs.len();
+        jobs.truncate(JOBS_SHOWN);
+        json!({"running": running, "oldest": jobs})
     }
 
     /// Start or stop draining; the marker file keeps it across restarts.

@@ -366,6 +366,7 @@ impl Core {
             kubernetes: self.settings.kubernetes().describe(),
             root: self.settings.root.clone(),
             draining: self.shared.draining.clone(),
+            jobs: self.shared.jobs.clone(),
             evict,
             names: self.names(),
         })

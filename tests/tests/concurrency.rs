@@ -112,6 +112,21 @@ async fn a_hanging_pull_holds_up_only_its_own_workload() -> anyhow::Result<()> {
     );
     let status = agent.status()?;
     assert_eq!(status["cached"], 3, "{status}");
+    // The operator sees what holds it: the one job running, its pull.
+    assert_eq!(status["jobs"]["running"], 1, "{status}");
+    assert_eq!(
+        status["jobs"]["oldest"][0]["id"],
+        stuck.as_str(),
+        "{status}"
+    );
+    let (code, out, _) = agent.ctl(&["status"])?;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!(
+            "jobs running:    1: {stuck} provisioning container for"
+        )),
+        "{out}"
+    );
     // The hanging one ends with one signed error, and no container.
     let res = explorer.wait_result(&stuck).await?;
     assert_eq!(res.state, ResultState::Error);

@@ -373,6 +373,7 @@ fn print_status(d: &Value) {
         ("cached", d["cached"].to_string()),
         ("by type", counters),
         ("pending results", d["pending_results"].to_string()),
+        ("jobs running", jobs(&d["jobs"])),
         ("docker", docker),
         ("registration", registration(&d["registration"])),
         ("capacity", capacity(&d["capacity"])),
@@ -383,6 +384,42 @@ fn print_status(d: &Value) {
     for (k, v) in rows {
         println!("{:<16} {v}", format!("{k}:"));
     }
+}
+
+/// "2: 5-1 provisioning container for 4m, 7-1 decommissioning volume for 3s".
+fn jobs(j: &Value) -> String {
+    let running = j["running"].as_u64().unwrap_or(0);
+    if running == 0 {
+        return "none".into();
+    }
+    let now = chrono::Utc::now();
+    let shown: Vec<String> = j["oldest"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|job| {
+                    let since = job["since"]
+                        .as_str()
+                        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                        .map(|t| human((now - t.with_timezone(&chrono::Utc)).num_seconds().max(0)))
+                        .unwrap_or_else(|| "?".into());
+                    format!(
+                        "{} {} {} for {since}",
+                        job["id"].as_str().unwrap_or("?"),
+                        job["action"].as_str().unwrap_or("?"),
+                        job["type"].as_str().unwrap_or("?"),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let more = running as usize - shown.len().min(running as usize);
+    let tail = if more > 0 {
+        format!(", and {more} more")
+    } else {
+        String::new()
+    };
+    format!("{running}: {}{tail}", shown.join(", "))
 }
 
 fn kubernetes(k: &Value) -> String {

@@ -118,6 +118,19 @@ pub struct Shared {
     /// The operator drains the node (`agentctl drain`): new reservations
     /// are refused with a signed error; running work goes on.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The jobs running now, for `agentctl status`.
+    pub jobs: Arc<Mutex<HashMap<u64, JobView>>>,
+}
+
+/// A job running, as `agentctl status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `provisioning` or `decommissioning`.
+    pub action: &'static str,
+    pub since: DateTime<Utc>,
 }
 
 impl Shared {
@@ -507,6 +520,9 @@ impl Engine {
         let mut done = Some(first);
         let mut first_error = None;
         while let Some((t, d)) = done.take().or_else(|| self.inflight.try_done()) {
+            if let Ok(mut shown) = self.shared.jobs.lock() {
+                shown.remove(&t);
+            }
             {
                 let span = tracing::info_span!("reservation", id = %d.id());
                 let _entered = span.enter();
@@ -746,6 +762,21 @@ impl Engine {
                 done
             }
             .instrument(span);
+            if let Ok(mut shown) = self.shared.jobs.lock() {
+                shown.insert(
+                    t,
+                    JobView {
+                        id: info.reservation.id.clone(),
+                        kind: info.reservation.kind.clone(),
+                        action: if info.provision {
+                            "provisioning"
+                        } else {
+                            "decommissioning"
+                        },
+                        since: Utc::now(),
+                    },
+                );
+            }
             self.inflight.start(info, Box::pin(run));
         }
     }
