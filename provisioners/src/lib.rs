@@ -15,8 +15,10 @@
 //! Map:
 //! - `plugin.rs`: [`Plugin`], the adapter to [`Provisioner`], and [`Kind`],
 //!   a plug-in's type-level side erased.
-//! - `registry.rs`: [`registry::PLUGINS`], the one list of types; the
-//!   [`Registry`]; dispatch from a workload or reservation to its plug-in.
+//! - this file's `plugins!` list: each plug-in's module and its line in
+//!   [`PLUGINS`], the one list of types (one line per type).
+//! - `registry.rs`: the [`Registry`]; dispatch from a workload or
+//!   reservation to its plug-in.
 //! - `charge.rs`: [`Resources`], [`Charge`], [`Tenancy`].
 //! - `docker/`: the one Docker seam, [`Docker`] (held as
 //!   `Arc<dyn Docker>`), its plain types, [`DockerError`], the bollard
@@ -39,17 +41,36 @@ use async_trait::async_trait;
 use reservation::{Reservation, Workload};
 
 pub mod charge;
-pub mod container;
-pub mod debug;
 pub mod docker;
 pub mod images;
-pub mod kubernetes;
 pub mod names;
-pub mod network;
 pub mod plugin;
 pub mod registry;
-pub mod volume;
-pub mod zdb;
+
+/// `plugins! { module::Plugin, ... }`: declares each plug-in's module and
+/// lists its [`Plugin`] in [`PLUGINS`], so a type's module and its place
+/// in the list are one line.
+macro_rules! plugins {
+    ($($module:ident :: $plugin:ident),+ $(,)?) => {
+        $(pub mod $module;)+
+
+        /// Every workload type, one line each in `plugins!`, in no
+        /// particular order (the engine's dependency order is
+        /// [`WorkloadType::ALL`](reservation::WorkloadType::ALL)'s).
+        pub static PLUGINS: &[&dyn Kind] = &[$(&KindOf::<$module::$plugin>::new(),)+];
+    };
+}
+
+// The plug-ins: one module per workload type (owning all of it) and its
+// line here. A new type is its module and one line in this list.
+plugins! {
+    network::NetworkProvisioner,
+    volume::VolumeProvisioner,
+    zdb::ZdbProvisioner,
+    container::ContainerProvisioner,
+    kubernetes::KubernetesProvisioner,
+    debug::DebugProvisioner,
+}
 
 #[cfg(test)]
 mod tests;
