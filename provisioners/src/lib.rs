@@ -70,6 +70,7 @@ plugins! {
     container::ContainerProvisioner,
     kubernetes::KubernetesProvisioner,
     debug::DebugProvisioner,
+    dummy::DummyProvisioner,
 }
 
 #[cfg(test)]
