@@ -70,7 +70,6 @@ plugins! {
     container::ContainerProvisioner,
     kubernetes::KubernetesProvisioner,
     debug::DebugProvisioner,
-    dummy::DummyProvisioner,
 }
 
 #[cfg(test)]
