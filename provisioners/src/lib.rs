@@ -25,8 +25,10 @@
 //!   implementation [`BollardDocker`] and the recording `FakeDocker`.
 //! - `names.rs`: object names, labels and filters, in a node scope
 //!   ([`names::Names`]) the caller passes in.
-//! - `container.rs`, `volume.rs`, `network.rs`, `zdb.rs`, `kubernetes.rs`,
-//!   `debug.rs`: one plug-in per workload type, owning all of it.
+//! - `volume.rs`, `network.rs`, and the directories `container/`, `zdb/`,
+//!   `kubernetes/`, `debug/` (the plug-in in `mod.rs`, its other concerns
+//!   beside it, unit tests in `tests.rs`): one plug-in per workload type,
+//!   owning all of it.
 //! - `images.rs`: pull deadline, shared pulls, garbage collection of the
 //!   images the agent pulled.
 //!

@@ -497,6 +497,35 @@ mod tests {
     }
 
     #[test]
+    fn the_list_keeps_the_wire_names_and_the_dependency_order() {
+        let names: Vec<&str> = WorkloadType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "network",
+                "volume",
+                "zdb",
+                "container",
+                "kubernetes",
+                "debug"
+            ]
+        );
+        for (i, t) in WorkloadType::ALL.into_iter().enumerate() {
+            assert_eq!(t.order(), i);
+            assert_eq!(
+                serde_json::to_string(&t).unwrap(),
+                format!("{:?}", t.as_str())
+            );
+            let back: WorkloadType = serde_json::from_str(&format!("{:?}", t.as_str())).unwrap();
+            assert_eq!(back, t);
+            assert_eq!(t.as_str().parse::<WorkloadType>().unwrap(), t);
+            assert_eq!(t.to_string(), t.as_str());
+        }
+        let e = "vm".parse::<WorkloadType>().unwrap_err().to_string();
+        assert!(e.contains("unknown workload type \"vm\": expected one of network, volume, zdb, container, kubernetes, debug"), "{e}");
+    }
+
+    #[test]
     fn mountpoints() {
         assert_eq!(normalize_mountpoint("/data//x/./").unwrap(), "/data/x");
         assert!(normalize_mountpoint("data").is_err());
