@@ -15,8 +15,8 @@
 //! Map:
 //! - `plugin.rs`: [`Plugin`], the adapter to [`Provisioner`], and [`Kind`],
 //!   a plug-in's type-level side erased.
-//! - this file's `plugins!` list: each plug-in's module and its line in
-//!   [`PLUGINS`], the one list of types (one line per type).
+//! - this file: each plug-in's `mod` line and [`PLUGINS`], the one list of
+//!   types (a line each).
 //! - `registry.rs`: the [`Registry`]; dispatch from a workload or
 //!   reservation to its plug-in.
 //! - `charge.rs`: [`Resources`], [`Charge`], [`Tenancy`].
@@ -49,30 +49,26 @@ pub mod names;
 pub mod plugin;
 pub mod registry;
 
-/// `plugins! { module::Plugin, ... }`: declares each plug-in's module and
-/// lists its [`Plugin`] in [`PLUGINS`], so a type's module and its place
-/// in the list are one line.
-macro_rules! plugins {
-    ($($module:ident :: $plugin:ident),+ $(,)?) => {
-        $(pub mod $module;)+
+// The plug-ins: one module per workload type, owning all of it. A new
+// type is its module, declared here, and its line in `PLUGINS` below.
+pub mod container;
+pub mod debug;
+pub mod kubernetes;
+pub mod network;
+pub mod volume;
+pub mod zdb;
 
-        /// Every workload type, one line each in `plugins!`, in no
-        /// particular order (the engine's dependency order is
-        /// [`WorkloadType::ALL`](reservation::WorkloadType::ALL)'s).
-        pub static PLUGINS: &[&dyn Kind] = &[$(&KindOf::<$module::$plugin>::new(),)+];
-    };
-}
-
-// The plug-ins: one module per workload type (owning all of it) and its
-// line here. A new type is its module and one line in this list.
-plugins! {
-    network::NetworkProvisioner,
-    volume::VolumeProvisioner,
-    zdb::ZdbProvisioner,
-    container::ContainerProvisioner,
-    kubernetes::KubernetesProvisioner,
-    debug::DebugProvisioner,
-}
+/// Every workload type's plug-in, one line each, in no particular order
+/// (the engine's dependency order is
+/// [`WorkloadType::ALL`](reservation::WorkloadType::ALL)'s).
+pub static PLUGINS: &[&dyn Kind] = &[
+    &KindOf::<network::NetworkProvisioner>::new(),
+    &KindOf::<volume::VolumeProvisioner>::new(),
+    &KindOf::<zdb::ZdbProvisioner>::new(),
+    &KindOf::<container::ContainerProvisioner>::new(),
+    &KindOf::<kubernetes::KubernetesProvisioner>::new(),
+    &KindOf::<debug::DebugProvisioner>::new(),
+];
 
 #[cfg(test)]
 mod tests;

@@ -1,13 +1,13 @@
 //! The registry: the [`Registry`] of built provisioners keyed by type, and
 //! the dispatch from an untyped workload or reservation to its type's
 //! plug-in (charge, tenancy, watched container, Docker objects, uses),
-//! over [`PLUGINS`], the one list of workload types this agent runs (one
-//! line per type in `lib.rs`'s `plugins!`, which also declares the type's
-//! module; re-exported here).
+//! over [`PLUGINS`], the one list of workload types this agent runs
+//! (declared in `lib.rs` beside the plug-ins' `mod` lines; re-exported
+//! here).
 //!
 //! Invariant: nothing outside this module and the `reservation` crate
-//! matches on workload types; a new type is its module and one line in
-//! `plugins!`.
+//! matches on workload types; a new type is its module, declared in
+//! `lib.rs`, and one line in [`PLUGINS`] there.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -58,17 +58,18 @@ use tokio::sync::OnceCell;
 
 use crate::charge::{Charge, Resources, Tenancy, CONTAINER_LAYER_MIB};
 use crate::docker::{
-    ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, DockerError,
-    DockerInfo,
+    ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker, DockerError, DockerInfo,
 };
 use crate::names::{self, label, Names};
 use crate::plugin::{Plugin, Setup};
 use crate::{ProvisionError, LABEL_RESERVATION};
 
 mod policy;
-pub use policy::{DEFAULT_PIDS_LIMIT, DEFAULT_HOST_PORTS, CAP_DROP, ContainerPolicy, parse_port_range};
+pub use policy::{
+    parse_port_range, ContainerPolicy, CAP_DROP, DEFAULT_HOST_PORTS, DEFAULT_PIDS_LIMIT,
+};
 mod spec;
-pub use spec::{image_ref};
+pub use spec::image_ref;
 use spec::port_taken;
 
 /// Provisions `container` workloads.

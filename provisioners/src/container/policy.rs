@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-
 use crate::docker::Confinement;
 
 /// Default of `--container-pids-limit`.

@@ -9,12 +9,10 @@ use std::net::Ipv4Addr;
 use reservation::workloads::{normalize_mountpoint, Container, PortProtocol};
 use reservation::{Reservation, WorkloadType};
 
-use crate::docker::{
-    ContainerNet, ContainerSpec, PortSpec, VolumeMount,
-};
+use super::ContainerProvisioner;
+use crate::docker::{ContainerNet, ContainerSpec, PortSpec, VolumeMount};
 use crate::names::{self, label};
 use crate::{ProvisionError, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
-use super::ContainerProvisioner;
 
 /// Docker's smallest memory limit (6 MiB); less is refused up front.
 const MIN_MEMORY_MIB: u64 = 6;
@@ -22,7 +20,11 @@ const MIN_MEMORY_MIB: u64 = 6;
 impl ContainerProvisioner {
     /// Turn the request into a [`ContainerSpec`], checking everything that
     /// can be checked before Docker is asked to create anything.
-    pub(super) async fn spec(&self, r: &Reservation, c: &Container) -> Result<ContainerSpec, ProvisionError> {
+    pub(super) async fn spec(
+        &self,
+        r: &Reservation,
+        c: &Container,
+    ) -> Result<ContainerSpec, ProvisionError> {
         let refused = |m: String| ProvisionError::Refused(m);
 
         // Limits.

@@ -1,8 +1,8 @@
 //! Unit tests of the `container` plug-in's pure parts: image references and
 //! addresses.
 
-use super::*;
 use super::spec::check_ip;
+use super::*;
 
 #[test]
 fn image_refs() {

@@ -16,7 +16,6 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-
 /// Lines kept for a slow or reconnecting forwarder before it starts to
 /// miss some (it then publishes how many it missed).
 pub const DEFAULT_BUS_CAPACITY: usize = 4096;

@@ -50,13 +50,15 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-
 use crate::charge::Tenancy;
 use crate::plugin::{Plugin, Setup};
 use crate::{names, ProvisionError};
 
 mod bus;
-pub use bus::{DEFAULT_BUS_CAPACITY, REDACTED, RESERVATION_SPAN, QUIET_TARGETS, is_secret_field, is_quiet_target, LogLine, LogBus, JsonLogLayer};
+pub use bus::{
+    is_quiet_target, is_secret_field, JsonLogLayer, LogBus, LogLine, DEFAULT_BUS_CAPACITY,
+    QUIET_TARGETS, REDACTED, RESERVATION_SPAN,
+};
 
 /// Delays between reconnection attempts: `min`, doubling up to `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,8 +10,7 @@ fn events_become_json_lines_with_secrets_redacted() {
     let mut rx = bus.subscribe();
     let subscriber = tracing_subscriber::registry().with(bus.layer());
     tracing::subscriber::with_default(subscriber, || {
-        let span =
-            tracing::info_span!("provision", reservation = "7-1", cluster_secret = "s3cr3t");
+        let span = tracing::info_span!("provision", reservation = "7-1", cluster_secret = "s3cr3t");
         let _g = span.enter();
         tracing::warn!(password = "hunter2", secret_env = ?["A"], count = 3u64, "opened");
     });
@@ -39,8 +38,7 @@ fn lines_belong_to_the_verified_user_of_their_reservation() {
     let subscriber = tracing_subscriber::registry().with(bus.layer());
     tracing::subscriber::with_default(subscriber, || {
         {
-            let span =
-                tracing::info_span!("reservation", id = "1-1", user = tracing::field::Empty);
+            let span = tracing::info_span!("reservation", id = "1-1", user = tracing::field::Empty);
             let _g = span.enter();
             tracing::info!("before its signature verified");
             span.record("user", "alice");

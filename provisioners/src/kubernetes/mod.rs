@@ -62,18 +62,20 @@ use serde_json::json;
 
 use crate::charge::{Charge, Resources, CONTAINER_LAYER_MIB, MIB_PER_GIB};
 use crate::docker::{
-    ContainerFilter, ContainerInfo, Docker,
-    DockerError, FileUpload, NetworkInfo, VolumeSpec,
+    ContainerFilter, ContainerInfo, Docker, DockerError, FileUpload, NetworkInfo, VolumeSpec,
 };
 use crate::names::{self, label, Names, LABEL_DISK, LABEL_SIZE_GIB};
 use crate::plugin::{Plugin, Setup};
 use crate::{ProvisionError, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
 
 mod runtime;
-pub use runtime::{DISABLED, NON_ISOLATING_RUNTIMES, KubernetesMode, check_runtime_name, check_runtime, check_runtime_in};
+pub use runtime::{
+    check_runtime, check_runtime_in, check_runtime_name, KubernetesMode, DISABLED,
+    NON_ISOLATING_RUNTIMES,
+};
 mod spec;
-pub use spec::{k3s_command};
-use spec::{size_of, check_masters, check_ip};
+pub use spec::k3s_command;
+use spec::{check_ip, check_masters, size_of};
 
 /// The pinned upstream k3s image (production); tests use a local stand-in.
 pub const DEFAULT_K3S_IMAGE: &str = "rancher/k3s:v1.31.4-k3s1";

@@ -2,8 +2,6 @@
 //! refusal while it is disabled, and the check that a
 //! `--kubernetes-runtime` is registered and isolating.
 
-
-
 use crate::docker::Docker;
 
 /// The refusal every kubernetes reservation gets while kubernetes is

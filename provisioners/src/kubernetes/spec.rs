@@ -8,11 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use reservation::workloads::{kubernetes_size, Kubernetes};
 use reservation::{Reservation, Secret, WorkloadType};
 
-use crate::docker::{
-    ContainerExtras, ContainerNet, ContainerSpec, NetworkInfo, VolumeMount,
-};
-use crate::ProvisionError;
 use super::{node_name, KubernetesMode, KubernetesProvisioner, LABEL_ROLE, STATE_DIR};
+use crate::docker::{ContainerExtras, ContainerNet, ContainerSpec, NetworkInfo, VolumeMount};
+use crate::ProvisionError;
 
 /// The k3s command line (without the `/bin/k3s` entrypoint) of a node at
 /// `ip`: a server when `masters` is empty, else an agent of the first one.
@@ -73,7 +71,11 @@ pub(super) fn check_masters(
 
 /// `ip` must be a host address of one of the network's subnets, not its
 /// gateway.
-pub(super) fn check_ip(ip: Ipv4Addr, network_id: &str, n: &NetworkInfo) -> Result<(), ProvisionError> {
+pub(super) fn check_ip(
+    ip: Ipv4Addr,
+    network_id: &str,
+    n: &NetworkInfo,
+) -> Result<(), ProvisionError> {
     let subnets = n.ipv4_subnets();
     let Some(sub) = subnets.iter().find(|s| s.contains(&ip)) else {
         let s: Vec<String> = subnets.iter().map(|s| s.to_string()).collect();

@@ -2,8 +2,8 @@
 //! command lines, the node container.
 
 use super::*;
-use reservation::Secret;
 use crate::Provisioner;
+use reservation::Secret;
 use reservation::Workload;
 
 fn signed_k8s(node: &Identity) -> (Reservation, Workload) {
@@ -36,8 +36,7 @@ async fn disabled_by_default_with_a_refusal_that_says_how_to_enable() {
         Err(ProvisionError::Refused(m)) => {
             assert_eq!(m, DISABLED);
             assert!(
-                m.contains("--kubernetes-runtime")
-                    && m.contains("--kubernetes-privileged-unsafe")
+                m.contains("--kubernetes-runtime") && m.contains("--kubernetes-privileged-unsafe")
             );
         }
         other => panic!("expected the disabled refusal, got {other:?}"),
@@ -65,8 +64,8 @@ fn the_node_container_carries_the_isolating_runtime() {
         spec.labels[names::LABEL_SIGNATURE],
         names::signature_hash(&r)
     );
-    let unsafe_mode = KubernetesProvisioner::new(fake, node, "img")
-        .with_mode(KubernetesMode::PrivilegedUnsafe);
+    let unsafe_mode =
+        KubernetesProvisioner::new(fake, node, "img").with_mode(KubernetesMode::PrivilegedUnsafe);
     let (_, extras) = unsafe_mode
         .node_container(&r, k, "n", ip, Secret::new("t"))
         .unwrap();

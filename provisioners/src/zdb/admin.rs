@@ -8,9 +8,8 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisConnectionInfo, RedisError};
 
-
-use crate::ProvisionError;
 use super::{Instance, ZdbProvisioner, DEFAULT_NAMESPACE, ZDB_PORT};
+use crate::ProvisionError;
 
 /// The text of a 0-db error reply (`-Namespace not found` arrives split
 /// into a code and a detail).
@@ -28,7 +27,11 @@ pub(super) fn zerr(what: &str, e: RedisError) -> ProvisionError {
 
 impl ZdbProvisioner {
     /// Wait until 0-db answers PING.
-    pub(super) async fn wait_ready(&self, inst: &Instance, ip: Ipv4Addr) -> Result<(), ProvisionError> {
+    pub(super) async fn wait_ready(
+        &self,
+        inst: &Instance,
+        ip: Ipv4Addr,
+    ) -> Result<(), ProvisionError> {
         let deadline = tokio::time::Instant::now() + self.ready_timeout;
         loop {
             let err = match connect(ip).await {
@@ -107,7 +110,11 @@ impl ZdbProvisioner {
     }
 
     /// NSDEL `ns` in `inst`, then drop the instance if it is empty.
-    pub(super) async fn delete_namespace(&self, inst: &Instance, ns: &str) -> Result<(), ProvisionError> {
+    pub(super) async fn delete_namespace(
+        &self,
+        inst: &Instance,
+        ns: &str,
+    ) -> Result<(), ProvisionError> {
         if self.docker.inspect_container(&inst.name).await?.is_none() {
             return Ok(());
         }

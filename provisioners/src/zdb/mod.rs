@@ -430,7 +430,6 @@ impl ZdbProvisioner {
         }
         Ok(out)
     }
-
 }
 
 /// The 0-db container's entrypoint: a shell that hands `$ADMIN` from the
