@@ -53,7 +53,6 @@ pub mod registry;
 // type is its module, declared here, and its line in `PLUGINS` below.
 pub mod container;
 pub mod debug;
-pub mod dummy;
 pub mod kubernetes;
 pub mod network;
 pub mod volume;
@@ -69,7 +68,6 @@ pub static PLUGINS: &[&dyn Kind] = &[
     &KindOf::<container::ContainerProvisioner>::new(),
     &KindOf::<kubernetes::KubernetesProvisioner>::new(),
     &KindOf::<debug::DebugProvisioner>::new(),
-    &KindOf::<dummy::DummyProvisioner>::new(),
 ];
 
 #[cfg(test)]

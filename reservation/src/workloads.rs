@@ -156,18 +156,6 @@ pub struct Debug {
     pub channel: String,
 }
 
-/// `dummy` data (a scratch type proving the count of files touched).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Dummy {
-    pub note: String,
-}
-
-impl Dummy {
-    fn check(&self) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
 /// Disk types of volumes and zdb namespaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DiskType {
@@ -217,7 +205,6 @@ workload_types! {
     Container = "container",
     Kubernetes = "kubernetes",
     Debug = "debug",
-    Dummy = "dummy",
 }
 
 fn parse_as<T: DeserializeOwned>(raw: &RawValue) -> Result<T, Error> {
