@@ -1,8 +1,8 @@
 //! Fuzz target: every workload type's `data` parser and validator.
 //!
-//! Input: one byte choosing the workload type (`WorkloadType::ALL[b % 6]`),
-//! then the `data` JSON text. The text is also fed to
-//! `normalize_mountpoint` as a path.
+//! Input: one byte choosing the workload type
+//! (`WorkloadType::ALL[b % ALL.len()]`), then the `data` JSON text. The
+//! text is also fed to `normalize_mountpoint` as a path.
 //!
 //! Besides "never panics", it checks that what the validator accepts is
 //! what the provisioners can use: a container's entrypoint shell-splits
@@ -130,6 +130,9 @@ fn check_accepted(w: &Workload) {
             assert!(d.port > 0 && !d.host.trim().is_empty());
             roundtrip::<Debug>(d);
         }
+        // `Workload` is non-exhaustive: a type added since has no
+        // property of its own here yet (parsing it is still fuzzed).
+        _ => {}
     }
 }
 

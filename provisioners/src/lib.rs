@@ -15,16 +15,20 @@
 //! Map:
 //! - `plugin.rs`: [`Plugin`], the adapter to [`Provisioner`], and [`Kind`],
 //!   a plug-in's type-level side erased.
-//! - `registry.rs`: [`registry::PLUGINS`], the one list of types; the
-//!   [`Registry`]; dispatch from a workload or reservation to its plug-in.
+//! - this file: each plug-in's `mod` line and [`PLUGINS`], the one list of
+//!   types (a line each).
+//! - `registry.rs`: the [`Registry`]; dispatch from a workload or
+//!   reservation to its plug-in.
 //! - `charge.rs`: [`Resources`], [`Charge`], [`Tenancy`].
 //! - `docker/`: the one Docker seam, [`Docker`] (held as
 //!   `Arc<dyn Docker>`), its plain types, [`DockerError`], the bollard
 //!   implementation [`BollardDocker`] and the recording `FakeDocker`.
 //! - `names.rs`: object names, labels and filters, in a node scope
 //!   ([`names::Names`]) the caller passes in.
-//! - `container.rs`, `volume.rs`, `network.rs`, `zdb.rs`, `kubernetes.rs`,
-//!   `debug.rs`: one plug-in per workload type, owning all of it.
+//! - `volume.rs`, `network.rs`, and the directories `container/`, `zdb/`,
+//!   `kubernetes/`, `debug/` (the plug-in in `mod.rs`, its other concerns
+//!   beside it, unit tests in `tests.rs`): one plug-in per workload type,
+//!   owning all of it.
 //! - `images.rs`: pull deadline, shared pulls, garbage collection of the
 //!   images the agent pulled.
 //!
@@ -39,17 +43,32 @@ use async_trait::async_trait;
 use reservation::{Reservation, Workload};
 
 pub mod charge;
-pub mod container;
-pub mod debug;
 pub mod docker;
 pub mod images;
-pub mod kubernetes;
 pub mod names;
-pub mod network;
 pub mod plugin;
 pub mod registry;
+
+// The plug-ins: one module per workload type, owning all of it. A new
+// type is its module, declared here, and its line in `PLUGINS` below.
+pub mod container;
+pub mod debug;
+pub mod kubernetes;
+pub mod network;
 pub mod volume;
 pub mod zdb;
+
+/// Every workload type's plug-in, one line each, in no particular order
+/// (the engine's dependency order is
+/// [`WorkloadType::ALL`](reservation::WorkloadType::ALL)'s).
+pub static PLUGINS: &[&dyn Kind] = &[
+    &KindOf::<network::NetworkProvisioner>::new(),
+    &KindOf::<volume::VolumeProvisioner>::new(),
+    &KindOf::<zdb::ZdbProvisioner>::new(),
+    &KindOf::<container::ContainerProvisioner>::new(),
+    &KindOf::<kubernetes::KubernetesProvisioner>::new(),
+    &KindOf::<debug::DebugProvisioner>::new(),
+];
 
 #[cfg(test)]
 mod tests;

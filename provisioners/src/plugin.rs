@@ -33,8 +33,8 @@ pub struct Setup {
 }
 
 /// Everything about one workload type, typed by its `data`. A new type is
-/// one module implementing this and one line in the registry's list
-/// ([`crate::registry::PLUGINS`]).
+/// one module implementing this, declared in `lib.rs`, and one line in
+/// the list of plug-ins there ([`crate::PLUGINS`]).
 ///
 /// The async methods act through Docker; the associated functions answer
 /// from the reservation alone (names are a pure function of the node scope

@@ -1,11 +1,13 @@
-//! The registry: [`PLUGINS`], the one list of workload types this agent
-//! runs, the [`Registry`] of built provisioners keyed by type, and the
-//! dispatch from an untyped workload or reservation to its type's plug-in
-//! (charge, tenancy, watched container, Docker objects, uses).
+//! The registry: the [`Registry`] of built provisioners keyed by type, and
+//! the dispatch from an untyped workload or reservation to its type's
+//! plug-in (charge, tenancy, watched container, Docker objects, uses),
+//! over [`PLUGINS`], the one list of workload types this agent runs
+//! (declared in `lib.rs` beside the plug-ins' `mod` lines; re-exported
+//! here).
 //!
 //! Invariant: nothing outside this module and the `reservation` crate
-//! matches on workload types; a new type is its module and one line in
-//! [`PLUGINS`].
+//! matches on workload types; a new type is its module, declared in
+//! `lib.rs`, and one line in [`PLUGINS`] there.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,23 +19,10 @@ use reservation::{Identity, Reservation, Workload, WorkloadType};
 use crate::charge::{Charge, Tenancy};
 use crate::container::ContainerPolicy;
 use crate::names::Names;
-use crate::plugin::{Kind, KindOf, Setup};
-use crate::{
-    kubernetes, network, zdb, ContainerProvisioner, DebugProvisioner, Docker,
-    KubernetesProvisioner, LogBus, NetworkProvisioner, Provisioner, VolumeProvisioner,
-    ZdbProvisioner,
-};
+use crate::plugin::{Kind, Setup};
+use crate::{kubernetes, network, zdb, Docker, LogBus, Provisioner};
 
-/// Every workload type, one line each, in no particular order (the
-/// engine's dependency order is [`WorkloadType::ALL`]'s).
-pub static PLUGINS: &[&dyn Kind] = &[
-    &KindOf::<NetworkProvisioner>::new(),
-    &KindOf::<VolumeProvisioner>::new(),
-    &KindOf::<ZdbProvisioner>::new(),
-    &KindOf::<ContainerProvisioner>::new(),
-    &KindOf::<KubernetesProvisioner>::new(),
-    &KindOf::<DebugProvisioner>::new(),
-];
+pub use crate::PLUGINS;
 
 /// The plug-in of type `kind`, if this agent has one.
 pub fn kind(kind: WorkloadType) -> Option<&'static dyn Kind> {

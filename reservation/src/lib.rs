@@ -7,8 +7,10 @@
 //! - [`frame`]: the length-prefixed framing of every signed message.
 //! - [`model`]: [`Reservation`], [`WorkloadResult`] (the protocol's "Result")
 //!   and [`WorkloadType`], with Go-compatible JSON.
-//! - [`workloads`]: one typed struct per workload's `data`, parsing and range
-//!   checks that name the offending field.
+//! - [`workloads`]: the one list of workload types (`workload_types!`,
+//!   from `types.rs`, makes [`WorkloadType`] and [`Workload`] of it), one
+//!   typed struct per workload's `data`, parsing and range checks that name
+//!   the offending field.
 //! - [`identity`]: ed25519 identities (users and nodes), the seed file,
 //!   signing and verification of reservations, deletions and results.
 //! - [`node`]: the node's signed registration and heartbeat, their
@@ -26,6 +28,8 @@ pub mod model;
 pub mod netid;
 pub mod node;
 pub mod seal;
+#[macro_use]
+mod types;
 pub mod workloads;
 
 pub use error::Error;

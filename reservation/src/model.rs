@@ -1,11 +1,10 @@
-//! Wire types: [`Reservation`], [`WorkloadResult`] and [`WorkloadType`].
+//! Wire types: [`Reservation`], [`WorkloadResult`] and [`WorkloadType`]
+//! (declared with the other per-type items in `workloads.rs`, re-exported
+//! here).
 //!
 //! JSON matches Go's encoding: `created` is RFC 3339, `duration` integer
 //! nanoseconds, signatures standard padded base64. `data` is held as the
 //! exact bytes received because the signature covers those bytes.
-
-use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,68 +17,7 @@ use crate::Error;
 /// reservation carries no `created` (a Go client would sign exactly that).
 pub const GO_ZERO_TIME_UNIX: i64 = -62_135_596_800;
 
-/// The closed set of workload types of the protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkloadType {
-    Network,
-    Volume,
-    Zdb,
-    Container,
-    Kubernetes,
-    Debug,
-}
-
-impl WorkloadType {
-    /// Every type, in dependency order: a poll batch is handled in this
-    /// order so a container never fails because its network came later.
-    pub const ALL: [WorkloadType; 6] = [
-        WorkloadType::Network,
-        WorkloadType::Volume,
-        WorkloadType::Zdb,
-        WorkloadType::Container,
-        WorkloadType::Kubernetes,
-        WorkloadType::Debug,
-    ];
-
-    /// The wire name (`"container"`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkloadType::Container => "container",
-            WorkloadType::Volume => "volume",
-            WorkloadType::Network => "network",
-            WorkloadType::Zdb => "zdb",
-            WorkloadType::Debug => "debug",
-            WorkloadType::Kubernetes => "kubernetes",
-        }
-    }
-
-    /// Position in the dependency order of [`WorkloadType::ALL`].
-    pub fn order(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for WorkloadType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for WorkloadType {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        WorkloadType::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| Error::Field {
-                field: "type".into(),
-                message: format!(
-                    "unknown workload type {s:?}: expected one of container, volume, network, zdb, debug, kubernetes"
-                ),
-            })
-    }
-}
+pub use crate::workloads::WorkloadType;
 
 /// The protocol version this crate speaks and signs.
 pub const PROTOCOL_VERSION: u32 = 2;

@@ -1,5 +1,8 @@
-//! One typed struct per workload's `data`, parsed from the raw bytes with
-//! errors that name the field (`data.capacity.memory: ...`), and range checks.
+//! The workload types, declared once each in `workload_types!` (wire
+//! name, dependency order, `data` struct: it makes [`WorkloadType`] and
+//! [`Workload`]), and one typed struct per workload's `data`, parsed from
+//! the raw bytes with errors that name the field
+//! (`data.capacity.memory: ...`), and range checks (each struct's `check`).
 //!
 //! Unknown fields inside `data` are accepted and ignored (Zero-OS clients
 //! send more than we use); the envelope itself is strict.
@@ -12,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{Error, WorkloadType};
+use crate::Error;
 
 /// Largest size accepted for any disk-backed workload, in GiB (1 PiB):
 /// keeps byte arithmetic far from overflow.
@@ -192,15 +195,16 @@ pub fn kubernetes_size(size: u8) -> Option<(u32, u64, u64)> {
     }
 }
 
-/// Parsed and validated `data` of one of the six types.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Workload {
-    Container(Container),
-    Volume(Volume),
-    Network(Network),
-    Zdb(Zdb),
-    Kubernetes(Kubernetes),
-    Debug(Debug),
+// The one list of workload types, in dependency order (a poll batch is
+// handled in this order). A new type is one line here, its `data` struct
+// below and its `check`.
+workload_types! {
+    Network = "network",
+    Volume = "volume",
+    Zdb = "zdb",
+    Container = "container",
+    Kubernetes = "kubernetes",
+    Debug = "debug",
 }
 
 fn parse_as<T: DeserializeOwned>(raw: &RawValue) -> Result<T, Error> {
@@ -237,95 +241,55 @@ pub trait WorkloadData: Sized + Send + Sync + 'static {
     fn of(w: &Workload) -> Option<&Self>;
 }
 
-/// `impl WorkloadData` for each `data` struct and its [`Workload`] variant.
-macro_rules! workload_data {
-    ($($variant:ident),* $(,)?) => {$(
-        impl WorkloadData for $variant {
-            const KIND: WorkloadType = WorkloadType::$variant;
-            fn of(w: &Workload) -> Option<&Self> {
-                match w {
-                    Workload::$variant(d) => Some(d),
-                    _ => None,
-                }
-            }
-        }
-    )*};
+impl Volume {
+    fn check(&self) -> Result<(), Error> {
+        check_size("size", self.size)?;
+        DiskType::parse("volume", "type", &self.disk_type).map(|_| ())
+    }
 }
 
-workload_data!(Container, Volume, Network, Zdb, Kubernetes, Debug);
-
-impl Workload {
-    /// Parse `data` as workload type `kind` and check every range.
-    pub fn parse(kind: WorkloadType, raw: &RawValue) -> Result<Workload, Error> {
-        let w = match kind {
-            WorkloadType::Container => Workload::Container(parse_as(raw)?),
-            WorkloadType::Volume => Workload::Volume(parse_as(raw)?),
-            WorkloadType::Network => Workload::Network(parse_as(raw)?),
-            WorkloadType::Zdb => Workload::Zdb(parse_as(raw)?),
-            WorkloadType::Kubernetes => Workload::Kubernetes(parse_as(raw)?),
-            WorkloadType::Debug => Workload::Debug(parse_as(raw)?),
-        };
-        w.validate()?;
-        Ok(w)
-    }
-
-    pub fn kind(&self) -> WorkloadType {
-        match self {
-            Workload::Container(_) => WorkloadType::Container,
-            Workload::Volume(_) => WorkloadType::Volume,
-            Workload::Network(_) => WorkloadType::Network,
-            Workload::Zdb(_) => WorkloadType::Zdb,
-            Workload::Kubernetes(_) => WorkloadType::Kubernetes,
-            Workload::Debug(_) => WorkloadType::Debug,
+impl Zdb {
+    fn check(&self) -> Result<(), Error> {
+        check_size("size", self.size)?;
+        if self.mode != "user" && self.mode != "seq" {
+            return Err(Error::data(
+                "mode",
+                format!("zdb mode {:?} is not one of user, seq", self.mode),
+            ));
         }
+        DiskType::parse("disk", "disk_type", &self.disk_type)?;
+        check_sealed("password", &self.password)
     }
+}
 
-    /// Range checks that need no node state.
-    pub fn validate(&self) -> Result<(), Error> {
-        match self {
-            Workload::Container(c) => c.validate(),
-            Workload::Volume(v) => {
-                check_size("size", v.size)?;
-                DiskType::parse("volume", "type", &v.disk_type).map(|_| ())
-            }
-            Workload::Network(n) => n.validate().map(|_| ()),
-            Workload::Zdb(z) => {
-                check_size("size", z.size)?;
-                if z.mode != "user" && z.mode != "seq" {
-                    return Err(Error::data(
-                        "mode",
-                        format!("zdb mode {:?} is not one of user, seq", z.mode),
-                    ));
-                }
-                DiskType::parse("disk", "disk_type", &z.disk_type)?;
-                check_sealed("password", &z.password)
-            }
-            Workload::Kubernetes(k) => {
-                if kubernetes_size(k.size).is_none() {
-                    return Err(Error::data(
-                        "size",
-                        format!("kubernetes size {} is not 1 or 2", k.size),
-                    ));
-                }
-                if k.network_id.is_empty() {
-                    return Err(Error::data("network_id", "must name the user's network"));
-                }
-                check_sealed("cluster_secret", &k.cluster_secret)?;
-                if k.ssh_keys.iter().any(|s| s.contains('\n')) {
-                    return Err(Error::data("ssh_keys", "a key must be a single line"));
-                }
-                Ok(())
-            }
-            Workload::Debug(d) => {
-                if d.host.trim().is_empty() {
-                    return Err(Error::data("host", "must not be empty"));
-                }
-                if d.port == 0 {
-                    return Err(Error::data("port", "must be > 0"));
-                }
-                Ok(())
-            }
+impl Kubernetes {
+    fn check(&self) -> Result<(), Error> {
+        if kubernetes_size(self.size).is_none() {
+            return Err(Error::data(
+                "size",
+                format!("kubernetes size {} is not 1 or 2", self.size),
+            ));
         }
+        if self.network_id.is_empty() {
+            return Err(Error::data("network_id", "must name the user's network"));
+        }
+        check_sealed("cluster_secret", &self.cluster_secret)?;
+        if self.ssh_keys.iter().any(|s| s.contains('\n')) {
+            return Err(Error::data("ssh_keys", "a key must be a single line"));
+        }
+        Ok(())
+    }
+}
+
+impl Debug {
+    fn check(&self) -> Result<(), Error> {
+        if self.host.trim().is_empty() {
+            return Err(Error::data("host", "must not be empty"));
+        }
+        if self.port == 0 {
+            return Err(Error::data("port", "must be > 0"));
+        }
+        Ok(())
     }
 }
 
@@ -368,7 +332,7 @@ fn check_sealed(field: &str, v: &str) -> Result<(), Error> {
 }
 
 impl Container {
-    fn validate(&self) -> Result<(), Error> {
+    fn check(&self) -> Result<(), Error> {
         if self.flist.trim().is_empty() {
             return Err(Error::data("flist", "must name a container image"));
         }
@@ -456,6 +420,10 @@ pub fn normalize_mountpoint(p: &str) -> Result<String, String> {
 }
 
 impl Network {
+    fn check(&self) -> Result<(), Error> {
+        self.validate().map(|_| ())
+    }
+
     /// Parse `ip_range` and every subnet; each subnet must lie in the range.
     pub fn validate(&self) -> Result<Ipv4Net, Error> {
         if self.name.trim().is_empty() {
@@ -526,6 +494,35 @@ mod tests {
         assert!(Container::of(&w).is_none() && Debug::of(&w).is_none());
         assert_eq!(<Volume as WorkloadData>::KIND, w.kind());
         assert_eq!(<Kubernetes as WorkloadData>::KIND, WorkloadType::Kubernetes);
+    }
+
+    #[test]
+    fn the_list_keeps_the_wire_names_and_the_dependency_order() {
+        let names: Vec<&str> = WorkloadType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "network",
+                "volume",
+                "zdb",
+                "container",
+                "kubernetes",
+                "debug"
+            ]
+        );
+        for (i, t) in WorkloadType::ALL.into_iter().enumerate() {
+            assert_eq!(t.order(), i);
+            assert_eq!(
+                serde_json::to_string(&t).unwrap(),
+                format!("{:?}", t.as_str())
+            );
+            let back: WorkloadType = serde_json::from_str(&format!("{:?}", t.as_str())).unwrap();
+            assert_eq!(back, t);
+            assert_eq!(t.as_str().parse::<WorkloadType>().unwrap(), t);
+            assert_eq!(t.to_string(), t.as_str());
+        }
+        let e = "vm".parse::<WorkloadType>().unwrap_err().to_string();
+        assert!(e.contains("unknown workload type \"vm\": expected one of network, volume, zdb, container, kubernetes, debug"), "{e}");
     }
 
     #[test]

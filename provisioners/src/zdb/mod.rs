@@ -40,14 +40,16 @@
 //!
 //! The password is never logged or returned: it is a [`reservation::Secret`]
 //! until the one `NSSET` that carries it.
+//!
+//! Files: `mod.rs`, the plug-in ([`ZdbProvisioner`] and its [`Plugin`]
+//! impl: instances as Docker containers, namespaces in them); `admin.rs`,
+//! the Redis-protocol admin of an instance; `tests.rs`, unit tests.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisConnectionInfo, RedisError};
 use reservation::workloads::{DiskType, Zdb};
 use reservation::{Identity, Reservation, Secret, WorkloadType};
 use serde_json::json;
@@ -61,6 +63,9 @@ use crate::docker::{
 use crate::names::{self, label, Names, LABEL_DISK};
 use crate::plugin::{Plugin, Setup};
 use crate::{ProvisionError, LABEL_TYPE};
+
+mod admin;
+use admin::zerr;
 
 /// The official 0-db image (production); tests use a local stand-in.
 pub const DEFAULT_ZDB_IMAGE: &str = "threefoldtech/0-db";
@@ -140,23 +145,9 @@ struct Instance {
     name: String,
 }
 
-/// The text of a 0-db error reply (`-Namespace not found` arrives split
-/// into a code and a detail).
-fn reply_text(e: &RedisError) -> String {
-    match (e.code(), e.detail()) {
-        (Some(c), Some(d)) => format!("{c} {d}"),
-        (Some(c), None) => c.to_string(),
-        _ => e.to_string(),
-    }
-}
-
 /// Container `name` was there a moment ago and is gone.
 fn vanished(name: &str) -> ProvisionError {
     ProvisionError::Docker(DockerError::Other(format!("container {name} vanished")))
-}
-
-fn zerr(what: &str, e: RedisError) -> ProvisionError {
-    ProvisionError::Node(format!("0-db {what}: {}", reply_text(&e)))
 }
 
 impl ZdbProvisioner {
@@ -414,68 +405,6 @@ impl ZdbProvisioner {
             .ok_or_else(|| vanished(&inst.name))
     }
 
-    /// Wait until 0-db answers PING.
-    async fn wait_ready(&self, inst: &Instance, ip: Ipv4Addr) -> Result<(), ProvisionError> {
-        let deadline = tokio::time::Instant::now() + self.ready_timeout;
-        loop {
-            let err = match connect(ip).await {
-                Ok(mut con) => match redis::cmd("PING").query_async::<String>(&mut con).await {
-                    Ok(_) => return Ok(()),
-                    Err(e) => e,
-                },
-                Err(e) => e,
-            };
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ProvisionError::Node(format!(
-                    "0-db container {} at {ip}:{ZDB_PORT} does not answer: {}",
-                    inst.name,
-                    reply_text(&err)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// An admin connection to instance `inst` at `ip`.
-    async fn admin(
-        &self,
-        inst: &Instance,
-        ip: Ipv4Addr,
-    ) -> Result<MultiplexedConnection, ProvisionError> {
-        let mut con = connect(ip)
-            .await
-            .map_err(|e| zerr(&format!("connect to {ip}"), e))?;
-        let pw = self.admin_password(&inst.name);
-        redis::cmd("AUTH")
-            .arg(pw.expose())
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(|e| zerr(&format!("admin login on {}", inst.name), e))?;
-        Ok(con)
-    }
-
-    /// Remove the instance's container and volume if only `default` is left.
-    async fn remove_if_empty(
-        &self,
-        inst: &Instance,
-        con: &mut MultiplexedConnection,
-    ) -> Result<(), ProvisionError> {
-        let left: Vec<String> = redis::cmd("NSLIST")
-            .query_async(con)
-            .await
-            .map_err(|e| zerr("NSLIST", e))?;
-        if left.iter().any(|n| n != DEFAULT_NAMESPACE) {
-            return Ok(());
-        }
-        self.docker
-            .stop_container(&inst.name, Duration::from_secs(10))
-            .await?;
-        self.docker.remove_container(&inst.name).await?;
-        self.docker.remove_volume(&inst.name).await?;
-        tracing::info!(container = %inst.name, "last namespace gone; 0-db container and volume removed");
-        Ok(())
-    }
-
     /// Every 0-db container of this provisioner, running or not.
     async fn instances(&self) -> Result<Vec<(Instance, ContainerInfo)>, ProvisionError> {
         let filter = ContainerFilter {
@@ -501,42 +430,6 @@ impl ZdbProvisioner {
         }
         Ok(out)
     }
-
-    async fn namespace_exists(
-        con: &mut MultiplexedConnection,
-        ns: &str,
-    ) -> Result<bool, ProvisionError> {
-        match redis::cmd("NSINFO")
-            .arg(ns)
-            .query_async::<String>(con)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if reply_text(&e) == "Namespace not found" => Ok(false),
-            Err(e) => Err(zerr(&format!("NSINFO {ns}"), e)),
-        }
-    }
-
-    /// NSDEL `ns` in `inst`, then drop the instance if it is empty.
-    async fn delete_namespace(&self, inst: &Instance, ns: &str) -> Result<(), ProvisionError> {
-        if self.docker.inspect_container(&inst.name).await?.is_none() {
-            return Ok(());
-        }
-        let (ip, _) = self.ensure_instance(inst).await?;
-        let mut con = self.admin(inst, ip).await?;
-        match redis::cmd("NSDEL")
-            .arg(ns)
-            .query_async::<()>(&mut con)
-            .await
-        {
-            Ok(()) => {
-                tracing::info!(reservation = %ns, container = %inst.name, "0-db namespace deleted")
-            }
-            Err(e) if reply_text(&e) == "This namespace doesn't exists" => {}
-            Err(e) => return Err(zerr(&format!("NSDEL {ns}"), e)),
-        }
-        self.remove_if_empty(inst, &mut con).await
-    }
 }
 
 /// The 0-db container's entrypoint: a shell that hands `$ADMIN` from the
@@ -553,18 +446,6 @@ pub fn zdb_entrypoint(mode: &str) -> Result<Vec<String>, ProvisionError> {
         "exec /bin/zdb --listen 0.0.0.0 --port {ZDB_PORT} --data {DATA_DIR}/data --index {DATA_DIR}/index --mode {mode} --protect --maxsize {DEFAULT_NAMESPACE_MAXSIZE} --admin \"$ADMIN\""
     );
     Ok(vec!["/bin/sh".into(), "-c".into(), line])
-}
-
-async fn connect(ip: Ipv4Addr) -> redis::RedisResult<MultiplexedConnection> {
-    let info = (ip.to_string(), ZDB_PORT)
-        .into_connection_info()?
-        .set_redis_settings(RedisConnectionInfo::default().set_skip_set_lib_name());
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(10)));
-    redis::Client::open(info)?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
 }
 
 #[async_trait]
@@ -764,47 +645,4 @@ impl Plugin for ZdbProvisioner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn namespaces_are_named_after_the_signed_reservation() {
-        let user = Identity::generate();
-        let mut r = Reservation {
-            id: "12-3".into(),
-            user_id: user.id().to_string(),
-            ..Default::default()
-        };
-        r.signature = "sig-a".into();
-        let a = namespace_name(&r);
-        assert!(
-            a.starts_with("12-3-") && a.len() == "12-3-".len() + 16,
-            "{a}"
-        );
-        assert_eq!(reservation_of_namespace(&a), Some("12-3"));
-        r.signature = "sig-b".into();
-        assert_ne!(
-            namespace_name(&r),
-            a,
-            "another signed reservation, another namespace"
-        );
-        for bad in [
-            "default",
-            "12-3",
-            "12-3-xyz",
-            "a-b-0123456789abcdef",
-            "12-0123456789abcdef",
-        ] {
-            assert_eq!(reservation_of_namespace(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn the_entrypoint_never_carries_the_admin_password() {
-        let e = zdb_entrypoint("seq").unwrap();
-        assert_eq!(e[..2], ["/bin/sh", "-c"]);
-        assert!(e[2].contains("--protect") && e[2].contains("--maxsize 1048576"));
-        assert!(e[2].contains("--mode seq") && e[2].ends_with("--admin \"$ADMIN\""));
-        assert!(zdb_entrypoint("user; rm -rf /").is_err());
-    }
-}
+mod tests;

@@ -44,6 +44,11 @@
 //! - Adoption: a container or volume found under the node's name is reused
 //!   only when [`names::adoptable`] holds (made for this very signed
 //!   reservation); anything else there is removed and made afresh.
+//!
+//! Files: `mod.rs`, the plug-in ([`KubernetesProvisioner`] and its
+//! [`Plugin`] impl); `runtime.rs`, whether and how kubernetes runs here
+//! ([`KubernetesMode`]); `spec.rs`, the k3s node container built and
+//! checked from the data; `tests.rs`, unit tests.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -52,17 +57,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reservation::workloads::{kubernetes_size, DiskType, Kubernetes};
-use reservation::{Identity, Reservation, Secret, WorkloadType};
+use reservation::{Identity, Reservation, WorkloadType};
 use serde_json::json;
 
 use crate::charge::{Charge, Resources, CONTAINER_LAYER_MIB, MIB_PER_GIB};
 use crate::docker::{
-    ContainerExtras, ContainerFilter, ContainerInfo, ContainerNet, ContainerSpec, Docker,
-    DockerError, FileUpload, NetworkInfo, VolumeMount, VolumeSpec,
+    ContainerFilter, ContainerInfo, Docker, DockerError, FileUpload, NetworkInfo, VolumeSpec,
 };
 use crate::names::{self, label, Names, LABEL_DISK, LABEL_SIZE_GIB};
 use crate::plugin::{Plugin, Setup};
 use crate::{ProvisionError, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
+
+mod runtime;
+pub use runtime::{
+    check_runtime, check_runtime_in, check_runtime_name, KubernetesMode, DISABLED,
+    NON_ISOLATING_RUNTIMES,
+};
+mod spec;
+pub use spec::k3s_command;
+use spec::{check_ip, check_masters, size_of};
 
 /// The pinned upstream k3s image (production); tests use a local stand-in.
 pub const DEFAULT_K3S_IMAGE: &str = "rancher/k3s:v1.31.4-k3s1";
@@ -72,90 +85,6 @@ pub const STATE_DIR: &str = "/var/lib/rancher";
 pub const AUTHORIZED_KEYS: &str = "/root/.ssh/authorized_keys";
 /// Label with a node's role, `server` or `agent`.
 pub const LABEL_ROLE: &str = "io.agent.k8s.role";
-
-/// The refusal every kubernetes reservation gets while kubernetes is
-/// disabled on the node.
-pub const DISABLED: &str = "kubernetes is disabled on this node: k3s needs a privileged container; the operator enables it with --kubernetes-runtime <isolating runtime> or, on a single-tenant node, --kubernetes-privileged-unsafe";
-
-/// OCI runtimes that share the host's kernel with plain namespaces: no
-/// isolation for a privileged container. Refused by [`check_runtime_name`].
-pub const NON_ISOLATING_RUNTIMES: &[&str] = &[
-    "runc",
-    "crun",
-    "youki",
-    "io.containerd.runc.v1",
-    "io.containerd.runc.v2",
-    "io.containerd.runtime.v1.linux",
-];
-
-/// Whether and how this node runs k3s nodes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum KubernetesMode {
-    /// Every kubernetes reservation is refused with [`DISABLED`] (default).
-    #[default]
-    Disabled,
-    /// Node containers run under this isolating OCI runtime (`kata`,
-    /// `sysbox-runc`...), registered with the Docker engine.
-    Runtime(String),
-    /// Node containers run privileged on the host's runtime: any tenant
-    /// owns the host. Only for a node with a single tenant.
-    PrivilegedUnsafe,
-}
-
-impl KubernetesMode {
-    /// `disabled`, `runtime <name>` or `privileged-unsafe`.
-    pub fn describe(&self) -> String {
-        match self {
-            KubernetesMode::Disabled => "disabled".into(),
-            KubernetesMode::Runtime(r) => format!("runtime {r}"),
-            KubernetesMode::PrivilegedUnsafe => "privileged-unsafe".into(),
-        }
-    }
-}
-
-/// Refuse a runtime name known not to isolate (`runc` and its aliases).
-pub fn check_runtime_name(name: &str) -> Result<(), String> {
-    if name.trim().is_empty() {
-        return Err("--kubernetes-runtime: the runtime name is empty".into());
-    }
-    if NON_ISOLATING_RUNTIMES.contains(&name) {
-        return Err(format!(
-            "--kubernetes-runtime: {name:?} does not isolate containers from the host (a privileged k3s container would own it); name an isolating runtime such as kata or sysbox-runc, or use --kubernetes-privileged-unsafe on a single-tenant node"
-        ));
-    }
-    Ok(())
-}
-
-/// Check that `name` is registered with the engine (`docker info`
-/// Runtimes) and is not runc under another name.
-pub async fn check_runtime(docker: &dyn Docker, name: &str) -> Result<(), String> {
-    check_runtime_name(name)?;
-    let info = docker
-        .info()
-        .await
-        .map_err(|e| format!("--kubernetes-runtime: cannot read docker info: {e}"))?;
-    check_runtime_in(name, &info.runtime_paths.into_iter().collect::<Vec<_>>())
-}
-
-/// [`check_runtime`] against a list of (name, path) registered runtimes.
-pub fn check_runtime_in(name: &str, registered: &[(String, String)]) -> Result<(), String> {
-    check_runtime_name(name)?;
-    let Some((_, path)) = registered.iter().find(|(n, _)| n == name) else {
-        let mut known: Vec<&str> = registered.iter().map(|(n, _)| n.as_str()).collect();
-        known.sort();
-        return Err(format!(
-            "--kubernetes-runtime: runtime {name:?} is not registered with this node's docker engine (registered: {}); add it to \"runtimes\" in /etc/docker/daemon.json and restart dockerd",
-            known.join(", ")
-        ));
-    };
-    let base = path.rsplit('/').next().unwrap_or("");
-    if NON_ISOLATING_RUNTIMES.contains(&base) {
-        return Err(format!(
-            "--kubernetes-runtime: runtime {name:?} runs {path:?}, which does not isolate containers from the host; name an isolating runtime such as kata or sysbox-runc"
-        ));
-    }
-    Ok(())
-}
 
 /// Provisions `kubernetes` workloads.
 pub struct KubernetesProvisioner {
@@ -172,87 +101,6 @@ pub struct KubernetesProvisioner {
 /// node scope `names`.
 pub fn node_name(names: &Names, id: &str) -> String {
     names.scoped("k8s", id)
-}
-
-/// The k3s command line (without the `/bin/k3s` entrypoint) of a node at
-/// `ip`: a server when `masters` is empty, else an agent of the first one.
-pub fn k3s_command(ip: IpAddr, masters: &[IpAddr]) -> Vec<String> {
-    let mut cmd = match masters.first() {
-        None => vec!["server".to_string()],
-        Some(IpAddr::V4(m)) => vec![
-            "agent".into(),
-            "--server".into(),
-            format!("https://{m}:6443"),
-        ],
-        Some(IpAddr::V6(m)) => vec![
-            "agent".into(),
-            "--server".into(),
-            format!("https://[{m}]:6443"),
-        ],
-    };
-    cmd.push("--node-ip".into());
-    cmd.push(ip.to_string());
-    cmd
-}
-
-/// CPU cores, memory MiB and disk GiB of the node's size, or a refusal.
-fn size_of(k: &Kubernetes) -> Result<(u32, u64, u64), ProvisionError> {
-    kubernetes_size(k.size).ok_or_else(|| {
-        ProvisionError::Refused(format!(
-            "data.size: kubernetes size {} is not 1 or 2",
-            k.size
-        ))
-    })
-}
-
-/// Every master must be a host address of the user's network on this node
-/// (a k3s agent joins the server it is told to: never one elsewhere).
-fn check_masters(
-    masters: &[IpAddr],
-    network_id: &str,
-    n: &NetworkInfo,
-) -> Result<(), ProvisionError> {
-    let subnets = n.ipv4_subnets();
-    for m in masters {
-        let inside = match m {
-            IpAddr::V4(m) => subnets
-                .iter()
-                .any(|s| s.contains(m) && *m != s.network() && *m != s.broadcast()),
-            IpAddr::V6(_) => false,
-        };
-        if !inside {
-            let s: Vec<String> = subnets.iter().map(|s| s.to_string()).collect();
-            return Err(ProvisionError::Refused(format!(
-                "data.master_ips: {m} is not in network {network_id:?}'s subnet {} on this node; a node may only join a master on the user's own network",
-                s.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// `ip` must be a host address of one of the network's subnets, not its
-/// gateway.
-fn check_ip(ip: Ipv4Addr, network_id: &str, n: &NetworkInfo) -> Result<(), ProvisionError> {
-    let subnets = n.ipv4_subnets();
-    let Some(sub) = subnets.iter().find(|s| s.contains(&ip)) else {
-        let s: Vec<String> = subnets.iter().map(|s| s.to_string()).collect();
-        return Err(ProvisionError::Refused(format!(
-            "data.ip: {ip} is outside network {network_id:?}'s subnet {} on this node",
-            s.join(", ")
-        )));
-    };
-    if ip == sub.network() || ip == sub.broadcast() {
-        return Err(ProvisionError::Refused(format!(
-            "data.ip: {ip} is the network or broadcast address of {sub}"
-        )));
-    }
-    if n.gateways.iter().any(|g| g == &ip.to_string()) {
-        return Err(ProvisionError::Refused(format!(
-            "data.ip: {ip} is the gateway of network {network_id:?}"
-        )));
-    }
-    Ok(())
 }
 
 impl KubernetesProvisioner {
@@ -352,62 +200,6 @@ impl KubernetesProvisioner {
 
     fn result(c: &ContainerInfo, ip: IpAddr) -> serde_json::Value {
         json!({"id": c.id, "ip": ip.to_string()})
-    }
-
-    /// The container of node `r` on Docker network `network` at `ip`, with
-    /// `token` for `K3S_TOKEN`: what [`Plugin::provision`] creates.
-    pub fn node_container(
-        &self,
-        r: &Reservation,
-        k: &Kubernetes,
-        network: &str,
-        ip: Ipv4Addr,
-        token: Secret,
-    ) -> Result<(ContainerSpec, ContainerExtras), ProvisionError> {
-        let (cpu, memory_mib, _) = size_of(k)?;
-        let name = node_name(&self.names, &r.id);
-        let mut labels = self.names.labels(r, WorkloadType::Kubernetes);
-        let role = if k.master_ips.is_empty() {
-            "server"
-        } else {
-            "agent"
-        };
-        labels.insert(LABEL_ROLE.into(), role.into());
-        let spec = ContainerSpec {
-            name: name.clone(),
-            image: self.image.clone(),
-            env: Vec::new(),
-            secret_env: vec![("K3S_TOKEN".into(), token)],
-            entrypoint: None,
-            tty: false,
-            open_stdin: false,
-            nano_cpus: i64::from(cpu) * 1_000_000_000,
-            memory: (memory_mib * 1024 * 1024) as i64,
-            mounts: vec![VolumeMount {
-                volume: name,
-                target: STATE_DIR.into(),
-            }],
-            network: ContainerNet::Bridge {
-                network: network.to_string(),
-                ipv4: Some(ip),
-            },
-            ports: Vec::new(),
-            restart_unless_stopped: true,
-            labels,
-        };
-        let extras = ContainerExtras {
-            cmd: Some(k3s_command(IpAddr::V4(ip), &k.master_ips)),
-            privileged: self.privileged,
-            tmpfs: BTreeMap::from([
-                ("/run".into(), String::new()),
-                ("/var/run".into(), String::new()),
-            ]),
-            runtime: match &self.mode {
-                KubernetesMode::Runtime(r) => Some(r.clone()),
-                _ => None,
-            },
-        };
-        Ok((spec, extras))
     }
 
     /// Create, fill and start the node; on failure leave nothing behind.
@@ -675,141 +467,4 @@ impl Plugin for KubernetesProvisioner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Provisioner;
-    use reservation::Workload;
-
-    fn signed_k8s(node: &Identity) -> (Reservation, Workload) {
-        let user = Identity::generate();
-        let data = json!({"size": 1, "network_id": "net", "ip": "10.9.0.5",
-            "cluster_secret": reservation::seal_for(node.id(), b"tok").unwrap(),
-            "master_ips": ["10.9.0.2"]});
-        let mut r = Reservation {
-            id: "77-1".into(),
-            node_id: node.id().to_string(),
-            user_id: user.id().to_string(),
-            kind: "kubernetes".into(),
-            data: serde_json::value::RawValue::from_string(data.to_string()).unwrap(),
-            created: Some(chrono::Utc::now()),
-            duration: 3_600_000_000_000,
-            ..Default::default()
-        };
-        user.sign_reservation(&mut r);
-        let w = Workload::parse(WorkloadType::Kubernetes, &r.data).unwrap();
-        (r, w)
-    }
-
-    #[tokio::test]
-    async fn disabled_by_default_with_a_refusal_that_says_how_to_enable() {
-        let node = Arc::new(Identity::generate());
-        let fake = Arc::new(crate::FakeDocker::new());
-        let k8s = KubernetesProvisioner::new(fake.clone(), node.clone(), "img");
-        let (r, w) = signed_k8s(&node);
-        match Provisioner::provision(&k8s, &r, &w).await {
-            Err(ProvisionError::Refused(m)) => {
-                assert_eq!(m, DISABLED);
-                assert!(
-                    m.contains("--kubernetes-runtime")
-                        && m.contains("--kubernetes-privileged-unsafe")
-                );
-            }
-            other => panic!("expected the disabled refusal, got {other:?}"),
-        }
-        assert!(fake.container_names().is_empty() && fake.volume_names().is_empty());
-    }
-
-    #[test]
-    fn the_node_container_carries_the_isolating_runtime() {
-        let node = Arc::new(Identity::generate());
-        let fake = Arc::new(crate::FakeDocker::new());
-        let (r, w) = signed_k8s(&node);
-        let Workload::Kubernetes(k) = &w else {
-            unreachable!()
-        };
-        let ip = Ipv4Addr::new(10, 9, 0, 5);
-        let k8s = KubernetesProvisioner::new(fake.clone(), node.clone(), "img")
-            .with_mode(KubernetesMode::Runtime("kata".into()));
-        let (spec, extras) = k8s
-            .node_container(&r, k, "n", ip, Secret::new("t"))
-            .unwrap();
-        assert_eq!(extras.runtime.as_deref(), Some("kata"));
-        assert!(extras.privileged, "privileged inside the sandbox");
-        assert_eq!(
-            spec.labels[names::LABEL_SIGNATURE],
-            names::signature_hash(&r)
-        );
-        let unsafe_mode = KubernetesProvisioner::new(fake, node, "img")
-            .with_mode(KubernetesMode::PrivilegedUnsafe);
-        let (_, extras) = unsafe_mode
-            .node_container(&r, k, "n", ip, Secret::new("t"))
-            .unwrap();
-        assert_eq!(extras.runtime, None);
-    }
-
-    #[test]
-    fn runtimes_must_be_registered_and_isolating() {
-        let reg = vec![
-            ("runc".to_string(), "runc".to_string()),
-            ("io.containerd.runc.v2".to_string(), "runc".to_string()),
-            ("kata".to_string(), "/usr/bin/kata-runtime".to_string()),
-            ("runc-alias".to_string(), "/usr/local/sbin/runc".to_string()),
-        ];
-        assert!(check_runtime_in("kata", &reg).is_ok());
-        let e = check_runtime_in("sysbox-runc", &reg).unwrap_err();
-        assert!(
-            e.starts_with("--kubernetes-runtime: runtime \"sysbox-runc\" is not registered"),
-            "{e}"
-        );
-        for bad in ["runc", "io.containerd.runc.v2", "runc-alias", ""] {
-            let e = check_runtime_in(bad, &reg).unwrap_err();
-            assert!(e.starts_with("--kubernetes-runtime:"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn masters_must_be_on_the_users_network() {
-        let n = NetworkInfo {
-            name: "n".into(),
-            subnets: vec!["10.9.0.0/24".into()],
-            gateways: vec!["10.9.0.1".into()],
-            ..Default::default()
-        };
-        assert!(check_masters(&["10.9.0.2".parse().unwrap()], "net", &n).is_ok());
-        for bad in ["1.2.3.4", "10.9.1.2", "10.9.0.255", "fd00::1"] {
-            let e = check_masters(&[bad.parse().unwrap()], "net", &n)
-                .unwrap_err()
-                .to_string();
-            assert!(e.starts_with("data.master_ips: ") && e.contains(bad), "{e}");
-        }
-    }
-
-    #[test]
-    fn command_lines() {
-        let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        assert_eq!(k3s_command(ip, &[]), ["server", "--node-ip", "10.1.2.3"]);
-        assert_eq!(
-            k3s_command(ip, &["10.1.2.2".parse().unwrap()]),
-            [
-                "agent",
-                "--server",
-                "https://10.1.2.2:6443",
-                "--node-ip",
-                "10.1.2.3"
-            ]
-        );
-        assert_eq!(
-            k3s_command(
-                ip,
-                &["fd00::1".parse().unwrap(), "10.0.0.1".parse().unwrap()]
-            ),
-            [
-                "agent",
-                "--server",
-                "https://[fd00::1]:6443",
-                "--node-ip",
-                "10.1.2.3"
-            ]
-        );
-    }
-}
+mod tests;
