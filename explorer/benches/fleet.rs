@@ -25,9 +25,12 @@
 //!   backends during the run (both replicas' pools and listeners), and the
 //!   HTTP connections held (one per node, plus the users').
 //!
-//! `cargo bench -p explorer --bench fleet -- --out FILE` after
-//! `cargo build --release --bins`; needs PostgreSQL (`initdb`, `pg_ctl`)
-//! installed. Client, servers and database share the machine's cores.
+//! `cargo bench -p explorer --bench fleet -- --out FILE [--runs N]` after
+//! `cargo build --release --bins` (`--runs`: runs of each setup, 3 by
+//! default; `EXPLORER_BENCH_BIN=PATH` runs another `explorer` binary, e.g.
+//! an older build for a before/after comparison); needs PostgreSQL
+//! (`initdb`, `pg_ctl`) installed. Client, servers and database share the
+//! machine's cores.
 
 mod common;
 
@@ -49,6 +52,7 @@ const USERS: usize = 16;
 const SUBMITS: usize = 3_000;
 const PACED: usize = 600;
 const PACED_RATE: f64 = 200.0;
+/// Runs of each setup unless `--runs N` says otherwise.
 const RUNS: usize = 3;
 
 fn free_port() -> Result<u16> {
@@ -330,7 +334,7 @@ async fn wait_answered(book: &Book, n: usize) {
     }
 }
 
-async fn run(out: PathBuf) -> Result<()> {
+async fn run(out: PathBuf, runs: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
     // PostgreSQL's defaults (durable commits), more connections than the
     // two pools need.
@@ -352,7 +356,7 @@ async fn run(out: PathBuf) -> Result<()> {
 
     let mut sled_runs = Vec::new();
     let mut pg_runs = Vec::new();
-    for run in 0..RUNS {
+    for run in 0..runs {
         // Alternate which goes first, so drift falls on both alike.
         for setup in if run % 2 == 0 {
             ["sled", "pg2"]
@@ -408,12 +412,20 @@ async fn run(out: PathBuf) -> Result<()> {
 
 fn main() -> Result<()> {
     let mut out = PathBuf::from("bench/out/fleet.json");
+    let mut runs = RUNS;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--bench" => {}
             "--out" => out = PathBuf::from(args.next().context("--out FILE")?),
-            other => bail!("unknown argument {other:?} (expected --out FILE)"),
+            "--runs" => {
+                runs = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .context("--runs N (a positive number)")?
+            }
+            other => bail!("unknown argument {other:?} (expected --out FILE or --runs N)"),
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -424,5 +436,5 @@ fn main() -> Result<()> {
         )
         .enable_all()
         .build()?;
-    rt.block_on(run(out))
+    rt.block_on(run(out, runs))
 }

@@ -67,6 +67,7 @@ use tracing::{info, warn};
 
 use crate::db::Db;
 use crate::metrics::{Metrics, OpenPoll};
+#[cfg(feature = "postgres")]
 use crate::pg::Pg;
 use crate::storage::{Insert, NodeUpdate, PollRange, Storage, Wakers};
 use crate::{ExplorerError, ServerConfig};
@@ -478,7 +479,18 @@ async fn poll(
     let mut slot = None;
     let answer = loop {
         sub.rx().borrow_and_update();
-        let list = st.db.poll(&node_id, range, Utc::now()).await?;
+        // A node just answered polls again from past what it got: when no
+        // wake-up came for it since, that query would be empty, so the
+        // poll is held without it (a write for the node wakes it, and it
+        // then asks the store). One query per answer instead of two.
+        let list = if st.wakers.is_quiet(&node_id, range) {
+            Vec::new()
+        } else {
+            let token = st.wakers.begin_query(&node_id);
+            let list = st.db.poll(&node_id, range, Utc::now()).await?;
+            st.wakers.end_query(&node_id, token, range, &list);
+            list
+        };
         if !list.is_empty() || *shutdown.borrow() || st.long_poll.is_zero() {
             break list;
         }
@@ -848,11 +860,16 @@ pub(crate) fn in_process(cfg: &ServerConfig) -> Result<Router, ExplorerError> {
 /// `cfg.database` is set, else sled under `cfg.data_dir`.
 pub(crate) async fn open(cfg: &ServerConfig) -> Result<Arc<dyn Storage>, ExplorerError> {
     match &cfg.database {
+        #[cfg(feature = "postgres")]
         Some(url) => {
             let pg = Pg::connect(url, cfg.max_connections).await?;
             pg.migrate().await?;
             Ok(Arc::new(pg))
         }
+        #[cfg(not(feature = "postgres"))]
+        Some(url) => Err(ExplorerError::NoPostgres {
+            at: crate::redact_database_url(url),
+        }),
         None => Ok(Arc::new(Db::open(&cfg.data_dir)?)),
     }
 }

@@ -1,7 +1,8 @@
 //! The storage seam: one async trait, [`Storage`], that every route goes
 //! through, with two implementations: sled in one process
 //! ([`crate::db::Db`], the default, for `agent --dev` and labs) and
-//! PostgreSQL shared by any number of replicas ([`crate::pg::Pg`]).
+//! PostgreSQL shared by any number of replicas (`crate::pg::Pg`, with the
+//! `postgres` feature).
 //!
 //! What both promise (the routes rely on it, `explorer/tests/server.rs`
 //! runs the same tests on each):
@@ -19,6 +20,7 @@
 //! other replicas' wake-ups ([`Storage::forward_wakeups`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -189,9 +191,47 @@ pub(crate) fn canonical_number(id: &str) -> Option<u64> {
 /// it, which wakes every poll of that node held on this server. Channels
 /// exist only while a poll waits, so arbitrary node ids in poll paths do
 /// not grow the map.
-#[derive(Default)]
+///
+/// Also what the last poll query of each node proved ([`Wakers::is_quiet`]):
+/// a node that was just answered polls again from past its last
+/// reservation, and that query is empty unless something was written for
+/// the node since. A wake-up for the node forgets the proof, so the poll
+/// is held without asking the store and still wakes on the next write.
 pub(crate) struct Wakers {
     map: Mutex<HashMap<String, watch::Sender<u64>>>,
+    quiet: Mutex<HashMap<String, Quiet>>,
+    /// Tokens of [`Wakers::begin_query`].
+    next_token: AtomicU64,
+    /// Every write of another replica reaches [`Wakers::wake`] (a shared
+    /// store: while its LISTEN connection is up; sled: always).
+    complete: AtomicBool,
+}
+
+/// What is known of a node's poll answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quiet {
+    /// A query (this token) is running; nothing woke the node since it
+    /// began.
+    Pending(u64),
+    /// An ordinary poll from this number answers nothing, as long as no
+    /// wake-up for the node comes (which removes the entry).
+    From(u64),
+}
+
+/// At most this many nodes' proofs are kept; past it they are all
+/// forgotten (each costs a query again), so arbitrary node ids in poll
+/// paths cannot grow the map without bound.
+const MAX_QUIET: usize = 100_000;
+
+impl Default for Wakers {
+    fn default() -> Self {
+        Wakers {
+            map: Mutex::default(),
+            quiet: Mutex::default(),
+            next_token: AtomicU64::new(0),
+            complete: AtomicBool::new(true),
+        }
+    }
 }
 
 impl Wakers {
@@ -199,8 +239,14 @@ impl Wakers {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn quiet(&self) -> std::sync::MutexGuard<'_, HashMap<String, Quiet>> {
+        self.quiet.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Wake the polls of `node_id` held here.
     pub fn wake(&self, node_id: &str) {
+        // Forget first: a poll that finds no proof asks the store.
+        self.quiet().remove(node_id);
         if let Some(tx) = self.lock().get(node_id) {
             tx.send_modify(|v| *v = v.wrapping_add(1));
         }
@@ -209,8 +255,19 @@ impl Wakers {
     /// Wake every poll held here (wake-ups may have been missed: each
     /// looks again).
     pub fn wake_all(&self) {
+        self.quiet().clear();
         for tx in self.lock().values() {
             tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// Whether every write of another replica wakes here from now on
+    /// (`true`), or wake-ups may be missed (`false`: no poll is held on a
+    /// proof meanwhile). Set `true` only after [`Wakers::wake_all`].
+    pub fn set_complete(&self, complete: bool) {
+        self.complete.store(complete, Ordering::SeqCst);
+        if !complete {
+            self.quiet().clear();
         }
     }
 
@@ -229,6 +286,56 @@ impl Wakers {
         let mut map = self.lock();
         if map.get(node_id).is_some_and(|tx| tx.receiver_count() == 0) {
             map.remove(node_id);
+        }
+    }
+
+    /// Whether the poll `q` of `node_id` is known to answer nothing now:
+    /// an earlier query proved it, and no wake-up for the node came since.
+    /// Ask with a receiver from [`Wakers::subscribe`] already marked seen,
+    /// so a wake-up right after this still wakes the poll.
+    pub fn is_quiet(&self, node_id: &str, q: PollRange) -> bool {
+        if q.all || !self.complete.load(Ordering::SeqCst) {
+            return false;
+        }
+        matches!(self.quiet().get(node_id), Some(Quiet::From(f)) if q.from >= *f)
+    }
+
+    /// Call before querying the store for a poll of `node_id`; hand the
+    /// token and the answer to [`Wakers::end_query`].
+    pub fn begin_query(&self, node_id: &str) -> u64 {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut quiet = self.quiet();
+        if quiet.len() >= MAX_QUIET && !quiet.contains_key(node_id) {
+            quiet.clear();
+        }
+        quiet.insert(node_id.to_string(), Quiet::Pending(token));
+        token
+    }
+
+    /// Record what the answer `list` to the poll `q` of `node_id` proves,
+    /// unless a wake-up for the node (or another query) came since
+    /// [`Wakers::begin_query`]. An ordinary poll that answered fewer than
+    /// its limit and no pending deletion saw every live reservation of the
+    /// node from `q.from`: later ones can only come with a write, which
+    /// wakes. (Expiry and confirmed deletions only take reservations out.)
+    pub fn end_query(&self, node_id: &str, token: u64, q: PollRange, list: &[Reservation]) {
+        let mut quiet = self.quiet();
+        if quiet.get(node_id) != Some(&Quiet::Pending(token)) {
+            return;
+        }
+        let proven = !q.all && list.len() < q.limit && !list.iter().any(|r| r.to_delete);
+        let numbers: Option<Vec<u64>> = list.iter().map(Reservation::number).collect();
+        match (proven, numbers) {
+            (true, Some(numbers)) => {
+                let from = numbers
+                    .into_iter()
+                    .map(|n| n.saturating_add(1))
+                    .fold(q.from, u64::max);
+                quiet.insert(node_id.to_string(), Quiet::From(from));
+            }
+            _ => {
+                quiet.remove(node_id);
+            }
         }
     }
 }
