@@ -240,6 +240,10 @@ async fn run_once(urls: &[String], admin: Option<&str>) -> Result<Value> {
     let queue = Arc::new(Mutex::new(
         burst.into_iter().enumerate().collect::<Vec<_>>(),
     ));
+    let xacts_before = match admin {
+        Some(a) => Some(transactions(a).await?),
+        None => None,
+    };
     let started = Instant::now();
     let mut users = Vec::new();
     for _ in 0..USERS {
@@ -272,6 +276,16 @@ async fn run_once(urls: &[String], admin: Option<&str>) -> Result<Value> {
     let took = started.elapsed().as_secs_f64();
     let rate = SUBMITS as f64 / took;
     wait_answered(&book, SUBMITS).await;
+    // Transactions the database ran for the burst (inserts, NOTIFYs, the
+    // woken polls' queries and the nodes' next polls), per reservation.
+    let xacts_per_submit = match (admin, xacts_before) {
+        (Some(a), Some(before)) => {
+            // Backends report their counters within a second of going idle.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Some((transactions(a).await? - before) as f64 / SUBMITS as f64)
+        }
+        _ => None,
+    };
     let burst_lat = std::mem::take(&mut *book.latencies.lock().unwrap());
 
     // Paced: one POST every 1/PACED_RATE s, each its own task.
@@ -311,19 +325,34 @@ async fn run_once(urls: &[String], admin: Option<&str>) -> Result<Value> {
         let _ = w.await;
     }
     eprintln!(
-        "  {} replica(s): {rate:.0} submits/s; burst answers {}/{SUBMITS}, paced {}/{PACED}; peak db connections {}",
+        "  {} replica(s): {rate:.0} submits/s; burst answers {}/{SUBMITS}, paced {}/{PACED}; peak db connections {}; db transactions per submit {}",
         urls.len(),
         burst_lat.len(),
         paced_lat.len(),
-        peak.load(Ordering::Relaxed)
+        peak.load(Ordering::Relaxed),
+        xacts_per_submit.map_or("-".into(), |x| format!("{x:.2}"))
     );
     Ok(json!({
         "submit_rate_per_s": rate,
         "burst_latency_s": burst_lat,
         "paced_latency_s": paced_lat,
         "db_connections_peak": admin.map(|_| peak.load(Ordering::Relaxed)),
+        "db_transactions_per_submit": xacts_per_submit,
         "http_connections": NODES + USERS,
     }))
+}
+
+/// Transactions committed or rolled back so far in the bench's database
+/// (`pg_stat_database`).
+async fn transactions(admin: &str) -> Result<i64> {
+    let mut conn = PgConnection::connect(admin).await?;
+    let row = sqlx::query(
+        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = 'explorer_bench'",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    let _ = conn.close().await;
+    Ok(row.try_get(0)?)
 }
 
 /// Wait until `n` answers were recorded (at most 30 s).

@@ -354,4 +354,94 @@ mod tests {
         assert_eq!(canonical_number("012-1"), None);
         assert_eq!(canonical_number("+12-1"), None);
     }
+
+    fn answered(numbers: &[u64], to_delete: bool) -> Vec<Reservation> {
+        numbers
+            .iter()
+            .map(|n| {
+                let mut r: Reservation = serde_json::from_value(serde_json::json!({
+                    "id": format!("{n}-1"), "node_id": "n", "user_id": "u", "type": "volume",
+                    "data": {}, "to_delete": to_delete,
+                }))
+                .unwrap();
+                r.id = format!("{n}-1");
+                r
+            })
+            .collect()
+    }
+
+    fn range(from: u64, all: bool) -> PollRange {
+        PollRange {
+            from,
+            all,
+            limit: 10,
+        }
+    }
+
+    #[test]
+    fn a_quiet_proof_holds_until_a_wake_up() {
+        let w = Wakers::default();
+        assert!(!w.is_quiet("n", range(1, false)), "nothing known yet");
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(1, false), &answered(&[3, 5], false));
+        assert!(w.is_quiet("n", range(6, false)));
+        assert!(w.is_quiet("n", range(9, false)));
+        assert!(!w.is_quiet("n", range(5, false)), "5 is live");
+        assert!(!w.is_quiet("n", range(6, true)), "all=true answers more");
+        assert!(!w.is_quiet("m", range(6, false)), "another node");
+        w.wake("n");
+        assert!(!w.is_quiet("n", range(6, false)), "a wake-up forgets");
+
+        // An empty answer proves its own `from`.
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(6, false), &[]);
+        assert!(w.is_quiet("n", range(6, false)));
+        w.wake_all();
+        assert!(!w.is_quiet("n", range(6, false)), "wake_all forgets all");
+    }
+
+    #[test]
+    fn no_proof_from_a_woken_query_a_full_answer_or_a_pending_deletion() {
+        let w = Wakers::default();
+        // Woken while the query ran: what it saw may be old.
+        let t = w.begin_query("n");
+        w.wake("n");
+        w.end_query("n", t, range(1, false), &answered(&[3], false));
+        assert!(!w.is_quiet("n", range(4, false)));
+        // A newer query of the node supersedes an older one.
+        let old = w.begin_query("n");
+        let new = w.begin_query("n");
+        w.end_query("n", old, range(1, false), &answered(&[3], false));
+        assert!(!w.is_quiet("n", range(4, false)));
+        w.end_query("n", new, range(1, false), &answered(&[3], false));
+        assert!(w.is_quiet("n", range(4, false)));
+        // As many as the limit: there may be more.
+        let t = w.begin_query("n");
+        let full: Vec<u64> = (1..=10).collect();
+        w.end_query("n", t, range(1, false), &answered(&full, false));
+        assert!(!w.is_quiet("n", range(11, false)));
+        // A pending deletion is answered whatever the cursor.
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(1, false), &answered(&[2], true));
+        assert!(!w.is_quiet("n", range(3, false)));
+        // all=true proves nothing of the ordinary poll.
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(1, true), &answered(&[2], false));
+        assert!(!w.is_quiet("n", range(3, false)));
+    }
+
+    #[test]
+    fn nothing_is_held_on_a_proof_while_wake_ups_may_be_missed() {
+        let w = Wakers::default();
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(1, false), &[]);
+        w.set_complete(false);
+        assert!(!w.is_quiet("n", range(1, false)));
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(1, false), &[]);
+        assert!(!w.is_quiet("n", range(1, false)), "incomplete");
+        w.wake_all();
+        w.set_complete(true);
+        assert!(!w.is_quiet("n", range(1, false)), "proofs of that time are gone");
+    }
 }
