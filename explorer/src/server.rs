@@ -903,3 +903,34 @@ pub(crate) async fn run(
     info!("explorer stopped");
     Ok(())
 }
+
+/// What a build without the `postgres` feature (the agent's embedded
+/// explorer) does with a database URL: `cargo test -p explorer
+/// --no-default-features --lib`.
+#[cfg(all(test, not(feature = "postgres")))]
+mod without_postgres {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_url_is_refused_saying_this_build_has_no_postgresql() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ServerConfig {
+            database: Some("postgres://explorer:s3cret@db:5432/explorer".into()),
+            ..ServerConfig::new(dir.path())
+        };
+        let Err(e) = open(&cfg).await else {
+            panic!("a database URL was taken by a build without PostgreSQL");
+        };
+        let m = e.to_string();
+        assert!(matches!(e, ExplorerError::NoPostgres { .. }), "{m}");
+        assert!(m.contains("this build has no PostgreSQL support"), "{m}");
+        assert!(
+            m.contains("postgres://db:5432/explorer") && !m.contains("s3cret"),
+            "{m}"
+        );
+        let e = crate::migrate("postgres://explorer:s3cret@db:5432/explorer")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ExplorerError::NoPostgres { .. }), "{e}");
+    }
+}

@@ -183,6 +183,7 @@ pub(crate) fn parse_id(id: &str) -> Option<u64> {
 
 /// The number of `id` if `id` is exactly how this explorer writes it
 /// (`"7-1"`, not `"07-1"` nor `"+7-1"`).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn canonical_number(id: &str) -> Option<u64> {
     parse_id(id).filter(|n| format!("{n}-1") == id)
 }
@@ -253,7 +254,8 @@ impl Wakers {
     }
 
     /// Wake every poll held here (wake-ups may have been missed: each
-    /// looks again).
+    /// looks again). Only a shared store misses wake-ups.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub fn wake_all(&self) {
         self.quiet().clear();
         for tx in self.lock().values() {
@@ -264,6 +266,7 @@ impl Wakers {
     /// Whether every write of another replica wakes here from now on
     /// (`true`), or wake-ups may be missed (`false`: no poll is held on a
     /// proof meanwhile). Set `true` only after [`Wakers::wake_all`].
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub fn set_complete(&self, complete: bool) {
         self.complete.store(complete, Ordering::SeqCst);
         if !complete {
@@ -442,6 +445,9 @@ mod tests {
         assert!(!w.is_quiet("n", range(1, false)), "incomplete");
         w.wake_all();
         w.set_complete(true);
-        assert!(!w.is_quiet("n", range(1, false)), "proofs of that time are gone");
+        assert!(
+            !w.is_quiet("n", range(1, false)),
+            "proofs of that time are gone"
+        );
     }
 }
