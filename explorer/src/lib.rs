@@ -71,7 +71,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// A PostgreSQL URL (`postgres://user:password@host:port/dbname`): the
     /// state lives there instead, shared with every other server given the
-    /// same URL; the schema is migrated at start.
+    /// same URL; the schema is migrated at start. A build without the
+    /// `postgres` feature refuses it ([`ExplorerError::NoPostgres`]).
     pub database: Option<String>,
     /// At most this many connections to `database`, the one that
     /// listens for the other replicas' wake-ups included.
