@@ -503,6 +503,11 @@ def fleet_section(fl):
       f"replicas: {', '.join(str(p) for p in peaks)} (each replica: a pool of at most "
       f"{fl.get('max_connections_per_replica', '?')}, its LISTEN connection included). Held polls use no "
       "database connection while they wait.")
+    tx = [r["db_transactions_per_submit"] for r in pg if r.get("db_transactions_per_submit") is not None]
+    if tx:
+        w("- database transactions per reservation in the burst, both replicas (`pg_stat_database`: "
+          "the inserts, the NOTIFY batches, the woken polls' queries and any query of a node's next "
+          f"poll): {', '.join(f'{x:.2f}' for x in tx)}")
     w(f"- every reservation was answered to its node: sled {'yes' if answered(sl, 'burst_latency_s', fl['submits_per_run']) and answered(sl, 'paced_latency_s', fl['paced_per_run']) else '**no**'}, "
       f"2 PG replicas {'yes' if answered(pg, 'burst_latency_s', fl['submits_per_run']) and answered(pg, 'paced_latency_s', fl['paced_per_run']) else '**no**'}")
     rs, rp = med([r["submit_rate_per_s"] for r in sl]), med([r["submit_rate_per_s"] for r in pg])

@@ -25,9 +25,12 @@
 //!   backends during the run (both replicas' pools and listeners), and the
 //!   HTTP connections held (one per node, plus the users').
 //!
-//! `cargo bench -p explorer --bench fleet -- --out FILE` after
-//! `cargo build --release --bins`; needs PostgreSQL (`initdb`, `pg_ctl`)
-//! installed. Client, servers and database share the machine's cores.
+//! `cargo bench -p explorer --bench fleet -- --out FILE [--runs N]` after
+//! `cargo build --release --bins` (`--runs`: runs of each setup, 3 by
+//! default; `EXPLORER_BENCH_BIN=PATH` runs another `explorer` binary, e.g.
+//! an older build for a before/after comparison); needs PostgreSQL
+//! (`initdb`, `pg_ctl`) installed. Client, servers and database share the
+//! machine's cores.
 
 mod common;
 
@@ -49,6 +52,7 @@ const USERS: usize = 16;
 const SUBMITS: usize = 3_000;
 const PACED: usize = 600;
 const PACED_RATE: f64 = 200.0;
+/// Runs of each setup unless `--runs N` says otherwise.
 const RUNS: usize = 3;
 
 fn free_port() -> Result<u16> {
@@ -236,6 +240,10 @@ async fn run_once(urls: &[String], admin: Option<&str>) -> Result<Value> {
     let queue = Arc::new(Mutex::new(
         burst.into_iter().enumerate().collect::<Vec<_>>(),
     ));
+    let xacts_before = match admin {
+        Some(a) => Some(transactions(a).await?),
+        None => None,
+    };
     let started = Instant::now();
     let mut users = Vec::new();
     for _ in 0..USERS {
@@ -268,6 +276,16 @@ async fn run_once(urls: &[String], admin: Option<&str>) -> Result<Value> {
     let took = started.elapsed().as_secs_f64();
     let rate = SUBMITS as f64 / took;
     wait_answered(&book, SUBMITS).await;
+    // Transactions the database ran for the burst (inserts, NOTIFYs, the
+    // woken polls' queries and the nodes' next polls), per reservation.
+    let xacts_per_submit = match (admin, xacts_before) {
+        (Some(a), Some(before)) => {
+            // Backends report their counters within a second of going idle.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Some((transactions(a).await? - before) as f64 / SUBMITS as f64)
+        }
+        _ => None,
+    };
     let burst_lat = std::mem::take(&mut *book.latencies.lock().unwrap());
 
     // Paced: one POST every 1/PACED_RATE s, each its own task.
@@ -307,19 +325,34 @@ async fn run_once(urls: &[String], admin: Option<&str>) -> Result<Value> {
         let _ = w.await;
     }
     eprintln!(
-        "  {} replica(s): {rate:.0} submits/s; burst answers {}/{SUBMITS}, paced {}/{PACED}; peak db connections {}",
+        "  {} replica(s): {rate:.0} submits/s; burst answers {}/{SUBMITS}, paced {}/{PACED}; peak db connections {}; db transactions per submit {}",
         urls.len(),
         burst_lat.len(),
         paced_lat.len(),
-        peak.load(Ordering::Relaxed)
+        peak.load(Ordering::Relaxed),
+        xacts_per_submit.map_or("-".into(), |x| format!("{x:.2}"))
     );
     Ok(json!({
         "submit_rate_per_s": rate,
         "burst_latency_s": burst_lat,
         "paced_latency_s": paced_lat,
         "db_connections_peak": admin.map(|_| peak.load(Ordering::Relaxed)),
+        "db_transactions_per_submit": xacts_per_submit,
         "http_connections": NODES + USERS,
     }))
+}
+
+/// Transactions committed or rolled back so far in the bench's database
+/// (`pg_stat_database`).
+async fn transactions(admin: &str) -> Result<i64> {
+    let mut conn = PgConnection::connect(admin).await?;
+    let row = sqlx::query(
+        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = 'explorer_bench'",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    let _ = conn.close().await;
+    Ok(row.try_get(0)?)
 }
 
 /// Wait until `n` answers were recorded (at most 30 s).
@@ -330,7 +363,7 @@ async fn wait_answered(book: &Book, n: usize) {
     }
 }
 
-async fn run(out: PathBuf) -> Result<()> {
+async fn run(out: PathBuf, runs: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
     // PostgreSQL's defaults (durable commits), more connections than the
     // two pools need.
@@ -352,7 +385,7 @@ async fn run(out: PathBuf) -> Result<()> {
 
     let mut sled_runs = Vec::new();
     let mut pg_runs = Vec::new();
-    for run in 0..RUNS {
+    for run in 0..runs {
         // Alternate which goes first, so drift falls on both alike.
         for setup in if run % 2 == 0 {
             ["sled", "pg2"]
@@ -408,12 +441,20 @@ async fn run(out: PathBuf) -> Result<()> {
 
 fn main() -> Result<()> {
     let mut out = PathBuf::from("bench/out/fleet.json");
+    let mut runs = RUNS;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--bench" => {}
             "--out" => out = PathBuf::from(args.next().context("--out FILE")?),
-            other => bail!("unknown argument {other:?} (expected --out FILE)"),
+            "--runs" => {
+                runs = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .context("--runs N (a positive number)")?
+            }
+            other => bail!("unknown argument {other:?} (expected --out FILE or --runs N)"),
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -424,5 +465,5 @@ fn main() -> Result<()> {
         )
         .enable_all()
         .build()?;
-    rt.block_on(run(out))
+    rt.block_on(run(out, runs))
 }

@@ -14,6 +14,7 @@ pub enum ExplorerError {
         source: sled::Error,
     },
     /// The PostgreSQL database cannot be reached or refused a statement.
+    #[cfg(feature = "postgres")]
     #[error("explorer database {at}: {source}")]
     Database {
         /// host:port/database (no password).
@@ -22,11 +23,20 @@ pub enum ExplorerError {
         source: sqlx::Error,
     },
     /// The PostgreSQL schema cannot be brought up to date.
+    #[cfg(feature = "postgres")]
     #[error("explorer database {at}: migration failed: {source}")]
     Migrate {
         at: String,
         #[source]
         source: sqlx::migrate::MigrateError,
+    },
+    /// A PostgreSQL database was named, and this build has no PostgreSQL
+    /// store (built without the `postgres` feature, as `agent --dev`'s
+    /// embedded explorer is).
+    #[error("explorer database {at}: this build has no PostgreSQL support (the explorer crate's `postgres` feature is off); leave out --database to use sled, or use an explorer built with its default features")]
+    NoPostgres {
+        /// scheme://host:port/database (no password).
+        at: String,
     },
     /// A stored record that no longer parses (a corrupt or foreign database).
     #[error("explorer data {path}: corrupt record {key}: {reason}")]

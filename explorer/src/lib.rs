@@ -43,9 +43,11 @@
 mod db;
 mod error;
 mod metrics;
+#[cfg(feature = "postgres")]
 mod pg;
 mod server;
 mod storage;
+#[cfg(feature = "postgres")]
 #[doc(hidden)]
 pub mod testing;
 mod ui;
@@ -69,7 +71,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// A PostgreSQL URL (`postgres://user:password@host:port/dbname`): the
     /// state lives there instead, shared with every other server given the
-    /// same URL; the schema is migrated at start.
+    /// same URL; the schema is migrated at start. A build without the
+    /// `postgres` feature refuses it ([`ExplorerError::NoPostgres`]).
     pub database: Option<String>,
     /// At most this many connections to `database`, the one that
     /// listens for the other replicas' wake-ups included.
@@ -120,16 +123,52 @@ pub async fn serve(
 
 /// Bring the PostgreSQL schema at `database` up to date (what `serve`
 /// does at start; `explorer migrate`).
+/// Without the `postgres` feature: [`ExplorerError::NoPostgres`].
 pub async fn migrate(database: &str) -> Result<(), ExplorerError> {
-    let pg = pg::Pg::connect(database, 2).await?;
-    let done = pg.migrate().await;
-    storage::Storage::close(&pg).await;
-    done
+    #[cfg(feature = "postgres")]
+    {
+        let pg = pg::Pg::connect(database, 2).await?;
+        let done = pg.migrate().await;
+        storage::Storage::close(&pg).await;
+        done
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        Err(ExplorerError::NoPostgres {
+            at: redact_database_url(database),
+        })
+    }
 }
+
+/// Whether this build has the PostgreSQL store (the `postgres` feature).
+pub const POSTGRES: bool = cfg!(feature = "postgres");
 
 /// The database `url` names, without its password (for messages).
 pub fn redact_database_url(url: &str) -> String {
-    pg::redact(url)
+    #[cfg(feature = "postgres")]
+    {
+        pg::redact(url)
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        redact_plain(url)
+    }
+}
+
+/// `scheme://host[:port][/db]` of a database URL, without user, password
+/// and parameters (what a build without sqlx can say of it).
+#[cfg_attr(feature = "postgres", allow(dead_code))]
+fn redact_plain(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "the database URL".into();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}{path}")
 }
 
 /// The explorer's routes over the sled database in `cfg.data_dir`, without a
@@ -139,4 +178,18 @@ pub fn redact_database_url(url: &str) -> String {
 /// Run a server with [`serve`].
 pub fn router(cfg: &ServerConfig) -> Result<axum::Router, ExplorerError> {
     server::in_process(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_plain_redaction_keeps_no_credentials() {
+        let r = super::redact_plain;
+        assert_eq!(
+            r("postgres://explorer:s3cret@db:5432/explorer?password=x"),
+            "postgres://db:5432/explorer"
+        );
+        assert_eq!(r("postgres://db"), "postgres://db");
+        assert_eq!(r("db:5432"), "the database URL");
+    }
 }

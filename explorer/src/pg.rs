@@ -563,6 +563,9 @@ impl Storage for Pg {
     }
 
     fn forward_wakeups(&self, wakers: Arc<Wakers>, mut shutdown: watch::Receiver<bool>) {
+        // Until LISTEN is up, other replicas' writes do not wake here: no
+        // poll may be held on what an earlier query proved.
+        wakers.set_complete(false);
         let pool = self.pool.clone();
         let at = self.at.clone();
         tokio::spawn(async move {
@@ -583,6 +586,7 @@ impl Storage for Pg {
                                     // Anything committed before LISTEN took
                                     // effect: every held poll looks again.
                                     wakers.wake_all();
+                                    wakers.set_complete(true);
                                     listener.insert(l)
                                 }
                                 Err(e) => {
@@ -598,14 +602,18 @@ impl Storage for Pg {
                     _ = stopped(&mut shutdown) => return,
                     m = l.try_recv() => match m {
                         Ok(Some(n)) => wakers.wake(n.payload()),
-                        // The connection was lost and is back (sqlx
-                        // listens again): notifications may be lost.
+                        // The connection was lost: notifications may be
+                        // lost until a new one listens (above, which wakes
+                        // every held poll once it does).
                         Ok(None) => {
-                            warn!(database = %at, "the LISTEN connection was lost and re-established; held polls look again");
+                            warn!(database = %at, "the LISTEN connection was lost; reconnecting; held polls look again");
+                            wakers.set_complete(false);
+                            listener = None;
                             wakers.wake_all();
                         }
                         Err(e) => {
                             warn!(database = %at, error = %e, "LISTEN connection failed; reconnecting in 1 s");
+                            wakers.set_complete(false);
                             listener = None;
                             wakers.wake_all();
                             tokio::time::sleep(Duration::from_secs(1)).await;

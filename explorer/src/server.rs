@@ -67,6 +67,7 @@ use tracing::{info, warn};
 
 use crate::db::Db;
 use crate::metrics::{Metrics, OpenPoll};
+#[cfg(feature = "postgres")]
 use crate::pg::Pg;
 use crate::storage::{Insert, NodeUpdate, PollRange, Storage, Wakers};
 use crate::{ExplorerError, ServerConfig};
@@ -478,7 +479,18 @@ async fn poll(
     let mut slot = None;
     let answer = loop {
         sub.rx().borrow_and_update();
-        let list = st.db.poll(&node_id, range, Utc::now()).await?;
+        // A node just answered polls again from past what it got: when no
+        // wake-up came for it since, that query would be empty, so the
+        // poll is held without it (a write for the node wakes it, and it
+        // then asks the store). One query per answer instead of two.
+        let list = if st.wakers.is_quiet(&node_id, range) {
+            Vec::new()
+        } else {
+            let token = st.wakers.begin_query(&node_id);
+            let list = st.db.poll(&node_id, range, Utc::now()).await?;
+            st.wakers.end_query(&node_id, token, range, &list);
+            list
+        };
         if !list.is_empty() || *shutdown.borrow() || st.long_poll.is_zero() {
             break list;
         }
@@ -848,11 +860,16 @@ pub(crate) fn in_process(cfg: &ServerConfig) -> Result<Router, ExplorerError> {
 /// `cfg.database` is set, else sled under `cfg.data_dir`.
 pub(crate) async fn open(cfg: &ServerConfig) -> Result<Arc<dyn Storage>, ExplorerError> {
     match &cfg.database {
+        #[cfg(feature = "postgres")]
         Some(url) => {
             let pg = Pg::connect(url, cfg.max_connections).await?;
             pg.migrate().await?;
             Ok(Arc::new(pg))
         }
+        #[cfg(not(feature = "postgres"))]
+        Some(url) => Err(ExplorerError::NoPostgres {
+            at: crate::redact_database_url(url),
+        }),
         None => Ok(Arc::new(Db::open(&cfg.data_dir)?)),
     }
 }
@@ -885,4 +902,35 @@ pub(crate) async fn run(
     flushed?;
     info!("explorer stopped");
     Ok(())
+}
+
+/// What a build without the `postgres` feature (the agent's embedded
+/// explorer) does with a database URL: `cargo test -p explorer
+/// --no-default-features --lib`.
+#[cfg(all(test, not(feature = "postgres")))]
+mod without_postgres {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_url_is_refused_saying_this_build_has_no_postgresql() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ServerConfig {
+            database: Some("postgres://explorer:s3cret@db:5432/explorer".into()),
+            ..ServerConfig::new(dir.path())
+        };
+        let Err(e) = open(&cfg).await else {
+            panic!("a database URL was taken by a build without PostgreSQL");
+        };
+        let m = e.to_string();
+        assert!(matches!(e, ExplorerError::NoPostgres { .. }), "{m}");
+        assert!(m.contains("this build has no PostgreSQL support"), "{m}");
+        assert!(
+            m.contains("postgres://db:5432/explorer") && !m.contains("s3cret"),
+            "{m}"
+        );
+        let e = crate::migrate("postgres://explorer:s3cret@db:5432/explorer")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ExplorerError::NoPostgres { .. }), "{e}");
+    }
 }

@@ -1,7 +1,8 @@
 //! The storage seam: one async trait, [`Storage`], that every route goes
 //! through, with two implementations: sled in one process
 //! ([`crate::db::Db`], the default, for `agent --dev` and labs) and
-//! PostgreSQL shared by any number of replicas ([`crate::pg::Pg`]).
+//! PostgreSQL shared by any number of replicas (`crate::pg::Pg`, with the
+//! `postgres` feature).
 //!
 //! What both promise (the routes rely on it, `explorer/tests/server.rs`
 //! runs the same tests on each):
@@ -19,6 +20,7 @@
 //! other replicas' wake-ups ([`Storage::forward_wakeups`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -181,6 +183,7 @@ pub(crate) fn parse_id(id: &str) -> Option<u64> {
 
 /// The number of `id` if `id` is exactly how this explorer writes it
 /// (`"7-1"`, not `"07-1"` nor `"+7-1"`).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn canonical_number(id: &str) -> Option<u64> {
     parse_id(id).filter(|n| format!("{n}-1") == id)
 }
@@ -189,9 +192,47 @@ pub(crate) fn canonical_number(id: &str) -> Option<u64> {
 /// it, which wakes every poll of that node held on this server. Channels
 /// exist only while a poll waits, so arbitrary node ids in poll paths do
 /// not grow the map.
-#[derive(Default)]
+///
+/// Also what the last poll query of each node proved ([`Wakers::is_quiet`]):
+/// a node that was just answered polls again from past its last
+/// reservation, and that query is empty unless something was written for
+/// the node since. A wake-up for the node forgets the proof, so the poll
+/// is held without asking the store and still wakes on the next write.
 pub(crate) struct Wakers {
     map: Mutex<HashMap<String, watch::Sender<u64>>>,
+    quiet: Mutex<HashMap<String, Quiet>>,
+    /// Tokens of [`Wakers::begin_query`].
+    next_token: AtomicU64,
+    /// Every write of another replica reaches [`Wakers::wake`] (a shared
+    /// store: while its LISTEN connection is up; sled: always).
+    complete: AtomicBool,
+}
+
+/// What is known of a node's poll answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quiet {
+    /// A query (this token) is running; nothing woke the node since it
+    /// began.
+    Pending(u64),
+    /// An ordinary poll from this number answers nothing, as long as no
+    /// wake-up for the node comes (which removes the entry).
+    From(u64),
+}
+
+/// At most this many nodes' proofs are kept; past it they are all
+/// forgotten (each costs a query again), so arbitrary node ids in poll
+/// paths cannot grow the map without bound.
+const MAX_QUIET: usize = 100_000;
+
+impl Default for Wakers {
+    fn default() -> Self {
+        Wakers {
+            map: Mutex::default(),
+            quiet: Mutex::default(),
+            next_token: AtomicU64::new(0),
+            complete: AtomicBool::new(true),
+        }
+    }
 }
 
 impl Wakers {
@@ -199,18 +240,37 @@ impl Wakers {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn quiet(&self) -> std::sync::MutexGuard<'_, HashMap<String, Quiet>> {
+        self.quiet.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Wake the polls of `node_id` held here.
     pub fn wake(&self, node_id: &str) {
+        // Forget first: a poll that finds no proof asks the store.
+        self.quiet().remove(node_id);
         if let Some(tx) = self.lock().get(node_id) {
             tx.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 
     /// Wake every poll held here (wake-ups may have been missed: each
-    /// looks again).
+    /// looks again). Only a shared store misses wake-ups.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub fn wake_all(&self) {
+        self.quiet().clear();
         for tx in self.lock().values() {
             tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// Whether every write of another replica wakes here from now on
+    /// (`true`), or wake-ups may be missed (`false`: no poll is held on a
+    /// proof meanwhile). Set `true` only after [`Wakers::wake_all`].
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub fn set_complete(&self, complete: bool) {
+        self.complete.store(complete, Ordering::SeqCst);
+        if !complete {
+            self.quiet().clear();
         }
     }
 
@@ -231,6 +291,56 @@ impl Wakers {
             map.remove(node_id);
         }
     }
+
+    /// Whether the poll `q` of `node_id` is known to answer nothing now:
+    /// an earlier query proved it, and no wake-up for the node came since.
+    /// Ask with a receiver from [`Wakers::subscribe`] already marked seen,
+    /// so a wake-up right after this still wakes the poll.
+    pub fn is_quiet(&self, node_id: &str, q: PollRange) -> bool {
+        if q.all || !self.complete.load(Ordering::SeqCst) {
+            return false;
+        }
+        matches!(self.quiet().get(node_id), Some(Quiet::From(f)) if q.from >= *f)
+    }
+
+    /// Call before querying the store for a poll of `node_id`; hand the
+    /// token and the answer to [`Wakers::end_query`].
+    pub fn begin_query(&self, node_id: &str) -> u64 {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut quiet = self.quiet();
+        if quiet.len() >= MAX_QUIET && !quiet.contains_key(node_id) {
+            quiet.clear();
+        }
+        quiet.insert(node_id.to_string(), Quiet::Pending(token));
+        token
+    }
+
+    /// Record what the answer `list` to the poll `q` of `node_id` proves,
+    /// unless a wake-up for the node (or another query) came since
+    /// [`Wakers::begin_query`]. An ordinary poll that answered fewer than
+    /// its limit and no pending deletion saw every live reservation of the
+    /// node from `q.from`: later ones can only come with a write, which
+    /// wakes. (Expiry and confirmed deletions only take reservations out.)
+    pub fn end_query(&self, node_id: &str, token: u64, q: PollRange, list: &[Reservation]) {
+        let mut quiet = self.quiet();
+        if quiet.get(node_id) != Some(&Quiet::Pending(token)) {
+            return;
+        }
+        let proven = !q.all && list.len() < q.limit && !list.iter().any(|r| r.to_delete);
+        let numbers: Option<Vec<u64>> = list.iter().map(Reservation::number).collect();
+        match (proven, numbers) {
+            (true, Some(numbers)) => {
+                let from = numbers
+                    .into_iter()
+                    .map(|n| n.saturating_add(1))
+                    .fold(q.from, u64::max);
+                quiet.insert(node_id.to_string(), Quiet::From(from));
+            }
+            _ => {
+                quiet.remove(node_id);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -246,5 +356,98 @@ mod tests {
         assert_eq!(canonical_number("12-1"), Some(12));
         assert_eq!(canonical_number("012-1"), None);
         assert_eq!(canonical_number("+12-1"), None);
+    }
+
+    fn answered(numbers: &[u64], to_delete: bool) -> Vec<Reservation> {
+        numbers
+            .iter()
+            .map(|n| {
+                let mut r: Reservation = serde_json::from_value(serde_json::json!({
+                    "id": format!("{n}-1"), "node_id": "n", "user_id": "u", "type": "volume",
+                    "data": {}, "to_delete": to_delete,
+                }))
+                .unwrap();
+                r.id = format!("{n}-1");
+                r
+            })
+            .collect()
+    }
+
+    fn range(from: u64, all: bool) -> PollRange {
+        PollRange {
+            from,
+            all,
+            limit: 10,
+        }
+    }
+
+    #[test]
+    fn a_quiet_proof_holds_until_a_wake_up() {
+        let w = Wakers::default();
+        assert!(!w.is_quiet("n", range(1, false)), "nothing known yet");
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(1, false), &answered(&[3, 5], false));
+        assert!(w.is_quiet("n", range(6, false)));
+        assert!(w.is_quiet("n", range(9, false)));
+        assert!(!w.is_quiet("n", range(5, false)), "5 is live");
+        assert!(!w.is_quiet("n", range(6, true)), "all=true answers more");
+        assert!(!w.is_quiet("m", range(6, false)), "another node");
+        w.wake("n");
+        assert!(!w.is_quiet("n", range(6, false)), "a wake-up forgets");
+
+        // An empty answer proves its own `from`.
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(6, false), &[]);
+        assert!(w.is_quiet("n", range(6, false)));
+        w.wake_all();
+        assert!(!w.is_quiet("n", range(6, false)), "wake_all forgets all");
+    }
+
+    #[test]
+    fn no_proof_from_a_woken_query_a_full_answer_or_a_pending_deletion() {
+        let w = Wakers::default();
+        // Woken while the query ran: what it saw may be old.
+        let t = w.begin_query("n");
+        w.wake("n");
+        w.end_query("n", t, range(1, false), &answered(&[3], false));
+        assert!(!w.is_quiet("n", range(4, false)));
+        // A newer query of the node supersedes an older one.
+        let old = w.begin_query("n");
+        let new = w.begin_query("n");
+        w.end_query("n", old, range(1, false), &answered(&[3], false));
+        assert!(!w.is_quiet("n", range(4, false)));
+        w.end_query("n", new, range(1, false), &answered(&[3], false));
+        assert!(w.is_quiet("n", range(4, false)));
+        // As many as the limit: there may be more.
+        let t = w.begin_query("n");
+        let full: Vec<u64> = (1..=10).collect();
+        w.end_query("n", t, range(1, false), &answered(&full, false));
+        assert!(!w.is_quiet("n", range(11, false)));
+        // A pending deletion is answered whatever the cursor.
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(1, false), &answered(&[2], true));
+        assert!(!w.is_quiet("n", range(3, false)));
+        // all=true proves nothing of the ordinary poll.
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(1, true), &answered(&[2], false));
+        assert!(!w.is_quiet("n", range(3, false)));
+    }
+
+    #[test]
+    fn nothing_is_held_on_a_proof_while_wake_ups_may_be_missed() {
+        let w = Wakers::default();
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(1, false), &[]);
+        w.set_complete(false);
+        assert!(!w.is_quiet("n", range(1, false)));
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(1, false), &[]);
+        assert!(!w.is_quiet("n", range(1, false)), "incomplete");
+        w.wake_all();
+        w.set_complete(true);
+        assert!(
+            !w.is_quiet("n", range(1, false)),
+            "proofs of that time are gone"
+        );
     }
 }

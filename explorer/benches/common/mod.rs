@@ -16,8 +16,16 @@ impl Drop for Server {
     }
 }
 
-/// The release `explorer` next to the running bench binary.
+/// The release `explorer` next to the running bench binary, or the one
+/// `EXPLORER_BENCH_BIN` names (to compare two builds).
 pub fn explorer_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("EXPLORER_BENCH_BIN").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        if !p.exists() {
+            bail!("EXPLORER_BENCH_BIN={} does not exist", p.display());
+        }
+        return Ok(p);
+    }
     let exe = std::env::current_exe()?;
     let p = exe
         .parent()
