@@ -45,6 +45,8 @@
 //! a restart: the key stays sealed in the cache and is opened again).
 //! Result `data`: `null`.
 
+#[cfg(test)]
+mod wg_tests;
 pub mod wireguard;
 
 use std::collections::BTreeSet;

@@ -456,7 +456,7 @@ pub struct RecordingTunnels {
 }
 
 #[async_trait]
-impl Tunnels for Arc<RecordingTunnels> {
+impl Tunnels for RecordingTunnels {
     fn mode(&self) -> String {
         "recording".into()
     }
