@@ -374,6 +374,10 @@ fn print_status(d: &Value) {
         ("by type", counters),
         ("pending results", d["pending_results"].to_string()),
         ("docker", docker),
+        (
+            "wireguard",
+            d["wireguard"].as_str().unwrap_or("?").to_string(),
+        ),
         ("registration", registration(&d["registration"])),
         ("capacity", capacity(&d["capacity"])),
         ("per user", tenants(&d["tenants"])),

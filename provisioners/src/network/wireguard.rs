@@ -51,7 +51,8 @@ impl fmt::Debug for WgKey {
 impl Drop for WgKey {
     fn drop(&mut self) {
         for b in self.0.iter_mut() {
-            // SAFETY-free wipe; volatile so it is not optimised away.
+            // SAFETY: `b` is a valid, aligned `&mut u8`; volatile so the
+            // wipe is not optimised away.
             unsafe { std::ptr::write_volatile(b, 0) };
         }
     }
