@@ -73,6 +73,8 @@ pub const LABEL_WIREGUARD: &str = "io.agent.wireguard";
 /// Most peers of one network, and most `allowed_ips` of one peer.
 pub const MAX_PEERS: usize = 64;
 pub const MAX_ALLOWED_IPS: usize = 64;
+/// Most `allowed_ips` of one network in all (one route each).
+pub const MAX_ROUTES: usize = 256;
 
 /// The checked WireGuard side of a network, before its bridge exists.
 #[derive(Debug)]
@@ -305,6 +307,14 @@ impl NetworkProvisioner {
         let range = n
             .validate()
             .map_err(|e| ProvisionError::Refused(e.to_string()))?;
+        let total: usize = entry.peers.iter().map(|p| p.allowed_ips.len()).sum();
+        if total > MAX_ROUTES {
+            return Err(refuse(
+                "peers",
+                format!("{total} allowed_ips in all; at most {MAX_ROUTES}"),
+            ));
+        }
+        let host = self.host_net()?;
         let mut peers = Vec::new();
         let mut seen: Vec<Ipv4Net> = Vec::new();
         for (j, p) in entry.peers.iter().enumerate() {
@@ -346,7 +356,7 @@ impl NetworkProvisioner {
                 if let Some(o) = seen.iter().find(|o| o.contains(&net) || net.contains(*o)) {
                     return Err(refuse(&f, format!("{net} overlaps {o} of another peer")));
                 }
-                self.check_host(net, docker_nets).map_err(|e| {
+                self.check_host_in(net, docker_nets, &host).map_err(|e| {
                     let m = e.to_string();
                     let m = m.strip_prefix("data.net_resources: ").unwrap_or(&m);
                     refuse(&f, m.replacen("subnet", "range", 1))
@@ -466,6 +476,24 @@ impl NetworkProvisioner {
     /// route or address of the host. `docker_nets` are every network of
     /// the engine: their bridges' routes are theirs, not the host's.
     fn check_host(&self, sub: Ipv4Net, docker_nets: &[NetworkInfo]) -> Result<(), ProvisionError> {
+        self.check_host_in(sub, docker_nets, &self.host_net()?)
+    }
+
+    /// The host's routes and addresses, from `/proc` or the fixed view.
+    fn host_net(&self) -> Result<HostNet, ProvisionError> {
+        match &self.host {
+            HostView::Fixed(h) => Ok(h.clone()),
+            HostView::Live => HostNet::read().map_err(ProvisionError::Node),
+        }
+    }
+
+    /// [`Self::check_host`] against routes and addresses read once.
+    fn check_host_in(
+        &self,
+        sub: Ipv4Net,
+        docker_nets: &[NetworkInfo],
+        host: &HostNet,
+    ) -> Result<(), ProvisionError> {
         let refuse = |m: String| Err(ProvisionError::Refused(format!("data.net_resources: {m}")));
         let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(b) || b.contains(a);
         for (range, what) in RESERVED {
@@ -481,10 +509,6 @@ impl NetworkProvisioner {
                 pool.join(", ")
             ));
         }
-        let host = match &self.host {
-            HostView::Fixed(h) => h.clone(),
-            HostView::Live => HostNet::read().map_err(ProvisionError::Node)?,
-        };
         // Docker names a bridge `br-` and the first 12 characters of its
         // network id; those routes are checked as Docker networks.
         let bridges: BTreeSet<String> = docker_nets

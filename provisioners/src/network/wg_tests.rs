@@ -258,6 +258,32 @@ async fn every_wireguard_field_is_checked_before_anything_is_made() {
     );
 }
 
+/// A tenant cannot make the node spawn thousands of route changes.
+#[tokio::test]
+async fn routes_are_capped_per_network() {
+    let s = set();
+    let user = Identity::generate();
+    let mut d = wg_data(&s, "mesh", json!({}));
+    let peers: Vec<Value> = (0..5u8)
+        .map(|i| {
+            let ips: Vec<String> = (0..64)
+                .map(|j| format!("10.{}.{j}.0/24", 100 + i))
+                .collect();
+            json!({"wireguard_public_key": b64(&keypair(10 + i).1), "allowed_ips": ips})
+        })
+        .collect();
+    d["net_resources"][0]["peers"] = json!(peers);
+    let (r, n) = res(&user, "1-1", d);
+    assert_eq!(
+        Plugin::provision(&s.net, &r, &n)
+            .await
+            .unwrap_err()
+            .to_string(),
+        "data.net_resources[0].peers: 320 allowed_ips in all; at most 256"
+    );
+    assert!(s.fake.list_networks().await.unwrap().is_empty());
+}
+
 /// The interface is named from the node-local id only: a hostile network
 /// name never reaches a command line.
 #[tokio::test]
