@@ -252,7 +252,7 @@ impl Drop for RemotePeer {
 
 /// Removes what a tunnel owns on the host when a test fails half way (the
 /// agent's tun dies with it; its chains and rule would not).
-struct HostLeftovers(Vec<String>);
+struct HostLeftovers(Vec<String>, Vec<String>);
 
 impl Drop for HostLeftovers {
     fn drop(&mut self) {
@@ -271,6 +271,19 @@ impl Drop for HostLeftovers {
             {}
             let _ = sh("iptables", &["-w", "5", "-t", "nat", "-F", &chain]);
             let _ = sh("iptables", &["-w", "5", "-t", "nat", "-X", &chain]);
+        }
+        // The policy rules of these networks' bridges, and their tables.
+        let rules = sh("ip", &["rule"]).unwrap_or_default();
+        for bridge in &self.1 {
+            for l in rules
+                .lines()
+                .filter(|l| l.contains(&format!("iif {bridge} ")))
+            {
+                if let Some(table) = l.split_whitespace().skip_while(|w| *w != "lookup").nth(1) {
+                    let _ = sh("ip", &["rule", "del", "iif", bridge, "lookup", table]);
+                    let _ = sh("ip", &["route", "flush", "table", table]);
+                }
+            }
         }
     }
 }
@@ -337,6 +350,22 @@ fn host_state(iface: &str) -> Result<String> {
         .join("\n"))
 }
 
+/// The Linux bridge of the Docker network of reservation `id`.
+fn bridge_of(node: &str, id: &str) -> Result<String> {
+    let names = docker(&[
+        "network",
+        "ls",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=io.agent.node={node}"),
+        "--filter",
+        &format!("label=io.agent.reservation={id}"),
+    ])?;
+    let net = names.lines().next().context("no docker network")?;
+    Ok(format!("br-{}", &net[..12]))
+}
+
 fn docker_net_label(node: &str, id: &str, label: &str) -> Result<String> {
     let names = docker(&[
         "network",
@@ -388,7 +417,7 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
     assert_eq!(res.state, ResultState::Ok, "{}", res.error);
     let iface = docker_net_label(node.id(), &net_a, "io.agent.wireguard")?;
     assert!(iface.starts_with("wg"), "{iface}");
-    let mut leftovers = HostLeftovers(vec![iface.clone()]);
+    let mut leftovers = HostLeftovers(vec![iface.clone()], vec![bridge_of(node.id(), &net_a)?]);
 
     // Bob's network claims the same peer subnet, through a tunnel to a
     // peer that does not answer: it must never reach Alice's peer.
@@ -404,6 +433,7 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
     leftovers
         .0
         .push(docker_net_label(node.id(), &net_b, "io.agent.wireguard")?);
+    leftovers.1.push(bridge_of(node.id(), &net_b)?);
 
     let ct_a = explorer
         .reserve(
@@ -636,13 +666,53 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
     // Deleting the network (its container first) removes the interface,
     // routes, rule and chains.
     assert!(!host_state(&iface)?.is_empty());
+    assert!(sh("ip", &["rule"])?.contains(&format!("iif {} ", leftovers.1[0])));
     for id in [&ct_a, &net_a] {
         assert_eq!(explorer.delete_as(&alice, id).await?, 200);
         explorer.wait_deleted(id).await?;
     }
     assert_eq!(host_state(&iface)?, "", "what the tunnel owned is gone");
+    let bridge_a = leftovers.1[0].clone();
+    assert!(
+        !sh("ip", &["rule"])?.contains(&format!("iif {bridge_a} ")),
+        "the policy rule of the deleted network's bridge is gone"
+    );
     let chain = format!("AGENT-{iface}");
     assert!(!sh("iptables", &["-w", "5", "-S"])?.contains(&chain));
+
+    // Changing the peers: the old network deleted, a new signed one of the
+    // same name (a new key, a new port) takes its place.
+    let port2 = free_port();
+    let peers = json!([{"subnet": format!("10.{k}.2.0/24"), "wireguard_public_key": peer.public,
+                        "allowed_ips": [format!("10.{k}.2.0/24")], "endpoint": peer.endpoint}]);
+    let (data, public2) = wg_network(&node, "mesh", k, 1, port2, peers)?;
+    peer.allow(&public2, &agent_subnet, port2)?;
+    let net_a2 = explorer
+        .reserve(&alice, node.id(), "network", data, hour)
+        .await?;
+    let res = explorer.wait_result(&net_a2).await?;
+    assert_eq!(res.state, ResultState::Ok, "{}", res.error);
+    leftovers.1.push(bridge_of(node.id(), &net_a2)?);
+    let ct_a2 = explorer
+        .reserve(
+            &alice,
+            node.id(),
+            "container",
+            sleeper("mesh", &format!("10.{k}.1.11")),
+            hour,
+        )
+        .await?;
+    let res = explorer.wait_result(&ct_a2).await?;
+    assert_eq!(res.state, ResultState::Ok, "{}", res.error);
+    let d: Value = serde_json::from_str(res.data.get())?;
+    let a2 = d["id"].as_str().unwrap().to_string();
+    let got = wait_for(
+        "the echo through the new network",
+        Duration::from_secs(40),
+        || async { echo_through(&a2, &peer.addr) },
+    )
+    .await?;
+    assert_eq!(got, "hello-peer");
     drop(leftovers);
     Ok(())
 }
