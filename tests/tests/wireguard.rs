@@ -295,7 +295,7 @@ fn wg_network(
     local: u8,
     port: u16,
     peers: Value,
-) -> Result<(Value, String)> {
+) -> Result<(Value, String, String)> {
     let (private, public) = wg_keypair()?;
     Ok((
         json!({"name": name, "ip_range": format!("10.{k}.0.0/16"),
@@ -308,6 +308,7 @@ fn wg_network(
             "peers": peers,
         }]}),
         public,
+        private,
     ))
 }
 
@@ -408,7 +409,7 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
     let port = free_port();
     let peers = json!([{"subnet": format!("10.{k}.2.0/24"), "wireguard_public_key": peer.public,
                         "allowed_ips": [format!("10.{k}.2.0/24")], "endpoint": peer.endpoint}]);
-    let (data, agent_public) = wg_network(&node, "mesh", k, 1, port, peers)?;
+    let (data, agent_public, agent_private) = wg_network(&node, "mesh", k, 1, port, peers)?;
     peer.allow(&agent_public, &agent_subnet, port)?;
     let net_a = explorer
         .reserve(&alice, node.id(), "network", data, hour)
@@ -424,7 +425,7 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
     let peers_b = json!([{"wireguard_public_key": wg_keypair()?.1,
                           "allowed_ips": [format!("10.{k}.2.0/24")],
                           "endpoint": format!("10.250.{k}.2:51999")}]);
-    let (data_b, _) = wg_network(&node, "mesh", k, 3, free_port(), peers_b)?;
+    let (data_b, _, _) = wg_network(&node, "mesh", k, 3, free_port(), peers_b)?;
     let net_b = explorer
         .reserve(&bob, node.id(), "network", data_b, hour)
         .await?;
@@ -604,7 +605,7 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
     // errors, nothing left behind.
     let carol = Identity::generate();
     let taken = json!([{"wireguard_public_key": wg_keypair()?.1, "allowed_ips": [format!("10.{k}.5.0/24")], "endpoint": ""}]);
-    let (d, _) = wg_network(&node, "taken", k, 4, port, taken)?;
+    let (d, _, _) = wg_network(&node, "taken", k, 4, port, taken)?;
     let bad_port = explorer
         .reserve(&carol, node.id(), "network", d, hour)
         .await?;
@@ -619,7 +620,7 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
     );
     explorer.verify(&res, node.id()).await?;
     let nowhere = json!([{"wireguard_public_key": wg_keypair()?.1, "allowed_ips": [format!("10.{k}.5.0/24")], "endpoint": "peer.invalid:51820"}]);
-    let (d, _) = wg_network(&node, "nowhere", k, 6, free_port(), nowhere)?;
+    let (d, _, _) = wg_network(&node, "nowhere", k, 6, free_port(), nowhere)?;
     let bad_ep = explorer
         .reserve(&carol, node.id(), "network", d, hour)
         .await?;
@@ -632,7 +633,22 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
         "{}",
         res.error
     );
-    for id in [&bad_port, &bad_ep] {
+    // A tenant tries to route the host's own link to the peer (a host
+    // route) into its tunnel.
+    let hijack = json!([{"wireguard_public_key": wg_keypair()?.1,
+                         "allowed_ips": [format!("10.250.{k}.0/24")], "endpoint": ""}]);
+    let (mut d, _, _) = wg_network(&node, "hijack", k, 8, free_port(), hijack)?;
+    d["ip_range"] = json!("10.0.0.0/8");
+    let bad_route = explorer
+        .reserve(&carol, node.id(), "network", d, hour)
+        .await?;
+    let res = explorer.wait_result(&bad_route).await?;
+    assert_eq!(res.state, ResultState::Error);
+    assert_eq!(
+        res.error,
+        format!("data.net_resources[0].peers[0].allowed_ips: range 10.250.{k}.0/24 overlaps the host route 10.250.{k}.0/30 (vwh{tag})")
+    );
+    for id in [&bad_port, &bad_ep, &bad_route] {
         let (c, v, n) = labelled(node.id(), id);
         assert!(
             c.is_empty() && v.is_empty() && n.is_empty(),
@@ -663,6 +679,34 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
         "isolation is back too"
     );
 
+    // The plaintext key is nowhere on disk under the agent's root (the
+    // cache keeps it sealed) nor in its log.
+    assert!(
+        !agent.log().contains(&agent_private),
+        "private key in the log"
+    );
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files(&p, out);
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(&agent.root, &mut all);
+    let needle = agent_private.as_bytes();
+    for f in all {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "private key in {}",
+            f.display()
+        );
+    }
+
     // Deleting the network (its container first) removes the interface,
     // routes, rule and chains.
     assert!(!host_state(&iface)?.is_empty());
@@ -685,7 +729,7 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
     let port2 = free_port();
     let peers = json!([{"subnet": format!("10.{k}.2.0/24"), "wireguard_public_key": peer.public,
                         "allowed_ips": [format!("10.{k}.2.0/24")], "endpoint": peer.endpoint}]);
-    let (data, public2) = wg_network(&node, "mesh", k, 1, port2, peers)?;
+    let (data, public2, _) = wg_network(&node, "mesh", k, 1, port2, peers)?;
     peer.allow(&public2, &agent_subnet, port2)?;
     let net_a2 = explorer
         .reserve(&alice, node.id(), "network", data, hour)
