@@ -222,6 +222,11 @@ fn plumb(spec: &TunnelSpec) -> Result<(), String> {
     let table = table_of(wg).to_string();
     let mtu = TUNNEL_MTU.to_string();
     run("ip", &["link", "set", "dev", wg, "mtu", &mtu, "up"])?;
+    // Replies from a peer come in on the tunnel from addresses the main
+    // table routes elsewhere: a strict reverse-path filter inherited from
+    // `default` would drop them (`all` = 1 still wins; README says so).
+    std::fs::write(format!("/proc/sys/net/ipv4/conf/{wg}/rp_filter"), "0")
+        .map_err(|e| format!("cannot set rp_filter of {wg}: {e}"))?;
     for p in &spec.peers {
         for a in &p.allowed_ips {
             run(
