@@ -246,6 +246,8 @@ impl Drop for RemotePeer {
         }
         let _ = sh("ip", &["netns", "del", &self.ns]);
         let _ = sh("ip", &["link", "del", &self.veth]);
+        // wireguard-go killed leaves its UAPI socket behind.
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/wgp{}.sock", &self.ns[3..]));
         let _ = &self.dir;
     }
 }
