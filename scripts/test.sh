@@ -30,6 +30,14 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# tests/tests/wireguard.rs: the stand-in remote node runs wireguard-go,
+# configured with wg, in a namespace made with ip; the agent itself uses
+# neither wg nor wireguard-go. bench/wireguard.sh uses iperf3.
+command -v wireguard-go >/dev/null 2>&1 || need+=(wireguard-go)
+command -v wg >/dev/null 2>&1 || need+=(wireguard-tools)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 # The dashboard's browser test drives headless Chromium through
 # /usr/bin/chromedriver (Debian: chromium, chromium-driver).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)

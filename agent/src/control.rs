@@ -211,6 +211,7 @@ impl Control {
             "registration": json!(self.heartbeat.snapshot()),
             "crashes": self.crashes.lock().map(|c| json!(*c)).unwrap_or(Value::Null),
             "kubernetes": self.kubernetes,
+            "wireguard": provisioners::network::wireguard::host_mode(),
             "draining": self.draining.load(std::sync::atomic::Ordering::SeqCst),
             "jobs": self.jobs_running(),
         }))

@@ -105,11 +105,47 @@ pub struct Volume {
     pub disk_type: String,
 }
 
-/// One node's share of a network.
+/// One node's share of a network. The WireGuard fields are optional:
+/// without them the network is local to the node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetResource {
     pub node_id: String,
     pub subnet: String,
+    /// This node's WireGuard private key for the network (its base64 text,
+    /// as `wg genkey` prints it), sealed for the node, hex.
+    #[serde(default)]
+    pub wireguard_private_key_encrypted: String,
+    /// The matching public key, base64.
+    #[serde(default)]
+    pub wireguard_public_key: String,
+    /// UDP port the node's interface listens on.
+    #[serde(default)]
+    pub wireguard_listen_port: u16,
+    /// The other nodes' shares, reached through the tunnel.
+    #[serde(default)]
+    pub peers: Vec<WireguardPeer>,
+}
+
+impl NetResource {
+    /// Whether this entry asks for a WireGuard interface.
+    pub fn has_wireguard(&self) -> bool {
+        !self.wireguard_private_key_encrypted.is_empty()
+            || self.wireguard_listen_port != 0
+            || !self.peers.is_empty()
+    }
+}
+
+/// A peer of a node's WireGuard interface: another node's share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireguardPeer {
+    #[serde(default)]
+    pub subnet: String,
+    pub wireguard_public_key: String,
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+    /// `host:port`, empty when the peer has none.
+    #[serde(default)]
+    pub endpoint: String,
 }
 
 /// `network` data. Other Zero-OS fields are accepted and ignored.

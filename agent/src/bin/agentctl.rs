@@ -375,6 +375,10 @@ fn print_status(d: &Value) {
         ("pending results", d["pending_results"].to_string()),
         ("jobs running", jobs(&d["jobs"])),
         ("docker", docker),
+        (
+            "wireguard",
+            d["wireguard"].as_str().unwrap_or("?").to_string(),
+        ),
         ("registration", registration(&d["registration"])),
         ("capacity", capacity(&d["capacity"])),
         ("per user", tenants(&d["tenants"])),

@@ -213,6 +213,10 @@ async fn bad_subnets_are_refused() {
         net_resources: vec![NetResource {
             node_id: node.id().into(),
             subnet: common::unique_subnet(),
+            wireguard_private_key_encrypted: String::new(),
+            wireguard_public_key: String::new(),
+            wireguard_listen_port: 0,
+            peers: Vec::new(),
         }],
     });
     refused(&np, &r, &w, "outside ip_range 192.168.0.0/16").await;

@@ -26,22 +26,74 @@
 //! Docker's bridge driver isolates bridge networks from
 //! each other (its DOCKER-ISOLATION iptables chains), so two users'
 //! networks cannot reach each other; the integration tests prove it.
+//!
+//! When this node's entry carries WireGuard fields the network spans
+//! nodes: after the bridge, a tunnel is brought up through the
+//! [`wireguard::Tunnels`] seam (see that module for what it owns). Every
+//! field is checked first, and nothing is created when one is wrong: the
+//! sealed private key must open to a base64 (or hex) 32-byte key matching
+//! `wireguard_public_key` when given; the listen port lies in 1024-65535;
+//! each peer's key is a 32-byte base64 key; each `allowed_ips` entry is an
+//! IPv4 CIDR inside `ip_range`, off this node's subnet, and passes the same
+//! host checks as a subnet (pool, reserved ranges, host routes and
+//! addresses: so neither the default route nor the host's LAN can be
+//! pointed into a tenant's tunnel); an endpoint is `host:port` that
+//! resolves, not loopback, unspecified or multicast. A tunnel that fails to
+//! come up (port taken, endpoint unreachable) removes the bridge again.
+//! The Docker network carries the interface's name (`io.agent.wireguard`)
+//! so reconciliation re-provisions a network whose tunnel is gone (after
+//! a restart: the key stays sealed in the cache and is opened again).
 //! Result `data`: `null`.
 
+#[cfg(test)]
+mod wg_tests;
+pub mod wireguard;
+
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine as _;
 use ipnet::Ipv4Net;
-use reservation::workloads::Network;
-use reservation::{Reservation, WorkloadType};
+use reservation::workloads::{NetResource, Network};
+use reservation::{Identity, Reservation, WorkloadType};
 
 use crate::charge::Tenancy;
 use crate::docker::{ContainerFilter, Docker, NetworkInfo, NetworkSpec};
 use crate::names::{self, label, Names, LABEL_NETWORK_NAME};
 use crate::plugin::{Plugin, Setup};
 use crate::{ProvisionError, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
+use wireguard::{PeerSpec, TunnelSpec, Tunnels, WgKey};
+
+/// Label of a network with a tunnel: its interface name.
+pub const LABEL_WIREGUARD: &str = "io.agent.wireguard";
+
+/// Most peers of one network, and most `allowed_ips` of one peer.
+pub const MAX_PEERS: usize = 64;
+pub const MAX_ALLOWED_IPS: usize = 64;
+/// Most `allowed_ips` of one network in all (one route each).
+pub const MAX_ROUTES: usize = 256;
+
+/// The checked WireGuard side of a network, before its bridge exists.
+#[derive(Debug)]
+pub struct WgPlan {
+    pub key: WgKey,
+    pub listen_port: u16,
+    pub peers: Vec<PeerSpec>,
+}
+
+/// A 32-byte key written in base64 (as `wg` prints it) or hex.
+fn parse_key(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    let bytes = if s.len() == 64 {
+        hex::decode(s).ok()?
+    } else {
+        base64::engine::general_purpose::STANDARD.decode(s).ok()?
+    };
+    bytes.try_into().ok()
+}
 
 /// Default of `--network-pool`: the private ranges of RFC 1918.
 pub const DEFAULT_POOL: &str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16";
@@ -68,6 +120,40 @@ pub fn parse_pool(s: &str) -> Result<Vec<Ipv4Net>, String> {
         return Err("network pool: empty; give at least one CIDR, e.g. 10.0.0.0/8".into());
     }
     Ok(pool)
+}
+
+/// Resolve a peer's `host:port`: refused when it does not parse, does not
+/// resolve within 5 s, or names a loopback, unspecified or multicast
+/// address (the tunnel would send to the node itself).
+pub async fn resolve_endpoint(s: &str) -> Result<SocketAddr, String> {
+    let addr = match s.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            let (host, port) = s
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{s:?} is not host:port"))?;
+            let ok_host = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            if !ok_host || port.parse::<u16>().is_err() {
+                return Err(format!("{s:?} is not host:port"));
+            }
+            let found = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(s))
+                .await
+                .map_err(|_| format!("{s:?} did not resolve within 5 s"))?
+                .map_err(|e| format!("{s:?} does not resolve: {e}"))?
+                .find(|a| a.is_ipv4())
+                .or(None);
+            found.ok_or_else(|| format!("{s:?} has no IPv4 address"))?
+        }
+    };
+    let ip = addr.ip();
+    if addr.port() == 0 || ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("{addr} is not a peer's address"));
+    }
+    Ok(addr)
 }
 
 /// The host's IPv4 routes (other than default routes) and addresses.
@@ -151,6 +237,9 @@ pub struct NetworkProvisioner {
     pool: Vec<Ipv4Net>,
     host: HostView,
     names: Names,
+    /// Opens the sealed WireGuard keys (none: WireGuard fields refused).
+    node_key: Option<Arc<Identity>>,
+    tunnels: Arc<dyn Tunnels>,
 }
 
 impl NetworkProvisioner {
@@ -161,7 +250,207 @@ impl NetworkProvisioner {
             pool: parse_pool(DEFAULT_POOL).expect("valid default pool"),
             host: HostView::Live,
             names: Names::unscoped(),
+            node_key: None,
+            tunnels: Arc::new(wireguard::Userspace::new()),
         }
+    }
+
+    /// The node's key, which opens the sealed WireGuard private keys.
+    pub fn with_identity(mut self, node: Arc<Identity>) -> Self {
+        self.node_key = Some(node);
+        self
+    }
+
+    /// Where tunnels are brought up (default: userspace boringtun).
+    pub fn with_tunnels(mut self, tunnels: Arc<dyn Tunnels>) -> Self {
+        self.tunnels = tunnels;
+        self
+    }
+
+    /// Which WireGuard this provisioner's tunnels use.
+    pub fn tunnel_mode(&self) -> String {
+        self.tunnels.mode()
+    }
+
+    /// Check this node's WireGuard fields of `n`; `None` without them.
+    /// Nothing is created here.
+    pub async fn wireguard_plan(
+        &self,
+        n: &Network,
+        sub: Ipv4Net,
+        docker_nets: &[NetworkInfo],
+    ) -> Result<Option<WgPlan>, ProvisionError> {
+        let Some((i, entry)) = n
+            .net_resources
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.node_id == self.node_id)
+        else {
+            return Ok(None);
+        };
+        if !entry.has_wireguard() {
+            return Ok(None);
+        }
+        let at = format!("data.net_resources[{i}]");
+        let refuse = |field: &str, m: String| ProvisionError::Refused(format!("{at}.{field}: {m}"));
+        let key = self.open_key(entry, &at)?;
+        let port = entry.wireguard_listen_port;
+        if port < 1024 {
+            return Err(refuse(
+                "wireguard_listen_port",
+                format!("{port} is not in 1024-65535"),
+            ));
+        }
+        if entry.peers.len() > MAX_PEERS {
+            return Err(refuse("peers", format!("more than {MAX_PEERS} peers")));
+        }
+        let range = n
+            .validate()
+            .map_err(|e| ProvisionError::Refused(e.to_string()))?;
+        let total: usize = entry.peers.iter().map(|p| p.allowed_ips.len()).sum();
+        if total > MAX_ROUTES {
+            return Err(refuse(
+                "peers",
+                format!("{total} allowed_ips in all; at most {MAX_ROUTES}"),
+            ));
+        }
+        let host = self.host_net()?;
+        let mut peers = Vec::new();
+        let mut seen: Vec<Ipv4Net> = Vec::new();
+        for (j, p) in entry.peers.iter().enumerate() {
+            let pat = format!("peers[{j}]");
+            let public_key = parse_key(&p.wireguard_public_key).ok_or_else(|| {
+                refuse(
+                    &format!("{pat}.wireguard_public_key"),
+                    "is not a 32-byte key in base64".into(),
+                )
+            })?;
+            if !p.subnet.is_empty() && p.subnet.parse::<Ipv4Net>().is_err() {
+                return Err(refuse(
+                    &format!("{pat}.subnet"),
+                    format!("{:?} is not an IPv4 CIDR", p.subnet),
+                ));
+            }
+            if p.allowed_ips.is_empty() || p.allowed_ips.len() > MAX_ALLOWED_IPS {
+                return Err(refuse(
+                    &format!("{pat}.allowed_ips"),
+                    format!("needs 1 to {MAX_ALLOWED_IPS} CIDRs"),
+                ));
+            }
+            let mut allowed = Vec::new();
+            for a in &p.allowed_ips {
+                let f = format!("{pat}.allowed_ips");
+                let net: Ipv4Net = a
+                    .parse()
+                    .map_err(|_| refuse(&f, format!("{a:?} is not an IPv4 CIDR")))?;
+                let net = net.trunc();
+                if !range.contains(&net) {
+                    return Err(refuse(&f, format!("{net} is outside ip_range {range}")));
+                }
+                if net.contains(&sub) || sub.contains(&net) {
+                    return Err(refuse(
+                        &f,
+                        format!("{net} overlaps this node's subnet {sub}"),
+                    ));
+                }
+                if let Some(o) = seen.iter().find(|o| o.contains(&net) || net.contains(*o)) {
+                    return Err(refuse(&f, format!("{net} overlaps {o} of another peer")));
+                }
+                self.check_host_in(net, docker_nets, &host).map_err(|e| {
+                    let m = e.to_string();
+                    let m = m.strip_prefix("data.net_resources: ").unwrap_or(&m);
+                    refuse(&f, m.replacen("subnet", "range", 1))
+                })?;
+                seen.push(net);
+                allowed.push(net);
+            }
+            let endpoint = if p.endpoint.is_empty() {
+                None
+            } else {
+                Some(
+                    resolve_endpoint(&p.endpoint)
+                        .await
+                        .map_err(|m| refuse(&format!("{pat}.endpoint"), m))?,
+                )
+            };
+            peers.push(PeerSpec {
+                public_key,
+                allowed_ips: allowed,
+                endpoint,
+            });
+        }
+        Ok(Some(WgPlan {
+            key,
+            listen_port: port,
+            peers,
+        }))
+    }
+
+    /// Open this entry's sealed private key; check it against its public key.
+    fn open_key(&self, entry: &NetResource, at: &str) -> Result<WgKey, ProvisionError> {
+        let field = format!("{at}.wireguard_private_key_encrypted");
+        let refuse = |m: String| ProvisionError::Refused(format!("{field}: {m}"));
+        if entry.wireguard_private_key_encrypted.is_empty() {
+            return Err(refuse("is required with the other WireGuard fields".into()));
+        }
+        let node = self
+            .node_key
+            .as_ref()
+            .ok_or_else(|| refuse("this node cannot open sealed keys".into()))?;
+        let secret = node
+            .open_sealed(&field, &entry.wireguard_private_key_encrypted)
+            .map_err(|e| ProvisionError::Refused(e.to_string()))?;
+        let key = WgKey(
+            parse_key(secret.expose())
+                .ok_or_else(|| refuse("does not open to a 32-byte key in base64".into()))?,
+        );
+        if !entry.wireguard_public_key.is_empty() {
+            let want = parse_key(&entry.wireguard_public_key).ok_or_else(|| {
+                ProvisionError::Refused(format!(
+                    "{at}.wireguard_public_key: is not a 32-byte key in base64"
+                ))
+            })?;
+            let secret = boringtun::x25519::StaticSecret::from(key.0);
+            if boringtun::x25519::PublicKey::from(&secret).to_bytes() != want {
+                return Err(ProvisionError::Refused(format!(
+                    "{at}.wireguard_public_key: does not match the sealed private key"
+                )));
+            }
+        }
+        Ok(key)
+    }
+
+    /// Bring the tunnel of `plan` up on the bridge of Docker network `net`.
+    async fn tunnel_up(
+        &self,
+        r: &Reservation,
+        net: &NetworkInfo,
+        sub: Ipv4Net,
+        plan: WgPlan,
+    ) -> Result<(), ProvisionError> {
+        if net.id.len() < 12 {
+            return Err(ProvisionError::Node(format!(
+                "network of reservation {}: docker gave no id",
+                r.id
+            )));
+        }
+        let spec = TunnelSpec {
+            iface: wireguard::iface_name(&net.name),
+            bridge: format!("br-{}", &net.id[..12]),
+            subnet: sub,
+            key: plan.key,
+            listen_port: plan.listen_port,
+            peers: plan.peers,
+        };
+        let iface = spec.iface.clone();
+        self.tunnels.up(spec).await.map_err(|e| {
+            ProvisionError::Refused(format!(
+                "data.net_resources: wireguard tunnel of reservation {}: {e}",
+                r.id
+            ))
+        })?;
+        tracing::info!(reservation = %r.id, interface = %iface, mode = %self.tunnels.mode(), "wireguard tunnel up");
+        Ok(())
     }
 
     /// Name, label and filter objects in this node scope (default:
@@ -187,6 +476,24 @@ impl NetworkProvisioner {
     /// route or address of the host. `docker_nets` are every network of
     /// the engine: their bridges' routes are theirs, not the host's.
     fn check_host(&self, sub: Ipv4Net, docker_nets: &[NetworkInfo]) -> Result<(), ProvisionError> {
+        self.check_host_in(sub, docker_nets, &self.host_net()?)
+    }
+
+    /// The host's routes and addresses, from `/proc` or the fixed view.
+    fn host_net(&self) -> Result<HostNet, ProvisionError> {
+        match &self.host {
+            HostView::Fixed(h) => Ok(h.clone()),
+            HostView::Live => HostNet::read().map_err(ProvisionError::Node),
+        }
+    }
+
+    /// [`Self::check_host`] against routes and addresses read once.
+    fn check_host_in(
+        &self,
+        sub: Ipv4Net,
+        docker_nets: &[NetworkInfo],
+        host: &HostNet,
+    ) -> Result<(), ProvisionError> {
         let refuse = |m: String| Err(ProvisionError::Refused(format!("data.net_resources: {m}")));
         let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(b) || b.contains(a);
         for (range, what) in RESERVED {
@@ -202,10 +509,6 @@ impl NetworkProvisioner {
                 pool.join(", ")
             ));
         }
-        let host = match &self.host {
-            HostView::Fixed(h) => h.clone(),
-            HostView::Live => HostNet::read().map_err(ProvisionError::Node)?,
-        };
         // Docker names a bridge `br-` and the first 12 characters of its
         // network id; those routes are checked as Docker networks.
         let bridges: BTreeSet<String> = docker_nets
@@ -288,6 +591,12 @@ impl NetworkProvisioner {
         Ok(())
     }
 
+    /// A network without a tunnel, or whose tunnel runs.
+    fn tunnel_ok(&self, n: &NetworkInfo) -> bool {
+        !n.labels.contains_key(LABEL_WIREGUARD)
+            || self.tunnels.is_up(&wireguard::iface_name(&n.name))
+    }
+
     async fn remove(&self, name: &str, id: &str) -> Result<(), ProvisionError> {
         let filter = ContainerFilter {
             network: Some(name.to_string()),
@@ -297,6 +606,20 @@ impl NetworkProvisioner {
             return Err(ProvisionError::InUse(format!(
                 "network of reservation {id} still has container {who} attached; it is removed once that is gone"
             )));
+        }
+        let iface = wireguard::iface_name(name);
+        let labelled = self
+            .docker
+            .inspect_network(name)
+            .await?
+            .is_some_and(|n| n.labels.contains_key(LABEL_WIREGUARD));
+        if labelled || self.tunnels.is_up(&iface) {
+            self.tunnels.down(&iface).await.map_err(|e| {
+                ProvisionError::Node(format!(
+                    "wireguard tunnel of reservation {id}: cannot remove it: {e}"
+                ))
+            })?;
+            tracing::info!(interface = %iface, reservation = %id, "wireguard tunnel removed");
         }
         if self.docker.remove_network(name).await? {
             tracing::info!(network = %name, reservation = %id, "network removed");
@@ -313,6 +636,7 @@ impl Plugin for NetworkProvisioner {
         NetworkProvisioner::new(s.docker.clone(), s.node.id())
             .with_pool(s.options.tenants.network_pool.clone())
             .with_names(s.options.names.clone())
+            .with_identity(s.node.clone())
     }
 
     /// One network.
@@ -340,6 +664,14 @@ impl Plugin for NetworkProvisioner {
             let owner = label(&existing.labels, LABEL_RESERVATION);
             if self.names.adoptable(&existing.labels, r) {
                 tracing::info!(reservation = %r.id, network = %name, "network already exists; reusing it");
+                // Its tunnel died with the previous agent: bring it back.
+                let iface = wireguard::iface_name(&name);
+                if existing.labels.contains_key(LABEL_WIREGUARD) && !self.tunnels.is_up(&iface) {
+                    let networks = self.docker.list_networks().await?;
+                    if let Some(plan) = self.wireguard_plan(n, sub, &networks).await? {
+                        self.tunnel_up(r, &existing, sub, plan).await?;
+                    }
+                }
                 return Ok(serde_json::Value::Null);
             }
             let users_own = label(&existing.labels, LABEL_USER) == r.user_id
@@ -371,8 +703,12 @@ impl Plugin for NetworkProvisioner {
                 "data.net_resources: subnet {sub} has no host address"
             ))
         })?;
+        let plan = self.wireguard_plan(n, sub, &networks).await?;
         let mut labels = self.names.labels(r, WorkloadType::Network);
         labels.insert(LABEL_NETWORK_NAME.into(), n.name.clone());
+        if plan.is_some() {
+            labels.insert(LABEL_WIREGUARD.into(), wireguard::iface_name(&name));
+        }
         let spec = NetworkSpec {
             name: name.clone(),
             subnet: sub,
@@ -384,6 +720,20 @@ impl Plugin for NetworkProvisioner {
             match self.docker.inspect_network(&name).await? {
                 Some(n) if self.names.adoptable(&n.labels, r) => {}
                 _ => return Err(e.into()),
+            }
+        }
+        if let Some(plan) = plan {
+            let made = self.docker.inspect_network(&name).await?.ok_or_else(|| {
+                ProvisionError::Node(format!(
+                    "network of reservation {} vanished after its creation",
+                    r.id
+                ))
+            })?;
+            if let Err(e) = self.tunnel_up(r, &made, sub, plan).await {
+                if let Err(undo) = self.remove(&name, &r.id).await {
+                    tracing::warn!(reservation = %r.id, error = %undo, "removing the network of a failed tunnel");
+                }
+                return Err(e);
             }
         }
         tracing::info!(reservation = %r.id, network = %name, subnet = %sub, "network provisioned");
@@ -414,14 +764,22 @@ impl Plugin for NetworkProvisioner {
             .docker
             .inspect_network(&name)
             .await?
-            .is_some_and(|e| label(&e.labels, LABEL_RESERVATION) == r.id))
+            .is_some_and(|e| label(&e.labels, LABEL_RESERVATION) == r.id && self.tunnel_ok(&e)))
     }
 
     async fn present(&self) -> Result<Option<std::collections::HashSet<String>>, ProvisionError> {
-        // The labels carry the reservation; the name must be the one the
-        // user's (user_id, name) maps to, which list_labelled already keeps.
+        // The labels carry the reservation; a network whose tunnel is not
+        // running (the agent restarted) is not present.
         Ok(Some(
-            Plugin::list_labelled(self).await?.into_iter().collect(),
+            self.docker
+                .list_networks()
+                .await?
+                .into_iter()
+                .filter(|n| label(&n.labels, LABEL_TYPE) == WorkloadType::Network.as_str())
+                .filter(|n| self.names.is_ours(&n.labels) && self.tunnel_ok(n))
+                .map(|n| label(&n.labels, LABEL_RESERVATION).to_string())
+                .filter(|id| !id.is_empty())
+                .collect(),
         ))
     }
 

@@ -1,0 +1,303 @@
+//! Unit tests of the network plug-in's WireGuard side over the recording
+//! fakes: what a tunnel is made from, restart and removal, and one attack
+//! per defence of the fields a hostile tenant controls.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use reservation::workloads::Network;
+use reservation::{seal_for, Identity, Reservation, Workload, WorkloadType};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::wireguard::RecordingTunnels;
+use super::*;
+use crate::docker::FakeDocker;
+
+fn b64(k: &[u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+/// A key pair as `wg genkey | wg pubkey` would give: (private, public).
+fn keypair(seed: u8) -> ([u8; 32], [u8; 32]) {
+    let secret = boringtun::x25519::StaticSecret::from([seed; 32]);
+    let public = boringtun::x25519::PublicKey::from(&secret).to_bytes();
+    (secret.to_bytes(), public)
+}
+
+struct Set {
+    fake: Arc<FakeDocker>,
+    tunnels: Arc<RecordingTunnels>,
+    node: Arc<Identity>,
+    net: NetworkProvisioner,
+}
+
+fn set() -> Set {
+    let fake = Arc::new(FakeDocker::new());
+    let tunnels = Arc::new(RecordingTunnels::default());
+    let node = Arc::new(Identity::generate());
+    let host = HostNet {
+        routes: vec![
+            ("192.0.2.0/24".parse().unwrap(), "eth0".into()),
+            ("10.200.0.0/16".parse().unwrap(), "eth1".into()),
+        ],
+        addrs: vec!["192.0.2.2".parse().unwrap(), "10.66.0.1".parse().unwrap()],
+    };
+    let net = NetworkProvisioner::new(fake.clone(), node.id())
+        .with_host_view(HostView::Fixed(host))
+        .with_identity(node.clone())
+        .with_tunnels(tunnels.clone());
+    Set {
+        fake,
+        tunnels,
+        node,
+        net,
+    }
+}
+
+/// A network `name` whose entry for `s`'s node has a tunnel to one peer.
+fn wg_data(s: &Set, name: &str, entry: Value) -> Value {
+    let (private, public) = keypair(1);
+    let (_, peer) = keypair(2);
+    let mut e = json!({
+        "node_id": s.node.id(),
+        "subnet": "10.77.1.0/24",
+        "wireguard_private_key_encrypted": seal_for(s.node.id(), b64(&private).as_bytes()).unwrap(),
+        "wireguard_public_key": b64(&public),
+        "wireguard_listen_port": 51820,
+        "peers": [{"subnet": "10.77.2.0/24", "wireguard_public_key": b64(&peer),
+                   "allowed_ips": ["10.77.2.0/24"], "endpoint": "192.0.2.9:51820"}]
+    });
+    for (k, v) in entry.as_object().unwrap() {
+        e[k] = v.clone();
+    }
+    json!({"name": name, "ip_range": "10.0.0.0/8", "net_resources": [e]})
+}
+
+fn res(user: &Identity, id: &str, data: Value) -> (Reservation, Network) {
+    let r = Reservation {
+        id: id.into(),
+        node_id: "node".into(),
+        user_id: user.id().into(),
+        kind: "network".into(),
+        data: RawValue::from_string(data.to_string()).unwrap(),
+        ..Default::default()
+    };
+    match Workload::parse(WorkloadType::Network, &r.data).unwrap() {
+        Workload::Network(n) => (r, n),
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn a_tunnel_is_made_from_the_fields_and_follows_the_network() {
+    let s = set();
+    let user = Identity::generate();
+    let (r, n) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
+    Plugin::provision(&s.net, &r, &n).await.unwrap();
+
+    let name = s.net.names.network_name(&r.user_id, "mesh");
+    let made = s.fake.inspect_network(&name).await.unwrap().unwrap();
+    let iface = wireguard::iface_name(&name);
+    assert_eq!(label(&made.labels, LABEL_WIREGUARD), iface);
+    let spec = s.tunnels.up.lock().unwrap().get(&iface).cloned().unwrap();
+    assert_eq!(spec.bridge, format!("br-{}", &made.id[..12]));
+    assert_eq!(spec.subnet.to_string(), "10.77.1.0/24");
+    assert_eq!(spec.listen_port, 51820);
+    assert_eq!(spec.key.0, keypair(1).0, "the sealed key, opened");
+    assert_eq!(spec.peers.len(), 1);
+    assert_eq!(spec.peers[0].public_key, keypair(2).1);
+    assert_eq!(spec.peers[0].allowed_ips[0].to_string(), "10.77.2.0/24");
+    assert_eq!(
+        spec.peers[0].endpoint.unwrap().to_string(),
+        "192.0.2.9:51820"
+    );
+    assert!(!format!("{spec:?}").contains(&format!("{:?}", keypair(1).0)));
+    assert!(Plugin::exists(&s.net, &r, &n).await.unwrap());
+
+    // The agent restarted: the tunnel is gone, the bridge is not. The
+    // network is not present, and provisioning again brings the tunnel back.
+    s.tunnels.up.lock().unwrap().clear();
+    assert!(!Plugin::exists(&s.net, &r, &n).await.unwrap());
+    assert!(!Plugin::present(&s.net)
+        .await
+        .unwrap()
+        .unwrap()
+        .contains("1-1"));
+    Plugin::provision(&s.net, &r, &n).await.unwrap();
+    assert!(s.tunnels.is_up(&iface));
+    assert!(Plugin::present(&s.net)
+        .await
+        .unwrap()
+        .unwrap()
+        .contains("1-1"));
+
+    // Decommission takes the tunnel down with the bridge.
+    Plugin::decommission(&s.net, &r, &n).await.unwrap();
+    assert!(!s.tunnels.is_up(&iface));
+    assert!(s.fake.inspect_network(&name).await.unwrap().is_none());
+    let calls = s.tunnels.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![
+            format!("up {iface} 51820 1"),
+            format!("up {iface} 51820 1"),
+            format!("down {iface}")
+        ]
+    );
+
+    // A network without WireGuard fields never touches the tunnels.
+    let (r2, n2) = res(
+        &user,
+        "2-1",
+        json!({"name": "local", "ip_range": "10.0.0.0/8",
+               "net_resources": [{"node_id": s.node.id(), "subnet": "10.78.1.0/24"}]}),
+    );
+    Plugin::provision(&s.net, &r2, &n2).await.unwrap();
+    Plugin::decommission(&s.net, &r2, &n2).await.unwrap();
+    assert_eq!(s.tunnels.calls.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_tunnel_that_fails_leaves_nothing() {
+    let s = set();
+    let user = Identity::generate();
+    let (r, n) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
+    *s.tunnels.fail_up.lock().unwrap() =
+        Some("wireguard_listen_port 51820 is already in use on this node".into());
+    let e = Plugin::provision(&s.net, &r, &n)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "data.net_resources: wireguard tunnel of reservation 1-1: wireguard_listen_port 51820 is already in use on this node"
+    );
+    assert!(
+        s.fake.list_networks().await.unwrap().is_empty(),
+        "bridge removed"
+    );
+    assert!(s.tunnels.up.lock().unwrap().is_empty());
+}
+
+/// Each hostile or broken field is refused by name before anything is made.
+#[tokio::test]
+async fn every_wireguard_field_is_checked_before_anything_is_made() {
+    let s = set();
+    let user = Identity::generate();
+    let other = Identity::generate();
+    let (_, peer) = keypair(2);
+    let peer_with = |extra: Value| {
+        let mut p = json!({"wireguard_public_key": b64(&peer), "allowed_ips": ["10.77.2.0/24"],
+                           "endpoint": "192.0.2.9:51820"});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        json!({"peers": [p]})
+    };
+    let (_, wrong_public) = keypair(9);
+    let cases: Vec<(Value, &str)> = vec![
+        // Tunnel the host's default route, its LAN, its addresses, or
+        // the tenant's own subnet.
+        (peer_with(json!({"allowed_ips": ["0.0.0.0/0"]})),
+         "data.net_resources[0].peers[0].allowed_ips: 0.0.0.0/0 is outside ip_range 10.0.0.0/8"),
+        (peer_with(json!({"allowed_ips": ["10.200.1.0/24"]})),
+         "data.net_resources[0].peers[0].allowed_ips: range 10.200.1.0/24 overlaps the host route 10.200.0.0/16 (eth1)"),
+        (peer_with(json!({"allowed_ips": ["10.66.0.0/16"]})),
+         "data.net_resources[0].peers[0].allowed_ips: range 10.66.0.0/16 holds the host address 10.66.0.1"),
+        (peer_with(json!({"allowed_ips": ["10.77.0.0/16"]})),
+         "data.net_resources[0].peers[0].allowed_ips: 10.77.0.0/16 overlaps this node's subnet 10.77.1.0/24"),
+        (peer_with(json!({"allowed_ips": ["10.77.2.0/33"]})),
+         "data.net_resources[0].peers[0].allowed_ips: \"10.77.2.0/33\" is not an IPv4 CIDR"),
+        (peer_with(json!({"allowed_ips": []})),
+         "data.net_resources[0].peers[0].allowed_ips: needs 1 to 64 CIDRs"),
+        // Point the tunnel at the node itself, or at something not an address.
+        (peer_with(json!({"endpoint": "127.0.0.1:22"})),
+         "data.net_resources[0].peers[0].endpoint: 127.0.0.1:22 is not a peer's address"),
+        (peer_with(json!({"endpoint": "0.0.0.0:51820"})),
+         "data.net_resources[0].peers[0].endpoint: 0.0.0.0:51820 is not a peer's address"),
+        (peer_with(json!({"endpoint": "x;reboot:1"})),
+         "data.net_resources[0].peers[0].endpoint: \"x;reboot:1\" is not host:port"),
+        (peer_with(json!({"endpoint": "192.0.2.9"})),
+         "data.net_resources[0].peers[0].endpoint: \"192.0.2.9\" is not host:port"),
+        (peer_with(json!({"wireguard_public_key": "bm90IGEga2V5"})),
+         "data.net_resources[0].peers[0].wireguard_public_key: is not a 32-byte key in base64"),
+        // Keys: sealed for another node, not a key, not the pair of the
+        // public key given.
+        (json!({"wireguard_private_key_encrypted": seal_for(other.id(), b64(&keypair(1).0).as_bytes()).unwrap()}),
+         "sealed secret data.net_resources[0].wireguard_private_key_encrypted: cannot be opened with this node's key (sealed for another node, or corrupt)"),
+        (json!({"wireguard_private_key_encrypted": seal_for(s.node.id(), b"short").unwrap()}),
+         "data.net_resources[0].wireguard_private_key_encrypted: does not open to a 32-byte key in base64"),
+        (json!({"wireguard_public_key": b64(&wrong_public)}),
+         "data.net_resources[0].wireguard_public_key: does not match the sealed private key"),
+        (json!({"wireguard_private_key_encrypted": ""}),
+         "data.net_resources[0].wireguard_private_key_encrypted: is required with the other WireGuard fields"),
+        // A privileged port (DNS, NTP...) of the host.
+        (json!({"wireguard_listen_port": 53}),
+         "data.net_resources[0].wireguard_listen_port: 53 is not in 1024-65535"),
+    ];
+    for (i, (entry, want)) in cases.into_iter().enumerate() {
+        let (r, n) = res(&user, &format!("{}-1", i + 1), wg_data(&s, "mesh", entry));
+        let e = Plugin::provision(&s.net, &r, &n).await.unwrap_err();
+        assert!(matches!(e, ProvisionError::Refused(_)), "{e:?}");
+        assert_eq!(e.to_string(), want);
+        assert!(s.fake.list_networks().await.unwrap().is_empty(), "{want}");
+        assert!(s.tunnels.calls.lock().unwrap().is_empty(), "{want}");
+    }
+    // Two peers may not claim the same range (one would silently win).
+    let mut d = wg_data(&s, "mesh", json!({}));
+    let p = d["net_resources"][0]["peers"][0].clone();
+    let mut p2 = p.clone();
+    p2["wireguard_public_key"] = json!(b64(&keypair(3).1));
+    p2["allowed_ips"] = json!(["10.77.2.128/25"]);
+    d["net_resources"][0]["peers"] = json!([p, p2]);
+    let (r, n) = res(&user, "90-1", d);
+    assert_eq!(
+        Plugin::provision(&s.net, &r, &n).await.unwrap_err().to_string(),
+        "data.net_resources[0].peers[1].allowed_ips: 10.77.2.128/25 overlaps 10.77.2.0/24 of another peer"
+    );
+}
+
+/// A tenant cannot make the node spawn thousands of route changes.
+#[tokio::test]
+async fn routes_are_capped_per_network() {
+    let s = set();
+    let user = Identity::generate();
+    let mut d = wg_data(&s, "mesh", json!({}));
+    let peers: Vec<Value> = (0..5u8)
+        .map(|i| {
+            let ips: Vec<String> = (0..64)
+                .map(|j| format!("10.{}.{j}.0/24", 100 + i))
+                .collect();
+            json!({"wireguard_public_key": b64(&keypair(10 + i).1), "allowed_ips": ips})
+        })
+        .collect();
+    d["net_resources"][0]["peers"] = json!(peers);
+    let (r, n) = res(&user, "1-1", d);
+    assert_eq!(
+        Plugin::provision(&s.net, &r, &n)
+            .await
+            .unwrap_err()
+            .to_string(),
+        "data.net_resources[0].peers: 320 allowed_ips in all; at most 256"
+    );
+    assert!(s.fake.list_networks().await.unwrap().is_empty());
+}
+
+/// The interface is named from the node-local id only: a hostile network
+/// name never reaches a command line.
+#[tokio::test]
+async fn interface_names_never_come_from_user_strings() {
+    let s = set();
+    let user = Identity::generate();
+    let (r, n) = res(
+        &user,
+        "1-1",
+        wg_data(&s, "x; ip link del eth0 && $(reboot)", json!({})),
+    );
+    Plugin::provision(&s.net, &r, &n).await.unwrap();
+    let up = s.tunnels.up.lock().unwrap();
+    let iface = up.keys().next().unwrap();
+    assert!(iface.starts_with("wg") && iface.len() == 15, "{iface}");
+    assert!(iface.chars().all(|c| c.is_ascii_alphanumeric()), "{iface}");
+}

@@ -1,0 +1,534 @@
+//! The WireGuard tunnels of networks that span nodes: the [`Tunnels`] seam
+//! the network plug-in drives, its userspace implementation
+//! ([`Userspace`]: boringtun over `/dev/net/tun`, configured over its UAPI
+//! stream, with the routes, policy rule and firewall chains each tunnel
+//! owns), and the recording [`RecordingTunnels`] for unit tests.
+//!
+//! One tunnel = one interface `wg<13 base58>` (derived from the agent's
+//! Docker network name, never from user strings), its own routing table
+//! (peers' `allowed_ips` through the interface, anything else
+//! unreachable) chosen by an `iif <bridge>` rule, and an iptables chain
+//! `AGENT-<iface>` in `filter` (jumped to from INPUT, FORWARD and OUTPUT)
+//! and in `nat` (from POSTROUTING, so Docker does not masquerade tunnel
+//! traffic). The filter chain lets the bridge talk to the tunnel and to
+//! itself, and drops everything else in or out of the bridge or the
+//! tunnel: the host's addresses, other networks, the default bridge.
+//! Everything is derived from the interface name, so `down` removes it
+//! all even after a restart that lost the in-memory state.
+//!
+//! The private key is held in memory only ([`WgKey`], redacted in `Debug`,
+//! wiped on drop) and handed to boringtun over a socket pair: no file.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ipnet::Ipv4Net;
+
+/// MTU of a tunnel interface: 1500 less WireGuard's 80 bytes of overhead.
+pub const TUNNEL_MTU: u32 = 1420;
+
+/// Priority of the `iif <bridge> lookup <table>` rules.
+const RULE_PRIORITY: &str = "1000";
+
+/// A WireGuard private key in memory: never printed, wiped on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WgKey(pub [u8; 32]);
+
+impl fmt::Debug for WgKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WgKey(<redacted>)")
+    }
+}
+
+impl Drop for WgKey {
+    fn drop(&mut self) {
+        for b in self.0.iter_mut() {
+            // SAFETY: `b` is a valid, aligned `&mut u8`; volatile so the
+            // wipe is not optimised away.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+/// One peer: its key, the ranges routed to it, where it listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub public_key: [u8; 32],
+    pub allowed_ips: Vec<Ipv4Net>,
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// Everything a tunnel is made from, validated by the network plug-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSpec {
+    /// `wg…`, see [`iface_name`].
+    pub iface: String,
+    /// The Docker bridge of the network (`br-<12 of its id>`).
+    pub bridge: String,
+    /// This node's subnet of the network (the bridge's).
+    pub subnet: Ipv4Net,
+    pub key: WgKey,
+    pub listen_port: u16,
+    pub peers: Vec<PeerSpec>,
+}
+
+/// The interface name of the tunnel of Docker network `network_name`.
+pub fn iface_name(network_name: &str) -> String {
+    format!(
+        "wg{}",
+        reservation::network_local_id("wireguard-iface", network_name)
+    )
+}
+
+/// The routing table of interface `iface`: a hash of its name, above the
+/// tables people number by hand.
+pub fn table_of(iface: &str) -> u32 {
+    let id = reservation::network_local_id("wireguard-table", iface);
+    let h = id
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    0x1000_0000 + (h % 0x6fff_0000)
+}
+
+/// The firewall chain of interface `iface` (in `filter` and `nat`).
+pub fn chain_of(iface: &str) -> String {
+    format!("AGENT-{iface}")
+}
+
+/// Which WireGuard the node runs tunnels with, for `agentctl status`.
+pub fn host_mode() -> String {
+    let kernel = std::path::Path::new("/sys/module/wireguard").exists();
+    if kernel {
+        "userspace (boringtun); the kernel module is loaded but not used yet".into()
+    } else {
+        "userspace (boringtun over /dev/net/tun); no kernel module".into()
+    }
+}
+
+/// The seam between the network plug-in and the host's tunnels.
+#[async_trait]
+pub trait Tunnels: Send + Sync {
+    /// `kernel` or `userspace (...)`.
+    fn mode(&self) -> String;
+    /// Bring the tunnel up (replacing one of the same interface). On error
+    /// nothing of it is left.
+    async fn up(&self, spec: TunnelSpec) -> Result<(), String>;
+    /// Remove the interface, its routes, rule and chains; what is already
+    /// gone is fine.
+    async fn down(&self, iface: &str) -> Result<(), String>;
+    /// Whether the interface is up (run by this process).
+    fn is_up(&self, iface: &str) -> bool;
+}
+
+/// A running boringtun device and our end of its UAPI stream.
+struct Running {
+    // Dropped first: stops the device's threads and closes the tun.
+    handle: boringtun::device::DeviceHandle,
+    _api: UnixStream,
+}
+
+/// Userspace WireGuard: boringtun devices running in the agent's process.
+#[derive(Default, Clone)]
+pub struct Userspace {
+    running: Arc<Mutex<HashMap<String, Running>>>,
+}
+
+impl Userspace {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Run `prog args`; its stderr in the error.
+fn run(prog: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{prog} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn iptables(args: &[&str]) -> Result<(), String> {
+    let mut a = vec!["-w", "5"];
+    a.extend_from_slice(args);
+    run("iptables", &a)
+}
+
+/// Send one UAPI `set` and read its `errno`.
+fn uapi_set(api: &mut UnixStream, body: &str) -> Result<(), i32> {
+    api.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let msg = format!("set=1\n{body}\n");
+    api.write_all(msg.as_bytes()).map_err(|_| -1)?;
+    let mut reader = BufReader::new(api.try_clone().map_err(|_| -1)?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(|_| -1)? == 0 {
+            return Err(-1);
+        }
+        if let Some(n) = line.trim().strip_prefix("errno=") {
+            // Drain the blank line that ends the answer.
+            let mut end = String::new();
+            reader.read_line(&mut end).ok();
+            return match n.parse::<i32>() {
+                Ok(0) => Ok(()),
+                Ok(e) => Err(e),
+                Err(_) => Err(-1),
+            };
+        }
+    }
+}
+
+fn uapi_body(spec: &TunnelSpec) -> String {
+    let mut b = format!(
+        "private_key={}\nlisten_port={}\nreplace_peers=true\n",
+        hex::encode(spec.key.0),
+        spec.listen_port
+    );
+    for p in &spec.peers {
+        b.push_str(&format!(
+            "public_key={}\nreplace_allowed_ips=true\n",
+            hex::encode(p.public_key)
+        ));
+        if let Some(e) = p.endpoint {
+            b.push_str(&format!("endpoint={e}\npersistent_keepalive_interval=25\n"));
+        }
+        for a in &p.allowed_ips {
+            b.push_str(&format!("allowed_ip={a}\n"));
+        }
+    }
+    b
+}
+
+/// Routes, rule and firewall of a tunnel whose interface exists.
+fn plumb(spec: &TunnelSpec) -> Result<(), String> {
+    let (wg, br) = (spec.iface.as_str(), spec.bridge.as_str());
+    let table = table_of(wg).to_string();
+    let mtu = TUNNEL_MTU.to_string();
+    run("ip", &["link", "set", "dev", wg, "mtu", &mtu, "up"])?;
+    // Replies from a peer come in on the tunnel from addresses the main
+    // table routes elsewhere: a strict reverse-path filter inherited from
+    // `default` would drop them (`all` = 1 still wins; README says so).
+    std::fs::write(format!("/proc/sys/net/ipv4/conf/{wg}/rp_filter"), "0")
+        .map_err(|e| format!("cannot set rp_filter of {wg}: {e}"))?;
+    for p in &spec.peers {
+        for a in &p.allowed_ips {
+            run(
+                "ip",
+                &[
+                    "route",
+                    "replace",
+                    &a.to_string(),
+                    "dev",
+                    wg,
+                    "table",
+                    &table,
+                ],
+            )?;
+        }
+    }
+    run(
+        "ip",
+        &[
+            "route",
+            "replace",
+            "unreachable",
+            "default",
+            "table",
+            &table,
+        ],
+    )?;
+    run(
+        "ip",
+        &[
+            "rule",
+            "add",
+            "iif",
+            br,
+            "lookup",
+            &table,
+            "priority",
+            RULE_PRIORITY,
+        ],
+    )?;
+    let chain = chain_of(wg);
+    let sub = spec.subnet.to_string();
+    iptables(&["-N", &chain])?;
+    let rules: [&[&str]; 10] = [
+        &["-i", br, "-o", br, "-j", "ACCEPT"],
+        &[
+            "-i",
+            br,
+            "-o",
+            wg,
+            "-p",
+            "tcp",
+            "--tcp-flags",
+            "SYN,RST",
+            "SYN",
+            "-j",
+            "TCPMSS",
+            "--clamp-mss-to-pmtu",
+        ],
+        &["-i", br, "-o", wg, "-s", &sub, "-j", "ACCEPT"],
+        &["-i", wg, "-o", br, "-d", &sub, "-j", "ACCEPT"],
+        // Path MTU: the host tells the bridge a packet is too big for the tunnel.
+        &[
+            "-o",
+            br,
+            "-p",
+            "icmp",
+            "--icmp-type",
+            "fragmentation-needed",
+            "-j",
+            "ACCEPT",
+        ],
+        &["-i", br, "-j", "DROP"],
+        &["-o", br, "-j", "DROP"],
+        &["-i", wg, "-j", "DROP"],
+        &["-o", wg, "-j", "DROP"],
+        &["-j", "RETURN"],
+    ];
+    for r in rules {
+        let mut a = vec!["-A", chain.as_str()];
+        a.extend_from_slice(r);
+        iptables(&a)?;
+    }
+    for hook in ["INPUT", "FORWARD", "OUTPUT"] {
+        iptables(&["-I", hook, "1", "-j", &chain])?;
+    }
+    iptables(&["-t", "nat", "-N", &chain])?;
+    iptables(&[
+        "-t", "nat", "-A", &chain, "-s", &sub, "-o", wg, "-j", "ACCEPT",
+    ])?;
+    iptables(&["-t", "nat", "-I", "POSTROUTING", "1", "-j", &chain])?;
+    Ok(())
+}
+
+/// Remove the routes, rule and chains of interface `iface`, all derived
+/// from its name; errors of what is already gone are ignored.
+fn unplumb(iface: &str) {
+    let chain = chain_of(iface);
+    let table = table_of(iface).to_string();
+    for hook in ["INPUT", "FORWARD", "OUTPUT"] {
+        while iptables(&["-D", hook, "-j", &chain]).is_ok() {}
+    }
+    let _ = iptables(&["-F", &chain]);
+    let _ = iptables(&["-X", &chain]);
+    while iptables(&["-t", "nat", "-D", "POSTROUTING", "-j", &chain]).is_ok() {}
+    let _ = iptables(&["-t", "nat", "-F", &chain]);
+    let _ = iptables(&["-t", "nat", "-X", &chain]);
+    while run("ip", &["rule", "del", "lookup", &table]).is_ok() {}
+    let _ = run("ip", &["route", "flush", "table", &table]);
+    // A tun of ours that outlived its device (it should not) goes too.
+    let _ = run("ip", &["link", "del", "dev", iface]);
+}
+
+/// Refuse a port another socket holds, and an endpoint with no route.
+fn preflight(spec: &TunnelSpec) -> Result<(), String> {
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, spec.listen_port)).map_err(|e| {
+        format!(
+            "wireguard_listen_port {} cannot be used on this node: {e}",
+            spec.listen_port
+        )
+    })?;
+    for p in &spec.peers {
+        if let Some(e) = p.endpoint {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+                .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+            s.connect(e)
+                .map_err(|err| format!("peer endpoint {e} is unreachable from this node: {err}"))?;
+        }
+    }
+    Ok(())
+}
+
+impl Userspace {
+    fn up_blocking(&self, spec: &TunnelSpec) -> Result<(), String> {
+        self.down_blocking(&spec.iface);
+        preflight(spec)?;
+        let (mut ours, theirs) =
+            UnixStream::pair().map_err(|e| format!("cannot open a socket pair: {e}"))?;
+        let config = boringtun::device::DeviceConfig {
+            n_threads: 2,
+            use_connected_socket: true,
+            use_multi_queue: false,
+            uapi_fd: theirs.into_raw_fd(),
+        };
+        let handle = boringtun::device::DeviceHandle::new(&spec.iface, config).map_err(|e| {
+            format!(
+                "cannot create the wireguard interface {}: {e:?}",
+                spec.iface
+            )
+        })?;
+        let running = Running {
+            handle,
+            _api: ours.try_clone().map_err(|e| e.to_string())?,
+        };
+        let configured = match uapi_set(&mut ours, &uapi_body(spec)) {
+            Ok(()) => plumb(spec),
+            Err(98) => Err(format!(
+                "wireguard_listen_port {} is already in use on this node",
+                spec.listen_port
+            )),
+            Err(e) => Err(format!(
+                "the wireguard interface {} refused its configuration (errno {e})",
+                spec.iface
+            )),
+        };
+        if let Err(e) = configured {
+            drop(running);
+            unplumb(&spec.iface);
+            return Err(e);
+        }
+        self.lock().insert(spec.iface.clone(), running);
+        Ok(())
+    }
+
+    fn down_blocking(&self, iface: &str) {
+        let running = self.lock().remove(iface);
+        unplumb(iface);
+        if let Some(mut r) = running {
+            r.handle.clean();
+            drop(r);
+        }
+        // The tun goes with the device's last fd; wait a little for it.
+        for _ in 0..50 {
+            if !std::path::Path::new(&format!("/sys/class/net/{iface}")).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = run("ip", &["link", "del", "dev", iface]);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Tunnels for Userspace {
+    fn mode(&self) -> String {
+        host_mode()
+    }
+
+    async fn up(&self, spec: TunnelSpec) -> Result<(), String> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.up_blocking(&spec))
+            .await
+            .map_err(|e| format!("wireguard task failed: {e}"))?
+    }
+
+    async fn down(&self, iface: &str) -> Result<(), String> {
+        let me = self.clone();
+        let iface = iface.to_string();
+        tokio::task::spawn_blocking(move || me.down_blocking(&iface))
+            .await
+            .map_err(|e| format!("wireguard task failed: {e}"))
+    }
+
+    fn is_up(&self, iface: &str) -> bool {
+        self.lock().contains_key(iface)
+            && std::path::Path::new(&format!("/sys/class/net/{iface}")).exists()
+    }
+}
+
+/// Records what the network plug-in asked of its tunnels (unit tests).
+#[derive(Default)]
+pub struct RecordingTunnels {
+    /// `up <iface> <port> <peers>` / `down <iface>`, in order.
+    pub calls: Mutex<Vec<String>>,
+    /// Interfaces up.
+    pub up: Mutex<HashMap<String, TunnelSpec>>,
+    /// Make the next `up` fail with this.
+    pub fail_up: Mutex<Option<String>>,
+}
+
+#[async_trait]
+impl Tunnels for RecordingTunnels {
+    fn mode(&self) -> String {
+        "recording".into()
+    }
+
+    async fn up(&self, spec: TunnelSpec) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!(
+            "up {} {} {}",
+            spec.iface,
+            spec.listen_port,
+            spec.peers.len()
+        ));
+        if let Some(e) = self.fail_up.lock().unwrap().take() {
+            return Err(e);
+        }
+        self.up.lock().unwrap().insert(spec.iface.clone(), spec);
+        Ok(())
+    }
+
+    async fn down(&self, iface: &str) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!("down {iface}"));
+        self.up.lock().unwrap().remove(iface);
+        Ok(())
+    }
+
+    fn is_up(&self, iface: &str) -> bool {
+        self.up.lock().unwrap().contains_key(iface)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_ours_and_fit_the_kernel() {
+        let a = iface_name("agent-net-YMpYyGShfybHH");
+        assert!(a.starts_with("wg") && a.len() == 15, "{a}");
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, iface_name("agent-n1-net-YMpYyGShfybHH"));
+        assert!(chain_of(&a).len() <= 28);
+        assert!(table_of(&a) >= 0x1000_0000);
+        let k = WgKey([7; 32]);
+        assert_eq!(format!("{k:?}"), "WgKey(<redacted>)");
+    }
+
+    #[test]
+    fn uapi_body_is_the_documented_text() {
+        let spec = TunnelSpec {
+            iface: "wgx".into(),
+            bridge: "br-x".into(),
+            subnet: "10.1.1.0/24".parse().unwrap(),
+            key: WgKey([1; 32]),
+            listen_port: 51820,
+            peers: vec![PeerSpec {
+                public_key: [2; 32],
+                allowed_ips: vec!["10.1.2.0/24".parse().unwrap()],
+                endpoint: Some("192.0.2.9:51821".parse().unwrap()),
+            }],
+        };
+        let b = uapi_body(&spec);
+        assert!(b.starts_with(&format!(
+            "private_key={}\nlisten_port=51820\n",
+            "01".repeat(32)
+        )));
+        assert!(b.contains(&format!("public_key={}\n", "02".repeat(32))));
+        assert!(b.contains("endpoint=192.0.2.9:51821\n"));
+        assert!(b.ends_with("allowed_ip=10.1.2.0/24\n"));
+    }
+}
