@@ -89,6 +89,8 @@ pub struct Store {
     /// process): a reader that keeps a view of what is cached looks again
     /// only when it moved ([`Store::cache_generation`]).
     generation: Arc<AtomicU64>,
+    /// Records staged by a [`Unit`], seen by every read before the trees.
+    overlay: Arc<unit::Overlay>,
 }
 
 pub(crate) const CURSOR: &[u8] = b"cursor";
@@ -167,6 +169,7 @@ impl Store {
             meta: db.open_tree("meta")?,
             signatures: db.open_tree("signatures")?,
             generation: Arc::default(),
+            overlay: Arc::default(),
             dir: dir.to_path_buf(),
             db,
         })
@@ -184,20 +187,28 @@ impl Store {
     }
 
     /// The cached workload `id`, if the node runs it.
+    /// Staged records ([`Unit`]) are seen before the trees.
     pub fn get(&self, id: &str) -> Result<Option<Cached>, StoreError> {
-        self.cache
-            .get(id)?
-            .map(|v| records::decode(id, &v))
-            .transpose()
+        let v = match self.overlay.cached(id) {
+            Some(staged) => staged,
+            None => self.cache.get(id)?,
+        };
+        v.map(|v| records::decode(id, &v)).transpose()
     }
 
     pub fn is_cached(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.cache.contains_key(id)?)
+        match self.overlay.cached(id) {
+            Some(staged) => Ok(staged.is_some()),
+            None => Ok(self.cache.contains_key(id)?),
+        }
     }
 
     /// The id under which a reservation with this user signature was first
     /// judged, if any.
     pub fn signature_owner(&self, signature: &str) -> Result<Option<String>, StoreError> {
+        if let Some(id) = self.overlay.signature_owner(signature) {
+            return Ok(Some(id));
+        }
         Ok(self
             .signatures
             .get(signature.as_bytes())?
@@ -206,21 +217,26 @@ impl Store {
 
     /// How reservation `id` was judged, if it was.
     pub fn outcome(&self, id: &str) -> Result<Option<Outcome>, StoreError> {
+        if let Some(o) = self.overlay.outcome(id) {
+            return Ok(Some(o));
+        }
         self.outcomes
             .get(id)?
             .map(|v| records::decode(id, &v))
             .transpose()
     }
 
-    /// Apply the records `stage` stages as one unit (one transaction);
-    /// the highest outbox seq it wrote.
-    fn record_one(
+    /// Stage one record and commit it (one transaction); what staging
+    /// returned. (Records staged already are committed with it: there is
+    /// one writer.)
+    fn record_one<T>(
         &self,
-        stage: impl FnOnce(&mut Unit) -> Result<(), StoreError>,
-    ) -> Result<Option<u64>, StoreError> {
-        let mut unit = Unit::new(self.clone());
-        stage(&mut unit)?;
-        unit.commit()
+        stage: impl FnOnce(&Unit) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let unit = Unit::new(self.clone());
+        let t = stage(&unit)?;
+        unit.commit()?;
+        Ok(t)
     }
 
     /// Record a provisioned workload: its signed result into the outbox and
@@ -231,8 +247,7 @@ impl Store {
         cached: &Cached,
         result: &WorkloadResult,
     ) -> Result<u64, StoreError> {
-        let seq = self.record_one(|u| u.provisioned(cached, result))?;
-        Ok(seq.unwrap_or_default())
+        self.record_one(|u| u.provisioned(cached, result))
     }
 
     /// Record a refusal (or any outcome that caches nothing) with its signed
@@ -247,8 +262,7 @@ impl Store {
         result: &WorkloadResult,
         verified_signature: &str,
     ) -> Result<u64, StoreError> {
-        let seq = self.record_one(|u| u.refused(result, verified_signature))?;
-        Ok(seq.unwrap_or_default())
+        self.record_one(|u| u.refused(result, verified_signature))
     }
 
     /// Record that `id` is decommissioned: it leaves the cache and the
@@ -269,20 +283,14 @@ impl Store {
         confirmation: &str,
         result: Option<&WorkloadResult>,
     ) -> Result<u64, StoreError> {
-        let seq =
-            self.record_one(|u| u.decommissioned(id, kind, signature, confirmation, result))?;
-        Ok(seq.unwrap_or_default())
+        self.record_one(|u| u.decommissioned(id, kind, signature, confirmation, result))
     }
 
     /// Queue a bare `PUT /deleted` for `id` (the explorer asks again about
     /// a deletion the node already carried out), with the node's signed
     /// `confirmation`.
     pub fn queue_deleted(&self, id: &str, confirmation: &str) -> Result<u64, StoreError> {
-        let seq = self.record_one(|u| {
-            u.deleted_again(id, confirmation);
-            Ok(())
-        })?;
-        Ok(seq.unwrap_or_default())
+        self.record_one(|u| u.deleted_again(id, confirmation))
     }
 
     /// Replace the cached record of `id` (e.g. a workload re-provisioned by
@@ -300,8 +308,7 @@ impl Store {
     /// Move `id`'s decommission time to `at` (a decommission that must wait
     /// for a volume still in use is tried again then).
     pub fn reschedule(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.record_one(|u| u.reschedule(id, at))?;
-        Ok(())
+        self.record_one(|u| u.reschedule(id, at))
     }
 
     /// When `id`'s decommission is scheduled (to the millisecond): its
@@ -398,11 +405,11 @@ impl Store {
         self.record_one(|u| {
             u.set_cursor(cursor);
             Ok(())
-        })?;
-        Ok(())
+        })
     }
 
-    /// Up to `limit` outbox entries, oldest first.
+    /// Up to `limit` outbox entries, oldest first: the committed ones, then
+    /// the staged ones ([`Unit`]; never durable yet).
     pub fn outbox_peek(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         let mut v = Vec::new();
         for kv in self.outbox.iter().take(limit) {
@@ -412,6 +419,10 @@ impl Store {
                     key: format!("outbox/{k:?}"),
                     reason: "key is not a u64".into(),
                 })?);
+            let item = records::decode(&format!("outbox/{seq}"), &val)?;
+            v.push(OutboxEntry { seq, item });
+        }
+        for (seq, val) in self.overlay.outbox(limit - v.len()) {
             let item = records::decode(&format!("outbox/{seq}"), &val)?;
             v.push(OutboxEntry { seq, item });
         }
@@ -433,9 +444,9 @@ impl Store {
             .and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 
-    /// Entries not yet acknowledged.
+    /// Entries not yet acknowledged (staged ones too).
     pub fn outbox_len(&self) -> usize {
-        self.outbox.len()
+        self.outbox.len() + self.overlay.outbox_len()
     }
 
     /// Bytes the database takes on disk.

@@ -222,7 +222,7 @@ fn signed(id: &str, signature: &str) -> Reservation {
     r
 }
 
-fn staged(u: &mut Unit, node: &Identity, r: Reservation) {
+fn staged(u: &Unit, node: &Identity, r: Reservation) {
     let res = node
         .ok_result(&r, &serde_json::json!({"volume_id": r.id}))
         .unwrap();
@@ -236,8 +236,8 @@ fn a_unit_reads_its_staged_records_before_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
     let node = Identity::generate();
-    let mut u = Unit::new(s.clone());
-    staged(&mut u, &node, signed("1-1", "sigA"));
+    let u = Unit::new(s.clone());
+    staged(&u, &node, signed("1-1", "sigA"));
     // Recorded, not committed: the replay index and the cache answer.
     assert_eq!(u.signature_owner("sigA").unwrap().as_deref(), Some("1-1"));
     assert!(u.is_cached("1-1").unwrap());
@@ -246,9 +246,17 @@ fn a_unit_reads_its_staged_records_before_the_store() {
         u.outcome("1-1").unwrap().unwrap().state,
         OutcomeState::Provisioned
     );
-    assert_eq!(s.signature_owner("sigA").unwrap(), None);
-    assert!(!s.is_cached("1-1").unwrap());
-    assert!(s.outcome("1-1").unwrap().is_none());
+    // Every clone of the store reads them too; the trees hold none yet.
+    assert_eq!(s.signature_owner("sigA").unwrap().as_deref(), Some("1-1"));
+    assert!(s.clone().is_cached("1-1").unwrap());
+    assert!(s.signatures.get("sigA").unwrap().is_none());
+    assert!(s.cache.get("1-1").unwrap().is_none());
+    assert!(s.outcomes.get("1-1").unwrap().is_none());
+    assert_eq!(s.outbox.len(), 0);
+    // The staged result is peeked after the committed ones, under the seq
+    // it will keep.
+    assert_eq!(s.outbox_len(), 1);
+    let staged_seq = s.outbox_peek(10).unwrap()[0].seq;
     // A replay refused in the same unit does not take the signature over.
     let replay = node.error_result(&signed("2-1", "sigA"), "replay");
     u.refused(&replay, "sigA").unwrap();
@@ -286,15 +294,17 @@ fn a_unit_reads_its_staged_records_before_the_store() {
     assert_eq!(out.len(), 3);
     assert!(out.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(out[2].seq, last);
+    assert_eq!(out[0].seq, staged_seq);
     assert!(matches!(&out[0].item, Outbound::Result(r) if r.id == "1-1"));
     assert!(matches!(&out[1].item, Outbound::Result(r) if r.id == "2-1"));
     assert!(matches!(&out[2].item, Outbound::Deleted { id, .. } if id == "1-1"));
     // Later records take later seqs, through a unit or on their own.
     let next = s.queue_deleted("1-1", "c2ln").unwrap();
     assert!(next > last);
-    let mut u = Unit::new(s.clone());
-    u.deleted_again("1-1", "c2ln");
-    assert!(u.commit().unwrap().unwrap() > next);
+    let u = Unit::new(s.clone());
+    let again = u.deleted_again("1-1", "c2ln").unwrap();
+    assert!(again > next);
+    assert_eq!(u.commit().unwrap(), Some(again));
     assert_eq!(u.commit().unwrap(), None, "an empty unit commits nothing");
 }
 
@@ -307,13 +317,13 @@ fn a_crash_before_the_commit_loses_the_whole_unit() {
     let node = Identity::generate();
     {
         let s = Store::open(dir.path()).unwrap();
-        let mut u = Unit::new(s.clone());
-        staged(&mut u, &node, signed("1-1", "sigA"));
+        let u = Unit::new(s.clone());
+        staged(&u, &node, signed("1-1", "sigA"));
         u.commit().unwrap();
         s.flush().unwrap();
-        let mut u = Unit::new(s.clone());
+        let u = Unit::new(s.clone());
         for i in 2..=4 {
-            staged(&mut u, &node, signed(&format!("{i}-1"), &format!("sig{i}")));
+            staged(&u, &node, signed(&format!("{i}-1"), &format!("sig{i}")));
         }
         u.refused(&node.error_result(&signed("5-1", "sig5"), "no"), "sig5")
             .unwrap();
@@ -343,9 +353,9 @@ fn a_crash_before_the_commit_loses_the_whole_unit() {
     );
 
     // The same unit committed and flushed is there whole.
-    let mut u = Unit::new(s.clone());
+    let u = Unit::new(s.clone());
     for i in 2..=4 {
-        staged(&mut u, &node, signed(&format!("{i}-1"), &format!("sig{i}")));
+        staged(&u, &node, signed(&format!("{i}-1"), &format!("sig{i}")));
     }
     u.decommissioned("1-1", "volume", "sigA", "c2ln", None)
         .unwrap();

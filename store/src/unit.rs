@@ -6,20 +6,33 @@
 //! 300 µs each (bench/notes.md); one per unit costs about 75 µs each.
 //!
 //! Invariants:
-//! - A record is all-or-nothing, and so is a whole unit: the records of one
-//!   unit are applied by one transaction, in the order they were staged, so
-//!   a crash before [`Unit::commit`] (or before the flush after it) loses
-//!   the whole unit, never part of it or part of a record.
-//! - Reads through the unit ([`Unit::get`], [`Unit::is_cached`],
-//!   [`Unit::outcome`], [`Unit::signature_owner`]) see its staged records
-//!   before the trees: a replay or a deletion judged in the same unit is
-//!   judged as if each record had been written on its own.
-//! - Outbox sequence numbers are drawn inside the commit's transaction from
-//!   sled's one id generator, in staging order: unique and increasing.
+//! - A record is all-or-nothing, and so is a whole unit: the records staged
+//!   are applied by one transaction, in the order they were staged, so a
+//!   crash before [`Unit::commit`] (or before the flush after it) loses all
+//!   of them, never part of them or part of a record.
+//! - Staged records live in the store's shared overlay: every read of the
+//!   store, through any clone ([`Store::get`], [`Store::is_cached`],
+//!   [`Store::outcome`], [`Store::signature_owner`]), sees them before the
+//!   trees, as it saw a written but unflushed record before: a replay or a
+//!   deletion judged in the same unit is judged as if each record had been
+//!   written on its own. Scans (`list`, `due`, counters, the outbox) see
+//!   committed records only.
+//! - There is one writer: every [`Unit`] over a store stages into the same
+//!   overlay, and a commit applies all that is staged.
+//! - Outbox sequence numbers are drawn when a message is staged, from
+//!   sled's one id generator (as a record on its own drew them): unique and
+//!   increasing, every staged one above every committed one. The outbox
+//!   reads ([`Store::outbox_peek`], [`Store::outbox_len`]) see staged
+//!   messages after the committed ones; delivery sends none of them before
+//!   the commit's flush raises its durable watermark.
 //! - A commit that fails keeps the staged records (the overlay goes on
 //!   answering reads as before), and the next commit tries them again.
+//! - During a commit the overlay stays readable (readers are not blocked);
+//!   it is emptied once the transaction is applied, so a read sees each
+//!   record staged or in the tree, never neither.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
 use reservation::WorkloadResult;
@@ -30,7 +43,8 @@ use crate::records::{self, Cached, Outbound, Outcome, OutcomeState};
 use crate::{bump, expiry_key, Store, StoreError, TxResult, CURSOR};
 
 /// One staged record (already encoded), applied at commit as its own
-/// transaction would have applied it.
+/// transaction would have applied it; its outbox messages are staged
+/// beside, under the seqs drawn when it was staged.
 enum Op {
     Provisioned {
         id: String,
@@ -39,23 +53,18 @@ enum Op {
         expiry: Vec<u8>,
         cached: IVec,
         outcome: IVec,
-        result: IVec,
     },
     Refused {
         id: String,
         signature: String,
         outcome: IVec,
-        result: IVec,
     },
     Decommissioned {
         id: String,
         kind: String,
         signature: String,
         outcome: IVec,
-        result: Option<IVec>,
-        deleted: IVec,
     },
-    Deleted(IVec),
     Reschedule {
         id: String,
         expiry: Vec<u8>,
@@ -63,184 +72,235 @@ enum Op {
     Cursor(u64),
 }
 
-/// The records of one unit of work, not yet in the store, and the overlay
-/// through which reads see them.
-pub struct Unit {
-    store: Store,
+/// The records staged and not committed, and the overlay through which
+/// the store's reads see them.
+#[derive(Default)]
+pub(crate) struct Pending {
     ops: Vec<Op>,
-    /// id -> its staged cache record (`None`: removed in this unit).
+    /// id -> its staged cache record (`None`: removed).
     cache: HashMap<String, Option<IVec>>,
     /// id -> its staged outcome.
     outcomes: HashMap<String, Outcome>,
     /// user signature -> id, staged into the replay index.
     signatures: HashMap<String, String>,
+    /// seq -> message for the explorer.
+    outbox: BTreeMap<u64, IVec>,
+}
+
+/// The overlay of one store, shared by its clones.
+#[derive(Default)]
+pub(crate) struct Overlay(RwLock<Pending>);
+
+impl Overlay {
+    fn read(&self) -> RwLockReadGuard<'_, Pending> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Pending> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The staged cache record of `id`: `Some(None)` when staged removed,
+    /// `None` when nothing is staged for it.
+    pub(crate) fn cached(&self, id: &str) -> Option<Option<IVec>> {
+        self.read().cache.get(id).cloned()
+    }
+
+    pub(crate) fn outcome(&self, id: &str) -> Option<Outcome> {
+        self.read().outcomes.get(id).cloned()
+    }
+
+    pub(crate) fn signature_owner(&self, signature: &str) -> Option<String> {
+        self.read().signatures.get(signature).cloned()
+    }
+
+    /// Up to `limit` staged outbox messages, oldest first.
+    pub(crate) fn outbox(&self, limit: usize) -> Vec<(u64, IVec)> {
+        self.read()
+            .outbox
+            .iter()
+            .take(limit)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
+    }
+
+    pub(crate) fn outbox_len(&self) -> usize {
+        self.read().outbox.len()
+    }
+}
+
+/// The writer's handle on a store's staged records: stages records and
+/// commits them (see the module's invariants). Cheap: it holds a clone of
+/// the store.
+#[derive(Clone)]
+pub struct Unit {
+    store: Store,
 }
 
 impl Unit {
-    /// An empty unit over `store`.
+    /// The unit over `store` (what is staged there already is part of it).
     pub fn new(store: Store) -> Self {
-        Unit {
-            store,
-            ops: Vec::new(),
-            cache: HashMap::new(),
-            outcomes: HashMap::new(),
-            signatures: HashMap::new(),
-        }
+        Unit { store }
     }
 
-    /// The store the unit commits to (its reads skip the staged records).
+    /// The store the unit commits to.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
     /// Records staged and not committed yet.
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.store.overlay.read().ops.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.len() == 0
     }
 
     /// The cached workload `id`, staged or in the store.
     pub fn get(&self, id: &str) -> Result<Option<Cached>, StoreError> {
-        match self.cache.get(id) {
-            Some(Some(v)) => records::decode(id, v).map(Some),
-            Some(None) => Ok(None),
-            None => self.store.get(id),
-        }
+        self.store.get(id)
     }
 
     pub fn is_cached(&self, id: &str) -> Result<bool, StoreError> {
-        match self.cache.get(id) {
-            Some(v) => Ok(v.is_some()),
-            None => self.store.is_cached(id),
-        }
+        self.store.is_cached(id)
     }
 
     /// How reservation `id` was judged, staged or in the store.
     pub fn outcome(&self, id: &str) -> Result<Option<Outcome>, StoreError> {
-        match self.outcomes.get(id) {
-            Some(o) => Ok(Some(o.clone())),
-            None => self.store.outcome(id),
-        }
+        self.store.outcome(id)
     }
 
     /// The id that owns this user signature in the replay index, staged or
     /// in the store.
     pub fn signature_owner(&self, signature: &str) -> Result<Option<String>, StoreError> {
-        match self.signatures.get(signature) {
-            Some(id) => Ok(Some(id.clone())),
-            None => self.store.signature_owner(signature),
-        }
+        self.store.signature_owner(signature)
     }
 
     /// Index `signature` -> `id` unless empty; `first` keeps an owner
     /// already there (a refusal, a deletion), else it is replaced (a
     /// provisioning).
-    fn stage_signature(
-        &mut self,
-        signature: &str,
-        id: &str,
-        first: bool,
-    ) -> Result<(), StoreError> {
+    /// Stage a message for the explorer under a new seq.
+    fn queue(&self, p: &mut Pending, item: &Outbound) -> Result<u64, StoreError> {
+        let seq = self.store.db.generate_id()?;
+        p.outbox.insert(seq, records::encode(item).into());
+        Ok(seq)
+    }
+
+    fn stage_signature(&self, signature: &str, id: &str, first: bool) -> Result<(), StoreError> {
         if signature.is_empty() || (first && self.signature_owner(signature)?.is_some()) {
             return Ok(());
         }
-        self.signatures
+        self.store
+            .overlay
+            .write()
+            .signatures
             .insert(signature.to_string(), id.to_string());
         Ok(())
     }
 
     /// Stage a provisioned workload: its cache entry, outcome, expiry,
-    /// counter, replay index entry and signed result.
-    pub fn provisioned(
-        &mut self,
-        cached: &Cached,
-        result: &WorkloadResult,
-    ) -> Result<(), StoreError> {
+    /// counter, replay index entry and signed result. Returns the result's
+    /// outbox seq.
+    pub fn provisioned(&self, cached: &Cached, result: &WorkloadResult) -> Result<u64, StoreError> {
         let r = &cached.reservation;
         let outcome = Outcome::new(OutcomeState::Provisioned, "");
         let rec = IVec::from(records::encode(cached));
-        self.ops.push(Op::Provisioned {
+        let mut p = self.store.overlay.write();
+        let seq = self.queue(&mut p, &Outbound::Result(result.clone()))?;
+        p.ops.push(Op::Provisioned {
             id: r.id.clone(),
             kind: r.kind.clone(),
             signature: r.signature.clone(),
             expiry: expiry_key(cached.expires_at(), &r.id),
             cached: rec.clone(),
             outcome: records::encode(&outcome).into(),
-            result: records::encode(&Outbound::Result(result.clone())).into(),
         });
-        self.cache.insert(r.id.clone(), Some(rec));
-        self.outcomes.insert(r.id.clone(), outcome);
-        self.stage_signature(&r.signature, &r.id, false)
+        p.cache.insert(r.id.clone(), Some(rec));
+        p.outcomes.insert(r.id.clone(), outcome);
+        drop(p);
+        self.stage_signature(&r.signature, &r.id, false)?;
+        Ok(seq)
     }
 
     /// Stage a refusal with its signed error result; `verified_signature`
     /// enters the replay index unless empty or owned already (see
-    /// [`Store::record_refused`]).
+    /// [`Store::record_refused`]). Returns the result's outbox seq.
     pub fn refused(
-        &mut self,
+        &self,
         result: &WorkloadResult,
         verified_signature: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let outcome = Outcome::new(OutcomeState::Refused, &result.error);
-        self.ops.push(Op::Refused {
+        let mut p = self.store.overlay.write();
+        let seq = self.queue(&mut p, &Outbound::Result(result.clone()))?;
+        p.ops.push(Op::Refused {
             id: result.id.clone(),
             signature: verified_signature.to_string(),
             outcome: records::encode(&outcome).into(),
-            result: records::encode(&Outbound::Result(result.clone())).into(),
         });
-        self.outcomes.insert(result.id.clone(), outcome);
-        self.stage_signature(verified_signature, &result.id, true)
+        p.outcomes.insert(result.id.clone(), outcome);
+        drop(p);
+        self.stage_signature(verified_signature, &result.id, true)?;
+        Ok(seq)
     }
 
-    /// Stage a decommission (see [`Store::record_decommissioned`]).
+    /// Stage a decommission (see [`Store::record_decommissioned`]). Returns
+    /// the outbox seq of the deletion's confirmation (after `result`'s).
     pub fn decommissioned(
-        &mut self,
+        &self,
         id: &str,
         kind: &str,
         signature: &str,
         confirmation: &str,
         result: Option<&WorkloadResult>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let error = result.map(|r| r.error.as_str()).unwrap_or("");
         let outcome = Outcome::new(OutcomeState::Deleted, error);
-        self.ops.push(Op::Decommissioned {
+        let mut p = self.store.overlay.write();
+        if let Some(r) = result {
+            self.queue(&mut p, &Outbound::Result(r.clone()))?;
+        }
+        let seq = self.queue(
+            &mut p,
+            &Outbound::Deleted {
+                id: id.to_string(),
+                signature: confirmation.to_string(),
+            },
+        )?;
+        p.ops.push(Op::Decommissioned {
             id: id.to_string(),
             kind: kind.to_string(),
             signature: signature.to_string(),
             outcome: records::encode(&outcome).into(),
-            result: result.map(|r| records::encode(&Outbound::Result(r.clone())).into()),
-            deleted: records::encode(&Outbound::Deleted {
-                id: id.to_string(),
-                signature: confirmation.to_string(),
-            })
-            .into(),
         });
-        self.cache.insert(id.to_string(), None);
-        self.outcomes.insert(id.to_string(), outcome);
-        self.stage_signature(signature, id, true)
+        p.cache.insert(id.to_string(), None);
+        p.outcomes.insert(id.to_string(), outcome);
+        drop(p);
+        self.stage_signature(signature, id, true)?;
+        Ok(seq)
     }
 
-    /// Stage a bare `PUT /deleted` for `id` (see [`Store::queue_deleted`]).
-    pub fn deleted_again(&mut self, id: &str, confirmation: &str) {
-        self.ops.push(Op::Deleted(
-            records::encode(&Outbound::Deleted {
+    /// Stage a bare `PUT /deleted` for `id` (see [`Store::queue_deleted`]);
+    /// its outbox seq.
+    pub fn deleted_again(&self, id: &str, confirmation: &str) -> Result<u64, StoreError> {
+        let mut p = self.store.overlay.write();
+        self.queue(
+            &mut p,
+            &Outbound::Deleted {
                 id: id.to_string(),
                 signature: confirmation.to_string(),
-            })
-            .into(),
-        ));
+            },
+        )
     }
 
     /// Stage a move of `id`'s decommission time to `at`; `id` must be
     /// cached (staged or in the store).
-    pub fn reschedule(&mut self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+    pub fn reschedule(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
         if !self.is_cached(id)? {
             return Err(StoreError::NotCached(id.to_string()));
         }
-        self.ops.push(Op::Reschedule {
+        self.store.overlay.write().ops.push(Op::Reschedule {
             id: id.to_string(),
             expiry: expiry_key(at, id),
         });
@@ -248,21 +308,23 @@ impl Unit {
     }
 
     /// Stage the poll cursor; it never moves back.
-    pub fn set_cursor(&mut self, cursor: u64) {
-        self.ops.push(Op::Cursor(cursor));
+    pub fn set_cursor(&self, cursor: u64) {
+        self.store.overlay.write().ops.push(Op::Cursor(cursor));
     }
 
     /// Apply every staged record in one sled transaction (not flushed:
-    /// the caller flushes) and empty the unit. Returns the highest outbox
+    /// the caller flushes) and empty the overlay. Returns the highest outbox
     /// seq written, if any. On an error nothing is applied and the records
     /// stay staged.
-    pub fn commit(&mut self) -> Result<Option<u64>, StoreError> {
-        if self.ops.is_empty() {
+    pub fn commit(&self) -> Result<Option<u64>, StoreError> {
+        let s = &self.store;
+        // Readers go on meanwhile; the one writer is here.
+        let pending = s.overlay.read();
+        if pending.ops.is_empty() && pending.outbox.is_empty() {
             return Ok(None);
         }
-        let s = &self.store;
-        let ops = &self.ops;
-        let last = (
+        let (ops, queued) = (&pending.ops, &pending.outbox);
+        (
             &s.cache,
             &s.outcomes,
             &s.expiry,
@@ -272,30 +334,29 @@ impl Unit {
             &s.signatures,
         )
             .transaction(|(cache, outcomes, expiry, by_id, outbox, meta, sigs)| {
+                for (seq, item) in queued {
+                    outbox.insert(&seq.to_be_bytes(), item.clone())?;
+                }
                 let trees = Trees {
                     cache,
                     outcomes,
                     expiry,
                     by_id,
-                    outbox,
                     meta,
                     sigs,
                 };
-                let mut last = None;
                 for op in ops {
-                    if let Some(seq) = trees.apply(op)? {
-                        last = Some(seq);
-                    }
+                    trees.apply(op)?;
                 }
-                Ok(last)
+                Ok(())
             })?;
-        self.ops.clear();
-        if !self.cache.is_empty() {
-            self.store.cache_changed();
+        let last = queued.keys().next_back().copied();
+        let changed = !pending.cache.is_empty();
+        drop(pending);
+        *s.overlay.write() = Pending::default();
+        if changed {
+            s.cache_changed();
         }
-        self.cache.clear();
-        self.outcomes.clear();
-        self.signatures.clear();
         Ok(last)
     }
 }
@@ -306,18 +367,11 @@ struct Trees<'a> {
     outcomes: &'a TransactionalTree,
     expiry: &'a TransactionalTree,
     by_id: &'a TransactionalTree,
-    outbox: &'a TransactionalTree,
     meta: &'a TransactionalTree,
     sigs: &'a TransactionalTree,
 }
 
 impl Trees<'_> {
-    fn queue(&self, item: &IVec) -> TxResult<u64> {
-        let seq = self.outbox.generate_id()?;
-        self.outbox.insert(&seq.to_be_bytes(), item.clone())?;
-        Ok(seq)
-    }
-
     fn index_signature(&self, signature: &str, id: &str, first: bool) -> TxResult<()> {
         if !signature.is_empty() && (!first || self.sigs.get(signature.as_bytes())?.is_none()) {
             self.sigs.insert(signature.as_bytes(), id.as_bytes())?;
@@ -325,8 +379,8 @@ impl Trees<'_> {
         Ok(())
     }
 
-    /// Apply one record; the outbox seq it wrote last, if any.
-    fn apply(&self, op: &Op) -> TxResult<Option<u64>> {
+    /// Apply one record (its outbox messages are inserted apart).
+    fn apply(&self, op: &Op) -> TxResult<()> {
         match op {
             Op::Provisioned {
                 id,
@@ -335,9 +389,7 @@ impl Trees<'_> {
                 expiry,
                 cached,
                 outcome,
-                result,
             } => {
-                let seq = self.queue(result)?;
                 self.index_signature(signature, id, false)?;
                 let fresh = self.cache.insert(id.as_bytes(), cached.clone())?.is_none();
                 self.outcomes.insert(id.as_bytes(), outcome.clone())?;
@@ -349,26 +401,20 @@ impl Trees<'_> {
                 if fresh {
                     bump(self.meta, kind, 1)?;
                 }
-                Ok(Some(seq))
             }
             Op::Refused {
                 id,
                 signature,
                 outcome,
-                result,
             } => {
-                let seq = self.queue(result)?;
                 self.outcomes.insert(id.as_bytes(), outcome.clone())?;
                 self.index_signature(signature, id, true)?;
-                Ok(Some(seq))
             }
             Op::Decommissioned {
                 id,
                 kind,
                 signature,
                 outcome,
-                result,
-                deleted,
             } => {
                 self.index_signature(signature, id, true)?;
                 if self.cache.remove(id.as_bytes())?.is_some() {
@@ -378,12 +424,7 @@ impl Trees<'_> {
                     self.expiry.remove(k)?;
                 }
                 self.outcomes.insert(id.as_bytes(), outcome.clone())?;
-                if let Some(r) = result {
-                    self.queue(r)?;
-                }
-                Ok(Some(self.queue(deleted)?))
             }
-            Op::Deleted(item) => Ok(Some(self.queue(item)?)),
             Op::Reschedule { id, expiry } => {
                 // Checked cached when staged; nothing else writes the
                 // store, so the index entry is there. Were it not, the
@@ -393,7 +434,6 @@ impl Trees<'_> {
                     self.expiry.insert(expiry.as_slice(), &[])?;
                     self.by_id.insert(id.as_bytes(), expiry.as_slice())?;
                 }
-                Ok(None)
             }
             Op::Cursor(cursor) => {
                 let cur = self
@@ -404,8 +444,8 @@ impl Trees<'_> {
                 if *cursor > cur {
                     self.meta.insert(CURSOR, &cursor.to_be_bytes())?;
                 }
-                Ok(None)
             }
         }
+        Ok(())
     }
 }
