@@ -441,39 +441,52 @@ impl Ledger {
     /// Forget every charge and charge each cached workload once (at start).
     /// A cached entry whose data does not parse is charged nothing.
     pub fn rebuild<'a>(&mut self, cached: impl IntoIterator<Item = &'a store::Cached>) {
+        self.clear();
+        for c in cached {
+            self.charge_cached(c);
+        }
+    }
+
+    /// Forget every charge (before charging the cache again).
+    pub fn clear(&mut self) {
         self.charges.clear();
         self.used = Resources::ZERO;
         self.owners.clear();
         self.per_user.clear();
-        for c in cached {
-            let r = &c.reservation;
-            let parsed = r
-                .workload_type()
-                .ok()
-                .and_then(|k| Workload::parse(k, &r.data).ok());
-            if let Some(w) = &parsed {
-                self.add_user(&r.id, &r.user_id, tenancy_of(w));
-            }
-            match charge_of_reservation(r, self.total.root_disk) {
-                Some(charge) => self.add(&r.id, charge),
-                None => {
-                    tracing::warn!(reservation = %r.id, kind = %r.kind, "cached workload does not parse; charging nothing for it")
-                }
+    }
+
+    /// Charge one cached workload (again: its charge is replaced). One
+    /// whose data does not parse is charged nothing.
+    pub fn charge_cached(&mut self, c: &store::Cached) {
+        let r = &c.reservation;
+        let parsed = r
+            .workload_type()
+            .ok()
+            .and_then(|k| Workload::parse(k, &r.data).ok());
+        if let Some(w) = &parsed {
+            self.add_user(&r.id, &r.user_id, tenancy_of(w));
+        }
+        match charge_of_reservation(r, self.total.root_disk) {
+            Some(charge) => self.add(&r.id, charge),
+            None => {
+                tracing::warn!(reservation = %r.id, kind = %r.kind, "cached workload does not parse; charging nothing for it")
             }
         }
     }
 
-    /// [`Ledger::rebuild`] from every workload in `store`. Returns how many
-    /// were charged; a record that cannot be read is skipped with a warning.
+    /// [`Ledger::rebuild`] from every workload in `store`, decoding one
+    /// record at a time. Returns how many were charged; a record that
+    /// cannot be read is skipped with a warning. (The daemon charges at
+    /// start through `inventory::take`, which reads the cache once for
+    /// reconciliation and the crash watch too.)
     pub fn rebuild_from_store(&mut self, store: &store::Store) -> usize {
-        let mut cached = Vec::new();
+        self.clear();
         for c in store.list() {
             match c {
-                Ok(c) => cached.push(c),
+                Ok(c) => self.charge_cached(&c),
                 Err(e) => tracing::warn!(error = %e, "cannot read a cached workload; not charged"),
             }
         }
-        self.rebuild(cached.iter());
         self.charges.len()
     }
 

@@ -135,6 +135,10 @@ pub struct CrashWatch {
     counts: CrashCounts,
     /// Docker failed on the last look (logged once per outage).
     failing: bool,
+    /// Cached ids that run no container of their own (not decoded again).
+    unwatched: HashSet<String>,
+    /// The store's cache generation at the last sync (`None`: never).
+    generation: Option<u64>,
 }
 
 impl CrashWatch {
@@ -147,6 +151,8 @@ impl CrashWatch {
             given_up: HashSet::new(),
             counts: CrashCounts::default(),
             failing: false,
+            unwatched: HashSet::new(),
+            generation: None,
         }
     }
 
@@ -202,14 +208,62 @@ impl CrashWatch {
         self.given_up.retain(|id| keep.contains(id));
     }
 
-    /// Watch every cached workload that runs a container of its own.
+    /// Start from start-up's one pass over the cache: `watched` are the
+    /// containers to follow, `unwatched` the other cached ids, both as of
+    /// the store's cache generation `generation`.
+    pub fn seed(
+        &mut self,
+        watched: Vec<Watched>,
+        unwatched: impl IntoIterator<Item = String>,
+        generation: u64,
+    ) {
+        self.unwatched = unwatched.into_iter().collect();
+        self.set_watched(watched);
+        self.generation = Some(generation);
+    }
+
+    /// Watch every cached workload that runs a container of its own. Only
+    /// when the cache changed since the last look, and then it reads the
+    /// cached ids (not the records) and decodes only the ids it has not
+    /// seen: the whole cache is decoded at most once.
     pub fn sync_from_store(&mut self, store: &Store) {
-        let items: Vec<Watched> = store
-            .list()
-            .filter_map(|c| c.ok())
-            .filter_map(|c| Watched::of(&c, &self.names))
+        let generation = store.cache_generation();
+        if self.generation == Some(generation) {
+            return;
+        }
+        let mut cached = HashSet::new();
+        let mut added = Vec::new();
+        for id in store.cached_ids() {
+            let Ok(id) = id else {
+                continue;
+            };
+            if !self.tracks.contains_key(&id) && !self.unwatched.contains(&id) {
+                match store.get(&id) {
+                    Ok(Some(c)) => match Watched::of(&c, &self.names) {
+                        Some(w) => added.push(w),
+                        None => {
+                            self.unwatched.insert(id.clone());
+                        }
+                    },
+                    // Gone meanwhile, or unreadable: looked at next time.
+                    Ok(None) | Err(_) => continue,
+                }
+            }
+            cached.insert(id);
+        }
+        self.unwatched.retain(|id| cached.contains(id));
+        let kept: Vec<Watched> = self
+            .tracks
+            .iter()
+            .filter(|(id, _)| cached.contains(*id))
+            .map(|(id, t)| Watched {
+                id: id.clone(),
+                kind: t.kind.clone(),
+                container: t.container.clone(),
+            })
             .collect();
-        self.set_watched(items);
+        self.set_watched(kept.into_iter().chain(added));
+        self.generation = Some(generation);
     }
 
     /// Look at every watched container once, as of `now`; the reservations
@@ -559,6 +613,52 @@ mod tests {
                 .container,
             scoped.container_name("7-1")
         );
+    }
+
+    /// The watch follows the cache from its seed, looks again only when
+    /// the cache changed, and decodes only ids it has not seen.
+    #[tokio::test]
+    async fn syncs_follow_the_cache_from_the_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let node = reservation::Identity::generate();
+        let put = |id: &str, kind: &str| {
+            let r: reservation::Reservation = serde_json::from_str(&format!(
+                r#"{{"id":"{id}","node_id":"n","user_id":"u","type":"{kind}","data":{{}},"created":"2026-11-25T11:00:00Z","duration":1,"signature":""}}"#
+            ))
+            .unwrap();
+            let res = node.error_result(&r, "x");
+            store
+                .record_provisioned(&Cached::new(r, res.clone()), &res)
+                .unwrap();
+        };
+        put("1-1", "container");
+        put("2-1", "volume");
+        let mut w = CrashWatch::new(fake_with(&[]).await, policy());
+        w.seed(
+            vec![watched("1-1")],
+            ["2-1".to_string()],
+            store.cache_generation(),
+        );
+        assert_eq!(w.tracks.keys().collect::<Vec<_>>(), ["1-1"]);
+        // Unchanged cache: nothing read.
+        w.sync_from_store(&store);
+        assert_eq!(w.tracks.keys().collect::<Vec<_>>(), ["1-1"]);
+        // A new container is followed; the known volume is not decoded.
+        put("3-1", "container");
+        w.sync_from_store(&store);
+        assert_eq!(w.tracks.keys().collect::<Vec<_>>(), ["1-1", "3-1"]);
+        assert!(w.unwatched.contains("2-1"));
+        // Gone from the cache: forgotten.
+        store
+            .record_decommissioned("1-1", "container", "", "c2ln", None)
+            .unwrap();
+        store
+            .record_decommissioned("2-1", "volume", "", "c2ln", None)
+            .unwrap();
+        w.sync_from_store(&store);
+        assert_eq!(w.tracks.keys().collect::<Vec<_>>(), ["3-1"]);
+        assert!(w.unwatched.is_empty());
     }
 
     /// A container whose entrypoint exits 1 is restarted by its policy

@@ -23,9 +23,10 @@ use tracing::{error, info, warn};
 use crate::capacity::{fingerprint, Ledger};
 use crate::config::Settings;
 use crate::control::{Control, DockerProbe, LogStream};
-use crate::crash::{self, CrashCounts, CrashPolicy, CrashWatch, GiveUp};
+use crate::crash::{self, CrashCounts, CrashPolicy, CrashWatch, GiveUp, Watched};
 use crate::engine::{Engine, EngineConfig, Shared};
 use crate::heartbeat::{self, HeartbeatState, NodeProfile};
+use crate::inventory::{self, Inventory};
 use crate::metrics;
 use crate::{delivery, reconcile, AgentError};
 
@@ -95,8 +96,11 @@ pub async fn run(
     if settings.dev {
         crate::dev::start_explorer(&settings, &node, signal(&stop)).await?;
     }
+    // One pass over the cache: the ledger, what reconciliation and the
+    // crash watch need.
+    let (ledger, inventory) = open_ledger(&settings, &store, &Names::for_node(node.id()));
     let core = Core {
-        ledger: open_ledger(&settings, &store),
+        ledger,
         shared: Arc::new(Shared::default()),
         settings,
         node,
@@ -149,14 +153,31 @@ pub async fn run(
         node_options(&core.settings, log_bus, core.names()),
     );
     core.spawn_image_gc(docker.clone());
-    core.spawn_crash_watch(docker, crashes, give_up_tx);
+    let Inventory {
+        live,
+        watched,
+        unwatched,
+        generation,
+        unreadable,
+        ..
+    } = inventory;
+    core.spawn_crash_watch(
+        docker,
+        crashes,
+        give_up_tx,
+        (watched, unwatched, generation),
+    );
     // Reconciliation's repairs go through the engine, before any work.
     let (commands, inbox) = mpsc::channel(64);
     let engine = core
         .engine(registry.clone())
         .with_give_ups(give_up_rx)
         .with_commands(inbox);
-    let reconciled = reconcile::start(core.store.clone(), registry, commands);
+    let cached = match unreadable {
+        Some(e) => Err(e),
+        None => Ok(live),
+    };
+    let reconciled = reconcile::start(core.store.clone(), registry, commands, cached);
 
     let delivery = tokio::spawn(delivery::run(
         core.store.clone(),
@@ -237,8 +258,13 @@ fn log_policies(settings: &Settings) {
 }
 
 /// Capacity: fingerprinted now, usage rebuilt from the cache (each cached
-/// workload charged once).
-fn open_ledger(settings: &Settings, store: &Store) -> Arc<Mutex<Ledger>> {
+/// workload charged once) in the one pass that also collects what
+/// reconciliation and the crash watch (containers named in `names`) need.
+fn open_ledger(
+    settings: &Settings,
+    store: &Store,
+    names: &Names,
+) -> (Arc<Mutex<Ledger>>, Inventory) {
     let mut total = fingerprint(
         &settings.root,
         settings.disk_type,
@@ -250,9 +276,10 @@ fn open_ledger(settings: &Settings, store: &Store) -> Arc<Mutex<Ledger>> {
         .cpu
         .saturating_mul(settings.cpu_overcommit as u64);
     let mut ledger = Ledger::new(total).with_user_limits(settings.user_limits());
-    let charged = ledger.rebuild_from_store(store);
+    let inventory = inventory::take(store, &mut ledger, names);
+    let charged = inventory.charged;
     info!(charged, capacity = %total.physical, reserved = %total.reserved, root_disk = ?total.root_disk, "capacity fingerprinted");
-    Arc::new(Mutex::new(ledger))
+    (Arc::new(Mutex::new(ledger)), inventory)
 }
 
 /// What the provisioners are told of the node's settings.
@@ -401,8 +428,9 @@ impl Core {
         docker: Arc<BollardDocker>,
         crashes: CrashCounts,
         give_ups: mpsc::Sender<GiveUp>,
+        (watched, unwatched, generation): (Vec<Watched>, Vec<String>, u64),
     ) {
-        let watch = CrashWatch::new(
+        let mut watch = CrashWatch::new(
             docker,
             CrashPolicy {
                 limit: self.settings.crash_limit,
@@ -412,6 +440,7 @@ impl Core {
         )
         .with_counts(crashes)
         .with_names(self.names());
+        watch.seed(watched, unwatched, generation);
         tokio::spawn(crash::run(
             watch,
             self.store.clone(),

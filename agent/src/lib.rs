@@ -7,6 +7,8 @@
 //! - [`commands`]: what reconciliation, the crash watch and the operator
 //!   ask of the engine, over a channel.
 //! - [`delivery`]: drains the outbox to the explorer with retries.
+//! - [`inventory`]: the one pass over the cache at start (ledger,
+//!   reconciliation, crash watch).
 //! - [`reconcile`]: at start, matches Docker objects with the cache.
 //! - [`control`]: the Unix socket `agentctl` talks to.
 //! - [`config`]: the one layered `Settings` (flags, environment, TOML
@@ -34,6 +36,7 @@ pub mod engine;
 pub mod faults;
 pub mod files;
 pub mod heartbeat;
+pub mod inventory;
 pub mod metrics;
 pub mod reconcile;
 

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::commands::{EngineCommand, SweepGate};
+use crate::inventory::Live;
 use crate::AgentError;
 
 /// Existence checks in flight at once during reconciliation.
@@ -31,12 +32,16 @@ const CHECKS_AT_ONCE: usize = 32;
 /// provision them again; arm the orphan sweep for after the first resync.
 /// Returns how many were repaired, once the engine recorded them (`None`
 /// if the engine stopped first).
+///
+/// `cached` is every cached workload as start-up's one pass over the cache
+/// found it (`inventory::take`), or the first record it could not read.
 pub async fn start(
     store: Store,
     registry: Registry,
     engine: mpsc::Sender<EngineCommand>,
+    cached: Result<Vec<Live>, store::StoreError>,
 ) -> Result<Option<usize>, AgentError> {
-    let missing = missing(&store, &registry).await?;
+    let missing = missing(&store, &registry, cached?).await?;
     crate::release_freed_memory();
     let (synced, synced_rx) = oneshot::channel();
     let (done_tx, done) = oneshot::channel();
@@ -71,13 +76,14 @@ pub async fn start(
 }
 
 /// The ids of cached workloads (not expired: the decommission source takes
-/// those) whose Docker objects are gone.
-async fn missing(store: &Store, registry: &Registry) -> Result<Vec<String>, AgentError> {
+/// those) whose Docker objects are gone. Only those the listings do not
+/// clear are read from the cache (one at a time) and checked.
+async fn missing(
+    store: &Store,
+    registry: &Registry,
+    cached: Vec<Live>,
+) -> Result<Vec<String>, AgentError> {
     let now = chrono::Utc::now();
-    let cached: Vec<_> = store
-        .list()
-        .filter(|c| !matches!(c, Ok(c) if c.reservation.is_expired(now)))
-        .collect::<Result<_, _>>()?;
     // One listing per type clears most workloads at once; the rest are
     // checked one by one (reads: side by side, a bounded number at once),
     // so a node with thousands of workloads is ready in about a second.
@@ -96,13 +102,25 @@ async fn missing(store: &Store, registry: &Registry) -> Result<Vec<String>, Agen
             }
         }
     }
-    let to_check = cached.iter().filter(|c| {
-        !present
-            .get(&c.reservation.kind)
-            .is_some_and(|ids| ids.contains(&c.reservation.id))
-    });
+    let to_check: Vec<String> = cached
+        .into_iter()
+        .filter(|c| {
+            !c.is_expired(now) && !present.get(&c.kind).is_some_and(|ids| ids.contains(&c.id))
+        })
+        .map(|c| c.id)
+        .collect();
+    drop(present);
     Ok(futures_util::stream::iter(to_check)
-        .map(|c| async move { gone(registry, c).await.then(|| c.reservation.id.clone()) })
+        .map(|id| async move {
+            match store.get(&id) {
+                Ok(Some(c)) => gone(registry, &c).await.then_some(id),
+                Ok(None) => None,
+                Err(e) => {
+                    warn!(reservation = %id, error = %e, "reconciliation: cannot read the cache");
+                    None
+                }
+            }
+        })
         .buffer_unordered(CHECKS_AT_ONCE)
         .filter_map(|id| async move { id })
         .collect()

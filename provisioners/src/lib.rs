@@ -25,7 +25,8 @@
 //!   implementation [`BollardDocker`] and the recording `FakeDocker`.
 //! - `names.rs`: object names, labels and filters, in a node scope
 //!   ([`names::Names`]) the caller passes in.
-//! - `volume.rs`, `network.rs`, and the directories `container/`, `zdb/`,
+//! - `volume.rs`, and the directories `network/` (its WireGuard tunnels in
+//!   `wireguard.rs`), `container/`, `zdb/`,
 //!   `kubernetes/`, `debug/` (the plug-in in `mod.rs`, its other concerns
 //!   beside it, unit tests in `tests.rs`): one plug-in per workload type,
 //!   owning all of it.

@@ -4,11 +4,16 @@
 //! - [`Store`]: one sled database under the agent's root, opened once.
 //! - [`records`]: the versioned records it holds ([`Cached`], [`Outcome`],
 //!   [`Outbound`]).
+//! - [`Unit`]: the records of one unit of work, staged, then committed in
+//!   one transaction.
 //!
 //! Invariants:
 //! - The store never talks to Docker or the network; it only remembers.
 //! - Every multi-tree change (a result into the outbox *and* the workload
 //!   into the cache) is one sled transaction: both or neither survive a crash.
+//!   A [`Unit`] stages a unit of work's records in memory (its reads see
+//!   them) and applies them all in one transaction: one IO buffer per unit,
+//!   not per record. The `record_*` methods are a unit of one record.
 //! - Writes are not flushed one by one: the engine calls [`Store::flush`]
 //!   before any step that depends on them (delivering a result, reporting a
 //!   deletion), which groups many reservations into one fsync.
@@ -17,16 +22,19 @@
 //!   from a scan of the cache.
 
 pub mod records;
+mod unit;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use reservation::{WorkloadResult, WorkloadType};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
 
 pub use records::{Cached, Outbound, OutboxEntry, Outcome, OutcomeState, SCHEMA};
+pub use unit::Unit;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +60,7 @@ impl From<TransactionError<StoreError>> for StoreError {
     }
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 /// The node's cache. Cheap to clone (sled trees are handles).
 #[derive(Clone)]
@@ -77,15 +85,21 @@ pub struct Store {
     /// explorer's, so only this catches a signed reservation replayed under
     /// a new id, also one refused earlier (its user was told it failed).
     signatures: sled::Tree,
+    /// Bumped by every write that changes the cache tree (in this
+    /// process): a reader that keeps a view of what is cached looks again
+    /// only when it moved ([`Store::cache_generation`]).
+    generation: Arc<AtomicU64>,
+    /// Records staged by a [`Unit`], seen by every read before the trees.
+    overlay: Arc<unit::Overlay>,
 }
 
-const CURSOR: &[u8] = b"cursor";
+pub(crate) const CURSOR: &[u8] = b"cursor";
 
 fn counter_key(kind: &str) -> Vec<u8> {
     format!("count/{kind}").into_bytes()
 }
 
-fn expiry_key(at: DateTime<Utc>, id: &str) -> Vec<u8> {
+pub(crate) fn expiry_key(at: DateTime<Utc>, id: &str) -> Vec<u8> {
     let ms = at.timestamp_millis().max(0) as u64;
     let mut k = ms.to_be_bytes().to_vec();
     k.extend_from_slice(id.as_bytes());
@@ -98,7 +112,7 @@ fn expiry_of(key: &[u8]) -> Option<(DateTime<Utc>, String)> {
     Some((at, String::from_utf8_lossy(&key[8..]).into_owned()))
 }
 
-fn bump(meta: &TransactionalTree, kind: &str, delta: i64) -> TxResult<()> {
+pub(crate) fn bump(meta: &TransactionalTree, kind: &str, delta: i64) -> TxResult<()> {
     let key = counter_key(kind);
     let cur = meta
         .get(&key)?
@@ -107,10 +121,6 @@ fn bump(meta: &TransactionalTree, kind: &str, delta: i64) -> TxResult<()> {
     let next = (cur as i64 + delta).max(0) as u64;
     meta.insert(key, &next.to_be_bytes())?;
     Ok(())
-}
-
-fn abort<T>(e: StoreError) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(e))
 }
 
 /// How long [`Store::open`] waits for sled's file lock.
@@ -158,6 +168,8 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             meta: db.open_tree("meta")?,
             signatures: db.open_tree("signatures")?,
+            generation: Arc::default(),
+            overlay: Arc::default(),
             dir: dir.to_path_buf(),
             db,
         })
@@ -175,20 +187,28 @@ impl Store {
     }
 
     /// The cached workload `id`, if the node runs it.
+    /// Staged records ([`Unit`]) are seen before the trees.
     pub fn get(&self, id: &str) -> Result<Option<Cached>, StoreError> {
-        self.cache
-            .get(id)?
-            .map(|v| records::decode(id, &v))
-            .transpose()
+        let v = match self.overlay.cached(id) {
+            Some(staged) => staged,
+            None => self.cache.get(id)?,
+        };
+        v.map(|v| records::decode(id, &v)).transpose()
     }
 
     pub fn is_cached(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.cache.contains_key(id)?)
+        match self.overlay.cached(id) {
+            Some(staged) => Ok(staged.is_some()),
+            None => Ok(self.cache.contains_key(id)?),
+        }
     }
 
     /// The id under which a reservation with this user signature was first
     /// judged, if any.
     pub fn signature_owner(&self, signature: &str) -> Result<Option<String>, StoreError> {
+        if let Some(id) = self.overlay.signature_owner(signature) {
+            return Ok(Some(id));
+        }
         Ok(self
             .signatures
             .get(signature.as_bytes())?
@@ -197,55 +217,37 @@ impl Store {
 
     /// How reservation `id` was judged, if it was.
     pub fn outcome(&self, id: &str) -> Result<Option<Outcome>, StoreError> {
+        if let Some(o) = self.overlay.outcome(id) {
+            return Ok(Some(o));
+        }
         self.outcomes
             .get(id)?
             .map(|v| records::decode(id, &v))
             .transpose()
     }
 
+    /// Stage one record and commit it (one transaction); what staging
+    /// returned. (Records staged already are committed with it: there is
+    /// one writer.)
+    fn record_one<T>(
+        &self,
+        stage: impl FnOnce(&Unit) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let unit = Unit::new(self.clone());
+        let t = stage(&unit)?;
+        unit.commit()?;
+        Ok(t)
+    }
+
     /// Record a provisioned workload: its signed result into the outbox and
     /// the workload into the cache, with its expiry and counter, atomically.
+    /// One [`Unit`] of one record: a unit of work stages many in one.
     pub fn record_provisioned(
         &self,
         cached: &Cached,
         result: &WorkloadResult,
     ) -> Result<u64, StoreError> {
-        let id = cached.reservation.id.clone();
-        let kind = cached.reservation.kind.clone();
-        let at = cached.expires_at();
-        let rec = records::encode(cached);
-        let outcome = records::encode(&Outcome::new(OutcomeState::Provisioned, ""));
-        let out = records::encode(&Outbound::Result(result.clone()));
-        let sig = cached.reservation.signature.clone();
-        let seq = (
-            &self.cache,
-            &self.outcomes,
-            &self.expiry,
-            &self.expiry_by_id,
-            &self.outbox,
-            &self.meta,
-            &self.signatures,
-        )
-            .transaction(|(cache, outcomes, expiry, by_id, outbox, meta, sigs)| {
-                let seq = outbox.generate_id()?;
-                outbox.insert(&seq.to_be_bytes(), out.as_slice())?;
-                if !sig.is_empty() {
-                    sigs.insert(sig.as_bytes(), id.as_bytes())?;
-                }
-                let fresh = cache.insert(id.as_bytes(), rec.as_slice())?.is_none();
-                outcomes.insert(id.as_bytes(), outcome.as_slice())?;
-                if let Some(old) = by_id.get(id.as_bytes())? {
-                    expiry.remove(old)?;
-                }
-                let k = expiry_key(at, &id);
-                expiry.insert(k.clone(), &[])?;
-                by_id.insert(id.as_bytes(), k)?;
-                if fresh {
-                    bump(meta, &kind, 1)?;
-                }
-                Ok(seq)
-            })?;
-        Ok(seq)
+        self.record_one(|u| u.provisioned(cached, result))
     }
 
     /// Record a refusal (or any outcome that caches nothing) with its signed
@@ -260,22 +262,7 @@ impl Store {
         result: &WorkloadResult,
         verified_signature: &str,
     ) -> Result<u64, StoreError> {
-        let outcome = records::encode(&Outcome::new(OutcomeState::Refused, &result.error));
-        let out = records::encode(&Outbound::Result(result.clone()));
-        let id = result.id.clone();
-        let sig = verified_signature.to_string();
-        let seq = (&self.outcomes, &self.outbox, &self.signatures).transaction(
-            |(outcomes, outbox, sigs)| {
-                let seq = outbox.generate_id()?;
-                outbox.insert(&seq.to_be_bytes(), out.as_slice())?;
-                outcomes.insert(id.as_bytes(), outcome.as_slice())?;
-                if !sig.is_empty() && sigs.get(sig.as_bytes())?.is_none() {
-                    sigs.insert(sig.as_bytes(), id.as_bytes())?;
-                }
-                Ok(seq)
-            },
-        )?;
-        Ok(seq)
+        self.record_one(|u| u.refused(result, verified_signature))
     }
 
     /// Record that `id` is decommissioned: it leaves the cache and the
@@ -296,57 +283,14 @@ impl Store {
         confirmation: &str,
         result: Option<&WorkloadResult>,
     ) -> Result<u64, StoreError> {
-        let error = result.map(|r| r.error.as_str()).unwrap_or("");
-        let outcome = records::encode(&Outcome::new(OutcomeState::Deleted, error));
-        let deleted = records::encode(&Outbound::Deleted {
-            id: id.to_string(),
-            signature: confirmation.to_string(),
-        });
-        let res = result.map(|r| records::encode(&Outbound::Result(r.clone())));
-        let seq = (
-            &self.cache,
-            &self.outcomes,
-            &self.expiry,
-            &self.expiry_by_id,
-            &self.outbox,
-            &self.meta,
-            &self.signatures,
-        )
-            .transaction(|(cache, outcomes, expiry, by_id, outbox, meta, sigs)| {
-                if !signature.is_empty() && sigs.get(signature.as_bytes())?.is_none() {
-                    sigs.insert(signature.as_bytes(), id.as_bytes())?;
-                }
-                if cache.remove(id.as_bytes())?.is_some() {
-                    bump(meta, kind, -1)?;
-                }
-                if let Some(k) = by_id.remove(id.as_bytes())? {
-                    expiry.remove(k)?;
-                }
-                outcomes.insert(id.as_bytes(), outcome.as_slice())?;
-                if let Some(r) = &res {
-                    let seq = outbox.generate_id()?;
-                    outbox.insert(&seq.to_be_bytes(), r.as_slice())?;
-                }
-                let seq = outbox.generate_id()?;
-                outbox.insert(&seq.to_be_bytes(), deleted.as_slice())?;
-                Ok(seq)
-            })?;
-        Ok(seq)
+        self.record_one(|u| u.decommissioned(id, kind, signature, confirmation, result))
     }
 
     /// Queue a bare `PUT /deleted` for `id` (the explorer asks again about
     /// a deletion the node already carried out), with the node's signed
     /// `confirmation`.
     pub fn queue_deleted(&self, id: &str, confirmation: &str) -> Result<u64, StoreError> {
-        let seq = self.db.generate_id()?;
-        self.outbox.insert(
-            seq.to_be_bytes(),
-            records::encode(&Outbound::Deleted {
-                id: id.to_string(),
-                signature: confirmation.to_string(),
-            }),
-        )?;
-        Ok(seq)
+        self.record_one(|u| u.deleted_again(id, confirmation))
     }
 
     /// Replace the cached record of `id` (e.g. a workload re-provisioned by
@@ -357,24 +301,14 @@ impl Store {
             return Err(StoreError::NotCached(id.clone()));
         }
         self.cache.insert(id.as_bytes(), records::encode(cached))?;
+        self.cache_changed();
         Ok(())
     }
 
     /// Move `id`'s decommission time to `at` (a decommission that must wait
     /// for a volume still in use is tried again then).
     pub fn reschedule(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        (&self.expiry, &self.expiry_by_id).transaction(|(expiry, by_id)| {
-            if let Some(old) = by_id.get(id.as_bytes())? {
-                expiry.remove(old)?;
-            } else {
-                return abort(StoreError::NotCached(id.to_string()));
-            }
-            let k = expiry_key(at, id);
-            expiry.insert(k.clone(), &[])?;
-            by_id.insert(id.as_bytes(), k)?;
-            Ok(())
-        })?;
-        Ok(())
+        self.record_one(|u| u.reschedule(id, at))
     }
 
     /// When `id`'s decommission is scheduled (to the millisecond): its
@@ -394,6 +328,26 @@ impl Store {
             let (k, v) = kv?;
             records::decode(&String::from_utf8_lossy(&k), &v)
         })
+    }
+
+    /// The ids of every cached workload, in id order, without decoding
+    /// their records.
+    pub fn cached_ids(&self) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
+        self.cache.iter().keys().map(|k| {
+            let k = k?;
+            Ok(String::from_utf8_lossy(&k).into_owned())
+        })
+    }
+
+    /// A number that moves whenever this process changes which workloads
+    /// are cached or their records (not across restarts: compare it only
+    /// with one read from the same open store).
+    pub fn cache_generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn cache_changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Number of cached workloads.
@@ -448,16 +402,14 @@ impl Store {
 
     /// Advance the cursor; it never moves back.
     pub fn set_cursor(&self, cursor: u64) -> Result<(), StoreError> {
-        self.meta.fetch_and_update(CURSOR, |old| {
-            let cur = old
-                .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
-                .unwrap_or(0);
-            Some(cur.max(cursor).to_be_bytes().to_vec())
-        })?;
-        Ok(())
+        self.record_one(|u| {
+            u.set_cursor(cursor);
+            Ok(())
+        })
     }
 
-    /// Up to `limit` outbox entries, oldest first.
+    /// Up to `limit` outbox entries, oldest first: the committed ones, then
+    /// the staged ones ([`Unit`]; never durable yet).
     pub fn outbox_peek(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         let mut v = Vec::new();
         for kv in self.outbox.iter().take(limit) {
@@ -467,6 +419,10 @@ impl Store {
                     key: format!("outbox/{k:?}"),
                     reason: "key is not a u64".into(),
                 })?);
+            let item = records::decode(&format!("outbox/{seq}"), &val)?;
+            v.push(OutboxEntry { seq, item });
+        }
+        for (seq, val) in self.overlay.outbox(limit - v.len()) {
             let item = records::decode(&format!("outbox/{seq}"), &val)?;
             v.push(OutboxEntry { seq, item });
         }
@@ -488,9 +444,9 @@ impl Store {
             .and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 
-    /// Entries not yet acknowledged.
+    /// Entries not yet acknowledged (staged ones too).
     pub fn outbox_len(&self) -> usize {
-        self.outbox.len()
+        self.outbox.len() + self.overlay.outbox_len()
     }
 
     /// Bytes the database takes on disk.

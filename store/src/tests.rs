@@ -215,3 +215,182 @@ fn open_waits_for_a_handle_being_dropped() {
     holder.join().unwrap();
     assert!(second.is_ok(), "{:?}", second.err());
 }
+
+fn signed(id: &str, signature: &str) -> Reservation {
+    let mut r = reservation(id, "volume", Utc::now(), 60);
+    r.signature = signature.to_string();
+    r
+}
+
+fn staged(u: &Unit, node: &Identity, r: Reservation) {
+    let res = node
+        .ok_result(&r, &serde_json::json!({"volume_id": r.id}))
+        .unwrap();
+    u.provisioned(&Cached::new(r, res.clone()), &res).unwrap();
+}
+
+/// Reads through a unit see what it staged, before the trees; the store
+/// alone sees none of it until the commit.
+#[test]
+fn a_unit_reads_its_staged_records_before_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let u = Unit::new(s.clone());
+    staged(&u, &node, signed("1-1", "sigA"));
+    // Recorded, not committed: the replay index and the cache answer.
+    assert_eq!(u.signature_owner("sigA").unwrap().as_deref(), Some("1-1"));
+    assert!(u.is_cached("1-1").unwrap());
+    assert_eq!(u.get("1-1").unwrap().unwrap().reservation.id, "1-1");
+    assert_eq!(
+        u.outcome("1-1").unwrap().unwrap().state,
+        OutcomeState::Provisioned
+    );
+    // Every clone of the store reads them too; the trees hold none yet.
+    assert_eq!(s.signature_owner("sigA").unwrap().as_deref(), Some("1-1"));
+    assert!(s.clone().is_cached("1-1").unwrap());
+    assert!(s.signatures.get("sigA").unwrap().is_none());
+    assert!(s.cache.get("1-1").unwrap().is_none());
+    assert!(s.outcomes.get("1-1").unwrap().is_none());
+    assert_eq!(s.outbox.len(), 0);
+    // The staged result is peeked after the committed ones, under the seq
+    // it will keep.
+    assert_eq!(s.outbox_len(), 1);
+    let staged_seq = s.outbox_peek(10).unwrap()[0].seq;
+    // A replay refused in the same unit does not take the signature over.
+    let replay = node.error_result(&signed("2-1", "sigA"), "replay");
+    u.refused(&replay, "sigA").unwrap();
+    assert_eq!(u.signature_owner("sigA").unwrap().as_deref(), Some("1-1"));
+    // A deletion in the same unit sees it cached and removes it.
+    u.decommissioned("1-1", "volume", "sigA", "c2ln", None)
+        .unwrap();
+    assert!(!u.is_cached("1-1").unwrap());
+    assert!(u.get("1-1").unwrap().is_none());
+    assert_eq!(
+        u.outcome("1-1").unwrap().unwrap().state,
+        OutcomeState::Deleted
+    );
+    assert!(matches!(
+        u.reschedule("1-1", Utc::now()),
+        Err(StoreError::NotCached(id)) if id == "1-1"
+    ));
+    u.set_cursor(9);
+    assert_eq!(s.cursor().unwrap(), 0, "the cursor waits for the commit");
+    assert_eq!(u.len(), 4);
+
+    let last = u.commit().unwrap().unwrap();
+    assert!(u.is_empty());
+    assert!(!s.is_cached("1-1").unwrap());
+    assert_eq!(s.counters().unwrap()["volume"], 0);
+    assert!(s.next_expiry().unwrap().is_none());
+    assert_eq!(s.signature_owner("sigA").unwrap().as_deref(), Some("1-1"));
+    assert_eq!(
+        s.outcome("2-1").unwrap().unwrap().state,
+        OutcomeState::Refused
+    );
+    assert_eq!(s.cursor().unwrap(), 9);
+    // Three messages in staging order, seqs increasing, the last returned.
+    let out = s.outbox_peek(10).unwrap();
+    assert_eq!(out.len(), 3);
+    assert!(out.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(out[2].seq, last);
+    assert_eq!(out[0].seq, staged_seq);
+    assert!(matches!(&out[0].item, Outbound::Result(r) if r.id == "1-1"));
+    assert!(matches!(&out[1].item, Outbound::Result(r) if r.id == "2-1"));
+    assert!(matches!(&out[2].item, Outbound::Deleted { id, .. } if id == "1-1"));
+    // Later records take later seqs, through a unit or on their own.
+    let next = s.queue_deleted("1-1", "c2ln").unwrap();
+    assert!(next > last);
+    let u = Unit::new(s.clone());
+    let again = u.deleted_again("1-1", "c2ln").unwrap();
+    assert!(again > next);
+    assert_eq!(u.commit().unwrap(), Some(again));
+    assert_eq!(u.commit().unwrap(), None, "an empty unit commits nothing");
+}
+
+/// A crash before the commit loses the whole unit: staged records are not
+/// in the store, not even after a flush, and are gone after a reopen; a
+/// committed and flushed unit is there whole.
+#[test]
+fn a_crash_before_the_commit_loses_the_whole_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Identity::generate();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        let u = Unit::new(s.clone());
+        staged(&u, &node, signed("1-1", "sigA"));
+        u.commit().unwrap();
+        s.flush().unwrap();
+        let u = Unit::new(s.clone());
+        for i in 2..=4 {
+            staged(&u, &node, signed(&format!("{i}-1"), &format!("sig{i}")));
+        }
+        u.refused(&node.error_result(&signed("5-1", "sig5"), "no"), "sig5")
+            .unwrap();
+        u.decommissioned("1-1", "volume", "sigA", "c2ln", None)
+            .unwrap();
+        u.set_cursor(5);
+        s.flush().unwrap();
+        // Dropped uncommitted: the process died mid-unit.
+    }
+    let s = reopen(dir.path());
+    assert_eq!(s.cached_len(), 1);
+    assert!(
+        s.is_cached("1-1").unwrap(),
+        "the unit's deletion is lost too"
+    );
+    assert_eq!(s.counters().unwrap()["volume"], 1);
+    for i in 2..=5 {
+        let id = format!("{i}-1");
+        assert!(s.outcome(&id).unwrap().is_none(), "{id}");
+        assert_eq!(s.signature_owner(&format!("sig{i}")).unwrap(), None);
+    }
+    assert_eq!(s.outbox_len(), 1, "only the first unit's result");
+    assert_eq!(s.cursor().unwrap(), 0);
+    assert_eq!(
+        s.due(Utc::now() + Duration::days(1), 10).unwrap(),
+        vec!["1-1"]
+    );
+
+    // The same unit committed and flushed is there whole.
+    let u = Unit::new(s.clone());
+    for i in 2..=4 {
+        staged(&u, &node, signed(&format!("{i}-1"), &format!("sig{i}")));
+    }
+    u.decommissioned("1-1", "volume", "sigA", "c2ln", None)
+        .unwrap();
+    u.set_cursor(5);
+    u.commit().unwrap();
+    s.flush().unwrap();
+    drop(u);
+    drop(s);
+    let s = reopen(dir.path());
+    assert_eq!(s.cached_len(), 3);
+    assert!(!s.is_cached("1-1").unwrap());
+    assert_eq!(s.counters().unwrap()["volume"], 3);
+    assert_eq!(s.outbox_len(), 5);
+    assert_eq!(s.cursor().unwrap(), 5);
+    assert_eq!(s.signature_owner("sig3").unwrap().as_deref(), Some("3-1"));
+}
+
+/// The generation moves with every change of the cache tree, and only
+/// then; the ids come without decoding.
+#[test]
+fn the_cache_generation_moves_with_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let g0 = s.cache_generation();
+    provision(&s, &node, reservation("2-1", "volume", Utc::now(), 60));
+    provision(&s, &node, reservation("1-1", "volume", Utc::now(), 60));
+    let g1 = s.cache_generation();
+    assert!(g1 > g0);
+    s.set_cursor(3).unwrap();
+    s.queue_deleted("9-9", "c2ln").unwrap();
+    assert_eq!(s.cache_generation(), g1, "no cache change");
+    let ids: Vec<String> = s.cached_ids().collect::<Result<_, _>>().unwrap();
+    assert_eq!(ids, vec!["1-1", "2-1"]);
+    s.record_decommissioned("1-1", "volume", "", "c2ln", None)
+        .unwrap();
+    assert!(s.cache_generation() > g1);
+}

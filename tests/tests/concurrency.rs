@@ -30,10 +30,9 @@ impl HangingRegistry {
         let connections = Arc::new(AtomicUsize::new(0));
         let count = connections.clone();
         let task = tokio::spawn(async move {
-            let mut held = Vec::new();
             while let Ok((sock, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                held.push(sock);
+                tokio::spawn(serve(sock));
             }
         });
         HangingRegistry {
@@ -45,6 +44,34 @@ impl HangingRegistry {
 
     fn image(&self) -> String {
         format!("127.0.0.1:{}/hang:1", self.port)
+    }
+}
+
+/// One connection to the hanging registry: a TLS hello is refused at once
+/// (Docker then speaks plain HTTP to a loopback registry), `GET /v2/` is
+/// answered as a registry would, and any other request is never answered,
+/// so the pull hangs past Docker's own timeouts.
+async fn serve(mut sock: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if buf[0] == 0x16 {
+            return; // TLS
+        }
+        if buf[..n].starts_with(b"GET /v2/ ") {
+            let ok = "HTTP/1.1 200 OK\r\nDocker-Distribution-API-Version: registry/2.0\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+            if sock.write_all(ok.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        // Hold the request unanswered until the client gives up.
+        let _ = sock.read(&mut buf).await;
+        std::future::pending::<()>().await;
     }
 }
 
@@ -71,7 +98,8 @@ async fn a_hanging_pull_holds_up_only_its_own_workload() -> anyhow::Result<()> {
     ensure_images();
     let registry = HangingRegistry::start().await;
     let explorer = Explorer::start().await?;
-    let agent = Agent::start(&explorer.url).await?;
+    // The pull would hang for good: the provisioning deadline ends it.
+    let agent = Agent::start_with(&explorer.url, &[("AGENT_PROVISION_TIMEOUT", "20s")]).await?;
     let node = agent.node_id.clone();
     let user = Identity::generate();
     let hour = Duration::from_secs(3600);
@@ -146,7 +174,13 @@ async fn kill9_while_provisionings_run_side_by_side() -> anyhow::Result<()> {
     ensure_images();
     let registry = HangingRegistry::start().await;
     let explorer = Explorer::start().await?;
-    let mut agent = Agent::prepare(&explorer.url, &[("AGENT_FAULT", "after-record")])?;
+    let mut agent = Agent::prepare(
+        &explorer.url,
+        &[
+            ("AGENT_FAULT", "after-record"),
+            ("AGENT_PROVISION_TIMEOUT", "20s"),
+        ],
+    )?;
     let node = agent.node_id.clone();
     let user = Identity::generate();
     let hour = Duration::from_secs(3600);
@@ -171,7 +205,7 @@ async fn kill9_while_provisionings_run_side_by_side() -> anyhow::Result<()> {
     agent.spawn().await?;
     let status = agent.wait_exit(Duration::from_secs(60))?;
     assert!(!status.success(), "agent must have died at after-record");
-    agent.env.clear();
+    agent.env.retain(|(k, _)| k != "AGENT_FAULT");
     agent.spawn().await?;
     for id in &ids {
         let res = explorer.wait_result(id).await?;

@@ -1,32 +1,38 @@
-//! The recorder: owns every write into the store. Each record is one sled
-//! transaction (a provisioned workload's cache entry, outcome, replay
-//! index entry and signed result in the outbox go together, or none does);
-//! a unit of work writes its records unflushed, then [`Recorder::commit`]
-//! flushes once on the blocking pool and only then raises the durable
-//! watermark that delivery reads, so no result leaves the node before it
-//! is on disk.
+//! The recorder: owns every write into the store. A unit of work's
+//! records are staged in a [`store::Unit`] (each record all-or-nothing: a
+//! provisioned workload's cache entry, outcome, replay index entry and
+//! signed result go together, or none does); reads made meanwhile
+//! ([`Reads`], and every other read of the store) see them before its
+//! trees. [`Recorder::commit`] applies the
+//! whole unit in one sled transaction and flushes, both on the blocking
+//! pool, and only then raises the durable watermark that delivery reads, so
+//! no result leaves the node before it is on disk, and a crash before the
+//! commit loses the whole unit (the `from=0` resync and idempotent
+//! provisioning finish it).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use reservation::WorkloadResult;
-use store::{Cached, OutcomeState, Store};
+use store::{Cached, OutcomeState, Store, Unit};
 
 use super::Shared;
 use crate::AgentError;
 
 /// The only writer of the store.
 pub struct Recorder {
-    store: Store,
+    /// The records of the unit of work in hand, not yet committed.
+    unit: Unit,
     shared: Arc<Shared>,
     /// One past the highest outbox seq written so far.
     written_below: u64,
 }
 
-/// Read-only access to the store, for the judge's view and the engine.
+/// Read-only access to the store, for the judge's view and the engine:
+/// what the unit in hand staged, then the store.
 #[derive(Clone, Copy)]
-pub struct Reads<'a>(&'a Store);
+pub struct Reads<'a>(&'a Unit);
 
 impl Reads<'_> {
     pub fn is_cached(&self, id: &str) -> Result<bool, AgentError> {
@@ -47,21 +53,21 @@ impl Reads<'_> {
 
     /// Where the cache lives: new work is refused while its disk is short.
     pub fn dir(&self) -> &std::path::Path {
-        self.0.dir()
+        self.0.store().dir()
     }
 }
 
 impl Recorder {
     pub fn new(store: Store, shared: Arc<Shared>) -> Self {
         Recorder {
-            store,
+            unit: Unit::new(store),
             shared,
             written_below: 0,
         }
     }
 
     pub fn reads(&self) -> Reads<'_> {
-        Reads(&self.store)
+        Reads(&self.unit)
     }
 
     fn wrote(&mut self, seq: u64) {
@@ -69,13 +75,13 @@ impl Recorder {
     }
 
     /// A provisioned workload (or a repaired one with new result data):
-    /// cache entry, outcome, replay index and result, one transaction.
+    /// cache entry, outcome, replay index and result, all or nothing.
     pub fn provisioned(
         &mut self,
         cached: &Cached,
         result: &WorkloadResult,
     ) -> Result<(), AgentError> {
-        let seq = self.store.record_provisioned(cached, result)?;
+        let seq = self.unit.provisioned(cached, result)?;
         self.wrote(seq);
         Ok(())
     }
@@ -87,7 +93,7 @@ impl Recorder {
         result: &WorkloadResult,
         verified_signature: &str,
     ) -> Result<(), AgentError> {
-        let seq = self.store.record_refused(result, verified_signature)?;
+        let seq = self.unit.refused(result, verified_signature)?;
         self.wrote(seq);
         Ok(())
     }
@@ -103,36 +109,39 @@ impl Recorder {
         result: Option<&WorkloadResult>,
     ) -> Result<(), AgentError> {
         let seq = self
-            .store
-            .record_decommissioned(id, kind, signature, confirmation, result)?;
+            .unit
+            .decommissioned(id, kind, signature, confirmation, result)?;
         self.wrote(seq);
         Ok(())
     }
 
     /// A deletion confirmed again (the workload was deleted before).
     pub fn deleted_again(&mut self, id: &str, confirmation: &str) -> Result<(), AgentError> {
-        let seq = self.store.queue_deleted(id, confirmation)?;
+        let seq = self.unit.deleted_again(id, confirmation)?;
         self.wrote(seq);
         Ok(())
     }
 
     /// A decommission to try again at `at`.
     pub fn reschedule(&mut self, id: &str, at: DateTime<Utc>) -> Result<(), AgentError> {
-        Ok(self.store.reschedule(id, at)?)
+        Ok(self.unit.reschedule(id, at)?)
     }
 
     /// The poll cursor after an answer.
     pub fn cursor(&mut self, cursor: u64) -> Result<(), AgentError> {
-        Ok(self.store.set_cursor(cursor)?)
+        self.unit.set_cursor(cursor);
+        Ok(())
     }
 
-    /// Make everything written durable (one flush, on the blocking pool),
-    /// then let delivery see it and the decommission source look again.
+    /// Apply the unit's records in one transaction and make them durable
+    /// (one flush), both on the blocking pool; then let delivery see them
+    /// and the decommission source look again. On an error the records stay
+    /// staged (reads still see them) and the next commit tries again.
     pub async fn commit(&mut self) -> Result<(), AgentError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.flush())
+        let unit = self.unit.clone();
+        tokio::task::spawn_blocking(move || unit.commit().and_then(|_| unit.store().flush()))
             .await
-            .map_err(|e| AgentError::Other(format!("cache flush did not finish: {e}")))??;
+            .map_err(|e| AgentError::Other(format!("cache commit did not finish: {e}")))??;
         if self.written_below > self.shared.durable_below.load(Ordering::SeqCst) {
             self.shared
                 .durable_below
