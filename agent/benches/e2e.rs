@@ -220,7 +220,12 @@ fn spawn_agent(root: &Root, explorer: &str, env: &[(&str, &str)]) -> Result<Proc
         .arg("/dev/null")
         .arg("--log-format")
         .arg("json")
-        .env("RUST_LOG", "info")
+        // `BENCH_AGENT_LOG=debug` (any RUST_LOG filter) for a closer look;
+        // the figures read info lines only.
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        )
         // The figures run more 1-core containers than this machine has
         // cores; capacity admission is not what they measure.
         .env("AGENT_CPU_OVERCOMMIT", "100000")
