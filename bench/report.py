@@ -316,11 +316,19 @@ def main():
             w(row("process ignores SIGTERM: expiry → exited (`die`)", [r["die_late_s"] for r in ig], "ms"))
             w(row("process ignores SIGTERM: expiry → gone", [r["gone_late_s"] for r in ig], "ms"))
         w("")
+        early_ta = [r["die_late_s"] for r in ta if r["die_late_s"] < 0]
+        if early_ta:
+            w(f"- a negative lateness is an end before the expiry: {len(early_ta)} of {len(ta)} processes that "
+              f"end on SIGTERM exited early, by up to {fmt(-min(early_ta), 'ms')}: the agent sends SIGTERM "
+              "`--stop-grace` (default 10 s) before the expiry, longer than these reservations last, so "
+              "they get it as soon as they run (with lifetimes this short the figure measures that, not "
+              "how late the agent is)")
         early = [r["die_late_s"] for r in ig if r["die_late_s"] < 0]
         if early:
-            w(f"- a negative lateness is a kill before the expiry: {len(early)} of {len(ig)} processes that "
-              f"ignore SIGTERM were killed early, by up to {fmt(-min(early), 'ms')} (the workload loses that "
-              "much of its paid time)")
+            w(f"- {len(early)} of {len(ig)} processes that ignore SIGTERM were killed before their expiry, "
+              f"by up to {fmt(-min(early), 'ms')} (the workload loses that much of its paid time; see "
+              "\"Where the time goes\")")
+        if early_ta or early:
             w("")
         s = stats([r["gone_late_s"] for r in ta])
         if s:
