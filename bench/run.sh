@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every benchmark of the agent and writes BENCHMARKS.md (see issue 6,
 # "Benchmarks"). Not part of the test suite: it needs the real Docker engine
-# and a quiet-ish machine, and takes about 10-15 minutes on 2 cores (most of
-# it building in release mode the first time).
+# and a quiet-ish machine, and takes about 25-35 minutes on 2 cores (building
+# in release mode the first time, and figure 11 provisioning and removing
+# 500 then 1,000 real containers: about 10 GiB of RAM while they run; set
+# BENCH_FIG11_SIZES=500 on a smaller machine).
 #
 #   bash bench/run.sh            # everything
 #   bash bench/run.sh --quick    # fewer samples, to check the scripts
@@ -46,7 +48,7 @@ BENCH_VERIFY_OUT="$PWD/$OUT/verify-paired.json" cargo bench -p reservation --ben
 echo "== figure 1: engine throughput (criterion)"
 cargo bench -p agent --bench engine -- "${CRIT_ARGS[@]}"
 
-echo "== figures 3-6: real binaries, real Docker"
+echo "== figures 3-6 and 9-11: real binaries, real Docker"
 cargo bench -p agent --bench e2e -- --out "$PWD/$OUT/e2e.json" $QUICK
 
 echo "== figure 7: explorer under load"

@@ -1,5 +1,5 @@
 //! Benchmark harness for the figures that need the real binaries and the
-//! real Docker engine (BENCHMARKS.md, figures 3 to 6). Not a criterion
+//! real Docker engine (BENCHMARKS.md, figures 3 to 6 and 9 to 11). Not a criterion
 //! bench: it drives `target/release/{explorer,agent}` like an operator
 //! would and writes raw samples as JSON; `bench/report.py` turns them into
 //! medians, p99s and ratios.
@@ -7,15 +7,23 @@
 //! - `fig3`: reservation to running container, beside `docker run -d` of the
 //!   same image in the same run (alternating order).
 //! - `fig4`: expiry lateness, from `created + duration` to the container's
-//!   `destroy` event.
+//!   `die` and `destroy` events; also waves of 6 whose process ignores
+//!   SIGTERM, expiring in the same second (default `--stop-grace`).
 //! - `fig5`: agent RSS idle (fresh root, after its first poll).
 //! - `fig6`: restart with 10,000 cached reservations (also their RSS), with
 //!   a Docker API stub that reports every cached container running, and
 //!   with the real engine and a few real containers; plus the latency of
 //!   one container inspect on the stub and on the real engine.
+//! - `fig9`: 12 reservations in one poll answer → all 12 running, beside 12
+//!   sequential `docker run -d` with the agent's flags.
+//! - `fig10`: 3 containers behind one whose image pull hangs (a registry
+//!   stub on 127.0.0.1 that never answers the manifest request), in the
+//!   same poll answer and in the next one.
+//! - `fig11`: restart → ready with N containers really running, provisioned
+//!   through the agent (`BENCH_FIG11_SIZES`, default 500,1000).
 //!
 //! Run through `bench/run.sh`, or:
-//! `cargo bench -p agent --bench e2e -- --out FILE [fig3 fig4 fig5 fig6]`
+//! `cargo bench -p agent --bench e2e -- --out FILE [--quick] [fig3 .. fig6 fig9 fig10 fig11]`
 //! after `cargo build --release --bins` and `bash tests/images/build.sh`.
 //!
 //! Times come from one clock: the harness's `SystemTime`, the agent's JSON
@@ -39,6 +47,23 @@ use store::{Cached, Store};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const IMAGE: &str = "agent-test/busybox:latest";
+/// What the agent asks of Docker for a [`signed`] reservation running
+/// `sleep 3600` (1 CPU, 64 MiB), as `docker run -d` arguments after the
+/// name: the peer of figures 3 and 9.
+const AGENT_FLAGS: [&str; 12] = [
+    "--network",
+    "none",
+    "--cpus",
+    "1",
+    "--memory",
+    "64m",
+    "--restart",
+    "unless-stopped",
+    "--entrypoint",
+    "sleep",
+    IMAGE,
+    "3600",
+];
 /// Busybox `sh` as PID 1 ends on SIGTERM (`wait` is interrupted by a
 /// trapped signal), like a well-behaved service.
 const TERM_AWARE: &str = "sh -c 'trap \"exit 0\" TERM; sleep 3600 & wait'";
@@ -195,7 +220,12 @@ fn spawn_agent(root: &Root, explorer: &str, env: &[(&str, &str)]) -> Result<Proc
         .arg("/dev/null")
         .arg("--log-format")
         .arg("json")
-        .env("RUST_LOG", "info")
+        // `BENCH_AGENT_LOG=debug` (any RUST_LOG filter) for a closer look;
+        // the figures read info lines only.
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        )
         // The figures run more 1-core containers than this machine has
         // cores; capacity admission is not what they measure.
         .env("AGENT_CPU_OVERCOMMIT", "100000")
@@ -266,6 +296,19 @@ fn signed(
     created: i64,
     dur: Duration,
 ) -> Reservation {
+    signed_with(user, node, IMAGE, entrypoint, created, dur, 64)
+}
+
+/// [`signed`] with another image and memory (MiB).
+fn signed_with(
+    user: &Identity,
+    node: &str,
+    image: &str,
+    entrypoint: &str,
+    created: i64,
+    dur: Duration,
+    memory_mib: u64,
+) -> Reservation {
     // Distinct signed bytes: the agent refuses a replayed signature under a
     // new id.
     static NONCE: AtomicU64 = AtomicU64::new(0);
@@ -278,10 +321,10 @@ fn signed(
         "user_id": user.id(),
         "type": "container",
         "data": {
-            "flist": IMAGE,
+            "flist": image,
             "entrypoint": entrypoint,
             "env": {"BENCH_NONCE": nonce},
-            "capacity": {"cpu": 1, "memory": 64}
+            "capacity": {"cpu": 1, "memory": memory_mib}
         },
         "created": created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "duration": dur.as_nanos() as i64,
@@ -368,6 +411,16 @@ impl Events {
 
 /// Timestamp (s) of the agent's JSON log line `message` about `id`.
 async fn log_time(log: &Path, message: &str, id: Option<&str>, timeout: Duration) -> Result<f64> {
+    Ok(log_line(log, message, id, timeout).await?.0)
+}
+
+/// The agent's first JSON log line `message` about `id`, and its timestamp.
+async fn log_line(
+    log: &Path,
+    message: &str,
+    id: Option<&str>,
+    timeout: Duration,
+) -> Result<(f64, Value)> {
     let start = Instant::now();
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -380,7 +433,7 @@ async fn log_time(log: &Path, message: &str, id: Option<&str>, timeout: Duration
                 let ts = v["timestamp"].as_str().unwrap_or_default();
                 let t = chrono::DateTime::parse_from_rfc3339(ts)
                     .with_context(|| format!("log timestamp {ts:?}"))?;
-                return Ok(t.timestamp_micros() as f64 / 1e6);
+                return Ok((t.timestamp_micros() as f64 / 1e6, v));
             }
         }
         if start.elapsed() > timeout {
@@ -525,21 +578,7 @@ async fn fig3(
                     clean.names.push(name.clone());
                     let mut args = vec!["run", "-d", "--name", name.as_str()];
                     if peer == "matched" {
-                        // What the agent asks of Docker for this reservation.
-                        args.extend([
-                            "--network",
-                            "none",
-                            "--cpus",
-                            "1",
-                            "--memory",
-                            "64m",
-                            "--restart",
-                            "unless-stopped",
-                            "--entrypoint",
-                            "sleep",
-                            IMAGE,
-                            "3600",
-                        ]);
+                        args.extend(AGENT_FLAGS);
                     } else {
                         args.extend([IMAGE, "sleep", "3600"]);
                     }
@@ -576,14 +615,23 @@ async fn fig3(
     Ok(json!({"runs": rows, "agent_rss_after_kib": rss, "agent_hwm_after_kib": hwm}))
 }
 
+/// Reservations per wave whose process ignores SIGTERM, all expiring in the
+/// same second (figure 4b).
+const IGNORING_WAVE: usize = 6;
+/// Their duration: longer than the agent's default `--stop-grace` (10 s),
+/// so the SIGTERM goes out before the expiry and the SIGKILL at it.
+const IGNORING_DURATION_S: f64 = 15.0;
+
 /// Figure 4: expiry lateness over `waves` waves of 5 reservations lasting
-/// 3, 3.5, 4, 4.5 and 5 s; plus `ignoring` reservations whose process
-/// ignores SIGTERM (plain `sleep`), which Docker kills after the grace.
+/// 3, 3.5, 4, 4.5 and 5 s; plus `ignoring_waves` waves of
+/// [`IGNORING_WAVE`] reservations lasting [`IGNORING_DURATION_S`] whose
+/// process ignores SIGTERM (plain `sleep` as PID 1), which the agent has
+/// Docker SIGKILL at the expiry (`--stop-grace` left at its default).
 async fn fig4(
     dir: &Path,
     docker: &bollard::Docker,
     waves: usize,
-    ignoring: usize,
+    ignoring_waves: usize,
     clean: &mut Cleanup,
 ) -> Result<Value> {
     let explorer = start_explorer(&dir.join("fig4-explorer").tap_mkdir()?).await?;
@@ -644,12 +692,19 @@ async fn fig4(
         rows.extend(run_wave(TERM_AWARE, &[3.0, 3.5, 4.0, 4.5, 5.0], "term_aware").await?);
     }
     let mut ignoring_rows = Vec::new();
-    if ignoring > 0 {
-        ignoring_rows = run_wave("sleep 3600", &vec![3.0; ignoring], "ignores_sigterm").await?;
+    for _ in 0..ignoring_waves {
+        let wave = [IGNORING_DURATION_S; IGNORING_WAVE];
+        ignoring_rows.extend(run_wave("sleep 3600", &wave, "ignores_sigterm").await?);
     }
     agent.stop();
     cleanup_node(root.node.id());
-    Ok(json!({"term_aware": rows, "ignores_sigterm": ignoring_rows}))
+    Ok(json!({
+        "term_aware": rows,
+        "ignores_sigterm": ignoring_rows,
+        "ignores_sigterm_wave": IGNORING_WAVE,
+        "ignores_sigterm_duration_s": IGNORING_DURATION_S,
+        "stop_grace_s": 10,
+    }))
 }
 
 /// `mkdir -p` that hands the path on.
@@ -809,24 +864,27 @@ fn stub_answer<B>(
     }
 }
 
-/// Post `n` container reservations for `node` with `conc` clients; ids in
-/// order, and the POST rate.
+/// Post `n` container reservations (`sleep 3600`, `memory_mib` each) for
+/// `node` with `conc` clients; ids in order, and the POST rate.
 async fn post_many(
     url: &str,
     user: &Identity,
     node: &str,
     n: usize,
     conc: usize,
+    memory_mib: u64,
 ) -> Result<(Vec<(String, Reservation)>, f64)> {
     let created = chrono::Utc::now().timestamp();
     let all: Vec<Reservation> = (0..n)
         .map(|_| {
-            signed(
+            signed_with(
                 user,
                 node,
+                IMAGE,
                 "sleep 3600",
                 created,
                 Duration::from_secs(6 * 3600),
+                memory_mib,
             )
         })
         .collect();
@@ -984,7 +1042,7 @@ async fn fig6(
     // 10,000 cached, Docker stub.
     let tmpl = make_root(dir, "fig6-stub-tmpl")?;
     // One client, so reservation numbers follow the order of `posted`.
-    let (posted, post_rate) = post_many(&explorer.url, &user, tmpl.node.id(), n, 1).await?;
+    let (posted, post_rate) = post_many(&explorer.url, &user, tmpl.node.id(), n, 1, 64).await?;
     let seed_s = seed(&tmpl, &posted)?;
     let stub_sock = dir.join("docker-stub.sock");
     let stats = Arc::new(StubStats::default());
@@ -1025,7 +1083,7 @@ async fn fig6(
     // A few cached containers that really run, real engine.
     let real = make_root(dir, "fig6-real-tmpl")?;
     clean.nodes.push(real.node.id().to_string());
-    let (posted_real, _) = post_many(&explorer.url, &user, real.node.id(), real_k, 1).await?;
+    let (posted_real, _) = post_many(&explorer.url, &user, real.node.id(), real_k, 1, 64).await?;
     seed(&real, &posted_real)?;
     let scope: String = real.node.id().chars().take(8).collect();
     let mut real_name = String::new();
@@ -1095,6 +1153,406 @@ async fn fig6(
     }))
 }
 
+/// Wait for the `start` event of every reservation in `ids`; the latest.
+async fn all_started(events: &Events, ids: &[String], timeout: Duration) -> Result<f64> {
+    let mut last = 0.0f64;
+    for id in ids {
+        let ev = events
+            .wait("start", "io.agent.reservation", id, timeout)
+            .await?;
+        last = last.max(ev.t);
+    }
+    Ok(last)
+}
+
+/// Earliest `provisioning` log line of `ids`, and the latest.
+async fn provisioning_span(log: &Path, ids: &[String]) -> Result<(f64, f64)> {
+    let (mut first, mut last) = (f64::MAX, 0.0f64);
+    for id in ids {
+        let t = log_time(log, "provisioning", Some(id), Duration::from_secs(30)).await?;
+        first = first.min(t);
+        last = last.max(t);
+    }
+    Ok((first, last))
+}
+
+/// How many containers of `node` Docker says are running.
+fn running_count(node: &str) -> usize {
+    docker_cli(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.agent.node={node}"),
+        "--filter",
+        "status=running",
+    ])
+    .map(|s| s.lines().filter(|l| !l.is_empty()).count())
+    .unwrap_or(0)
+}
+
+/// Figure 9: `k` container reservations in one poll answer → all running,
+/// beside `k` sequential `docker run -d` with the agent's flags; `runs`
+/// rounds, order alternating. The reservations are posted before the agent
+/// starts (fresh root each round), so its first poll (`from=0`) answers
+/// with all of them.
+async fn fig9(
+    dir: &Path,
+    docker: &bollard::Docker,
+    runs: usize,
+    k: usize,
+    clean: &mut Cleanup,
+) -> Result<Value> {
+    let explorer = start_explorer(&dir.join("fig9-explorer").tap_mkdir()?).await?;
+    let events = Events::start(docker.clone()).await;
+    let user = Identity::generate();
+    let http = reqwest::Client::new();
+    let mut rows = Vec::new();
+    for i in 0..runs {
+        let mut row = json!({"i": i, "k": k});
+        let order = if i % 2 == 0 {
+            ["agent", "sequential"]
+        } else {
+            ["sequential", "agent"]
+        };
+        for who in order {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if who == "agent" {
+                let root = make_root(dir, &format!("fig9-{i}"))?;
+                clean.nodes.push(root.node.id().to_string());
+                let created = chrono::Utc::now().timestamp();
+                let mut ids = Vec::new();
+                for _ in 0..k {
+                    let r = signed(
+                        &user,
+                        root.node.id(),
+                        "sleep 3600",
+                        created,
+                        Duration::from_secs(3600),
+                    );
+                    ids.push(post(&http, &explorer.url, &r).await?);
+                }
+                let t_spawn = now_s();
+                let mut agent = spawn_agent(&root, &explorer.url, &[])?;
+                let t_last = all_started(&events, &ids, Duration::from_secs(120)).await?;
+                let (p_first, p_last) = provisioning_span(&root.log, &ids).await?;
+                let t_ready =
+                    log_time(&root.log, "agent ready", None, Duration::from_secs(10)).await?;
+                let up = running_count(root.node.id());
+                if up != k {
+                    bail!("fig9: {up} of {k} containers running");
+                }
+                row["agent"] = json!({
+                    "first_provisioning_to_all_running_s": t_last - p_first,
+                    "provisioning_spread_s": p_last - p_first,
+                    "spawn_to_all_running_s": t_last - t_spawn,
+                    "ready_to_first_provisioning_s": p_first - t_ready,
+                });
+                agent.stop();
+                cleanup_node(root.node.id());
+            } else {
+                let names: Vec<String> = (0..k)
+                    .map(|j| format!("bench-seq-{}-{i}-{j}", std::process::id()))
+                    .collect();
+                clean.names.extend(names.iter().cloned());
+                let t0 = now_s();
+                for name in &names {
+                    let mut args = vec!["run", "-d", "--name", name.as_str()];
+                    args.extend(AGENT_FLAGS);
+                    let ok = tokio::process::Command::new("docker")
+                        .args(&args)
+                        .stdout(Stdio::null())
+                        .status()
+                        .await?
+                        .success();
+                    if !ok {
+                        bail!("docker {args:?} failed");
+                    }
+                }
+                let t_cli = now_s();
+                let mut t_last = 0.0f64;
+                for name in &names {
+                    let ev = events
+                        .wait("start", "name", name, Duration::from_secs(60))
+                        .await?;
+                    t_last = t_last.max(ev.t);
+                    if !running(docker, name).await {
+                        bail!("container {name} is not running after its start event");
+                    }
+                }
+                row["sequential"] = json!({
+                    "spawn_to_all_running_s": t_last - t0,
+                    "cli_exits_s": t_cli - t0,
+                });
+                let mut args = vec!["rm", "-f"];
+                args.extend(names.iter().map(String::as_str));
+                let _ = docker_cli(&args);
+            }
+        }
+        eprintln!("fig9 {i}: {row}");
+        rows.push(row);
+    }
+    Ok(json!({"k": k, "runs": rows}))
+}
+
+/// A registry on 127.0.0.1 that hangs every pull: it fails the TLS
+/// handshake at once (Docker then falls back to plain HTTP, as it does for
+/// an insecure registry), answers `GET /v2/` (Docker's ping, which has a
+/// 15 s client timeout) and never answers anything else (the manifest
+/// request hangs for as long as the client waits). Its port, and the
+/// number of requests it left hanging.
+async fn hanging_registry() -> Result<(u16, Arc<AtomicU64>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let hung = Arc::new(AtomicU64::new(0));
+    let count = hung.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if buf[0] == 0x16 {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                    if buf[..n].starts_with(b"GET /v2/ ") {
+                        let _ = s
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\nDocker-Distribution-API-Version: registry/2.0\r\n\
+                                  Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+                            )
+                            .await;
+                        continue;
+                    }
+                    // Hold the request unanswered until the client gives up.
+                    count.fetch_add(1, Ordering::Relaxed);
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                    return;
+                }
+            });
+        }
+    });
+    Ok((port, hung))
+}
+
+/// Figure 10: 3 containers behind one whose image pull hangs. Variant
+/// `same`: the 4 reservations are posted before the agent starts (one poll
+/// answer, the hanging one first). Variant `next`: the hanging one is
+/// posted to a running agent, and the 3 once its provisioning started (a
+/// later answer). The agent runs with `--provision-timeout
+/// provision_timeout_s`, so the hanging one ends with a signed error.
+async fn fig10(
+    dir: &Path,
+    docker: &bollard::Docker,
+    runs: usize,
+    provision_timeout_s: u64,
+    clean: &mut Cleanup,
+) -> Result<Value> {
+    let explorer = start_explorer(&dir.join("fig10-explorer").tap_mkdir()?).await?;
+    let (port, hung) = hanging_registry().await?;
+    let hang_image = format!("127.0.0.1:{port}/hang:1");
+    let events = Events::start(docker.clone()).await;
+    let user = Identity::generate();
+    let http = reqwest::Client::new();
+    let timeout = format!("{provision_timeout_s}s");
+    let env = [("AGENT_PROVISION_TIMEOUT", timeout.as_str())];
+    let mut rows = Vec::new();
+    for i in 0..runs {
+        for variant in ["same", "next"] {
+            let root = make_root(dir, &format!("fig10-{variant}-{i}"))?;
+            clean.nodes.push(root.node.id().to_string());
+            let created = chrono::Utc::now().timestamp();
+            let dur = Duration::from_secs(3600);
+            let hang = signed_with(
+                &user,
+                root.node.id(),
+                &hang_image,
+                "sleep 3600",
+                created,
+                dur,
+                64,
+            );
+            let mut agent;
+            let hang_id;
+            let mut ids = Vec::new();
+            let t_start;
+            let t_spawn;
+            if variant == "same" {
+                hang_id = post(&http, &explorer.url, &hang).await?;
+                for _ in 0..3 {
+                    let r = signed(&user, root.node.id(), "sleep 3600", created, dur);
+                    ids.push(post(&http, &explorer.url, &r).await?);
+                }
+                t_spawn = now_s();
+                agent = spawn_agent(&root, &explorer.url, &env)?;
+                t_start = f64::NAN;
+            } else {
+                t_spawn = now_s();
+                agent = spawn_agent(&root, &explorer.url, &env)?;
+                wait_status(&root.socket, Duration::from_secs(60), |_| true).await?;
+                log_time(&root.log, "agent ready", None, Duration::from_secs(60)).await?;
+                hang_id = post(&http, &explorer.url, &hang).await?;
+                log_time(
+                    &root.log,
+                    "provisioning",
+                    Some(&hang_id),
+                    Duration::from_secs(30),
+                )
+                .await?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                t_start = now_s();
+                for _ in 0..3 {
+                    let r = signed(&user, root.node.id(), "sleep 3600", created, dur);
+                    ids.push(post(&http, &explorer.url, &r).await?);
+                }
+            }
+            let t_last = all_started(&events, &ids, Duration::from_secs(60)).await?;
+            let t_hang_prov = log_time(
+                &root.log,
+                "provisioning",
+                Some(&hang_id),
+                Duration::from_secs(10),
+            )
+            .await?;
+            let (p_first, _) = provisioning_span(&root.log, &ids).await?;
+            // The hanging one: no container, still provisioning.
+            let log = std::fs::read_to_string(&root.log).unwrap_or_default();
+            let hang_pending = !log.lines().any(|l| {
+                l.contains(&format!("\"reservation\":\"{hang_id}\""))
+                    && (l.contains("\"provisioned\"") || l.contains("\"refused\""))
+            });
+            let up = running_count(root.node.id());
+            // Its end: the provisioning deadline, then a signed error
+            // (logged "refused" with the error it carries).
+            let (t_fail, fail) = log_line(
+                &root.log,
+                "refused",
+                Some(&hang_id),
+                Duration::from_secs(provision_timeout_s + 60),
+            )
+            .await?;
+            let first = if variant == "same" {
+                t_hang_prov.min(p_first)
+            } else {
+                t_start
+            };
+            let row = json!({
+                "i": i,
+                "variant": variant,
+                "three_running_s": t_last - first,
+                "three_provisioning_to_running_s": t_last - p_first,
+                "spawn_to_three_running_s": t_last - t_spawn,
+                "hang_pending_when_three_running": hang_pending,
+                "running_when_three_running": up,
+                "hang_provisioning_to_error_s": t_fail - t_hang_prov,
+                "hang_error": fail["error"],
+            });
+            eprintln!("fig10 {row}");
+            rows.push(row);
+            agent.stop();
+            cleanup_node(root.node.id());
+        }
+    }
+    Ok(json!({
+        "runs": rows,
+        "provision_timeout_s": provision_timeout_s,
+        "hung_registry_requests": hung.load(Ordering::Relaxed),
+    }))
+}
+
+/// Figure 11: restart with `n` cached containers really running on the
+/// real engine (busybox `sleep`, 16 MiB each so the node's memory admits
+/// 1,000), provisioned through the agent (posted before it starts: one poll
+/// answer); the agent is killed (SIGKILL) and each of `runs` restarts
+/// starts on a copy of its root.
+async fn fig11(dir: &Path, sizes: &[usize], runs: usize, clean: &mut Cleanup) -> Result<Value> {
+    let explorer = start_explorer(&dir.join("fig11-explorer").tap_mkdir()?).await?;
+    let user = Identity::generate();
+    let mut out = Vec::new();
+    for &n in sizes {
+        let root = make_root(dir, &format!("fig11-{n}"))?;
+        clean.nodes.push(root.node.id().to_string());
+        let (posted, _) = post_many(&explorer.url, &user, root.node.id(), n, 4, 16).await?;
+        let last = posted
+            .iter()
+            .filter_map(|(_, r)| r.number())
+            .max()
+            .unwrap_or(0);
+        let t_spawn = now_s();
+        let agent = spawn_agent(&root, &explorer.url, &[])?;
+        // Polled every 100 ms (not wait_status's 5 ms: this takes minutes).
+        let waited = Instant::now();
+        let t_all = loop {
+            if let Some(v) = status(&root.socket).await {
+                if v["cached"].as_u64() == Some(n as u64) {
+                    break now_s();
+                }
+            }
+            if waited.elapsed() > Duration::from_secs(3600) {
+                bail!("fig11: {n} not provisioned within an hour");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let t_first = log_time(&root.log, "provisioning", None, Duration::from_secs(10)).await?;
+        let (rss_prov, hwm_prov) = rss_kib(agent.pid())?;
+        let up = running_count(root.node.id());
+        if up != n {
+            bail!("fig11: {up} of {n} containers running");
+        }
+        let mem_avail = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemAvailable:"))
+                    .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+            })
+            .and_then(|v| v.parse::<u64>().ok());
+        eprintln!(
+            "fig11 {n}: provisioned in {:.1} s ({:.1}/s), MemAvailable {mem_avail:?} KiB",
+            t_all - t_first,
+            n as f64 / (t_all - t_first)
+        );
+        // kill -9.
+        drop(agent);
+        let mut restarts = Vec::new();
+        for i in 0..runs {
+            let row = restart_once(
+                &root,
+                dir,
+                &format!("fig11-{n}-r{i}"),
+                &explorer.url,
+                &[],
+                n as u64,
+                last,
+            )
+            .await?;
+            eprintln!("fig11 {n} restart {i}: {row}");
+            restarts.push(row);
+        }
+        let t_clean = Instant::now();
+        cleanup_node(root.node.id());
+        out.push(json!({
+            "n": n,
+            "spawn_to_all_provisioned_s": t_all - t_spawn,
+            "first_provisioning_to_all_provisioned_s": t_all - t_first,
+            "provision_rate_per_s": n as f64 / (t_all - t_first),
+            "rss_after_provisioning_kib": rss_prov,
+            "hwm_after_provisioning_kib": hwm_prov,
+            "mem_available_with_all_running_kib": mem_avail,
+            "restarts": restarts,
+            "cleanup_s": t_clean.elapsed().as_secs_f64(),
+        }));
+    }
+    Ok(json!({"sizes": out}))
+}
+
 fn main() -> Result<()> {
     let mut out = PathBuf::from("bench/out/e2e.json");
     let mut figs: Vec<String> = Vec::new();
@@ -1106,11 +1564,15 @@ fn main() -> Result<()> {
             "--out" => out = PathBuf::from(args.next().context("--out FILE")?),
             "--quick" => quick = true,
             f if f.starts_with("fig") => figs.push(f.to_string()),
-            other => bail!("unknown argument {other:?} (expected --out FILE, --quick, fig3..fig6)"),
+            other => bail!(
+                "unknown argument {other:?} (expected --out FILE, --quick, fig3..fig6, fig9..fig11)"
+            ),
         }
     }
     if figs.is_empty() {
-        figs = ["fig3", "fig4", "fig5", "fig6"].map(String::from).to_vec();
+        figs = ["fig3", "fig4", "fig5", "fig6", "fig9", "fig10", "fig11"]
+            .map(String::from)
+            .to_vec();
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1139,7 +1601,18 @@ async fn run(out: PathBuf, figs: Vec<String>, quick: bool) -> Result<()> {
     let (n3, waves, ign, idle, n6, runs6, k) = if quick {
         (3, 2, 1, 2, 1000, 2, 5)
     } else {
-        (10, 10, 2, 5, 10_000, 5, 20)
+        (10, 10, 3, 5, 10_000, 5, 20)
+    };
+    let (runs9, runs10, runs11) = if quick { (2, 1, 2) } else { (7, 3, 3) };
+    // `BENCH_FIG11_SIZES=500,1000` (default 500 and 1,000; quick: 50).
+    let sizes11: Vec<usize> = match std::env::var("BENCH_FIG11_SIZES") {
+        Ok(v) => v
+            .split(',')
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()
+            .context("BENCH_FIG11_SIZES: comma-separated counts")?,
+        Err(_) if quick => vec![50],
+        Err(_) => vec![500, 1000],
     };
     for f in &figs {
         let started = Instant::now();
@@ -1148,6 +1621,9 @@ async fn run(out: PathBuf, figs: Vec<String>, quick: bool) -> Result<()> {
             "fig4" => fig4(dir.path(), &docker, waves, ign, &mut clean).await?,
             "fig5" => fig5(dir.path(), idle, &mut clean).await?,
             "fig6" => fig6(dir.path(), &docker, n6, runs6, k, &mut clean).await?,
+            "fig9" => fig9(dir.path(), &docker, runs9, 12, &mut clean).await?,
+            "fig10" => fig10(dir.path(), &docker, runs10, 20, &mut clean).await?,
+            "fig11" => fig11(dir.path(), &sizes11, runs11, &mut clean).await?,
             other => bail!("unknown figure {other}"),
         };
         res[f.as_str()] = v;
