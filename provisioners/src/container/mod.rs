@@ -320,7 +320,9 @@ impl Plugin for ContainerProvisioner {
             }
             Some(_) => {
                 let grace = stop_grace_before_expiry(r, self.stop_grace, chrono::Utc::now());
-                self.remove_within(&name, grace).await
+                let (wait, whole) = whole_second_grace(grace);
+                tokio::time::sleep(wait).await;
+                self.remove_within(&name, whole).await
             }
         }
     }
@@ -407,6 +409,16 @@ pub fn stop_grace_before_expiry(
         Some(at) => grace.min((at - now).to_std().unwrap_or(Duration::ZERO)),
         None => grace,
     }
+}
+
+/// Docker's stop takes its timeout in whole seconds: a grace of 9.8 s
+/// would SIGKILL 0.8 s before the expiry (9 s) or 0.2 s after it (10 s).
+/// Instead wait the fraction, then stop with the whole seconds: SIGKILL
+/// lands at the expiry, SIGTERM a fraction of a second later than it could.
+/// Returns (wait before stopping, whole-second stop timeout).
+pub fn whole_second_grace(grace: Duration) -> (Duration, Duration) {
+    let whole = Duration::from_secs(grace.as_secs());
+    (grace - whole, whole)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Unit tests of the `container` plug-in's pure parts: image references and
-//! addresses.
+//! Unit tests of the `container` plug-in's pure parts: image references,
+//! addresses and the stop timeout.
 
 use super::spec::check_ip;
 use super::*;
@@ -54,4 +54,23 @@ fn ips() {
             "{ip}: {e}"
         );
     }
+}
+
+#[test]
+fn a_grace_in_whole_seconds_kills_at_the_expiry_not_before() {
+    // 9.8 s left: truncating to 9 s would SIGKILL 0.8 s before the expiry
+    // (the user loses paid time); wait 0.8 s, then 9 s.
+    assert_eq!(
+        whole_second_grace(Duration::from_millis(9_800)),
+        (Duration::from_millis(800), Duration::from_secs(9))
+    );
+    // A full grace (an early deletion): no wait.
+    assert_eq!(
+        whole_second_grace(DEFAULT_STOP_GRACE),
+        (Duration::ZERO, DEFAULT_STOP_GRACE)
+    );
+    assert_eq!(
+        whole_second_grace(Duration::from_millis(300)),
+        (Duration::from_millis(300), Duration::ZERO)
+    );
 }

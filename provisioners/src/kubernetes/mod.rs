@@ -406,7 +406,9 @@ impl Plugin for KubernetesProvisioner {
         }
         let grace =
             crate::container::stop_grace_before_expiry(r, self.stop_grace, chrono::Utc::now());
-        self.remove_within(&name, grace).await
+        let (wait, whole) = crate::container::whole_second_grace(grace);
+        tokio::time::sleep(wait).await;
+        self.remove_within(&name, whole).await
     }
 
     async fn exists(&self, r: &Reservation, _k: &Kubernetes) -> Result<bool, ProvisionError> {
