@@ -101,7 +101,10 @@ pub async fn run(
     let (ledger, inventory) = open_ledger(&settings, &store, &Names::for_node(node.id()));
     let core = Core {
         ledger,
-        shared: Arc::new(Shared::default()),
+        shared: Arc::new(Shared {
+            faults: crate::faults::Faults::from_env(),
+            ..Shared::default()
+        }),
         settings,
         node,
         store,

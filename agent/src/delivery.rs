@@ -12,7 +12,6 @@ use store::{Outbound, Store};
 use tracing::{debug, error, warn};
 
 use crate::engine::Shared;
-use crate::faults;
 
 /// Entries read from the outbox at a time.
 const BATCH: usize = 64;
@@ -64,7 +63,7 @@ async fn drain(store: &Store, client: &ExplorerClient, shared: &Shared) -> Resul
         };
         match outcome {
             Ok(()) => {
-                faults::point("during-delivery");
+                shared.faults.point("during-delivery");
                 debug!(reservation = %id, seq = entry.seq, "delivered");
             }
             Err(e) if e.is_retryable() => {

@@ -40,7 +40,6 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use crate::capacity::{Charge, Ledger};
 use crate::commands::{EngineCommand, GiveUp, SweepGate};
-use crate::faults;
 use crate::metrics::Metrics;
 use crate::AgentError;
 use executor::{Executor, Failure};
@@ -120,6 +119,8 @@ pub struct Shared {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// The jobs running now, for `agentctl status`.
     pub jobs: Arc<Mutex<HashMap<u64, JobView>>>,
+    /// The restart drills' fault point (`AGENT_FAULT`), if any.
+    pub faults: crate::faults::Faults,
 }
 
 /// A job running, as `agentctl status` shows it.
@@ -819,7 +820,7 @@ impl Engine {
                 return self.refuse(r, msg, &r.signature);
             }
         };
-        faults::point("after-provision");
+        self.shared.faults.point("after-provision");
         let res = match self.node.ok_result(r, &data) {
             Ok(res) => res,
             Err(e) => {
@@ -842,7 +843,7 @@ impl Engine {
         self.shared.metrics.provisioned_in(&r.kind, secs);
         self.shared.count(&r.kind, "provisioned");
         info!(reservation = %r.id, kind = %kind, seconds = secs, "provisioned");
-        faults::point("after-record");
+        self.shared.faults.point("after-record");
         Ok(())
     }
 
