@@ -520,7 +520,21 @@ impl Engine {
     async fn finished(&mut self, first: (Ticket, Done)) -> Result<(), AgentError> {
         let mut done = Some(first);
         let mut first_error = None;
-        while let Some((t, d)) = done.take().or_else(|| self.inflight.try_done()) {
+        let mut yielded = false;
+        loop {
+            let Some((t, d)) = done.take().or_else(|| self.inflight.try_done()) else {
+                // Nothing ready now may only mean this task spent its
+                // scheduling budget (tokio then answers "pending" and wakes
+                // at once): yield once and look again, so jobs that finish
+                // together share one commit instead of one each.
+                if !yielded && self.inflight.running_len() > 0 {
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                break;
+            };
+            yielded = false;
             if let Ok(mut shown) = self.shared.jobs.lock() {
                 shown.remove(&t);
             }
