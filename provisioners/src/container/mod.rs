@@ -319,10 +319,8 @@ impl Plugin for ContainerProvisioner {
                 Ok(())
             }
             Some(_) => {
-                let grace = stop_grace_before_expiry(r, self.stop_grace, chrono::Utc::now());
-                let (wait, whole) = whole_second_grace(grace);
-                tokio::time::sleep(wait).await;
-                self.remove_within(&name, whole).await
+                let grace = stop_timeout_at_expiry(r, self.stop_grace).await;
+                self.remove_within(&name, grace).await
             }
         }
     }
@@ -419,6 +417,17 @@ pub fn stop_grace_before_expiry(
 pub fn whole_second_grace(grace: Duration) -> (Duration, Duration) {
     let whole = Duration::from_secs(grace.as_secs());
     (grace - whole, whole)
+}
+
+/// The whole-second stop timeout for decommissioning `r` now, after
+/// waiting its fraction ([`stop_grace_before_expiry`] then
+/// [`whole_second_grace`]): what every plug-in that stops a container on
+/// decommission passes to Docker.
+pub async fn stop_timeout_at_expiry(r: &Reservation, grace: Duration) -> Duration {
+    let grace = stop_grace_before_expiry(r, grace, chrono::Utc::now());
+    let (wait, whole) = whole_second_grace(grace);
+    tokio::time::sleep(wait).await;
+    whole
 }
 
 #[cfg(test)]

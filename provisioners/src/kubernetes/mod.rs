@@ -404,11 +404,8 @@ impl Plugin for KubernetesProvisioner {
                 return Ok(());
             }
         }
-        let grace =
-            crate::container::stop_grace_before_expiry(r, self.stop_grace, chrono::Utc::now());
-        let (wait, whole) = crate::container::whole_second_grace(grace);
-        tokio::time::sleep(wait).await;
-        self.remove_within(&name, whole).await
+        let grace = crate::container::stop_timeout_at_expiry(r, self.stop_grace).await;
+        self.remove_within(&name, grace).await
     }
 
     async fn exists(&self, r: &Reservation, _k: &Kubernetes) -> Result<bool, ProvisionError> {
