@@ -14,6 +14,14 @@
 //!   and of the answers before it is recorded, so a restart never skips
 //!   work that was handed over but not done.
 //!
+//! - what is parked is bounded: an exact copy of a parked reservation is
+//!   dropped (an honest explorer hands a pending deletion over again on
+//!   every poll while a slow pull runs), and past [`MAX_PARKED`] the newest
+//!   is dropped with a warning (a hostile explorer sending one id again and
+//!   again with forged signatures). Nothing is lost: the explorer hands a
+//!   deletion over until the node confirms it, and a restart's resync
+//!   brings back the rest.
+//!
 //! This file knows no Docker and no store; the engine asks and acts.
 
 use std::collections::{HashSet, VecDeque};
@@ -26,6 +34,38 @@ use tokio::sync::watch;
 /// One reservation's place in flight, from the poll answer that brought it
 /// until it is recorded. Increasing: a later ticket was handed over later.
 pub type Ticket = u64;
+
+/// At most this many reservations wait behind running work; past it the
+/// newest is dropped (see the module's last rule).
+pub const MAX_PARKED: usize = 1024;
+
+/// What [`InFlight::park`] did with a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parking {
+    /// It waits for the ticket it was parked behind.
+    Parked,
+    /// An exact copy already waits: this one is dropped.
+    Duplicate,
+    /// [`MAX_PARKED`] already wait: this one is dropped.
+    Full,
+}
+
+/// Whether `a` and `b` are the same reservation byte for byte (so judging
+/// both gives one outcome twice).
+fn same_bytes(a: &Reservation, b: &Reservation) -> bool {
+    a.id == b.id
+        && a.signature == b.signature
+        && a.to_delete == b.to_delete
+        && a.delete_signature == b.delete_signature
+        && a.version == b.version
+        && a.node_id == b.node_id
+        && a.user_id == b.user_id
+        && a.kind == b.kind
+        && a.data.get() == b.data.get()
+        && a.created == b.created
+        && a.duration == b.duration
+        && a.nonce == b.nonce
+}
 
 /// A job started and not recorded yet.
 pub struct Running {
@@ -114,9 +154,23 @@ impl<T: Send + 'static> InFlight<T> {
         self.running.iter().any(|j| j.ticket == t) || self.parked.iter().any(|(p, _, _)| *p == t)
     }
 
-    /// Park `r` (ticket `own`) until ticket `after` is recorded.
-    pub fn park(&mut self, own: Ticket, after: Ticket, r: Reservation) {
+    /// Park `r` (ticket `own`) until ticket `after` is recorded, unless an
+    /// exact copy already waits or [`MAX_PARKED`] do.
+    pub fn park(&mut self, own: Ticket, after: Ticket, r: Reservation) -> Parking {
+        if self.parked.iter().any(|(_, _, p)| same_bytes(p, &r)) {
+            return Parking::Duplicate;
+        }
+        if self.parked.len() >= MAX_PARKED {
+            return Parking::Full;
+        }
         self.parked.push((own, after, r));
+        Parking::Parked
+    }
+
+    /// How many reservations are parked.
+    #[cfg(test)]
+    pub fn parked_len(&self) -> usize {
+        self.parked.len()
     }
 
     /// Start a job: `run` is its whole work, `info` says what it is.
@@ -236,10 +290,10 @@ mod tests {
         // signature under a new id parks behind the deletion.
         let del = f.ticket();
         assert_eq!(f.blocker(del, &r("1-1", "s1")), Some(a));
-        f.park(del, a, r("1-1", "s1"));
+        assert_eq!(f.park(del, a, r("1-1", "s1")), Parking::Parked);
         let replay = f.ticket();
         assert_eq!(f.blocker(replay, &r("7-1", "s1")), Some(del));
-        f.park(replay, del, r("7-1", "s1"));
+        assert_eq!(f.park(replay, del, r("7-1", "s1")), Parking::Parked);
         let other = f.ticket();
         assert_eq!(f.blocker(other, &r("8-1", "other")), None);
         // Freed, the deletion is not held by the replay parked after it.
@@ -253,5 +307,48 @@ mod tests {
         assert_eq!(f.settle(del)[0].0, replay);
         f.settle(replay);
         assert_eq!(f.ready_cursor(), Some(3));
+    }
+
+    #[test]
+    fn copies_are_dropped_and_what_waits_is_bounded() {
+        let mut f: InFlight<()> = InFlight::new();
+        let a = f.ticket();
+        let (ia, _ta) = running(a, r("1-1", "s1"));
+        f.start(ia, Box::pin(async {}));
+        // The same deletion handed over on every poll waits once.
+        let mut del = r("1-1", "s1");
+        del.to_delete = true;
+        del.delete_signature = Some("d".into());
+        for _ in 0..5 {
+            let t = f.ticket();
+            let after = f.blocker(t, &del).unwrap();
+            let want = if f.parked_len() == 0 {
+                Parking::Parked
+            } else {
+                Parking::Duplicate
+            };
+            assert_eq!(f.park(t, after, del.clone()), want);
+        }
+        assert_eq!(f.parked_len(), 1);
+        // Forged deletions, each with other bytes: bounded.
+        for i in 0..MAX_PARKED + 10 {
+            let mut forged = del.clone();
+            forged.delete_signature = Some(format!("forged-{i}"));
+            let t = f.ticket();
+            let after = f.blocker(t, &forged).unwrap();
+            let got = f.park(t, after, forged);
+            let want = if i + 1 < MAX_PARKED {
+                Parking::Parked
+            } else {
+                Parking::Full
+            };
+            assert_eq!(got, want, "at {i}");
+        }
+        assert_eq!(f.parked_len(), MAX_PARKED);
+        // The dropped ones hold no cursor back.
+        f.answered(4, [a]);
+        let freed = f.settle(a);
+        assert_eq!(freed.len(), 1, "the first waits behind the job");
+        assert_eq!(freed[0].1.delete_signature.as_deref(), Some("d"));
     }
 }

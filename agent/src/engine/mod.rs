@@ -43,7 +43,7 @@ use crate::commands::{EngineCommand, GiveUp, SweepGate};
 use crate::metrics::Metrics;
 use crate::AgentError;
 use executor::{Executor, Failure};
-use inflight::{InFlight, Running, Ticket};
+use inflight::{InFlight, Parking, Running, Ticket};
 use judge::{Rules, Verdict, View};
 use recorder::{Reads, Recorder};
 
@@ -503,8 +503,20 @@ impl Engine {
             self.start_jobs();
         }
         if let Some(after) = self.inflight.blocker(t, &r) {
-            debug!(reservation = %r.id, "waits for the work on the same reservation that runs");
-            self.inflight.park(t, after, r);
+            let id = r.id.clone();
+            match self.inflight.park(t, after, r) {
+                Parking::Parked => {
+                    debug!(reservation = %id, "waits for the work on the same reservation that runs")
+                }
+                Parking::Duplicate => {
+                    debug!(reservation = %id, "dropped: the same reservation already waits for the work on it")
+                }
+                Parking::Full => warn!(
+                    reservation = %id,
+                    waiting = inflight::MAX_PARKED,
+                    "dropped: too many reservations wait for running work (the explorer hands a deletion over again until it is confirmed)"
+                ),
+            }
             return Ok(());
         }
         // Every line logged while handling it (provisioners' too) carries

@@ -1242,3 +1242,88 @@ async fn a_container_waits_for_its_network_from_an_earlier_answer() {
     let at = |e: &str| log.iter().position(|l| l == e).unwrap();
     assert!(at("start 3-1") > at("end 2-1"), "{log:?}");
 }
+
+/// Hands over what the test sends, as it sends it.
+struct Channel(tokio::sync::mpsc::UnboundedReceiver<Work>);
+
+#[async_trait]
+impl ReservationSource for Channel {
+    async fn next(&mut self) -> Option<Work> {
+        match self.0.recv().await {
+            Some(w) => Some(w),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_forged_deletions_behind_a_slow_job_is_bounded_and_harmless() {
+    // While 1-1's provisioning runs, a hostile explorer sends 1,100
+    // deletions of it with forged signatures (each parks behind the job)
+    // and the user's real deletion last, several times. What waits is
+    // bounded (the rest is dropped), the forged ones change nothing once
+    // judged, and the real deletion, handed over again after the job (as
+    // the explorer does until the node confirms it), deletes it once.
+    let f = patient_fixture();
+    f.rec
+        .slow
+        .lock()
+        .unwrap()
+        .insert("1-1".into(), Duration::from_millis(2000));
+    let r = f.volume("1-1");
+    let mut flood = Vec::new();
+    for _ in 0..inflight::MAX_PARKED + 76 {
+        let mallory = Identity::generate();
+        let mut forged = r.clone();
+        forged.to_delete = true;
+        forged.delete_signature = Some(mallory.sign_delete(&r.signature));
+        flood.push(forged);
+    }
+    let mut real = r.clone();
+    real.to_delete = true;
+    real.delete_signature = Some(f.user.sign_delete(&r.signature));
+    flood.push(real.clone());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(answer(vec![r.clone()], 2)).unwrap();
+    tx.send(answer(flood, 3)).unwrap();
+    tx.send(answer(vec![real.clone()], 4)).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = f.engine.run(Channel(rx), async {
+        let _ = stopped.await;
+    });
+    let store = f.store.clone();
+    let drive = async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The job and everything parked behind it are recorded.
+        while store.cursor().unwrap() < 4 {
+            assert!(Instant::now() < deadline, "answers 1-3 not recorded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            store.is_cached("1-1").unwrap(),
+            "deleted before the deletion came again: a forged one won, or what waits is unbounded"
+        );
+        // The explorer hands the pending deletion over again.
+        tx.send(answer(vec![real], 5)).unwrap();
+        while store.outcome("1-1").unwrap().map(|o| o.state) != Some(OutcomeState::Deleted) {
+            assert!(Instant::now() < deadline, "the real deletion was lost");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = stop.send(());
+    };
+    let (result, ()) = tokio::join!(run, drive);
+    result.unwrap();
+    assert_eq!(
+        *f.rec.calls.lock().unwrap(),
+        ["provision volume 1-1", "decommission 1-1"]
+    );
+    let deleted = f
+        .store
+        .outbox_peek(10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.item, Outbound::Deleted { .. }))
+        .count();
+    assert_eq!(deleted, 1);
+    assert_eq!(f.store.cursor().unwrap(), 5);
+}
