@@ -941,11 +941,19 @@ async fn leftovers_of_a_network_gone_while_the_agent_was_down_are_swept_at_start
         ],
     )?;
 
-    // The agent dies; meanwhile its Docker network goes and its
-    // reservation is deleted. Its chain, rule and table stay behind.
+    // The agent dies; meanwhile its Docker network goes, its reservation
+    // is deleted, and its cache is lost (a node reinstalled on the same
+    // host): nothing it knows of accounts for the chain, rule and table
+    // left behind.
     agent.kill9();
     docker(&["network", "rm", &docker_net_name(node.id(), &id)?])?;
     assert_eq!(explorer.delete_as(&alice, &id).await?, 200);
+    for e in std::fs::read_dir(&agent.root)?.flatten() {
+        if e.file_name() != "node.seed" {
+            let p = e.path();
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+    }
     assert!(ipt(&["-S"])?.contains(&format!("-N {chain}")));
     assert!(sh("ip", &["rule"])?.contains(&format!("iif {bridge} ")));
 
