@@ -3,8 +3,10 @@
 //! in its own network namespace, joined to the host by a veth pair. The
 //! agent's userspace tunnel (boringtun) carries a container's TCP to it;
 //! the container cannot reach the host, another user's network or the
-//! default bridge; a restart brings the tunnel back; deletion removes the
-//! interface, routes, rule and chains. Needs root, Docker, /dev/net/tun,
+//! default bridge; a restart brings the tunnel back; a new reservation of
+//! the name changes the peers in place; deletion removes the interface,
+//! routes, rule and chains, and the leftovers of a network gone while the
+//! agent was down are swept at start. Needs root, Docker, /dev/net/tun,
 //! `wireguard-go`, `wg` and `ip` (scripts/test.sh installs them).
 
 mod common;
@@ -650,7 +652,55 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
         res.error,
         format!("data.net_resources[0].peers[0].allowed_ips: range 10.250.{k}.0/24 overlaps the host route 10.250.{k}.0/30 (vwh{tag})")
     );
-    for id in [&bad_port, &bad_ep, &bad_route] {
+    // A key that does not open to a WireGuard key.
+    let (mut d, _, _) = wg_network(&node, "badkey", k, 9, free_port(), json!([]))?;
+    d["net_resources"][0]["wireguard_private_key_encrypted"] =
+        json!(seal_for(node.id(), b"not a key")?);
+    let bad_key = explorer
+        .reserve(&carol, node.id(), "network", d, hour)
+        .await?;
+    let res = explorer.wait_result(&bad_key).await?;
+    assert_eq!(res.state, ResultState::Error);
+    assert_eq!(
+        res.error,
+        "data.net_resources[0].wireguard_private_key_encrypted: does not open to a 32-byte key in base64"
+    );
+    explorer.verify(&res, node.id()).await?;
+    // An endpoint the node has no route to (an `unreachable` route for a
+    // TEST-NET address, removed by the guard).
+    let blackhole = format!("192.0.2.{}", 100 + k % 100);
+    sh(
+        "ip",
+        &["route", "add", "unreachable", &format!("{blackhole}/32")],
+    )?;
+    struct Unroute(String);
+    impl Drop for Unroute {
+        fn drop(&mut self) {
+            let _ = sh(
+                "ip",
+                &["route", "del", "unreachable", &format!("{}/32", self.0)],
+            );
+        }
+    }
+    let unroute = Unroute(blackhole.clone());
+    let cut = json!([{"wireguard_public_key": wg_keypair()?.1, "allowed_ips": [format!("10.{k}.5.0/24")],
+                      "endpoint": format!("{blackhole}:51820")}]);
+    let (d, _, _) = wg_network(&node, "cut", k, 10, free_port(), cut)?;
+    let bad_reach = explorer
+        .reserve(&carol, node.id(), "network", d, hour)
+        .await?;
+    let res = explorer.wait_result(&bad_reach).await?;
+    drop(unroute);
+    assert_eq!(res.state, ResultState::Error);
+    assert!(
+        res.error.starts_with(&format!(
+            "data.net_resources: wireguard tunnel of reservation {bad_reach}: peer endpoint {blackhole}:51820 is unreachable from this node"
+        )),
+        "{}",
+        res.error
+    );
+    explorer.verify(&res, node.id()).await?;
+    for id in [&bad_port, &bad_ep, &bad_route, &bad_key, &bad_reach] {
         let (c, v, n) = labelled(node.id(), id);
         assert!(
             c.is_empty() && v.is_empty() && n.is_empty(),
@@ -759,6 +809,197 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
     )
     .await?;
     assert_eq!(got, "hello-peer");
+
+    // Changing the peers in place: a new signed reservation of the same
+    // name and subnet while the old one lives, with a new key, port and
+    // peer (a second remote node). It takes the network over: the
+    // container stays attached, reaches the new peer, no longer the old.
+    let k2 = k + 30;
+    let peer2 = RemotePeer::start(&format!("{tag}b"), k2, &agent_subnet)?;
+    let port3 = free_port();
+    let peers = json!([{"subnet": format!("10.{k2}.2.0/24"), "wireguard_public_key": peer2.public,
+                        "allowed_ips": [format!("10.{k2}.2.0/24")], "endpoint": peer2.endpoint}]);
+    let (mut data, public3, _) = wg_network(&node, "mesh", k, 1, port3, peers)?;
+    data["ip_range"] = json!("10.0.0.0/8");
+    peer2.allow(&public3, &agent_subnet, port3)?;
+    let net_a3 = explorer
+        .reserve(&alice, node.id(), "network", data, hour)
+        .await?;
+    let res = explorer.wait_result(&net_a3).await?;
+    assert_eq!(res.state, ResultState::Ok, "{}", res.error);
+    let got = wait_for(
+        "the echo from the new peer after the update",
+        Duration::from_secs(40),
+        || async { echo_through(&a2, &peer2.addr) },
+    )
+    .await?;
+    assert_eq!(got, "hello-peer");
+    assert!(
+        echo_through(&a2, &peer.addr).is_none(),
+        "the old peer is still reached after the update"
+    );
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &a2])?,
+        "true",
+        "the container on the network stayed"
+    );
+    // The old reservation deleted: the network, the container and the
+    // tunnel to the new peer stay.
+    assert_eq!(explorer.delete_as(&alice, &net_a2).await?, 200);
+    explorer.wait_deleted(&net_a2).await?;
+    assert_eq!(
+        echo_through(&a2, &peer2.addr).as_deref(),
+        Some("hello-peer"),
+        "the old reservation's end took the network"
+    );
+    assert!(sh("ip", &["link", "show", &iface]).is_ok());
+    // The new one deleted (its container first): everything goes.
+    for id in [&ct_a2, &net_a3] {
+        assert_eq!(explorer.delete_as(&alice, id).await?, 200);
+        explorer.wait_deleted(id).await?;
+    }
+    assert_eq!(host_state(&iface)?, "", "what the tunnel owned is gone");
     drop(leftovers);
     Ok(())
+}
+
+/// Tunnel leftovers no network accounts for (the Docker network went
+/// while the agent was down, its reservation was deleted meanwhile) are
+/// removed at start; another agent's tunnel chain and rules that are not
+/// ours stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_a_network_gone_while_the_agent_was_down_are_swept_at_start() -> Result<()> {
+    ensure_images();
+    let k = 20 + (std::process::id() % 90) as u8;
+    let explorer = Explorer::start().await?;
+    let mut agent = Agent::start(&explorer.url).await?;
+    let node = agent.node();
+    let alice = Identity::generate();
+    let peers = json!([{"wireguard_public_key": wg_keypair()?.1,
+                        "allowed_ips": [format!("10.{k}.2.0/24")], "endpoint": ""}]);
+    let (data, _, _) = wg_network(&node, "gone", k, 1, free_port(), peers)?;
+    let id = explorer
+        .reserve(
+            &alice,
+            node.id(),
+            "network",
+            data,
+            Duration::from_secs(3600),
+        )
+        .await?;
+    let res = explorer.wait_result(&id).await?;
+    assert_eq!(res.state, ResultState::Ok, "{}", res.error);
+    let iface = docker_net_label(node.id(), &id, "io.agent.wireguard")?;
+    let bridge = bridge_of(node.id(), &id)?;
+    let _cleanup = HostLeftovers(vec![iface.clone()], vec![bridge.clone()]);
+    let chain = format!("AGENT-{iface}");
+
+    // Not ours: another agent's marked chain, a policy rule of another
+    // priority, an unmarked chain of our shape.
+    let other = "wgOtherAgent123";
+    let unmarked = "wgUnmarkedX1234";
+    let _others = HostLeftovers(vec![other.into(), unmarked.into()], vec![]);
+    let ipt = |args: &[&str]| -> Result<String> {
+        let mut a = vec!["-w", "5"];
+        a.extend_from_slice(args);
+        sh("iptables", &a)
+    };
+    ipt(&["-N", &format!("AGENT-{other}")])?;
+    ipt(&[
+        "-A",
+        &format!("AGENT-{other}"),
+        "-m",
+        "comment",
+        "--comment",
+        "agent-owner=another-node",
+    ])?;
+    ipt(&["-I", "FORWARD", "1", "-j", &format!("AGENT-{other}")])?;
+    ipt(&["-N", &format!("AGENT-{unmarked}")])?;
+    let other_table = (0x1000_0000u32 + 4242 + k as u32).to_string();
+    sh(
+        "ip",
+        &[
+            "rule",
+            "add",
+            "iif",
+            "vwhnone",
+            "lookup",
+            &other_table,
+            "priority",
+            "1001",
+        ],
+    )?;
+    sh(
+        "ip",
+        &[
+            "route",
+            "add",
+            "unreachable",
+            "default",
+            "table",
+            &other_table,
+        ],
+    )?;
+
+    // The agent dies; meanwhile its Docker network goes, its reservation
+    // is deleted, and its cache is lost (a node reinstalled on the same
+    // host): nothing it knows of accounts for the chain, rule and table
+    // left behind.
+    agent.kill9();
+    docker(&["network", "rm", &docker_net_name(node.id(), &id)?])?;
+    assert_eq!(explorer.delete_as(&alice, &id).await?, 200);
+    for e in std::fs::read_dir(&agent.root)?.flatten() {
+        if e.file_name() != "node.seed" {
+            let p = e.path();
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+    }
+    assert!(ipt(&["-S"])?.contains(&format!("-N {chain}")));
+    assert!(sh("ip", &["rule"])?.contains(&format!("iif {bridge} ")));
+
+    agent.spawn().await?;
+    wait_for(
+        "the sweep of the leftovers",
+        Duration::from_secs(60),
+        || async { host_state(&iface).ok().filter(|s| s.is_empty()) },
+    )
+    .await
+    .with_context(|| format!("agent log:\n{}", agent.log()))?;
+    assert!(!sh("ip", &["rule"])?.contains(&format!("iif {bridge} ")));
+    assert!(!ipt(&["-t", "nat", "-S"])?.contains(&chain));
+    assert!(
+        agent.log().contains("removed wireguard leftovers"),
+        "the sweep did it"
+    );
+    // What is not ours is untouched.
+    let rules = ipt(&["-S"])?;
+    assert!(rules.contains(&format!("-N AGENT-{other}")), "{rules}");
+    assert!(rules.contains(&format!("-A FORWARD -j AGENT-{other}")));
+    assert!(rules.contains(&format!("-N AGENT-{unmarked}")));
+    assert!(sh("ip", &["rule"])?.contains(&format!("lookup {other_table}")));
+    let _ = sh(
+        "ip",
+        &["rule", "del", "priority", "1001", "lookup", &other_table],
+    );
+    let _ = sh("ip", &["route", "flush", "table", &other_table]);
+    Ok(())
+}
+
+/// The name of the Docker network of reservation `id`.
+fn docker_net_name(node: &str, id: &str) -> Result<String> {
+    let names = docker(&[
+        "network",
+        "ls",
+        "--format",
+        "{{.Name}}",
+        "--filter",
+        &format!("label=io.agent.node={node}"),
+        "--filter",
+        &format!("label=io.agent.reservation={id}"),
+    ])?;
+    Ok(names
+        .lines()
+        .next()
+        .context("no docker network")?
+        .to_string())
 }

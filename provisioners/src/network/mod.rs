@@ -7,7 +7,7 @@
 //! this node, a subnet outside `ip_range`, a subnet overlapping any other
 //! network on this node (another user's, the user's own other network, or
 //! Docker's own bridges), and a second reservation of a network the user
-//! already has here.
+//! already has here unless it can take it over (below).
 //!
 //! The host is protected too: a subnet must lie in the operator's pool
 //! (`--network-pool`, default the RFC 1918 ranges), and is refused when it
@@ -19,9 +19,23 @@
 //! networks, which names them better; `docker0` stays a host route.
 //!
 //! A network found under the name is reused only when it was made for this
-//! very signed reservation ([`names::adoptable`]); the user's own network
-//! of another reservation refuses the duplicate; anything else there (a
+//! very signed reservation ([`names::adoptable`]); anything else there (a
 //! hand-made object, another owner's) is removed and made afresh.
+//!
+//! Replacing a network (new peers, a new key or port): the user signs a new
+//! reservation of the same name while the old one lives. Names are per
+//! user (the Docker name derives from the user id and the name), so only
+//! the same user can ever get here. The new one takes the network over at
+//! once when this node's subnet is the same and both or neither carry
+//! WireGuard fields: the bridge and the containers on it stay, the tunnel
+//! is reconfigured with the new key, port and peers (checked first; on a
+//! refusal the old tunnel keeps running), and a [`Holder`] record
+//! (`<root>/networks/<docker network id>.json`, no secret in it) says the
+//! new reservation holds the network and the old one is replaced. The old
+//! one's decommission (delete or expiry) then leaves the network alone, and
+//! provisioning it again (reconciliation) does nothing. Otherwise (another
+//! subnet, WireGuard added or dropped) the new one is refused, naming the
+//! old reservation to delete first.
 //!
 //! Docker's bridge driver isolates bridge networks from
 //! each other (its DOCKER-ISOLATION iptables chains), so two users'
@@ -60,9 +74,11 @@ use ipnet::Ipv4Net;
 use reservation::workloads::{NetResource, Network};
 use reservation::{Identity, Reservation, WorkloadType};
 
+use serde::{Deserialize, Serialize};
+
 use crate::charge::Tenancy;
 use crate::docker::{ContainerFilter, Docker, NetworkInfo, NetworkSpec};
-use crate::names::{self, label, Names, LABEL_NETWORK_NAME};
+use crate::names::{self, label, signature_hash, Names, LABEL_NETWORK_NAME};
 use crate::plugin::{Plugin, Setup};
 use crate::{ProvisionError, LABEL_RESERVATION, LABEL_TYPE, LABEL_USER};
 use wireguard::{PeerSpec, TunnelSpec, Tunnels, WgKey};
@@ -75,6 +91,17 @@ pub const MAX_PEERS: usize = 64;
 pub const MAX_ALLOWED_IPS: usize = 64;
 /// Most `allowed_ips` of one network in all (one route each).
 pub const MAX_ROUTES: usize = 256;
+
+/// Who holds a network after a takeover (see the module doc): the
+/// reservation (its id and signature hash) now holding it, and the ids of
+/// those it replaced that are not deleted yet. Without a record the
+/// network's labels say who holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub id: String,
+    pub signature: String,
+    pub replaced: Vec<String>,
+}
 
 /// The checked WireGuard side of a network, before its bridge exists.
 #[derive(Debug)]
@@ -240,6 +267,9 @@ pub struct NetworkProvisioner {
     /// Opens the sealed WireGuard keys (none: WireGuard fields refused).
     node_key: Option<Arc<Identity>>,
     tunnels: Arc<dyn Tunnels>,
+    /// Where [`Holder`] records live (none: no takeover, a second
+    /// reservation of a name is refused).
+    holders: Option<std::path::PathBuf>,
 }
 
 impl NetworkProvisioner {
@@ -252,7 +282,119 @@ impl NetworkProvisioner {
             names: Names::unscoped(),
             node_key: None,
             tunnels: Arc::new(wireguard::Userspace::new()),
+            holders: None,
         }
+    }
+
+    /// Keep [`Holder`] records in `dir` (the daemon: `<root>/networks`).
+    pub fn with_holders(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.holders = Some(dir.into());
+        self
+    }
+
+    fn holder_path(&self, net: &NetworkInfo) -> Option<std::path::PathBuf> {
+        // Docker ids are hex; a network made afresh under the same name has
+        // a new id, so a stale record never applies to it.
+        if net.id.is_empty() || !net.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(self.holders.as_ref()?.join(format!("{}.json", net.id)))
+    }
+
+    /// The takeover record of `net`, if any (an unreadable one counts as
+    /// none, and is logged).
+    fn holder(&self, net: &NetworkInfo) -> Option<Holder> {
+        let path = self.holder_path(net)?;
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read a network holder record");
+                return None;
+            }
+        };
+        serde_json::from_slice(&text)
+            .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "a network holder record does not parse; ignored"))
+            .ok()
+    }
+
+    fn write_holder(&self, net: &NetworkInfo, h: &Holder) -> Result<(), ProvisionError> {
+        let path = self.holder_path(net).ok_or_else(|| {
+            ProvisionError::Node(format!(
+                "network of reservation {}: no place for its holder record",
+                h.id
+            ))
+        })?;
+        let err = |e: std::io::Error| {
+            ProvisionError::Node(format!(
+                "network of reservation {}: cannot write {}: {e}",
+                h.id,
+                path.display()
+            ))
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec(h).expect("a holder serializes");
+        std::fs::write(&tmp, text).map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)
+    }
+
+    fn clear_holder(&self, net: &NetworkInfo) {
+        if let Some(path) = self.holder_path(net) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// The id of the reservation holding `net`.
+    fn holder_id(&self, net: &NetworkInfo) -> String {
+        self.holder(net)
+            .map(|h| h.id)
+            .unwrap_or_else(|| label(&net.labels, LABEL_RESERVATION).to_string())
+    }
+
+    /// Whether `r` holds `net` (made it, or took it over), as its signed
+    /// reservation.
+    fn holds(&self, net: &NetworkInfo, r: &Reservation) -> bool {
+        match self.holder(net) {
+            Some(h) => {
+                h.id == r.id
+                    && h.signature == signature_hash(r)
+                    && label(&net.labels, LABEL_USER) == r.user_id
+                    && self.names.is_ours(&net.labels)
+            }
+            None => self.names.adoptable(&net.labels, r),
+        }
+    }
+
+    /// Whether `r`'s decommission removes `net`: it holds it by the
+    /// record, or (no record) by the labels, unless another signed
+    /// reservation holds it.
+    fn removable_by(&self, net: &NetworkInfo, r: &Reservation) -> bool {
+        match self.holder(net) {
+            Some(_) => self.holds(net, r),
+            None => {
+                label(&net.labels, LABEL_RESERVATION) == r.id
+                    && !self.names.held_by_another(&net.labels, r)
+            }
+        }
+    }
+
+    /// Whether `r` is a reservation a newer one of the same user replaced.
+    fn replaced(&self, net: &NetworkInfo, r: &Reservation) -> bool {
+        label(&net.labels, LABEL_USER) == r.user_id
+            && self.names.is_ours(&net.labels)
+            && self.holder(net).is_some_and(|h| h.replaced.contains(&r.id))
+    }
+
+    /// Forget replaced reservation `id` of `net` (it was deleted).
+    fn forget_replaced(&self, net: &NetworkInfo, id: &str) -> Result<(), ProvisionError> {
+        if let Some(mut h) = self.holder(net) {
+            h.replaced.retain(|x| x != id);
+            self.write_holder(net, &h)?;
+        }
+        Ok(())
     }
 
     /// The node's key, which opens the sealed WireGuard private keys.
@@ -621,10 +763,101 @@ impl NetworkProvisioner {
             })?;
             tracing::info!(interface = %iface, reservation = %id, "wireguard tunnel removed");
         }
+        let info = self.docker.inspect_network(name).await?;
         if self.docker.remove_network(name).await? {
             tracing::info!(network = %name, reservation = %id, "network removed");
         }
+        if let Some(info) = info {
+            self.clear_holder(&info);
+        }
         Ok(())
+    }
+
+    /// The agent's networks on this node.
+    async fn ours(&self) -> Result<Vec<NetworkInfo>, ProvisionError> {
+        Ok(self
+            .docker
+            .list_networks()
+            .await?
+            .into_iter()
+            .filter(|n| label(&n.labels, LABEL_TYPE) == WorkloadType::Network.as_str())
+            .filter(|n| self.names.is_ours(&n.labels))
+            .collect())
+    }
+
+    /// `r` takes over the network `existing` its user holds under another
+    /// reservation `owner` (see the module doc): same subnet, WireGuard on
+    /// both or neither; the tunnel is reconfigured in place, the bridge and
+    /// its containers stay.
+    async fn take_over(
+        &self,
+        r: &Reservation,
+        n: &Network,
+        sub: Ipv4Net,
+        existing: &NetworkInfo,
+        owner: &str,
+    ) -> Result<serde_json::Value, ProvisionError> {
+        let delete_first = |why: String| {
+            ProvisionError::Refused(format!(
+                "network {:?} already exists on this node (reservation {owner}){why}; delete reservation {owner} first",
+                n.name
+            ))
+        };
+        if self.holders.is_none() {
+            return Err(delete_first(String::new()));
+        }
+        let have: Vec<Ipv4Net> = existing.ipv4_subnets().iter().map(|s| s.trunc()).collect();
+        if have != [sub] {
+            let have: Vec<String> = have.iter().map(|s| s.to_string()).collect();
+            return Err(delete_first(format!(
+                " with subnet {}; a new reservation takes it over only with the same subnet, not {sub}",
+                have.join(", ")
+            )));
+        }
+        let networks = self.docker.list_networks().await?;
+        let plan = self.wireguard_plan(n, sub, &networks).await?;
+        let tunnelled = existing.labels.contains_key(LABEL_WIREGUARD);
+        if plan.is_some() != tunnelled {
+            let (had, has) = if tunnelled {
+                ("WireGuard fields", "none")
+            } else {
+                ("no WireGuard fields", "some")
+            };
+            return Err(delete_first(format!(
+                " with {had}; a new reservation with {has} cannot take it over"
+            )));
+        }
+        let before = self.holder(existing);
+        let mut replaced = before
+            .as_ref()
+            .map(|h| h.replaced.clone())
+            .unwrap_or_default();
+        replaced.retain(|x| x != &r.id);
+        replaced.push(owner.to_string());
+        let holder = Holder {
+            id: r.id.clone(),
+            signature: signature_hash(r),
+            replaced,
+        };
+        self.write_holder(existing, &holder)?;
+        if let Some(plan) = plan {
+            if let Err(e) = self.tunnel_up(r, existing, sub, plan).await {
+                // Refused before anything changed: the old tunnel runs on.
+                let undo = match &before {
+                    Some(b) => self.write_holder(existing, b),
+                    None => {
+                        self.clear_holder(existing);
+                        Ok(())
+                    }
+                };
+                if let Err(undo) = undo {
+                    tracing::warn!(reservation = %r.id, error = %undo, "restoring the holder record of a refused takeover");
+                }
+                return Err(e);
+            }
+        }
+        tracing::info!(reservation = %r.id, replaced = %owner, network = %existing.name, "network taken over by a new reservation of its name");
+        Ok(serde_json::Value::Null)
     }
 }
 
@@ -633,10 +866,21 @@ impl Plugin for NetworkProvisioner {
     type Data = Network;
 
     fn build(s: &Setup) -> Self {
+        // The tunnels' chains carry the node scope, so the sweep at start
+        // never takes another agent's tunnels on the same host.
+        let owner = s
+            .options
+            .names
+            .node_labels()
+            .into_iter()
+            .next()
+            .map_or_else(|| "unscoped".to_string(), |(_, node)| node);
         NetworkProvisioner::new(s.docker.clone(), s.node.id())
+            .with_tunnels(Arc::new(wireguard::Userspace::new().owned_by(&owner)))
             .with_pool(s.options.tenants.network_pool.clone())
             .with_names(s.options.names.clone())
             .with_identity(s.node.clone())
+            .with_holders(s.root.join("networks"))
     }
 
     /// One network.
@@ -661,8 +905,12 @@ impl Plugin for NetworkProvisioner {
         let name = self.names.network_name(&r.user_id, &n.name);
 
         if let Some(existing) = self.docker.inspect_network(&name).await? {
-            let owner = label(&existing.labels, LABEL_RESERVATION);
-            if self.names.adoptable(&existing.labels, r) {
+            if self.replaced(&existing, r) {
+                tracing::info!(reservation = %r.id, network = %name, "network replaced by a newer reservation of its name; nothing to do");
+                return Ok(serde_json::Value::Null);
+            }
+            let owner = self.holder_id(&existing);
+            if self.holds(&existing, r) {
                 tracing::info!(reservation = %r.id, network = %name, "network already exists; reusing it");
                 // Its tunnel died with the previous agent: bring it back.
                 let iface = wireguard::iface_name(&name);
@@ -682,10 +930,7 @@ impl Plugin for NetworkProvisioner {
                 return Err(names::held_error(r, "network"));
             }
             if users_own {
-                return Err(ProvisionError::Refused(format!(
-                    "network {:?} already exists on this node (reservation {owner})",
-                    n.name
-                )));
+                return self.take_over(r, n, sub, &existing, &owner).await;
             }
             tracing::warn!(
                 reservation = %r.id,
@@ -745,14 +990,15 @@ impl Plugin for NetworkProvisioner {
         let name = self.names.network_name(&r.user_id, &n.name);
         match self.docker.inspect_network(&name).await? {
             None => Ok(()),
-            // Another reservation's network of the same name (this one was
-            // refused as a duplicate): not ours to remove.
-            Some(e)
-                if label(&e.labels, LABEL_RESERVATION) != r.id
-                    || self.names.held_by_another(&e.labels, r) =>
-            {
-                Ok(())
+            // Replaced by a newer reservation of the name: the network is
+            // that one's now; only the record of this one goes.
+            Some(e) if self.replaced(&e, r) => {
+                tracing::info!(reservation = %r.id, network = %name, "replaced network reservation ended; the network stays with its successor");
+                self.forget_replaced(&e, &r.id)
             }
+            // Another reservation's network of the same name (this one was
+            // refused): not ours to remove.
+            Some(e) if !self.removable_by(&e, r) => Ok(()),
             Some(_) => self.remove(&name, &r.id).await,
         }
     }
@@ -760,50 +1006,65 @@ impl Plugin for NetworkProvisioner {
     async fn exists(&self, r: &Reservation, n: &Network) -> Result<bool, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         let name = self.names.network_name(&r.user_id, &n.name);
-        Ok(self
-            .docker
-            .inspect_network(&name)
-            .await?
-            .is_some_and(|e| label(&e.labels, LABEL_RESERVATION) == r.id && self.tunnel_ok(&e)))
+        Ok(self.docker.inspect_network(&name).await?.is_some_and(|e| {
+            (self.holder_id(&e) == r.id && self.tunnel_ok(&e)) || self.replaced(&e, r)
+        }))
     }
 
     async fn present(&self) -> Result<Option<std::collections::HashSet<String>>, ProvisionError> {
-        // The labels carry the reservation; a network whose tunnel is not
-        // running (the agent restarted) is not present.
-        Ok(Some(
-            self.docker
-                .list_networks()
-                .await?
-                .into_iter()
-                .filter(|n| label(&n.labels, LABEL_TYPE) == WorkloadType::Network.as_str())
-                .filter(|n| self.names.is_ours(&n.labels) && self.tunnel_ok(n))
-                .map(|n| label(&n.labels, LABEL_RESERVATION).to_string())
-                .filter(|id| !id.is_empty())
-                .collect(),
-        ))
+        // The labels (or the holder record) carry the reservation; a
+        // network whose tunnel is not running (the agent restarted) is not
+        // present. Replaced reservations are, as long as the network is.
+        let mut ids = std::collections::HashSet::new();
+        for n in self.ours().await? {
+            if self.tunnel_ok(&n) {
+                ids.insert(self.holder_id(&n));
+            }
+            ids.extend(self.holder(&n).map(|h| h.replaced).unwrap_or_default());
+        }
+        ids.remove("");
+        Ok(Some(ids))
     }
 
+    /// The reservations holding our networks and those they replaced.
+    /// Also the sweep of tunnel leftovers (the orphan sweep at start runs
+    /// this): interfaces, rules, tables and chains of ours that no network
+    /// here accounts for (deleted while the agent was down, a crash in the
+    /// middle of a provisioning) are removed.
     async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
-        let ids: BTreeSet<String> = self
-            .docker
-            .list_networks()
-            .await?
-            .into_iter()
-            .filter(|n| label(&n.labels, LABEL_TYPE) == WorkloadType::Network.as_str())
-            .filter(|n| self.names.is_ours(&n.labels))
-            .map(|n| label(&n.labels, LABEL_RESERVATION).to_string())
-            .filter(|id| !id.is_empty())
+        let nets = self.ours().await?;
+        let keep: BTreeSet<String> = nets
+            .iter()
+            .filter(|n| n.labels.contains_key(LABEL_WIREGUARD))
+            .map(|n| wireguard::iface_name(&n.name))
             .collect();
+        match self.tunnels.sweep(&keep).await {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(removed = ?gone, "reconciliation: removed wireguard leftovers no network accounts for")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciliation: cannot sweep wireguard leftovers")
+            }
+        }
+        let mut ids = BTreeSet::new();
+        for n in &nets {
+            ids.insert(self.holder_id(n));
+            ids.extend(self.holder(n).map(|h| h.replaced).unwrap_or_default());
+        }
+        ids.remove("");
         Ok(ids.into_iter().collect())
     }
 
     async fn remove_labelled(&self, id: &str) -> Result<(), ProvisionError> {
-        for n in self.docker.list_networks().await? {
-            if label(&n.labels, LABEL_TYPE) == WorkloadType::Network.as_str()
-                && label(&n.labels, LABEL_RESERVATION) == id
-                && self.names.is_ours(&n.labels)
-            {
+        for n in self.ours().await? {
+            if self.holder_id(&n) == id {
                 self.remove(&n.name, id).await?;
+            } else if self
+                .holder(&n)
+                .is_some_and(|h| h.replaced.iter().any(|x| x == id))
+            {
+                self.forget_replaced(&n, id)?;
             }
         }
         Ok(())

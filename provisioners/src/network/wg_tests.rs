@@ -30,6 +30,7 @@ struct Set {
     tunnels: Arc<RecordingTunnels>,
     node: Arc<Identity>,
     net: NetworkProvisioner,
+    holders: tempfile::TempDir,
 }
 
 fn set() -> Set {
@@ -43,15 +44,18 @@ fn set() -> Set {
         ],
         addrs: vec!["192.0.2.2".parse().unwrap(), "10.66.0.1".parse().unwrap()],
     };
+    let holders = tempfile::tempdir().unwrap();
     let net = NetworkProvisioner::new(fake.clone(), node.id())
         .with_host_view(HostView::Fixed(host))
         .with_identity(node.clone())
-        .with_tunnels(tunnels.clone());
+        .with_tunnels(tunnels.clone())
+        .with_holders(holders.path());
     Set {
         fake,
         tunnels,
         node,
         net,
+        holders,
     }
 }
 
@@ -80,6 +84,7 @@ fn res(user: &Identity, id: &str, data: Value) -> (Reservation, Network) {
         node_id: "node".into(),
         user_id: user.id().into(),
         kind: "network".into(),
+        signature: format!("sig-{id}"),
         data: RawValue::from_string(data.to_string()).unwrap(),
         ..Default::default()
     };
@@ -300,4 +305,207 @@ async fn interface_names_never_come_from_user_strings() {
     let iface = up.keys().next().unwrap();
     assert!(iface.starts_with("wg") && iface.len() == 15, "{iface}");
     assert!(iface.chars().all(|c| c.is_ascii_alphanumeric()), "{iface}");
+}
+
+/// The peers of `d`'s entry replaced by one peer of key `seed` routing `cidr`.
+fn with_peer(mut d: Value, seed: u8, cidr: &str, port: u16) -> Value {
+    d["net_resources"][0]["peers"] = json!([{"wireguard_public_key": b64(&keypair(seed).1),
+        "allowed_ips": [cidr], "endpoint": "192.0.2.10:51820"}]);
+    d["net_resources"][0]["wireguard_listen_port"] = json!(port);
+    d
+}
+
+/// The peer update of issue 16: a new signed reservation of the same name
+/// takes the network over in place (same bridge, new tunnel), and the old
+/// one's end leaves the network alone.
+#[tokio::test]
+async fn a_new_reservation_of_the_name_takes_the_network_over_in_place() {
+    let s = set();
+    let user = Identity::generate();
+    let (r1, n1) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
+    Plugin::provision(&s.net, &r1, &n1).await.unwrap();
+    let name = s.net.names.network_name(&r1.user_id, "mesh");
+    let iface = wireguard::iface_name(&name);
+    let bridge = s.fake.inspect_network(&name).await.unwrap().unwrap().id;
+
+    let (r2, n2) = res(
+        &user,
+        "2-1",
+        with_peer(wg_data(&s, "mesh", json!({})), 3, "10.77.3.0/24", 51821),
+    );
+    Plugin::provision(&s.net, &r2, &n2).await.unwrap();
+    let made = s.fake.inspect_network(&name).await.unwrap().unwrap();
+    assert_eq!(made.id, bridge, "the same bridge: its containers stay");
+    let spec = s.tunnels.up.lock().unwrap().get(&iface).cloned().unwrap();
+    assert_eq!(spec.listen_port, 51821);
+    assert_eq!(spec.peers.len(), 1);
+    assert_eq!(spec.peers[0].public_key, keypair(3).1, "the new peer only");
+    assert_eq!(spec.peers[0].allowed_ips[0].to_string(), "10.77.3.0/24");
+    for r in [&r1, &r2] {
+        assert!(Plugin::exists(&s.net, r, &n1).await.unwrap(), "{}", r.id);
+    }
+    let present = Plugin::present(&s.net).await.unwrap().unwrap();
+    assert!(present.contains("1-1") && present.contains("2-1"));
+    assert_eq!(
+        Plugin::list_labelled(&s.net).await.unwrap(),
+        vec!["1-1".to_string(), "2-1".to_string()]
+    );
+
+    // The old one provisioned again (reconciliation after a restart) does
+    // not take it back.
+    Plugin::provision(&s.net, &r1, &n1).await.unwrap();
+    let spec = s.tunnels.up.lock().unwrap().get(&iface).cloned().unwrap();
+    assert_eq!(spec.peers[0].public_key, keypair(3).1);
+    // After a restart (tunnel gone) the holder brings it back with its peers.
+    s.tunnels.up.lock().unwrap().clear();
+    assert!(!Plugin::exists(&s.net, &r2, &n2).await.unwrap());
+    Plugin::provision(&s.net, &r1, &n1).await.unwrap();
+    assert!(!s.tunnels.is_up(&iface), "the replaced one does nothing");
+    Plugin::provision(&s.net, &r2, &n2).await.unwrap();
+    let spec = s.tunnels.up.lock().unwrap().get(&iface).cloned().unwrap();
+    assert_eq!(spec.peers[0].public_key, keypair(3).1);
+
+    // The old one deleted: the network and the tunnel stay.
+    Plugin::decommission(&s.net, &r1, &n1).await.unwrap();
+    assert!(s.fake.inspect_network(&name).await.unwrap().is_some());
+    assert!(s.tunnels.is_up(&iface));
+    assert!(!Plugin::exists(&s.net, &r1, &n1).await.unwrap());
+    assert_eq!(
+        Plugin::list_labelled(&s.net).await.unwrap(),
+        vec!["2-1".to_string()]
+    );
+    // The new one deleted: all of it goes, its record too.
+    Plugin::decommission(&s.net, &r2, &n2).await.unwrap();
+    assert!(s.fake.inspect_network(&name).await.unwrap().is_none());
+    assert!(!s.tunnels.is_up(&iface));
+    assert_eq!(std::fs::read_dir(s.holders.path()).unwrap().count(), 0);
+    let calls = s.tunnels.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| !c.starts_with("sweep"))
+            .cloned()
+            .collect::<Vec<_>>(),
+        vec![
+            format!("up {iface} 51820 1"),
+            format!("up {iface} 51821 1"),
+            format!("up {iface} 51821 1"),
+            format!("down {iface}"),
+        ]
+    );
+}
+
+/// What a takeover refuses, naming the reservation to delete first, and
+/// what it leaves: the old tunnel and holder as they were.
+#[tokio::test]
+async fn a_takeover_that_cannot_be_refuses_and_changes_nothing() {
+    let s = set();
+    let user = Identity::generate();
+    let (r1, n1) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
+    Plugin::provision(&s.net, &r1, &n1).await.unwrap();
+    let name = s.net.names.network_name(&r1.user_id, "mesh");
+    let iface = wireguard::iface_name(&name);
+
+    let (r, n) = res(
+        &user,
+        "2-1",
+        wg_data(&s, "mesh", json!({"subnet": "10.77.5.0/24"})),
+    );
+    assert_eq!(
+        Plugin::provision(&s.net, &r, &n).await.unwrap_err().to_string(),
+        "network \"mesh\" already exists on this node (reservation 1-1) with subnet 10.77.1.0/24; \
+         a new reservation takes it over only with the same subnet, not 10.77.5.0/24; delete reservation 1-1 first"
+    );
+    let (r, n) = res(
+        &user,
+        "3-1",
+        json!({"name": "mesh", "ip_range": "10.0.0.0/8",
+               "net_resources": [{"node_id": s.node.id(), "subnet": "10.77.1.0/24"}]}),
+    );
+    assert_eq!(
+        Plugin::provision(&s.net, &r, &n)
+            .await
+            .unwrap_err()
+            .to_string(),
+        "network \"mesh\" already exists on this node (reservation 1-1) with WireGuard fields; \
+         a new reservation with none cannot take it over; delete reservation 1-1 first"
+    );
+    // A bad field of the new one: refused before the tunnel is touched.
+    let (r, n) = res(
+        &user,
+        "4-1",
+        wg_data(&s, "mesh", json!({"wireguard_listen_port": 80})),
+    );
+    let e = Plugin::provision(&s.net, &r, &n)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("wireguard_listen_port: 80 is not in 1024-65535"),
+        "{e}"
+    );
+    // The tunnel refuses (its port taken): the old holder keeps it.
+    *s.tunnels.fail_up.lock().unwrap() =
+        Some("wireguard_listen_port 51821 cannot be used on this node".into());
+    let (r5, n5) = res(
+        &user,
+        "5-1",
+        with_peer(wg_data(&s, "mesh", json!({})), 3, "10.77.3.0/24", 51821),
+    );
+    assert!(Plugin::provision(&s.net, &r5, &n5).await.is_err());
+    assert!(!Plugin::exists(&s.net, &r5, &n5).await.unwrap());
+    assert!(Plugin::exists(&s.net, &r1, &n1).await.unwrap());
+    let spec = s.tunnels.up.lock().unwrap().get(&iface).cloned().unwrap();
+    assert_eq!(spec.peers[0].public_key, keypair(2).1, "the old peers");
+    // The failed one's decommission leaves the network to its holder.
+    Plugin::decommission(&s.net, &r5, &n5).await.unwrap();
+    assert!(s.tunnels.is_up(&iface));
+    assert_eq!(std::fs::read_dir(s.holders.path()).unwrap().count(), 0);
+
+    // Another user's network of the same name is another network: it
+    // never touches this one.
+    let mallory = Identity::generate();
+    let (rm, nm) = res(
+        &mallory,
+        "6-1",
+        wg_data(&s, "mesh", json!({"subnet": "10.77.9.0/24"})),
+    );
+    Plugin::provision(&s.net, &rm, &nm).await.unwrap();
+    assert_ne!(s.net.names.network_name(&rm.user_id, "mesh"), name);
+    let spec = s.tunnels.up.lock().unwrap().get(&iface).cloned().unwrap();
+    assert_eq!(spec.peers[0].public_key, keypair(2).1);
+    Plugin::decommission(&s.net, &rm, &nm).await.unwrap();
+    assert!(s.tunnels.is_up(&iface));
+
+    // Without a place for holder records, a second reservation is refused.
+    let bare = NetworkProvisioner::new(s.fake.clone(), s.node.id())
+        .with_host_view(s.net.host.clone())
+        .with_identity(s.node.clone())
+        .with_tunnels(s.tunnels.clone());
+    let (r, n) = res(
+        &user,
+        "7-1",
+        with_peer(wg_data(&s, "mesh", json!({})), 3, "10.77.3.0/24", 51821),
+    );
+    assert_eq!(
+        Plugin::provision(&bare, &r, &n).await.unwrap_err().to_string(),
+        "network \"mesh\" already exists on this node (reservation 1-1); delete reservation 1-1 first"
+    );
+}
+
+/// The orphan sweep asks the tunnels to keep exactly the interfaces of the
+/// networks that exist.
+#[tokio::test]
+async fn the_orphan_sweep_keeps_the_tunnels_of_existing_networks() {
+    let s = set();
+    let user = Identity::generate();
+    let (r, n) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
+    Plugin::provision(&s.net, &r, &n).await.unwrap();
+    let iface = wireguard::iface_name(&s.net.names.network_name(&r.user_id, "mesh"));
+    Plugin::list_labelled(&s.net).await.unwrap();
+    Plugin::decommission(&s.net, &r, &n).await.unwrap();
+    Plugin::list_labelled(&s.net).await.unwrap();
+    let calls = s.tunnels.calls.lock().unwrap().clone();
+    assert_eq!(calls[1], format!("sweep keep [{iface}]"));
+    assert_eq!(calls[3], "sweep keep []");
 }

@@ -19,7 +19,7 @@
 //! The private key is held in memory only ([`WgKey`], redacted in `Debug`,
 //! wiped on drop) and handed to boringtun over a socket pair: no file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -126,6 +126,13 @@ pub trait Tunnels: Send + Sync {
     async fn down(&self, iface: &str) -> Result<(), String>;
     /// Whether the interface is up (run by this process).
     fn is_up(&self, iface: &str) -> bool;
+    /// Remove every interface, policy rule, routing table and chain of
+    /// ours on the host whose interface is not in `keep` nor up here (the
+    /// leftovers of networks deleted while the agent was down, or of a
+    /// crash in the middle of a provisioning); what is not ours (another
+    /// name, another priority or table range) is never touched. Returns
+    /// what it removed.
+    async fn sweep(&self, keep: &BTreeSet<String>) -> Result<Vec<String>, String>;
 }
 
 /// A running boringtun device and our end of its UAPI stream.
@@ -133,17 +140,29 @@ struct Running {
     // Dropped first: stops the device's threads and closes the tun.
     handle: boringtun::device::DeviceHandle,
     _api: UnixStream,
+    port: u16,
 }
 
 /// Userspace WireGuard: boringtun devices running in the agent's process.
 #[derive(Default, Clone)]
 pub struct Userspace {
     running: Arc<Mutex<HashMap<String, Running>>>,
+    /// Interfaces being brought up (the sweep leaves them alone).
+    starting: Arc<Mutex<HashSet<String>>>,
+    /// This agent's node scope, marked on its chains ([`owner_mark`]).
+    owner: String,
 }
 
 impl Userspace {
     pub fn new() -> Self {
-        Self::default()
+        Self::default().owned_by("unscoped")
+    }
+
+    /// Mark the chains as this agent's (its node scope): the sweep only
+    /// ever removes tunnels with this mark, never another agent's.
+    pub fn owned_by(mut self, owner: &str) -> Self {
+        self.owner = owner.to_string();
+        self
     }
 }
 
@@ -162,6 +181,60 @@ fn run(prog: &str, args: &[&str]) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// Run `prog args`; its stdout.
+fn output(prog: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{prog} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether `name` is an interface name we make ([`iface_name`]).
+pub fn is_our_iface(name: &str) -> bool {
+    name.len() == 15
+        && name.starts_with("wg")
+        && name[2..].bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// The comment of the first rule of a tunnel's filter chain: which agent
+/// (node scope) owns it. The chain is made first and removed last, so
+/// every route, rule and table of a tunnel has it while they exist.
+pub fn owner_mark(owner: &str) -> String {
+    format!("agent-owner={owner}")
+}
+
+/// The interfaces whose filter chain carries `mark`, in `iptables -S`
+/// text (`-A AGENT-wg… -m comment --comment <mark>` lines).
+pub fn marked_ifaces(chains: &str, mark: &str) -> BTreeSet<String> {
+    chains
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            if w.next() != Some("-A") {
+                return None;
+            }
+            let iface = w.next()?.strip_prefix("AGENT-")?;
+            let comment = w.skip_while(|t| *t != "--comment").nth(1)?;
+            (is_our_iface(iface) && comment.trim_matches('"') == mark).then(|| iface.to_string())
+        })
+        .collect()
+}
+
+fn iptables_out(args: &[&str]) -> Result<String, String> {
+    let mut a = vec!["-w", "5"];
+    a.extend_from_slice(args);
+    output("iptables", &a)
 }
 
 fn iptables(args: &[&str]) -> Result<(), String> {
@@ -217,9 +290,21 @@ fn uapi_body(spec: &TunnelSpec) -> String {
 }
 
 /// Routes, rule and firewall of a tunnel whose interface exists.
-fn plumb(spec: &TunnelSpec) -> Result<(), String> {
+fn plumb(spec: &TunnelSpec, owner: &str) -> Result<(), String> {
     let (wg, br) = (spec.iface.as_str(), spec.bridge.as_str());
     let table = table_of(wg).to_string();
+    // The chain first, marked: whatever follows is found by it after a
+    // crash (the sweep), and it goes last in `unplumb`.
+    let chain = chain_of(wg);
+    iptables(&["-N", &chain])?;
+    iptables(&[
+        "-A",
+        &chain,
+        "-m",
+        "comment",
+        "--comment",
+        &owner_mark(owner),
+    ])?;
     let mtu = TUNNEL_MTU.to_string();
     run("ip", &["link", "set", "dev", wg, "mtu", &mtu, "up"])?;
     // Replies from a peer come in on the tunnel from addresses the main
@@ -267,9 +352,7 @@ fn plumb(spec: &TunnelSpec) -> Result<(), String> {
             RULE_PRIORITY,
         ],
     )?;
-    let chain = chain_of(wg);
     let sub = spec.subnet.to_string();
-    iptables(&["-N", &chain])?;
     let rules: [&[&str]; 10] = [
         &["-i", br, "-o", br, "-j", "ACCEPT"],
         &[
@@ -323,31 +406,34 @@ fn plumb(spec: &TunnelSpec) -> Result<(), String> {
 
 /// Remove the routes, rule and chains of interface `iface`, all derived
 /// from its name; errors of what is already gone are ignored.
+/// The filter chain, made first by `plumb`, goes last.
 fn unplumb(iface: &str) {
     let chain = chain_of(iface);
     let table = table_of(iface).to_string();
+    while run("ip", &["rule", "del", "lookup", &table]).is_ok() {}
+    let _ = run("ip", &["route", "flush", "table", &table]);
+    // A tun of ours that outlived its device (it should not) goes too.
+    let _ = run("ip", &["link", "del", "dev", iface]);
+    while iptables(&["-t", "nat", "-D", "POSTROUTING", "-j", &chain]).is_ok() {}
+    let _ = iptables(&["-t", "nat", "-F", &chain]);
+    let _ = iptables(&["-t", "nat", "-X", &chain]);
     for hook in ["INPUT", "FORWARD", "OUTPUT"] {
         while iptables(&["-D", hook, "-j", &chain]).is_ok() {}
     }
     let _ = iptables(&["-F", &chain]);
     let _ = iptables(&["-X", &chain]);
-    while iptables(&["-t", "nat", "-D", "POSTROUTING", "-j", &chain]).is_ok() {}
-    let _ = iptables(&["-t", "nat", "-F", &chain]);
-    let _ = iptables(&["-t", "nat", "-X", &chain]);
-    while run("ip", &["rule", "del", "lookup", &table]).is_ok() {}
-    let _ = run("ip", &["route", "flush", "table", &table]);
-    // A tun of ours that outlived its device (it should not) goes too.
-    let _ = run("ip", &["link", "del", "dev", iface]);
 }
 
 /// Refuse a port another socket holds, and an endpoint with no route.
-fn preflight(spec: &TunnelSpec) -> Result<(), String> {
-    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, spec.listen_port)).map_err(|e| {
-        format!(
-            "wireguard_listen_port {} cannot be used on this node: {e}",
-            spec.listen_port
-        )
-    })?;
+fn preflight(spec: &TunnelSpec, check_port: bool) -> Result<(), String> {
+    if check_port {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, spec.listen_port)).map_err(|e| {
+            format!(
+                "wireguard_listen_port {} cannot be used on this node: {e}",
+                spec.listen_port
+            )
+        })?;
+    }
     for p in &spec.peers {
         if let Some(e) = p.endpoint {
             let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
@@ -359,10 +445,31 @@ fn preflight(spec: &TunnelSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// Remove the tunnels whose chain carries `mark` and `keep` does not name.
+fn sweep_host(mark: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, String> {
+    let found = marked_ifaces(&iptables_out(&["-S"])?, mark);
+    let gone: Vec<String> = found.difference(keep).cloned().collect();
+    for iface in &gone {
+        unplumb(iface);
+    }
+    Ok(gone)
+}
+
 impl Userspace {
     fn up_blocking(&self, spec: &TunnelSpec) -> Result<(), String> {
+        self.starting_lock().insert(spec.iface.clone());
+        let r = self.up_inner(spec);
+        self.starting_lock().remove(&spec.iface);
+        r
+    }
+
+    fn up_inner(&self, spec: &TunnelSpec) -> Result<(), String> {
+        // Checked before the tunnel it replaces goes down: a refused port
+        // or endpoint leaves the running one as it was. Its own port is
+        // not "taken".
+        let running_port = self.lock().get(&spec.iface).map(|r| r.port);
+        preflight(spec, running_port != Some(spec.listen_port))?;
         self.down_blocking(&spec.iface);
-        preflight(spec)?;
         let (mut ours, theirs) =
             UnixStream::pair().map_err(|e| format!("cannot open a socket pair: {e}"))?;
         let config = boringtun::device::DeviceConfig {
@@ -380,9 +487,10 @@ impl Userspace {
         let running = Running {
             handle,
             _api: ours.try_clone().map_err(|e| e.to_string())?,
+            port: spec.listen_port,
         };
         let configured = match uapi_set(&mut ours, &uapi_body(spec)) {
-            Ok(()) => plumb(spec),
+            Ok(()) => plumb(spec, &self.owner),
             Err(98) => Err(format!(
                 "wireguard_listen_port {} is already in use on this node",
                 spec.listen_port
@@ -421,6 +529,10 @@ impl Userspace {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn starting_lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.starting.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[async_trait]
@@ -447,6 +559,16 @@ impl Tunnels for Userspace {
     fn is_up(&self, iface: &str) -> bool {
         self.lock().contains_key(iface)
             && std::path::Path::new(&format!("/sys/class/net/{iface}")).exists()
+    }
+
+    async fn sweep(&self, keep: &BTreeSet<String>) -> Result<Vec<String>, String> {
+        let mut keep = keep.clone();
+        keep.extend(self.lock().keys().cloned());
+        keep.extend(self.starting_lock().iter().cloned());
+        let mark = owner_mark(&self.owner);
+        tokio::task::spawn_blocking(move || sweep_host(&mark, &keep))
+            .await
+            .map_err(|e| format!("wireguard task failed: {e}"))?
     }
 }
 
@@ -490,6 +612,15 @@ impl Tunnels for RecordingTunnels {
     fn is_up(&self, iface: &str) -> bool {
         self.up.lock().unwrap().contains_key(iface)
     }
+
+    async fn sweep(&self, keep: &BTreeSet<String>) -> Result<Vec<String>, String> {
+        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("sweep keep [{}]", keep.join(" ")));
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]
@@ -506,6 +637,29 @@ mod tests {
         assert!(table_of(&a) >= 0x1000_0000);
         let k = WgKey([7; 32]);
         assert_eq!(format!("{k:?}"), "WgKey(<redacted>)");
+    }
+
+    #[test]
+    fn the_sweep_finds_only_this_agents_marked_chains() {
+        let ours = iface_name("agent-n1-net-a");
+        let theirs = iface_name("agent-n2-net-a");
+        let text = format!(
+            "-P INPUT ACCEPT\n-N AGENT-{ours}\n-N AGENT-{theirs}\n-N AGENT-wgshort\n\
+             -A INPUT -j AGENT-{ours}\n\
+             -A AGENT-{ours} -m comment --comment agent-owner=n1\n\
+             -A AGENT-{ours} -i br-1 -j DROP\n\
+             -A AGENT-{theirs} -m comment --comment \"agent-owner=n2\"\n\
+             -A AGENT-wgshort -m comment --comment agent-owner=n1\n\
+             -A DOCKER-USER -m comment --comment agent-owner=n1 -j RETURN\n"
+        );
+        let found = marked_ifaces(&text, &owner_mark("n1"));
+        assert_eq!(found, BTreeSet::from([ours.clone()]));
+        assert_eq!(
+            marked_ifaces(&text, &owner_mark("n2")),
+            BTreeSet::from([theirs])
+        );
+        assert!(marked_ifaces(&text, &owner_mark("n3")).is_empty());
+        assert!(is_our_iface(&ours) && !is_our_iface("wg0") && !is_our_iface("eth0"));
     }
 
     #[test]
