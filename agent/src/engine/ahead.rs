@@ -241,7 +241,10 @@ mod tests {
             got.push(item);
         }
         assert_eq!(got.len(), 200, "nothing lost");
-        assert!(got.iter().enumerate().all(|(n, (i, _))| n == *i), "in order");
+        assert!(
+            got.iter().enumerate().all(|(n, (i, _))| n == *i),
+            "in order"
+        );
         assert!(!got[70].1 && !got[127].1, "the rest of that chunk undone");
         assert!(got[69].1 && got[128].1 && got[199].1);
     }

@@ -163,10 +163,10 @@ pub fn judge(r: &Reservation, view: &impl View, rules: &Rules) -> Result<Verdict
     }
     let outcome = view.outcome(&r.id)?;
     if r.to_delete {
-        if let Err(error) = rules.user_signature(r).and_then(|_| {
-            r.verify_delete_with(rules.keys)
-                .map_err(|e| e.to_string())
-        }) {
+        if let Err(error) = rules
+            .user_signature(r)
+            .and_then(|_| r.verify_delete_with(rules.keys).map_err(|e| e.to_string()))
+        {
             return Ok(Verdict::Forged { error, owner: None });
         }
         return Ok(Verdict::Confirm {

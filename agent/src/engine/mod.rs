@@ -43,10 +43,10 @@ use crate::capacity::{Charge, Ledger};
 use crate::commands::{EngineCommand, GiveUp, SweepGate};
 use crate::metrics::Metrics;
 use crate::AgentError;
+use ahead::{Ahead, Checked};
 use executor::{Executor, Failure};
 use inflight::{InFlight, Running, Ticket};
 use judge::{Rules, Verdict, View};
-use ahead::{Ahead, Checked};
 use recorder::{Reads, Recorder};
 
 pub use judge::MAX_DATA_BYTES;

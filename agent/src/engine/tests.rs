@@ -1259,8 +1259,8 @@ async fn forgeries_in_a_large_answer_are_refused_and_the_order_kept() {
     rs[30].signature = rs[31].signature.clone();
     let mut twin = rs[45].clone();
     twin.id = "61-1".into();
-    twin.data = serde_json::value::RawValue::from_string(r#"{"size":2,"type":"SSD"}"#.into())
-        .unwrap();
+    twin.data =
+        serde_json::value::RawValue::from_string(r#"{"size":2,"type":"SSD"}"#.into()).unwrap();
     rs.insert(46, twin);
     let forged = ["21-1", "31-1", "61-1"];
     let by_id: HashMap<String, Reservation> =
