@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use reservation::{KeyCache, Reservation, Workload, WorkloadType};
 use store::{Cached, OutcomeState};
 
+use super::ahead::Checked;
 use crate::capacity::Charge;
 use crate::AgentError;
 
@@ -55,6 +56,19 @@ pub struct Rules<'a> {
     /// Users' keys decoded before (a memo: verification is the same with
     /// or without it).
     pub keys: Option<&'a KeyCache>,
+    /// This reservation's user signature verified ahead (`ahead.rs`),
+    /// if it was: used in place of verifying it again.
+    pub checked: Checked,
+}
+
+impl Rules<'_> {
+    /// Check 3 for `r`: the result verified ahead, else verify now.
+    fn user_signature(&self, r: &Reservation) -> Result<(), String> {
+        match &self.checked {
+            Some(checked) => checked.clone(),
+            None => r.verify_with(self.keys).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// What to do with a reservation.
@@ -149,14 +163,11 @@ pub fn judge(r: &Reservation, view: &impl View, rules: &Rules) -> Result<Verdict
     }
     let outcome = view.outcome(&r.id)?;
     if r.to_delete {
-        if let Err(e) = r
-            .verify_with(rules.keys)
-            .and_then(|_| r.verify_delete_with(rules.keys))
+        if let Err(error) = rules
+            .user_signature(r)
+            .and_then(|_| r.verify_delete_with(rules.keys).map_err(|e| e.to_string()))
         {
-            return Ok(Verdict::Forged {
-                error: e.to_string(),
-                owner: None,
-            });
+            return Ok(Verdict::Forged { error, owner: None });
         }
         return Ok(Verdict::Confirm {
             again: outcome == Some(OutcomeState::Deleted),
@@ -176,7 +187,7 @@ fn judge_new(r: &Reservation, view: &impl View, rules: &Rules) -> Result<Verdict
         return Ok(Verdict::unverified(e.to_string()));
     }
     // 3. The user's signature.
-    if let Err(e) = r.verify_with(rules.keys) {
+    if let Err(e) = rules.user_signature(r) {
         return Ok(Verdict::unverified(format!("{e} (user_id {})", r.user_id)));
     }
     // 4. Ids are the explorer's, not the user's: the same signed
@@ -372,6 +383,7 @@ mod tests {
                 now: Utc::now(),
                 max_duration: Duration::from_secs(366 * 24 * 3600),
                 keys: None,
+                checked: None,
             };
             judge(r, facts, &rules).unwrap()
         }

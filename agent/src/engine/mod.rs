@@ -18,6 +18,7 @@
 //! the reservation back and idempotent provisioning reuses what exists, so
 //! nothing is made twice and exactly one result is delivered.
 
+mod ahead;
 mod executor;
 mod inflight;
 pub mod judge;
@@ -42,6 +43,7 @@ use crate::capacity::{Charge, Ledger};
 use crate::commands::{EngineCommand, GiveUp, SweepGate};
 use crate::metrics::Metrics;
 use crate::AgentError;
+use ahead::{Ahead, Checked};
 use executor::{Executor, Failure};
 use inflight::{InFlight, Parking, Running, Ticket};
 use judge::{Rules, Verdict, View};
@@ -154,11 +156,15 @@ pub struct Engine {
     /// Provisionings and decommissionings judged and not started yet:
     /// [`Engine::start_jobs`] starts them.
     jobs: Vec<(Ticket, Job)>,
+    /// The ids and user signatures of `jobs` (a reservation about one of
+    /// them starts them first), so that check is not a scan of them all.
+    queued_ids: HashSet<String>,
+    queued_signatures: HashSet<String>,
     /// Jobs running (across units of work), what is parked behind them,
     /// and the poll cursors waiting for them.
     inflight: InFlight<Done>,
-    /// Users' keys decoded before, for the judge.
-    keys: KeyCache,
+    /// Users' keys decoded before, for the judge and the prechecks.
+    keys: Arc<KeyCache>,
     /// The only writer of the store.
     recorder: Recorder,
     /// Forged deletions already warned about (warned once each).
@@ -268,8 +274,10 @@ impl Engine {
             executor: Arc::new(Executor::new(registry, cfg.provision_timeout)),
             permits: Arc::new(Semaphore::new(cfg.max_parallel.max(1))),
             jobs: Vec::new(),
+            queued_ids: HashSet::new(),
+            queued_signatures: HashSet::new(),
             inflight: InFlight::new(),
-            keys: KeyCache::new(),
+            keys: Arc::new(KeyCache::new()),
             recorder: Recorder::new(store, shared.clone()),
             cfg,
             shared,
@@ -450,10 +458,16 @@ impl Engine {
                 reservations
                     .sort_by_key(|r| r.workload_type().map(|t| t.order()).unwrap_or(usize::MAX));
                 let mut tickets = Vec::with_capacity(reservations.len());
-                for r in reservations {
+                // User signatures are verified ahead on every core; the
+                // judge takes the reservations in this order still.
+                let mut answer = Ahead::start(
+                    reservations.into_iter().map(|r| (r, None)).collect(),
+                    ahead::precheck(self.keys.clone(), self.recorder.reads().store()),
+                );
+                while let Some((r, checked)) = answer.next().await? {
                     let t = self.inflight.ticket();
                     tickets.push(t);
-                    self.admit(t, r).await?;
+                    self.admit(t, r, checked).await?;
                 }
                 self.start_jobs();
                 self.inflight.answered(cursor, tickets);
@@ -477,9 +491,7 @@ impl Engine {
                 for id in ids {
                     // Running or parked: it is recorded first, and the
                     // decommission source hands it over again if still due.
-                    if self.inflight.holds_id(&id)
-                        || self.jobs.iter().any(|(_, j)| j.reservation().id == id)
-                    {
+                    if self.inflight.holds_id(&id) || self.queued_ids.contains(&id) {
                         continue;
                     }
                     self.decommission_due(&id)?;
@@ -494,12 +506,15 @@ impl Engine {
     /// Judge `r` now, or park it behind the running or parked reservation
     /// with its id or signature (a deletion, a replay): it is judged once
     /// that one is recorded, so the judge sees each id in order.
-    async fn admit(&mut self, t: Ticket, r: Reservation) -> Result<(), AgentError> {
-        if self
-            .jobs
-            .iter()
-            .any(|(_, j)| j.reservation().id == r.id || j.reservation().signature == r.signature)
-        {
+    /// `checked`: its user signature verified ahead, if it was (a parked
+    /// reservation is judged without: the judge verifies it).
+    async fn admit(
+        &mut self,
+        t: Ticket,
+        r: Reservation,
+        checked: Checked,
+    ) -> Result<(), AgentError> {
+        if self.queued_ids.contains(&r.id) || self.queued_signatures.contains(&r.signature) {
             self.start_jobs();
         }
         if let Some(after) = self.inflight.blocker(t, &r) {
@@ -523,48 +538,60 @@ impl Engine {
         // the reservation id, and its user once the signature verified
         // (debug streams go by it).
         let span = tracing::info_span!("reservation", id = %r.id, user = tracing::field::Empty);
-        self.judge_one(t, r).instrument(span).await
+        self.judge_one(t, r, checked).instrument(span).await
     }
 
-    /// Record a job that finished, and any other that finished meanwhile;
-    /// judge what was parked behind them; record the poll cursor they
-    /// held; flush once.
+    /// Record a job that finished, and any other that finished meanwhile
+    /// (their results signed ahead on every core, recorded in the order
+    /// they finished); judge what was parked behind them; record the poll
+    /// cursor they held; flush once.
     async fn finished(&mut self, first: (Ticket, Done)) -> Result<(), AgentError> {
-        let mut done = Some(first);
+        let mut first = Some(first);
         let mut first_error = None;
-        let mut yielded = false;
         loop {
-            let Some((t, d)) = done.take().or_else(|| self.inflight.try_done()) else {
+            let mut batch: Vec<(Ticket, Done)> = first.take().into_iter().collect();
+            let mut yielded = false;
+            loop {
+                if let Some(d) = self.inflight.try_done() {
+                    yielded = false;
+                    batch.push(d);
+                    continue;
+                }
                 // Nothing ready now may only mean this task spent its
                 // scheduling budget (tokio then answers "pending" and wakes
                 // at once): yield once and look again, so jobs that finish
                 // together share one commit instead of one each.
-                if !yielded && self.inflight.running_len() > 0 {
+                if !yielded && self.inflight.running_len() > batch.len() {
                     yielded = true;
                     tokio::task::yield_now().await;
                     continue;
                 }
                 break;
-            };
-            yielded = false;
-            if let Ok(mut shown) = self.shared.jobs.lock() {
-                shown.remove(&t);
             }
-            {
-                let span = tracing::info_span!("reservation", id = %d.id());
-                let _entered = span.enter();
-                if let Err(e) = self.record(d) {
-                    error!(error = %e, "cannot record this job");
-                    first_error.get_or_insert(e);
+            if batch.is_empty() {
+                break;
+            }
+            let mut signed = Ahead::start(batch, sign_ahead(self.node.clone()));
+            while let Some((t, d)) = signed.next().await? {
+                if let Ok(mut shown) = self.shared.jobs.lock() {
+                    shown.remove(&t);
                 }
-            }
-            let mut settled = vec![t];
-            while let Some(t) = settled.pop() {
-                for (own, r) in self.inflight.settle(t) {
-                    self.admit(own, r).await?;
-                    self.start_jobs();
-                    if !self.inflight.pending(own) {
-                        settled.push(own);
+                {
+                    let span = tracing::info_span!("reservation", id = %d.id());
+                    let _entered = span.enter();
+                    if let Err(e) = self.record(d) {
+                        error!(error = %e, "cannot record this job");
+                        first_error.get_or_insert(e);
+                    }
+                }
+                let mut settled = vec![t];
+                while let Some(t) = settled.pop() {
+                    for (own, r) in self.inflight.settle(t) {
+                        self.admit(own, r, None).await?;
+                        self.start_jobs();
+                        if !self.inflight.pending(own) {
+                            settled.push(own);
+                        }
                     }
                 }
             }
@@ -617,19 +644,25 @@ impl Engine {
     /// Judge and act on one reservation from a poll answer.
     pub async fn handle_reservation(&mut self, r: Reservation) -> Result<(), AgentError> {
         let t = self.inflight.ticket();
-        self.admit(t, r).await?;
+        self.admit(t, r, None).await?;
         self.drain().await
     }
 
     /// Judge one reservation: record what needs no Docker at once, and
     /// queue a provisioning or decommissioning as a job (ticket `t`) for
     /// [`Engine::start_jobs`].
-    async fn judge_one(&mut self, t: Ticket, r: Reservation) -> Result<(), AgentError> {
+    async fn judge_one(
+        &mut self,
+        t: Ticket,
+        r: Reservation,
+        checked: Checked,
+    ) -> Result<(), AgentError> {
         let rules = Rules {
             node_id: self.node.id(),
             now: Utc::now(),
             max_duration: self.cfg.max_duration,
             keys: Some(&self.keys),
+            checked,
         };
         let verdict = judge::judge(&r, &self.view(), &rules)?;
         if let Some(user) = verdict.user(&r) {
@@ -717,7 +750,15 @@ impl Engine {
             l.add(&r.id, charge);
             l.add_user(&r.id, &r.user_id, crate::capacity::tenancy_of(&w));
         }
-        self.jobs.push((t, Job::Provision { r, kind, w }));
+        self.queue(t, Job::Provision { r, kind, w });
+    }
+
+    /// Queue a job for [`Engine::start_jobs`].
+    fn queue(&mut self, t: Ticket, job: Job) {
+        let r = job.reservation();
+        self.queued_ids.insert(r.id.clone());
+        self.queued_signatures.insert(r.signature.clone());
+        self.jobs.push((t, job));
     }
 
     /// Start the queued jobs, at most `max_parallel` running at once; each
@@ -727,6 +768,8 @@ impl Engine {
     /// nothing else waits for a slow one.
     fn start_jobs(&mut self) {
         let mut jobs = std::mem::take(&mut self.jobs);
+        self.queued_ids.clear();
+        self.queued_signatures.clear();
         if jobs.is_empty() {
             return;
         }
@@ -738,7 +781,9 @@ impl Engine {
                 .workload_type()
                 .map_or(usize::MAX, |t| t.order())
         });
-        let deps = dependencies(&self.names, &jobs, self.inflight.running());
+        let running: Vec<&Running> = self.inflight.running().collect();
+        let deps = dependencies(&self.names, &jobs, &running);
+        drop(running);
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..jobs.len()).map(|_| watch::channel(false)).unzip();
         for (((t, job), tx), (wait, waits_running, objects, uses)) in
             jobs.into_iter().zip(txs).zip(deps)
@@ -773,6 +818,7 @@ impl Engine {
                             kind,
                             outcome,
                             started,
+                            signed: None,
                         }
                     }
                     Job::Decommission { cached, why } => {
@@ -816,7 +862,8 @@ impl Engine {
                 kind,
                 outcome,
                 started,
-            } => self.provisioned(&r, kind, outcome, started),
+                signed,
+            } => self.provisioned(&r, kind, outcome, started, signed),
             Done::Decommissioned {
                 cached,
                 why,
@@ -826,13 +873,15 @@ impl Engine {
     }
 
     /// Record a provisioning that finished: its result and cache entry in
-    /// one transaction, or its refusal (the charge released).
+    /// one transaction, or its refusal (the charge released). `signed`:
+    /// its result signed ahead, if it was.
     fn provisioned(
         &mut self,
         r: &Reservation,
         kind: WorkloadType,
         outcome: Result<serde_json::Value, String>,
         started: Instant,
+        signed: Option<Result<WorkloadResult, String>>,
     ) -> Result<(), AgentError> {
         let release = |ledger: &Mutex<Ledger>| {
             if let Ok(mut l) = ledger.lock() {
@@ -847,7 +896,9 @@ impl Engine {
             }
         };
         self.shared.faults.point("after-provision");
-        let res = match self.node.ok_result(r, &data) {
+        let signed =
+            signed.unwrap_or_else(|| self.node.ok_result(r, &data).map_err(|e| e.to_string()));
+        let res = match signed {
             Ok(res) => res,
             Err(e) => {
                 release(&self.ledger);
@@ -897,7 +948,7 @@ impl Engine {
 
     /// Queue the decommission of a cached workload (ticket `t`).
     fn decommission(&mut self, t: Ticket, cached: Cached, why: &'static str) {
-        self.jobs.push((t, Job::Decommission { cached, why }));
+        self.queue(t, Job::Decommission { cached, why });
     }
 
     /// Record a decommission that finished, posting a pending error result
@@ -1019,12 +1070,31 @@ enum Done {
         kind: WorkloadType,
         outcome: Result<serde_json::Value, String>,
         started: Instant,
+        /// The node's result for `outcome`'s data, signed ahead
+        /// ([`sign_ahead`]), or why it cannot be; `None`: not signed yet.
+        signed: Option<Result<WorkloadResult, String>>,
     },
     Decommissioned {
         cached: Cached,
         why: &'static str,
         outcome: Result<(), ProvisionError>,
     },
+}
+
+/// The step that signs the node's results of finished provisionings
+/// ahead of their recording (each result's bytes are its own).
+fn sign_ahead(node: Arc<Identity>) -> ahead::Step<(Ticket, Done)> {
+    Arc::new(move |(_, d): &mut (Ticket, Done)| {
+        if let Done::Provisioned {
+            r,
+            outcome: Ok(data),
+            signed,
+            ..
+        } = d
+        {
+            *signed = Some(node.ok_result(r, data).map_err(|e| e.to_string()));
+        }
+    })
 }
 
 impl Done {
@@ -1049,7 +1119,7 @@ impl Done {
 fn dependencies(
     names: &Names,
     jobs: &[(Ticket, Job)],
-    running: &[Running],
+    running: &[&Running],
 ) -> Vec<(
     Vec<usize>,
     Vec<watch::Receiver<bool>>,
@@ -1074,13 +1144,41 @@ fn dependencies(
         )
     };
     let is_provision = |i: usize| matches!(jobs[i].1, Job::Provision { .. });
+    // The batch's provisionings that make each object, and its
+    // decommissions that use each: a job looks up only the jobs that share
+    // an object with it (not every other job: 10,000 jobs of one answer
+    // made that quadratic).
+    let mut made_by: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut used_by: HashMap<&str, Vec<usize>> = HashMap::new();
+    for i in 0..jobs.len() {
+        let (named, index) = if is_provision(i) {
+            (&objects[i], &mut made_by)
+        } else {
+            (&uses[i], &mut used_by)
+        };
+        for o in named {
+            index.entry(o.as_str()).or_default().push(i);
+        }
+    }
+    let among = |index: &HashMap<&str, Vec<usize>>, names: &[String]| {
+        let mut found: Vec<usize> = names
+            .iter()
+            .filter_map(|o| index.get(o.as_str()))
+            .flatten()
+            .copied()
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    };
     (0..jobs.len())
         .map(|j| {
             let r = jobs[j].1.reservation();
             let (batch, running): (Vec<usize>, Vec<_>) = if is_provision(j) {
                 (
-                    (0..j)
-                        .filter(|&i| is_provision(i) && shares(j, i))
+                    among(&made_by, &uses[j])
+                        .into_iter()
+                        .filter(|&i| i < j && shares(j, i))
                         .collect(),
                     running
                         .iter()
@@ -1093,8 +1191,9 @@ fn dependencies(
                 )
             } else {
                 (
-                    (j + 1..jobs.len())
-                        .filter(|&i| !is_provision(i) && shares(i, j))
+                    among(&used_by, &objects[j])
+                        .into_iter()
+                        .filter(|&i| i > j && shares(i, j))
                         .collect(),
                     running
                         .iter()

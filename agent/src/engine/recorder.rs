@@ -51,6 +51,11 @@ impl Reads<'_> {
         Ok(self.0.signature_owner(signature)?)
     }
 
+    /// The store, for reads on another thread (the prechecks' hints).
+    pub fn store(&self) -> Store {
+        self.0.store().clone()
+    }
+
     /// Where the cache lives: new work is refused while its disk is short.
     pub fn dir(&self) -> &std::path::Path {
         self.0.store().dir()

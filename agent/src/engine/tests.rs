@@ -1327,3 +1327,105 @@ async fn a_flood_of_forged_deletions_behind_a_slow_job_is_bounded_and_harmless()
     assert_eq!(deleted, 1);
     assert_eq!(f.store.cursor().unwrap(), 5);
 }
+
+/// A large answer (its signatures verified ahead, its results signed
+/// ahead) with forgeries in the middle: each forgery is refused with a
+/// signed error naming the signature and changes nothing; the rest is
+/// provisioned in the answer's order, each result signed for its own
+/// reservation.
+#[tokio::test]
+async fn forgeries_in_a_large_answer_are_refused_and_the_order_kept() {
+    let mut f = fixture();
+    let mut rs: Vec<Reservation> = (1..=60).map(|i| f.volume(&format!("{i}-1"))).collect();
+    // Changed after signing.
+    rs[20].duration += 1;
+    // Another reservation's signature, and a copy of it with other data
+    // (same signature, one of them forged).
+    rs[30].signature = rs[31].signature.clone();
+    let mut twin = rs[45].clone();
+    twin.id = "61-1".into();
+    twin.data =
+        serde_json::value::RawValue::from_string(r#"{"size":2,"type":"SSD"}"#.into()).unwrap();
+    rs.insert(46, twin);
+    let forged = ["21-1", "31-1", "61-1"];
+    let by_id: HashMap<String, Reservation> =
+        rs.iter().map(|r| (r.id.clone(), r.clone())).collect();
+    let order: Vec<String> = rs.iter().map(|r| r.id.clone()).collect();
+    f.poll(rs).await;
+
+    let provisioned: Vec<String> = order
+        .iter()
+        .filter(|id| !forged.contains(&id.as_str()))
+        .map(|id| format!("provision volume {id}"))
+        .collect();
+    assert_eq!(f.calls(), provisioned, "the rest, in the answer's order");
+    let results = f.results();
+    assert_eq!(results.len(), order.len(), "one result each");
+    for res in &results {
+        let r = &by_id[&res.id];
+        res.verify(f.node.id(), &r.signature)
+            .unwrap_or_else(|e| panic!("{}: {e}", res.id));
+        if forged.contains(&res.id.as_str()) {
+            assert_eq!(res.state, reservation::ResultState::Error, "{}", res.id);
+            assert!(
+                res.error.contains("signature: does not verify"),
+                "{}: {}",
+                res.id,
+                res.error
+            );
+            assert!(!f.store.is_cached(&res.id).unwrap(), "{}", res.id);
+        } else {
+            assert_eq!(res.state, reservation::ResultState::Ok, "{}", res.id);
+            assert_eq!(res.data.get(), format!(r#"{{"id":"obj-{}"}}"#, res.id));
+        }
+    }
+    // Refusals are recorded as they are judged, in the answer's order;
+    // the provisionings' results after, in the answer's order too. The
+    // twin shares a queued reservation's signature: it is parked, and
+    // judged (and refused) once that one is recorded.
+    let ids: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();
+    let mut want: Vec<&str> = vec!["21-1", "31-1"];
+    for id in order.iter().map(String::as_str) {
+        if !forged.contains(&id) {
+            want.push(id);
+        }
+        if id == "46-1" {
+            want.push("61-1");
+        }
+    }
+    assert_eq!(ids, want);
+    assert_eq!(f.store.cached_len(), order.len() - forged.len());
+    // The forged twin's signature is the genuine one's: the genuine one
+    // was judged first and owns it.
+    assert_eq!(
+        f.store.signature_owner(&by_id["46-1"].signature).unwrap(),
+        Some("46-1".into())
+    );
+}
+
+/// A deletion in a large answer, after the provisioning of the same id,
+/// is judged once that provisioning is recorded, and decommissions it;
+/// its forged twin (same id, another signer) changes nothing.
+#[tokio::test]
+async fn a_deletion_in_a_large_answer_waits_for_its_provisioning() {
+    let mut f = fixture();
+    let mut rs: Vec<Reservation> = (1..=20).map(|i| f.volume(&format!("{i}-1"))).collect();
+    let mallory = Identity::generate();
+    let mut forged = rs[5].clone();
+    forged.to_delete = true;
+    forged.delete_signature = Some(mallory.sign_delete(&rs[5].signature));
+    let del = {
+        let mut d = rs[5].clone();
+        d.to_delete = true;
+        d.delete_signature = Some(f.user.sign_delete(&d.signature));
+        d
+    };
+    rs.push(forged);
+    rs.push(del);
+    f.poll(rs).await;
+    let calls = f.calls();
+    assert_eq!(calls.len(), 21, "{calls:?}");
+    assert_eq!(calls.last().unwrap(), "decommission 6-1");
+    assert!(!f.store.is_cached("6-1").unwrap());
+    assert_eq!(f.store.cached_len(), 19);
+}
