@@ -421,6 +421,7 @@ fn update_cached_replaces_a_staged_record_and_is_not_lost_at_commit() {
     assert_eq!(s.cached_len(), 1);
     assert_eq!(s.counters().unwrap()["volume"], 1, "counted once");
     // Staged after a staged decommission: not cached any more.
+    drop(u);
     let u = Unit::new(s.clone());
     u.decommissioned("1-1", "volume", "sigA", "conf", None)
         .unwrap();
