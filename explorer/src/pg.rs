@@ -596,7 +596,7 @@ async fn insert_batch(b: &Batcher, batch: Vec<Queued>) {
             // not have committed; a re-post answers 409 if it did).
             let shown = e.to_string();
             for q in batch {
-                let failed = std::io::Error::new(std::io::ErrorKind::Other, shown.clone());
+                let failed = std::io::Error::other(shown.clone());
                 b.answer(q, Err(b.err(sqlx::Error::Io(failed))));
             }
         }
