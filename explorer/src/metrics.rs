@@ -12,7 +12,10 @@
 //! - `explorer_reservations_stored_total` counter: reservations this server
 //!   stored (`201`), not counting `409`s;
 //! - `explorer_database_connections{state}` gauge, state `open` or `idle`
-//!   (PostgreSQL's pool; absent with sled).
+//!   (PostgreSQL's pool; absent with sled);
+//! - `explorer_database_inserts{what}` gauge, what `statements` (one per
+//!   group-committed batch) or `rows` (the POSTs they answered), since the
+//!   server started (PostgreSQL only): rows / statements is the mean batch.
 
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -24,6 +27,7 @@ pub(crate) struct Metrics {
     pub long_polls: IntGauge,
     pub stored: IntCounter,
     connections: Option<IntGaugeVec>,
+    inserts: Option<IntGaugeVec>,
 }
 
 impl Metrics {
@@ -58,6 +62,16 @@ impl Metrics {
             )
             .expect("valid metric")
         });
+        let inserts = pooled.then(|| {
+            IntGaugeVec::new(
+                Opts::new(
+                    "explorer_database_inserts",
+                    "Insert statements since start (one per batch of POSTs), and the rows they answered",
+                ),
+                &["what"],
+            )
+            .expect("valid metric")
+        });
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(long_polls.clone()),
@@ -65,7 +79,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric");
         }
-        if let Some(c) = &connections {
+        for c in connections.iter().chain(&inserts) {
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
@@ -76,6 +90,7 @@ impl Metrics {
             long_polls,
             stored,
             connections,
+            inserts,
         }
     }
 
@@ -90,6 +105,12 @@ impl Metrics {
         if let (Some(g), Some(c)) = (&self.connections, conns) {
             g.with_label_values(&["open"]).set(i64::from(c.open));
             g.with_label_values(&["idle"]).set(i64::from(c.idle));
+        }
+        if let (Some(g), Some(c)) = (&self.inserts, conns) {
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            g.with_label_values(&["statements"])
+                .set(n(c.insert_statements));
+            g.with_label_values(&["rows"]).set(n(c.inserted_rows));
         }
         let mut buf = Vec::new();
         let encoder = prometheus::TextEncoder::new();

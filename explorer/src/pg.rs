@@ -5,9 +5,10 @@
 //!
 //! How the promises of [`Storage`] hold across replicas:
 //! - numbers come from the `reservation_number` sequence, and one node's
-//!   numbers become visible in order: the insert (the migration's
-//!   `explorer_insert_reservation`) holds a per-node advisory lock from
-//!   taking its number to its commit. Otherwise two posts for one node on
+//!   numbers become visible in order: the insert (the migrations'
+//!   `explorer_insert_reservation`, and `explorer_insert_reservations` for
+//!   a batch, which locks every node of the batch in one order) holds a
+//!   per-node advisory lock from taking its number to its commit. Otherwise two posts for one node on
 //!   two replicas could commit out of order, a poll could answer the
 //!   larger number first, and the node's cursor would then skip the other;
 //! - a unique index on `signature` stores a signed reservation once; the
@@ -21,6 +22,13 @@
 //!   that node ([`Pg::forward_wakeups`]); when that connection is lost,
 //!   every held poll looks again once it is back.
 //!
+//! Group commit: a replica's concurrent POSTs are queued to one writer
+//! ([`writer`]), which stores whatever is queued in one statement and one
+//! transaction (at most two such statements at once), so a burst of POSTs
+//! costs a few commits and round trips instead of one each. A batch the
+//! database refuses (one row it will not take) is stored row by row, so
+//! only that row's POST fails.
+//!
 //! Why the NOTIFY is a transaction of its own, committed without waiting
 //! for the WAL flush: PostgreSQL serializes the commits of notifying
 //! transactions under one lock held until the commit is done, flush
@@ -31,7 +39,8 @@
 //! until its long poll ends (the node then polls again and gets it).
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,9 +50,10 @@ use reservation::node::{Capacity, NodeInfo};
 use reservation::{Reservation, WorkloadResult};
 use serde_json::value::RawValue;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
-use tokio::sync::watch;
+use sqlx::{Postgres, Row};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::db::SCHEMA;
@@ -56,11 +66,18 @@ use crate::ExplorerError;
 pub(crate) const WAKE_CHANNEL: &str = "explorer_wake";
 
 /// The schema's migrations, compiled in (version, description, SQL).
-const MIGRATIONS: [(i64, &str, &str); 1] = [(
-    1,
-    "explorer",
-    include_str!("../migrations/0001_explorer.sql"),
-)];
+const MIGRATIONS: [(i64, &str, &str); 2] = [
+    (
+        1,
+        "explorer",
+        include_str!("../migrations/0001_explorer.sql"),
+    ),
+    (
+        2,
+        "insert batch",
+        include_str!("../migrations/0002_insert_batch.sql"),
+    ),
+];
 
 /// The migrations above as sqlx's migration source.
 #[derive(Debug)]
@@ -95,7 +112,40 @@ pub(crate) struct Pg {
     at: String,
     /// Node ids to NOTIFY about, sent by [`notifier`] in batches.
     wake_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Reservations to store, by [`writer`] in batches.
+    insert_tx: tokio::sync::mpsc::UnboundedSender<Queued>,
+    /// Batch statements run, and the rows they stored or found stored.
+    batches: Arc<BatchCounts>,
+    /// The backend process id of [`notifier`]'s connection (0: none).
+    own_pid: Arc<AtomicU32>,
+    /// This replica's held polls (from [`Storage::forward_wakeups`]), for
+    /// the writes whose POST went away before the server could wake them.
+    local: Arc<OnceLock<Arc<Wakers>>>,
 }
+
+/// What [`writer`] did, for `/metrics`.
+#[derive(Default)]
+struct BatchCounts {
+    statements: AtomicU64,
+    rows: AtomicU64,
+}
+
+/// One reservation waiting for [`writer`], and where its answer goes.
+struct Queued {
+    r: Reservation,
+    expires_ns: i64,
+    answer: oneshot::Sender<Stored>,
+}
+
+/// The reservation back, with its number and whether it is new (else the
+/// number is the stored duplicate's).
+type Stored = (Reservation, Result<(i64, bool), ExplorerError>);
+
+/// At most this many reservations in one statement.
+const MAX_BATCH: usize = 256;
+/// At most this many batch statements of one replica at once: the next
+/// batch gathers while one commits.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// `host:port/database` of `opts`.
 fn shown(opts: &PgConnectOptions) -> String {
@@ -140,8 +190,30 @@ impl Pg {
                 source,
             })?;
         let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(notifier(pool.clone(), at.clone(), wake_rx));
-        Ok(Pg { pool, at, wake_tx })
+        let own_pid = Arc::new(AtomicU32::new(0));
+        tokio::spawn(notifier(pool.clone(), at.clone(), wake_rx, own_pid.clone()));
+        let (insert_tx, insert_rx) = tokio::sync::mpsc::unbounded_channel();
+        let batches = Arc::new(BatchCounts::default());
+        let local = Arc::new(OnceLock::new());
+        tokio::spawn(writer(
+            Batcher {
+                pool: pool.clone(),
+                at: at.clone(),
+                counts: batches.clone(),
+                wake_tx: wake_tx.clone(),
+                local: local.clone(),
+            },
+            insert_rx,
+        ));
+        Ok(Pg {
+            pool,
+            at,
+            wake_tx,
+            insert_tx,
+            batches,
+            own_pid,
+            local,
+        })
     }
 
     fn err(&self, source: sqlx::Error) -> ExplorerError {
@@ -224,6 +296,21 @@ impl Pg {
         let _ = self.wake_tx.send(node_id.to_string());
     }
 
+    /// The answer to [`Storage::create`] once `r` went to the database.
+    fn inserted(
+        &self,
+        mut r: Reservation,
+        stored: Result<(i64, bool), ExplorerError>,
+    ) -> Result<Insert, ExplorerError> {
+        // (The writer queued the NOTIFY of a new one.)
+        let (number, new) = stored?;
+        if !new {
+            return Ok(Insert::Duplicate(format!("{number}-1")));
+        }
+        r.id = format!("{number}-1");
+        Ok(Insert::New(r))
+    }
+
     /// The last timestamp accepted for `node_id`: `None` if unknown.
     async fn last_timestamp(&self, node_id: &str) -> Result<Option<Option<i64>>, ExplorerError> {
         let row = sqlx::query("SELECT last_timestamp FROM nodes WHERE node_id = $1")
@@ -241,7 +328,21 @@ impl Pg {
 /// flush (see the module doc). Under load many writes share one NOTIFY
 /// statement; alone, a write's goes out at once. A failure is logged: the
 /// writes are stored, and held polls elsewhere answer at their deadline.
-async fn notifier(pool: PgPool, at: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) {
+///
+/// It sends on a connection of its own whose backend process id it
+/// publishes in `own`: PostgreSQL delivers a session's notifications to
+/// every listener, this replica's included, and the server has already
+/// woken this replica's polls of the node ([`Pg::forward_wakeups`] skips
+/// them; waking again would cost each woken node one more poll query).
+/// While that connection cannot be had, it sends through the pool, and
+/// this replica wakes on its own NOTIFYs too (harmless).
+async fn notifier(
+    pool: PgPool,
+    at: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    own: Arc<AtomicU32>,
+) {
+    let mut conn: Option<PoolConnection<Postgres>> = None;
     while let Some(first) = rx.recv().await {
         let mut nodes = vec![first];
         while nodes.len() < 1000 {
@@ -252,18 +353,291 @@ async fn notifier(pool: PgPool, at: String, mut rx: tokio::sync::mpsc::Unbounded
         }
         nodes.sort();
         nodes.dedup();
-        let sent = sqlx::query(
-            "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, n)::text \
-             FROM unnest($2::text[]) AS n",
-        )
-        .bind(WAKE_CHANNEL)
-        .bind(&nodes)
-        .execute(&pool)
-        .await;
+        if conn.is_none() {
+            conn = notifying_connection(&pool, &own).await;
+        }
+        let statement = || {
+            sqlx::query(
+                "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, n)::text \
+                 FROM unnest($2::text[]) AS n",
+            )
+            .bind(WAKE_CHANNEL)
+            .bind(&nodes)
+        };
+        let mut sent = match conn.as_mut() {
+            Some(c) => statement().execute(&mut **c).await,
+            None => statement().execute(&pool).await,
+        };
+        if sent.is_err() {
+            if let Some(mut c) = conn.take() {
+                // That connection is broken: once more through the pool.
+                own.store(0, Ordering::SeqCst);
+                c.close_on_drop();
+                sent = statement().execute(&pool).await;
+            }
+        }
         if let Err(e) = sent {
             warn!(database = %at, nodes = nodes.len(), error = %e, "NOTIFY failed; polls of these nodes held on other replicas answer at their deadline");
         }
     }
+}
+
+/// A connection for [`notifier`], its backend process id stored in `own`.
+async fn notifying_connection(pool: &PgPool, own: &AtomicU32) -> Option<PoolConnection<Postgres>> {
+    let mut c = pool.acquire().await.ok()?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *c)
+        .await
+        .ok()?;
+    own.store(u32::try_from(pid).ok()?, Ordering::SeqCst);
+    Some(c)
+}
+
+/// What [`writer`]'s batches need.
+#[derive(Clone)]
+struct Batcher {
+    pool: PgPool,
+    at: String,
+    counts: Arc<BatchCounts>,
+    /// To [`notifier`]: node ids of new reservations.
+    wake_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    /// This replica's held polls, once the server handed them over.
+    local: Arc<OnceLock<Arc<Wakers>>>,
+}
+
+impl Batcher {
+    fn err(&self, source: sqlx::Error) -> ExplorerError {
+        ExplorerError::Database {
+            at: self.at.clone(),
+            source,
+        }
+    }
+
+    /// Answer `q`'s submitter. A new reservation's NOTIFY is queued here,
+    /// so it goes out even if the submitter is gone (its POST cancelled);
+    /// then this replica's polls are woken here too (the server wakes
+    /// them after a `create` that returns, and this replica skips its own
+    /// NOTIFYs): see [`Waiting`].
+    fn answer(&self, q: Queued, stored: Result<(i64, bool), ExplorerError>) {
+        if let Ok((_, true)) = stored {
+            let _ = self.wake_tx.send(q.r.node_id.clone());
+        }
+        if let Err((r, Ok((_, true)))) = q.answer.send((q.r, stored)) {
+            wake_local(&self.local, &r.node_id);
+        }
+    }
+
+    /// Count `statements` that answered `rows` POSTs.
+    fn count(&self, statements: u64, rows: u64) {
+        self.counts
+            .statements
+            .fetch_add(statements, Ordering::Relaxed);
+        self.counts.rows.fetch_add(rows, Ordering::Relaxed);
+    }
+}
+
+/// Wake this replica's polls of `node_id` (once the server handed them
+/// over: before that none is held).
+fn wake_local(local: &OnceLock<Arc<Wakers>>, node_id: &str) {
+    if let Some(w) = local.get() {
+        w.wake(node_id);
+    }
+}
+
+/// A `create` waiting for [`writer`]'s answer. Dropped before the answer
+/// was taken (the POST was cancelled), it closes the channel, and wakes
+/// this replica's polls of the node if a new reservation's answer is
+/// there (a later answer cannot be sent: [`Batcher::answer`] wakes them).
+/// Without this, a poll held here on a quiet proof would miss it.
+struct Waiting<'a> {
+    rx: Option<oneshot::Receiver<Stored>>,
+    local: &'a OnceLock<Arc<Wakers>>,
+}
+
+impl Waiting<'_> {
+    async fn answer(mut self) -> Option<Stored> {
+        let got = self.rx.as_mut()?.await.ok();
+        self.rx = None;
+        got
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok((r, Ok((_, true)))) = rx.try_recv() {
+                wake_local(self.local, &r.node_id);
+            }
+        }
+    }
+}
+
+/// Stores the reservations [`Storage::create`] queues: whatever is queued
+/// when a batch starts (up to [`MAX_BATCH`]) goes to the database in one
+/// statement, one transaction, one commit (the migration's
+/// `explorer_insert_reservations`), with at most [`BATCHES_IN_FLIGHT`]
+/// statements running. Alone, a reservation goes out at once; under load
+/// every POST of this replica shares a commit with its neighbours.
+/// Ends when the `Pg` is dropped.
+async fn writer(b: Batcher, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let b = b.clone();
+        tokio::spawn(async move {
+            insert_batch(&b, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Store `batch` in one statement and answer each submitter. When the
+/// database refuses the statement (a row it will not take; nothing of it
+/// is committed then), each row is stored on its own, so one bad row
+/// fails only its own POST; when the database cannot be reached, every
+/// submitter gets that error.
+async fn insert_batch(b: &Batcher, batch: Vec<Queued>) {
+    let n = batch.len();
+    if n == 1 {
+        for q in batch {
+            let stored = insert_one(&b.pool, &b.at, &q.r, q.expires_ns).await;
+            b.count(1, 1);
+            b.answer(q, stored);
+        }
+        return;
+    }
+    let mut version = Vec::with_capacity(n);
+    let mut node_id = Vec::with_capacity(n);
+    let mut user_id = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut data = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut duration = Vec::with_capacity(n);
+    let mut nonce = Vec::with_capacity(n);
+    let mut signature = Vec::with_capacity(n);
+    let mut to_delete = Vec::with_capacity(n);
+    let mut delete_signature = Vec::with_capacity(n);
+    let mut expires_ns = Vec::with_capacity(n);
+    for q in &batch {
+        let r = &q.r;
+        version.push(i32::try_from(r.version).unwrap_or(i32::MAX));
+        node_id.push(r.node_id.as_str());
+        user_id.push(r.user_id.as_str());
+        kind.push(r.kind.as_bytes());
+        data.push(r.data.get());
+        created.push(r.created);
+        duration.push(r.duration);
+        nonce.push(r.nonce.as_str());
+        signature.push(r.signature.as_str());
+        to_delete.push(r.to_delete);
+        delete_signature.push(r.delete_signature.as_deref());
+        expires_ns.push(q.expires_ns);
+    }
+    let rows = sqlx::query(
+        "SELECT o_number, o_new FROM explorer_insert_reservations(\
+         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) WITH ORDINALITY AS t(o_number, o_new, i) \
+         ORDER BY i",
+    )
+    .bind(&version)
+    .bind(&node_id)
+    .bind(&user_id)
+    .bind(&kind)
+    .bind(&data)
+    .bind(&created)
+    .bind(&duration)
+    .bind(&nonce)
+    .bind(&signature)
+    .bind(&to_delete)
+    .bind(&delete_signature)
+    .bind(&expires_ns)
+    .fetch_all(&b.pool)
+    .await;
+    match rows {
+        Ok(rows) => {
+            b.count(1, n as u64);
+            let mut rows = rows.into_iter();
+            for q in batch {
+                let stored = match rows.next() {
+                    Some(row) => row
+                        .try_get::<i64, _>(0)
+                        .and_then(|number| Ok((number, row.try_get::<bool, _>(1)?)))
+                        .map_err(|e| b.err(e)),
+                    None => Err(b.err(sqlx::Error::RowNotFound)),
+                };
+                b.answer(q, stored);
+            }
+        }
+        Err(sqlx::Error::Database(refused)) => {
+            warn!(database = %b.at, rows = n, error = %refused, "a batch of reservations was refused; storing each on its own");
+            for q in batch {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let stored = insert_one(&b.pool, &b.at, &q.r, q.expires_ns).await;
+                    b.count(1, 1);
+                    b.answer(q, stored);
+                });
+            }
+        }
+        Err(e) => {
+            // Not a refusal: the connection failed (the batch may or may
+            // not have committed; a re-post answers 409 if it did).
+            let shown = e.to_string();
+            for q in batch {
+                let failed = std::io::Error::other(shown.clone());
+                b.answer(q, Err(b.err(sqlx::Error::Io(failed))));
+            }
+        }
+    }
+}
+
+/// Store one reservation (the migration's `explorer_insert_reservation`):
+/// look for the signature; if absent, lock the node, take a number and
+/// insert (the unique index settles a race between replicas).
+async fn insert_one(
+    pool: &PgPool,
+    at: &str,
+    r: &Reservation,
+    expires_ns: i64,
+) -> Result<(i64, bool), ExplorerError> {
+    let err = |source| ExplorerError::Database {
+        at: at.to_string(),
+        source,
+    };
+    let row = sqlx::query(
+        "SELECT number, new FROM explorer_insert_reservation(\
+         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(i32::try_from(r.version).unwrap_or(i32::MAX))
+    .bind(&r.node_id)
+    .bind(&r.user_id)
+    .bind(r.kind.as_bytes())
+    .bind(r.data.get())
+    .bind(r.created)
+    .bind(r.duration)
+    .bind(&r.nonce)
+    .bind(&r.signature)
+    .bind(r.to_delete)
+    .bind(&r.delete_signature)
+    .bind(expires_ns)
+    .fetch_one(pool)
+    .await
+    .map_err(err)?;
+    let number: i64 = row.try_get("number").map_err(err)?;
+    let new: bool = row.try_get("new").map_err(err)?;
+    Ok((number, new))
 }
 
 /// Resolves once `shutdown` is set (or its sender is gone).
@@ -294,38 +668,32 @@ impl Storage for Pg {
             Some(at) if r.duration > 0 => at.timestamp_nanos_opt().unwrap_or(i64::MAX),
             _ => i64::MIN,
         };
-        let version = i32::try_from(r.version).unwrap_or(i32::MAX);
-        // One call (the migration's function): look for the signature; if
-        // absent, lock the node, take a number and insert (the unique index
-        // settles a race between replicas).
-        let row = sqlx::query(
-            "SELECT number, new FROM explorer_insert_reservation(\
-             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(version)
-        .bind(&r.node_id)
-        .bind(&r.user_id)
-        .bind(r.kind.as_bytes())
-        .bind(r.data.get())
-        .bind(r.created)
-        .bind(r.duration)
-        .bind(&r.nonce)
-        .bind(&r.signature)
-        .bind(r.to_delete)
-        .bind(&r.delete_signature)
-        .bind(expires_ns)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        let number: i64 = row.try_get("number").map_err(|e| self.err(e))?;
-        let new: bool = row.try_get("new").map_err(|e| self.err(e))?;
-        if !new {
-            return Ok(Insert::Duplicate(format!("{number}-1")));
+        // Queued to this replica's writer, stored with whatever other
+        // POSTs arrive meanwhile (group commit: see `writer`).
+        let (answer, answered) = oneshot::channel();
+        let queued = Queued {
+            r,
+            expires_ns,
+            answer,
+        };
+        if let Err(back) = self.insert_tx.send(queued) {
+            // The writer is gone (the server is stopping): store it alone.
+            let q = back.0;
+            let stored = insert_one(&self.pool, &self.at, &q.r, q.expires_ns).await;
+            if let Ok((_, true)) = stored {
+                self.notify(&q.r.node_id);
+            }
+            return self.inserted(q.r, stored);
         }
-        self.notify(&r.node_id);
-        let mut r = r;
-        r.id = format!("{number}-1");
-        Ok(Insert::New(r))
+        let waiting = Waiting {
+            rx: Some(answered),
+            local: &self.local,
+        };
+        let Some((r, stored)) = waiting.answer().await else {
+            // The writer dropped it without an answer (it panicked).
+            return Err(self.err(sqlx::Error::WorkerCrashed));
+        };
+        self.inserted(r, stored)
     }
 
     async fn get(&self, id: &str) -> Result<Option<Record>, ExplorerError> {
@@ -566,8 +934,10 @@ impl Storage for Pg {
         // Until LISTEN is up, other replicas' writes do not wake here: no
         // poll may be held on what an earlier query proved.
         wakers.set_complete(false);
+        let _ = self.local.set(wakers.clone());
         let pool = self.pool.clone();
         let at = self.at.clone();
+        let own_pid = self.own_pid.clone();
         tokio::spawn(async move {
             let mut listener: Option<PgListener> = None;
             loop {
@@ -601,6 +971,9 @@ impl Storage for Pg {
                 tokio::select! {
                     _ = stopped(&mut shutdown) => return,
                     m = l.try_recv() => match m {
+                        // This replica's own NOTIFY: the server woke its
+                        // polls of the node already.
+                        Ok(Some(n)) if n.process_id() == own_pid.load(Ordering::SeqCst) => {}
                         Ok(Some(n)) => wakers.wake(n.payload()),
                         // The connection was lost: notifications may be
                         // lost until a new one listens (above, which wakes
@@ -628,6 +1001,8 @@ impl Storage for Pg {
         Some(Connections {
             open: self.pool.size(),
             idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            insert_statements: self.batches.statements.load(Ordering::Relaxed),
+            inserted_rows: self.batches.rows.load(Ordering::Relaxed),
         })
     }
 

@@ -76,11 +76,16 @@ pub(crate) struct PollRange {
     pub limit: usize,
 }
 
-/// How many database connections a store holds, for `/metrics`.
+/// How many database connections a store holds, and how its inserts were
+/// grouped, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Connections {
     pub open: u32,
     pub idle: u32,
+    /// Statements that stored reservations (one per batch), since start.
+    pub insert_statements: u64,
+    /// Reservations those statements stored or found stored.
+    pub inserted_rows: u64,
 }
 
 /// The explorer's state. Every method is one atomic step: a refused or

@@ -1581,6 +1581,7 @@ async fn health_and_metrics(b: Backend) {
 mod replicas {
     use super::*;
     use futures_util::future::join_all;
+    use futures_util::StreamExt;
 
     /// Two servers on one fresh database.
     async fn two() -> (common::Store, common::Server, common::Server) {
@@ -1745,6 +1746,263 @@ mod replicas {
         assert_eq!(register(&c, &a.url, &stale).await.0, 400);
         assert_eq!(register(&c, &b.url, &stale).await.0, 400);
         assert_eq!(nodes(&c, &b.url).await[0].url, "http://10.0.0.1:1");
+        a.stop().await;
+        b.stop().await;
+    }
+
+    /// A figure of `/metrics`: the value of the line starting `series `.
+    async fn metric(url: &str, series: &str) -> u64 {
+        let (_, text) = send(client().get(format!("{url}/metrics"))).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    }
+
+    /// Run one SQL statement on the test's database.
+    async fn sql(store: &common::Store, q: &str) {
+        use sqlx::{Connection, Executor};
+        let url = &store.database.as_ref().unwrap().url;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        conn.execute(q).await.unwrap();
+    }
+
+    /// Group commit under load: many POSTs at once on both replicas share
+    /// insert statements (fewer statements than rows), every one gets its
+    /// own id, every copy of one signed reservation but one gets 409 naming
+    /// that id (copies on one replica land in one batch, others on the
+    /// other replica), and every node walking its cursor, on either
+    /// replica, gets each of its reservations exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_posts_get_distinct_ids_and_reach_their_nodes_once() {
+        let (_store, a, b) = two().await;
+        const NODES: usize = 12;
+        const DISTINCT: usize = 360;
+        let nodes: Vec<Identity> = (0..NODES).map(|_| Identity::generate()).collect();
+        let reservations: Vec<Reservation> = (0..DISTINCT)
+            .map(|i| volume(&Identity::generate(), nodes[i % NODES].id()))
+            .collect();
+        // Every node's walker, on replica a or b.
+        let walkers: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let url = if i % 2 == 0 {
+                    a.url.clone()
+                } else {
+                    b.url.clone()
+                };
+                let n = n.id().to_string();
+                let want = DISTINCT / NODES;
+                tokio::spawn(async move {
+                    let c = client();
+                    let (mut from, mut seen) = (1, Vec::new());
+                    let t = Instant::now();
+                    while seen.len() < want && t.elapsed() < Duration::from_secs(60) {
+                        for r in poll(&c, &url, &n, from).await {
+                            from = from.max(r.number().unwrap() + 1);
+                            seen.push(r.id);
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = client();
+        // Each reservation once; every 6th three times more: twice to the
+        // replica of its first post, once to the other.
+        let mut posts = Vec::new();
+        for (i, r) in reservations.iter().enumerate() {
+            let body = serde_json::to_string(r).unwrap();
+            let copies = if i % 6 == 0 { 4 } else { 1 };
+            for k in 0..copies {
+                let url = if (i + usize::from(k == 3)) % 2 == 0 {
+                    a.url.clone()
+                } else {
+                    b.url.clone()
+                };
+                let (node, body, c) = (r.node_id.clone(), body.clone(), c.clone());
+                posts.push(async move { (i, post_body(&c, &url, &node, body).await) });
+            }
+        }
+        // 64 at a time (one process holds both ends of every connection).
+        let answers: Vec<_> = futures_util::stream::iter(posts)
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        let mut ids: Vec<Option<String>> = vec![None; DISTINCT];
+        for (i, (st, text)) in &answers {
+            if *st == 201 {
+                let v: serde_json::Value = serde_json::from_str(text).unwrap();
+                assert!(ids[*i].is_none(), "a second 201 for reservation {i}");
+                ids[*i] = Some(v["id"].as_str().unwrap().to_string());
+            } else {
+                assert_eq!(*st, 409, "{text}");
+            }
+        }
+        let ids: Vec<String> = ids
+            .into_iter()
+            .map(|id| id.expect("one 201 each"))
+            .collect();
+        for (i, (st, text)) in &answers {
+            if *st == 409 {
+                assert!(
+                    text.contains(&format!("already stored as {}:", ids[*i])),
+                    "{text}"
+                );
+            }
+        }
+        assert_eq!(
+            answers.iter().filter(|(_, (st, _))| *st == 409).count(),
+            3 * (DISTINCT / 6)
+        );
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), DISTINCT, "distinct ids");
+        for (i, w) in walkers.into_iter().enumerate() {
+            let mut seen = w.await.unwrap();
+            let mut want: Vec<String> = (0..DISTINCT)
+                .filter(|j| j % NODES == i)
+                .map(|j| ids[j].clone())
+                .collect();
+            seen.sort();
+            want.sort();
+            assert_eq!(seen, want, "node {i} got each of its reservations once");
+        }
+        // The POSTs shared statements.
+        let mut rows = 0;
+        let mut statements = 0;
+        for s in [&a, &b] {
+            rows += metric(&s.url, r#"explorer_database_inserts{what="rows"}"#).await;
+            statements += metric(&s.url, r#"explorer_database_inserts{what="statements"}"#).await;
+        }
+        assert_eq!(
+            rows as usize,
+            answers.len(),
+            "every POST went through a batch"
+        );
+        assert!(statements < rows, "{statements} statements for {rows} rows");
+        a.stop().await;
+        b.stop().await;
+    }
+
+    /// The batch function itself: a duplicate inside one batch and one of
+    /// a row already stored answer the stored number without taking one;
+    /// numbers follow the array's order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_batch_statement_answers_duplicates_in_and_before_the_batch() {
+        use sqlx::{Connection, Row};
+        let (store, a, b) = two().await;
+        let node = Identity::generate();
+        let first = post(&client(), &a.url, &volume(&Identity::generate(), node.id())).await;
+        assert_eq!(first, "1-1");
+        let (x, y) = (
+            volume(&Identity::generate(), node.id()),
+            volume(&Identity::generate(), node.id()),
+        );
+        let stored: Reservation = poll(&client(), &b.url, node.id(), 1).await.remove(0);
+        let batch = [&x, &stored, &y, &x];
+        let url = &store.database.as_ref().unwrap().url;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let rows = sqlx::query(
+            "SELECT o_number, o_new FROM explorer_insert_reservations(\
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(batch.map(|r| r.version as i32).to_vec())
+        .bind(batch.map(|r| r.node_id.clone()).to_vec())
+        .bind(batch.map(|r| r.user_id.clone()).to_vec())
+        .bind(batch.map(|r| r.kind.as_bytes().to_vec()).to_vec())
+        .bind(batch.map(|r| r.data.get().to_string()).to_vec())
+        .bind(batch.map(|r| r.created).to_vec())
+        .bind(batch.map(|r| r.duration).to_vec())
+        .bind(batch.map(|r| r.nonce.clone()).to_vec())
+        .bind(batch.map(|r| r.signature.clone()).to_vec())
+        .bind(batch.map(|r| r.to_delete).to_vec())
+        .bind(batch.map(|r| r.delete_signature.clone()).to_vec())
+        .bind(vec![i64::MAX; 4])
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let got: Vec<(i64, bool)> = rows
+            .iter()
+            .map(|r| (r.get::<i64, _>(0), r.get::<bool, _>(1)))
+            .collect();
+        assert_eq!(got, [(2, true), (1, false), (3, true), (2, false)]);
+        // Both replicas answer them, x and y byte for byte.
+        let list = poll(&client(), &b.url, node.id(), 2).await;
+        assert_eq!(ids(&list), ["2-1", "3-1"]);
+        assert_eq!(list[0].data.get(), x.data.get());
+        assert_eq!(list[0].signature, x.signature);
+        assert_eq!(
+            ids(&poll(&client(), &a.url, node.id(), 2).await),
+            ["2-1", "3-1"]
+        );
+        // One row the database refuses fails the whole statement (so the
+        // explorer stores the rows of such a batch one by one).
+        let refused = sqlx::query(
+            "SELECT * FROM explorer_insert_reservations(ARRAY[2], ARRAY['n1', 'n2'], \
+             ARRAY['u', 'u'], ARRAY['\\x00'::bytea, '\\x00'], ARRAY['{}', '{}'], \
+             ARRAY[NULL, NULL]::timestamptz[], ARRAY[1, 1]::bigint[], ARRAY['a', 'b'], \
+             ARRAY['s1', 's2'], ARRAY[false, false], ARRAY[NULL, NULL]::text[], ARRAY[1, 1]::bigint[])",
+        )
+        .fetch_all(&mut conn)
+        .await;
+        assert!(refused.is_err(), "a NULL version is refused");
+        assert_eq!(poll(&client(), &a.url, node.id(), 4).await.len(), 0);
+        a.stop().await;
+        b.stop().await;
+    }
+
+    async fn send_post(url: String, r: Reservation) -> (u16, String) {
+        let body = serde_json::to_string(&r).unwrap();
+        post_body(&client(), &url, &r.node_id, body).await
+    }
+
+    /// A batch with a row the database refuses (here: a CHECK constraint
+    /// the test adds against one user) fails that POST alone (500), and
+    /// the others posted with it at once are stored and reach their node.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_the_database_refuses_fails_only_its_own_post() {
+        let (store, a, b) = two().await;
+        let bad_user = Identity::generate();
+        sql(
+            &store,
+            &format!(
+                "ALTER TABLE reservations ADD CONSTRAINT test_refuses_user CHECK (user_id <> '{}')",
+                bad_user.id()
+            ),
+        )
+        .await;
+        let node = Identity::generate();
+        const GOOD: usize = 60;
+        let mut posts = Vec::new();
+        for i in 0..GOOD {
+            let url = if i % 2 == 0 {
+                a.url.clone()
+            } else {
+                b.url.clone()
+            };
+            posts.push(send_post(url, volume(&Identity::generate(), node.id())));
+            if i % 20 == 10 {
+                // Three bad ones among them, on both replicas.
+                let url = if i % 40 == 10 {
+                    a.url.clone()
+                } else {
+                    b.url.clone()
+                };
+                posts.push(send_post(url, volume(&bad_user, node.id())));
+            }
+        }
+        let answers = join_all(posts).await;
+        let bad: Vec<_> = answers.iter().filter(|(st, _)| *st != 201).collect();
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        for (st, text) in bad {
+            assert_eq!(*st, 500);
+            assert!(text.contains("store failed"), "{text}");
+            assert!(!text.contains("test_refuses_user"), "{text}");
+        }
+        let list = poll(&client(), &b.url, node.id(), 0).await;
+        assert_eq!(list.len(), GOOD);
+        assert!(list.iter().all(|r| r.user_id != bad_user.id()));
         a.stop().await;
         b.stop().await;
     }

@@ -295,14 +295,13 @@ impl Store {
 
     /// Replace the cached record of `id` (e.g. a workload re-provisioned by
     /// reconciliation gets its new result), keeping index and counters.
+    /// A unit of one record, like the `record_*` methods: it goes through
+    /// the overlay, so a record staged for `id` and not committed yet is
+    /// replaced too (written straight into the tree, the update was hidden
+    /// by the staged record, then lost when the commit wrote it, and a
+    /// workload staged but not committed was refused as not cached).
     pub fn update_cached(&self, cached: &Cached) -> Result<(), StoreError> {
-        let id = &cached.reservation.id;
-        if !self.cache.contains_key(id)? {
-            return Err(StoreError::NotCached(id.clone()));
-        }
-        self.cache.insert(id.as_bytes(), records::encode(cached))?;
-        self.cache_changed();
-        Ok(())
+        self.record_one(|u| u.replace_cached(cached))
     }
 
     /// Move `id`'s decommission time to `at` (a decommission that must wait

@@ -394,3 +394,52 @@ fn the_cache_generation_moves_with_the_cache() {
         .unwrap();
     assert!(s.cache_generation() > g1);
 }
+
+/// `update_cached` goes through the overlay: a workload staged and not
+/// committed yet can be updated, reads see the new record at once, and
+/// the commit does not write the staged (older) record over it.
+#[test]
+fn update_cached_replaces_a_staged_record_and_is_not_lost_at_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let u = Unit::new(s.clone());
+    staged(&u, &node, signed("1-1", "sigA"));
+    let mut newer = s.get("1-1").unwrap().unwrap();
+    newer.result = node
+        .ok_result(
+            &newer.reservation,
+            &serde_json::json!({"volume_id": "again"}),
+        )
+        .unwrap();
+    s.update_cached(&newer).unwrap();
+    let got = |s: &Store| s.get("1-1").unwrap().unwrap().result.data.get().to_string();
+    assert_eq!(got(&s), r#"{"volume_id":"again"}"#);
+    // Committed with it; committing again writes nothing older back.
+    u.commit().unwrap();
+    assert_eq!(got(&s), r#"{"volume_id":"again"}"#);
+    assert_eq!(s.cached_len(), 1);
+    assert_eq!(s.counters().unwrap()["volume"], 1, "counted once");
+    // Staged after a staged decommission: not cached any more.
+    drop(u);
+    let u = Unit::new(s.clone());
+    u.decommissioned("1-1", "volume", "sigA", "conf", None)
+        .unwrap();
+    assert!(matches!(
+        s.update_cached(&newer),
+        Err(StoreError::NotCached(id)) if id == "1-1"
+    ));
+    assert!(s.get("1-1").unwrap().is_none());
+    u.commit().unwrap();
+    drop((s, u));
+    let s = reopen(dir.path());
+    assert!(
+        s.get("1-1").unwrap().is_none(),
+        "the decommission committed"
+    );
+    // Unknown ids are refused as before.
+    assert!(matches!(
+        s.update_cached(&newer),
+        Err(StoreError::NotCached(_))
+    ));
+}
