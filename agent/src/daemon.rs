@@ -27,6 +27,7 @@ use crate::crash::{self, CrashCounts, CrashPolicy, CrashWatch, GiveUp, Watched};
 use crate::engine::{Engine, EngineConfig, Shared};
 use crate::heartbeat::{self, HeartbeatState, NodeProfile};
 use crate::inventory::{self, Inventory};
+use crate::memory::TrimAfterLarge;
 use crate::metrics;
 use crate::{delivery, reconcile, AgentError};
 
@@ -471,8 +472,9 @@ impl Core {
         .with_ledger(self.ledger.clone())
     }
 
-    /// The engine's input: the poll and the expiries, merged.
-    fn sources(&self, poll: PollSource) -> CombinedSource {
+    /// The engine's input: the poll and the expiries, merged; freed memory
+    /// goes back to the system after each large unit (a resync page).
+    fn sources(&self, poll: PollSource) -> TrimAfterLarge<CombinedSource> {
         let sources: Vec<Box<dyn ReservationSource>> = vec![
             Box::new(poll),
             Box::new(
@@ -480,7 +482,7 @@ impl Core {
                     .with_grace(self.settings.stop_grace),
             ),
         ];
-        CombinedSource::new(sources)
+        TrimAfterLarge::new(CombinedSource::new(sources))
     }
 }
 

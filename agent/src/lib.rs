@@ -18,6 +18,8 @@
 //!   explorer.
 //! - [`faults`]: crash points for the restart drills.
 //! - [`files`]: the modes of the agent's state (root 0700, cache 0600).
+//! - [`memory`]: heap memory given back to the system (glibc's arenas
+//!   limited, freed pages returned after large units of work).
 //!
 //! Invariants: the engine's recorder is the only writer of the cache; a result enters
 //! the outbox in the same transaction as the outcome it reports; nothing is
@@ -37,19 +39,11 @@ pub mod faults;
 pub mod files;
 pub mod heartbeat;
 pub mod inventory;
+pub mod memory;
 pub mod metrics;
 pub mod reconcile;
 
-/// Return freed heap pages to the system. Start-up decodes every cached
-/// record (10,000 on a busy node) and glibc keeps that memory otherwise,
-/// which would leave the idle agent at its start-up peak.
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of glibc's allocator.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
+pub use memory::release_freed_memory;
 
 /// Errors of the agent library.
 #[derive(Debug, thiserror::Error)]

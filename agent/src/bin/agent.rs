@@ -5,8 +5,28 @@ use std::process::ExitCode;
 use agent::config::Settings;
 use agent::AgentError;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before any thread starts: a thread keeps the heap arena it got.
+    agent::memory::limit_arenas(agent::memory::DAEMON_ARENAS);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("agent: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Threads for blocking work (the engine's commits and flushes, DNS
+/// lookups, file I/O, WireGuard set-up): a few at a time are ever busy; each
+/// idle one holds a stack and a share of the heap until it times out.
+const BLOCKING_THREADS: usize = 16;
+
+async fn run() -> ExitCode {
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(AgentError::Cli(e)) => e.exit(),
