@@ -210,8 +210,12 @@ pub fn host_mode() -> String {
 /// One tunnel interface made by a [`TunnelBackend`].
 pub trait TunnelDevice: Send {
     /// Set the private key, listen port and (replacing them all) peers.
-    fn configure(&mut self, key: &WgKey, listen_port: u16, peers: &[PeerSpec])
-        -> Result<(), String>;
+    fn configure(
+        &mut self,
+        key: &WgKey,
+        listen_port: u16,
+        peers: &[PeerSpec],
+    ) -> Result<(), String>;
     /// Remove the interface; what is already gone is fine.
     fn remove(self: Box<Self>);
 }
@@ -363,9 +367,9 @@ impl TunnelDevice for KernelDevice {
         kernel_update(key, listen_port, peers)
             .apply(&self.iface, wireguard_control::Backend::Kernel)
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AddrInUse => format!(
-                    "wireguard_listen_port {listen_port} is already in use on this node"
-                ),
+                std::io::ErrorKind::AddrInUse => {
+                    format!("wireguard_listen_port {listen_port} is already in use on this node")
+                }
                 _ => format!(
                     "the wireguard interface {} refused its configuration: {e}",
                     self.iface.as_str_lossy()
@@ -923,6 +927,195 @@ mod tests {
         );
         assert!(marked_ifaces(&text, &owner_mark("n3")).is_empty());
         assert!(is_our_iface(&ours) && !is_our_iface("wg0") && !is_our_iface("eth0"));
+    }
+
+    #[test]
+    fn the_backend_is_kernel_where_the_probe_finds_it_else_userspace() {
+        let asked = std::cell::Cell::new(0);
+        let probe = |answer: bool| {
+            let asked = &asked;
+            move || {
+                asked.set(asked.get() + 1);
+                answer
+            }
+        };
+        let auto_yes = select(None, probe(true));
+        assert_eq!(auto_yes.kind, BackendKind::Kernel);
+        assert_eq!(auto_yes.mode, "kernel (configured over netlink)");
+        let auto_no = select(None, probe(false));
+        assert_eq!(auto_no.kind, BackendKind::Userspace);
+        assert_eq!(
+            auto_no.mode,
+            "userspace (boringtun over /dev/net/tun); no kernel wireguard on this host"
+        );
+        assert_eq!(select(Some("auto"), probe(true)).kind, BackendKind::Kernel);
+        assert_eq!(asked.get(), 3);
+
+        // The override to userspace does not even probe.
+        let forced = select(Some("userspace"), probe(true));
+        assert_eq!(forced.kind, BackendKind::Userspace);
+        assert!(
+            forced.mode.ends_with("AGENT_WIREGUARD=userspace"),
+            "{}",
+            forced.mode
+        );
+        assert_eq!(asked.get(), 3);
+
+        // Kernel asked for where there is none: userspace, and it says so.
+        let no_kernel = select(Some("kernel"), probe(false));
+        assert_eq!(no_kernel.kind, BackendKind::Userspace);
+        assert!(
+            no_kernel.mode.starts_with("userspace")
+                && no_kernel
+                    .mode
+                    .contains("AGENT_WIREGUARD=kernel but this host has no kernel wireguard"),
+            "{}",
+            no_kernel.mode
+        );
+        assert_eq!(
+            select(Some(" kernel "), probe(true)).kind,
+            BackendKind::Kernel
+        );
+
+        // A word it does not know: the probe decides, and the word is named.
+        let odd = select(Some("wg"), probe(false));
+        assert_eq!(odd.kind, BackendKind::Userspace);
+        assert!(
+            odd.mode.contains("AGENT_WIREGUARD=\"wg\" is not"),
+            "{}",
+            odd.mode
+        );
+        assert_eq!(select(Some("wg"), probe(true)).kind, BackendKind::Kernel);
+    }
+
+    fn two_peers() -> Vec<PeerSpec> {
+        vec![
+            PeerSpec {
+                public_key: [2; 32],
+                allowed_ips: vec![
+                    "10.1.2.0/24".parse().unwrap(),
+                    "10.1.9.0/25".parse().unwrap(),
+                ],
+                endpoint: Some("192.0.2.9:51821".parse().unwrap()),
+            },
+            PeerSpec {
+                public_key: [3; 32],
+                allowed_ips: vec!["10.1.3.0/24".parse().unwrap()],
+                endpoint: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn kernel_update_carries_key_port_and_every_peer() {
+        use wireguard_control::{AllowedIp, DeviceUpdate, Key, PeerConfigBuilder};
+        let got = kernel_update(&WgKey([1; 32]), 51820, &two_peers());
+        let want = DeviceUpdate::new()
+            .set_private_key(Key([1; 32]))
+            .set_listen_port(51820)
+            .replace_peers()
+            .add_peer(
+                PeerConfigBuilder::new(&Key([2; 32]))
+                    .replace_allowed_ips()
+                    .set_endpoint("192.0.2.9:51821".parse().unwrap())
+                    .set_persistent_keepalive_interval(25)
+                    .add_allowed_ips(&[
+                        "10.1.2.0/24".parse::<AllowedIp>().unwrap(),
+                        "10.1.9.0/25".parse::<AllowedIp>().unwrap(),
+                    ]),
+            )
+            .add_peer(
+                // No endpoint: the peer calls us, no keepalive from here.
+                PeerConfigBuilder::new(&Key([3; 32]))
+                    .replace_allowed_ips()
+                    .add_allowed_ip("10.1.3.0".parse().unwrap(), 24),
+            );
+        // Not `assert_eq!`: its message would print the (test) private key.
+        assert!(got == want, "the kernel update differs from the spec");
+        // Each part counts: another port, key, or peers merged in rather
+        // than replacing the old ones, is not the same update.
+        assert!(got != kernel_update(&WgKey([1; 32]), 51821, &two_peers()));
+        assert!(got != kernel_update(&WgKey([4; 32]), 51820, &two_peers()));
+        assert!(got != kernel_update(&WgKey([1; 32]), 51820, &two_peers()[..1]));
+        let merged = DeviceUpdate::new()
+            .set_private_key(Key([1; 32]))
+            .set_listen_port(51820);
+        assert!(kernel_update(&WgKey([1; 32]), 51820, &[]) != merged);
+        assert!(kernel_update(&WgKey([1; 32]), 51820, &[]) == merged.replace_peers());
+    }
+
+    /// A backend that records what it is asked and can refuse a
+    /// configuration, to see what [`HostTunnels`] does with it.
+    #[derive(Default, Clone)]
+    struct FakeBackend {
+        calls: Arc<Mutex<Vec<String>>>,
+        refuse: Option<String>,
+    }
+
+    struct FakeDevice(FakeBackend, String);
+
+    impl TunnelBackend for FakeBackend {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Kernel
+        }
+        fn create(&self, iface: &str) -> Result<Box<dyn TunnelDevice>, String> {
+            self.calls.lock().unwrap().push(format!("create {iface}"));
+            Ok(Box::new(FakeDevice(self.clone(), iface.to_string())))
+        }
+    }
+
+    impl TunnelDevice for FakeDevice {
+        fn configure(&mut self, _: &WgKey, port: u16, peers: &[PeerSpec]) -> Result<(), String> {
+            self.0.calls.lock().unwrap().push(format!(
+                "configure {} {port} {}",
+                self.1,
+                peers.len()
+            ));
+            self.0.refuse.clone().map_or(Ok(()), Err)
+        }
+        fn remove(self: Box<Self>) {
+            self.0
+                .calls
+                .lock()
+                .unwrap()
+                .push(format!("remove {}", self.1));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_the_backend_refuses_is_removed_and_the_error_named() {
+        let backend = FakeBackend {
+            refuse: Some("wireguard_listen_port 0 is already in use on this node".into()),
+            ..Default::default()
+        };
+        let tunnels = HostTunnels::with_backend(Arc::new(backend.clone()), "kernel (fake)")
+            .owned_by("wg-unit-test");
+        assert_eq!(tunnels.mode(), "kernel (fake)");
+        // A name of ours that no host has: `unplumb` finds nothing of it.
+        let iface = iface_name("agent-wg-unit-test-refused");
+        let spec = TunnelSpec {
+            iface: iface.clone(),
+            bridge: "br-nonexistent".into(),
+            subnet: "10.1.1.0/24".parse().unwrap(),
+            key: WgKey([1; 32]),
+            // Port 0: the pre-flight bind always succeeds.
+            listen_port: 0,
+            peers: two_peers()[1..].to_vec(),
+        };
+        let err = tunnels.up(spec).await.unwrap_err();
+        assert_eq!(
+            err,
+            "wireguard_listen_port 0 is already in use on this node"
+        );
+        assert!(!tunnels.is_up(&iface));
+        assert_eq!(
+            *backend.calls.lock().unwrap(),
+            vec![
+                format!("create {iface}"),
+                format!("configure {iface} 0 1"),
+                format!("remove {iface}"),
+            ]
+        );
     }
 
     #[test]
