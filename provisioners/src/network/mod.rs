@@ -281,7 +281,7 @@ impl NetworkProvisioner {
             host: HostView::Live,
             names: Names::unscoped(),
             node_key: None,
-            tunnels: Arc::new(wireguard::Userspace::new()),
+            tunnels: Arc::new(wireguard::HostTunnels::new()),
             holders: None,
         }
     }
@@ -403,7 +403,8 @@ impl NetworkProvisioner {
         self
     }
 
-    /// Where tunnels are brought up (default: userspace boringtun).
+    /// Where tunnels are brought up (default: [`wireguard::HostTunnels`], kernel
+    /// WireGuard where the host has it, else userspace boringtun).
     pub fn with_tunnels(mut self, tunnels: Arc<dyn Tunnels>) -> Self {
         self.tunnels = tunnels;
         self
@@ -876,7 +877,7 @@ impl Plugin for NetworkProvisioner {
             .next()
             .map_or_else(|| "unscoped".to_string(), |(_, node)| node);
         NetworkProvisioner::new(s.docker.clone(), s.node.id())
-            .with_tunnels(Arc::new(wireguard::Userspace::new().owned_by(&owner)))
+            .with_tunnels(Arc::new(wireguard::HostTunnels::new().owned_by(&owner)))
             .with_pool(s.options.tenants.network_pool.clone())
             .with_names(s.options.names.clone())
             .with_identity(s.node.clone())

@@ -1,8 +1,11 @@
 //! The WireGuard tunnels of networks that span nodes: the [`Tunnels`] seam
-//! the network plug-in drives, its userspace implementation
-//! ([`Userspace`]: boringtun over `/dev/net/tun`, configured over its UAPI
-//! stream, with the routes, policy rule and firewall chains each tunnel
-//! owns), and the recording [`RecordingTunnels`] for unit tests.
+//! the network plug-in drives, its host implementation ([`HostTunnels`]:
+//! the routes, policy rule and firewall chains each tunnel owns, around a
+//! [`TunnelBackend`] that makes the interface: kernel WireGuard configured
+//! over netlink ([`KernelBackend`]) where the host has it, else boringtun
+//! over `/dev/net/tun` configured over its UAPI stream
+//! ([`BoringtunBackend`]); chosen once at start by [`select`]), and the
+//! recording [`RecordingTunnels`] for unit tests.
 //!
 //! One tunnel = one interface `wg<13 base58>` (derived from the agent's
 //! Docker network name, never from user strings), its own routing table
@@ -17,7 +20,8 @@
 //! all even after a restart that lost the in-memory state.
 //!
 //! The private key is held in memory only ([`WgKey`], redacted in `Debug`,
-//! wiped on drop) and handed to boringtun over a socket pair: no file.
+//! wiped on drop) and handed to boringtun over a socket pair, or to the
+//! kernel in a netlink message: no file, no `wg` process.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -103,13 +107,279 @@ pub fn chain_of(iface: &str) -> String {
     format!("AGENT-{iface}")
 }
 
+/// The environment variable that overrides the choice of WireGuard:
+/// `kernel`, `userspace` or `auto` (the default).
+pub const BACKEND_ENV: &str = "AGENT_WIREGUARD";
+
+/// Which WireGuard implementation makes the tunnels' interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The host kernel's, configured over netlink.
+    Kernel,
+    /// boringtun in the agent's process, over `/dev/net/tun`.
+    Userspace,
+}
+
+/// The choice made at start, and why (shown by `agentctl status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub kind: BackendKind,
+    /// `kernel (...)` or `userspace (...)`, with the reason.
+    pub mode: String,
+}
+
+const USERSPACE_MODE: &str = "userspace (boringtun over /dev/net/tun)";
+const KERNEL_MODE: &str = "kernel (configured over netlink)";
+
+/// Choose the backend from the operator's override (`BACKEND_ENV`) and
+/// `kernel_probe` (whether the host can make a kernel WireGuard link),
+/// which is not asked when the override is `userspace`.
+pub fn select(override_: Option<&str>, kernel_probe: impl FnOnce() -> bool) -> Selection {
+    let userspace = |why: String| Selection {
+        kind: BackendKind::Userspace,
+        mode: format!("{USERSPACE_MODE}; {why}"),
+    };
+    let wanted = override_.map(str::trim).unwrap_or("");
+    match wanted {
+        "userspace" => return userspace(format!("{BACKEND_ENV}=userspace")),
+        "" | "auto" | "kernel" => {}
+        other => {
+            let kernel = kernel_probe();
+            let note = format!("{BACKEND_ENV}={other:?} is not kernel, userspace or auto");
+            return if kernel {
+                Selection {
+                    kind: BackendKind::Kernel,
+                    mode: format!("{KERNEL_MODE}; {note}"),
+                }
+            } else {
+                userspace(format!("no kernel wireguard on this host; {note}"))
+            };
+        }
+    }
+    if kernel_probe() {
+        Selection {
+            kind: BackendKind::Kernel,
+            mode: KERNEL_MODE.into(),
+        }
+    } else if wanted == "kernel" {
+        userspace(format!(
+            "{BACKEND_ENV}=kernel but this host has no kernel wireguard"
+        ))
+    } else {
+        userspace("no kernel wireguard on this host".into())
+    }
+}
+
+/// Whether this host can run kernel WireGuard: the module is there
+/// (`/sys/module/wireguard`, loaded or built in), or a link of kind
+/// `wireguard` can be made over netlink (which loads it) and is deleted
+/// again.
+pub fn probe_kernel() -> bool {
+    if std::path::Path::new("/sys/module/wireguard").exists() {
+        return true;
+    }
+    let name = format!("wgprobe{}", std::process::id() % 100_000);
+    let Ok(iface) = name.parse::<wireguard_control::InterfaceName>() else {
+        return false;
+    };
+    let made = wireguard_control::DeviceUpdate::new()
+        .apply(&iface, wireguard_control::Backend::Kernel)
+        .is_ok();
+    if made {
+        let _ = wireguard_control::Device::get(&iface, wireguard_control::Backend::Kernel)
+            .and_then(|d| d.delete());
+    }
+    made
+}
+
+/// The choice of this process, made once (on first use).
+pub fn selected() -> &'static Selection {
+    static SELECTED: std::sync::OnceLock<Selection> = std::sync::OnceLock::new();
+    SELECTED.get_or_init(|| {
+        let s = select(std::env::var(BACKEND_ENV).ok().as_deref(), probe_kernel);
+        tracing::info!(wireguard = %s.mode, "wireguard backend chosen");
+        s
+    })
+}
+
 /// Which WireGuard the node runs tunnels with, for `agentctl status`.
 pub fn host_mode() -> String {
-    let kernel = std::path::Path::new("/sys/module/wireguard").exists();
-    if kernel {
-        "userspace (boringtun); the kernel module is loaded but not used yet".into()
-    } else {
-        "userspace (boringtun over /dev/net/tun); no kernel module".into()
+    selected().mode.clone()
+}
+
+/// One tunnel interface made by a [`TunnelBackend`].
+pub trait TunnelDevice: Send {
+    /// Set the private key, listen port and (replacing them all) peers.
+    fn configure(
+        &mut self,
+        key: &WgKey,
+        listen_port: u16,
+        peers: &[PeerSpec],
+    ) -> Result<(), String>;
+    /// Remove the interface; what is already gone is fine.
+    fn remove(self: Box<Self>);
+}
+
+/// The seam between [`HostTunnels`] and the WireGuard implementation:
+/// making an interface, configuring it, removing it. Routes, rules and
+/// firewall are the same for every backend and stay in [`HostTunnels`].
+pub trait TunnelBackend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+    /// Make interface `iface` (none of that name exists).
+    fn create(&self, iface: &str) -> Result<Box<dyn TunnelDevice>, String>;
+}
+
+/// The backend [`selected`] for this process.
+pub fn selected_backend() -> Arc<dyn TunnelBackend> {
+    match selected().kind {
+        BackendKind::Kernel => Arc::new(KernelBackend),
+        BackendKind::Userspace => Arc::new(BoringtunBackend),
+    }
+}
+
+/// Userspace WireGuard: boringtun devices running in the agent's process.
+pub struct BoringtunBackend;
+
+/// A running boringtun device and our end of its UAPI stream.
+struct BoringtunDevice {
+    iface: String,
+    handle: boringtun::device::DeviceHandle,
+    api: UnixStream,
+}
+
+impl TunnelBackend for BoringtunBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Userspace
+    }
+
+    fn create(&self, iface: &str) -> Result<Box<dyn TunnelDevice>, String> {
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| format!("cannot open a socket pair: {e}"))?;
+        let config = boringtun::device::DeviceConfig {
+            n_threads: 2,
+            use_connected_socket: true,
+            use_multi_queue: false,
+            uapi_fd: theirs.into_raw_fd(),
+        };
+        let handle = boringtun::device::DeviceHandle::new(iface, config)
+            .map_err(|e| format!("cannot create the wireguard interface {iface}: {e:?}"))?;
+        Ok(Box::new(BoringtunDevice {
+            iface: iface.to_string(),
+            handle,
+            api: ours,
+        }))
+    }
+}
+
+impl TunnelDevice for BoringtunDevice {
+    fn configure(
+        &mut self,
+        key: &WgKey,
+        listen_port: u16,
+        peers: &[PeerSpec],
+    ) -> Result<(), String> {
+        match uapi_set(&mut self.api, &uapi_body(key, listen_port, peers)) {
+            Ok(()) => Ok(()),
+            Err(98) => Err(format!(
+                "wireguard_listen_port {listen_port} is already in use on this node"
+            )),
+            Err(e) => Err(format!(
+                "the wireguard interface {} refused its configuration (errno {e})",
+                self.iface
+            )),
+        }
+    }
+
+    fn remove(self: Box<Self>) {
+        let BoringtunDevice {
+            mut handle, api, ..
+        } = *self;
+        // The device first: stops its threads and closes the tun.
+        handle.clean();
+        drop(handle);
+        drop(api);
+    }
+}
+
+/// Kernel WireGuard, configured over netlink (`wireguard-control`): no
+/// `wg` process, the key goes to the kernel in a netlink message.
+pub struct KernelBackend;
+
+struct KernelDevice {
+    iface: wireguard_control::InterfaceName,
+}
+
+/// Our tunnel's configuration as `wireguard-control`'s update: the key,
+/// the port, and the peers replacing any others (each with its ranges,
+/// replacing its old ones, and, with an endpoint, a 25 s keepalive, as
+/// [`uapi_body`] says to boringtun).
+pub fn kernel_update(
+    key: &WgKey,
+    listen_port: u16,
+    peers: &[PeerSpec],
+) -> wireguard_control::DeviceUpdate {
+    let peers: Vec<wireguard_control::PeerConfigBuilder> = peers
+        .iter()
+        .map(|p| {
+            let mut b =
+                wireguard_control::PeerConfigBuilder::new(&wireguard_control::Key(p.public_key))
+                    .replace_allowed_ips();
+            if let Some(e) = p.endpoint {
+                b = b.set_endpoint(e).set_persistent_keepalive_interval(25);
+            }
+            for a in &p.allowed_ips {
+                b = b.add_allowed_ip(std::net::IpAddr::V4(a.addr()), a.prefix_len());
+            }
+            b
+        })
+        .collect();
+    wireguard_control::DeviceUpdate::new()
+        .set_private_key(wireguard_control::Key(key.0))
+        .set_listen_port(listen_port)
+        .replace_peers()
+        .add_peers(&peers)
+}
+
+impl TunnelBackend for KernelBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Kernel
+    }
+
+    fn create(&self, iface: &str) -> Result<Box<dyn TunnelDevice>, String> {
+        let name: wireguard_control::InterfaceName = iface
+            .parse()
+            .map_err(|e| format!("bad wireguard interface name {iface}: {e:?}"))?;
+        // An empty update makes the link (kind wireguard) and sets nothing.
+        wireguard_control::DeviceUpdate::new()
+            .apply(&name, wireguard_control::Backend::Kernel)
+            .map_err(|e| format!("cannot create the wireguard interface {iface}: {e}"))?;
+        Ok(Box::new(KernelDevice { iface: name }))
+    }
+}
+
+impl TunnelDevice for KernelDevice {
+    fn configure(
+        &mut self,
+        key: &WgKey,
+        listen_port: u16,
+        peers: &[PeerSpec],
+    ) -> Result<(), String> {
+        kernel_update(key, listen_port, peers)
+            .apply(&self.iface, wireguard_control::Backend::Kernel)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    format!("wireguard_listen_port {listen_port} is already in use on this node")
+                }
+                _ => format!(
+                    "the wireguard interface {} refused its configuration: {e}",
+                    self.iface.as_str_lossy()
+                ),
+            })
+    }
+
+    fn remove(self: Box<Self>) {
+        let _ = wireguard_control::Device::get(&self.iface, wireguard_control::Backend::Kernel)
+            .and_then(|d| d.delete());
     }
 }
 
@@ -135,17 +405,19 @@ pub trait Tunnels: Send + Sync {
     async fn sweep(&self, keep: &BTreeSet<String>) -> Result<Vec<String>, String>;
 }
 
-/// A running boringtun device and our end of its UAPI stream.
+/// A tunnel up: its interface and the port it listens on.
 struct Running {
-    // Dropped first: stops the device's threads and closes the tun.
-    handle: boringtun::device::DeviceHandle,
-    _api: UnixStream,
+    device: Box<dyn TunnelDevice>,
     port: u16,
 }
 
-/// Userspace WireGuard: boringtun devices running in the agent's process.
-#[derive(Default, Clone)]
-pub struct Userspace {
+/// The host's tunnels: interfaces made by a [`TunnelBackend`], with their
+/// routes, policy rule and firewall chains.
+#[derive(Clone)]
+pub struct HostTunnels {
+    backend: Arc<dyn TunnelBackend>,
+    /// `agentctl status`'s words for the backend.
+    mode: String,
     running: Arc<Mutex<HashMap<String, Running>>>,
     /// Interfaces being brought up (the sweep leaves them alone).
     starting: Arc<Mutex<HashSet<String>>>,
@@ -153,9 +425,27 @@ pub struct Userspace {
     owner: String,
 }
 
-impl Userspace {
+impl Default for HostTunnels {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HostTunnels {
+    /// With the backend [`selected`] for this process.
     pub fn new() -> Self {
-        Self::default().owned_by("unscoped")
+        Self::with_backend(selected_backend(), &host_mode())
+    }
+
+    /// With `backend`, described as `mode` in `agentctl status`.
+    pub fn with_backend(backend: Arc<dyn TunnelBackend>, mode: &str) -> Self {
+        Self {
+            backend,
+            mode: mode.to_string(),
+            running: Arc::default(),
+            starting: Arc::default(),
+            owner: "unscoped".into(),
+        }
     }
 
     /// Mark the chains as this agent's (its node scope): the sweep only
@@ -268,13 +558,13 @@ fn uapi_set(api: &mut UnixStream, body: &str) -> Result<(), i32> {
     }
 }
 
-fn uapi_body(spec: &TunnelSpec) -> String {
+fn uapi_body(key: &WgKey, listen_port: u16, peers: &[PeerSpec]) -> String {
     let mut b = format!(
         "private_key={}\nlisten_port={}\nreplace_peers=true\n",
-        hex::encode(spec.key.0),
-        spec.listen_port
+        hex::encode(key.0),
+        listen_port
     );
-    for p in &spec.peers {
+    for p in peers {
         b.push_str(&format!(
             "public_key={}\nreplace_allowed_ips=true\n",
             hex::encode(p.public_key)
@@ -455,7 +745,7 @@ fn sweep_host(mark: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, String
     Ok(gone)
 }
 
-impl Userspace {
+impl HostTunnels {
     fn up_blocking(&self, spec: &TunnelSpec) -> Result<(), String> {
         self.starting_lock().insert(spec.iface.clone());
         let r = self.up_inner(spec);
@@ -470,41 +760,19 @@ impl Userspace {
         let running_port = self.lock().get(&spec.iface).map(|r| r.port);
         preflight(spec, running_port != Some(spec.listen_port))?;
         self.down_blocking(&spec.iface);
-        let (mut ours, theirs) =
-            UnixStream::pair().map_err(|e| format!("cannot open a socket pair: {e}"))?;
-        let config = boringtun::device::DeviceConfig {
-            n_threads: 2,
-            use_connected_socket: true,
-            use_multi_queue: false,
-            uapi_fd: theirs.into_raw_fd(),
-        };
-        let handle = boringtun::device::DeviceHandle::new(&spec.iface, config).map_err(|e| {
-            format!(
-                "cannot create the wireguard interface {}: {e:?}",
-                spec.iface
-            )
-        })?;
-        let running = Running {
-            handle,
-            _api: ours.try_clone().map_err(|e| e.to_string())?,
-            port: spec.listen_port,
-        };
-        let configured = match uapi_set(&mut ours, &uapi_body(spec)) {
-            Ok(()) => plumb(spec, &self.owner),
-            Err(98) => Err(format!(
-                "wireguard_listen_port {} is already in use on this node",
-                spec.listen_port
-            )),
-            Err(e) => Err(format!(
-                "the wireguard interface {} refused its configuration (errno {e})",
-                spec.iface
-            )),
-        };
+        let mut device = self.backend.create(&spec.iface)?;
+        let configured = device
+            .configure(&spec.key, spec.listen_port, &spec.peers)
+            .and_then(|()| plumb(spec, &self.owner));
         if let Err(e) = configured {
-            drop(running);
+            device.remove();
             unplumb(&spec.iface);
             return Err(e);
         }
+        let running = Running {
+            device,
+            port: spec.listen_port,
+        };
         self.lock().insert(spec.iface.clone(), running);
         Ok(())
     }
@@ -512,11 +780,10 @@ impl Userspace {
     fn down_blocking(&self, iface: &str) {
         let running = self.lock().remove(iface);
         unplumb(iface);
-        if let Some(mut r) = running {
-            r.handle.clean();
-            drop(r);
+        if let Some(r) = running {
+            r.device.remove();
         }
-        // The tun goes with the device's last fd; wait a little for it.
+        // A tun goes with the device's last fd; wait a little for it.
         for _ in 0..50 {
             if !std::path::Path::new(&format!("/sys/class/net/{iface}")).exists() {
                 break;
@@ -536,9 +803,9 @@ impl Userspace {
 }
 
 #[async_trait]
-impl Tunnels for Userspace {
+impl Tunnels for HostTunnels {
     fn mode(&self) -> String {
-        host_mode()
+        self.mode.clone()
     }
 
     async fn up(&self, spec: TunnelSpec) -> Result<(), String> {
@@ -663,6 +930,195 @@ mod tests {
     }
 
     #[test]
+    fn the_backend_is_kernel_where_the_probe_finds_it_else_userspace() {
+        let asked = std::cell::Cell::new(0);
+        let probe = |answer: bool| {
+            let asked = &asked;
+            move || {
+                asked.set(asked.get() + 1);
+                answer
+            }
+        };
+        let auto_yes = select(None, probe(true));
+        assert_eq!(auto_yes.kind, BackendKind::Kernel);
+        assert_eq!(auto_yes.mode, "kernel (configured over netlink)");
+        let auto_no = select(None, probe(false));
+        assert_eq!(auto_no.kind, BackendKind::Userspace);
+        assert_eq!(
+            auto_no.mode,
+            "userspace (boringtun over /dev/net/tun); no kernel wireguard on this host"
+        );
+        assert_eq!(select(Some("auto"), probe(true)).kind, BackendKind::Kernel);
+        assert_eq!(asked.get(), 3);
+
+        // The override to userspace does not even probe.
+        let forced = select(Some("userspace"), probe(true));
+        assert_eq!(forced.kind, BackendKind::Userspace);
+        assert!(
+            forced.mode.ends_with("AGENT_WIREGUARD=userspace"),
+            "{}",
+            forced.mode
+        );
+        assert_eq!(asked.get(), 3);
+
+        // Kernel asked for where there is none: userspace, and it says so.
+        let no_kernel = select(Some("kernel"), probe(false));
+        assert_eq!(no_kernel.kind, BackendKind::Userspace);
+        assert!(
+            no_kernel.mode.starts_with("userspace")
+                && no_kernel
+                    .mode
+                    .contains("AGENT_WIREGUARD=kernel but this host has no kernel wireguard"),
+            "{}",
+            no_kernel.mode
+        );
+        assert_eq!(
+            select(Some(" kernel "), probe(true)).kind,
+            BackendKind::Kernel
+        );
+
+        // A word it does not know: the probe decides, and the word is named.
+        let odd = select(Some("wg"), probe(false));
+        assert_eq!(odd.kind, BackendKind::Userspace);
+        assert!(
+            odd.mode.contains("AGENT_WIREGUARD=\"wg\" is not"),
+            "{}",
+            odd.mode
+        );
+        assert_eq!(select(Some("wg"), probe(true)).kind, BackendKind::Kernel);
+    }
+
+    fn two_peers() -> Vec<PeerSpec> {
+        vec![
+            PeerSpec {
+                public_key: [2; 32],
+                allowed_ips: vec![
+                    "10.1.2.0/24".parse().unwrap(),
+                    "10.1.9.0/25".parse().unwrap(),
+                ],
+                endpoint: Some("192.0.2.9:51821".parse().unwrap()),
+            },
+            PeerSpec {
+                public_key: [3; 32],
+                allowed_ips: vec!["10.1.3.0/24".parse().unwrap()],
+                endpoint: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn kernel_update_carries_key_port_and_every_peer() {
+        use wireguard_control::{AllowedIp, DeviceUpdate, Key, PeerConfigBuilder};
+        let got = kernel_update(&WgKey([1; 32]), 51820, &two_peers());
+        let want = DeviceUpdate::new()
+            .set_private_key(Key([1; 32]))
+            .set_listen_port(51820)
+            .replace_peers()
+            .add_peer(
+                PeerConfigBuilder::new(&Key([2; 32]))
+                    .replace_allowed_ips()
+                    .set_endpoint("192.0.2.9:51821".parse().unwrap())
+                    .set_persistent_keepalive_interval(25)
+                    .add_allowed_ips(&[
+                        "10.1.2.0/24".parse::<AllowedIp>().unwrap(),
+                        "10.1.9.0/25".parse::<AllowedIp>().unwrap(),
+                    ]),
+            )
+            .add_peer(
+                // No endpoint: the peer calls us, no keepalive from here.
+                PeerConfigBuilder::new(&Key([3; 32]))
+                    .replace_allowed_ips()
+                    .add_allowed_ip("10.1.3.0".parse().unwrap(), 24),
+            );
+        // Not `assert_eq!`: its message would print the (test) private key.
+        assert!(got == want, "the kernel update differs from the spec");
+        // Each part counts: another port, key, or peers merged in rather
+        // than replacing the old ones, is not the same update.
+        assert!(got != kernel_update(&WgKey([1; 32]), 51821, &two_peers()));
+        assert!(got != kernel_update(&WgKey([4; 32]), 51820, &two_peers()));
+        assert!(got != kernel_update(&WgKey([1; 32]), 51820, &two_peers()[..1]));
+        let merged = DeviceUpdate::new()
+            .set_private_key(Key([1; 32]))
+            .set_listen_port(51820);
+        assert!(kernel_update(&WgKey([1; 32]), 51820, &[]) != merged);
+        assert!(kernel_update(&WgKey([1; 32]), 51820, &[]) == merged.replace_peers());
+    }
+
+    /// A backend that records what it is asked and can refuse a
+    /// configuration, to see what [`HostTunnels`] does with it.
+    #[derive(Default, Clone)]
+    struct FakeBackend {
+        calls: Arc<Mutex<Vec<String>>>,
+        refuse: Option<String>,
+    }
+
+    struct FakeDevice(FakeBackend, String);
+
+    impl TunnelBackend for FakeBackend {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Kernel
+        }
+        fn create(&self, iface: &str) -> Result<Box<dyn TunnelDevice>, String> {
+            self.calls.lock().unwrap().push(format!("create {iface}"));
+            Ok(Box::new(FakeDevice(self.clone(), iface.to_string())))
+        }
+    }
+
+    impl TunnelDevice for FakeDevice {
+        fn configure(&mut self, _: &WgKey, port: u16, peers: &[PeerSpec]) -> Result<(), String> {
+            self.0.calls.lock().unwrap().push(format!(
+                "configure {} {port} {}",
+                self.1,
+                peers.len()
+            ));
+            self.0.refuse.clone().map_or(Ok(()), Err)
+        }
+        fn remove(self: Box<Self>) {
+            self.0
+                .calls
+                .lock()
+                .unwrap()
+                .push(format!("remove {}", self.1));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_the_backend_refuses_is_removed_and_the_error_named() {
+        let backend = FakeBackend {
+            refuse: Some("wireguard_listen_port 0 is already in use on this node".into()),
+            ..Default::default()
+        };
+        let tunnels = HostTunnels::with_backend(Arc::new(backend.clone()), "kernel (fake)")
+            .owned_by("wg-unit-test");
+        assert_eq!(tunnels.mode(), "kernel (fake)");
+        // A name of ours that no host has: `unplumb` finds nothing of it.
+        let iface = iface_name("agent-wg-unit-test-refused");
+        let spec = TunnelSpec {
+            iface: iface.clone(),
+            bridge: "br-nonexistent".into(),
+            subnet: "10.1.1.0/24".parse().unwrap(),
+            key: WgKey([1; 32]),
+            // Port 0: the pre-flight bind always succeeds.
+            listen_port: 0,
+            peers: two_peers()[1..].to_vec(),
+        };
+        let err = tunnels.up(spec).await.unwrap_err();
+        assert_eq!(
+            err,
+            "wireguard_listen_port 0 is already in use on this node"
+        );
+        assert!(!tunnels.is_up(&iface));
+        assert_eq!(
+            *backend.calls.lock().unwrap(),
+            vec![
+                format!("create {iface}"),
+                format!("configure {iface} 0 1"),
+                format!("remove {iface}"),
+            ]
+        );
+    }
+
+    #[test]
     fn uapi_body_is_the_documented_text() {
         let spec = TunnelSpec {
             iface: "wgx".into(),
@@ -676,7 +1132,7 @@ mod tests {
                 endpoint: Some("192.0.2.9:51821".parse().unwrap()),
             }],
         };
-        let b = uapi_body(&spec);
+        let b = uapi_body(&spec.key, spec.listen_port, &spec.peers);
         assert!(b.starts_with(&format!(
             "private_key={}\nlisten_port=51820\n",
             "01".repeat(32)
