@@ -1927,6 +1927,16 @@ mod replicas {
             .map(|r| (r.get::<i64, _>(0), r.get::<bool, _>(1)))
             .collect();
         assert_eq!(got, [(2, true), (1, false), (3, true), (2, false)]);
+        // The function stores; the replica that calls it announces the
+        // nodes (its notifier). Written here behind both replicas' backs,
+        // announce it as they would: without it, a replica whose last poll
+        // query of this node proved it quiet holds the next poll to its
+        // deadline without asking the database (a test that raced).
+        sqlx::query("SELECT pg_notify('explorer_wake', $1)")
+            .bind(node.id())
+            .execute(&mut conn)
+            .await
+            .unwrap();
         // Both replicas answer them, x and y byte for byte.
         let list = poll(&client(), &b.url, node.id(), 2).await;
         assert_eq!(ids(&list), ["2-1", "3-1"]);
