@@ -43,8 +43,6 @@ pub mod memory;
 pub mod metrics;
 pub mod reconcile;
 
-pub use memory::release_freed_memory;
-
 /// Errors of the agent library.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

@@ -42,7 +42,7 @@ pub async fn start(
     cached: Result<Vec<Live>, store::StoreError>,
 ) -> Result<Option<usize>, AgentError> {
     let missing = missing(&store, &registry, cached?).await?;
-    crate::release_freed_memory();
+    crate::memory::release_freed_memory();
     let (synced, synced_rx) = oneshot::channel();
     let (done_tx, done) = oneshot::channel();
     let (repaired, answer) = oneshot::channel();

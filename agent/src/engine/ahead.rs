@@ -46,9 +46,11 @@ pub struct Ahead<T> {
 
 impl<T: Send + 'static> Ahead<T> {
     /// Start `step` on `items` (in the order they are to be taken), unless
-    /// there are fewer than [`INLINE_BELOW`].
-    pub fn start(items: Vec<T>, step: Step<T>) -> Self {
-        let window = std::thread::available_parallelism().map_or(1, |n| n.get());
+    /// there are fewer than [`INLINE_BELOW`], at most `window` chunks at
+    /// once (the cores, counted once by the engine: the count reads the
+    /// cgroup's files).
+    pub fn start(items: Vec<T>, step: Step<T>, window: usize) -> Self {
+        let window = window.max(1);
         let mut a = Ahead {
             running: VecDeque::new(),
             waiting: VecDeque::new(),
@@ -163,7 +165,7 @@ mod tests {
 
     async fn run(rs: Vec<Reservation>, store: Store) -> Vec<(Reservation, Checked)> {
         let items = rs.into_iter().map(|r| (r, None)).collect();
-        let mut a = Ahead::start(items, precheck(Arc::new(KeyCache::new()), store));
+        let mut a = Ahead::start(items, precheck(Arc::new(KeyCache::new()), store), 2);
         let mut got = Vec::new();
         while let Some(item) = a.next().await.unwrap() {
             got.push(item);
@@ -238,7 +240,7 @@ mod tests {
             assert!(*i != 70, "boom");
             *done = true;
         });
-        let mut a = Ahead::start(items, step);
+        let mut a = Ahead::start(items, step, 2);
         let mut got = Vec::new();
         while let Some(item) = a.next().await.unwrap() {
             got.push(item);

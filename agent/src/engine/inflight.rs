@@ -347,8 +347,8 @@ mod tests {
             assert_eq!(got, want, "at {i}");
         }
         assert_eq!(f.parked_len(), MAX_PARKED);
-        // The dropped ones hold no cursor back.
-        f.answered(4, [a]);
+        // Only the first waits behind the job (each other behind the one
+        // before it), and it is the copy that was kept.
         let freed = f.settle(a);
         assert_eq!(freed.len(), 1, "the first waits behind the job");
         assert_eq!(freed[0].1.delete_signature.as_deref(), Some("d"));

@@ -151,6 +151,8 @@ pub struct Engine {
     executor: Arc<Executor>,
     /// Bounds the jobs that run at once (`max_parallel`).
     permits: Arc<Semaphore>,
+    /// The cores: how many chunks of work ahead run at once.
+    cores: usize,
     /// The node's object names, for the dependencies between jobs.
     names: Names,
     /// Provisionings and decommissionings judged and not started yet:
@@ -273,6 +275,7 @@ impl Engine {
             node,
             executor: Arc::new(Executor::new(registry, cfg.provision_timeout)),
             permits: Arc::new(Semaphore::new(cfg.max_parallel.max(1))),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             jobs: Vec::new(),
             queued_ids: HashSet::new(),
             queued_signatures: HashSet::new(),
@@ -463,6 +466,7 @@ impl Engine {
                 let mut answer = Ahead::start(
                     reservations.into_iter().map(|r| (r, None)).collect(),
                     ahead::precheck(self.keys.clone(), self.recorder.reads().store()),
+                    self.cores,
                 );
                 while let Some((r, checked)) = answer.next().await? {
                     let t = self.inflight.ticket();
@@ -484,7 +488,7 @@ impl Engine {
                     self.shared.first_poll_done.store(true, Ordering::SeqCst);
                     // Start-up decoded the whole cache and the full `from=0`
                     // answer; hand that memory back to the system.
-                    crate::release_freed_memory();
+                    crate::memory::release_freed_memory();
                 }
             }
             Work::Due(ids) => {
@@ -571,7 +575,7 @@ impl Engine {
             if batch.is_empty() {
                 break;
             }
-            let mut signed = Ahead::start(batch, sign_ahead(self.node.clone()));
+            let mut signed = Ahead::start(batch, sign_ahead(self.node.clone()), self.cores);
             while let Some((t, d)) = signed.next().await? {
                 if let Ok(mut shown) = self.shared.jobs.lock() {
                     shown.remove(&t);
