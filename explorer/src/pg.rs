@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
+use futures_util::future::{join_all, BoxFuture};
 use reservation::node::{Capacity, NodeInfo};
 use reservation::{Reservation, WorkloadResult};
 use serde_json::value::RawValue;
@@ -512,11 +512,7 @@ async fn writer(b: Batcher, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>
 async fn insert_batch(b: &Batcher, batch: Vec<Queued>) {
     let n = batch.len();
     if n == 1 {
-        for q in batch {
-            let stored = insert_one(&b.pool, &b.at, &q.r, q.expires_ns).await;
-            b.count(1, 1);
-            b.answer(q, stored);
-        }
+        insert_each(b, batch).await;
         return;
     }
     let mut version = Vec::with_capacity(n);
@@ -582,14 +578,7 @@ async fn insert_batch(b: &Batcher, batch: Vec<Queued>) {
         }
         Err(sqlx::Error::Database(refused)) => {
             warn!(database = %b.at, rows = n, error = %refused, "a batch of reservations was refused; storing each on its own");
-            for q in batch {
-                let b = b.clone();
-                tokio::spawn(async move {
-                    let stored = insert_one(&b.pool, &b.at, &q.r, q.expires_ns).await;
-                    b.count(1, 1);
-                    b.answer(q, stored);
-                });
-            }
+            insert_each(b, batch).await;
         }
         Err(e) => {
             // Not a refusal: the connection failed (the batch may or may
@@ -601,6 +590,19 @@ async fn insert_batch(b: &Batcher, batch: Vec<Queued>) {
             }
         }
     }
+}
+
+/// Store each of `batch` in a statement of its own, at once, and answer
+/// each submitter. Awaited within the batch's slot of [`writer`]: a stream
+/// of refused batches (one hostile row in each) cannot pile up inserts
+/// beyond [`BATCHES_IN_FLIGHT`] batches.
+async fn insert_each(b: &Batcher, batch: Vec<Queued>) {
+    join_all(batch.into_iter().map(|q| async move {
+        let stored = insert_one(&b.pool, &b.at, &q.r, q.expires_ns).await;
+        b.count(1, 1);
+        b.answer(q, stored);
+    }))
+    .await;
 }
 
 /// Store one reservation (the migration's `explorer_insert_reservation`):
