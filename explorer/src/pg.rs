@@ -334,14 +334,17 @@ impl Pg {
 /// every listener, this replica's included, and the server has already
 /// woken this replica's polls of the node ([`Pg::forward_wakeups`] skips
 /// them; waking again would cost each woken node one more poll query).
-/// While that connection cannot be had, it sends through the pool, and
-/// this replica wakes on its own NOTIFYs too (harmless).
+/// While that connection cannot be had, or the pool is too small to spare
+/// it (two connections or fewer: the listener's and one for every query),
+/// it sends through the pool, and this replica wakes on its own NOTIFYs
+/// too (harmless).
 async fn notifier(
     pool: PgPool,
     at: String,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
     own: Arc<AtomicU32>,
 ) {
+    let dedicated = pool.options().get_max_connections() > 2;
     let mut conn: Option<PoolConnection<Postgres>> = None;
     while let Some(first) = rx.recv().await {
         let mut nodes = vec![first];
@@ -353,7 +356,7 @@ async fn notifier(
         }
         nodes.sort();
         nodes.dedup();
-        if conn.is_none() {
+        if conn.is_none() && dedicated {
             conn = notifying_connection(&pool, &own).await;
         }
         let statement = || {

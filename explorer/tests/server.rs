@@ -2017,6 +2017,40 @@ mod replicas {
         b.stop().await;
     }
 
+    /// The smallest pools still serve: with two connections (one holds the
+    /// LISTEN), the notifier takes none of its own, so POSTs after the
+    /// first one's NOTIFY still get a connection (they waited the pool's
+    /// 10 s and failed when it kept one), and such a replica still stops.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_two_connection_pool_serves_posts_and_stops_after_notifying() {
+        let store = Backend::Postgres.store().await;
+        let small = common::start_with(explorer::ServerConfig {
+            max_connections: 2,
+            long_poll: Duration::from_secs(5),
+            ..store.config()
+        })
+        .await;
+        let other = store.start(Duration::from_secs(5)).await;
+        let (c, node) = (client(), Identity::generate());
+        for i in 1..=4u64 {
+            let held = tokio::spawn({
+                let (c, url, n) = (c.clone(), other.url.clone(), node.id().to_string());
+                async move { poll(&c, &url, &n, i).await }
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let t = Instant::now();
+            let id = post(&c, &small.url, &volume(&Identity::generate(), node.id())).await;
+            assert_eq!(id, format!("{i}-1"));
+            // Its NOTIFY woke the poll held on the other replica.
+            assert_eq!(ids(&held.await.unwrap()), [id.as_str()]);
+            assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        }
+        let t = Instant::now();
+        small.stop().await;
+        other.stop().await;
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+
     /// `GET /health` is 503 while the database refuses connections, 200
     /// again once it takes them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
