@@ -337,7 +337,10 @@ impl Pg {
 /// While that connection cannot be had, or the pool is too small to spare
 /// it (two connections or fewer: the listener's and one for every query),
 /// it sends through the pool, and this replica wakes on its own NOTIFYs
-/// too (harmless).
+/// too (harmless). When the listener finds its connection lost (the
+/// database may have restarted, and its process ids be handed out again)
+/// it sets `own` to 0: the next NOTIFY takes a new connection, and
+/// publishes its id, rather than trust the old one.
 async fn notifier(
     pool: PgPool,
     at: String,
@@ -345,7 +348,8 @@ async fn notifier(
     own: Arc<AtomicU32>,
 ) {
     let dedicated = pool.options().get_max_connections() > 2;
-    let mut conn: Option<PoolConnection<Postgres>> = None;
+    // The connection and its process id.
+    let mut conn: Option<(PoolConnection<Postgres>, u32)> = None;
     while let Some(first) = rx.recv().await {
         let mut nodes = vec![first];
         while nodes.len() < 1000 {
@@ -356,6 +360,15 @@ async fn notifier(
         }
         nodes.sort();
         nodes.dedup();
+        if conn
+            .as_ref()
+            .is_some_and(|(_, pid)| own.load(Ordering::SeqCst) != *pid)
+        {
+            // The listener lost its connection meanwhile: maybe this one too.
+            if let Some((mut c, _)) = conn.take() {
+                c.close_on_drop();
+            }
+        }
         if conn.is_none() && dedicated {
             conn = notifying_connection(&pool, &own).await;
         }
@@ -368,11 +381,11 @@ async fn notifier(
             .bind(&nodes)
         };
         let mut sent = match conn.as_mut() {
-            Some(c) => statement().execute(&mut **c).await,
+            Some((c, _)) => statement().execute(&mut **c).await,
             None => statement().execute(&pool).await,
         };
         if sent.is_err() {
-            if let Some(mut c) = conn.take() {
+            if let Some((mut c, _)) = conn.take() {
                 // That connection is broken: once more through the pool.
                 own.store(0, Ordering::SeqCst);
                 c.close_on_drop();
@@ -385,15 +398,20 @@ async fn notifier(
     }
 }
 
-/// A connection for [`notifier`], its backend process id stored in `own`.
-async fn notifying_connection(pool: &PgPool, own: &AtomicU32) -> Option<PoolConnection<Postgres>> {
+/// A connection for [`notifier`] and its backend process id, also
+/// stored in `own`.
+async fn notifying_connection(
+    pool: &PgPool,
+    own: &AtomicU32,
+) -> Option<(PoolConnection<Postgres>, u32)> {
     let mut c = pool.acquire().await.ok()?;
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut *c)
         .await
         .ok()?;
-    own.store(u32::try_from(pid).ok()?, Ordering::SeqCst);
-    Some(c)
+    let pid = u32::try_from(pid).ok().filter(|p| *p != 0)?;
+    own.store(pid, Ordering::SeqCst);
+    Some((c, pid))
 }
 
 /// What [`writer`]'s batches need.
@@ -985,12 +1003,17 @@ impl Storage for Pg {
                         // every held poll once it does).
                         Ok(None) => {
                             warn!(database = %at, "the LISTEN connection was lost; reconnecting; held polls look again");
+                            // The database may have restarted and hand
+                            // the notifier's process id to another
+                            // replica's session: forget it (see notifier).
+                            own_pid.store(0, Ordering::SeqCst);
                             wakers.set_complete(false);
                             listener = None;
                             wakers.wake_all();
                         }
                         Err(e) => {
                             warn!(database = %at, error = %e, "LISTEN connection failed; reconnecting in 1 s");
+                            own_pid.store(0, Ordering::SeqCst);
                             wakers.set_complete(false);
                             listener = None;
                             wakers.wake_all();
