@@ -6,11 +6,13 @@
 //! How the promises of [`Storage`] hold across replicas:
 //! - numbers come from the `reservation_number` sequence, and one node's
 //!   numbers become visible in order: the insert (the migrations'
-//!   `explorer_insert_reservation`, and `explorer_insert_reservations` for
-//!   a batch, which locks every node of the batch in one order) holds a
-//!   per-node advisory lock from taking its number to its commit. Otherwise two posts for one node on
-//!   two replicas could commit out of order, a poll could answer the
-//!   larger number first, and the node's cursor would then skip the other;
+//!   `explorer_insert_reservations`, for a batch or one row, which locks
+//!   every node of the batch in one order; the single-row
+//!   `explorer_insert_reservation` of older replicas takes the same lock)
+//!   holds a per-node advisory lock from taking its number to its commit.
+//!   Otherwise two posts for one node on two replicas could commit out of
+//!   order, a poll could answer the larger number first, and the node's
+//!   cursor would then skip the other;
 //! - a unique index on `signature` stores a signed reservation once; the
 //!   insert looks for the signature first, so a plain re-post burns no
 //!   number (only two identical posts racing each other can leave a gap);
@@ -527,79 +529,33 @@ async fn writer(b: Batcher, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>
 
 /// Store `batch` in one statement and answer each submitter. When the
 /// database refuses the statement (a row it will not take; nothing of it
-/// is committed then), each row is stored on its own, so one bad row
-/// fails only its own POST; when the database cannot be reached, every
-/// submitter gets that error.
+/// is committed then), each row of a larger batch is stored on its own,
+/// so one bad row fails only its own POST; when the database cannot be
+/// reached, every submitter gets that error.
 async fn insert_batch(b: &Batcher, batch: Vec<Queued>) {
     let n = batch.len();
-    if n == 1 {
-        insert_each(b, batch).await;
-        return;
-    }
-    let mut version = Vec::with_capacity(n);
-    let mut node_id = Vec::with_capacity(n);
-    let mut user_id = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut data = Vec::with_capacity(n);
-    let mut created = Vec::with_capacity(n);
-    let mut duration = Vec::with_capacity(n);
-    let mut nonce = Vec::with_capacity(n);
-    let mut signature = Vec::with_capacity(n);
-    let mut to_delete = Vec::with_capacity(n);
-    let mut delete_signature = Vec::with_capacity(n);
-    let mut expires_ns = Vec::with_capacity(n);
-    for q in &batch {
-        let r = &q.r;
-        version.push(i32::try_from(r.version).unwrap_or(i32::MAX));
-        node_id.push(r.node_id.as_str());
-        user_id.push(r.user_id.as_str());
-        kind.push(r.kind.as_bytes());
-        data.push(r.data.get());
-        created.push(r.created);
-        duration.push(r.duration);
-        nonce.push(r.nonce.as_str());
-        signature.push(r.signature.as_str());
-        to_delete.push(r.to_delete);
-        delete_signature.push(r.delete_signature.as_deref());
-        expires_ns.push(q.expires_ns);
-    }
-    let rows = sqlx::query(
-        "SELECT o_number, o_new FROM explorer_insert_reservations(\
-         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) WITH ORDINALITY AS t(o_number, o_new, i) \
-         ORDER BY i",
-    )
-    .bind(&version)
-    .bind(&node_id)
-    .bind(&user_id)
-    .bind(&kind)
-    .bind(&data)
-    .bind(&created)
-    .bind(&duration)
-    .bind(&nonce)
-    .bind(&signature)
-    .bind(&to_delete)
-    .bind(&delete_signature)
-    .bind(&expires_ns)
-    .fetch_all(&b.pool)
-    .await;
+    let rows = insert_rows(&b.pool, batch.iter().map(|q| (&q.r, q.expires_ns))).await;
     match rows {
+        Err(sqlx::Error::Database(refused)) if n > 1 => {
+            warn!(database = %b.at, rows = n, error = %refused, "a batch of reservations was refused; storing each on its own");
+            insert_each(b, batch).await;
+        }
         Ok(rows) => {
             b.count(1, n as u64);
             let mut rows = rows.into_iter();
             for q in batch {
-                let stored = match rows.next() {
-                    Some(row) => row
-                        .try_get::<i64, _>(0)
-                        .and_then(|number| Ok((number, row.try_get::<bool, _>(1)?)))
-                        .map_err(|e| b.err(e)),
-                    None => Err(b.err(sqlx::Error::RowNotFound)),
-                };
+                let stored = rows
+                    .next()
+                    .unwrap_or(Err(sqlx::Error::RowNotFound))
+                    .map_err(|e| b.err(e));
                 b.answer(q, stored);
             }
         }
-        Err(sqlx::Error::Database(refused)) => {
-            warn!(database = %b.at, rows = n, error = %refused, "a batch of reservations was refused; storing each on its own");
-            insert_each(b, batch).await;
+        Err(e) if n == 1 => {
+            b.count(1, 1);
+            if let Some(q) = batch.into_iter().next() {
+                b.answer(q, Err(b.err(e)));
+            }
         }
         Err(e) => {
             // Not a refusal: the connection failed (the batch may or may
@@ -626,41 +582,84 @@ async fn insert_each(b: &Batcher, batch: Vec<Queued>) {
     .await;
 }
 
-/// Store one reservation (the migration's `explorer_insert_reservation`):
-/// look for the signature; if absent, lock the node, take a number and
-/// insert (the unique index settles a race between replicas).
+/// Store `rows` (each reservation with its expiry in unix nanoseconds) in
+/// one statement, one transaction (the migrations'
+/// `explorer_insert_reservations`, also for one row: one code path keeps
+/// one set of rules); each row's number and whether it is new, in order.
+async fn insert_rows<'a>(
+    pool: &PgPool,
+    rows: impl ExactSizeIterator<Item = (&'a Reservation, i64)>,
+) -> Result<Vec<Result<(i64, bool), sqlx::Error>>, sqlx::Error> {
+    let n = rows.len();
+    let mut version = Vec::with_capacity(n);
+    let mut node_id = Vec::with_capacity(n);
+    let mut user_id = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut data = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut duration = Vec::with_capacity(n);
+    let mut nonce = Vec::with_capacity(n);
+    let mut signature = Vec::with_capacity(n);
+    let mut to_delete = Vec::with_capacity(n);
+    let mut delete_signature = Vec::with_capacity(n);
+    let mut expires_ns = Vec::with_capacity(n);
+    for (r, expires) in rows {
+        version.push(i32::try_from(r.version).unwrap_or(i32::MAX));
+        node_id.push(r.node_id.as_str());
+        user_id.push(r.user_id.as_str());
+        kind.push(r.kind.as_bytes());
+        data.push(r.data.get());
+        created.push(r.created);
+        duration.push(r.duration);
+        nonce.push(r.nonce.as_str());
+        signature.push(r.signature.as_str());
+        to_delete.push(r.to_delete);
+        delete_signature.push(r.delete_signature.as_deref());
+        expires_ns.push(expires);
+    }
+    let rows = sqlx::query(
+        "SELECT o_number, o_new FROM explorer_insert_reservations(\
+         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) WITH ORDINALITY AS t(o_number, o_new, i) \
+         ORDER BY i",
+    )
+    .bind(&version)
+    .bind(&node_id)
+    .bind(&user_id)
+    .bind(&kind)
+    .bind(&data)
+    .bind(&created)
+    .bind(&duration)
+    .bind(&nonce)
+    .bind(&signature)
+    .bind(&to_delete)
+    .bind(&delete_signature)
+    .bind(&expires_ns)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|row| Ok((row.try_get::<i64, _>(0)?, row.try_get::<bool, _>(1)?)))
+        .collect())
+}
+
+/// Store one reservation: a batch of one ([`insert_rows`]).
 async fn insert_one(
     pool: &PgPool,
     at: &str,
     r: &Reservation,
     expires_ns: i64,
 ) -> Result<(i64, bool), ExplorerError> {
-    let err = |source| ExplorerError::Database {
-        at: at.to_string(),
-        source,
-    };
-    let row = sqlx::query(
-        "SELECT number, new FROM explorer_insert_reservation(\
-         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(i32::try_from(r.version).unwrap_or(i32::MAX))
-    .bind(&r.node_id)
-    .bind(&r.user_id)
-    .bind(r.kind.as_bytes())
-    .bind(r.data.get())
-    .bind(r.created)
-    .bind(r.duration)
-    .bind(&r.nonce)
-    .bind(&r.signature)
-    .bind(r.to_delete)
-    .bind(&r.delete_signature)
-    .bind(expires_ns)
-    .fetch_one(pool)
-    .await
-    .map_err(err)?;
-    let number: i64 = row.try_get("number").map_err(err)?;
-    let new: bool = row.try_get("new").map_err(err)?;
-    Ok((number, new))
+    insert_rows(pool, std::iter::once((r, expires_ns)))
+        .await
+        .and_then(|rows| {
+            rows.into_iter()
+                .next()
+                .unwrap_or(Err(sqlx::Error::RowNotFound))
+        })
+        .map_err(|source| ExplorerError::Database {
+            at: at.to_string(),
+            source,
+        })
 }
 
 /// Resolves once `shutdown` is set (or its sender is gone).
