@@ -1958,6 +1958,14 @@ mod replicas {
         .await;
         assert!(refused.is_err(), "a NULL version is refused");
         assert_eq!(poll(&client(), &a.url, node.id(), 4).await.len(), 0);
+        // Nor its first row, which the database would take alone (the
+        // poll above is of another node: it could not see it).
+        let kept: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM reservations WHERE signature IN ('s1', 's2')")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(kept, 0, "nothing of the refused statement is stored");
         a.stop().await;
         b.stop().await;
     }
