@@ -169,9 +169,9 @@ pub(crate) fn redact(url: &str) -> String {
 
 impl Pg {
     /// Connect a pool of at most `max_connections` (the listener's
-    /// included) to `url` (a PostgreSQL
-    /// URL, e.g. `postgres://explorer:secret@db:5432/explorer`). Nothing is
-    /// created: run [`Pg::migrate`].
+    /// included, and above two the notifier's: see [`notifier`]) to `url`
+    /// (a PostgreSQL URL, e.g. `postgres://explorer:secret@db:5432/explorer`).
+    /// Nothing is created: run [`Pg::migrate`].
     pub async fn connect(url: &str, max_connections: u32) -> Result<Pg, ExplorerError> {
         let opts: PgConnectOptions = url.parse().map_err(|e| ExplorerError::Database {
             at: redact(url),
