@@ -342,7 +342,10 @@ impl Pg {
 /// too (harmless). When the listener finds its connection lost (the
 /// database may have restarted, and its process ids be handed out again)
 /// it sets `own` to 0: the next NOTIFY takes a new connection, and
-/// publishes its id, rather than trust the old one.
+/// publishes its id, rather than trust the old one. A second without a
+/// NOTIFY and it gives the connection back (and sets `own` to 0): a quiet
+/// replica keeps no process id that may have died meanwhile (killed, or
+/// `idle_session_timeout`) and gone to another replica's session.
 async fn notifier(
     pool: PgPool,
     at: String,
@@ -352,7 +355,21 @@ async fn notifier(
     let dedicated = pool.options().get_max_connections() > 2;
     // The connection and its process id.
     let mut conn: Option<(PoolConnection<Postgres>, u32)> = None;
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = match conn {
+            Some(_) => match tokio::time::timeout(NOTIFIER_IDLE, rx.recv()).await {
+                Ok(first) => first,
+                Err(_) => {
+                    own.store(0, Ordering::SeqCst);
+                    conn = None;
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(first) = first else {
+            return;
+        };
         let mut nodes = vec![first];
         while nodes.len() < 1000 {
             match rx.try_recv() {
@@ -399,6 +416,9 @@ async fn notifier(
         }
     }
 }
+
+/// How long [`notifier`] keeps its connection without a NOTIFY to send.
+const NOTIFIER_IDLE: Duration = Duration::from_secs(1);
 
 /// A connection for [`notifier`] and its backend process id, also
 /// stored in `own`.
