@@ -6,11 +6,13 @@
 //! How the promises of [`Storage`] hold across replicas:
 //! - numbers come from the `reservation_number` sequence, and one node's
 //!   numbers become visible in order: the insert (the migrations'
-//!   `explorer_insert_reservation`, and `explorer_insert_reservations` for
-//!   a batch, which locks every node of the batch in one order) holds a
-//!   per-node advisory lock from taking its number to its commit. Otherwise two posts for one node on
-//!   two replicas could commit out of order, a poll could answer the
-//!   larger number first, and the node's cursor would then skip the other;
+//!   `explorer_insert_reservations`, for a batch or one row, which locks
+//!   every node of the batch in one order; the single-row
+//!   `explorer_insert_reservation` of older replicas takes the same lock)
+//!   holds a per-node advisory lock from taking its number to its commit.
+//!   Otherwise two posts for one node on two replicas could commit out of
+//!   order, a poll could answer the larger number first, and the node's
+//!   cursor would then skip the other;
 //! - a unique index on `signature` stores a signed reservation once; the
 //!   insert looks for the signature first, so a plain re-post burns no
 //!   number (only two identical posts racing each other can leave a gap);
@@ -45,7 +47,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
+use futures_util::future::{join_all, BoxFuture};
 use reservation::node::{Capacity, NodeInfo};
 use reservation::{Reservation, WorkloadResult};
 use serde_json::value::RawValue;
@@ -167,9 +169,9 @@ pub(crate) fn redact(url: &str) -> String {
 
 impl Pg {
     /// Connect a pool of at most `max_connections` (the listener's
-    /// included) to `url` (a PostgreSQL
-    /// URL, e.g. `postgres://explorer:secret@db:5432/explorer`). Nothing is
-    /// created: run [`Pg::migrate`].
+    /// included, and above two the notifier's: see [`notifier`]) to `url`
+    /// (a PostgreSQL URL, e.g. `postgres://explorer:secret@db:5432/explorer`).
+    /// Nothing is created: run [`Pg::migrate`].
     pub async fn connect(url: &str, max_connections: u32) -> Result<Pg, ExplorerError> {
         let opts: PgConnectOptions = url.parse().map_err(|e| ExplorerError::Database {
             at: redact(url),
@@ -334,16 +336,40 @@ impl Pg {
 /// every listener, this replica's included, and the server has already
 /// woken this replica's polls of the node ([`Pg::forward_wakeups`] skips
 /// them; waking again would cost each woken node one more poll query).
-/// While that connection cannot be had, it sends through the pool, and
-/// this replica wakes on its own NOTIFYs too (harmless).
+/// While that connection cannot be had, or the pool is too small to spare
+/// it (two connections or fewer: the listener's and one for every query),
+/// it sends through the pool, and this replica wakes on its own NOTIFYs
+/// too (harmless). When the listener finds its connection lost (the
+/// database may have restarted, and its process ids be handed out again)
+/// it sets `own` to 0: the next NOTIFY takes a new connection, and
+/// publishes its id, rather than trust the old one. A second without a
+/// NOTIFY and it gives the connection back (and sets `own` to 0): a quiet
+/// replica keeps no process id that may have died meanwhile (killed, or
+/// `idle_session_timeout`) and gone to another replica's session.
 async fn notifier(
     pool: PgPool,
     at: String,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
     own: Arc<AtomicU32>,
 ) {
-    let mut conn: Option<PoolConnection<Postgres>> = None;
-    while let Some(first) = rx.recv().await {
+    let dedicated = pool.options().get_max_connections() > 2;
+    // The connection and its process id.
+    let mut conn: Option<(PoolConnection<Postgres>, u32)> = None;
+    loop {
+        let first = match conn {
+            Some(_) => match tokio::time::timeout(NOTIFIER_IDLE, rx.recv()).await {
+                Ok(first) => first,
+                Err(_) => {
+                    own.store(0, Ordering::SeqCst);
+                    conn = None;
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(first) = first else {
+            return;
+        };
         let mut nodes = vec![first];
         while nodes.len() < 1000 {
             match rx.try_recv() {
@@ -353,7 +379,16 @@ async fn notifier(
         }
         nodes.sort();
         nodes.dedup();
-        if conn.is_none() {
+        if conn
+            .as_ref()
+            .is_some_and(|(_, pid)| own.load(Ordering::SeqCst) != *pid)
+        {
+            // The listener lost its connection meanwhile: maybe this one too.
+            if let Some((mut c, _)) = conn.take() {
+                c.close_on_drop();
+            }
+        }
+        if conn.is_none() && dedicated {
             conn = notifying_connection(&pool, &own).await;
         }
         let statement = || {
@@ -365,11 +400,11 @@ async fn notifier(
             .bind(&nodes)
         };
         let mut sent = match conn.as_mut() {
-            Some(c) => statement().execute(&mut **c).await,
+            Some((c, _)) => statement().execute(&mut **c).await,
             None => statement().execute(&pool).await,
         };
         if sent.is_err() {
-            if let Some(mut c) = conn.take() {
+            if let Some((mut c, _)) = conn.take() {
                 // That connection is broken: once more through the pool.
                 own.store(0, Ordering::SeqCst);
                 c.close_on_drop();
@@ -382,15 +417,23 @@ async fn notifier(
     }
 }
 
-/// A connection for [`notifier`], its backend process id stored in `own`.
-async fn notifying_connection(pool: &PgPool, own: &AtomicU32) -> Option<PoolConnection<Postgres>> {
+/// How long [`notifier`] keeps its connection without a NOTIFY to send.
+const NOTIFIER_IDLE: Duration = Duration::from_secs(1);
+
+/// A connection for [`notifier`] and its backend process id, also
+/// stored in `own`.
+async fn notifying_connection(
+    pool: &PgPool,
+    own: &AtomicU32,
+) -> Option<(PoolConnection<Postgres>, u32)> {
     let mut c = pool.acquire().await.ok()?;
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut *c)
         .await
         .ok()?;
-    own.store(u32::try_from(pid).ok()?, Ordering::SeqCst);
-    Some(c)
+    let pid = u32::try_from(pid).ok().filter(|p| *p != 0)?;
+    own.store(pid, Ordering::SeqCst);
+    Some((c, pid))
 }
 
 /// What [`writer`]'s batches need.
@@ -506,19 +549,68 @@ async fn writer(b: Batcher, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>
 
 /// Store `batch` in one statement and answer each submitter. When the
 /// database refuses the statement (a row it will not take; nothing of it
-/// is committed then), each row is stored on its own, so one bad row
-/// fails only its own POST; when the database cannot be reached, every
-/// submitter gets that error.
+/// is committed then), each row of a larger batch is stored on its own,
+/// so one bad row fails only its own POST; when the database cannot be
+/// reached, every submitter gets that error.
 async fn insert_batch(b: &Batcher, batch: Vec<Queued>) {
     let n = batch.len();
-    if n == 1 {
-        for q in batch {
-            let stored = insert_one(&b.pool, &b.at, &q.r, q.expires_ns).await;
-            b.count(1, 1);
-            b.answer(q, stored);
+    let rows = insert_rows(&b.pool, batch.iter().map(|q| (&q.r, q.expires_ns))).await;
+    match rows {
+        Err(sqlx::Error::Database(refused)) if n > 1 => {
+            warn!(database = %b.at, rows = n, error = %refused, "a batch of reservations was refused; storing each on its own");
+            insert_each(b, batch).await;
         }
-        return;
+        Ok(rows) => {
+            b.count(1, n as u64);
+            let mut rows = rows.into_iter();
+            for q in batch {
+                let stored = rows
+                    .next()
+                    .unwrap_or(Err(sqlx::Error::RowNotFound))
+                    .map_err(|e| b.err(e));
+                b.answer(q, stored);
+            }
+        }
+        Err(e) if n == 1 => {
+            b.count(1, 1);
+            if let Some(q) = batch.into_iter().next() {
+                b.answer(q, Err(b.err(e)));
+            }
+        }
+        Err(e) => {
+            // Not a refusal: the connection failed (the batch may or may
+            // not have committed; a re-post answers 409 if it did).
+            let shown = e.to_string();
+            for q in batch {
+                let failed = std::io::Error::other(shown.clone());
+                b.answer(q, Err(b.err(sqlx::Error::Io(failed))));
+            }
+        }
     }
+}
+
+/// Store each of `batch` in a statement of its own, at once, and answer
+/// each submitter. Awaited within the batch's slot of [`writer`]: a stream
+/// of refused batches (one hostile row in each) cannot pile up inserts
+/// beyond [`BATCHES_IN_FLIGHT`] batches.
+async fn insert_each(b: &Batcher, batch: Vec<Queued>) {
+    join_all(batch.into_iter().map(|q| async move {
+        let stored = insert_one(&b.pool, &b.at, &q.r, q.expires_ns).await;
+        b.count(1, 1);
+        b.answer(q, stored);
+    }))
+    .await;
+}
+
+/// Store `rows` (each reservation with its expiry in unix nanoseconds) in
+/// one statement, one transaction (the migrations'
+/// `explorer_insert_reservations`, also for one row: one code path keeps
+/// one set of rules); each row's number and whether it is new, in order.
+async fn insert_rows<'a>(
+    pool: &PgPool,
+    rows: impl ExactSizeIterator<Item = (&'a Reservation, i64)>,
+) -> Result<Vec<Result<(i64, bool), sqlx::Error>>, sqlx::Error> {
+    let n = rows.len();
     let mut version = Vec::with_capacity(n);
     let mut node_id = Vec::with_capacity(n);
     let mut user_id = Vec::with_capacity(n);
@@ -531,8 +623,7 @@ async fn insert_batch(b: &Batcher, batch: Vec<Queued>) {
     let mut to_delete = Vec::with_capacity(n);
     let mut delete_signature = Vec::with_capacity(n);
     let mut expires_ns = Vec::with_capacity(n);
-    for q in &batch {
-        let r = &q.r;
+    for (r, expires) in rows {
         version.push(i32::try_from(r.version).unwrap_or(i32::MAX));
         node_id.push(r.node_id.as_str());
         user_id.push(r.user_id.as_str());
@@ -544,7 +635,7 @@ async fn insert_batch(b: &Batcher, batch: Vec<Queued>) {
         signature.push(r.signature.as_str());
         to_delete.push(r.to_delete);
         delete_signature.push(r.delete_signature.as_deref());
-        expires_ns.push(q.expires_ns);
+        expires_ns.push(expires);
     }
     let rows = sqlx::query(
         "SELECT o_number, o_new FROM explorer_insert_reservations(\
@@ -563,81 +654,32 @@ async fn insert_batch(b: &Batcher, batch: Vec<Queued>) {
     .bind(&to_delete)
     .bind(&delete_signature)
     .bind(&expires_ns)
-    .fetch_all(&b.pool)
-    .await;
-    match rows {
-        Ok(rows) => {
-            b.count(1, n as u64);
-            let mut rows = rows.into_iter();
-            for q in batch {
-                let stored = match rows.next() {
-                    Some(row) => row
-                        .try_get::<i64, _>(0)
-                        .and_then(|number| Ok((number, row.try_get::<bool, _>(1)?)))
-                        .map_err(|e| b.err(e)),
-                    None => Err(b.err(sqlx::Error::RowNotFound)),
-                };
-                b.answer(q, stored);
-            }
-        }
-        Err(sqlx::Error::Database(refused)) => {
-            warn!(database = %b.at, rows = n, error = %refused, "a batch of reservations was refused; storing each on its own");
-            for q in batch {
-                let b = b.clone();
-                tokio::spawn(async move {
-                    let stored = insert_one(&b.pool, &b.at, &q.r, q.expires_ns).await;
-                    b.count(1, 1);
-                    b.answer(q, stored);
-                });
-            }
-        }
-        Err(e) => {
-            // Not a refusal: the connection failed (the batch may or may
-            // not have committed; a re-post answers 409 if it did).
-            let shown = e.to_string();
-            for q in batch {
-                let failed = std::io::Error::other(shown.clone());
-                b.answer(q, Err(b.err(sqlx::Error::Io(failed))));
-            }
-        }
-    }
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|row| Ok((row.try_get::<i64, _>(0)?, row.try_get::<bool, _>(1)?)))
+        .collect())
 }
 
-/// Store one reservation (the migration's `explorer_insert_reservation`):
-/// look for the signature; if absent, lock the node, take a number and
-/// insert (the unique index settles a race between replicas).
+/// Store one reservation: a batch of one ([`insert_rows`]).
 async fn insert_one(
     pool: &PgPool,
     at: &str,
     r: &Reservation,
     expires_ns: i64,
 ) -> Result<(i64, bool), ExplorerError> {
-    let err = |source| ExplorerError::Database {
-        at: at.to_string(),
-        source,
-    };
-    let row = sqlx::query(
-        "SELECT number, new FROM explorer_insert_reservation(\
-         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(i32::try_from(r.version).unwrap_or(i32::MAX))
-    .bind(&r.node_id)
-    .bind(&r.user_id)
-    .bind(r.kind.as_bytes())
-    .bind(r.data.get())
-    .bind(r.created)
-    .bind(r.duration)
-    .bind(&r.nonce)
-    .bind(&r.signature)
-    .bind(r.to_delete)
-    .bind(&r.delete_signature)
-    .bind(expires_ns)
-    .fetch_one(pool)
-    .await
-    .map_err(err)?;
-    let number: i64 = row.try_get("number").map_err(err)?;
-    let new: bool = row.try_get("new").map_err(err)?;
-    Ok((number, new))
+    insert_rows(pool, std::iter::once((r, expires_ns)))
+        .await
+        .and_then(|rows| {
+            rows.into_iter()
+                .next()
+                .unwrap_or(Err(sqlx::Error::RowNotFound))
+        })
+        .map_err(|source| ExplorerError::Database {
+            at: at.to_string(),
+            source,
+        })
 }
 
 /// Resolves once `shutdown` is set (or its sender is gone).
@@ -980,12 +1022,17 @@ impl Storage for Pg {
                         // every held poll once it does).
                         Ok(None) => {
                             warn!(database = %at, "the LISTEN connection was lost; reconnecting; held polls look again");
+                            // The database may have restarted and hand
+                            // the notifier's process id to another
+                            // replica's session: forget it (see notifier).
+                            own_pid.store(0, Ordering::SeqCst);
                             wakers.set_complete(false);
                             listener = None;
                             wakers.wake_all();
                         }
                         Err(e) => {
                             warn!(database = %at, error = %e, "LISTEN connection failed; reconnecting in 1 s");
+                            own_pid.store(0, Ordering::SeqCst);
                             wakers.set_complete(false);
                             listener = None;
                             wakers.wake_all();

@@ -1958,6 +1958,14 @@ mod replicas {
         .await;
         assert!(refused.is_err(), "a NULL version is refused");
         assert_eq!(poll(&client(), &a.url, node.id(), 4).await.len(), 0);
+        // Nor its first row, which the database would take alone (the
+        // poll above is of another node: it could not see it).
+        let kept: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM reservations WHERE signature IN ('s1', 's2')")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(kept, 0, "nothing of the refused statement is stored");
         a.stop().await;
         b.stop().await;
     }
@@ -2015,6 +2023,97 @@ mod replicas {
         assert!(list.iter().all(|r| r.user_id != bad_user.id()));
         a.stop().await;
         b.stop().await;
+    }
+
+    /// A POST whose client goes away while its reservation waits for the
+    /// writer is still stored, and still wakes the polls held for its
+    /// node: on the other replica (its NOTIFY), and on its own replica,
+    /// which skips its own NOTIFYs and whose server never got to wake them
+    /// (the `Waiting` guard and the writer do). The writer is held back by
+    /// the node's advisory lock, taken here as a batch of a replica would.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_post_is_stored_and_wakes_polls_on_both_replicas() {
+        use sqlx::Connection;
+        let (store, a, b) = two().await;
+        let node = Identity::generate();
+        let held: Vec<_> = [&a, &b]
+            .into_iter()
+            .map(|s| {
+                let (url, n) = (s.url.clone(), node.id().to_string());
+                tokio::spawn(async move { poll(&client(), &url, &n, 1).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let url = &store.database.as_ref().unwrap().url;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let lock = "SELECT pg_advisory_lock(hashtextextended('explorer node ' || $1, 0))";
+        sqlx::query(lock)
+            .bind(node.id())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let r = volume(&Identity::generate(), node.id());
+        let impatient = reqwest::Client::builder()
+            .timeout(Duration::from_millis(400))
+            .build()
+            .unwrap();
+        let sent = impatient
+            .post(format!("{}/reservations/{}", a.url, node.id()))
+            .body(serde_json::to_string(&r).unwrap())
+            .send()
+            .await;
+        assert!(sent.is_err(), "the POST waits for the lock: {sent:?}");
+        // The explorer sees the connection closed and drops the handler.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = Instant::now();
+        sqlx::query("SELECT pg_advisory_unlock(hashtextextended('explorer node ' || $1, 0))")
+            .bind(node.id())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        for h in held {
+            let list = h.await.unwrap();
+            assert_eq!(ids(&list), ["1-1"]);
+            assert_eq!(list[0].signature, r.signature);
+        }
+        // Not at the 5 s deadline.
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        a.stop().await;
+        b.stop().await;
+    }
+
+    /// The smallest pools still serve: with two connections (one holds the
+    /// LISTEN), the notifier takes none of its own, so POSTs after the
+    /// first one's NOTIFY still get a connection (they waited the pool's
+    /// 10 s and failed when it kept one), and such a replica still stops.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_two_connection_pool_serves_posts_and_stops_after_notifying() {
+        let store = Backend::Postgres.store().await;
+        let small = common::start_with(explorer::ServerConfig {
+            max_connections: 2,
+            long_poll: Duration::from_secs(5),
+            ..store.config()
+        })
+        .await;
+        let other = store.start(Duration::from_secs(5)).await;
+        let (c, node) = (client(), Identity::generate());
+        for i in 1..=4u64 {
+            let held = tokio::spawn({
+                let (c, url, n) = (c.clone(), other.url.clone(), node.id().to_string());
+                async move { poll(&c, &url, &n, i).await }
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let t = Instant::now();
+            let id = post(&c, &small.url, &volume(&Identity::generate(), node.id())).await;
+            assert_eq!(id, format!("{i}-1"));
+            // Its NOTIFY woke the poll held on the other replica.
+            assert_eq!(ids(&held.await.unwrap()), [id.as_str()]);
+            assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        }
+        let t = Instant::now();
+        small.stop().await;
+        other.stop().await;
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     }
 
     /// `GET /health` is 503 while the database refuses connections, 200
