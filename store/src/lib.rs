@@ -293,17 +293,6 @@ impl Store {
         self.record_one(|u| u.deleted_again(id, confirmation))
     }
 
-    /// Replace the cached record of `id` (e.g. a workload re-provisioned by
-    /// reconciliation gets its new result), keeping index and counters.
-    /// A unit of one record, like the `record_*` methods: it goes through
-    /// the overlay, so a record staged for `id` and not committed yet is
-    /// replaced too (written straight into the tree, the update was hidden
-    /// by the staged record, then lost when the commit wrote it, and a
-    /// workload staged but not committed was refused as not cached).
-    pub fn update_cached(&self, cached: &Cached) -> Result<(), StoreError> {
-        self.record_one(|u| u.replace_cached(cached))
-    }
-
     /// Move `id`'s decommission time to `at` (a decommission that must wait
     /// for a volume still in use is tried again then).
     pub fn reschedule(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {

@@ -395,58 +395,9 @@ fn the_cache_generation_moves_with_the_cache() {
     assert!(s.cache_generation() > g1);
 }
 
-/// `update_cached` goes through the overlay: a workload staged and not
-/// committed yet can be updated, reads see the new record at once, and
-/// the commit does not write the staged (older) record over it.
-#[test]
-fn update_cached_replaces_a_staged_record_and_is_not_lost_at_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
-    let node = Identity::generate();
-    let u = Unit::new(s.clone());
-    staged(&u, &node, signed("1-1", "sigA"));
-    let mut newer = s.get("1-1").unwrap().unwrap();
-    newer.result = node
-        .ok_result(
-            &newer.reservation,
-            &serde_json::json!({"volume_id": "again"}),
-        )
-        .unwrap();
-    s.update_cached(&newer).unwrap();
-    let got = |s: &Store| s.get("1-1").unwrap().unwrap().result.data.get().to_string();
-    assert_eq!(got(&s), r#"{"volume_id":"again"}"#);
-    // Committed with it; committing again writes nothing older back.
-    u.commit().unwrap();
-    assert_eq!(got(&s), r#"{"volume_id":"again"}"#);
-    assert_eq!(s.cached_len(), 1);
-    assert_eq!(s.counters().unwrap()["volume"], 1, "counted once");
-    // Staged after a staged decommission: not cached any more.
-    drop(u);
-    let u = Unit::new(s.clone());
-    u.decommissioned("1-1", "volume", "sigA", "conf", None)
-        .unwrap();
-    assert!(matches!(
-        s.update_cached(&newer),
-        Err(StoreError::NotCached(id)) if id == "1-1"
-    ));
-    assert!(s.get("1-1").unwrap().is_none());
-    u.commit().unwrap();
-    drop((s, u));
-    let s = reopen(dir.path());
-    assert!(
-        s.get("1-1").unwrap().is_none(),
-        "the decommission committed"
-    );
-    // Unknown ids are refused as before.
-    assert!(matches!(
-        s.update_cached(&newer),
-        Err(StoreError::NotCached(_))
-    ));
-}
-
 /// `cached_len` sums the per-type counters (kept since the store's first
 /// format, so stores of older releases have them): it stays the number of
-/// cached ids through a re-provision of one id, an update, a decommission
+/// cached ids through a re-provision of one id, a decommission
 /// twice over, one of an id never cached, and a reopen.
 #[test]
 fn cached_len_from_the_counters_is_the_number_of_cached_ids() {
@@ -460,12 +411,6 @@ fn cached_len_from_the_counters_is_the_number_of_cached_ids() {
     provision(&s, &node, reservation("2-1", "network", now, 60));
     provision(&s, &node, reservation("3-1", "zdb", now, 60));
     assert_eq!((s.cached_len(), len(&s)), (3, 3));
-    let mut c = s.get("2-1").unwrap().unwrap();
-    c.result = node
-        .ok_result(&c.reservation, &serde_json::json!({"x": 1}))
-        .unwrap();
-    s.update_cached(&c).unwrap();
-    assert_eq!(s.cached_len(), 3);
     for _ in 0..2 {
         s.record_decommissioned("1-1", "volume", "", "c2ln", None)
             .unwrap();

@@ -69,11 +69,6 @@ enum Op {
         id: String,
         expiry: Vec<u8>,
     },
-    /// A cached record replaced (index and counters unchanged).
-    Replace {
-        id: String,
-        cached: IVec,
-    },
     Cursor(u64),
 }
 
@@ -312,25 +307,6 @@ impl Unit {
         Ok(())
     }
 
-    /// Stage a new record for `id`, which must be cached (staged or in the
-    /// store): reads see it at once, the commit writes it after whatever
-    /// was staged before it (a provisioning staged earlier in the unit is
-    /// replaced, not written over it).
-    pub fn replace_cached(&self, cached: &Cached) -> Result<(), StoreError> {
-        let id = &cached.reservation.id;
-        if !self.is_cached(id)? {
-            return Err(StoreError::NotCached(id.clone()));
-        }
-        let rec = IVec::from(records::encode(cached));
-        let mut p = self.store.overlay.write();
-        p.ops.push(Op::Replace {
-            id: id.clone(),
-            cached: rec.clone(),
-        });
-        p.cache.insert(id.clone(), Some(rec));
-        Ok(())
-    }
-
     /// Stage the poll cursor; it never moves back.
     pub fn set_cursor(&self, cursor: u64) {
         self.store.overlay.write().ops.push(Op::Cursor(cursor));
@@ -457,14 +433,6 @@ impl Trees<'_> {
                     self.expiry.remove(old)?;
                     self.expiry.insert(expiry.as_slice(), &[])?;
                     self.by_id.insert(id.as_bytes(), expiry.as_slice())?;
-                }
-            }
-            Op::Replace { id, cached } => {
-                // Checked cached when staged, and only a decommission
-                // removes it (staged after it, or it would have been
-                // refused): written only if still there.
-                if self.cache.get(id.as_bytes())?.is_some() {
-                    self.cache.insert(id.as_bytes(), cached.clone())?;
                 }
             }
             Op::Cursor(cursor) => {
