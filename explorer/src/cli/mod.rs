@@ -112,7 +112,8 @@ pub enum Cmd {
         )]
         database: Option<String>,
         /// Most connections to --database held at once (the one that
-        /// listens for the other replicas' wake-ups included).
+        /// listens for the other replicas' wake-ups included, and, above
+        /// 2, the one that sends this replica's wake-ups).
         #[arg(long, env = "EXPLORER_MAX_CONNECTIONS", value_name = "N", default_value_t = explorer::DEFAULT_MAX_CONNECTIONS)]
         max_connections: u32,
     },
