@@ -751,10 +751,9 @@ impl NetworkProvisioner {
             )));
         }
         let iface = wireguard::iface_name(name);
-        let labelled = self
-            .docker
-            .inspect_network(name)
-            .await?
+        let info = self.docker.inspect_network(name).await?;
+        let labelled = info
+            .as_ref()
             .is_some_and(|n| n.labels.contains_key(LABEL_WIREGUARD));
         if labelled || self.tunnels.is_up(&iface) {
             self.tunnels.down(&iface).await.map_err(|e| {
@@ -764,7 +763,6 @@ impl NetworkProvisioner {
             })?;
             tracing::info!(interface = %iface, reservation = %id, "wireguard tunnel removed");
         }
-        let info = self.docker.inspect_network(name).await?;
         if self.docker.remove_network(name).await? {
             tracing::info!(network = %name, reservation = %id, "network removed");
         }
