@@ -220,6 +220,13 @@ pub trait TunnelDevice: Send {
     fn remove(self: Box<Self>);
 }
 
+/// A backend's refusal of `listen_port` because another socket holds it
+/// (boringtun's errno 98 or the kernel's `EADDRINUSE`): the same words
+/// from either.
+fn port_in_use(listen_port: u16) -> String {
+    format!("wireguard_listen_port {listen_port} is already in use on this node")
+}
+
 /// The seam between [`HostTunnels`] and the WireGuard implementation:
 /// making an interface, configuring it, removing it. Routes, rules and
 /// firewall are the same for every backend and stay in [`HostTunnels`].
@@ -280,9 +287,7 @@ impl TunnelDevice for BoringtunDevice {
     ) -> Result<(), String> {
         match uapi_set(&mut self.api, &uapi_body(key, listen_port, peers)) {
             Ok(()) => Ok(()),
-            Err(98) => Err(format!(
-                "wireguard_listen_port {listen_port} is already in use on this node"
-            )),
+            Err(98) => Err(port_in_use(listen_port)),
             Err(e) => Err(format!(
                 "the wireguard interface {} refused its configuration (errno {e})",
                 self.iface
@@ -367,9 +372,7 @@ impl TunnelDevice for KernelDevice {
         kernel_update(key, listen_port, peers)
             .apply(&self.iface, wireguard_control::Backend::Kernel)
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AddrInUse => {
-                    format!("wireguard_listen_port {listen_port} is already in use on this node")
-                }
+                std::io::ErrorKind::AddrInUse => port_in_use(listen_port),
                 _ => format!(
                     "the wireguard interface {} refused its configuration: {e}",
                     self.iface.as_str_lossy()
