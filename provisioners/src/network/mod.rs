@@ -349,9 +349,19 @@ impl NetworkProvisioner {
 
     /// The id of the reservation holding `net`.
     fn holder_id(&self, net: &NetworkInfo) -> String {
-        self.holder(net)
-            .map(|h| h.id)
-            .unwrap_or_else(|| label(&net.labels, LABEL_RESERVATION).to_string())
+        self.held(net).0
+    }
+
+    /// The id of the reservation holding `net` and the ids of those it
+    /// replaced, from one read of its record.
+    fn held(&self, net: &NetworkInfo) -> (String, Vec<String>) {
+        match self.holder(net) {
+            Some(h) => (h.id, h.replaced),
+            None => (
+                label(&net.labels, LABEL_RESERVATION).to_string(),
+                Vec::new(),
+            ),
+        }
     }
 
     /// Whether `r` holds `net` (made it, or took it over), as its signed
@@ -1016,10 +1026,11 @@ impl Plugin for NetworkProvisioner {
         // present. Replaced reservations are, as long as the network is.
         let mut ids = std::collections::HashSet::new();
         for n in self.ours().await? {
+            let (holder, replaced) = self.held(&n);
             if self.tunnel_ok(&n) {
-                ids.insert(self.holder_id(&n));
+                ids.insert(holder);
             }
-            ids.extend(self.holder(&n).map(|h| h.replaced).unwrap_or_default());
+            ids.extend(replaced);
         }
         ids.remove("");
         Ok(Some(ids))
@@ -1048,8 +1059,9 @@ impl Plugin for NetworkProvisioner {
         }
         let mut ids = BTreeSet::new();
         for n in &nets {
-            ids.insert(self.holder_id(n));
-            ids.extend(self.holder(n).map(|h| h.replaced).unwrap_or_default());
+            let (holder, replaced) = self.held(n);
+            ids.insert(holder);
+            ids.extend(replaced);
         }
         ids.remove("");
         Ok(ids.into_iter().collect())
@@ -1057,12 +1069,10 @@ impl Plugin for NetworkProvisioner {
 
     async fn remove_labelled(&self, id: &str) -> Result<(), ProvisionError> {
         for n in self.ours().await? {
-            if self.holder_id(&n) == id {
+            let (holder, replaced) = self.held(&n);
+            if holder == id {
                 self.remove(&n.name, id).await?;
-            } else if self
-                .holder(&n)
-                .is_some_and(|h| h.replaced.iter().any(|x| x == id))
-            {
+            } else if replaced.iter().any(|x| x == id) {
                 self.forget_replaced(&n, id)?;
             }
         }
