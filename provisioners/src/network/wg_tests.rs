@@ -315,17 +315,47 @@ fn with_peer(mut d: Value, seed: u8, cidr: &str, port: u16) -> Value {
     d
 }
 
-/// The peer update of issue 16: a new signed reservation of the same name
-/// takes the network over in place (same bridge, new tunnel), and the old
-/// one's end leaves the network alone.
-#[tokio::test]
-async fn a_new_reservation_of_the_name_takes_the_network_over_in_place() {
+/// A set with user `user`'s network "mesh" made by reservation 1-1 (one
+/// tunnel to the peer of key 2), its Docker name and its interface.
+struct Mesh {
+    s: Set,
+    user: Identity,
+    r1: Reservation,
+    n1: Network,
+    name: String,
+    iface: String,
+}
+
+async fn mesh() -> Mesh {
     let s = set();
     let user = Identity::generate();
     let (r1, n1) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
     Plugin::provision(&s.net, &r1, &n1).await.unwrap();
     let name = s.net.names.network_name(&r1.user_id, "mesh");
     let iface = wireguard::iface_name(&name);
+    Mesh {
+        s,
+        user,
+        r1,
+        n1,
+        name,
+        iface,
+    }
+}
+
+/// The peer update of issue 16: a new signed reservation of the same name
+/// takes the network over in place (same bridge, new tunnel), and the old
+/// one's end leaves the network alone.
+#[tokio::test]
+async fn a_new_reservation_of_the_name_takes_the_network_over_in_place() {
+    let Mesh {
+        s,
+        user,
+        r1,
+        n1,
+        name,
+        iface,
+    } = mesh().await;
     let bridge = s.fake.inspect_network(&name).await.unwrap().unwrap().id;
 
     let (r2, n2) = res(
@@ -399,12 +429,14 @@ async fn a_new_reservation_of_the_name_takes_the_network_over_in_place() {
 /// what it leaves: the old tunnel and holder as they were.
 #[tokio::test]
 async fn a_takeover_that_cannot_be_refuses_and_changes_nothing() {
-    let s = set();
-    let user = Identity::generate();
-    let (r1, n1) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
-    Plugin::provision(&s.net, &r1, &n1).await.unwrap();
-    let name = s.net.names.network_name(&r1.user_id, "mesh");
-    let iface = wireguard::iface_name(&name);
+    let Mesh {
+        s,
+        user,
+        r1,
+        n1,
+        name,
+        iface,
+    } = mesh().await;
 
     let (r, n) = res(
         &user,
