@@ -28,8 +28,11 @@
 //! the same user can ever get here. The new one takes the network over at
 //! once when this node's subnet is the same and both or neither carry
 //! WireGuard fields: the bridge and the containers on it stay, the tunnel
-//! is reconfigured with the new key, port and peers (checked first; on a
-//! refusal the old tunnel keeps running), and a [`Holder`] record
+//! is reconfigured with the new key, port and peers (checked first; a
+//! field, port or endpoint refused leaves the old tunnel running, while a
+//! failure of the new interface itself, after the old one went down,
+//! leaves the network without a tunnel until reconciliation brings the
+//! old one's back at the next start), and a [`Holder`] record
 //! (`<root>/networks/<docker network id>.json`, no secret in it) says the
 //! new reservation holds the network and the old one is replaced. The old
 //! one's decommission (delete or expiry) then leaves the network alone, and
@@ -851,7 +854,10 @@ impl NetworkProvisioner {
         self.write_holder(existing, &holder)?;
         if let Some(plan) = plan {
             if let Err(e) = self.tunnel_up(r, existing, sub, plan).await {
-                // Refused before anything changed: the old tunnel runs on.
+                // The old reservation holds the network again. Refused by
+                // the pre-flight, its tunnel runs on; failed after that
+                // (the new interface), it is down until the next start's
+                // reconciliation brings it back.
                 let undo = match &before {
                     Some(b) => self.write_holder(existing, b),
                     None => {
