@@ -96,14 +96,23 @@ pub const MAX_ALLOWED_IPS: usize = 64;
 pub const MAX_ROUTES: usize = 256;
 
 /// Who holds a network after a takeover (see the module doc): the
-/// reservation (its id and signature hash) now holding it, and the ids of
-/// those it replaced that are not deleted yet. Without a record the
-/// network's labels say who holds it.
+/// reservation (its id and signature hash) now holding it, and those it
+/// replaced that are not deleted yet. Without a record the network's
+/// labels say who holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     pub id: String,
     pub signature: String,
-    pub replaced: Vec<String>,
+    pub replaced: Vec<Replaced>,
+}
+
+/// A reservation a takeover replaced: its id and signature hash (the
+/// explorer assigns ids, so an id alone could be handed to another
+/// reservation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaced {
+    pub id: String,
+    pub signature: String,
 }
 
 /// The checked WireGuard side of a network, before its bridge exists.
@@ -359,7 +368,7 @@ impl NetworkProvisioner {
     /// replaced, from one read of its record.
     fn held(&self, net: &NetworkInfo) -> (String, Vec<String>) {
         match self.holder(net) {
-            Some(h) => (h.id, h.replaced),
+            Some(h) => (h.id, h.replaced.into_iter().map(|x| x.id).collect()),
             None => (
                 label(&net.labels, LABEL_RESERVATION).to_string(),
                 Vec::new(),
@@ -394,17 +403,23 @@ impl NetworkProvisioner {
         }
     }
 
-    /// Whether `r` is a reservation a newer one of the same user replaced.
-    fn replaced(&self, net: &NetworkInfo, r: &Reservation) -> bool {
-        label(&net.labels, LABEL_USER) == r.user_id
-            && self.names.is_ours(&net.labels)
-            && self.holder(net).is_some_and(|h| h.replaced.contains(&r.id))
+    /// Whether `r`'s id is that of a reservation a newer one of the same
+    /// user replaced: `Some(true)` when `r` is that reservation (its
+    /// signature too), `Some(false)` when another reservation was handed
+    /// its id ([`names::held_error`]), `None` when no replaced one has it.
+    fn replaced(&self, net: &NetworkInfo, r: &Reservation) -> Option<bool> {
+        if label(&net.labels, LABEL_USER) != r.user_id || !self.names.is_ours(&net.labels) {
+            return None;
+        }
+        let h = self.holder(net)?;
+        let x = h.replaced.iter().find(|x| x.id == r.id)?;
+        Some(x.signature == signature_hash(r))
     }
 
     /// Forget replaced reservation `id` of `net` (it was deleted).
     fn forget_replaced(&self, net: &NetworkInfo, id: &str) -> Result<(), ProvisionError> {
         if let Some(mut h) = self.holder(net) {
-            h.replaced.retain(|x| x != id);
+            h.replaced.retain(|x| x.id != id);
             self.write_holder(net, &h)?;
         }
         Ok(())
@@ -844,8 +859,14 @@ impl NetworkProvisioner {
             .as_ref()
             .map(|h| h.replaced.clone())
             .unwrap_or_default();
-        replaced.retain(|x| x != &r.id);
-        replaced.push(owner.to_string());
+        replaced.retain(|x| x.id != r.id);
+        replaced.push(Replaced {
+            id: owner.to_string(),
+            signature: match &before {
+                Some(b) => b.signature.clone(),
+                None => label(&existing.labels, names::LABEL_SIGNATURE).to_string(),
+            },
+        });
         let holder = Holder {
             id: r.id.clone(),
             signature: signature_hash(r),
@@ -920,9 +941,13 @@ impl Plugin for NetworkProvisioner {
         let name = self.names.network_name(&r.user_id, &n.name);
 
         if let Some(existing) = self.docker.inspect_network(&name).await? {
-            if self.replaced(&existing, r) {
-                tracing::info!(reservation = %r.id, network = %name, "network replaced by a newer reservation of its name; nothing to do");
-                return Ok(serde_json::Value::Null);
+            match self.replaced(&existing, r) {
+                Some(true) => {
+                    tracing::info!(reservation = %r.id, network = %name, "network replaced by a newer reservation of its name; nothing to do");
+                    return Ok(serde_json::Value::Null);
+                }
+                Some(false) => return Err(names::held_error(r, "network")),
+                None => {}
             }
             let owner = self.holder_id(&existing);
             if self.holds(&existing, r) {
@@ -1007,12 +1032,13 @@ impl Plugin for NetworkProvisioner {
             None => Ok(()),
             // Replaced by a newer reservation of the name: the network is
             // that one's now; only the record of this one goes.
-            Some(e) if self.replaced(&e, r) => {
+            Some(e) if self.replaced(&e, r) == Some(true) => {
                 tracing::info!(reservation = %r.id, network = %name, "replaced network reservation ended; the network stays with its successor");
                 self.forget_replaced(&e, &r.id)
             }
             // Another reservation's network of the same name (this one was
-            // refused): not ours to remove.
+            // refused, or was handed a replaced one's id): not ours to
+            // remove.
             Some(e) if !self.removable_by(&e, r) => Ok(()),
             Some(_) => self.remove(&name, &r.id).await,
         }
@@ -1022,7 +1048,7 @@ impl Plugin for NetworkProvisioner {
         names::check_id("reservation id", &r.id)?;
         let name = self.names.network_name(&r.user_id, &n.name);
         Ok(self.docker.inspect_network(&name).await?.is_some_and(|e| {
-            (self.holder_id(&e) == r.id && self.tunnel_ok(&e)) || self.replaced(&e, r)
+            (self.holder_id(&e) == r.id && self.tunnel_ok(&e)) || self.replaced(&e, r) == Some(true)
         }))
     }
 

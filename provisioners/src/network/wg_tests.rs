@@ -579,15 +579,31 @@ async fn reused_ids_neither_take_back_nor_remove_a_taken_over_network() {
     assert!(s.tunnels.is_up(&iface));
     assert_eq!(peers_now(&s).peers[0].public_key, keypair(3).1);
 
-    // The replaced one's id on another signed reservation: nothing to do,
-    // and its end leaves the network to the holder.
+    // The replaced one's id on another signed reservation: refused too,
+    // and its end neither removes the network nor forgets the real
+    // replaced one (which, forgotten, a restart's reconciliation would
+    // find missing and provision again: a takeover back to the old peers).
     let (mut forged, fnet) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
     forged.signature = "sig-forged-1".into();
-    Plugin::provision(&s.net, &forged, &fnet).await.unwrap();
+    assert_eq!(
+        Plugin::provision(&s.net, &forged, &fnet)
+            .await
+            .unwrap_err()
+            .to_string(),
+        names::held_error(&forged, "network").to_string()
+    );
+    assert!(!Plugin::exists(&s.net, &forged, &fnet).await.unwrap());
     assert_eq!(peers_now(&s).peers[0].public_key, keypair(3).1);
     Plugin::decommission(&s.net, &forged, &fnet).await.unwrap();
     assert!(s.fake.inspect_network(&name).await.unwrap().is_some());
     assert!(s.tunnels.is_up(&iface));
+    assert!(Plugin::exists(&s.net, &r1, &n1).await.unwrap());
+    assert_eq!(
+        Plugin::list_labelled(&s.net).await.unwrap(),
+        vec!["1-1".to_string(), "2-1".to_string()]
+    );
+    Plugin::provision(&s.net, &r1, &n1).await.unwrap();
+    assert_eq!(peers_now(&s).peers[0].public_key, keypair(3).1);
     // Then the real old one's end: still the holder's.
     Plugin::decommission(&s.net, &r1, &n1).await.unwrap();
     assert!(s.fake.inspect_network(&name).await.unwrap().is_some());
@@ -630,9 +646,13 @@ async fn holder_records_only_by_hex_ids_and_unreadable_ones_count_as_none() {
     );
     Plugin::provision(&s.net, &r2, &n2).await.unwrap();
     let h = s.net.holder(&net).unwrap();
+    assert_eq!(h.id, "2-1");
     assert_eq!(
-        (h.id.as_str(), h.replaced),
-        ("2-1", vec!["1-1".to_string()])
+        h.replaced,
+        vec![Replaced {
+            id: "1-1".into(),
+            signature: signature_hash(&r1),
+        }]
     );
     assert!(s.tunnels.is_up(&iface));
 }
