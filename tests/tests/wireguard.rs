@@ -610,32 +610,21 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
     let carol = Identity::generate();
     let taken = json!([{"wireguard_public_key": wg_keypair()?.1, "allowed_ips": [format!("10.{k}.5.0/24")], "endpoint": ""}]);
     let (d, _, _) = wg_network(&node, "taken", k, 4, port, taken)?;
-    let bad_port = explorer
-        .reserve(&carol, node.id(), "network", d, hour)
-        .await?;
-    let res = explorer.wait_result(&bad_port).await?;
-    assert_eq!(res.state, ResultState::Error);
+    let (bad_port, error) = refused(&explorer, &carol, &node, d).await?;
     assert!(
-        res.error.contains(&format!(
+        error.contains(&format!(
             "wireguard_listen_port {port} cannot be used on this node"
         )),
-        "{}",
-        res.error
+        "{error}"
     );
-    explorer.verify(&res, node.id()).await?;
     let nowhere = json!([{"wireguard_public_key": wg_keypair()?.1, "allowed_ips": [format!("10.{k}.5.0/24")], "endpoint": "peer.invalid:51820"}]);
     let (d, _, _) = wg_network(&node, "nowhere", k, 6, free_port(), nowhere)?;
-    let bad_ep = explorer
-        .reserve(&carol, node.id(), "network", d, hour)
-        .await?;
-    let res = explorer.wait_result(&bad_ep).await?;
-    assert_eq!(res.state, ResultState::Error);
+    let (bad_ep, error) = refused(&explorer, &carol, &node, d).await?;
     assert!(
-        res.error.starts_with(
+        error.starts_with(
             "data.net_resources[0].peers[0].endpoint: \"peer.invalid:51820\" does not resolve"
         ),
-        "{}",
-        res.error
+        "{error}"
     );
     // A tenant tries to route the host's own link to the peer (a host
     // route) into its tunnel.
@@ -643,29 +632,20 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
                          "allowed_ips": [format!("10.250.{k}.0/24")], "endpoint": ""}]);
     let (mut d, _, _) = wg_network(&node, "hijack", k, 8, free_port(), hijack)?;
     d["ip_range"] = json!("10.0.0.0/8");
-    let bad_route = explorer
-        .reserve(&carol, node.id(), "network", d, hour)
-        .await?;
-    let res = explorer.wait_result(&bad_route).await?;
-    assert_eq!(res.state, ResultState::Error);
+    let (bad_route, error) = refused(&explorer, &carol, &node, d).await?;
     assert_eq!(
-        res.error,
+        error,
         format!("data.net_resources[0].peers[0].allowed_ips: range 10.250.{k}.0/24 overlaps the host route 10.250.{k}.0/30 (vwh{tag})")
     );
     // A key that does not open to a WireGuard key.
     let (mut d, _, _) = wg_network(&node, "badkey", k, 9, free_port(), json!([]))?;
     d["net_resources"][0]["wireguard_private_key_encrypted"] =
         json!(seal_for(node.id(), b"not a key")?);
-    let bad_key = explorer
-        .reserve(&carol, node.id(), "network", d, hour)
-        .await?;
-    let res = explorer.wait_result(&bad_key).await?;
-    assert_eq!(res.state, ResultState::Error);
+    let (bad_key, error) = refused(&explorer, &carol, &node, d).await?;
     assert_eq!(
-        res.error,
+        error,
         "data.net_resources[0].wireguard_private_key_encrypted: does not open to a 32-byte key in base64"
     );
-    explorer.verify(&res, node.id()).await?;
     // An endpoint the node has no route to (an `unreachable` route for a
     // TEST-NET address, removed by the guard).
     let blackhole = format!("192.0.2.{}", 100 + k % 100);
@@ -686,20 +666,14 @@ async fn a_container_reaches_a_remote_peer_through_the_tunnel_and_nothing_else()
     let cut = json!([{"wireguard_public_key": wg_keypair()?.1, "allowed_ips": [format!("10.{k}.5.0/24")],
                       "endpoint": format!("{blackhole}:51820")}]);
     let (d, _, _) = wg_network(&node, "cut", k, 10, free_port(), cut)?;
-    let bad_reach = explorer
-        .reserve(&carol, node.id(), "network", d, hour)
-        .await?;
-    let res = explorer.wait_result(&bad_reach).await?;
+    let (bad_reach, error) = refused(&explorer, &carol, &node, d).await?;
     drop(unroute);
-    assert_eq!(res.state, ResultState::Error);
     assert!(
-        res.error.starts_with(&format!(
+        error.starts_with(&format!(
             "data.net_resources: wireguard tunnel of reservation {bad_reach}: peer endpoint {blackhole}:51820 is unreachable from this node"
         )),
-        "{}",
-        res.error
+        "{error}"
     );
-    explorer.verify(&res, node.id()).await?;
     for id in [&bad_port, &bad_ep, &bad_route, &bad_key, &bad_reach] {
         let (c, v, n) = labelled(node.id(), id);
         assert!(
@@ -983,6 +957,23 @@ async fn leftovers_of_a_network_gone_while_the_agent_was_down_are_swept_at_start
     );
     let _ = sh("ip", &["route", "flush", "table", &other_table]);
     Ok(())
+}
+
+/// Reserve network `data` as `user` for an hour; its result must be an
+/// error signed by `node`. The reservation's id and the error.
+async fn refused(
+    explorer: &Explorer,
+    user: &Identity,
+    node: &Identity,
+    data: Value,
+) -> Result<(String, String)> {
+    let id = explorer
+        .reserve(user, node.id(), "network", data, Duration::from_secs(3600))
+        .await?;
+    let res = explorer.wait_result(&id).await?;
+    assert_eq!(res.state, ResultState::Error, "{id}");
+    explorer.verify(&res, node.id()).await?;
+    Ok((id, res.error))
 }
 
 /// The name of the Docker network of reservation `id`.

@@ -28,8 +28,11 @@
 //! the same user can ever get here. The new one takes the network over at
 //! once when this node's subnet is the same and both or neither carry
 //! WireGuard fields: the bridge and the containers on it stay, the tunnel
-//! is reconfigured with the new key, port and peers (checked first; on a
-//! refusal the old tunnel keeps running), and a [`Holder`] record
+//! is reconfigured with the new key, port and peers (checked first; a
+//! field, port or endpoint refused leaves the old tunnel running, while a
+//! failure of the new interface itself, after the old one went down,
+//! leaves the network without a tunnel until reconciliation brings the
+//! old one's back at the next start), and a [`Holder`] record
 //! (`<root>/networks/<docker network id>.json`, no secret in it) says the
 //! new reservation holds the network and the old one is replaced. The old
 //! one's decommission (delete or expiry) then leaves the network alone, and
@@ -93,14 +96,23 @@ pub const MAX_ALLOWED_IPS: usize = 64;
 pub const MAX_ROUTES: usize = 256;
 
 /// Who holds a network after a takeover (see the module doc): the
-/// reservation (its id and signature hash) now holding it, and the ids of
-/// those it replaced that are not deleted yet. Without a record the
-/// network's labels say who holds it.
+/// reservation (its id and signature hash) now holding it, and those it
+/// replaced that are not deleted yet. Without a record the network's
+/// labels say who holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     pub id: String,
     pub signature: String,
-    pub replaced: Vec<String>,
+    pub replaced: Vec<Replaced>,
+}
+
+/// A reservation a takeover replaced: its id and signature hash (the
+/// explorer assigns ids, so an id alone could be handed to another
+/// reservation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaced {
+    pub id: String,
+    pub signature: String,
 }
 
 /// The checked WireGuard side of a network, before its bridge exists.
@@ -349,9 +361,19 @@ impl NetworkProvisioner {
 
     /// The id of the reservation holding `net`.
     fn holder_id(&self, net: &NetworkInfo) -> String {
-        self.holder(net)
-            .map(|h| h.id)
-            .unwrap_or_else(|| label(&net.labels, LABEL_RESERVATION).to_string())
+        self.held(net).0
+    }
+
+    /// The id of the reservation holding `net` and the ids of those it
+    /// replaced, from one read of its record.
+    fn held(&self, net: &NetworkInfo) -> (String, Vec<String>) {
+        match self.holder(net) {
+            Some(h) => (h.id, h.replaced.into_iter().map(|x| x.id).collect()),
+            None => (
+                label(&net.labels, LABEL_RESERVATION).to_string(),
+                Vec::new(),
+            ),
+        }
     }
 
     /// Whether `r` holds `net` (made it, or took it over), as its signed
@@ -381,17 +403,23 @@ impl NetworkProvisioner {
         }
     }
 
-    /// Whether `r` is a reservation a newer one of the same user replaced.
-    fn replaced(&self, net: &NetworkInfo, r: &Reservation) -> bool {
-        label(&net.labels, LABEL_USER) == r.user_id
-            && self.names.is_ours(&net.labels)
-            && self.holder(net).is_some_and(|h| h.replaced.contains(&r.id))
+    /// Whether `r`'s id is that of a reservation a newer one of the same
+    /// user replaced: `Some(true)` when `r` is that reservation (its
+    /// signature too), `Some(false)` when another reservation was handed
+    /// its id ([`names::held_error`]), `None` when no replaced one has it.
+    fn replaced(&self, net: &NetworkInfo, r: &Reservation) -> Option<bool> {
+        if label(&net.labels, LABEL_USER) != r.user_id || !self.names.is_ours(&net.labels) {
+            return None;
+        }
+        let h = self.holder(net)?;
+        let x = h.replaced.iter().find(|x| x.id == r.id)?;
+        Some(x.signature == signature_hash(r))
     }
 
     /// Forget replaced reservation `id` of `net` (it was deleted).
     fn forget_replaced(&self, net: &NetworkInfo, id: &str) -> Result<(), ProvisionError> {
         if let Some(mut h) = self.holder(net) {
-            h.replaced.retain(|x| x != id);
+            h.replaced.retain(|x| x.id != id);
             self.write_holder(net, &h)?;
         }
         Ok(())
@@ -751,10 +779,9 @@ impl NetworkProvisioner {
             )));
         }
         let iface = wireguard::iface_name(name);
-        let labelled = self
-            .docker
-            .inspect_network(name)
-            .await?
+        let info = self.docker.inspect_network(name).await?;
+        let labelled = info
+            .as_ref()
             .is_some_and(|n| n.labels.contains_key(LABEL_WIREGUARD));
         if labelled || self.tunnels.is_up(&iface) {
             self.tunnels.down(&iface).await.map_err(|e| {
@@ -764,7 +791,6 @@ impl NetworkProvisioner {
             })?;
             tracing::info!(interface = %iface, reservation = %id, "wireguard tunnel removed");
         }
-        let info = self.docker.inspect_network(name).await?;
         if self.docker.remove_network(name).await? {
             tracing::info!(network = %name, reservation = %id, "network removed");
         }
@@ -833,8 +859,14 @@ impl NetworkProvisioner {
             .as_ref()
             .map(|h| h.replaced.clone())
             .unwrap_or_default();
-        replaced.retain(|x| x != &r.id);
-        replaced.push(owner.to_string());
+        replaced.retain(|x| x.id != r.id);
+        replaced.push(Replaced {
+            id: owner.to_string(),
+            signature: match &before {
+                Some(b) => b.signature.clone(),
+                None => label(&existing.labels, names::LABEL_SIGNATURE).to_string(),
+            },
+        });
         let holder = Holder {
             id: r.id.clone(),
             signature: signature_hash(r),
@@ -843,7 +875,10 @@ impl NetworkProvisioner {
         self.write_holder(existing, &holder)?;
         if let Some(plan) = plan {
             if let Err(e) = self.tunnel_up(r, existing, sub, plan).await {
-                // Refused before anything changed: the old tunnel runs on.
+                // The old reservation holds the network again. Refused by
+                // the pre-flight, its tunnel runs on; failed after that
+                // (the new interface), it is down until the next start's
+                // reconciliation brings it back.
                 let undo = match &before {
                     Some(b) => self.write_holder(existing, b),
                     None => {
@@ -906,9 +941,13 @@ impl Plugin for NetworkProvisioner {
         let name = self.names.network_name(&r.user_id, &n.name);
 
         if let Some(existing) = self.docker.inspect_network(&name).await? {
-            if self.replaced(&existing, r) {
-                tracing::info!(reservation = %r.id, network = %name, "network replaced by a newer reservation of its name; nothing to do");
-                return Ok(serde_json::Value::Null);
+            match self.replaced(&existing, r) {
+                Some(true) => {
+                    tracing::info!(reservation = %r.id, network = %name, "network replaced by a newer reservation of its name; nothing to do");
+                    return Ok(serde_json::Value::Null);
+                }
+                Some(false) => return Err(names::held_error(r, "network")),
+                None => {}
             }
             let owner = self.holder_id(&existing);
             if self.holds(&existing, r) {
@@ -993,12 +1032,13 @@ impl Plugin for NetworkProvisioner {
             None => Ok(()),
             // Replaced by a newer reservation of the name: the network is
             // that one's now; only the record of this one goes.
-            Some(e) if self.replaced(&e, r) => {
+            Some(e) if self.replaced(&e, r) == Some(true) => {
                 tracing::info!(reservation = %r.id, network = %name, "replaced network reservation ended; the network stays with its successor");
                 self.forget_replaced(&e, &r.id)
             }
             // Another reservation's network of the same name (this one was
-            // refused): not ours to remove.
+            // refused, or was handed a replaced one's id): not ours to
+            // remove.
             Some(e) if !self.removable_by(&e, r) => Ok(()),
             Some(_) => self.remove(&name, &r.id).await,
         }
@@ -1008,7 +1048,7 @@ impl Plugin for NetworkProvisioner {
         names::check_id("reservation id", &r.id)?;
         let name = self.names.network_name(&r.user_id, &n.name);
         Ok(self.docker.inspect_network(&name).await?.is_some_and(|e| {
-            (self.holder_id(&e) == r.id && self.tunnel_ok(&e)) || self.replaced(&e, r)
+            (self.holder_id(&e) == r.id && self.tunnel_ok(&e)) || self.replaced(&e, r) == Some(true)
         }))
     }
 
@@ -1018,10 +1058,11 @@ impl Plugin for NetworkProvisioner {
         // present. Replaced reservations are, as long as the network is.
         let mut ids = std::collections::HashSet::new();
         for n in self.ours().await? {
+            let (holder, replaced) = self.held(&n);
             if self.tunnel_ok(&n) {
-                ids.insert(self.holder_id(&n));
+                ids.insert(holder);
             }
-            ids.extend(self.holder(&n).map(|h| h.replaced).unwrap_or_default());
+            ids.extend(replaced);
         }
         ids.remove("");
         Ok(Some(ids))
@@ -1050,8 +1091,9 @@ impl Plugin for NetworkProvisioner {
         }
         let mut ids = BTreeSet::new();
         for n in &nets {
-            ids.insert(self.holder_id(n));
-            ids.extend(self.holder(n).map(|h| h.replaced).unwrap_or_default());
+            let (holder, replaced) = self.held(n);
+            ids.insert(holder);
+            ids.extend(replaced);
         }
         ids.remove("");
         Ok(ids.into_iter().collect())
@@ -1059,12 +1101,10 @@ impl Plugin for NetworkProvisioner {
 
     async fn remove_labelled(&self, id: &str) -> Result<(), ProvisionError> {
         for n in self.ours().await? {
-            if self.holder_id(&n) == id {
+            let (holder, replaced) = self.held(&n);
+            if holder == id {
                 self.remove(&n.name, id).await?;
-            } else if self
-                .holder(&n)
-                .is_some_and(|h| h.replaced.iter().any(|x| x == id))
-            {
+            } else if replaced.iter().any(|x| x == id) {
                 self.forget_replaced(&n, id)?;
             }
         }

@@ -315,17 +315,47 @@ fn with_peer(mut d: Value, seed: u8, cidr: &str, port: u16) -> Value {
     d
 }
 
-/// The peer update of issue 16: a new signed reservation of the same name
-/// takes the network over in place (same bridge, new tunnel), and the old
-/// one's end leaves the network alone.
-#[tokio::test]
-async fn a_new_reservation_of_the_name_takes_the_network_over_in_place() {
+/// A set with user `user`'s network "mesh" made by reservation 1-1 (one
+/// tunnel to the peer of key 2), its Docker name and its interface.
+struct Mesh {
+    s: Set,
+    user: Identity,
+    r1: Reservation,
+    n1: Network,
+    name: String,
+    iface: String,
+}
+
+async fn mesh() -> Mesh {
     let s = set();
     let user = Identity::generate();
     let (r1, n1) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
     Plugin::provision(&s.net, &r1, &n1).await.unwrap();
     let name = s.net.names.network_name(&r1.user_id, "mesh");
     let iface = wireguard::iface_name(&name);
+    Mesh {
+        s,
+        user,
+        r1,
+        n1,
+        name,
+        iface,
+    }
+}
+
+/// The peer update of issue 16: a new signed reservation of the same name
+/// takes the network over in place (same bridge, new tunnel), and the old
+/// one's end leaves the network alone.
+#[tokio::test]
+async fn a_new_reservation_of_the_name_takes_the_network_over_in_place() {
+    let Mesh {
+        s,
+        user,
+        r1,
+        n1,
+        name,
+        iface,
+    } = mesh().await;
     let bridge = s.fake.inspect_network(&name).await.unwrap().unwrap().id;
 
     let (r2, n2) = res(
@@ -399,12 +429,14 @@ async fn a_new_reservation_of_the_name_takes_the_network_over_in_place() {
 /// what it leaves: the old tunnel and holder as they were.
 #[tokio::test]
 async fn a_takeover_that_cannot_be_refuses_and_changes_nothing() {
-    let s = set();
-    let user = Identity::generate();
-    let (r1, n1) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
-    Plugin::provision(&s.net, &r1, &n1).await.unwrap();
-    let name = s.net.names.network_name(&r1.user_id, "mesh");
-    let iface = wireguard::iface_name(&name);
+    let Mesh {
+        s,
+        user,
+        r1,
+        n1,
+        name,
+        iface,
+    } = mesh().await;
 
     let (r, n) = res(
         &user,
@@ -508,4 +540,119 @@ async fn the_orphan_sweep_keeps_the_tunnels_of_existing_networks() {
     let calls = s.tunnels.calls.lock().unwrap().clone();
     assert_eq!(calls[1], format!("sweep keep [{iface}]"));
     assert_eq!(calls[3], "sweep keep []");
+}
+
+/// A hostile explorer hands the user's other signed reservations the ids
+/// of the holder and of the one it replaced: neither takes the network
+/// back, changes its tunnel or removes it; the holder keeps it.
+#[tokio::test]
+async fn reused_ids_neither_take_back_nor_remove_a_taken_over_network() {
+    let Mesh {
+        s,
+        user,
+        r1,
+        n1,
+        name,
+        iface,
+    } = mesh().await;
+    let (r2, n2) = res(
+        &user,
+        "2-1",
+        with_peer(wg_data(&s, "mesh", json!({})), 3, "10.77.3.0/24", 51821),
+    );
+    Plugin::provision(&s.net, &r2, &n2).await.unwrap();
+    let peers_now = |s: &Set| s.tunnels.up.lock().unwrap().get(&iface).cloned().unwrap();
+    assert_eq!(peers_now(&s).peers[0].public_key, keypair(3).1);
+
+    // The holder's id on another signed reservation (its old peers).
+    let (mut forged, fnet) = res(&user, "2-1", wg_data(&s, "mesh", json!({})));
+    forged.signature = "sig-forged-2".into();
+    assert_eq!(
+        Plugin::provision(&s.net, &forged, &fnet)
+            .await
+            .unwrap_err()
+            .to_string(),
+        names::held_error(&forged, "network").to_string()
+    );
+    Plugin::decommission(&s.net, &forged, &fnet).await.unwrap();
+    assert!(s.fake.inspect_network(&name).await.unwrap().is_some());
+    assert!(s.tunnels.is_up(&iface));
+    assert_eq!(peers_now(&s).peers[0].public_key, keypair(3).1);
+
+    // The replaced one's id on another signed reservation: refused too,
+    // and its end neither removes the network nor forgets the real
+    // replaced one (which, forgotten, a restart's reconciliation would
+    // find missing and provision again: a takeover back to the old peers).
+    let (mut forged, fnet) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
+    forged.signature = "sig-forged-1".into();
+    assert_eq!(
+        Plugin::provision(&s.net, &forged, &fnet)
+            .await
+            .unwrap_err()
+            .to_string(),
+        names::held_error(&forged, "network").to_string()
+    );
+    assert!(!Plugin::exists(&s.net, &forged, &fnet).await.unwrap());
+    assert_eq!(peers_now(&s).peers[0].public_key, keypair(3).1);
+    Plugin::decommission(&s.net, &forged, &fnet).await.unwrap();
+    assert!(s.fake.inspect_network(&name).await.unwrap().is_some());
+    assert!(s.tunnels.is_up(&iface));
+    assert!(Plugin::exists(&s.net, &r1, &n1).await.unwrap());
+    assert_eq!(
+        Plugin::list_labelled(&s.net).await.unwrap(),
+        vec!["1-1".to_string(), "2-1".to_string()]
+    );
+    Plugin::provision(&s.net, &r1, &n1).await.unwrap();
+    assert_eq!(peers_now(&s).peers[0].public_key, keypair(3).1);
+    // Then the real old one's end: still the holder's.
+    Plugin::decommission(&s.net, &r1, &n1).await.unwrap();
+    assert!(s.fake.inspect_network(&name).await.unwrap().is_some());
+    assert!(Plugin::exists(&s.net, &r2, &n2).await.unwrap());
+    assert_eq!(peers_now(&s).peers[0].public_key, keypair(3).1);
+}
+
+/// The holder record's path comes from the Docker network id, only when
+/// it is hex: an id with a path in it (a hostile or broken engine) gets no
+/// record; a record that does not parse counts as none (the labels say who
+/// holds the network), and a takeover then writes a good one over it.
+#[tokio::test]
+async fn holder_records_only_by_hex_ids_and_unreadable_ones_count_as_none() {
+    let Mesh {
+        s,
+        user,
+        r1,
+        n1,
+        name,
+        iface,
+    } = mesh().await;
+    for id in ["../../etc/passwd", "abc/../../x", "", "a.json", "ab cd"] {
+        let net = NetworkInfo {
+            id: id.into(),
+            ..Default::default()
+        };
+        assert_eq!(s.net.holder_path(&net), None, "{id:?}");
+    }
+    let net = s.fake.inspect_network(&name).await.unwrap().unwrap();
+    let path = s.net.holder_path(&net).unwrap();
+    assert_eq!(path.parent(), Some(s.holders.path()));
+
+    std::fs::write(&path, b"{not json").unwrap();
+    assert!(s.net.holds(&net, &r1), "the labels say 1-1 holds it");
+    assert!(Plugin::exists(&s.net, &r1, &n1).await.unwrap());
+    let (r2, n2) = res(
+        &user,
+        "2-1",
+        with_peer(wg_data(&s, "mesh", json!({})), 3, "10.77.3.0/24", 51821),
+    );
+    Plugin::provision(&s.net, &r2, &n2).await.unwrap();
+    let h = s.net.holder(&net).unwrap();
+    assert_eq!(h.id, "2-1");
+    assert_eq!(
+        h.replaced,
+        vec![Replaced {
+            id: "1-1".into(),
+            signature: signature_hash(&r1),
+        }]
+    );
+    assert!(s.tunnels.is_up(&iface));
 }

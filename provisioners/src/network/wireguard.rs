@@ -220,6 +220,13 @@ pub trait TunnelDevice: Send {
     fn remove(self: Box<Self>);
 }
 
+/// A backend's refusal of `listen_port` because another socket holds it
+/// (boringtun's errno 98 or the kernel's `EADDRINUSE`): the same words
+/// from either.
+fn port_in_use(listen_port: u16) -> String {
+    format!("wireguard_listen_port {listen_port} is already in use on this node")
+}
+
 /// The seam between [`HostTunnels`] and the WireGuard implementation:
 /// making an interface, configuring it, removing it. Routes, rules and
 /// firewall are the same for every backend and stay in [`HostTunnels`].
@@ -280,9 +287,7 @@ impl TunnelDevice for BoringtunDevice {
     ) -> Result<(), String> {
         match uapi_set(&mut self.api, &uapi_body(key, listen_port, peers)) {
             Ok(()) => Ok(()),
-            Err(98) => Err(format!(
-                "wireguard_listen_port {listen_port} is already in use on this node"
-            )),
+            Err(98) => Err(port_in_use(listen_port)),
             Err(e) => Err(format!(
                 "the wireguard interface {} refused its configuration (errno {e})",
                 self.iface
@@ -367,9 +372,7 @@ impl TunnelDevice for KernelDevice {
         kernel_update(key, listen_port, peers)
             .apply(&self.iface, wireguard_control::Backend::Kernel)
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AddrInUse => {
-                    format!("wireguard_listen_port {listen_port} is already in use on this node")
-                }
+                std::io::ErrorKind::AddrInUse => port_in_use(listen_port),
                 _ => format!(
                     "the wireguard interface {} refused its configuration: {e}",
                     self.iface.as_str_lossy()
@@ -735,17 +738,28 @@ fn preflight(spec: &TunnelSpec, check_port: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Remove the tunnels whose chain carries `mark` and `keep` does not name.
-fn sweep_host(mark: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, String> {
-    let found = marked_ifaces(&iptables_out(&["-S"])?, mark);
-    let gone: Vec<String> = found.difference(keep).cloned().collect();
-    for iface in &gone {
-        unplumb(iface);
-    }
-    Ok(gone)
-}
-
 impl HostTunnels {
+    /// Remove the tunnels whose chain carries this agent's mark and that
+    /// neither `keep` names nor this process is bringing up or runs.
+    fn sweep_blocking(&self, keep: &BTreeSet<String>) -> Result<Vec<String>, String> {
+        // The host first, then `starting`, then `running`: a tunnel whose
+        // chain the listing shows entered `starting` before its chain was
+        // made and leaves it only once it is in `running`, so read in this
+        // order it is in one of them. Read before the listing (or the other
+        // way round), a tunnel coming up in between would be swept.
+        let found = marked_ifaces(&iptables_out(&["-S"])?, &owner_mark(&self.owner));
+        let starting = self.starting_lock().clone();
+        let running: HashSet<String> = self.lock().keys().cloned().collect();
+        let gone: Vec<String> = found
+            .into_iter()
+            .filter(|i| !keep.contains(i) && !starting.contains(i) && !running.contains(i))
+            .collect();
+        for iface in &gone {
+            unplumb(iface);
+        }
+        Ok(gone)
+    }
+
     fn up_blocking(&self, spec: &TunnelSpec) -> Result<(), String> {
         self.starting_lock().insert(spec.iface.clone());
         let r = self.up_inner(spec);
@@ -829,11 +843,8 @@ impl Tunnels for HostTunnels {
     }
 
     async fn sweep(&self, keep: &BTreeSet<String>) -> Result<Vec<String>, String> {
-        let mut keep = keep.clone();
-        keep.extend(self.lock().keys().cloned());
-        keep.extend(self.starting_lock().iter().cloned());
-        let mark = owner_mark(&self.owner);
-        tokio::task::spawn_blocking(move || sweep_host(&mark, &keep))
+        let (this, keep) = (self.clone(), keep.clone());
+        tokio::task::spawn_blocking(move || this.sweep_blocking(&keep))
             .await
             .map_err(|e| format!("wireguard task failed: {e}"))?
     }
@@ -1116,6 +1127,64 @@ mod tests {
                 format!("remove {iface}"),
             ]
         );
+    }
+
+    /// The sweep on the real host (root and `iptables`; skipped without):
+    /// a marked chain of a tunnel this process is bringing up, or runs, or
+    /// that `keep` names, stays; only then is it swept.
+    #[tokio::test]
+    async fn the_sweep_spares_a_tunnel_coming_up_or_running_here() {
+        if iptables_out(&["-S", "INPUT"]).is_err() {
+            eprintln!("skipped: needs root and iptables");
+            return;
+        }
+        let owner = format!("wg-unit-sweep-{}", std::process::id());
+        let backend = FakeBackend::default();
+        let tunnels = HostTunnels::with_backend(Arc::new(backend.clone()), "fake").owned_by(&owner);
+        let iface = iface_name(&format!("agent-{owner}"));
+        struct Unplumb(String);
+        impl Drop for Unplumb {
+            fn drop(&mut self) {
+                unplumb(&self.0);
+            }
+        }
+        let _guard = Unplumb(iface.clone());
+        let chain = chain_of(&iface);
+        iptables(&["-N", &chain]).unwrap();
+        iptables(&[
+            "-A",
+            &chain,
+            "-m",
+            "comment",
+            "--comment",
+            &owner_mark(&owner),
+        ])
+        .unwrap();
+        let none = BTreeSet::new();
+
+        tunnels.starting_lock().insert(iface.clone());
+        assert!(tunnels.sweep(&none).await.unwrap().is_empty(), "coming up");
+        tunnels.starting_lock().remove(&iface);
+        let device = backend.create(&iface).unwrap();
+        tunnels
+            .lock()
+            .insert(iface.clone(), Running { device, port: 0 });
+        assert!(tunnels.sweep(&none).await.unwrap().is_empty(), "running");
+        tunnels.lock().remove(&iface);
+        let keep = BTreeSet::from([iface.clone()]);
+        assert!(tunnels.sweep(&keep).await.unwrap().is_empty(), "kept");
+        // Another agent's sweep (another mark) does not take it either.
+        let other = HostTunnels::with_backend(Arc::new(backend), "fake")
+            .owned_by(&format!("wg-unit-other-{}", std::process::id()));
+        assert!(!other.sweep(&none).await.unwrap().contains(&iface));
+        assert!(iptables_out(&["-S"])
+            .unwrap()
+            .contains(&format!("-N {chain}")));
+
+        assert_eq!(tunnels.sweep(&none).await.unwrap(), vec![iface.clone()]);
+        assert!(!iptables_out(&["-S"])
+            .unwrap()
+            .contains(&format!("-N {chain}")));
     }
 
     #[test]
