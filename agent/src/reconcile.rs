@@ -152,6 +152,9 @@ pub async fn remove_orphans(store: &Store, registry: &Registry, running: &HashSe
         let Some(p) = registry.get(kind) else {
             continue;
         };
+        if let Err(e) = p.sweep_leftovers().await {
+            warn!(kind = %kind, error = %e, "reconciliation: cannot sweep leftovers");
+        }
         let ids = match p.list_labelled().await {
             Ok(ids) => ids,
             Err(e) => {

@@ -161,4 +161,13 @@ pub trait Provisioner: Send + Sync {
     async fn remove_labelled(&self, _id: &str) -> Result<(), ProvisionError> {
         Ok(())
     }
+
+    /// Remove host state of this type that no labelled object accounts for
+    /// (the orphan sweep at start calls it before `list_labelled`): what
+    /// has no Docker label to find it by, e.g. a WireGuard tunnel's
+    /// interface, rules and chains left by a network removed while the
+    /// agent was down. It logs what it removed.
+    async fn sweep_leftovers(&self) -> Result<(), ProvisionError> {
+        Ok(())
+    }
 }

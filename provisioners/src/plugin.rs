@@ -81,6 +81,11 @@ pub trait Plugin: Send + Sync + Sized + 'static {
         Ok(())
     }
 
+    /// See [`Provisioner::sweep_leftovers`].
+    async fn sweep_leftovers(&self) -> Result<(), ProvisionError> {
+        Ok(())
+    }
+
     /// What it holds of the node while it runs, with container layers on
     /// `root_disk` (default: nothing).
     fn charge(_d: &Self::Data, _root_disk: DiskType) -> Charge {
@@ -150,6 +155,10 @@ impl<P: Plugin> Provisioner for P {
 
     async fn remove_labelled(&self, id: &str) -> Result<(), ProvisionError> {
         Plugin::remove_labelled(self, id).await
+    }
+
+    async fn sweep_leftovers(&self) -> Result<(), ProvisionError> {
+        Plugin::sweep_leftovers(self).await
     }
 }
 

@@ -1068,27 +1068,30 @@ impl Plugin for NetworkProvisioner {
         Ok(Some(ids))
     }
 
-    /// The reservations holding our networks and those they replaced.
-    /// Also the sweep of tunnel leftovers (the orphan sweep at start runs
-    /// this): interfaces, rules, tables and chains of ours that no network
-    /// here accounts for (deleted while the agent was down, a crash in the
-    /// middle of a provisioning) are removed.
-    async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
-        let nets = self.ours().await?;
-        let keep: BTreeSet<String> = nets
+    /// The tunnels' leftovers: interfaces, rules, tables and chains of ours
+    /// that no network here accounts for (deleted while the agent was down,
+    /// a crash in the middle of a provisioning).
+    async fn sweep_leftovers(&self) -> Result<(), ProvisionError> {
+        let keep: BTreeSet<String> = self
+            .ours()
+            .await?
             .iter()
             .filter(|n| n.labels.contains_key(LABEL_WIREGUARD))
             .map(|n| wireguard::iface_name(&n.name))
             .collect();
-        match self.tunnels.sweep(&keep).await {
-            Ok(gone) if !gone.is_empty() => {
-                tracing::info!(removed = ?gone, "reconciliation: removed wireguard leftovers no network accounts for")
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "reconciliation: cannot sweep wireguard leftovers")
-            }
+        let gone =
+            self.tunnels.sweep(&keep).await.map_err(|e| {
+                ProvisionError::Node(format!("cannot sweep wireguard leftovers: {e}"))
+            })?;
+        if !gone.is_empty() {
+            tracing::info!(removed = ?gone, "reconciliation: removed wireguard leftovers no network accounts for");
         }
+        Ok(())
+    }
+
+    /// The reservations holding our networks and those they replaced.
+    async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
+        let nets = self.ours().await?;
         let mut ids = BTreeSet::new();
         for n in &nets {
             let (holder, replaced) = self.held(n);

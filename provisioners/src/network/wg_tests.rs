@@ -534,9 +534,9 @@ async fn the_orphan_sweep_keeps_the_tunnels_of_existing_networks() {
     let (r, n) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
     Plugin::provision(&s.net, &r, &n).await.unwrap();
     let iface = wireguard::iface_name(&s.net.names.network_name(&r.user_id, "mesh"));
-    Plugin::list_labelled(&s.net).await.unwrap();
+    Plugin::sweep_leftovers(&s.net).await.unwrap();
     Plugin::decommission(&s.net, &r, &n).await.unwrap();
-    Plugin::list_labelled(&s.net).await.unwrap();
+    Plugin::sweep_leftovers(&s.net).await.unwrap();
     let calls = s.tunnels.calls.lock().unwrap().clone();
     assert_eq!(calls[1], format!("sweep keep [{iface}]"));
     assert_eq!(calls[3], "sweep keep []");
