@@ -253,16 +253,32 @@ async fn version_1_holes_stay_closed() -> anyhow::Result<()> {
                 signed(&user, &node, "network", net(&node, 235), now, hour),
                 "15-1",
             )])?),
-            Answer::Json(serde_json::to_string(&vec![with_id(ct.clone(), "16-1")])?),
         ],
     );
-    let results = wait_for("results up to 16-1", Duration::from_secs(60), || {
+    // Work runs in parallel, so results arrive in any order: the replay is
+    // handed over only once 15-1's network exists, when 14-1 could succeed.
+    wait_for("the result of 15-1", Duration::from_secs(60), || {
         let script = script.clone();
         async move {
             let s = script.lock().unwrap();
-            s.results
+            s.results.iter().any(|r| r.id == "15-1").then_some(())
+        }
+    })
+    .await?;
+    scripted::set(
+        &script,
+        vec![Answer::Json(serde_json::to_string(&vec![with_id(
+            ct.clone(),
+            "16-1",
+        )])?)],
+    );
+    let results = wait_for("results of 13-1 to 16-1", Duration::from_secs(60), || {
+        let script = script.clone();
+        async move {
+            let s = script.lock().unwrap();
+            ["13-1", "14-1", "15-1", "16-1"]
                 .iter()
-                .any(|r| r.id == "16-1")
+                .all(|id| s.results.iter().any(|r| r.id == *id))
                 .then(|| s.results.clone())
         }
     })
