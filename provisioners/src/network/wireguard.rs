@@ -92,14 +92,57 @@ pub fn iface_name(network_name: &str) -> String {
     )
 }
 
-/// The routing table of interface `iface`: a hash of its name, above the
-/// tables people number by hand.
+/// The tunnels' routing tables: `TABLE_COUNT` numbers from `TABLE_FIRST`,
+/// above the tables people number by hand.
+const TABLE_FIRST: u32 = 0x1000_0000;
+const TABLE_COUNT: u32 = 0x6fff_0000;
+
+/// The preferred routing table of interface `iface`: a hash of its name.
+/// Two names can hash to the same table, so the table a tunnel gets is
+/// [`pick_table`]'s, recorded on its chain ([`table_mark`]).
 pub fn table_of(iface: &str) -> u32 {
     let id = reservation::network_local_id("wireguard-table", iface);
     let h = id
         .bytes()
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
-    0x1000_0000 + (h % 0x6fff_0000)
+    TABLE_FIRST + (h % TABLE_COUNT)
+}
+
+/// The table for a tunnel preferring `base`: the first of `base`,
+/// `base + 1`, … (wrapping round within the tunnels' range) that `used`
+/// does not hold, so two tunnels never share a table even when their
+/// names hash alike. Deterministic: the same host state gives the same
+/// table.
+pub fn pick_table(base: u32, used: &BTreeSet<u32>) -> u32 {
+    let start = base.wrapping_sub(TABLE_FIRST) % TABLE_COUNT;
+    // Among `used.len() + 1` numbers one is free.
+    (0..=used.len() as u32)
+        .map(|i| TABLE_FIRST + (start + i) % TABLE_COUNT)
+        .find(|t| !used.contains(t))
+        .unwrap_or(TABLE_FIRST + start)
+}
+
+/// The comment on a tunnel's filter chain recording its routing table:
+/// the chain outlives a restart, so `down` finds the table again.
+pub fn table_mark(table: u32) -> String {
+    format!("agent-table={table}")
+}
+
+/// Every table number named (`lookup <n>`, `table <n>`) in `ip rule` or
+/// `ip route` text.
+pub fn tables_named(text: &str) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for l in text.lines() {
+        let mut w = l.split_whitespace();
+        while let Some(t) = w.next() {
+            if t == "lookup" || t == "table" {
+                if let Some(n) = w.next().and_then(|n| n.parse().ok()) {
+                    out.insert(n);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The firewall chain of interface `iface` (in `filter` and `nat`).
@@ -408,10 +451,12 @@ pub trait Tunnels: Send + Sync {
     async fn sweep(&self, keep: &BTreeSet<String>) -> Result<Vec<String>, String>;
 }
 
-/// A tunnel up: its interface and the port it listens on.
+/// A tunnel up: its interface and what it was made from, kept (the key
+/// too, in memory only) to bring it back as it was when a replacement
+/// fails after it went down.
 struct Running {
     device: Box<dyn TunnelDevice>,
-    port: u16,
+    spec: TunnelSpec,
 }
 
 /// The host's tunnels: interfaces made by a [`TunnelBackend`], with their
@@ -426,6 +471,9 @@ pub struct HostTunnels {
     starting: Arc<Mutex<HashSet<String>>>,
     /// This agent's node scope, marked on its chains ([`owner_mark`]).
     owner: String,
+    /// The preferred table of an interface ([`table_of`]; unit tests force
+    /// collisions with another).
+    table_base: fn(&str) -> u32,
 }
 
 impl Default for HostTunnels {
@@ -448,7 +496,16 @@ impl HostTunnels {
             running: Arc::default(),
             starting: Arc::default(),
             owner: "unscoped".into(),
+            table_base: table_of,
         }
+    }
+
+    /// Prefer `base`'s tables rather than [`table_of`]'s (to force two
+    /// interfaces onto the same one).
+    #[cfg(test)]
+    fn with_table_base(mut self, base: fn(&str) -> u32) -> Self {
+        self.table_base = base;
+        self
     }
 
     /// Mark the chains as this agent's (its node scope): the sweep only
@@ -510,18 +567,83 @@ pub fn owner_mark(owner: &str) -> String {
 /// The interfaces whose filter chain carries `mark`, in `iptables -S`
 /// text (`-A AGENT-wg… -m comment --comment <mark>` lines).
 pub fn marked_ifaces(chains: &str, mark: &str) -> BTreeSet<String> {
-    chains
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            if w.next() != Some("-A") {
-                return None;
-            }
-            let iface = w.next()?.strip_prefix("AGENT-")?;
-            let comment = w.skip_while(|t| *t != "--comment").nth(1)?;
-            (is_our_iface(iface) && comment.trim_matches('"') == mark).then(|| iface.to_string())
+    chain_comments(chains)
+        .filter(|(_, comment)| *comment == mark)
+        .map(|(iface, _)| iface.to_string())
+        .collect()
+}
+
+/// The tables our chains record ([`table_mark`]) in `iptables -S` text,
+/// by interface.
+pub fn recorded_tables(chains: &str) -> HashMap<String, u32> {
+    chain_comments(chains)
+        .filter_map(|(iface, comment)| {
+            let t = comment.strip_prefix("agent-table=")?.parse().ok()?;
+            Some((iface.to_string(), t))
         })
         .collect()
+}
+
+/// `(interface, comment)` of each `-A AGENT-wg… -m comment --comment <c>`
+/// line of `iptables -S` text.
+fn chain_comments(chains: &str) -> impl Iterator<Item = (&str, &str)> {
+    chains.lines().filter_map(|l| {
+        let mut w = l.split_whitespace();
+        if w.next() != Some("-A") {
+            return None;
+        }
+        let iface = w.next()?.strip_prefix("AGENT-")?;
+        let comment = w.skip_while(|t| *t != "--comment").nth(1)?;
+        is_our_iface(iface).then_some((iface, comment.trim_matches('"')))
+    })
+}
+
+/// Every routing table in use on the host: named by a policy rule or a
+/// route, or recorded on one of our chains (chosen, its routes not in yet).
+fn tables_in_use() -> Result<BTreeSet<u32>, String> {
+    let mut used = tables_named(&output("ip", &["-4", "rule", "show"])?);
+    used.extend(tables_named(&output(
+        "ip",
+        &["-4", "route", "show", "table", "all"],
+    )?));
+    used.extend(recorded_tables(&iptables_out(&["-S"])?).into_values());
+    Ok(used)
+}
+
+/// Where the agents of a host take turns choosing tables, so two tunnels
+/// coming up at once (in this process or another) never pick the same.
+const TABLE_LOCK: &str = "/run/agent-wireguard-tables.lock";
+
+/// Hold [`TABLE_LOCK`] while the open file lives. Without it (no `/run`)
+/// the choice goes on unlocked: a race then needs two names hashing alike
+/// coming up at the same instant.
+fn lock_tables() -> Option<std::fs::File> {
+    let locked = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(TABLE_LOCK)
+        .and_then(|f| f.lock().map(|()| f));
+    match locked {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(path = TABLE_LOCK, error = %e, "cannot lock the wireguard table choice; choosing unlocked");
+            None
+        }
+    }
+}
+
+/// The table of interface `iface` to clear: the one its chain records;
+/// else (a tunnel made before tables were recorded, or cut before its
+/// table was chosen) [`table_of`]'s, unless another tunnel's chain records
+/// that one.
+fn table_to_clear(iface: &str) -> Option<u32> {
+    let recorded = recorded_tables(&iptables_out(&["-S"]).ok()?);
+    if let Some(t) = recorded.get(iface) {
+        return Some(*t);
+    }
+    let t = table_of(iface);
+    (!recorded.values().any(|x| *x == t)).then_some(t)
 }
 
 fn iptables_out(args: &[&str]) -> Result<String, String> {
@@ -582,10 +704,10 @@ fn uapi_body(key: &WgKey, listen_port: u16, peers: &[PeerSpec]) -> String {
     b
 }
 
-/// Routes, rule and firewall of a tunnel whose interface exists.
-fn plumb(spec: &TunnelSpec, owner: &str) -> Result<(), String> {
+/// Routes, rule and firewall of a tunnel whose interface exists; its
+/// table is the first free one from `base` ([`pick_table`]).
+fn plumb(spec: &TunnelSpec, owner: &str, base: u32) -> Result<(), String> {
     let (wg, br) = (spec.iface.as_str(), spec.bridge.as_str());
-    let table = table_of(wg).to_string();
     // The chain first, marked: whatever follows is found by it after a
     // crash (the sweep), and it goes last in `unplumb`.
     let chain = chain_of(wg);
@@ -598,6 +720,20 @@ fn plumb(spec: &TunnelSpec, owner: &str) -> Result<(), String> {
         "--comment",
         &owner_mark(owner),
     ])?;
+    // Then the table: chosen among those nothing uses, and recorded on the
+    // chain before the lock goes, so the next choice sees it taken.
+    let lock = lock_tables();
+    let table = pick_table(base, &tables_in_use()?);
+    iptables(&[
+        "-A",
+        &chain,
+        "-m",
+        "comment",
+        "--comment",
+        &table_mark(table),
+    ])?;
+    drop(lock);
+    let table = table.to_string();
     let mtu = TUNNEL_MTU.to_string();
     run("ip", &["link", "set", "dev", wg, "mtu", &mtu, "up"])?;
     // Replies from a peer come in on the tunnel from addresses the main
@@ -702,9 +838,11 @@ fn plumb(spec: &TunnelSpec, owner: &str) -> Result<(), String> {
 /// The filter chain, made first by `plumb`, goes last.
 fn unplumb(iface: &str) {
     let chain = chain_of(iface);
-    let table = table_of(iface).to_string();
-    while run("ip", &["rule", "del", "lookup", &table]).is_ok() {}
-    let _ = run("ip", &["route", "flush", "table", &table]);
+    if let Some(table) = table_to_clear(iface) {
+        let table = table.to_string();
+        while run("ip", &["rule", "del", "lookup", &table]).is_ok() {}
+        let _ = run("ip", &["route", "flush", "table", &table]);
+    }
     // A tun of ours that outlived its device (it should not) goes too.
     let _ = run("ip", &["link", "del", "dev", iface]);
     while iptables(&["-t", "nat", "-D", "POSTROUTING", "-j", &chain]).is_ok() {}
@@ -715,6 +853,18 @@ fn unplumb(iface: &str) {
     }
     let _ = iptables(&["-F", &chain]);
     let _ = iptables(&["-X", &chain]);
+}
+
+/// Wait a little for interface `iface` to go (a tun goes with its
+/// device's last fd), then delete whatever is left of it.
+fn wait_gone(iface: &str) {
+    for _ in 0..50 {
+        if !std::path::Path::new(&format!("/sys/class/net/{iface}")).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = run("ip", &["link", "del", "dev", iface]);
 }
 
 /// Refuse a port another socket holds, and an endpoint with no route.
@@ -771,21 +921,45 @@ impl HostTunnels {
         // Checked before the tunnel it replaces goes down: a refused port
         // or endpoint leaves the running one as it was. Its own port is
         // not "taken".
-        let running_port = self.lock().get(&spec.iface).map(|r| r.port);
+        let before = self.lock().get(&spec.iface).map(|r| r.spec.clone());
+        let running_port = before.as_ref().map(|b| b.listen_port);
         preflight(spec, running_port != Some(spec.listen_port))?;
         self.down_blocking(&spec.iface);
+        let Err(e) = self.make(spec) else {
+            return Ok(());
+        };
+        // Failed after the old one went down: fail closed (nothing of the
+        // new one is left) and bring the old one back as it ran, so its
+        // network is not left without its tunnel.
+        let Some(before) = before else {
+            return Err(e);
+        };
+        match self.make(&before) {
+            Ok(()) => Err(format!(
+                "{e}; the tunnel it was to replace runs again as it was"
+            )),
+            Err(again) => Err(format!(
+                "{e}; the tunnel it was to replace could not be brought back either: {again}"
+            )),
+        }
+    }
+
+    /// Make the interface of `spec`, configure and plumb it; on error
+    /// nothing of it is left.
+    fn make(&self, spec: &TunnelSpec) -> Result<(), String> {
         let mut device = self.backend.create(&spec.iface)?;
         let configured = device
             .configure(&spec.key, spec.listen_port, &spec.peers)
-            .and_then(|()| plumb(spec, &self.owner));
+            .and_then(|()| plumb(spec, &self.owner, (self.table_base)(&spec.iface)));
         if let Err(e) = configured {
             device.remove();
             unplumb(&spec.iface);
+            wait_gone(&spec.iface);
             return Err(e);
         }
         let running = Running {
             device,
-            port: spec.listen_port,
+            spec: spec.clone(),
         };
         self.lock().insert(spec.iface.clone(), running);
         Ok(())
@@ -797,14 +971,7 @@ impl HostTunnels {
         if let Some(r) = running {
             r.device.remove();
         }
-        // A tun goes with the device's last fd; wait a little for it.
-        for _ in 0..50 {
-            if !std::path::Path::new(&format!("/sys/class/net/{iface}")).exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = run("ip", &["link", "del", "dev", iface]);
+        wait_gone(iface);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
@@ -1129,6 +1296,313 @@ mod tests {
         );
     }
 
+    /// Removes everything of a test's tunnel when the test ends, however.
+    struct Unplumb(String);
+
+    impl Drop for Unplumb {
+        fn drop(&mut self) {
+            unplumb(&self.0);
+            let _ = run("ip", &["link", "del", "dev", &self.0]);
+        }
+    }
+
+    fn test_spec(iface: &str, bridge: &str, key: u8, peers: Vec<PeerSpec>) -> TunnelSpec {
+        TunnelSpec {
+            iface: iface.into(),
+            bridge: bridge.into(),
+            subnet: "10.1.1.0/24".parse().unwrap(),
+            key: WgKey([key; 32]),
+            // Port 0: the pre-flight bind always succeeds.
+            listen_port: 0,
+            peers,
+        }
+    }
+
+    /// One peer of key `key` routing `cidr`, with no endpoint (the
+    /// pre-flight then needs no route anywhere).
+    fn peer(key: u8, cidr: &str) -> Vec<PeerSpec> {
+        vec![PeerSpec {
+            public_key: [key; 32],
+            allowed_ips: vec![cidr.parse().unwrap()],
+            endpoint: None,
+        }]
+    }
+
+    /// Whether this process can make links and chains (root, `ip`,
+    /// `iptables`); the tests on the real host are skipped without.
+    fn host_net_admin() -> bool {
+        iptables_out(&["-S", "INPUT"]).is_ok() && output("ip", &["-4", "rule", "show"]).is_ok()
+    }
+
+    /// A backend whose interfaces are real (persistent tun) links, so
+    /// `plumb` routes through them (root only), refusing any configuration whose key is
+    /// one of `refused`, like a WireGuard that fails after the old tunnel
+    /// went down.
+    #[derive(Default, Clone)]
+    struct DummyBackend {
+        calls: Arc<Mutex<Vec<String>>>,
+        refused: Arc<Mutex<Vec<[u8; 32]>>>,
+    }
+
+    struct DummyDevice(DummyBackend, String);
+
+    impl TunnelBackend for DummyBackend {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Kernel
+        }
+        fn create(&self, iface: &str) -> Result<Box<dyn TunnelDevice>, String> {
+            self.calls.lock().unwrap().push(format!("create {iface}"));
+            run("ip", &["tuntap", "add", "dev", iface, "mode", "tun"])?;
+            Ok(Box::new(DummyDevice(self.clone(), iface.to_string())))
+        }
+    }
+
+    impl TunnelDevice for DummyDevice {
+        fn configure(&mut self, key: &WgKey, _: u16, peers: &[PeerSpec]) -> Result<(), String> {
+            self.0.calls.lock().unwrap().push(format!(
+                "configure {} key {} peers {}",
+                self.1,
+                key.0[0],
+                peers.len()
+            ));
+            if self.0.refused.lock().unwrap().contains(&key.0) {
+                return Err(format!("the wireguard interface {} refused it", self.1));
+            }
+            Ok(())
+        }
+        fn remove(self: Box<Self>) {
+            self.0
+                .calls
+                .lock()
+                .unwrap()
+                .push(format!("remove {}", self.1));
+            let _ = run("ip", &["link", "del", "dev", &self.1]);
+        }
+    }
+
+    /// The table `iface`'s chain records, if it has one.
+    fn table_now(iface: &str) -> Option<u32> {
+        recorded_tables(&iptables_out(&["-S"]).unwrap())
+            .get(iface)
+            .copied()
+    }
+
+    fn routes_of(table: u32) -> String {
+        output("ip", &["-4", "route", "show", "table", &table.to_string()]).unwrap()
+    }
+
+    /// Rules of the tunnels' priority that look `table` up.
+    fn rules_of(table: u32) -> Vec<String> {
+        output("ip", &["-4", "rule", "show"])
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{RULE_PRIORITY}:")))
+            .filter(|l| l.trim_end().ends_with(&format!("lookup {table}")))
+            // The test's bridges do not exist: `[detached]`, dropped here.
+            .map(|l| {
+                let w: Vec<&str> = l
+                    .split_whitespace()
+                    .filter(|w| *w != "[detached]")
+                    .collect();
+                w.join(" ")
+            })
+            .collect()
+    }
+
+    /// Issue 16 follow-up: a replacement (a takeover's new key and peers)
+    /// that fails after its pre-flight, once the old tunnel is down, leaves
+    /// nothing of itself and brings the old tunnel back as it ran: same
+    /// key, peers, routes, rule and chain; the error says both. When the
+    /// old one cannot come back either, nothing is left and the error says
+    /// that.
+    #[tokio::test]
+    async fn a_replacement_failing_after_the_old_tunnel_went_down_brings_the_old_one_back() {
+        if !host_net_admin() {
+            eprintln!("skipped: needs root, ip and iptables");
+            return;
+        }
+        let pid = std::process::id();
+        let owner = format!("wg-unit-restore-{pid}");
+        let backend = DummyBackend::default();
+        let tunnels =
+            HostTunnels::with_backend(Arc::new(backend.clone()), "dummy").owned_by(&owner);
+        let iface = iface_name(&format!("agent-{owner}"));
+        let _guard = Unplumb(iface.clone());
+        let bridge = format!("br-r{pid}");
+        let old = test_spec(&iface, &bridge, 1, peer(2, "10.1.3.0/24"));
+        tunnels.up(old.clone()).await.unwrap();
+        let table = table_now(&iface).unwrap();
+        assert!(routes_of(table).contains(&format!("10.1.3.0/24 dev {iface}")));
+
+        backend.refused.lock().unwrap().push([9; 32]);
+        let new = test_spec(&iface, &bridge, 9, peer(3, "10.1.4.0/24"));
+        let e = tunnels.up(new.clone()).await.unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "the wireguard interface {iface} refused it; \
+                 the tunnel it was to replace runs again as it was"
+            )
+        );
+        assert!(tunnels.is_up(&iface));
+        assert!(
+            tunnels.lock().get(&iface).unwrap().spec == old,
+            "the old key, port and peers"
+        );
+        let table = table_now(&iface).expect("the old tunnel's chain is back");
+        let routes = routes_of(table);
+        assert!(
+            routes.contains(&format!("10.1.3.0/24 dev {iface}")),
+            "{routes}"
+        );
+        assert!(!routes.contains("10.1.4.0/24"), "{routes}");
+        assert_eq!(
+            rules_of(table),
+            vec![format!(
+                "{RULE_PRIORITY}: from all iif {bridge} lookup {table}"
+            )]
+        );
+        assert_eq!(
+            *backend.calls.lock().unwrap(),
+            vec![
+                format!("create {iface}"),
+                format!("configure {iface} key 1 peers 1"),
+                format!("remove {iface}"),
+                format!("create {iface}"),
+                format!("configure {iface} key 9 peers 1"),
+                format!("remove {iface}"),
+                format!("create {iface}"),
+                format!("configure {iface} key 1 peers 1"),
+            ]
+        );
+
+        // The old one refused too: nothing is left, and the error says so.
+        backend.refused.lock().unwrap().push([1; 32]);
+        let e = tunnels.up(new).await.unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "the wireguard interface {iface} refused it; the tunnel it was to \
+                 replace could not be brought back either: the wireguard interface {iface} refused it"
+            )
+        );
+        assert!(!tunnels.is_up(&iface));
+        assert_eq!(table_now(&iface), None);
+        assert!(!iptables_out(&["-S"])
+            .unwrap()
+            .contains(&format!("-N {}", chain_of(&iface))));
+        assert_eq!(routes_of(table), "");
+        assert!(rules_of(table).is_empty());
+        assert!(!std::path::Path::new(&format!("/sys/class/net/{iface}")).exists());
+    }
+
+    /// A table every interface of this test prefers: a forced collision.
+    fn colliding(_: &str) -> u32 {
+        table_of(&format!("wg-unit-tables-{}", std::process::id()))
+    }
+
+    /// Issue 16 follow-up: two tunnels whose names hash to the same table
+    /// get two tables; each keeps its own routes and rule when the other
+    /// goes, and a restart (no state in memory) still removes the right
+    /// one, by the record on its chain.
+    #[tokio::test]
+    async fn two_tunnels_whose_tables_collide_never_share_one() {
+        if !host_net_admin() {
+            eprintln!("skipped: needs root, ip and iptables");
+            return;
+        }
+        let pid = std::process::id();
+        let owner = format!("wg-unit-tables-{pid}");
+        let backend = DummyBackend::default();
+        let tunnels = HostTunnels::with_backend(Arc::new(backend.clone()), "dummy")
+            .owned_by(&owner)
+            .with_table_base(colliding);
+        let a = iface_name(&format!("agent-{owner}-a"));
+        let b = iface_name(&format!("agent-{owner}-b"));
+        let (_ga, _gb) = (Unplumb(a.clone()), Unplumb(b.clone()));
+        let (bra, brb) = (format!("br-a{pid}"), format!("br-b{pid}"));
+        tunnels
+            .up(test_spec(&a, &bra, 1, peer(2, "10.1.3.0/24")))
+            .await
+            .unwrap();
+        tunnels
+            .up(test_spec(&b, &brb, 1, peer(2, "10.1.4.0/24")))
+            .await
+            .unwrap();
+        let (ta, tb) = (table_now(&a).unwrap(), table_now(&b).unwrap());
+        assert_ne!(ta, tb, "one table each");
+        // Probed deterministically: `b` takes the next free one after `a`'s.
+        assert_eq!(tb, pick_table(colliding(""), &BTreeSet::from([ta])));
+        assert!(routes_of(ta).contains(&format!("10.1.3.0/24 dev {a}")));
+        assert!(!routes_of(ta).contains("10.1.4.0/24"));
+        assert!(routes_of(tb).contains(&format!("10.1.4.0/24 dev {b}")));
+        assert!(!routes_of(tb).contains("10.1.3.0/24"));
+        assert_eq!(
+            rules_of(ta),
+            vec![format!("{RULE_PRIORITY}: from all iif {bra} lookup {ta}")]
+        );
+        assert_eq!(
+            rules_of(tb),
+            vec![format!("{RULE_PRIORITY}: from all iif {brb} lookup {tb}")]
+        );
+
+        // `a` goes: `b`'s table and rule stay.
+        tunnels.down(&a).await.unwrap();
+        assert_eq!(routes_of(ta), "");
+        assert!(rules_of(ta).is_empty());
+        assert!(routes_of(tb).contains(&format!("10.1.4.0/24 dev {b}")));
+        assert_eq!(rules_of(tb).len(), 1);
+        assert!(tunnels.is_up(&b));
+
+        // After a restart (nothing in memory) `b` is still removed by the
+        // table its chain records, not by its name's hash.
+        let fresh = HostTunnels::with_backend(Arc::new(backend), "dummy").owned_by(&owner);
+        fresh.down(&b).await.unwrap();
+        assert_eq!(routes_of(tb), "");
+        assert!(rules_of(tb).is_empty());
+        assert_eq!(table_now(&b), None);
+    }
+
+    #[test]
+    fn tables_are_probed_in_order_and_wrap_round() {
+        let base = table_of("wgAnyName12345");
+        assert_eq!(pick_table(base, &BTreeSet::new()), base);
+        assert_eq!(pick_table(base, &BTreeSet::from([base])), base + 1);
+        assert_eq!(
+            pick_table(base, &BTreeSet::from([base, base + 1, base + 3])),
+            base + 2
+        );
+        let last = TABLE_FIRST + TABLE_COUNT - 1;
+        assert_eq!(pick_table(last, &BTreeSet::from([last])), TABLE_FIRST);
+        assert_eq!(
+            pick_table(last, &BTreeSet::from([last, TABLE_FIRST])),
+            TABLE_FIRST + 1
+        );
+        // A base outside the range (none of ours) still lands inside it.
+        assert!(pick_table(5, &BTreeSet::new()) >= TABLE_FIRST);
+
+        let rules = "0:\tfrom all lookup local\n1000:\tfrom all iif br-1 lookup 268435457\n\
+                     32766:\tfrom all lookup main\n";
+        let routes = "unreachable default table 268435458\n10.1.3.0/24 dev wgx table 300 \n\
+                      local 127.0.0.1 dev lo table local proto kernel\n";
+        assert_eq!(tables_named(rules), BTreeSet::from([268435457]));
+        assert_eq!(tables_named(routes), BTreeSet::from([300, 268435458]));
+        let a = iface_name("agent-n1-net-a");
+        let chains = format!(
+            "-N AGENT-{a}\n-A AGENT-{a} -m comment --comment agent-owner=n1\n\
+             -A AGENT-{a} -m comment --comment \"agent-table=268435459\"\n\
+             -A AGENT-wgshort -m comment --comment agent-table=7\n"
+        );
+        assert_eq!(
+            recorded_tables(&chains),
+            HashMap::from([(a.clone(), 268435459)])
+        );
+        assert_eq!(
+            marked_ifaces(&chains, &owner_mark("n1")),
+            BTreeSet::from([a])
+        );
+    }
+
     /// The sweep on the real host (root and `iptables`; skipped without):
     /// a marked chain of a tunnel this process is bringing up, or runs, or
     /// that `keep` names, stays; only then is it swept.
@@ -1142,12 +1616,6 @@ mod tests {
         let backend = FakeBackend::default();
         let tunnels = HostTunnels::with_backend(Arc::new(backend.clone()), "fake").owned_by(&owner);
         let iface = iface_name(&format!("agent-{owner}"));
-        struct Unplumb(String);
-        impl Drop for Unplumb {
-            fn drop(&mut self) {
-                unplumb(&self.0);
-            }
-        }
         let _guard = Unplumb(iface.clone());
         let chain = chain_of(&iface);
         iptables(&["-N", &chain]).unwrap();
@@ -1166,9 +1634,10 @@ mod tests {
         assert!(tunnels.sweep(&none).await.unwrap().is_empty(), "coming up");
         tunnels.starting_lock().remove(&iface);
         let device = backend.create(&iface).unwrap();
+        let spec = test_spec(&iface, "br-nonexistent", 1, Vec::new());
         tunnels
             .lock()
-            .insert(iface.clone(), Running { device, port: 0 });
+            .insert(iface.clone(), Running { device, spec });
         assert!(tunnels.sweep(&none).await.unwrap().is_empty(), "running");
         tunnels.lock().remove(&iface);
         let keep = BTreeSet::from([iface.clone()]);
