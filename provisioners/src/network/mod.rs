@@ -29,10 +29,11 @@
 //! once when this node's subnet is the same and both or neither carry
 //! WireGuard fields: the bridge and the containers on it stay, the tunnel
 //! is reconfigured with the new key, port and peers (checked first; a
-//! field, port or endpoint refused leaves the old tunnel running, while a
+//! field, port or endpoint refused leaves the old tunnel running, and a
 //! failure of the new interface itself, after the old one went down,
-//! leaves the network without a tunnel until reconciliation brings the
-//! old one's back at the next start), and a [`Holder`] record
+//! leaves nothing of the new one and brings the old one back as it ran:
+//! the new reservation gets an error naming the reservation that keeps
+//! the network), and a [`Holder`] record
 //! (`<root>/networks/<docker network id>.json`, no secret in it) says the
 //! new reservation holds the network and the old one is replaced. The old
 //! one's decommission (delete or expiry) then leaves the network alone, and
@@ -877,8 +878,8 @@ impl NetworkProvisioner {
             if let Err(e) = self.tunnel_up(r, existing, sub, plan).await {
                 // The old reservation holds the network again. Refused by
                 // the pre-flight, its tunnel runs on; failed after that
-                // (the new interface), it is down until the next start's
-                // reconciliation brings it back.
+                // (the new interface), the tunnels brought the old one back
+                // as it ran, or say in `e` that they could not.
                 let undo = match &before {
                     Some(b) => self.write_holder(existing, b),
                     None => {
@@ -889,7 +890,12 @@ impl NetworkProvisioner {
                 if let Err(undo) = undo {
                     tracing::warn!(reservation = %r.id, error = %undo, "restoring the holder record of a refused takeover");
                 }
-                return Err(e);
+                return Err(match e {
+                    ProvisionError::Refused(m) => ProvisionError::Refused(format!(
+                        "{m}; the network stays with reservation {owner}"
+                    )),
+                    e => e,
+                });
             }
         }
         tracing::info!(reservation = %r.id, replaced = %owner, network = %existing.name, "network taken over by a new reservation of its name");

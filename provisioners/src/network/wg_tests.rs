@@ -656,3 +656,143 @@ async fn holder_records_only_by_hex_ids_and_unreadable_ones_count_as_none() {
     );
     assert!(s.tunnels.is_up(&iface));
 }
+
+/// Issue 16 follow-up: the takeover chain A → B → C. Each takeover makes
+/// the newest the holder and keeps every reservation it replaced (with its
+/// signature) until that one ends, in any order; a takeover whose tunnel
+/// fails after its pre-flight, in the middle of the chain, gets an error
+/// naming the holder that keeps the network, and the record and tunnel
+/// stay the holder's; the replaced ones provisioned again change nothing.
+#[tokio::test]
+async fn a_chain_of_takeovers_keeps_every_replaced_one_until_it_ends() {
+    let Mesh {
+        s,
+        user,
+        r1,
+        n1,
+        name,
+        iface,
+    } = mesh().await;
+    let net = s.fake.inspect_network(&name).await.unwrap().unwrap();
+    let now = |s: &Set| s.tunnels.up.lock().unwrap().get(&iface).cloned().unwrap();
+    let replaced = |rs: &[&Reservation]| -> Vec<Replaced> {
+        rs.iter()
+            .map(|r| Replaced {
+                id: r.id.clone(),
+                signature: signature_hash(r),
+            })
+            .collect()
+    };
+    let (r2, n2) = res(
+        &user,
+        "2-1",
+        with_peer(wg_data(&s, "mesh", json!({})), 3, "10.77.3.0/24", 51821),
+    );
+    Plugin::provision(&s.net, &r2, &n2).await.unwrap();
+
+    // C's interface fails after the old tunnel went down (the tunnels
+    // bring B's back): refused, naming B; B still holds the network.
+    let (r3, n3) = res(
+        &user,
+        "3-1",
+        with_peer(wg_data(&s, "mesh", json!({})), 4, "10.77.4.0/24", 51822),
+    );
+    *s.tunnels.fail_up.lock().unwrap() = Some(
+        "the wireguard interface refused its configuration; \
+         the tunnel it was to replace runs again as it was"
+            .into(),
+    );
+    assert_eq!(
+        Plugin::provision(&s.net, &r3, &n3)
+            .await
+            .unwrap_err()
+            .to_string(),
+        "data.net_resources: wireguard tunnel of reservation 3-1: the wireguard interface \
+         refused its configuration; the tunnel it was to replace runs again as it was; \
+         the network stays with reservation 2-1"
+    );
+    let h = s.net.holder(&net).unwrap();
+    assert_eq!(
+        (h.id.as_str(), h.signature.clone()),
+        ("2-1", signature_hash(&r2))
+    );
+    assert_eq!(h.replaced, replaced(&[&r1]));
+    assert_eq!(now(&s).peers[0].public_key, keypair(3).1, "B's peers");
+    assert!(!Plugin::exists(&s.net, &r3, &n3).await.unwrap());
+    for (r, n) in [(&r1, &n1), (&r2, &n2)] {
+        assert!(Plugin::exists(&s.net, r, n).await.unwrap(), "{}", r.id);
+    }
+
+    // C again, and it takes over from B.
+    Plugin::provision(&s.net, &r3, &n3).await.unwrap();
+    let h = s.net.holder(&net).unwrap();
+    assert_eq!(
+        (h.id.as_str(), h.signature.clone()),
+        ("3-1", signature_hash(&r3))
+    );
+    assert_eq!(h.replaced, replaced(&[&r1, &r2]));
+    let spec = now(&s);
+    assert_eq!(
+        (spec.peers[0].public_key, spec.listen_port),
+        (keypair(4).1, 51822)
+    );
+    assert_eq!(
+        s.fake.inspect_network(&name).await.unwrap().unwrap().id,
+        net.id,
+        "the same bridge all along"
+    );
+    for (r, n) in [(&r1, &n1), (&r2, &n2), (&r3, &n3)] {
+        assert!(Plugin::exists(&s.net, r, n).await.unwrap(), "{}", r.id);
+    }
+    let present = Plugin::present(&s.net).await.unwrap().unwrap();
+    assert!(["1-1", "2-1", "3-1"].iter().all(|id| present.contains(*id)));
+    assert_eq!(
+        Plugin::list_labelled(&s.net).await.unwrap(),
+        vec!["1-1".to_string(), "2-1".to_string(), "3-1".to_string()]
+    );
+
+    // A and B provisioned again (a restart's reconciliation): nothing.
+    Plugin::provision(&s.net, &r1, &n1).await.unwrap();
+    Plugin::provision(&s.net, &r2, &n2).await.unwrap();
+    assert_eq!(now(&s).peers[0].public_key, keypair(4).1);
+    assert_eq!(s.net.holder(&net).unwrap().replaced, replaced(&[&r1, &r2]));
+
+    // B, the middle one, ends first, then A: the network stays C's.
+    Plugin::decommission(&s.net, &r2, &n2).await.unwrap();
+    assert!(s.tunnels.is_up(&iface));
+    assert_eq!(s.net.holder(&net).unwrap().replaced, replaced(&[&r1]));
+    assert!(!Plugin::exists(&s.net, &r2, &n2).await.unwrap());
+    Plugin::decommission(&s.net, &r1, &n1).await.unwrap();
+    let h = s.net.holder(&net).unwrap();
+    assert_eq!((h.id.as_str(), h.replaced.len()), ("3-1", 0));
+    assert_eq!(
+        Plugin::list_labelled(&s.net).await.unwrap(),
+        vec!["3-1".to_string()]
+    );
+    assert_eq!(now(&s).peers[0].public_key, keypair(4).1);
+
+    // C's end removes it all, its record too.
+    Plugin::decommission(&s.net, &r3, &n3).await.unwrap();
+    assert!(s.fake.inspect_network(&name).await.unwrap().is_none());
+    assert!(!s.tunnels.is_up(&iface));
+    assert_eq!(std::fs::read_dir(s.holders.path()).unwrap().count(), 0);
+    let calls: Vec<String> = s
+        .tunnels
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| !c.starts_with("sweep"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            format!("up {iface} 51820 1"),
+            format!("up {iface} 51821 1"),
+            format!("up {iface} 51822 1"),
+            format!("up {iface} 51822 1"),
+            format!("down {iface}"),
+        ]
+    );
+}

@@ -16,8 +16,15 @@
 //! traffic). The filter chain lets the bridge talk to the tunnel and to
 //! itself, and drops everything else in or out of the bridge or the
 //! tunnel: the host's addresses, other networks, the default bridge.
-//! Everything is derived from the interface name, so `down` removes it
-//! all even after a restart that lost the in-memory state.
+//! The chain and the rules are derived from the interface name; the table
+//! is the first free one from a hash of that name ([`pick_table`]: two
+//! names hashing alike never share a table), recorded in a comment on the
+//! chain. So `down` removes it all even after a restart that lost the
+//! in-memory state.
+//!
+//! Replacing a running tunnel (a takeover's new key, port and peers) that
+//! fails after the old one went down brings the old one back as it ran
+//! (its spec, key included, is kept in memory while it runs).
 //!
 //! The private key is held in memory only ([`WgKey`], redacted in `Debug`,
 //! wiped on drop) and handed to boringtun over a socket pair, or to the
@@ -435,7 +442,10 @@ pub trait Tunnels: Send + Sync {
     /// `kernel` or `userspace (...)`.
     fn mode(&self) -> String;
     /// Bring the tunnel up (replacing one of the same interface). On error
-    /// nothing of it is left.
+    /// nothing of it is left, and the tunnel it was to replace, if one ran
+    /// here, runs on or runs again as it was (the error says when it could
+    /// not be brought back): a failed replacement never leaves a network
+    /// without the tunnel it had.
     async fn up(&self, spec: TunnelSpec) -> Result<(), String>;
     /// Remove the interface, its routes, rule and chains; what is already
     /// gone is fine.
@@ -634,16 +644,16 @@ fn lock_tables() -> Option<std::fs::File> {
 }
 
 /// The table of interface `iface` to clear: the one its chain records;
-/// else (a tunnel made before tables were recorded, or cut before its
-/// table was chosen) [`table_of`]'s, unless another tunnel's chain records
-/// that one.
-fn table_to_clear(iface: &str) -> Option<u32> {
+/// else (a tunnel made before tables were recorded, whose table was its
+/// preferred one `base`, or one cut before its table was chosen) `base`,
+/// unless another tunnel's chain records that one: its name hashed alike,
+/// and its table is not ours to clear.
+fn table_to_clear(iface: &str, base: u32) -> Option<u32> {
     let recorded = recorded_tables(&iptables_out(&["-S"]).ok()?);
     if let Some(t) = recorded.get(iface) {
         return Some(*t);
     }
-    let t = table_of(iface);
-    (!recorded.values().any(|x| *x == t)).then_some(t)
+    (!recorded.values().any(|x| *x == base)).then_some(base)
 }
 
 fn iptables_out(args: &[&str]) -> Result<String, String> {
@@ -833,12 +843,14 @@ fn plumb(spec: &TunnelSpec, owner: &str, base: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// Remove the routes, rule and chains of interface `iface`, all derived
-/// from its name; errors of what is already gone are ignored.
-/// The filter chain, made first by `plumb`, goes last.
-fn unplumb(iface: &str) {
+/// Remove the routes, rule and chains of interface `iface`, whose table
+/// preferred `base` ([`table_of`]'s but in tests): the chain is derived
+/// from its name, the table is the one [`table_to_clear`] finds; errors of
+/// what is already gone are ignored. The filter chain, made first by
+/// `plumb`, goes last.
+fn unplumb(iface: &str, base: u32) {
     let chain = chain_of(iface);
-    if let Some(table) = table_to_clear(iface) {
+    if let Some(table) = table_to_clear(iface, base) {
         let table = table.to_string();
         while run("ip", &["rule", "del", "lookup", &table]).is_ok() {}
         let _ = run("ip", &["route", "flush", "table", &table]);
@@ -905,7 +917,7 @@ impl HostTunnels {
             .filter(|i| !keep.contains(i) && !starting.contains(i) && !running.contains(i))
             .collect();
         for iface in &gone {
-            unplumb(iface);
+            unplumb(iface, (self.table_base)(iface));
         }
         Ok(gone)
     }
@@ -953,7 +965,7 @@ impl HostTunnels {
             .and_then(|()| plumb(spec, &self.owner, (self.table_base)(&spec.iface)));
         if let Err(e) = configured {
             device.remove();
-            unplumb(&spec.iface);
+            unplumb(&spec.iface, (self.table_base)(&spec.iface));
             wait_gone(&spec.iface);
             return Err(e);
         }
@@ -967,7 +979,7 @@ impl HostTunnels {
 
     fn down_blocking(&self, iface: &str) {
         let running = self.lock().remove(iface);
-        unplumb(iface);
+        unplumb(iface, (self.table_base)(iface));
         if let Some(r) = running {
             r.device.remove();
         }
@@ -1024,7 +1036,8 @@ pub struct RecordingTunnels {
     pub calls: Mutex<Vec<String>>,
     /// Interfaces up.
     pub up: Mutex<HashMap<String, TunnelSpec>>,
-    /// Make the next `up` fail with this.
+    /// Make the next `up` fail with this; the tunnel it was to replace
+    /// stays as it was, as [`Tunnels::up`] says.
     pub fail_up: Mutex<Option<String>>,
 }
 
@@ -1301,7 +1314,7 @@ mod tests {
 
     impl Drop for Unplumb {
         fn drop(&mut self) {
-            unplumb(&self.0);
+            unplumb(&self.0, table_of(&self.0));
             let _ = run("ip", &["link", "del", "dev", &self.0]);
         }
     }
@@ -1531,6 +1544,8 @@ mod tests {
             .unwrap();
         let (ta, tb) = (table_now(&a).unwrap(), table_now(&b).unwrap());
         assert_ne!(ta, tb, "one table each");
+        // Bringing `b` up cleared what a tunnel of its name might have left
+        // in its preferred table first: not `a`'s routes and rule there.
         // Probed deterministically: `b` takes the next free one after `a`'s.
         assert_eq!(tb, pick_table(colliding(""), &BTreeSet::from([ta])));
         assert!(routes_of(ta).contains(&format!("10.1.3.0/24 dev {a}")));
@@ -1556,7 +1571,9 @@ mod tests {
 
         // After a restart (nothing in memory) `b` is still removed by the
         // table its chain records, not by its name's hash.
-        let fresh = HostTunnels::with_backend(Arc::new(backend), "dummy").owned_by(&owner);
+        let fresh = HostTunnels::with_backend(Arc::new(backend), "dummy")
+            .owned_by(&owner)
+            .with_table_base(colliding);
         fresh.down(&b).await.unwrap();
         assert_eq!(routes_of(tb), "");
         assert!(rules_of(tb).is_empty());
