@@ -959,6 +959,63 @@ async fn leftovers_of_a_network_gone_while_the_agent_was_down_are_swept_at_start
     Ok(())
 }
 
+/// Issue 16 follow-up: the holder of a taken-over network deleted while
+/// the reservation it replaced lives. The network and its tunnel go, and a
+/// restart does not bring them back with the old key and peers:
+/// reconciliation finds the old reservation ended with the network, not
+/// missing. Its own end later is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_deleted_with_its_holder_stays_gone_after_a_restart() -> Result<()> {
+    ensure_images();
+    let k = 110 + (std::process::id() % 10) as u8;
+    let explorer = Explorer::start().await?;
+    let mut agent = Agent::start(&explorer.url).await?;
+    let node = agent.node();
+    let alice = Identity::generate();
+    let hour = Duration::from_secs(3600);
+    let peers = || -> Result<Value> {
+        Ok(json!([{"wireguard_public_key": wg_keypair()?.1,
+                   "allowed_ips": [format!("10.{k}.2.0/24")], "endpoint": ""}]))
+    };
+    let (data, _, _) = wg_network(&node, "ended", k, 1, free_port(), peers()?)?;
+    let old = explorer
+        .reserve(&alice, node.id(), "network", data, hour)
+        .await?;
+    let res = explorer.wait_result(&old).await?;
+    assert_eq!(res.state, ResultState::Ok, "{}", res.error);
+    let iface = docker_net_label(node.id(), &old, "io.agent.wireguard")?;
+    let bridge = bridge_of(node.id(), &old)?;
+    let _cleanup = HostLeftovers(vec![iface.clone()], vec![bridge]);
+    let name = docker_net_name(node.id(), &old)?;
+
+    // A new reservation of the name and subnet takes it over, then goes.
+    let (data, _, _) = wg_network(&node, "ended", k, 1, free_port(), peers()?)?;
+    let new = explorer
+        .reserve(&alice, node.id(), "network", data, hour)
+        .await?;
+    let res = explorer.wait_result(&new).await?;
+    assert_eq!(res.state, ResultState::Ok, "{}", res.error);
+    assert_eq!(explorer.delete_as(&alice, &new).await?, 200);
+    explorer.wait_deleted(&new).await?;
+    assert!(docker(&["network", "inspect", &name]).is_err());
+    assert_eq!(host_state(&iface)?, "", "what the tunnel owned is gone");
+
+    // A restart: reconciliation is done once the agent is ready.
+    agent.kill9();
+    agent.spawn().await?;
+    assert!(
+        docker(&["network", "inspect", &name]).is_err(),
+        "the old reservation's network came back; agent log:\n{}",
+        agent.log()
+    );
+    assert_eq!(host_state(&iface)?, "", "its tunnel came back");
+
+    assert_eq!(explorer.delete_as(&alice, &old).await?, 200);
+    explorer.wait_deleted(&old).await?;
+    assert!(docker(&["network", "inspect", &name]).is_err());
+    Ok(())
+}
+
 /// Reserve network `data` as `user` for an hour; its result must be an
 /// error signed by `node`. The reservation's id and the error.
 async fn refused(

@@ -37,9 +37,14 @@
 //! (`<root>/networks/<docker network id>.json`, no secret in it) says the
 //! new reservation holds the network and the old one is replaced. The old
 //! one's decommission (delete or expiry) then leaves the network alone, and
-//! provisioning it again (reconciliation) does nothing. Otherwise (another
-//! subnet, WireGuard added or dropped) the new one is refused, naming the
-//! old reservation to delete first.
+//! provisioning it again (reconciliation) does nothing. When the holder's
+//! end removes the network while replaced ones live, they are recorded as
+//! ended with it ([`Ended`], `<root>/networks/ended-<network name>.json`):
+//! present to reconciliation, provisioning them again makes nothing (the
+//! network does not come back with old peers, nor does a newer network of
+//! the name get taken over), and their own end drops them from the record.
+//! Otherwise (another subnet, WireGuard added or dropped) the new one is
+//! refused, naming the old reservation to delete first.
 //!
 //! Docker's bridge driver isolates bridge networks from
 //! each other (its DOCKER-ISOLATION iptables chains), so two users'
@@ -114,6 +119,31 @@ pub struct Holder {
 pub struct Replaced {
     pub id: String,
     pub signature: String,
+}
+
+/// The reservations a takeover replaced on a network that then ended
+/// with its holder (`<root>/networks/ended-<network name>.json`, no
+/// secret): they are live and cached, but their network is gone for good.
+/// Without it a restart's reconciliation would find them missing and
+/// provision them again: the deleted network back with the old peers, or
+/// a takeover of a newer network of the name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    pub replaced: Vec<Replaced>,
+}
+
+/// File names of [`Ended`] records start with this.
+const ENDED_PREFIX: &str = "ended-";
+
+/// Write `text` to `path` through a temporary file and a rename, so a
+/// reader sees the old text or the new, never a part.
+fn write_atomic(path: &std::path::Path, text: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The checked WireGuard side of a network, before its bridge exists.
@@ -345,19 +375,114 @@ impl NetworkProvisioner {
                 path.display()
             ))
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec(h).expect("a holder serializes");
-        std::fs::write(&tmp, text).map_err(err)?;
-        std::fs::rename(&tmp, &path).map_err(err)
+        write_atomic(&path, &text).map_err(err)
     }
 
     fn clear_holder(&self, net: &NetworkInfo) {
         if let Some(path) = self.holder_path(net) {
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// Where the reservations replaced on network `name` (a Docker name:
+    /// the agent's own, letters, digits and `-`) are kept once the network
+    /// ended with its holder ([`Ended`]).
+    fn ended_path(&self, name: &str) -> Option<std::path::PathBuf> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return None;
+        }
+        Some(
+            self.holders
+                .as_ref()?
+                .join(format!("{ENDED_PREFIX}{name}.json")),
+        )
+    }
+
+    /// The replaced reservations network `name` ended with (an unreadable
+    /// record counts as none, and is logged).
+    fn ended(&self, name: &str) -> Vec<Replaced> {
+        let Some(path) = self.ended_path(name) else {
+            return Vec::new();
+        };
+        match std::fs::read(&path) {
+            Ok(text) => serde_json::from_slice::<Ended>(&text)
+                .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "an ended network record does not parse; ignored"))
+                .map(|e| e.replaced)
+                .unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read an ended network record");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Keep `replaced` as what network `name` ended with (none: the record
+    /// goes).
+    fn write_ended(&self, name: &str, replaced: Vec<Replaced>) -> Result<(), ProvisionError> {
+        let Some(path) = self.ended_path(name) else {
+            return Ok(());
+        };
+        if replaced.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ProvisionError::Node(
+                    format!("network {name}: cannot remove {}: {e}", path.display()),
+                )),
+                _ => Ok(()),
+            };
+        }
+        let text = serde_json::to_vec(&Ended { replaced }).expect("a record serializes");
+        write_atomic(&path, &text).map_err(|e| {
+            ProvisionError::Node(format!(
+                "network {name}: cannot write {}: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    /// Whether `r` (its id and signature) is a replaced reservation whose
+    /// network ended with its holder.
+    fn ended_with(&self, name: &str, r: &Reservation) -> bool {
+        let sig = signature_hash(r);
+        self.ended(name)
+            .iter()
+            .any(|x| x.id == r.id && x.signature == sig)
+    }
+
+    /// Every ended network record: (network name, replaced reservations).
+    fn all_ended(&self) -> Vec<(String, Vec<Replaced>)> {
+        let Some(dir) = self.holders.as_ref() else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let f = e.file_name().into_string().ok()?;
+                let name = f
+                    .strip_prefix(ENDED_PREFIX)?
+                    .strip_suffix(".json")?
+                    .to_string();
+                let replaced = self.ended(&name);
+                Some((name, replaced))
+            })
+            .collect()
+    }
+
+    /// Drop reservation `id` (with signature `sig`, or any) from every
+    /// ended network record.
+    fn forget_ended(&self, id: &str, sig: Option<&str>) -> Result<(), ProvisionError> {
+        for (name, mut replaced) in self.all_ended() {
+            let before = replaced.len();
+            replaced.retain(|x| !(x.id == id && sig.is_none_or(|s| s == x.signature)));
+            if replaced.len() != before {
+                self.write_ended(&name, replaced)?;
+            }
+        }
+        Ok(())
     }
 
     /// The id of the reservation holding `net`.
@@ -781,6 +906,16 @@ impl NetworkProvisioner {
         }
         let iface = wireguard::iface_name(name);
         let info = self.docker.inspect_network(name).await?;
+        // The reservations it replaced end with it: recorded before it
+        // goes, so a crash in between still leaves them ended.
+        if let Some(h) = info.as_ref().and_then(|n| self.holder(n)) {
+            if !h.replaced.is_empty() {
+                let mut ended = self.ended(name);
+                ended.retain(|x| !h.replaced.contains(x));
+                ended.extend(h.replaced);
+                self.write_ended(name, ended)?;
+            }
+        }
         let labelled = info
             .as_ref()
             .is_some_and(|n| n.labels.contains_key(LABEL_WIREGUARD));
@@ -946,6 +1081,10 @@ impl Plugin for NetworkProvisioner {
         let sub = self.subnet(n)?;
         let name = self.names.network_name(&r.user_id, &n.name);
 
+        if self.ended_with(&name, r) {
+            tracing::info!(reservation = %r.id, network = %name, "network ended with the reservation that replaced this one; nothing to do");
+            return Ok(serde_json::Value::Null);
+        }
         if let Some(existing) = self.docker.inspect_network(&name).await? {
             match self.replaced(&existing, r) {
                 Some(true) => {
@@ -1034,6 +1173,11 @@ impl Plugin for NetworkProvisioner {
     async fn decommission(&self, r: &Reservation, n: &Network) -> Result<(), ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         let name = self.names.network_name(&r.user_id, &n.name);
+        // Replaced, and the network ended with its holder: only the record
+        // of this one goes (a newer network of the name is not its own).
+        if self.ended_with(&name, r) {
+            return self.forget_ended(&r.id, Some(&signature_hash(r)));
+        }
         match self.docker.inspect_network(&name).await? {
             None => Ok(()),
             // Replaced by a newer reservation of the name: the network is
@@ -1053,6 +1197,9 @@ impl Plugin for NetworkProvisioner {
     async fn exists(&self, r: &Reservation, n: &Network) -> Result<bool, ProvisionError> {
         names::check_id("reservation id", &r.id)?;
         let name = self.names.network_name(&r.user_id, &n.name);
+        if self.ended_with(&name, r) {
+            return Ok(true);
+        }
         Ok(self.docker.inspect_network(&name).await?.is_some_and(|e| {
             (self.holder_id(&e) == r.id && self.tunnel_ok(&e)) || self.replaced(&e, r) == Some(true)
         }))
@@ -1069,6 +1216,9 @@ impl Plugin for NetworkProvisioner {
                 ids.insert(holder);
             }
             ids.extend(replaced);
+        }
+        for (_, replaced) in self.all_ended() {
+            ids.extend(replaced.into_iter().map(|x| x.id));
         }
         ids.remove("");
         Ok(Some(ids))
@@ -1095,7 +1245,8 @@ impl Plugin for NetworkProvisioner {
         Ok(())
     }
 
-    /// The reservations holding our networks and those they replaced.
+    /// The reservations holding our networks and those they replaced,
+    /// and those replaced on networks that ended ([`Ended`]).
     async fn list_labelled(&self) -> Result<Vec<String>, ProvisionError> {
         let nets = self.ours().await?;
         let mut ids = BTreeSet::new();
@@ -1103,6 +1254,9 @@ impl Plugin for NetworkProvisioner {
             let (holder, replaced) = self.held(n);
             ids.insert(holder);
             ids.extend(replaced);
+        }
+        for (_, replaced) in self.all_ended() {
+            ids.extend(replaced.into_iter().map(|x| x.id));
         }
         ids.remove("");
         Ok(ids.into_iter().collect())
@@ -1117,7 +1271,7 @@ impl Plugin for NetworkProvisioner {
                 self.forget_replaced(&n, id)?;
             }
         }
-        Ok(())
+        self.forget_ended(id, None)
     }
 }
 

@@ -796,3 +796,87 @@ async fn a_chain_of_takeovers_keeps_every_replaced_one_until_it_ends() {
         ]
     );
 }
+
+/// Issue 16 follow-up, found reading the chain: the holder's end removes
+/// the network while the reservations it replaced still live. A restart's
+/// reconciliation finds those missing and provisions them again; that must
+/// neither bring the network back with the old peers nor take over a newer
+/// network of the name. They stay ended until their own end.
+#[tokio::test]
+async fn replaced_reservations_stay_ended_with_their_holders_network() {
+    let Mesh {
+        s,
+        user,
+        r1,
+        n1,
+        name,
+        iface,
+    } = mesh().await;
+    let (r2, n2) = res(
+        &user,
+        "2-1",
+        with_peer(wg_data(&s, "mesh", json!({})), 3, "10.77.3.0/24", 51821),
+    );
+    Plugin::provision(&s.net, &r2, &n2).await.unwrap();
+    let (r3, n3) = res(
+        &user,
+        "3-1",
+        with_peer(wg_data(&s, "mesh", json!({})), 4, "10.77.4.0/24", 51822),
+    );
+    Plugin::provision(&s.net, &r3, &n3).await.unwrap();
+    Plugin::decommission(&s.net, &r3, &n3).await.unwrap();
+    assert!(s.fake.inspect_network(&name).await.unwrap().is_none());
+    assert!(!s.tunnels.is_up(&iface));
+
+    // A restart: the replaced ones are present, so not repaired; provisioned
+    // anyway, they make nothing.
+    for (r, n) in [(&r1, &n1), (&r2, &n2)] {
+        assert!(Plugin::exists(&s.net, r, n).await.unwrap(), "{}", r.id);
+        Plugin::provision(&s.net, r, n).await.unwrap();
+    }
+    let present = Plugin::present(&s.net).await.unwrap().unwrap();
+    assert!(present.contains("1-1") && present.contains("2-1"));
+    assert!(!present.contains("3-1"));
+    assert!(s.fake.inspect_network(&name).await.unwrap().is_none());
+    assert!(!s.tunnels.is_up(&iface));
+    // Another reservation with an ended one's id is not it.
+    let (mut forged, fnet) = res(&user, "1-1", wg_data(&s, "mesh", json!({})));
+    forged.signature = "sig-forged-1".into();
+    assert!(!Plugin::exists(&s.net, &forged, &fnet).await.unwrap());
+
+    // A newer network of the name: its own, untouched by the ended ones.
+    let (r4, n4) = res(
+        &user,
+        "4-1",
+        with_peer(wg_data(&s, "mesh", json!({})), 5, "10.77.5.0/24", 51823),
+    );
+    Plugin::provision(&s.net, &r4, &n4).await.unwrap();
+    let net4 = s.fake.inspect_network(&name).await.unwrap().unwrap();
+    for (r, n) in [(&r1, &n1), (&r2, &n2)] {
+        Plugin::provision(&s.net, r, n).await.unwrap();
+    }
+    let spec = s.tunnels.up.lock().unwrap().get(&iface).cloned().unwrap();
+    assert_eq!(spec.peers[0].public_key, keypair(5).1, "4-1's peers");
+    assert_eq!(s.net.holder_id(&net4), "4-1");
+    assert_eq!(s.net.holder(&net4), None, "no takeover happened");
+
+    // Their ends drop only their records: 4-1's network stays.
+    Plugin::decommission(&s.net, &r1, &n1).await.unwrap();
+    assert!(!Plugin::exists(&s.net, &r1, &n1).await.unwrap());
+    assert!(s.fake.inspect_network(&name).await.unwrap().is_some());
+    assert!(s.tunnels.is_up(&iface));
+    assert_eq!(
+        Plugin::list_labelled(&s.net).await.unwrap(),
+        vec!["2-1".to_string(), "4-1".to_string()]
+    );
+    // One the cache does not know (the orphan sweep) goes by its id.
+    Plugin::remove_labelled(&s.net, "2-1").await.unwrap();
+    assert!(!Plugin::exists(&s.net, &r2, &n2).await.unwrap());
+    assert_eq!(
+        Plugin::list_labelled(&s.net).await.unwrap(),
+        vec!["4-1".to_string()]
+    );
+    assert!(s.fake.inspect_network(&name).await.unwrap().is_some());
+    Plugin::decommission(&s.net, &r4, &n4).await.unwrap();
+    assert_eq!(std::fs::read_dir(s.holders.path()).unwrap().count(), 0);
+}
