@@ -36,6 +36,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -622,17 +623,23 @@ fn tables_in_use() -> Result<BTreeSet<u32>, String> {
 
 /// Where the agents of a host take turns choosing tables, so two tunnels
 /// coming up at once (in this process or another) never pick the same.
-const TABLE_LOCK: &str = "/run/agent-wireguard-tables.lock";
+/// Inside `/run/agent`, the unit's `RuntimeDirectory`: the only part of
+/// `/run` the service may write (`ProtectSystem=strict`).
+const TABLE_LOCK: &str = "/run/agent/wireguard-tables.lock";
 
-/// Hold [`TABLE_LOCK`] while the open file lives. Without it (no `/run`)
-/// the choice goes on unlocked: a race then needs two names hashing alike
-/// coming up at the same instant.
+/// Hold [`TABLE_LOCK`] while the open file lives. Without it (no writable
+/// `/run/agent`) the choice goes on unlocked: a race then needs two names
+/// hashing alike coming up at the same instant.
 fn lock_tables() -> Option<std::fs::File> {
-    let locked = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(TABLE_LOCK)
+    let dir = Path::new(TABLE_LOCK).parent().unwrap_or(Path::new("/run"));
+    let locked = std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(TABLE_LOCK)
+        })
         .and_then(|f| f.lock().map(|()| f));
     match locked {
         Ok(f) => Some(f),
