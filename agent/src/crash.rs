@@ -664,14 +664,17 @@ mod tests {
             ["2-1".to_string()],
             store.cache_generation(),
         );
-        assert_eq!(w.tracks.keys().collect::<Vec<_>>(), ["1-1"]);
+        assert_eq!(w.tracks.keys().map(|k| &**k).collect::<Vec<_>>(), ["1-1"]);
         // Unchanged cache: nothing read.
         w.sync_from_store(&store);
-        assert_eq!(w.tracks.keys().collect::<Vec<_>>(), ["1-1"]);
+        assert_eq!(w.tracks.keys().map(|k| &**k).collect::<Vec<_>>(), ["1-1"]);
         // A new container is followed; the known volume is not decoded.
         put("3-1", "container");
         w.sync_from_store(&store);
-        assert_eq!(w.tracks.keys().collect::<Vec<_>>(), ["1-1", "3-1"]);
+        assert_eq!(
+            w.tracks.keys().map(|k| &**k).collect::<Vec<_>>(),
+            ["1-1", "3-1"]
+        );
         assert!(w.unwatched.contains("2-1"));
         // Gone from the cache: forgotten.
         store
@@ -681,7 +684,7 @@ mod tests {
             .record_decommissioned("2-1", "volume", "", "c2ln", None)
             .unwrap();
         w.sync_from_store(&store);
-        assert_eq!(w.tracks.keys().collect::<Vec<_>>(), ["3-1"]);
+        assert_eq!(w.tracks.keys().map(|k| &**k).collect::<Vec<_>>(), ["3-1"]);
         assert!(w.unwatched.is_empty());
     }
 
