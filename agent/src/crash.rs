@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use provisioners::names::Names;
 use provisioners::Docker;
+use reservation::WorkloadType;
 use serde::Serialize;
 use store::{Cached, Store};
 use tokio::sync::mpsc;
@@ -61,8 +62,8 @@ impl Default for CrashPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watched {
     pub id: String,
-    /// Wire type of the reservation (`container`, `kubernetes`).
-    pub kind: String,
+    /// Type of the reservation (`container`, `kubernetes`).
+    pub kind: WorkloadType,
     /// Docker name of its container.
     pub container: String,
 }
@@ -77,7 +78,7 @@ impl Watched {
         let container = provisioners::registry::watched_container(names, r)?;
         Some(Watched {
             id: r.id.clone(),
-            kind: r.kind.clone(),
+            kind: r.workload_type().ok()?,
             container,
         })
     }
@@ -108,15 +109,25 @@ pub struct CrashCount {
     pub last_exit_code: i64,
 }
 
-/// Crash counts by reservation id, shared with the control socket.
+/// Crash counts by reservation id, shared with the control socket: the
+/// watched workloads whose container has exited at least once.
 pub type CrashCounts = Arc<Mutex<BTreeMap<String, CrashCount>>>;
 
+/// One watched container. Kept small: a node with 10,000 cached holds
+/// 10,000 of these for as long as it runs, and almost none ever exits.
 #[derive(Debug)]
 struct Track {
-    kind: String,
-    container: String,
+    kind: WorkloadType,
+    container: Box<str>,
     /// Exits Docker reported at the last look; `None` before the first.
     seen: Option<u64>,
+    /// Made once the container has exited at least once.
+    history: Option<Box<History>>,
+}
+
+/// What the watch remembers of a container that has exited.
+#[derive(Debug, Default)]
+struct History {
     exits: VecDeque<Instant>,
     total: u64,
     last_exit: i64,
@@ -129,7 +140,7 @@ pub struct CrashWatch {
     policy: CrashPolicy,
     /// How the workloads' containers are named.
     names: Names,
-    tracks: BTreeMap<String, Track>,
+    tracks: BTreeMap<Box<str>, Track>,
     /// Decided already: not decided again while the engine works on it.
     given_up: HashSet<String>,
     counts: CrashCounts,
@@ -187,24 +198,21 @@ impl CrashWatch {
             keep.insert(w.id.clone());
             let same = self
                 .tracks
-                .get(&w.id)
-                .is_some_and(|t| t.container == w.container);
+                .get(w.id.as_str())
+                .is_some_and(|t| *t.container == *w.container);
             if !same {
                 self.tracks.insert(
-                    w.id,
+                    w.id.into_boxed_str(),
                     Track {
                         kind: w.kind,
-                        container: w.container,
+                        container: w.container.into_boxed_str(),
                         seen: None,
-                        exits: VecDeque::new(),
-                        total: 0,
-                        last_exit: 0,
-                        oom: false,
+                        history: None,
                     },
                 );
             }
         }
-        self.tracks.retain(|id, _| keep.contains(id));
+        self.tracks.retain(|id, _| keep.contains(&**id));
         self.given_up.retain(|id| keep.contains(id));
     }
 
@@ -219,6 +227,9 @@ impl CrashWatch {
     ) {
         self.unwatched = unwatched.into_iter().collect();
         self.set_watched(watched);
+        // Full nodes: the tracks were inserted one at a time, which leaves
+        // each node a little over half full (10,000 tracks at start).
+        self.tracks = std::mem::take(&mut self.tracks).into_iter().collect();
         self.generation = Some(generation);
     }
 
@@ -237,7 +248,7 @@ impl CrashWatch {
             let Ok(id) = id else {
                 continue;
             };
-            if !self.tracks.contains_key(&id) && !self.unwatched.contains(&id) {
+            if !self.tracks.contains_key(id.as_str()) && !self.unwatched.contains(&id) {
                 match store.get(&id) {
                     Ok(Some(c)) => match Watched::of(&c, &self.names) {
                         Some(w) => added.push(w),
@@ -255,11 +266,11 @@ impl CrashWatch {
         let kept: Vec<Watched> = self
             .tracks
             .iter()
-            .filter(|(id, _)| cached.contains(*id))
+            .filter(|(id, _)| cached.contains(&***id))
             .map(|(id, t)| Watched {
-                id: id.clone(),
-                kind: t.kind.clone(),
-                container: t.container.clone(),
+                id: id.to_string(),
+                kind: t.kind,
+                container: t.container.to_string(),
             })
             .collect();
         self.set_watched(kept.into_iter().chain(added));
@@ -273,12 +284,16 @@ impl CrashWatch {
         let ids: Vec<String> = self
             .tracks
             .keys()
-            .filter(|id| !self.given_up.contains(*id))
-            .cloned()
+            .filter(|id| !self.given_up.contains(&***id))
+            .map(|id| id.to_string())
             .collect();
         let mut failed = None;
         for id in ids {
-            let Some(container) = self.tracks.get(&id).map(|t| t.container.clone()) else {
+            let Some(container) = self
+                .tracks
+                .get(id.as_str())
+                .map(|t| t.container.to_string())
+            else {
                 continue;
             };
             let runs = match self.docker.container_runs(&container).await {
@@ -290,7 +305,7 @@ impl CrashWatch {
                     continue;
                 }
             };
-            let Some(t) = self.tracks.get_mut(&id) else {
+            let Some(t) = self.tracks.get_mut(id.as_str()) else {
                 continue;
             };
             let exits = runs.exits();
@@ -300,27 +315,35 @@ impl CrashWatch {
                 _ => 0,
             };
             t.seen = Some(exits);
-            if runs.finished_at.is_some() || exits > 0 {
-                t.last_exit = runs.exit_code;
-                t.oom = runs.oom_killed;
+            let exited = runs.finished_at.is_some() || exits > 0;
+            if exited && t.history.is_none() {
+                t.history = Some(Box::default());
+            }
+            // Never exited: nothing to count (`new` is 0 then).
+            let Some(h) = t.history.as_deref_mut() else {
+                continue;
+            };
+            if exited {
+                h.last_exit = runs.exit_code;
+                h.oom = runs.oom_killed;
             }
             for _ in 0..new.min(self.policy.limit as u64 * 2) {
-                t.exits.push_back(now);
+                h.exits.push_back(now);
             }
-            t.total += new;
-            while t
+            h.total += new;
+            while h
                 .exits
                 .front()
                 .is_some_and(|at| now.saturating_duration_since(*at) > self.policy.window)
             {
-                t.exits.pop_front();
+                h.exits.pop_front();
             }
             if new > 0 {
-                info!(reservation = %id, container = %container, exits = new, exit_code = runs.exit_code, recent = t.exits.len(), limit = self.policy.limit, "workload container exited; docker restarts it");
+                info!(reservation = %id, container = %container, exits = new, exit_code = runs.exit_code, recent = h.exits.len(), limit = self.policy.limit, "workload container exited; docker restarts it");
             }
-            if t.exits.len() as u32 >= self.policy.limit {
-                let crashes = t.exits.len() as u32;
-                let (kind, code, oom) = (t.kind.clone(), t.last_exit, t.oom);
+            if h.exits.len() as u32 >= self.policy.limit {
+                let crashes = h.exits.len() as u32;
+                let (kind, code, oom) = (t.kind.as_str().to_string(), h.last_exit, h.oom);
                 let tail = match self
                     .docker
                     .container_logs(&container, self.policy.tail_lines)
@@ -354,19 +377,23 @@ impl CrashWatch {
         out
     }
 
+    /// Share the counts of the containers that have exited (the others
+    /// have nothing to show: a copy of 10,000 zero counts was held for
+    /// `agentctl status` and printed by it).
     fn publish(&self) {
         let counts = self
             .tracks
             .iter()
-            .map(|(id, t)| {
-                (
-                    id.clone(),
+            .filter_map(|(id, t)| {
+                let h = t.history.as_deref()?;
+                Some((
+                    id.to_string(),
                     CrashCount {
-                        recent: t.exits.len() as u32,
-                        total: t.total,
-                        last_exit_code: t.last_exit,
+                        recent: h.exits.len() as u32,
+                        total: h.total,
+                        last_exit_code: h.last_exit,
                     },
-                )
+                ))
             })
             .collect();
         if let Ok(mut c) = self.counts.lock() {
@@ -465,7 +492,7 @@ mod tests {
     fn watched(id: &str) -> Watched {
         Watched {
             id: id.into(),
-            kind: "container".into(),
+            kind: WorkloadType::Container,
             container: ct(id),
         }
     }
@@ -523,7 +550,7 @@ mod tests {
         assert!(w.check(t0 + Duration::from_secs(190)).await.is_empty());
         // The healthy one was never in question.
         let c = w.counts().lock().unwrap().clone();
-        assert_eq!(c["2-1"], CrashCount::default());
+        assert!(!c.contains_key("2-1"), "never exited: {c:?}");
         assert_eq!(c["1-1"].total, 5);
         // Once decommissioned it is no longer watched.
         w.set_watched([watched("2-1")]);
@@ -640,14 +667,17 @@ mod tests {
             ["2-1".to_string()],
             store.cache_generation(),
         );
-        assert_eq!(w.tracks.keys().collect::<Vec<_>>(), ["1-1"]);
+        assert_eq!(w.tracks.keys().map(|k| &**k).collect::<Vec<_>>(), ["1-1"]);
         // Unchanged cache: nothing read.
         w.sync_from_store(&store);
-        assert_eq!(w.tracks.keys().collect::<Vec<_>>(), ["1-1"]);
+        assert_eq!(w.tracks.keys().map(|k| &**k).collect::<Vec<_>>(), ["1-1"]);
         // A new container is followed; the known volume is not decoded.
         put("3-1", "container");
         w.sync_from_store(&store);
-        assert_eq!(w.tracks.keys().collect::<Vec<_>>(), ["1-1", "3-1"]);
+        assert_eq!(
+            w.tracks.keys().map(|k| &**k).collect::<Vec<_>>(),
+            ["1-1", "3-1"]
+        );
         assert!(w.unwatched.contains("2-1"));
         // Gone from the cache: forgotten.
         store
@@ -657,7 +687,7 @@ mod tests {
             .record_decommissioned("2-1", "volume", "", "c2ln", None)
             .unwrap();
         w.sync_from_store(&store);
-        assert_eq!(w.tracks.keys().collect::<Vec<_>>(), ["3-1"]);
+        assert_eq!(w.tracks.keys().map(|k| &**k).collect::<Vec<_>>(), ["3-1"]);
         assert!(w.unwatched.is_empty());
     }
 

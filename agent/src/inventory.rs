@@ -79,6 +79,7 @@ pub fn take(store: &Store, ledger: &mut Ledger, names: &Names) -> Inventory {
             None => inv.unwatched.push(c.reservation.id.clone()),
         }
     }
+    ledger.compact();
     inv.charged = ledger.len();
     inv
 }

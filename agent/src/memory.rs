@@ -14,8 +14,11 @@ use sources::{ReservationSource, Work};
 
 /// Heap arenas the daemon allows when the environment does not say
 /// (`MALLOC_ARENA_MAX`): the engine, its jobs and the delivery task run on
-/// tokio's workers (one per core), and sled's threads write little.
-pub const DAEMON_ARENAS: i32 = 2;
+/// tokio's workers (one per core), and sled's threads write little. One:
+/// a second arena kept ~2 MiB more of freed start-up memory with 10,000
+/// cached (36.8 against 38.9 MiB), and figure 1 with one arena was no
+/// slower (bench/notes.md, section 5c).
+pub const DAEMON_ARENAS: i32 = 1;
 
 /// A unit of work of at least this many reservations (or due ids) is
 /// large: the memory of its answer is returned once it is taken.

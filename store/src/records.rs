@@ -112,23 +112,32 @@ pub(crate) fn encode<T: Serialize>(t: &T) -> Vec<u8> {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    #[derive(Deserialize)]
-    struct Version {
-        v: u32,
-    }
-    let ver: Version = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    })?;
-    if ver.v > SCHEMA {
-        return Err(StoreError::Schema {
+    // One pass over the record in the common case: `v` is written before
+    // `body`, and a record of this schema parses as `Envelope<T>` at once.
+    // Only a record that does not is parsed again for its version alone,
+    // so a newer schema is named as such rather than as corruption. (Two
+    // passes every time were a third of start-up's read of 10,000 cached.)
+    match serde_json::from_slice::<Envelope<T>>(bytes) {
+        Ok(env) if env.v <= SCHEMA => Ok(env.body),
+        Ok(env) => Err(StoreError::Schema {
             key: key.to_string(),
-            found: ver.v,
-        });
+            found: env.v,
+        }),
+        Err(e) => {
+            #[derive(Deserialize)]
+            struct Version {
+                v: u32,
+            }
+            match serde_json::from_slice::<Version>(bytes) {
+                Ok(ver) if ver.v > SCHEMA => Err(StoreError::Schema {
+                    key: key.to_string(),
+                    found: ver.v,
+                }),
+                _ => Err(StoreError::Corrupt {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
     }
-    let env: Envelope<T> = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok(env.body)
 }

@@ -422,3 +422,41 @@ fn cached_len_from_the_counters_is_the_number_of_cached_ids() {
     let s = reopen(dir.path());
     assert_eq!((s.cached_len(), len(&s)), (2, 2));
 }
+
+#[test]
+fn records_decode_in_one_pass_and_name_a_newer_schema_or_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    provision(&s, &node, reservation("1-1", "volume", Utc::now(), 60));
+    let good = s.cache.get("1-1").unwrap().unwrap();
+    assert_eq!(s.get("1-1").unwrap().unwrap().reservation.id, "1-1");
+
+    // A later schema, whether or not its body still reads as this one's.
+    let newer = String::from_utf8(good.to_vec())
+        .unwrap()
+        .replacen("{\"v\":1,", "{\"v\":2,", 1);
+    assert!(newer.starts_with("{\"v\":2,"), "{newer}");
+    s.cache.insert("2-1", newer.as_bytes()).unwrap();
+    s.cache
+        .insert("3-1", &br#"{"v":7,"body":{"other":"shape"}}"#[..])
+        .unwrap();
+    // This schema with a body that does not read, and no envelope at all.
+    s.cache
+        .insert("4-1", &br#"{"v":1,"body":{"other":"shape"}}"#[..])
+        .unwrap();
+    s.cache.insert("5-1", &b"not json"[..]).unwrap();
+
+    for (id, found) in [("2-1", 2), ("3-1", 7)] {
+        match s.get(id) {
+            Err(StoreError::Schema { key, found: f }) => assert_eq!((key.as_str(), f), (id, found)),
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    for id in ["4-1", "5-1"] {
+        match s.get(id) {
+            Err(StoreError::Corrupt { key, .. }) => assert_eq!(key, id),
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+}
