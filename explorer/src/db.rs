@@ -204,7 +204,7 @@ impl Db {
                 Ok(rec.reservation)
             });
         match done {
-            Ok(r) => Ok(Insert::New(r, None)),
+            Ok(r) => Ok(Insert::New(Box::new(r), None)),
             Err(TransactionError::Abort(Abort::Duplicate(n))) => {
                 Ok(Insert::Duplicate(format!("{n}-1")))
             }

@@ -320,7 +320,7 @@ impl Pg {
             return Ok(Insert::Duplicate(format!("{number}-1")));
         }
         r.id = format!("{number}-1");
-        Ok(Insert::New(r, after))
+        Ok(Insert::New(Box::new(r), after))
     }
 
     /// The last timestamp accepted for `node_id`: `None` if unknown.

@@ -305,7 +305,7 @@ async fn create(
         ApiError::bad(m)
     })?;
     let (r, after) = match st.db.create(r).await? {
-        Insert::New(r, after) => (r, after),
+        Insert::New(r, after) => (*r, after),
         Insert::Duplicate(id) => {
             warn!(node = %node_id, user = %user, existing = %id, "reservation posted twice");
             return Ok((

@@ -53,7 +53,7 @@ pub(crate) struct Record {
 pub(crate) enum Insert {
     /// Stored, with its id; and the highest number its node had before it
     /// (0: none) when the store says (see [`Wakers::wrote`]).
-    New(Reservation, Option<u64>),
+    New(Box<Reservation>, Option<u64>),
     /// A reservation with the same signature is already stored, under this
     /// id; nothing was written.
     Duplicate(String),
