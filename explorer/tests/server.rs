@@ -1872,8 +1872,12 @@ mod replicas {
         let mut rows = 0;
         let mut statements = 0;
         for s in [&a, &b] {
-            rows += metric(&s.url, r#"explorer_database_inserts{what="rows"}"#).await;
-            statements += metric(&s.url, r#"explorer_database_inserts{what="statements"}"#).await;
+            rows += metric(&s.url, r#"explorer_database_inserts_total{what="rows"}"#).await;
+            statements += metric(
+                &s.url,
+                r#"explorer_database_inserts_total{what="statements"}"#,
+            )
+            .await;
         }
         assert_eq!(
             rows as usize,
