@@ -204,7 +204,7 @@ impl Db {
                 Ok(rec.reservation)
             });
         match done {
-            Ok(r) => Ok(Insert::New(r)),
+            Ok(r) => Ok(Insert::New(Box::new(r), None)),
             Err(TransactionError::Abort(Abort::Duplicate(n))) => {
                 Ok(Insert::Duplicate(format!("{n}-1")))
             }
@@ -591,7 +591,7 @@ mod tests {
         };
         for i in 1..=6 {
             let r = mk(if i == 4 { "b" } else { "a" }, i);
-            assert!(matches!(db.create(r).unwrap(), Insert::New(r) if r.id == format!("{i}-1")));
+            assert!(matches!(db.create(r).unwrap(), Insert::New(r, _) if r.id == format!("{i}-1")));
         }
         db.set_to_delete("2-1", "d".into()).unwrap().unwrap();
         db.set_to_delete("5-1", "d".into()).unwrap().unwrap();
@@ -664,12 +664,12 @@ mod tests {
             signature: "same".into(),
             ..Reservation::default()
         };
-        assert!(matches!(db.create(r.clone()).unwrap(), Insert::New(n) if n.id == "1-1"));
+        assert!(matches!(db.create(r.clone()).unwrap(), Insert::New(n, _) if n.id == "1-1"));
         assert!(matches!(db.create(r.clone()).unwrap(), Insert::Duplicate(id) if id == "1-1"));
         let other = Reservation {
             signature: "other".into(),
             ..r
         };
-        assert!(matches!(db.create(other).unwrap(), Insert::New(n) if n.id == "2-1"));
+        assert!(matches!(db.create(other).unwrap(), Insert::New(n, _) if n.id == "2-1"));
     }
 }

@@ -13,9 +13,12 @@
 //!   stored (`201`), not counting `409`s;
 //! - `explorer_database_connections{state}` gauge, state `open` or `idle`
 //!   (PostgreSQL's pool; absent with sled);
-//! - `explorer_database_inserts{what}` gauge, what `statements` (one per
-//!   group-committed batch) or `rows` (the POSTs they answered), since the
-//!   server started (PostgreSQL only): rows / statements is the mean batch.
+//! - `explorer_database_inserts_total{what}` counter, what `statements`
+//!   (one per group-committed batch) or `rows` (the POSTs they answered),
+//!   since the server started (PostgreSQL only): rows / statements is the
+//!   mean batch. A counter, so `rate()` works across restarts.
+
+use std::sync::Mutex;
 
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -27,7 +30,9 @@ pub(crate) struct Metrics {
     pub long_polls: IntGauge,
     pub stored: IntCounter,
     connections: Option<IntGaugeVec>,
-    inserts: Option<IntGaugeVec>,
+    /// Brought up to the store's counts at each render; the lock keeps
+    /// two renders at once from both adding the same difference.
+    inserts: Option<Mutex<IntCounterVec>>,
 }
 
 impl Metrics {
@@ -63,9 +68,9 @@ impl Metrics {
             .expect("valid metric")
         });
         let inserts = pooled.then(|| {
-            IntGaugeVec::new(
+            IntCounterVec::new(
                 Opts::new(
-                    "explorer_database_inserts",
+                    "explorer_database_inserts_total",
                     "Insert statements since start (one per batch of POSTs), and the rows they answered",
                 ),
                 &["what"],
@@ -79,11 +84,17 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric");
         }
-        for c in connections.iter().chain(&inserts) {
+        if let Some(c) = &connections {
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
         }
+        if let Some(c) = &inserts {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+        }
+        let inserts = inserts.map(Mutex::new);
         Metrics {
             registry,
             requests,
@@ -106,11 +117,15 @@ impl Metrics {
             g.with_label_values(&["open"]).set(i64::from(c.open));
             g.with_label_values(&["idle"]).set(i64::from(c.idle));
         }
-        if let (Some(g), Some(c)) = (&self.inserts, conns) {
-            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-            g.with_label_values(&["statements"])
-                .set(n(c.insert_statements));
-            g.with_label_values(&["rows"]).set(n(c.inserted_rows));
+        if let (Some(m), Some(c)) = (&self.inserts, conns) {
+            let counters = m.lock().unwrap_or_else(|p| p.into_inner());
+            for (what, now) in [
+                ("statements", c.insert_statements),
+                ("rows", c.inserted_rows),
+            ] {
+                let counter = counters.with_label_values(&[what]);
+                counter.inc_by(now.saturating_sub(counter.get()));
+            }
         }
         let mut buf = Vec::new();
         let encoder = prometheus::TextEncoder::new();
@@ -134,5 +149,55 @@ impl OpenPoll {
 impl Drop for OpenPoll {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inserts(statements: u64, rows: u64) -> Option<Connections> {
+        Some(Connections {
+            insert_statements: statements,
+            inserted_rows: rows,
+            ..Connections::default()
+        })
+    }
+
+    #[test]
+    fn database_inserts_are_a_counter_that_follows_the_stores_counts() {
+        let m = Metrics::new(true);
+        let text = m.render(inserts(2, 7));
+        assert!(
+            text.contains("# TYPE explorer_database_inserts_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("explorer_database_inserts_total{what=\"rows\"} 7"),
+            "{text}"
+        );
+        // Rendered again with the same counts: not added twice.
+        let text = m.render(inserts(2, 7));
+        assert!(
+            text.contains("explorer_database_inserts_total{what=\"statements\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("explorer_database_inserts_total{what=\"rows\"} 7"),
+            "{text}"
+        );
+        let text = m.render(inserts(3, 9));
+        assert!(
+            text.contains("explorer_database_inserts_total{what=\"statements\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("explorer_database_inserts_total{what=\"rows\"} 9"),
+            "{text}"
+        );
+        // sled: no such series.
+        assert!(!Metrics::new(false)
+            .render(None)
+            .contains("explorer_database_inserts"));
     }
 }

@@ -60,7 +60,8 @@ use tracing::{info, warn};
 
 use crate::db::SCHEMA;
 use crate::storage::{
-    canonical_number, Connections, Insert, NodeUpdate, PollRange, Record, Storage, Wakers,
+    canonical_number, expires_ns, Connections, Insert, NodeUpdate, PollRange, Record, Storage,
+    Wakers,
 };
 use crate::ExplorerError;
 
@@ -68,7 +69,7 @@ use crate::ExplorerError;
 pub(crate) const WAKE_CHANNEL: &str = "explorer_wake";
 
 /// The schema's migrations, compiled in (version, description, SQL).
-const MIGRATIONS: [(i64, &str, &str); 2] = [
+const MIGRATIONS: [(i64, &str, &str); 3] = [
     (
         1,
         "explorer",
@@ -78,6 +79,11 @@ const MIGRATIONS: [(i64, &str, &str); 2] = [
         2,
         "insert batch",
         include_str!("../migrations/0002_insert_batch.sql"),
+    ),
+    (
+        3,
+        "insert after",
+        include_str!("../migrations/0003_insert_after.sql"),
     ),
 ];
 
@@ -139,9 +145,13 @@ struct Queued {
     answer: oneshot::Sender<Stored>,
 }
 
-/// The reservation back, with its number and whether it is new (else the
-/// number is the stored duplicate's).
-type Stored = (Reservation, Result<(i64, bool), ExplorerError>);
+/// The reservation back, with what [`insert_rows`] says of it.
+type Stored = (Reservation, Result<Saved, ExplorerError>);
+
+/// A reservation's number, whether it is new (else the number is the
+/// stored duplicate's), and for a new one the highest number its node had
+/// before it (0: none; see migration 0003).
+type Saved = (i64, bool, Option<u64>);
 
 /// At most this many reservations in one statement.
 const MAX_BATCH: usize = 256;
@@ -302,15 +312,15 @@ impl Pg {
     fn inserted(
         &self,
         mut r: Reservation,
-        stored: Result<(i64, bool), ExplorerError>,
+        stored: Result<Saved, ExplorerError>,
     ) -> Result<Insert, ExplorerError> {
         // (The writer queued the NOTIFY of a new one.)
-        let (number, new) = stored?;
+        let (number, new, after) = stored?;
         if !new {
             return Ok(Insert::Duplicate(format!("{number}-1")));
         }
         r.id = format!("{number}-1");
-        Ok(Insert::New(r))
+        Ok(Insert::New(Box::new(r), after))
     }
 
     /// The last timestamp accepted for `node_id`: `None` if unknown.
@@ -461,11 +471,11 @@ impl Batcher {
     /// then this replica's polls are woken here too (the server wakes
     /// them after a `create` that returns, and this replica skips its own
     /// NOTIFYs): see [`Waiting`].
-    fn answer(&self, q: Queued, stored: Result<(i64, bool), ExplorerError>) {
-        if let Ok((_, true)) = stored {
+    fn answer(&self, q: Queued, stored: Result<Saved, ExplorerError>) {
+        if let Ok((_, true, _)) = stored {
             let _ = self.wake_tx.send(q.r.node_id.clone());
         }
-        if let Err((r, Ok((_, true)))) = q.answer.send((q.r, stored)) {
+        if let Err((r, Ok((_, true, _)))) = q.answer.send((q.r, stored)) {
             wake_local(&self.local, &r.node_id);
         }
     }
@@ -509,7 +519,7 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if let Some(mut rx) = self.rx.take() {
             rx.close();
-            if let Ok((r, Ok((_, true)))) = rx.try_recv() {
+            if let Ok((r, Ok((_, true, _)))) = rx.try_recv() {
                 wake_local(self.local, &r.node_id);
             }
         }
@@ -609,7 +619,7 @@ async fn insert_each(b: &Batcher, batch: Vec<Queued>) {
 async fn insert_rows<'a>(
     pool: &PgPool,
     rows: impl ExactSizeIterator<Item = (&'a Reservation, i64)>,
-) -> Result<Vec<Result<(i64, bool), sqlx::Error>>, sqlx::Error> {
+) -> Result<Vec<Result<Saved, sqlx::Error>>, sqlx::Error> {
     let n = rows.len();
     let mut version = Vec::with_capacity(n);
     let mut node_id = Vec::with_capacity(n);
@@ -638,8 +648,9 @@ async fn insert_rows<'a>(
         expires_ns.push(expires);
     }
     let rows = sqlx::query(
-        "SELECT o_number, o_new FROM explorer_insert_reservations(\
-         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) WITH ORDINALITY AS t(o_number, o_new, i) \
+        "SELECT o_number, o_new, o_after FROM explorer_insert_reservations_after(\
+         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         WITH ORDINALITY AS t(o_number, o_new, o_after, i) \
          ORDER BY i",
     )
     .bind(&version)
@@ -658,7 +669,14 @@ async fn insert_rows<'a>(
     .await?;
     Ok(rows
         .iter()
-        .map(|row| Ok((row.try_get::<i64, _>(0)?, row.try_get::<bool, _>(1)?)))
+        .map(|row| {
+            let after = row.try_get::<Option<i64>, _>(2)?;
+            Ok((
+                row.try_get::<i64, _>(0)?,
+                row.try_get::<bool, _>(1)?,
+                after.and_then(|a| u64::try_from(a).ok()),
+            ))
+        })
         .collect())
 }
 
@@ -668,7 +686,7 @@ async fn insert_one(
     at: &str,
     r: &Reservation,
     expires_ns: i64,
-) -> Result<(i64, bool), ExplorerError> {
+) -> Result<Saved, ExplorerError> {
     insert_rows(pool, std::iter::once((r, expires_ns)))
         .await
         .and_then(|rows| {
@@ -706,10 +724,7 @@ impl Storage for Pg {
     async fn create(&self, r: Reservation) -> Result<Insert, ExplorerError> {
         // nanoseconds since 1970 at which it ends; a reservation with no
         // lifetime is expired (POST refuses those anyway).
-        let expires_ns = match r.expires_at() {
-            Some(at) if r.duration > 0 => at.timestamp_nanos_opt().unwrap_or(i64::MAX),
-            _ => i64::MIN,
-        };
+        let expires_ns = expires_ns(&r);
         // Queued to this replica's writer, stored with whatever other
         // POSTs arrive meanwhile (group commit: see `writer`).
         let (answer, answered) = oneshot::channel();
@@ -722,7 +737,7 @@ impl Storage for Pg {
             // The writer is gone (the server is stopping): store it alone.
             let q = back.0;
             let stored = insert_one(&self.pool, &self.at, &q.r, q.expires_ns).await;
-            if let Ok((_, true)) = stored {
+            if let Ok((_, true, _)) = stored {
                 self.notify(&q.r.node_id);
             }
             return self.inserted(q.r, stored);

@@ -304,8 +304,8 @@ async fn create(
         warn!(node = %node_id, user = %user, error = %m, "reservation refused");
         ApiError::bad(m)
     })?;
-    let r = match st.db.create(r).await? {
-        Insert::New(r) => r,
+    let (r, after) = match st.db.create(r).await? {
+        Insert::New(r, after) => (*r, after),
         Insert::Duplicate(id) => {
             warn!(node = %node_id, user = %user, existing = %id, "reservation posted twice");
             return Ok((
@@ -328,7 +328,7 @@ async fn create(
     st.flush().await?;
     st.metrics.stored.inc();
     info!(reservation = %r.id, node = %r.node_id, user = %r.user_id, r#type = %r.kind, "reservation created");
-    st.wake(&r.node_id);
+    st.wakers.wrote(&r, after);
     let location = format!("/reservations/{}", r.id);
     Ok((
         StatusCode::CREATED,
@@ -482,12 +482,20 @@ async fn poll(
         // A node just answered polls again from past what it got: when no
         // wake-up came for it since, that query would be empty, so the
         // poll is held without it (a write for the node wakes it, and it
-        // then asks the store). One query per answer instead of two.
-        let list = if st.wakers.is_quiet(&node_id, range) {
-            Vec::new()
+        // then asks the store). One query per answer instead of two; and
+        // none when the wake-up was a reservation this server stored
+        // right after what the proof covers (see `Wakers::wrote`).
+        let now = Utc::now();
+        let known = st.wakers.known(
+            &node_id,
+            range,
+            now.timestamp_nanos_opt().unwrap_or(i64::MAX),
+        );
+        let list = if let Some(list) = known {
+            list
         } else {
             let token = st.wakers.begin_query(&node_id);
-            let list = st.db.poll(&node_id, range, Utc::now()).await?;
+            let list = st.db.poll(&node_id, range, now).await?;
             st.wakers.end_query(&node_id, token, range, &list);
             list
         };

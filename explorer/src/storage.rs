@@ -51,8 +51,9 @@ pub(crate) struct Record {
 
 /// What [`Storage::create`] did.
 pub(crate) enum Insert {
-    /// Stored, with its id.
-    New(Reservation),
+    /// Stored, with its id; and the highest number its node had before it
+    /// (0: none) when the store says (see [`Wakers::wrote`]).
+    New(Box<Reservation>, Option<u64>),
     /// A reservation with the same signature is already stored, under this
     /// id; nothing was written.
     Duplicate(String),
@@ -198,11 +199,16 @@ pub(crate) fn canonical_number(id: &str) -> Option<u64> {
 /// exist only while a poll waits, so arbitrary node ids in poll paths do
 /// not grow the map.
 ///
-/// Also what the last poll query of each node proved ([`Wakers::is_quiet`]):
+/// Also what the last poll query of each node proved ([`Wakers::known`]):
 /// a node that was just answered polls again from past its last
 /// reservation, and that query is empty unless something was written for
 /// the node since. A wake-up for the node forgets the proof, so the poll
 /// is held without asking the store and still wakes on the next write.
+/// A reservation this server just stored for the node, right after the
+/// last one the proof covers, extends the proof instead
+/// ([`Wakers::wrote`]): the woken poll answers it without asking the store
+/// again (with PostgreSQL, that query was one round trip and one
+/// transaction per reservation).
 pub(crate) struct Wakers {
     map: Mutex<HashMap<String, watch::Sender<u64>>>,
     quiet: Mutex<HashMap<String, Quiet>>,
@@ -214,14 +220,37 @@ pub(crate) struct Wakers {
 }
 
 /// What is known of a node's poll answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Quiet {
     /// A query (this token) is running; nothing woke the node since it
     /// began.
     Pending(u64),
-    /// An ordinary poll from this number answers nothing, as long as no
+    /// An ordinary poll from `from` answers exactly `fresh` (ascending;
+    /// empty: nothing), less those expired by then, as long as no other
     /// wake-up for the node comes (which removes the entry).
-    From(u64),
+    From { from: u64, fresh: Vec<Fresh> },
+}
+
+/// A reservation stored by this server since a node's proof, with its
+/// number and expiry (unix nanoseconds; `i64::MIN`: none, as stored).
+#[derive(Debug, Clone)]
+struct Fresh {
+    number: u64,
+    expires_ns: i64,
+    r: Reservation,
+}
+
+/// At most this many reservations are kept in one node's proof; one more
+/// forgets the proof (the node's next poll asks the store).
+const MAX_FRESH: usize = 32;
+
+/// When `r` expires, in unix nanoseconds, as the stores compute it (no
+/// lifetime: already expired).
+pub(crate) fn expires_ns(r: &Reservation) -> i64 {
+    match r.expires_at() {
+        Some(at) if r.duration > 0 => at.timestamp_nanos_opt().unwrap_or(i64::MAX),
+        _ => i64::MIN,
+    }
 }
 
 /// At most this many nodes' proofs are kept; past it they are all
@@ -297,15 +326,80 @@ impl Wakers {
         }
     }
 
-    /// Whether the poll `q` of `node_id` is known to answer nothing now:
-    /// an earlier query proved it, and no wake-up for the node came since.
+    /// The answer to the poll `q` of `node_id` at `now_ns` when it is
+    /// known without the store: an earlier query proved what it was, and
+    /// since then only reservations this server stored right after it
+    /// came ([`Wakers::wrote`]), no other wake-up. `None`: ask the store.
     /// Ask with a receiver from [`Wakers::subscribe`] already marked seen,
     /// so a wake-up right after this still wakes the poll.
-    pub fn is_quiet(&self, node_id: &str, q: PollRange) -> bool {
+    pub fn known(&self, node_id: &str, q: PollRange, now_ns: i64) -> Option<Vec<Reservation>> {
         if q.all || !self.complete.load(Ordering::SeqCst) {
-            return false;
+            return None;
         }
-        matches!(self.quiet().get(node_id), Some(Quiet::From(f)) if q.from >= *f)
+        let mut quiet = self.quiet();
+        let Some(Quiet::From { from, fresh }) = quiet.get_mut(node_id) else {
+            return None;
+        };
+        if q.from < *from {
+            return None;
+        }
+        // What answers from `from` answers from `q.from` without those
+        // below it; expiry only takes reservations out, for good.
+        *from = q.from;
+        fresh.retain(|f| f.number >= q.from && f.expires_ns > now_ns);
+        Some(fresh.iter().take(q.limit).map(|f| f.r.clone()).collect())
+    }
+
+    /// Whether the poll `q` of `node_id` is known to answer nothing now.
+    #[cfg(test)]
+    pub fn is_quiet(&self, node_id: &str, q: PollRange) -> bool {
+        self.known(node_id, q, 0).is_some_and(|l| l.is_empty())
+    }
+
+    /// This server stored `r` (with its id) for its node, whose highest
+    /// number before it was `after` (0: none; `None`: unknown): wake the
+    /// node's polls held here. When the node's proof covers every number
+    /// up to `after` (`after` is below the proof's `from`, or is the last
+    /// reservation the proof holds), no reservation of another replica
+    /// can lie between, so the proof holds `r` too and the woken poll
+    /// answers it without the store. Otherwise the proof is forgotten, as
+    /// by [`Wakers::wake`].
+    pub fn wrote(&self, r: &Reservation, after: Option<u64>) {
+        {
+            let complete = self.complete.load(Ordering::SeqCst);
+            let mut quiet = self.quiet();
+            let kept = match (quiet.get_mut(&r.node_id), after, r.number()) {
+                (Some(Quiet::From { from, fresh }), Some(after), Some(n))
+                    if complete && !r.to_delete =>
+                {
+                    let last = fresh.last().map(|f| f.number);
+                    if n < *from && last.is_none() {
+                        // Stored before the proof's query, which saw it
+                        // (or polls from past it): nothing changes.
+                        true
+                    } else if last.map_or(after < *from, |l| after == l)
+                        && n > after
+                        && fresh.len() < MAX_FRESH
+                    {
+                        fresh.push(Fresh {
+                            number: n,
+                            expires_ns: expires_ns(r),
+                            r: r.clone(),
+                        });
+                        true
+                    } else {
+                        false
+                    }
+                }
+                _ => false,
+            };
+            if !kept {
+                quiet.remove(&r.node_id);
+            }
+        }
+        if let Some(tx) = self.lock().get(&r.node_id) {
+            tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
     }
 
     /// Call before querying the store for a poll of `node_id`; hand the
@@ -328,7 +422,7 @@ impl Wakers {
     /// wakes. (Expiry and confirmed deletions only take reservations out.)
     pub fn end_query(&self, node_id: &str, token: u64, q: PollRange, list: &[Reservation]) {
         let mut quiet = self.quiet();
-        if quiet.get(node_id) != Some(&Quiet::Pending(token)) {
+        if !matches!(quiet.get(node_id), Some(Quiet::Pending(t)) if *t == token) {
             return;
         }
         let proven = !q.all && list.len() < q.limit && !list.iter().any(|r| r.to_delete);
@@ -339,7 +433,13 @@ impl Wakers {
                     .into_iter()
                     .map(|n| n.saturating_add(1))
                     .fold(q.from, u64::max);
-                quiet.insert(node_id.to_string(), Quiet::From(from));
+                quiet.insert(
+                    node_id.to_string(),
+                    Quiet::From {
+                        from,
+                        fresh: Vec::new(),
+                    },
+                );
             }
             _ => {
                 quiet.remove(node_id);
@@ -436,6 +536,133 @@ mod tests {
         let t = w.begin_query("n");
         w.end_query("n", t, range(1, true), &answered(&[2], false));
         assert!(!w.is_quiet("n", range(3, false)));
+    }
+
+    /// Reservation `n` of node "n", live for an hour from now.
+    fn stored(n: u64) -> Reservation {
+        let mut r = answered(&[n], false).remove(0);
+        r.created = Some(Utc::now());
+        r.duration = 3_600_000_000_000;
+        r
+    }
+
+    fn numbers(list: Option<Vec<Reservation>>) -> Option<Vec<u64>> {
+        list.map(|l| l.iter().filter_map(Reservation::number).collect())
+    }
+
+    fn now_ns() -> i64 {
+        Utc::now().timestamp_nanos_opt().unwrap()
+    }
+
+    #[test]
+    fn a_woken_poll_answers_what_this_server_stored_right_after_the_proof() {
+        let w = Wakers::default();
+        let t = w.begin_query("n");
+        w.end_query("n", t, range(6, false), &[]);
+        // 6 follows 5, below the proof's 6: nothing can hide in between.
+        w.wrote(&stored(6), Some(5));
+        w.wrote(&stored(9), Some(6));
+        assert_eq!(
+            numbers(w.known("n", range(6, false), now_ns())),
+            Some(vec![6, 9])
+        );
+        let one = PollRange {
+            from: 6,
+            all: false,
+            limit: 1,
+        };
+        assert_eq!(numbers(w.known("n", one, now_ns())), Some(vec![6]), "limit");
+        assert_eq!(
+            numbers(w.known("n", range(7, false), now_ns())),
+            Some(vec![9])
+        );
+        assert_eq!(
+            w.known("n", range(6, false), now_ns()).map(|l| l.len()),
+            None,
+            "from 7 on now"
+        );
+        assert_eq!(
+            w.known("n", range(7, true), now_ns()).map(|l| l.len()),
+            None,
+            "all=true"
+        );
+        assert!(w.is_quiet("n", range(10, false)), "past 9: nothing");
+        // Expired by then: not answered.
+        w.wrote(&stored(11), Some(9));
+        assert_eq!(
+            numbers(w.known("n", range(10, false), i64::MAX)),
+            Some(vec![])
+        );
+    }
+
+    #[test]
+    fn a_stored_reservation_with_a_gap_before_it_forgets_the_proof() {
+        let w = Wakers::default();
+        let proven = |from| {
+            let t = w.begin_query("n");
+            w.end_query("n", t, range(from, false), &[]);
+        };
+        // 7 (another replica's, its NOTIFY not here yet) lies between.
+        proven(6);
+        w.wrote(&stored(8), Some(7));
+        assert_eq!(
+            w.known("n", range(6, false), now_ns()).map(|l| l.len()),
+            None
+        );
+        // After a stored one, only its direct successor extends it.
+        proven(6);
+        w.wrote(&stored(6), Some(0));
+        w.wrote(&stored(9), Some(7));
+        assert_eq!(
+            w.known("n", range(6, false), now_ns()).map(|l| l.len()),
+            None
+        );
+        // A store that does not say what came before.
+        proven(6);
+        w.wrote(&stored(6), None);
+        assert_eq!(
+            w.known("n", range(6, false), now_ns()).map(|l| l.len()),
+            None
+        );
+        // A pending deletion is answered whatever the cursor: the store says.
+        proven(6);
+        let mut gone = stored(6);
+        gone.to_delete = true;
+        w.wrote(&gone, Some(5));
+        assert_eq!(
+            w.known("n", range(6, false), now_ns()).map(|l| l.len()),
+            None
+        );
+        // Any other wake-up (another replica's write, a deletion).
+        proven(6);
+        w.wrote(&stored(6), Some(5));
+        w.wake("n");
+        assert_eq!(
+            w.known("n", range(6, false), now_ns()).map(|l| l.len()),
+            None
+        );
+        // One stored before the proof's query: the proof stands as it is.
+        proven(6);
+        w.wrote(&stored(4), Some(3));
+        assert!(w.is_quiet("n", range(6, false)));
+        // Too many kept: forgotten.
+        proven(6);
+        for n in 6..6 + MAX_FRESH as u64 + 1 {
+            w.wrote(&stored(n), Some(n - 1));
+        }
+        assert_eq!(
+            w.known("n", range(6, false), now_ns()).map(|l| l.len()),
+            None
+        );
+        // While wake-ups may be missed: no proof is extended.
+        proven(6);
+        w.set_complete(false);
+        w.set_complete(true);
+        w.wrote(&stored(6), Some(5));
+        assert_eq!(
+            w.known("n", range(6, false), now_ns()).map(|l| l.len()),
+            None
+        );
     }
 
     #[test]

@@ -1872,8 +1872,12 @@ mod replicas {
         let mut rows = 0;
         let mut statements = 0;
         for s in [&a, &b] {
-            rows += metric(&s.url, r#"explorer_database_inserts{what="rows"}"#).await;
-            statements += metric(&s.url, r#"explorer_database_inserts{what="statements"}"#).await;
+            rows += metric(&s.url, r#"explorer_database_inserts_total{what="rows"}"#).await;
+            statements += metric(
+                &s.url,
+                r#"explorer_database_inserts_total{what="statements"}"#,
+            )
+            .await;
         }
         assert_eq!(
             rows as usize,
@@ -1881,6 +1885,86 @@ mod replicas {
             "every POST went through a batch"
         );
         assert!(statements < rows, "{statements} statements for {rows} rows");
+        a.stop().await;
+        b.stop().await;
+    }
+
+    /// A poll woken by a reservation its own replica stored answers it
+    /// without asking the database only when nothing of the node can lie
+    /// between: here another replica's reservation (written behind both
+    /// replicas' backs, its NOTIFY late: never sent) took the number
+    /// before it, and the woken poll still answers both, in order, so the
+    /// node's cursor skips neither. Then one stored right after what the
+    /// poll proved is answered alone, as it should be.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_woken_poll_never_skips_another_replicas_reservation_whose_notify_is_late() {
+        use sqlx::{Connection, Row};
+        let (store, a, b) = two().await;
+        let node = Identity::generate();
+        let held = tokio::spawn({
+            let (url, n) = (a.url.clone(), node.id().to_string());
+            async move { poll(&client(), &url, &n, 1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!held.is_finished(), "held on A, its query proved it empty");
+        let other = volume(&Identity::generate(), node.id());
+        let url = &store.database.as_ref().unwrap().url;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let row = sqlx::query(
+            "SELECT o_number, o_new, o_after FROM explorer_insert_reservations_after(\
+             ARRAY[$1]::integer[], ARRAY[$2], ARRAY[$3], ARRAY[$4::bytea], ARRAY[$5], \
+             ARRAY[$6]::timestamptz[], ARRAY[$7]::bigint[], ARRAY[$8], ARRAY[$9], \
+             ARRAY[$10]::boolean[], ARRAY[$11]::text[], ARRAY[$12]::bigint[])",
+        )
+        .bind(other.version as i32)
+        .bind(&other.node_id)
+        .bind(&other.user_id)
+        .bind(other.kind.as_bytes())
+        .bind(other.data.get())
+        .bind(other.created)
+        .bind(other.duration)
+        .bind(&other.nonce)
+        .bind(&other.signature)
+        .bind(other.to_delete)
+        .bind(&other.delete_signature)
+        .bind(i64::MAX)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        let got = (
+            row.get::<i64, _>(0),
+            row.get::<bool, _>(1),
+            row.get::<Option<i64>, _>(2),
+        );
+        assert_eq!(got, (1, true, Some(0)), "number 1, new, the node's first");
+        // A stores the next one (its predecessor, 1, is past what A's
+        // poll proved): the woken poll asks the database.
+        let mine = post(&client(), &a.url, &volume(&Identity::generate(), node.id())).await;
+        assert_eq!(mine, "2-1");
+        assert_eq!(ids(&held.await.unwrap()), ["1-1", "2-1"]);
+        // Held again from 3 on both; A stores 3 right after: answered on
+        // A (from what it stored) and on B (its NOTIFY, a query).
+        let held: Vec<_> = [&a, &b]
+            .into_iter()
+            .map(|s| {
+                let (url, n) = (s.url.clone(), node.id().to_string());
+                tokio::spawn(async move { poll(&client(), &url, &n, 3).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = volume(&Identity::generate(), node.id());
+        assert_eq!(post(&client(), &a.url, &r).await, "3-1");
+        for h in held {
+            let list = h.await.unwrap();
+            assert_eq!(ids(&list), ["3-1"]);
+            assert_eq!(list[0].signature, r.signature);
+            assert_eq!(list[0].data.get(), r.data.get());
+        }
+        // And the store agrees, from a cursor this replica never proved.
+        assert_eq!(
+            ids(&poll(&client(), &a.url, node.id(), 1).await),
+            ["1-1", "2-1", "3-1"]
+        );
         a.stop().await;
         b.stop().await;
     }
