@@ -90,10 +90,12 @@ fn process_cpu() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-/// Per case: (wall, process CPU) of each timed run, for the CPU summary.
-fn runs() -> &'static Mutex<BTreeMap<&'static str, Vec<(Duration, Duration)>>> {
-    static RUNS: OnceLock<Mutex<BTreeMap<&'static str, Vec<(Duration, Duration)>>>> =
-        OnceLock::new();
+/// Per case: (wall, process CPU) of each timed run.
+type Runs = BTreeMap<&'static str, Vec<(Duration, Duration)>>;
+
+/// Every timed run so far, for the CPU summary.
+fn runs() -> &'static Mutex<Runs> {
+    static RUNS: OnceLock<Mutex<Runs>> = OnceLock::new();
     RUNS.get_or_init(Mutex::default)
 }
 

@@ -9,16 +9,33 @@
 //! no result leaves the node before it is on disk, and a crash before the
 //! commit loses the whole unit (the `from=0` resync and idempotent
 //! provisioning finish it).
+//!
+//! A long unit (a poll answer of thousands, or thousands of jobs that
+//! finished together) does not wait for one transaction at its end:
+//! [`Recorder::commit_ahead`] commits what is staged on the blocking pool
+//! while the engine records the rest, one such commit at a time, each
+//! flushed before it raises the watermark. That changes only how early
+//! records are durable, never in what order they are applied
+//! (`store::Unit::commit` applies what was staged when it started, and
+//! commits run one after another).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use reservation::WorkloadResult;
 use store::{Cached, OutcomeState, Store, Unit};
+use tokio::task::JoinHandle;
+use tracing::warn;
 
 use super::Shared;
 use crate::AgentError;
+
+/// Records staged at least this many make a commit ahead worth its
+/// transaction and flush (one per record cost ~300 µs each; one per 100
+/// about as little as one per 10,000: bench/notes.md, section 1).
+pub const AHEAD_MIN: usize = 256;
 
 /// The only writer of the store.
 pub struct Recorder {
@@ -27,6 +44,9 @@ pub struct Recorder {
     shared: Arc<Shared>,
     /// One past the highest outbox seq written so far.
     written_below: u64,
+    /// The commit ahead running, if any, and the watermark it makes
+    /// durable once it is flushed.
+    ahead: Option<(JoinHandle<Result<(), store::StoreError>>, u64)>,
 }
 
 /// Read-only access to the store, for the judge's view and the engine:
@@ -68,6 +88,7 @@ impl Recorder {
             unit: Unit::new(store),
             shared,
             written_below: 0,
+            ahead: None,
         }
     }
 
@@ -141,19 +162,72 @@ impl Recorder {
     /// Apply the unit's records in one transaction and make them durable
     /// (one flush), both on the blocking pool; then let delivery see them
     /// and the decommission source look again. On an error the records stay
-    /// staged (reads still see them) and the next commit tries again.
+    /// staged (reads still see them) and the next commit tries again. A
+    /// commit ahead still running is waited for first.
     pub async fn commit(&mut self) -> Result<(), AgentError> {
+        if let Some((task, below)) = self.ahead.take() {
+            self.reap(task.await, below);
+        }
         let unit = self.unit.clone();
         tokio::task::spawn_blocking(move || unit.commit().and_then(|_| unit.store().flush()))
             .await
             .map_err(|e| AgentError::Other(format!("cache commit did not finish: {e}")))??;
-        if self.written_below > self.shared.durable_below.load(Ordering::SeqCst) {
-            self.shared
-                .durable_below
-                .store(self.written_below, Ordering::SeqCst);
+        self.durable(self.written_below);
+        Ok(())
+    }
+
+    /// Commit what is staged on the blocking pool without waiting, when
+    /// [`AHEAD_MIN`] records or more are staged and no commit ahead runs
+    /// (one that finished is reaped first). Records staged meanwhile wait
+    /// for the next commit; [`Recorder::commit`] at the end of the unit
+    /// waits for this one.
+    pub fn commit_ahead(&mut self) {
+        if let Some((task, _)) = &self.ahead {
+            if !task.is_finished() {
+                return;
+            }
+            if let Some((task, below)) = self.ahead.take() {
+                if let Some(done) = task.now_or_never() {
+                    self.reap(done, below);
+                }
+            }
+        }
+        if self.unit.len() < AHEAD_MIN {
+            return;
+        }
+        let unit = self.unit.clone();
+        let task =
+            tokio::task::spawn_blocking(move || unit.commit().and_then(|_| unit.store().flush()));
+        self.ahead = Some((task, self.written_below));
+    }
+
+    /// A commit ahead ended: raise the watermark to `below` if it went
+    /// well. If it failed, its records are staged again, and the next
+    /// commit (at the latest the unit's own) tries them again and reports
+    /// its own error.
+    fn reap(
+        &mut self,
+        done: Result<Result<(), store::StoreError>, tokio::task::JoinError>,
+        below: u64,
+    ) {
+        match done {
+            Ok(Ok(())) => self.durable(below),
+            Ok(Err(e)) => {
+                warn!(error = %e, "cache commit ahead failed; its records are committed with the next")
+            }
+            Err(e) => {
+                warn!(error = %e, "cache commit ahead did not finish; its records are committed with the next")
+            }
+        }
+    }
+
+    /// Records up to outbox seq `below` are durable: let delivery send
+    /// them and the decommission source look again.
+    fn durable(&self, below: u64) {
+        if below > self.shared.durable_below.load(Ordering::SeqCst) {
+            self.shared.durable_below.store(below, Ordering::SeqCst);
             self.shared.outbox_wake.notify_one();
         }
         self.shared.expiry_wake.notify_one();
-        Ok(())
     }
 }
