@@ -197,8 +197,8 @@ impl Store {
     }
 
     pub fn is_cached(&self, id: &str) -> Result<bool, StoreError> {
-        match self.overlay.cached(id) {
-            Some(staged) => Ok(staged.is_some()),
+        match self.overlay.is_cached(id) {
+            Some(staged) => Ok(staged),
             None => Ok(self.cache.contains_key(id)?),
         }
     }

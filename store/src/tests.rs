@@ -460,3 +460,69 @@ fn records_decode_in_one_pass_and_name_a_newer_schema_or_corruption() {
         }
     }
 }
+
+/// Records staged while a commit runs on another thread stay staged and
+/// readable (also one that changes a record the commit applies), and the
+/// next commit applies them after it: the store ends as one commit of all
+/// of them in staging order would leave it, each outbox message once.
+#[test]
+fn records_staged_during_a_commit_wait_for_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let u = Unit::new(s.clone());
+    // Enough that the commit is still running while the rest is staged.
+    for i in 1..=2_000 {
+        staged(&u, &node, signed(&format!("{i}-1"), &format!("sig{i}")));
+    }
+    let first = {
+        let u = u.clone();
+        std::thread::spawn(move || u.commit().unwrap().unwrap())
+    };
+    // Once the commit took the 2,000 (it then runs its transaction): the
+    // deletion of a record it applies, and new records.
+    while !u.is_empty() {
+        std::thread::yield_now();
+    }
+    u.decommissioned("1-1", "volume", "sig1", "c2ln", None)
+        .unwrap();
+    for i in 2_001..=2_010 {
+        staged(&u, &node, signed(&format!("{i}-1"), &format!("sig{i}")));
+    }
+    u.set_cursor(7);
+    while !first.is_finished() {
+        assert!(!u.is_cached("1-1").unwrap(), "the deletion stays seen");
+        assert!(u.is_cached("2010-1").unwrap());
+        assert!(u.is_cached("2-1").unwrap());
+    }
+    let first_last = first.join().unwrap();
+    // Committed: the first 2,000; still staged: what came during it.
+    assert_eq!(u.len(), 12);
+    assert!(!u.is_cached("1-1").unwrap());
+    assert_eq!(
+        u.outcome("1-1").unwrap().unwrap().state,
+        OutcomeState::Deleted
+    );
+    assert!(u.is_cached("2005-1").unwrap());
+    assert_eq!(s.cursor().unwrap(), 0);
+    assert_eq!(s.outbox_len(), 2_011, "each message once");
+    let last = u.commit().unwrap().unwrap();
+    assert!(last > first_last);
+    assert!(u.is_empty());
+    assert!(!s.is_cached("1-1").unwrap());
+    assert_eq!(s.cached_len(), 2_009);
+    assert_eq!(s.counters().unwrap()["volume"], 2_009);
+    assert_eq!(s.cursor().unwrap(), 7);
+    assert_eq!(
+        s.signature_owner("sig2010").unwrap().as_deref(),
+        Some("2010-1")
+    );
+    let out = s.outbox_peek(3_000).unwrap();
+    assert_eq!(out.len(), 2_011);
+    assert!(out.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(matches!(&out[2_000].item, Outbound::Deleted { id, .. } if id == "1-1"));
+    assert_eq!(
+        s.due(Utc::now() + Duration::days(1), 3_000).unwrap().len(),
+        2_009
+    );
+}

@@ -28,11 +28,17 @@
 //! - A commit that fails keeps the staged records (the overlay goes on
 //!   answering reads as before), and the next commit tries them again.
 //! - During a commit the overlay stays readable (readers are not blocked);
-//!   it is emptied once the transaction is applied, so a read sees each
-//!   record staged or in the tree, never neither.
+//!   what the commit applied leaves it once the transaction is applied, so
+//!   a read sees each record staged or in the tree, never neither.
+//! - Records may be staged while a commit runs on another thread (the
+//!   engine commits a long unit's first records while it records the
+//!   rest): a commit takes what is staged when it starts and leaves the
+//!   rest staged, and commits run one at a time, in order, so the trees
+//!   see the records in staging order, as one commit would have applied
+//!   them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
 use reservation::WorkloadResult;
@@ -73,45 +79,65 @@ enum Op {
 }
 
 /// The records staged and not committed, and the overlay through which
-/// the store's reads see them.
+/// the store's reads see them. Each overlay entry carries the generation
+/// it was staged in: a commit takes generation `g` (and every one before)
+/// and, once applied, drops only entries of `g` or earlier, so what was
+/// staged meanwhile (perhaps for the same key) stays.
 #[derive(Default)]
 pub(crate) struct Pending {
+    /// The generation records are staged in now.
+    gen: u64,
+    /// Records not taken by a commit yet, in staging order.
     ops: Vec<Op>,
     /// id -> its staged cache record (`None`: removed).
-    cache: HashMap<String, Option<IVec>>,
+    cache: HashMap<String, (u64, Option<IVec>)>,
     /// id -> its staged outcome.
-    outcomes: HashMap<String, Outcome>,
+    outcomes: HashMap<String, (u64, Outcome)>,
     /// user signature -> id, staged into the replay index.
-    signatures: HashMap<String, String>,
-    /// seq -> message for the explorer.
+    signatures: HashMap<String, (u64, String)>,
+    /// seq -> message for the explorer (seqs only grow, so a commit drops
+    /// the ones up to the last it applied).
     outbox: BTreeMap<u64, IVec>,
 }
 
 /// The overlay of one store, shared by its clones.
 #[derive(Default)]
-pub(crate) struct Overlay(RwLock<Pending>);
+pub(crate) struct Overlay {
+    pending: RwLock<Pending>,
+    /// Held through a whole commit: commits run one at a time, in order.
+    committing: Mutex<()>,
+}
 
 impl Overlay {
     fn read(&self) -> RwLockReadGuard<'_, Pending> {
-        self.0.read().unwrap_or_else(|e| e.into_inner())
+        self.pending.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Pending> {
-        self.0.write().unwrap_or_else(|e| e.into_inner())
+        self.pending.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The staged cache record of `id`: `Some(None)` when staged removed,
     /// `None` when nothing is staged for it.
     pub(crate) fn cached(&self, id: &str) -> Option<Option<IVec>> {
-        self.read().cache.get(id).cloned()
+        self.read().cache.get(id).map(|(_, v)| v.clone())
+    }
+
+    /// Whether `id` is staged cached (`Some(false)`: staged removed), without
+    /// copying the record.
+    pub(crate) fn is_cached(&self, id: &str) -> Option<bool> {
+        self.read().cache.get(id).map(|(_, v)| v.is_some())
     }
 
     pub(crate) fn outcome(&self, id: &str) -> Option<Outcome> {
-        self.read().outcomes.get(id).cloned()
+        self.read().outcomes.get(id).map(|(_, o)| o.clone())
     }
 
     pub(crate) fn signature_owner(&self, signature: &str) -> Option<String> {
-        self.read().signatures.get(signature).cloned()
+        self.read()
+            .signatures
+            .get(signature)
+            .map(|(_, id)| id.clone())
     }
 
     /// Up to `limit` staged outbox messages, oldest first.
@@ -191,11 +217,10 @@ impl Unit {
         if signature.is_empty() || (first && self.signature_owner(signature)?.is_some()) {
             return Ok(());
         }
-        self.store
-            .overlay
-            .write()
-            .signatures
-            .insert(signature.to_string(), id.to_string());
+        let mut p = self.store.overlay.write();
+        let gen = p.gen;
+        p.signatures
+            .insert(signature.to_string(), (gen, id.to_string()));
         Ok(())
     }
 
@@ -216,8 +241,9 @@ impl Unit {
             cached: rec.clone(),
             outcome: records::encode(&outcome).into(),
         });
-        p.cache.insert(r.id.clone(), Some(rec));
-        p.outcomes.insert(r.id.clone(), outcome);
+        let gen = p.gen;
+        p.cache.insert(r.id.clone(), (gen, Some(rec)));
+        p.outcomes.insert(r.id.clone(), (gen, outcome));
         drop(p);
         self.stage_signature(&r.signature, &r.id, false)?;
         Ok(seq)
@@ -239,7 +265,8 @@ impl Unit {
             signature: verified_signature.to_string(),
             outcome: records::encode(&outcome).into(),
         });
-        p.outcomes.insert(result.id.clone(), outcome);
+        let gen = p.gen;
+        p.outcomes.insert(result.id.clone(), (gen, outcome));
         drop(p);
         self.stage_signature(verified_signature, &result.id, true)?;
         Ok(seq)
@@ -274,8 +301,9 @@ impl Unit {
             signature: signature.to_string(),
             outcome: records::encode(&outcome).into(),
         });
-        p.cache.insert(id.to_string(), None);
-        p.outcomes.insert(id.to_string(), outcome);
+        let gen = p.gen;
+        p.cache.insert(id.to_string(), (gen, None));
+        p.outcomes.insert(id.to_string(), (gen, outcome));
         drop(p);
         self.stage_signature(signature, id, true)?;
         Ok(seq)
@@ -312,18 +340,71 @@ impl Unit {
         self.store.overlay.write().ops.push(Op::Cursor(cursor));
     }
 
-    /// Apply every staged record in one sled transaction (not flushed:
-    /// the caller flushes) and empty the overlay. Returns the highest outbox
-    /// seq written, if any. On an error nothing is applied and the records
-    /// stay staged.
+    /// Apply every record staged so far in one sled transaction (not
+    /// flushed: the caller flushes) and drop them from the overlay. Returns
+    /// the highest outbox seq written, if any. On an error nothing is
+    /// applied and the records stay staged. Records may be staged
+    /// meanwhile (from another thread): they stay staged for the next
+    /// commit. Commits wait for one another.
     pub fn commit(&self) -> Result<Option<u64>, StoreError> {
         let s = &self.store;
-        // Readers go on meanwhile; the one writer is here.
-        let pending = s.overlay.read();
-        if pending.ops.is_empty() && pending.outbox.is_empty() {
-            return Ok(None);
+        let _one = s
+            .overlay
+            .committing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Take what is staged now (this is the only commit running, so every
+        // staged outbox message is uncommitted); readers and staging go on
+        // meanwhile.
+        let (gen, ops, queued) = {
+            let mut p = s.overlay.write();
+            if p.ops.is_empty() && p.outbox.is_empty() {
+                return Ok(None);
+            }
+            let gen = p.gen;
+            p.gen += 1;
+            (gen, std::mem::take(&mut p.ops), p.outbox.clone())
+        };
+        let changed = ops
+            .iter()
+            .any(|op| matches!(op, Op::Provisioned { .. } | Op::Decommissioned { .. }));
+        // A panic in sled (none is known) must not lose the records taken:
+        // they are staged again, as after an error, and the panic goes on.
+        let applied =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(&ops, &queued)));
+        let mut p = s.overlay.write();
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(panic) => {
+                let later = std::mem::replace(&mut p.ops, ops);
+                p.ops.extend(later);
+                drop(p);
+                std::panic::resume_unwind(panic);
+            }
+        };
+        if let Err(e) = applied {
+            // Staged again, before what was staged meanwhile.
+            let later = std::mem::replace(&mut p.ops, ops);
+            p.ops.extend(later);
+            return Err(e);
         }
-        let (ops, queued) = (&pending.ops, &pending.outbox);
+        let last = queued.keys().next_back().copied();
+        p.cache.retain(|_, (g, _)| *g > gen);
+        p.outcomes.retain(|_, (g, _)| *g > gen);
+        p.signatures.retain(|_, (g, _)| *g > gen);
+        if let Some(last) = last {
+            p.outbox = p.outbox.split_off(&last.saturating_add(1));
+        }
+        drop(p);
+        if changed {
+            s.cache_changed();
+        }
+        Ok(last)
+    }
+
+    /// One sled transaction of `ops` and the outbox messages `queued`.
+    fn apply(&self, ops: &[Op], queued: &BTreeMap<u64, IVec>) -> Result<(), StoreError> {
+        let s = &self.store;
         (
             &s.cache,
             &s.outcomes,
@@ -350,14 +431,7 @@ impl Unit {
                 }
                 Ok(())
             })?;
-        let last = queued.keys().next_back().copied();
-        let changed = !pending.cache.is_empty();
-        drop(pending);
-        *s.overlay.write() = Pending::default();
-        if changed {
-            s.cache_changed();
-        }
-        Ok(last)
+        Ok(())
     }
 }
 

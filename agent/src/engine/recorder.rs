@@ -9,16 +9,39 @@
 //! no result leaves the node before it is on disk, and a crash before the
 //! commit loses the whole unit (the `from=0` resync and idempotent
 //! provisioning finish it).
+//!
+//! A long unit (a poll answer of thousands, or thousands of jobs that
+//! finished together) does not wait for one long transaction at its end
+//! (a third of such a unit's time, on one core): [`Recorder::commit_ahead`]
+//! applies what is staged on the blocking pool while the engine records
+//! the rest, one such commit at a time. It does not flush and raises no
+//! watermark: the unit's own commit still flushes once and only then lets
+//! delivery see any of it. Records are applied in staging order all the
+//! same (`store::Unit::commit` applies what was staged when it started, and
+//! commits run one after another); a crash may now keep a unit's first
+//! records and lose the rest, each record whole, as a crash between two
+//! units' commits always could (the `from=0` resync brings the rest back).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use reservation::WorkloadResult;
 use store::{Cached, OutcomeState, Store, Unit};
+use tokio::task::JoinHandle;
+use tracing::warn;
 
 use super::Shared;
 use crate::AgentError;
+
+/// A commit ahead running on the blocking pool.
+type Ahead = JoinHandle<Result<Option<u64>, store::StoreError>>;
+
+/// Records staged at least this many make a commit ahead worth its
+/// transaction and flush (one per record cost ~300 µs each; one per 100
+/// about as little as one per 10,000: bench/notes.md, section 1).
+pub const AHEAD_MIN: usize = 256;
 
 /// The only writer of the store.
 pub struct Recorder {
@@ -27,6 +50,8 @@ pub struct Recorder {
     shared: Arc<Shared>,
     /// One past the highest outbox seq written so far.
     written_below: u64,
+    /// The commit ahead running, if any.
+    ahead: Option<Ahead>,
 }
 
 /// Read-only access to the store, for the judge's view and the engine:
@@ -68,6 +93,7 @@ impl Recorder {
             unit: Unit::new(store),
             shared,
             written_below: 0,
+            ahead: None,
         }
     }
 
@@ -141,19 +167,63 @@ impl Recorder {
     /// Apply the unit's records in one transaction and make them durable
     /// (one flush), both on the blocking pool; then let delivery see them
     /// and the decommission source look again. On an error the records stay
-    /// staged (reads still see them) and the next commit tries again.
+    /// staged (reads still see them) and the next commit tries again. A
+    /// commit ahead still running is waited for first.
     pub async fn commit(&mut self) -> Result<(), AgentError> {
+        if let Some(task) = self.ahead.take() {
+            reap(task.await);
+        }
         let unit = self.unit.clone();
         tokio::task::spawn_blocking(move || unit.commit().and_then(|_| unit.store().flush()))
             .await
             .map_err(|e| AgentError::Other(format!("cache commit did not finish: {e}")))??;
-        if self.written_below > self.shared.durable_below.load(Ordering::SeqCst) {
-            self.shared
-                .durable_below
-                .store(self.written_below, Ordering::SeqCst);
+        self.durable(self.written_below);
+        Ok(())
+    }
+
+    /// Apply what is staged on the blocking pool without waiting (no
+    /// flush), when [`AHEAD_MIN`] records or more are staged and no commit
+    /// ahead runs (one that finished is reaped first). Records staged
+    /// meanwhile wait for the next commit; [`Recorder::commit`] at the end
+    /// of the unit waits for this one, then flushes.
+    pub fn commit_ahead(&mut self) {
+        if let Some(task) = &self.ahead {
+            if !task.is_finished() {
+                return;
+            }
+            if let Some(done) = self.ahead.take().and_then(|t| t.now_or_never()) {
+                reap(done);
+            }
+        }
+        if self.unit.len() < AHEAD_MIN {
+            return;
+        }
+        let unit = self.unit.clone();
+        self.ahead = Some(tokio::task::spawn_blocking(move || unit.commit()));
+    }
+
+    /// Records up to outbox seq `below` are durable (flushed): let delivery
+    /// send them and the decommission source look again.
+    fn durable(&self, below: u64) {
+        if below > self.shared.durable_below.load(Ordering::SeqCst) {
+            self.shared.durable_below.store(below, Ordering::SeqCst);
             self.shared.outbox_wake.notify_one();
         }
         self.shared.expiry_wake.notify_one();
-        Ok(())
+    }
+}
+
+/// A commit ahead ended. If it failed, its records are staged again, and
+/// the next commit (at the latest the unit's own) applies them and reports
+/// its own error.
+fn reap(done: Result<Result<Option<u64>, store::StoreError>, tokio::task::JoinError>) {
+    match done {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            warn!(error = %e, "cache commit ahead failed; its records are committed with the next")
+        }
+        Err(e) => {
+            warn!(error = %e, "cache commit ahead did not finish; its records are committed with the next")
+        }
     }
 }
