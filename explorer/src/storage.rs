@@ -244,6 +244,12 @@ struct Fresh {
 /// forgets the proof (the node's next poll asks the store).
 const MAX_FRESH: usize = 32;
 
+/// A reservation whose `data` is larger than this is not kept in a proof
+/// (it forgets it): with [`MAX_FRESH`] and proofs kept only while a poll
+/// of the node is held here, what a user can make this server hold stays
+/// near 128 KiB per open long poll, not 64 KiB × 32 × every node id.
+const MAX_FRESH_DATA: usize = 4096;
+
 /// When `r` expires, in unix nanoseconds, as the stores compute it (no
 /// lifetime: already expired).
 pub(crate) fn expires_ns(r: &Reservation) -> i64 {
@@ -365,6 +371,12 @@ impl Wakers {
     /// answers it without the store. Otherwise the proof is forgotten, as
     /// by [`Wakers::wake`].
     pub fn wrote(&self, r: &Reservation, after: Option<u64>) {
+        // Only a poll held now is answered from the proof: with none, a
+        // copy kept would only cost memory (any node id can be polled).
+        let held = self
+            .lock()
+            .get(&r.node_id)
+            .is_some_and(|tx| tx.receiver_count() > 0);
         {
             let complete = self.complete.load(Ordering::SeqCst);
             let mut quiet = self.quiet();
@@ -379,7 +391,9 @@ impl Wakers {
                         true
                     } else if last.map_or(after < *from, |l| after == l)
                         && n > after
+                        && held
                         && fresh.len() < MAX_FRESH
+                        && r.data.get().len() <= MAX_FRESH_DATA
                     {
                         fresh.push(Fresh {
                             number: n,
@@ -557,6 +571,7 @@ mod tests {
     #[test]
     fn a_woken_poll_answers_what_this_server_stored_right_after_the_proof() {
         let w = Wakers::default();
+        let _held = w.subscribe("n");
         let t = w.begin_query("n");
         w.end_query("n", t, range(6, false), &[]);
         // 6 follows 5, below the proof's 6: nothing can hide in between.
@@ -598,6 +613,7 @@ mod tests {
     #[test]
     fn a_stored_reservation_with_a_gap_before_it_forgets_the_proof() {
         let w = Wakers::default();
+        let held = w.subscribe("n");
         let proven = |from| {
             let t = w.begin_query("n");
             w.end_query("n", t, range(from, false), &[]);
@@ -658,6 +674,24 @@ mod tests {
         proven(6);
         w.set_complete(false);
         w.set_complete(true);
+        w.wrote(&stored(6), Some(5));
+        assert_eq!(
+            w.known("n", range(6, false), now_ns()).map(|l| l.len()),
+            None
+        );
+        // A user's large data is not held in memory: forgotten.
+        proven(6);
+        let mut large = stored(6);
+        large.data = serde_json::value::to_raw_value(&"x".repeat(MAX_FRESH_DATA)).unwrap();
+        w.wrote(&large, Some(5));
+        assert_eq!(
+            w.known("n", range(6, false), now_ns()).map(|l| l.len()),
+            None
+        );
+        // With no poll of the node held here (any node id can be polled
+        // once): nothing kept, forgotten.
+        w.release("n", held);
+        proven(6);
         w.wrote(&stored(6), Some(5));
         assert_eq!(
             w.known("n", range(6, false), now_ns()).map(|l| l.len()),
