@@ -198,7 +198,7 @@ pub struct Engine {
 
 /// A reading of the free space under the root: when it was taken, and why
 /// new work cannot be taken, if so.
-type DiskReading = std::cell::Cell<Option<(Instant, Option<String>)>>;
+type DiskReading = std::cell::RefCell<Option<(Instant, Option<String>)>>;
 
 /// How long one reading of the free disk serves the judge within a unit of
 /// work: a statvfs per reservation was a sixth of an answer's judgement
@@ -243,15 +243,15 @@ impl View for NodeView<'_> {
     }
 
     fn disk_short(&self) -> Option<String> {
-        if let Some((at, short)) = self.disk.take() {
-            if at.elapsed() < DISK_READING_FOR {
-                self.disk.set(Some((at, short.clone())));
-                return short;
+        let mut reading = self.disk.borrow_mut();
+        match &*reading {
+            Some((at, short)) if at.elapsed() < DISK_READING_FOR => short.clone(),
+            _ => {
+                let short = self.read_disk();
+                *reading = Some((Instant::now(), short.clone()));
+                short
             }
         }
-        let short = self.read_disk();
-        self.disk.set(Some((Instant::now(), short.clone())));
-        short
     }
 
     fn admit(&self, r: &Reservation, w: &Workload) -> Result<Result<Charge, String>, AgentError> {
@@ -481,7 +481,7 @@ impl Engine {
     /// its jobs (without waiting for them) and flush.
     async fn take(&mut self, work: Work) -> Result<(), AgentError> {
         // Each unit of work reads the free disk again (once).
-        self.disk.set(None);
+        self.disk.replace(None);
         match work {
             Work::Poll {
                 mut reservations,
