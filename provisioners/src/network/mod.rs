@@ -135,6 +135,22 @@ pub struct Ended {
 /// File names of [`Ended`] records start with this.
 const ENDED_PREFIX: &str = "ended-";
 
+/// The record (holder or ended) kept at `path`, if any: a missing file is
+/// none; an unreadable or unparsable one counts as none, and is logged.
+fn read_record<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Option<T> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read a network record");
+            return None;
+        }
+    };
+    serde_json::from_slice(&text)
+        .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "a network record does not parse; ignored"))
+        .ok()
+}
+
 /// Write `text` to `path` through a temporary file and a rename, so a
 /// reader sees the old text or the new, never a part.
 fn write_atomic(path: &std::path::Path, text: &[u8]) -> std::io::Result<()> {
@@ -347,18 +363,7 @@ impl NetworkProvisioner {
     /// The takeover record of `net`, if any (an unreadable one counts as
     /// none, and is logged).
     fn holder(&self, net: &NetworkInfo) -> Option<Holder> {
-        let path = self.holder_path(net)?;
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read a network holder record");
-                return None;
-            }
-        };
-        serde_json::from_slice(&text)
-            .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "a network holder record does not parse; ignored"))
-            .ok()
+        read_record(&self.holder_path(net)?)
     }
 
     fn write_holder(&self, net: &NetworkInfo, h: &Holder) -> Result<(), ProvisionError> {
@@ -402,20 +407,10 @@ impl NetworkProvisioner {
     /// The replaced reservations network `name` ended with (an unreadable
     /// record counts as none, and is logged).
     fn ended(&self, name: &str) -> Vec<Replaced> {
-        let Some(path) = self.ended_path(name) else {
-            return Vec::new();
-        };
-        match std::fs::read(&path) {
-            Ok(text) => serde_json::from_slice::<Ended>(&text)
-                .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "an ended network record does not parse; ignored"))
-                .map(|e| e.replaced)
-                .unwrap_or_default(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read an ended network record");
-                Vec::new()
-            }
-        }
+        self.ended_path(name)
+            .and_then(|path| read_record::<Ended>(&path))
+            .map(|e| e.replaced)
+            .unwrap_or_default()
     }
 
     /// Keep `replaced` as what network `name` ended with (none: the record
