@@ -127,6 +127,34 @@ fn reschedule_moves_the_expiry() {
 }
 
 #[test]
+fn provisioning_a_cached_id_again_moves_its_one_expiry_entry() {
+    // A fresh record skips the expiry index lookup; a record written over
+    // a cached one must still drop its old entry, in one unit or apart.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let now = Utc::now();
+    provision(&s, &node, reservation("1-1", "volume", now, 10));
+    provision(&s, &node, reservation("1-1", "volume", now, 100));
+    let unit = Unit::new(s.clone());
+    let r = reservation("2-1", "volume", now, 10);
+    let res = node.ok_result(&r, &serde_json::json!({})).unwrap();
+    unit.provisioned(&Cached::new(r, res.clone()), &res)
+        .unwrap();
+    let r = reservation("2-1", "volume", now, 200);
+    let res = node.ok_result(&r, &serde_json::json!({})).unwrap();
+    unit.provisioned(&Cached::new(r, res.clone()), &res)
+        .unwrap();
+    unit.commit().unwrap();
+    assert!(s.due(now + Duration::seconds(50), 10).unwrap().is_empty());
+    assert_eq!(
+        s.due(now + Duration::seconds(300), 10).unwrap(),
+        vec!["1-1", "2-1"]
+    );
+    assert_eq!(s.counters().unwrap()["volume"], 2);
+}
+
+#[test]
 fn scheduled_reads_the_expiry_to_the_millisecond() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();

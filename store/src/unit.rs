@@ -467,8 +467,14 @@ impl Trees<'_> {
                 self.index_signature(signature, id, false)?;
                 let fresh = self.cache.insert(id.as_bytes(), cached.clone())?.is_none();
                 self.outcomes.insert(id.as_bytes(), outcome.clone())?;
-                if let Some(old) = self.by_id.get(id.as_bytes())? {
-                    self.expiry.remove(old)?;
+                // An expiry index entry exists only beside a cache record
+                // (they are written and removed in the same transactions),
+                // so a fresh record has none to move: one tree lookup less
+                // per provisioned reservation, the common case.
+                if !fresh {
+                    if let Some(old) = self.by_id.get(id.as_bytes())? {
+                        self.expiry.remove(old)?;
+                    }
                 }
                 self.expiry.insert(expiry.as_slice(), &[])?;
                 self.by_id.insert(id.as_bytes(), expiry.as_slice())?;
