@@ -37,12 +37,17 @@ fn reopen(dir: &std::path::Path) -> Store {
     }
 }
 
-fn provision(s: &Store, node: &Identity, r: Reservation) -> u64 {
+/// `r` as the node caches it, with its signed result.
+fn as_cached(node: &Identity, r: Reservation) -> (Cached, WorkloadResult) {
     let res = node
         .ok_result(&r, &serde_json::json!({"volume_id": r.id}))
         .unwrap();
-    s.record_provisioned(&Cached::new(r, res.clone()), &res)
-        .unwrap()
+    (Cached::new(r, res.clone()), res)
+}
+
+fn provision(s: &Store, node: &Identity, r: Reservation) -> u64 {
+    let (cached, res) = as_cached(node, r);
+    s.record_provisioned(&cached, &res).unwrap()
 }
 
 #[test]
@@ -137,14 +142,10 @@ fn provisioning_a_cached_id_again_moves_its_one_expiry_entry() {
     provision(&s, &node, reservation("1-1", "volume", now, 10));
     provision(&s, &node, reservation("1-1", "volume", now, 100));
     let unit = Unit::new(s.clone());
-    let r = reservation("2-1", "volume", now, 10);
-    let res = node.ok_result(&r, &serde_json::json!({})).unwrap();
-    unit.provisioned(&Cached::new(r, res.clone()), &res)
-        .unwrap();
-    let r = reservation("2-1", "volume", now, 200);
-    let res = node.ok_result(&r, &serde_json::json!({})).unwrap();
-    unit.provisioned(&Cached::new(r, res.clone()), &res)
-        .unwrap();
+    for secs in [10, 200] {
+        let (cached, res) = as_cached(&node, reservation("2-1", "volume", now, secs));
+        unit.provisioned(&cached, &res).unwrap();
+    }
     unit.commit().unwrap();
     assert!(s.due(now + Duration::seconds(50), 10).unwrap().is_empty());
     assert_eq!(

@@ -471,10 +471,12 @@ impl Trees<'_> {
                 // (they are written and removed in the same transactions),
                 // so a fresh record has none to move: one tree lookup less
                 // per provisioned reservation, the common case.
-                if !fresh {
-                    if let Some(old) = self.by_id.get(id.as_bytes())? {
-                        self.expiry.remove(old)?;
-                    }
+                let old = match fresh {
+                    true => None,
+                    false => self.by_id.get(id.as_bytes())?,
+                };
+                if let Some(old) = old {
+                    self.expiry.remove(old)?;
                 }
                 self.expiry.insert(expiry.as_slice(), &[])?;
                 self.by_id.insert(id.as_bytes(), expiry.as_slice())?;
