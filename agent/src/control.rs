@@ -296,7 +296,9 @@ impl Control {
         for c in self.store.list() {
             cached.push(c.map_err(|e| e.to_string())?);
         }
-        let scheduled = |id: &str| self.store.scheduled(id).ok().flatten();
+        // Only a rescheduled decommission can be before the expiry: no
+        // cache record is decoded a second time.
+        let scheduled = |id: &str| self.store.rescheduled(id).ok().flatten();
         Ok(Value::Array(list_rows(
             &cached,
             scheduled,

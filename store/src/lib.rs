@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use reservation::{WorkloadResult, WorkloadType};
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use records::{Cached, Outbound, OutboxEntry, Outcome, OutcomeState, SCHEMA};
 pub use unit::Unit;
@@ -70,11 +70,15 @@ pub struct Store {
     dir: std::path::PathBuf,
     /// id -> [`Cached`]: workloads the node runs now.
     cache: sled::Tree,
-    /// id -> [`Outcome`]: every reservation judged, so none is judged twice.
+    /// id -> [`Outcome`]: every reservation judged, so none is judged
+    /// twice; a provisioned one written since stop 23 has none (its cache
+    /// record implies it), only a refused or deleted one.
     outcomes: sled::Tree,
     /// expiry key (millis BE ‖ id) -> (): decommission order.
     expiry: sled::Tree,
-    /// id -> its expiry key, to move or drop the index entry.
+    /// id -> its expiry key, when that is not the cache record's own expiry
+    /// (a rescheduled decommission; before stop 23 written for every cached
+    /// record): to move or drop the index entry.
     expiry_by_id: sled::Tree,
     /// seq BE -> [`Outbound`]: what the explorer has not acknowledged.
     outbox: sled::Tree,
@@ -95,7 +99,7 @@ pub struct Store {
 
 pub(crate) const CURSOR: &[u8] = b"cursor";
 
-fn counter_key(kind: &str) -> Vec<u8> {
+pub(crate) fn counter_key(kind: &str) -> Vec<u8> {
     format!("count/{kind}").into_bytes()
 }
 
@@ -110,17 +114,6 @@ fn expiry_of(key: &[u8]) -> Option<(DateTime<Utc>, String)> {
     let ms = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
     let at = DateTime::from_timestamp_millis(ms as i64)?;
     Some((at, String::from_utf8_lossy(&key[8..]).into_owned()))
-}
-
-pub(crate) fn bump(meta: &TransactionalTree, kind: &str, delta: i64) -> TxResult<()> {
-    let key = counter_key(kind);
-    let cur = meta
-        .get(&key)?
-        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-        .unwrap_or(0);
-    let next = (cur as i64 + delta).max(0) as u64;
-    meta.insert(key, &next.to_be_bytes())?;
-    Ok(())
 }
 
 /// How long [`Store::open`] waits for sled's file lock.
@@ -215,15 +208,34 @@ impl Store {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// How reservation `id` was judged, if it was.
+    /// How reservation `id` was judged, if it was. A provisioned record
+    /// written since stop 23 has no outcome record of its own: its cache
+    /// record says it was provisioned (and when). Records written before
+    /// have both, and read the same.
     pub fn outcome(&self, id: &str) -> Result<Option<Outcome>, StoreError> {
         if let Some(o) = self.overlay.outcome(id) {
             return Ok(Some(o));
         }
-        self.outcomes
-            .get(id)?
-            .map(|v| records::decode(id, &v))
-            .transpose()
+        if let Some(v) = self.outcomes.get(id)? {
+            return records::decode(id, &v).map(Some);
+        }
+        Ok(self.get(id)?.map(|c| Outcome {
+            state: OutcomeState::Provisioned,
+            at: c.cached_at,
+            error: String::new(),
+        }))
+    }
+
+    /// How reservation `id` was judged, if it was: [`Store::outcome`]'s
+    /// state, without decoding a cache record.
+    pub fn outcome_state(&self, id: &str) -> Result<Option<OutcomeState>, StoreError> {
+        if let Some(o) = self.overlay.outcome(id) {
+            return Ok(Some(o.state));
+        }
+        if let Some(v) = self.outcomes.get(id)? {
+            return records::decode::<Outcome>(id, &v).map(|o| Some(o.state));
+        }
+        Ok(self.is_cached(id)?.then_some(OutcomeState::Provisioned))
     }
 
     /// Stage one record and commit it (one transaction); what staging
@@ -303,6 +315,25 @@ impl Store {
     /// expiry, or earlier when a decommission before expiry (a deletion,
     /// a give-up) must wait and is retried. `None` when it is not cached.
     pub fn scheduled(&self, id: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        if let Some(at) = self.rescheduled(id)? {
+            return Ok(Some(at));
+        }
+        Ok(self
+            .cache
+            .get(id)?
+            .map(|v| records::decode::<Cached>(id, &v))
+            .transpose()?
+            .map(|c| c.expires_at())
+            .and_then(|at| expiry_of(&expiry_key(at, id)))
+            .map(|(at, _)| at))
+    }
+
+    /// The decommission time of `id` when it may not be its record's own,
+    /// without decoding the record: an `expiry_by_id` record is written
+    /// only when a decommission is rescheduled (and was, before stop 23,
+    /// for every cached record). `None`: [`Store::scheduled`] is the cache
+    /// record's expiry (or it is not cached).
+    pub fn rescheduled(&self, id: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(self
             .expiry_by_id
             .get(id.as_bytes())?

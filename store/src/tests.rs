@@ -555,3 +555,186 @@ fn records_staged_during_a_commit_wait_for_the_next() {
         2_009
     );
 }
+
+/// The trees' contents, as a user of the store would never see them: the
+/// records written per provisioned reservation.
+fn tree_lens(s: &Store) -> (usize, usize, usize, usize) {
+    (
+        s.cache.len(),
+        s.outcomes.len(),
+        s.expiry.len(),
+        s.expiry_by_id.len(),
+    )
+}
+
+/// A provisioned record writes no outcome and no `expiry_by_id` record
+/// (its cache record implies both), yet reads as before, through a unit
+/// and after a commit and a reopen: provisioned at `cached_at`, scheduled
+/// at its expiry; a reschedule and a decommission find its index entry.
+#[test]
+fn provisioned_records_imply_their_outcome_and_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Identity::generate();
+    let now = Utc::now();
+    let s = Store::open(dir.path()).unwrap();
+    let u = Unit::new(s.clone());
+    for (id, secs) in [("1-1", 10), ("2-1", 20), ("3-1", 30)] {
+        staged(&u, &node, reservation(id, "volume", now, secs));
+    }
+    let staged_at = u.outcome("1-1").unwrap().unwrap().at;
+    u.commit().unwrap();
+    s.flush().unwrap();
+    assert_eq!(tree_lens(&s), (3, 0, 3, 0), "cache and expiry entries only");
+    drop((u, s));
+    let s = reopen(dir.path());
+    let c = s.get("1-1").unwrap().unwrap();
+    let o = s.outcome("1-1").unwrap().unwrap();
+    assert_eq!(
+        (o.state, o.at, o.error.as_str()),
+        (OutcomeState::Provisioned, c.cached_at, "")
+    );
+    assert_eq!(o.at, staged_at, "staged and committed read alike");
+    assert_eq!(
+        s.outcome_state("1-1").unwrap(),
+        Some(OutcomeState::Provisioned)
+    );
+    assert_eq!(s.outcome_state("9-1").unwrap(), None);
+    assert!(s.outcome("9-1").unwrap().is_none());
+    assert_eq!(
+        s.scheduled("1-1").unwrap().unwrap().timestamp_millis(),
+        c.expires_at().timestamp_millis()
+    );
+    assert_eq!(s.rescheduled("1-1").unwrap(), None);
+    // A reschedule moves the record's own entry and keeps the new time.
+    let soon = now + Duration::seconds(5);
+    s.reschedule("2-1", soon).unwrap();
+    assert_eq!(s.due(now + Duration::seconds(6), 10).unwrap(), vec!["2-1"]);
+    assert_eq!(
+        s.rescheduled("2-1").unwrap().unwrap().timestamp_millis(),
+        soon.timestamp_millis()
+    );
+    assert_eq!(s.scheduled("2-1").unwrap(), s.rescheduled("2-1").unwrap());
+    // Decommissions drop the entry, whether rescheduled or not.
+    for id in ["1-1", "2-1"] {
+        s.record_decommissioned(id, "volume", "", "c2ln", None)
+            .unwrap();
+        assert_eq!(s.outcome_state(id).unwrap(), Some(OutcomeState::Deleted));
+        assert_eq!(s.scheduled(id).unwrap(), None);
+    }
+    assert_eq!(
+        s.due(now + Duration::seconds(100), 10).unwrap(),
+        vec!["3-1"]
+    );
+    assert_eq!(tree_lens(&s), (1, 2, 1, 0));
+    assert_eq!(s.cached_len(), 1);
+}
+
+/// Write `r` as the code before stop 23 did: a cache record, an outcome
+/// record, an expiry entry at `at` (its expiry unless rescheduled) with its
+/// `expiry_by_id` record, the counter and the replay index.
+fn provision_old_style(s: &Store, node: &Identity, r: Reservation, at: Option<DateTime<Utc>>) {
+    let (cached, _) = as_cached(node, r);
+    let id = cached.reservation.id.clone();
+    let key = expiry_key(at.unwrap_or(cached.expires_at()), &id);
+    s.cache.insert(&id, records::encode(&cached)).unwrap();
+    let outcome = Outcome::new(OutcomeState::Provisioned, "");
+    s.outcomes.insert(&id, records::encode(&outcome)).unwrap();
+    s.expiry.insert(key.as_slice(), &[]).unwrap();
+    s.expiry_by_id.insert(&id, key.as_slice()).unwrap();
+    let kind = counter_key(&cached.reservation.kind);
+    let n = s
+        .meta
+        .get(&kind)
+        .unwrap()
+        .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap()));
+    s.meta.insert(kind, &(n + 1).to_be_bytes()).unwrap();
+}
+
+/// A store written before stop 23 (every cached record with an outcome
+/// and an `expiry_by_id` record) reads the same, and its records are
+/// rescheduled, provisioned again and decommissioned without leaving an
+/// index entry behind, also one rescheduled away from its expiry.
+#[test]
+fn a_store_written_before_stop_23_reads_and_changes_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Identity::generate();
+    let now = Utc::now();
+    let early = now + Duration::seconds(2);
+    {
+        let s = Store::open(dir.path()).unwrap();
+        provision_old_style(&s, &node, reservation("1-1", "volume", now, 10), None);
+        provision_old_style(
+            &s,
+            &node,
+            reservation("2-1", "volume", now, 20),
+            Some(early),
+        );
+        provision_old_style(&s, &node, reservation("3-1", "volume", now, 30), None);
+        provision_old_style(
+            &s,
+            &node,
+            reservation("4-1", "volume", now, 40),
+            Some(early),
+        );
+        s.flush().unwrap();
+    }
+    let s = reopen(dir.path());
+    let written = s.outcomes.get("1-1").unwrap().unwrap();
+    let written: Outcome = records::decode("1-1", &written).unwrap();
+    let o = s.outcome("1-1").unwrap().unwrap();
+    assert_eq!((o.state, o.at), (OutcomeState::Provisioned, written.at));
+    assert_eq!(
+        s.outcome_state("2-1").unwrap(),
+        Some(OutcomeState::Provisioned)
+    );
+    assert_eq!(
+        s.scheduled("2-1").unwrap().unwrap().timestamp_millis(),
+        early.timestamp_millis(),
+        "the rescheduled time, not the record's expiry"
+    );
+    assert_eq!(
+        s.due(now + Duration::seconds(3), 10).unwrap(),
+        vec!["2-1", "4-1"]
+    );
+    assert_eq!(s.cached_len(), 4);
+    // Provisioned again (a repair) moves 2-1's one entry back to its expiry.
+    provision(&s, &node, reservation("2-1", "volume", now, 20));
+    assert_eq!(s.due(now + Duration::seconds(3), 10).unwrap(), vec!["4-1"]);
+    assert_eq!(
+        s.scheduled("2-1").unwrap().unwrap().timestamp_millis(),
+        (now + Duration::seconds(20)).timestamp_millis()
+    );
+    // Rescheduled, and decommissioned: no entry left.
+    s.reschedule("3-1", early).unwrap();
+    for id in ["1-1", "3-1", "4-1"] {
+        s.record_decommissioned(id, "volume", "", "c2ln", None)
+            .unwrap();
+    }
+    assert_eq!(
+        s.due(now + Duration::seconds(100), 10).unwrap(),
+        vec!["2-1"]
+    );
+    assert_eq!(s.cached_len(), 1);
+    assert_eq!(s.outcome_state("4-1").unwrap(), Some(OutcomeState::Deleted));
+    assert_eq!(tree_lens(&s), (1, 4, 1, 0));
+}
+
+/// A cache record that cannot be decoded does not fail its decommission's
+/// unit, and its expiry entry is not left behind.
+#[test]
+fn an_unreadable_cache_record_still_leaves_the_expiry_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let now = Utc::now();
+    provision(&s, &node, reservation("1-1", "volume", now, 10));
+    provision(&s, &node, reservation("2-1", "volume", now, 10));
+    s.cache.insert("1-1", b"not json".to_vec()).unwrap();
+    s.record_decommissioned("1-1", "volume", "", "c2ln", None)
+        .unwrap();
+    assert!(!s.is_cached("1-1").unwrap());
+    assert_eq!(
+        s.due(now + Duration::seconds(100), 10).unwrap(),
+        vec!["2-1"]
+    );
+}

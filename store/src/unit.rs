@@ -37,16 +37,17 @@
 //!   see the records in staging order, as one commit would have applied
 //!   them.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
 use reservation::WorkloadResult;
-use sled::transaction::TransactionalTree;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{IVec, Transactional};
 
 use crate::records::{self, Cached, Outbound, Outcome, OutcomeState};
-use crate::{bump, expiry_key, Store, StoreError, TxResult, CURSOR};
+use crate::{counter_key, expiry_key, Store, StoreError, TxResult, CURSOR};
 
 /// One staged record (already encoded), applied at commit as its own
 /// transaction would have applied it; its outbox messages are staged
@@ -58,7 +59,9 @@ enum Op {
         signature: String,
         expiry: Vec<u8>,
         cached: IVec,
-        outcome: IVec,
+        /// Encoded only if an outcome record is there to overwrite (none
+        /// is written otherwise).
+        outcome: Outcome,
     },
     Refused {
         id: String,
@@ -197,6 +200,12 @@ impl Unit {
         self.store.outcome(id)
     }
 
+    /// How reservation `id` was judged, staged or in the store, without
+    /// decoding a cache record ([`Store::outcome_state`]).
+    pub fn outcome_state(&self, id: &str) -> Result<Option<OutcomeState>, StoreError> {
+        self.store.outcome_state(id)
+    }
+
     /// The id that owns this user signature in the replay index, staged or
     /// in the store.
     pub fn signature_owner(&self, signature: &str) -> Result<Option<String>, StoreError> {
@@ -224,12 +233,17 @@ impl Unit {
         Ok(())
     }
 
-    /// Stage a provisioned workload: its cache entry, outcome, expiry,
-    /// counter, replay index entry and signed result. Returns the result's
-    /// outbox seq.
+    /// Stage a provisioned workload: its cache entry (which is its
+    /// outcome too, at `cached_at`, as [`Store::outcome`] reads it once
+    /// committed), expiry, counter, replay index entry and signed result.
+    /// Returns the result's outbox seq.
     pub fn provisioned(&self, cached: &Cached, result: &WorkloadResult) -> Result<u64, StoreError> {
         let r = &cached.reservation;
-        let outcome = Outcome::new(OutcomeState::Provisioned, "");
+        let outcome = Outcome {
+            state: OutcomeState::Provisioned,
+            at: cached.cached_at,
+            error: String::new(),
+        };
         let rec = IVec::from(records::encode(cached));
         let mut p = self.store.overlay.write();
         let seq = self.queue(&mut p, &Outbound::Result(result.clone()))?;
@@ -239,7 +253,7 @@ impl Unit {
             signature: r.signature.clone(),
             expiry: expiry_key(cached.expires_at(), &r.id),
             cached: rec.clone(),
-            outcome: records::encode(&outcome).into(),
+            outcome: outcome.clone(),
         });
         let gen = p.gen;
         p.cache.insert(r.id.clone(), (gen, Some(rec)));
@@ -405,33 +419,60 @@ impl Unit {
     /// One sled transaction of `ops` and the outbox messages `queued`.
     fn apply(&self, ops: &[Op], queued: &BTreeMap<u64, IVec>) -> Result<(), StoreError> {
         let s = &self.store;
-        (
-            &s.cache,
-            &s.outcomes,
-            &s.expiry,
-            &s.expiry_by_id,
-            &s.outbox,
-            &s.meta,
-            &s.signatures,
-        )
-            .transaction(|(cache, outcomes, expiry, by_id, outbox, meta, sigs)| {
-                for (seq, item) in queued {
-                    outbox.insert(&seq.to_be_bytes(), item.clone())?;
+        // Expiry keys of cache records that cannot be decoded, found by a
+        // scan of the index: sled's reads outside the transaction wait for
+        // it to end, so a transaction that meets such a record stops, the
+        // scan runs, and the transaction runs again (this commit is the
+        // only writer: the trees have not moved meanwhile).
+        let mut scanned: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+        loop {
+            let unscanned = RefCell::new(None);
+            let done = (
+                &s.cache,
+                &s.outcomes,
+                &s.expiry,
+                &s.expiry_by_id,
+                &s.outbox,
+                &s.meta,
+                &s.signatures,
+            )
+                .transaction(|(cache, outcomes, expiry, by_id, outbox, meta, sigs)| {
+                    for (seq, item) in queued {
+                        outbox.insert(&seq.to_be_bytes(), item.clone())?;
+                    }
+                    let trees = Trees {
+                        cache,
+                        outcomes,
+                        expiry,
+                        by_id,
+                        meta,
+                        sigs,
+                        scanned: &scanned,
+                        unscanned: &unscanned,
+                        counts: RefCell::default(),
+                    };
+                    for op in ops {
+                        trees.apply(op)?;
+                    }
+                    trees.write_counts()
+                });
+            match (done, unscanned.into_inner()) {
+                (Err(TransactionError::Abort(_)), Some(id)) if !scanned.contains_key(&id) => {
+                    let key = s
+                        .expiry
+                        .iter()
+                        .keys()
+                        .find(|k| {
+                            k.as_ref()
+                                .map_or(true, |k| k.get(8..) == Some(id.as_bytes()))
+                        })
+                        .transpose()?
+                        .map(|k| k.to_vec());
+                    scanned.insert(id, key);
                 }
-                let trees = Trees {
-                    cache,
-                    outcomes,
-                    expiry,
-                    by_id,
-                    meta,
-                    sigs,
-                };
-                for op in ops {
-                    trees.apply(op)?;
-                }
-                Ok(())
-            })?;
-        Ok(())
+                (done, _) => return Ok(done?),
+            }
+        }
     }
 }
 
@@ -443,9 +484,69 @@ struct Trees<'a> {
     by_id: &'a TransactionalTree,
     meta: &'a TransactionalTree,
     sigs: &'a TransactionalTree,
+    /// id -> its expiry key found by a scan, for cache records that cannot
+    /// be decoded ([`Unit::apply`]).
+    scanned: &'a HashMap<String, Option<Vec<u8>>>,
+    /// The id of such a record not scanned yet: the transaction stops.
+    unscanned: &'a RefCell<Option<String>>,
+    /// Per-type counters as this transaction moves them, written once at
+    /// its end ([`Trees::write_counts`]) rather than once per record.
+    counts: RefCell<HashMap<String, u64>>,
 }
 
 impl Trees<'_> {
+    /// Move the cached-workload counter of `kind` by `delta` (never below
+    /// zero, step by step, as when each record wrote it).
+    fn count(&self, kind: &str, delta: i64) -> TxResult<()> {
+        let mut counts = self.counts.borrow_mut();
+        let cur = match counts.get(kind) {
+            Some(n) => *n,
+            None => self
+                .meta
+                .get(counter_key(kind))?
+                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0),
+        };
+        counts.insert(kind.to_string(), (cur as i64 + delta).max(0) as u64);
+        Ok(())
+    }
+
+    fn write_counts(&self) -> TxResult<()> {
+        for (kind, n) in self.counts.borrow().iter() {
+            self.meta.insert(counter_key(kind), &n.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Take `id`'s expiry index key, whose entry the caller removes or
+    /// moves: its `expiry_by_id` record (removed here) when it has one (a
+    /// rescheduled decommission, or any record written before stop 23),
+    /// else the expiry of its cache record `cached`, the time it was
+    /// indexed under. `None` when it is not cached.
+    fn unschedule(&self, id: &str, cached: Option<&IVec>) -> TxResult<Option<Vec<u8>>> {
+        if let Some(k) = self.by_id.get(id.as_bytes())? {
+            self.by_id.remove(id.as_bytes())?;
+            return Ok(Some(k.to_vec()));
+        }
+        let Some(cached) = cached else {
+            return Ok(None);
+        };
+        match records::decode::<Cached>(id, cached) {
+            Ok(c) => Ok(Some(expiry_key(c.expires_at(), id))),
+            // Not decodable (never written so): its entry is found by a
+            // scan of the index, so it is not left behind for an id no
+            // longer cached, and the unit is not failed for one record.
+            Err(e) => match self.scanned.get(id) {
+                Some(key) => Ok(key.clone()),
+                None => {
+                    tracing::warn!(reservation = %id, error = %e, "cache record unreadable; its expiry entry is looked up by a scan");
+                    *self.unscanned.borrow_mut() = Some(id.to_string());
+                    Err(ConflictableTransactionError::Abort(e))
+                }
+            },
+        }
+    }
+
     fn index_signature(&self, signature: &str, id: &str, first: bool) -> TxResult<()> {
         if !signature.is_empty() && (!first || self.sigs.get(signature.as_bytes())?.is_none()) {
             self.sigs.insert(signature.as_bytes(), id.as_bytes())?;
@@ -465,24 +566,35 @@ impl Trees<'_> {
                 outcome,
             } => {
                 self.index_signature(signature, id, false)?;
-                let fresh = self.cache.insert(id.as_bytes(), cached.clone())?.is_none();
-                self.outcomes.insert(id.as_bytes(), outcome.clone())?;
-                // An expiry index entry exists only beside a cache record
-                // (they are written and removed in the same transactions),
-                // so a fresh record has none to move: one tree lookup less
-                // per provisioned reservation, the common case.
-                let old = match fresh {
-                    true => None,
-                    false => self.by_id.get(id.as_bytes())?,
-                };
-                if let Some(old) = old {
-                    self.expiry.remove(old)?;
+                match self.cache.insert(id.as_bytes(), cached.clone())? {
+                    None => {
+                        // New to the cache: no expiry entry to move, and
+                        // its outcome is implied by the cache record
+                        // ([`Store::outcome`]), so neither an outcome nor
+                        // an `expiry_by_id` record is written: two tree
+                        // inserts less per provisioned reservation. An
+                        // outcome recorded before (a judged id is never
+                        // provisioned; this only keeps the two from
+                        // contradicting each other) is overwritten.
+                        if self.outcomes.get(id.as_bytes())?.is_some() {
+                            self.outcomes
+                                .insert(id.as_bytes(), records::encode(outcome))?;
+                        }
+                        self.count(kind, 1)?;
+                    }
+                    Some(old) => {
+                        // Cached already (a repair): move its one entry
+                        // (the new one is the new record's own expiry).
+                        if let Some(old) = self.unschedule(id, Some(&old))? {
+                            self.expiry.remove(old)?;
+                        }
+                        if self.outcomes.get(id.as_bytes())?.is_some() {
+                            self.outcomes
+                                .insert(id.as_bytes(), records::encode(outcome))?;
+                        }
+                    }
                 }
                 self.expiry.insert(expiry.as_slice(), &[])?;
-                self.by_id.insert(id.as_bytes(), expiry.as_slice())?;
-                if fresh {
-                    bump(self.meta, kind, 1)?;
-                }
             }
             Op::Refused {
                 id,
@@ -499,19 +611,22 @@ impl Trees<'_> {
                 outcome,
             } => {
                 self.index_signature(signature, id, true)?;
-                if self.cache.remove(id.as_bytes())?.is_some() {
-                    bump(self.meta, kind, -1)?;
+                let old = self.cache.remove(id.as_bytes())?;
+                if old.is_some() {
+                    self.count(kind, -1)?;
                 }
-                if let Some(k) = self.by_id.remove(id.as_bytes())? {
+                if let Some(k) = self.unschedule(id, old.as_ref())? {
                     self.expiry.remove(k)?;
                 }
                 self.outcomes.insert(id.as_bytes(), outcome.clone())?;
             }
             Op::Reschedule { id, expiry } => {
                 // Checked cached when staged; nothing else writes the
-                // store, so the index entry is there. Were it not, the
-                // move is dropped rather than the whole unit.
-                if let Some(old) = self.by_id.get(id.as_bytes())? {
+                // store, so it is cached and indexed. Were it not, the
+                // move is dropped rather than the whole unit. The new time
+                // is not the record's own: `expiry_by_id` keeps it.
+                let cached = self.cache.get(id.as_bytes())?;
+                if let Some(old) = self.unschedule(id, cached.as_ref())? {
                     self.expiry.remove(old)?;
                     self.expiry.insert(expiry.as_slice(), &[])?;
                     self.by_id.insert(id.as_bytes(), expiry.as_slice())?;

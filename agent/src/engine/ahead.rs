@@ -143,7 +143,7 @@ fn worth_verifying(r: &Reservation, store: &Store) -> bool {
     if store.is_cached(&r.id).unwrap_or(true) {
         return false;
     }
-    r.to_delete || matches!(store.outcome(&r.id), Ok(None))
+    r.to_delete || matches!(store.outcome_state(&r.id), Ok(None))
 }
 
 #[cfg(test)]

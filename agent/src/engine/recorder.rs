@@ -69,7 +69,7 @@ impl Reads<'_> {
     }
 
     pub fn outcome(&self, id: &str) -> Result<Option<OutcomeState>, AgentError> {
-        Ok(self.0.outcome(id)?.map(|o| o.state))
+        Ok(self.0.outcome_state(id)?)
     }
 
     pub fn signature_owner(&self, signature: &str) -> Result<Option<String>, AgentError> {
