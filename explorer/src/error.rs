@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-/// Errors that stop the explorer server (request errors are HTTP answers,
-/// never this type).
+/// Errors of the explorer's store and server. Request errors are HTTP
+/// answers, never this type; a store error is a `500` (the cause logged
+/// only), except [`ExplorerError::Busy`], a `503` with `Retry-After`.
 #[derive(Debug, thiserror::Error)]
 pub enum ExplorerError {
     /// The sled database under the data directory cannot be opened or used.
@@ -44,6 +45,19 @@ pub enum ExplorerError {
         path: PathBuf,
         key: String,
         reason: String,
+    },
+    /// The PostgreSQL writer already holds its bound of reservations
+    /// waiting for the database (`ServerConfig::max_queued_posts`): the POST
+    /// is answered `503` with `Retry-After`, and nothing of it is stored, so
+    /// the same signed reservation may be posted again. Without the bound,
+    /// concurrent POSTs (each up to 64 KiB) would pile up in memory while
+    /// the database lags.
+    #[error("explorer busy: the queue of reservations waiting for the database is full ({queued}); this one was not stored, post it again after {retry_after_secs} s")]
+    Busy {
+        /// The queue's bound, reached.
+        queued: usize,
+        /// What `Retry-After` says, in seconds.
+        retry_after_secs: u64,
     },
     /// The HTTP server failed (the listener broke).
     #[error("explorer http server: {0}")]

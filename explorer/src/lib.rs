@@ -84,11 +84,16 @@ pub struct ServerConfig {
     /// How many empty polls one node may have held open at once; one more
     /// is answered `429` at once (a node needs only one in flight).
     pub max_polls_per_node: usize,
+    /// PostgreSQL: how many posted reservations may wait for the replica's
+    /// writer (beyond the batches being stored); one more is answered
+    /// `503` with `Retry-After` ([`ExplorerError::Busy`]), nothing stored.
+    /// sled stores each POST in its own request and queues nothing.
+    pub max_queued_posts: usize,
 }
 
 impl ServerConfig {
     /// Defaults: sled under `data_dir`, 20 s long poll, 1 MiB bodies, 4
-    /// held polls per node.
+    /// held polls per node, 512 posts queued for PostgreSQL.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             data_dir: data_dir.into(),
@@ -97,12 +102,19 @@ impl ServerConfig {
             long_poll: Duration::from_secs(20),
             max_body: 1 << 20,
             max_polls_per_node: 4,
+            max_queued_posts: DEFAULT_MAX_QUEUED_POSTS,
         }
     }
 }
 
 /// Default of [`ServerConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+
+/// Default of [`ServerConfig::max_queued_posts`]: two full batches of the
+/// PostgreSQL writer (256 reservations each), so a burst keeps every batch
+/// full, while a lagging database costs at most this many POST bodies in
+/// memory (each up to 64 KiB: 32 MiB), not one per concurrent POST.
+pub const DEFAULT_MAX_QUEUED_POSTS: usize = 512;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -127,7 +139,7 @@ pub async fn serve(
 pub async fn migrate(database: &str) -> Result<(), ExplorerError> {
     #[cfg(feature = "postgres")]
     {
-        let pg = pg::Pg::connect(database, 2).await?;
+        let pg = pg::Pg::connect(database, 2, 1).await?;
         let done = pg.migrate().await;
         storage::Storage::close(&pg).await;
         done

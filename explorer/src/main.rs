@@ -1,6 +1,6 @@
 //! The `explorer` binary: `explorer serve` and the user CLI. Exit codes:
 //! 0 ok, 1 refused (bad flags, a 4xx, a signature that does not verify),
-//! 2 explorer unreachable or failing.
+//! 2 explorer unreachable, failing, or busy (503 with Retry-After).
 
 mod cli;
 

@@ -55,6 +55,7 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
@@ -120,8 +121,11 @@ pub(crate) struct Pg {
     at: String,
     /// Node ids to NOTIFY about, sent by [`notifier`] in batches.
     wake_tx: tokio::sync::mpsc::UnboundedSender<String>,
-    /// Reservations to store, by [`writer`] in batches.
-    insert_tx: tokio::sync::mpsc::UnboundedSender<Queued>,
+    /// Reservations to store, by [`writer`] in batches; bounded (see
+    /// [`Storage::create`]).
+    insert_tx: tokio::sync::mpsc::Sender<Queued>,
+    /// That bound, for the busy answer.
+    max_queued: usize,
     /// Batch statements run, and the rows they stored or found stored.
     batches: Arc<BatchCounts>,
     /// The backend process id of [`notifier`]'s connection (0: none).
@@ -159,6 +163,15 @@ const MAX_BATCH: usize = 256;
 /// batch gathers while one commits.
 const BATCHES_IN_FLIGHT: usize = 2;
 
+// The default bound of the queue in front of [`writer`] is two full
+// batches (`crate::DEFAULT_MAX_QUEUED_POSTS`).
+const _: () = assert!(crate::DEFAULT_MAX_QUEUED_POSTS == MAX_BATCH * BATCHES_IN_FLIGHT);
+
+/// What a busy answer's `Retry-After` says, in seconds: a full queue is a
+/// few batches, each a commit of milliseconds; a second lets it drain
+/// without clients hammering.
+const RETRY_AFTER_SECS: u64 = 1;
+
 /// `host:port/database` of `opts`.
 fn shown(opts: &PgConnectOptions) -> String {
     format!(
@@ -180,9 +193,14 @@ pub(crate) fn redact(url: &str) -> String {
 impl Pg {
     /// Connect a pool of at most `max_connections` (the listener's
     /// included, and above two the notifier's: see [`notifier`]) to `url`
-    /// (a PostgreSQL URL, e.g. `postgres://explorer:secret@db:5432/explorer`).
-    /// Nothing is created: run [`Pg::migrate`].
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Pg, ExplorerError> {
+    /// (a PostgreSQL URL, e.g. `postgres://explorer:secret@db:5432/explorer`),
+    /// with at most `max_queued` reservations waiting for the writer (at
+    /// least 1). Nothing is created: run [`Pg::migrate`].
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        max_queued: usize,
+    ) -> Result<Pg, ExplorerError> {
         let opts: PgConnectOptions = url.parse().map_err(|e| ExplorerError::Database {
             at: redact(url),
             source: e,
@@ -204,7 +222,8 @@ impl Pg {
         let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
         let own_pid = Arc::new(AtomicU32::new(0));
         tokio::spawn(notifier(pool.clone(), at.clone(), wake_rx, own_pid.clone()));
-        let (insert_tx, insert_rx) = tokio::sync::mpsc::unbounded_channel();
+        let max_queued = max_queued.max(1);
+        let (insert_tx, insert_rx) = tokio::sync::mpsc::channel(max_queued);
         let batches = Arc::new(BatchCounts::default());
         let local = Arc::new(OnceLock::new());
         tokio::spawn(writer(
@@ -222,6 +241,7 @@ impl Pg {
             at,
             wake_tx,
             insert_tx,
+            max_queued,
             batches,
             own_pid,
             local,
@@ -533,7 +553,7 @@ impl Drop for Waiting<'_> {
 /// statements running. Alone, a reservation goes out at once; under load
 /// every POST of this replica shares a commit with its neighbours.
 /// Ends when the `Pg` is dropped.
-async fn writer(b: Batcher, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+async fn writer(b: Batcher, mut rx: tokio::sync::mpsc::Receiver<Queued>) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -726,16 +746,28 @@ impl Storage for Pg {
         // lifetime is expired (POST refuses those anyway).
         let expires_ns = expires_ns(&r);
         // Queued to this replica's writer, stored with whatever other
-        // POSTs arrive meanwhile (group commit: see `writer`).
+        // POSTs arrive meanwhile (group commit: see `writer`). The queue is
+        // bounded: when it is full the database lags behind the POSTs, and
+        // this one is refused before anything of it is written (busy:
+        // 503, post again later) rather than held in memory.
         let (answer, answered) = oneshot::channel();
         let queued = Queued {
             r,
             expires_ns,
             answer,
         };
-        if let Err(back) = self.insert_tx.send(queued) {
+        let q = match self.insert_tx.try_send(queued) {
+            Ok(()) => None,
+            Err(TrySendError::Full(_)) => {
+                return Err(ExplorerError::Busy {
+                    queued: self.max_queued,
+                    retry_after_secs: RETRY_AFTER_SECS,
+                })
+            }
+            Err(TrySendError::Closed(q)) => Some(q),
+        };
+        if let Some(q) = q {
             // The writer is gone (the server is stopping): store it alone.
-            let q = back.0;
             let stored = insert_one(&self.pool, &self.at, &q.r, q.expires_ns).await;
             if let Ok((_, true, _)) = stored {
                 self.notify(&q.r.node_id);

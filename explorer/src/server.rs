@@ -12,7 +12,10 @@
 //!   seconds, at most 5 minutes ahead, not expired (`check_lifetime`; each
 //!   node enforces its own maximum duration); a deletion posted along
 //!   (`to_delete`) must carry the user's `delete_signature`. A signature
-//!   already stored is `409`, checked and inserted atomically.
+//!   already stored is `409`, checked and inserted atomically. On
+//!   PostgreSQL, when the replica's queue of posts waiting for the database
+//!   is full (`ServerConfig::max_queued_posts`), `503` with `Retry-After`:
+//!   nothing is stored, the same signed reservation may be posted again.
 //! - `GET /reservations/{node_id}/poll?from=N[&all=true][&limit=L]`:
 //!   `limit` 1 to [`MAX_POLL_LIMIT`] (the default). An empty answer is held
 //!   up to `long_poll`; a node has at most `max_polls_per_node` polls held
@@ -115,6 +118,8 @@ type St = State<Arc<AppState>>;
 pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for a `Retry-After` header (a busy answer).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -122,6 +127,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
     fn bad(message: impl Into<String>) -> Self {
@@ -137,8 +143,20 @@ impl ApiError {
 
 impl From<ExplorerError> for ApiError {
     /// The cause goes to the log only: it may name the database's address,
-    /// which anonymous callers have no business learning.
+    /// which anonymous callers have no business learning. A busy store is
+    /// no failure: `503` with `Retry-After`, its message (no address) shown.
     fn from(e: ExplorerError) -> Self {
+        if let ExplorerError::Busy {
+            retry_after_secs, ..
+        } = e
+        {
+            warn!(error = %e, "reservation refused: the store is busy");
+            return ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: e.to_string(),
+                retry_after: Some(retry_after_secs),
+            };
+        }
         tracing::error!(error = %e, "storage failure");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -151,12 +169,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut m = self.message;
         m.push('\n');
-        (
+        let mut resp = (
             self.status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             m,
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -289,7 +312,8 @@ fn admit(node_id: &str, p: Posted, now: DateTime<Utc>) -> Result<Reservation, St
 
 /// `POST /reservations/{node_id}`: check shape, version, the user's
 /// signature and the lifetime, store, answer the assigned id (`409` for a
-/// signature already stored). `data` is not judged here: a well-signed
+/// signature already stored; `503` with `Retry-After` when the store's
+/// queue is full: [`ExplorerError::Busy`]). `data` is not judged here: a well-signed
 /// reservation with bad data reaches the node, which refuses it with a
 /// signed error result the user can read.
 async fn create(
@@ -870,7 +894,7 @@ pub(crate) async fn open(cfg: &ServerConfig) -> Result<Arc<dyn Storage>, Explore
     match &cfg.database {
         #[cfg(feature = "postgres")]
         Some(url) => {
-            let pg = Pg::connect(url, cfg.max_connections).await?;
+            let pg = Pg::connect(url, cfg.max_connections, cfg.max_queued_posts).await?;
             pg.migrate().await?;
             Ok(Arc::new(pg))
         }

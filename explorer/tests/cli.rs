@@ -791,6 +791,52 @@ async fn exit_codes_say_refused_or_unreachable() {
     );
 }
 
+/// On a busy explorer (PostgreSQL, its queue of posts full while the
+/// database lags) `reserve` says "explorer busy, retry after 1 s" and exits
+/// 2 (try again later), having stored nothing; once the database moves,
+/// the same command reserves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserve_on_a_busy_explorer_says_retry_after_and_exits_2() {
+    let store = common::Backend::Postgres.store().await;
+    let s = common::start_with(explorer::ServerConfig {
+        max_queued_posts: 1,
+        long_poll: Duration::from_secs(1),
+        ..store.config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("user.seed");
+    assert_eq!(run(&s.url, &key, &["keygen"]).await.code, 0);
+    let node = Identity::generate();
+    let reserve = ["reserve", "volume", "--node", node.id(), "--size", "1"];
+    let stalled = common::Stalled::new(&store).await;
+    let (waiting, answered) = common::post_until_answered(&s.url, node.id(), 20).await;
+    let status = answered.map(|(_, (status, _, _))| status);
+    assert_eq!(status, Some(503), "the queue did not fill");
+    let r = run(&s.url, &key, &reserve).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("explorer busy, retry after 1 s") && r.stderr.contains("503"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    stalled.release().await;
+    let queued = waiting.len();
+    for w in waiting {
+        let (_, (status, _, text)) = w.await.unwrap();
+        assert_eq!(status, 201, "{text}");
+    }
+    let r = run(&s.url, &key, &reserve).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The busy attempt stored nothing.
+    let c = reqwest::Client::new();
+    let all = poll(&c, &s.url, node.id(), 0).await;
+    assert_eq!(all.len(), queued + 1);
+    assert_eq!(all.last().unwrap().id, r.stdout.trim());
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_runs_until_sigterm() {
     let dir = tempfile::tempdir().unwrap();

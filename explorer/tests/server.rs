@@ -2200,6 +2200,68 @@ mod replicas {
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     }
 
+    /// A replica whose database lags (here: the reservations table locked
+    /// by another session, so every insert statement waits) keeps at most
+    /// `max_queued_posts` POSTs waiting beyond the batches being stored;
+    /// the next one is answered at once `503` with `Retry-After: 1` and a
+    /// message saying to post it again, and nothing of it is stored: once
+    /// the database moves, every waiting POST is `201` with its own id, and
+    /// the refused reservation, posted again, is stored too (not `409`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_insert_queue_answers_503_with_retry_after_and_stores_nothing() {
+        const QUEUED: usize = 2;
+        let store = Backend::Postgres.store().await;
+        let s = common::start_with(explorer::ServerConfig {
+            max_queued_posts: QUEUED,
+            long_poll: Duration::from_secs(1),
+            ..store.config()
+        })
+        .await;
+        let node = Identity::generate();
+        let stalled = common::Stalled::new(&store).await;
+        let (waiting, answered) = common::post_until_answered(&s.url, node.id(), 20).await;
+        let Some((refused, (status, retry, text))) = answered else {
+            panic!("{} POSTs waited and none was refused", waiting.len());
+        };
+        assert_eq!(status, 503, "{text}");
+        assert_eq!(retry.as_deref(), Some("1"), "{text}");
+        assert!(
+            text.contains("explorer busy")
+                && text.contains(&format!("waiting for the database is full ({QUEUED})"))
+                && text.contains("post it again after 1 s"),
+            "{text}"
+        );
+        // Refused once the queue is full, not before: the two batch
+        // statements in flight hold one POST each (posted one at a time),
+        // then the queue's own.
+        assert_eq!(waiting.len(), 2 + QUEUED);
+        stalled.release().await;
+        let c = client();
+        let mut stored = Vec::new();
+        for w in waiting {
+            let (r, (status, _, text)) = w.await.unwrap();
+            assert_eq!(status, 201, "{text}");
+            let id: explorer::Created = serde_json::from_str(&text).unwrap();
+            stored.push((id.id, r.signature));
+        }
+        let mut got: Vec<(String, String)> = poll(&c, &s.url, node.id(), 0)
+            .await
+            .into_iter()
+            .map(|r| (r.id, r.signature))
+            .collect();
+        stored.sort();
+        got.sort();
+        assert_eq!(
+            got, stored,
+            "the waiting POSTs are stored, the refused one is not"
+        );
+        // Posted again later, the refused reservation is stored.
+        let (status, _, text) = common::post_answer(&c, &s.url, &refused).await;
+        assert_eq!(status, 201, "{text}");
+        assert_eq!(poll(&c, &s.url, node.id(), 0).await.len(), 2 + QUEUED + 1);
+        s.stop().await;
+    }
+
     /// `GET /health` is 503 while the database refuses connections, 200
     /// again once it takes them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

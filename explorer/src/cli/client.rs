@@ -11,7 +11,9 @@ use reqwest::{Method, StatusCode, Url};
 #[derive(Debug)]
 pub struct Refused(pub String);
 
-/// The explorer could not be reached, or failed (5xx). Exit code 2.
+/// The explorer could not be reached, failed (5xx), or is busy (`503` with
+/// `Retry-After`: nothing was done, the same command may be run again
+/// after that many seconds). Exit code 2.
 #[derive(Debug)]
 pub struct Unreachable(pub String);
 
@@ -102,11 +104,19 @@ impl Client {
         };
         let resp = req.send().await.map_err(|e| unreachable(&e))?;
         let status = resp.status();
+        let retry_after = retry_after(&resp);
         let text = resp.text().await.map_err(|e| unreachable(&e))?;
         let msg = text.trim();
         if status.is_client_error() {
             return Err(Refused(format!(
                 "the explorer refused {method} {url}: {status}: {msg}"
+            ))
+            .into());
+        }
+        if let (StatusCode::SERVICE_UNAVAILABLE, Some(secs)) = (status, retry_after) {
+            return Err(Unreachable(format!(
+                "explorer busy, retry after {secs} s: the explorer at {} answered {method} {url} with {status}: {msg}",
+                self.base
             ))
             .into());
         }
@@ -120,4 +130,16 @@ impl Client {
         }
         Ok((status, text))
     }
+}
+
+/// The whole seconds of a `Retry-After` header, if it has that form (the
+/// explorer sends seconds, never an HTTP date).
+fn retry_after(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }

@@ -30,7 +30,9 @@ Examples:
   explorer nodes
 
 Exit codes: 0 ok; 1 the request was refused (bad flags, a 4xx answer, or a
-signature that does not verify); 2 the explorer is unreachable or failed.";
+signature that does not verify); 2 the explorer is unreachable, failed, or
+is busy (\"explorer busy, retry after N s\": nothing was done, run the
+same command again after N seconds).";
 
 /// The reference explorer (the reservation API that node agents poll) and
 /// the user CLI that signs reservations for it.

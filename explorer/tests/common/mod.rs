@@ -319,3 +319,77 @@ pub async fn nodes(c: &reqwest::Client, url: &str) -> Vec<explorer::NodeInfo> {
     assert_eq!(st, 200, "{text}");
     serde_json::from_str(&text).unwrap()
 }
+
+/// PostgreSQL: a session holding `reservations` locked against writes
+/// (reads pass) until [`Stalled::release`]: every insert statement of a
+/// replica on `store` waits, as when the database lags behind the POSTs.
+pub struct Stalled(sqlx::PgConnection);
+
+impl Stalled {
+    pub async fn new(store: &Store) -> Stalled {
+        use sqlx::{Connection, Executor};
+        let url = &store.database.as_ref().expect("a PostgreSQL store").url;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        conn.execute("BEGIN").await.unwrap();
+        conn.execute("LOCK TABLE reservations IN EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        Stalled(conn)
+    }
+
+    /// Let the waiting inserts go on.
+    pub async fn release(mut self) {
+        use sqlx::Executor;
+        self.0.execute("COMMIT").await.unwrap();
+    }
+}
+
+/// A POST's answer: status, its `Retry-After` header, body text.
+pub type Answer = (u16, Option<String>, String);
+
+/// POST `r` to `url`; the answer with its `Retry-After`.
+pub async fn post_answer(c: &reqwest::Client, url: &str, r: &Reservation) -> Answer {
+    let resp = c
+        .post(format!("{url}/reservations/{}", r.node_id))
+        .body(serde_json::to_string(r).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (resp.status().as_u16(), retry, resp.text().await.unwrap())
+}
+
+/// While inserts are [`Stalled`]: POST fresh reservations for `node` to
+/// `url`, one at a time, each left waiting once it has not been answered
+/// within 300 ms, until one is answered (at most `max` POSTs). The POSTs
+/// left waiting, and the reservation answered with its answer (`None`:
+/// every POST was left waiting).
+pub async fn post_until_answered(
+    url: &str,
+    node: &str,
+    max: usize,
+) -> (
+    Vec<JoinHandle<(Reservation, Answer)>>,
+    Option<(Reservation, Answer)>,
+) {
+    let c = reqwest::Client::new();
+    let mut waiting = Vec::new();
+    for _ in 0..max {
+        let r = volume(&Identity::generate(), node);
+        let mut task = tokio::spawn({
+            let (c, url) = (c.clone(), url.to_string());
+            async move {
+                let a = post_answer(&c, &url, &r).await;
+                (r, a)
+            }
+        });
+        match tokio::time::timeout(Duration::from_millis(300), &mut task).await {
+            Ok(answered) => return (waiting, Some(answered.unwrap())),
+            Err(_) => waiting.push(task),
+        }
+    }
+    (waiting, None)
+}
