@@ -100,6 +100,10 @@ pub async fn run(
     // One pass over the cache: the ledger, what reconciliation and the
     // crash watch need.
     let (ledger, inventory) = open_ledger(&settings, &store, &Names::for_node(node.id()));
+    // The pass left sled holding every tree node it decoded; a fresh open
+    // holds none, and the resync answers from the ids the pass remembered.
+    let store = store.reopen()?;
+    crate::memory::release_freed_memory();
     let core = Core {
         ledger,
         shared: Arc::new(Shared {
