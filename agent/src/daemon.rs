@@ -102,10 +102,16 @@ pub async fn run(
     let (ledger, inventory) = open_ledger(&settings, &store, &Names::for_node(node.id()));
     // The pass left sled holding every tree node it decoded; a fresh open
     // holds none, and the resync answers from the ids the pass remembered.
-    let store = match inventory.live.len() >= REOPEN_FROM {
+    let store = match inventory.live.len() >= reopen_from() {
         true => {
+            let took = Instant::now();
             let store = store.reopen()?;
             crate::memory::release_freed_memory();
+            info!(
+                cached = inventory.live.len(),
+                took_ms = took.elapsed().as_millis() as u64,
+                "store reopened after the start-up pass (its decoded records let go)"
+            );
             store
         }
         false => store,
@@ -233,6 +239,15 @@ pub async fn run(
 /// not worth it (bench/notes.md, section 5d; the break-even is not
 /// measured).
 const REOPEN_FROM: usize = 2_000;
+
+/// [`REOPEN_FROM`], or `AGENT_REOPEN_FROM` when set: the restart tests
+/// take the reopening path with a few cached workloads.
+fn reopen_from() -> usize {
+    std::env::var("AGENT_REOPEN_FROM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(REOPEN_FROM)
+}
 
 /// A watch that turns true once `shutdown` resolves.
 fn stop_on(shutdown: impl Future<Output = ()> + Send + 'static) -> watch::Receiver<bool> {
