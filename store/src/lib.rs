@@ -20,6 +20,9 @@
 //! - Unlike Zero-OS's cache, nothing here is wiped at boot.
 //! - Expired reservations come from an index ordered by expiry time, never
 //!   from a scan of the cache.
+//! - Once [`Store::list_remembering`] has read the whole cache, the ids of
+//!   the cached workloads are also kept in memory, updated by every commit
+//!   under the overlay's lock: [`Store::is_cached`] answers from them.
 
 mod known;
 pub mod records;
