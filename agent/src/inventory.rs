@@ -63,7 +63,9 @@ pub fn take(store: &Store, ledger: &mut Ledger, names: &Names) -> Inventory {
         ..Inventory::default()
     };
     ledger.clear();
-    for c in store.list() {
+    // Remembering every cached id as it goes: the `from=0` resync's
+    // `is_cached` of each then reads no tree node (store::Store::list_remembering).
+    for c in store.list_remembering() {
         let c = match c {
             Ok(c) => c,
             Err(e) => {
@@ -82,4 +84,41 @@ pub fn take(store: &Store, ledger: &mut Ledger, names: &Names) -> Inventory {
     ledger.compact();
     inv.charged = ledger.len();
     inv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pass finds every cached workload and leaves the store answering
+    /// `is_cached` from the ids it read (the resync then reads no tree
+    /// node), kept true through a decommission after it.
+    #[test]
+    fn the_pass_remembers_every_cached_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let node = reservation::Identity::generate();
+        for (id, kind) in [("1-1", "container"), ("2-1", "volume")] {
+            let r: reservation::Reservation = serde_json::from_str(&format!(
+                r#"{{"id":"{id}","node_id":"n","user_id":"u","type":"{kind}","data":{{}},"created":"2026-11-25T11:00:00Z","duration":1,"signature":""}}"#
+            ))
+            .unwrap();
+            let res = node.error_result(&r, "x");
+            store
+                .record_provisioned(&Cached::new(r, res.clone()), &res)
+                .unwrap();
+        }
+        let mut ledger = Ledger::unbounded();
+        let inv = take(&store, &mut ledger, &Names::unscoped());
+        let ids: Vec<&str> = inv.live.iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(ids, ["1-1", "2-1"]);
+        assert_eq!((inv.watched.len(), inv.unwatched.len()), (1, 1));
+        assert!(store.remembers_cached_ids());
+        assert!(store.is_cached("1-1").unwrap() && !store.is_cached("3-1").unwrap());
+        store
+            .record_decommissioned("1-1", "container", "", "c2ln", None)
+            .unwrap();
+        assert!(!store.is_cached("1-1").unwrap());
+        assert!(store.is_cached("2-1").unwrap());
+    }
 }

@@ -20,7 +20,11 @@
 //! - Unlike Zero-OS's cache, nothing here is wiped at boot.
 //! - Expired reservations come from an index ordered by expiry time, never
 //!   from a scan of the cache.
+//! - Once [`Store::list_remembering`] has read the whole cache, the ids of
+//!   the cached workloads are also kept in memory, updated by every commit
+//!   under the overlay's lock: [`Store::is_cached`] answers from them.
 
+mod known;
 pub mod records;
 mod unit;
 
@@ -95,6 +99,9 @@ pub struct Store {
     generation: Arc<AtomicU64>,
     /// Records staged by a [`Unit`], seen by every read before the trees.
     overlay: Arc<unit::Overlay>,
+    /// The cache tree's ids, once [`Store::list_remembering`] read them all:
+    /// [`Store::is_cached`] answers from them after the overlay.
+    known: Arc<known::KnownIds>,
 }
 
 pub(crate) const CURSOR: &[u8] = b"cursor";
@@ -163,6 +170,7 @@ impl Store {
             signatures: db.open_tree("signatures")?,
             generation: Arc::default(),
             overlay: Arc::default(),
+            known: Arc::default(),
             dir: dir.to_path_buf(),
             db,
         })
@@ -189,9 +197,16 @@ impl Store {
         v.map(|v| records::decode(id, &v)).transpose()
     }
 
+    /// Whether `id` is cached, without decoding its record: staged
+    /// records first, then the ids remembered by
+    /// [`Store::list_remembering`] (no read of the cache tree), else the
+    /// tree.
     pub fn is_cached(&self, id: &str) -> Result<bool, StoreError> {
-        match self.overlay.is_cached(id) {
-            Some(staged) => Ok(staged),
+        if let Some(staged) = self.overlay.is_cached(id) {
+            return Ok(staged);
+        }
+        match self.known.is_cached(id) {
+            Some(known) => Ok(known),
             None => Ok(self.cache.contains_key(id)?),
         }
     }
@@ -347,6 +362,89 @@ impl Store {
             let (k, v) = kv?;
             records::decode(&String::from_utf8_lossy(&k), &v)
         })
+    }
+
+    /// Every cached workload, in id order, as [`Store::list`]; a pass read
+    /// to its end also remembers every cached id in memory (about 30 bytes
+    /// each), and [`Store::is_cached`] answers from them from then on,
+    /// kept up to date by every commit. For the agent's one pass over the
+    /// cache at start: the `from=0` resync then asks about every cached id
+    /// without sled decoding (and keeping) the tree nodes of their records.
+    ///
+    /// Not remembered when the pass met an I/O error or a key that is not
+    /// UTF-8, or when a commit changed the cache during the pass.
+    pub fn list_remembering(&self) -> impl Iterator<Item = Result<Cached, StoreError>> + '_ {
+        let changes = self.known.changes();
+        let mut ids = Some(known::Ids::with_capacity(self.cached_len()));
+        let mut iter = self.cache.iter();
+        std::iter::from_fn(move || match iter.next() {
+            Some(Ok((k, v))) => {
+                if let Some(list) = ids.as_mut() {
+                    match std::str::from_utf8(&k) {
+                        Ok(exact) => list.insert(exact),
+                        Err(_) => ids = None,
+                    }
+                }
+                Some(records::decode(&String::from_utf8_lossy(&k), &v))
+            }
+            Some(Err(e)) => {
+                ids = None;
+                Some(Err(e.into()))
+            }
+            None => {
+                if let Some(ids) = ids.take() {
+                    self.known.remember(ids, changes);
+                }
+                None
+            }
+        })
+    }
+
+    /// Close the database and open it again, the same store to its users
+    /// (staged records, remembered ids and the cache generation are kept),
+    /// when this is its only handle; else `self` as it is.
+    ///
+    /// Why: sled keeps every tree node it decoded (its LRU evicts only
+    /// after 64 accesses to one of its 256 shards), so start-up's pass over
+    /// 10,000 cached records left ~7–10 MB of decoded nodes for the life of
+    /// the agent; a fresh open holds none, and with the ids remembered
+    /// ([`Store::list_remembering`]) the resync does not read them again.
+    /// About 10 ms with 10,000 cached (bench/notes.md, section 5d).
+    pub fn reopen(self) -> Result<Store, StoreError> {
+        // Every clone shares the overlay: another handle would keep sled
+        // open (and its file lock held).
+        if Arc::strong_count(&self.overlay) > 1 {
+            return Ok(self);
+        }
+        // Every sled handle goes (fields named one by one: a new one must
+        // be placed here too), then the database opens again.
+        let Store {
+            db,
+            dir,
+            cache,
+            outcomes,
+            expiry,
+            expiry_by_id,
+            outbox,
+            meta,
+            signatures,
+            generation,
+            overlay,
+            known,
+        } = self;
+        drop((db, cache, outcomes, expiry, expiry_by_id, outbox, meta));
+        drop(signatures);
+        let mut s = Store::open(&dir)?;
+        s.generation = generation;
+        s.overlay = overlay;
+        s.known = known;
+        Ok(s)
+    }
+
+    /// Whether [`Store::is_cached`] answers from remembered ids (see
+    /// [`Store::list_remembering`]).
+    pub fn remembers_cached_ids(&self) -> bool {
+        self.known.remembered()
     }
 
     /// The ids of every cached workload, in id order, without decoding

@@ -738,3 +738,139 @@ fn an_unreadable_cache_record_still_leaves_the_expiry_index() {
         vec!["2-1"]
     );
 }
+
+/// After a full `list_remembering` pass, `is_cached` answers from the ids
+/// in memory (not the cache tree) and stays what the tree says through
+/// provisionings, decommissions and a unit's staged and committed records.
+#[test]
+fn remembered_ids_answer_is_cached_through_every_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let now = Utc::now();
+    for id in ["1-1", "2-1", "3-1"] {
+        provision(&s, &node, reservation(id, "volume", now, 60));
+    }
+    assert!(!s.remembers_cached_ids());
+    let listed: Vec<String> = s
+        .list_remembering()
+        .map(|c| c.unwrap().reservation.id)
+        .collect();
+    assert_eq!(listed, ["1-1", "2-1", "3-1"], "the same records as list()");
+    assert!(s.remembers_cached_ids());
+    s.record_decommissioned("1-1", "volume", "", "c2ln", None)
+        .unwrap();
+    assert!(!s.is_cached("1-1").unwrap(), "decommissioned");
+    provision(&s, &node, reservation("4-1", "volume", now, 60));
+    assert!(s.is_cached("4-1").unwrap(), "provisioned after the pass");
+    // Staged in a unit: the overlay answers; once committed, the ids do.
+    let u = Unit::new(s.clone());
+    u.decommissioned("3-1", "volume", "", "c2ln", None).unwrap();
+    staged(&u, &node, signed("5-1", "sig5"));
+    assert!(!s.is_cached("3-1").unwrap() && s.is_cached("5-1").unwrap());
+    u.commit().unwrap();
+    for id in ["1-1", "2-1", "3-1", "4-1", "5-1", "6-1"] {
+        let tree = s.cache.contains_key(id).unwrap();
+        assert_eq!(s.is_cached(id).unwrap(), tree, "{id}");
+    }
+    // The answer comes from memory: a record taken out of the tree behind
+    // the store's back (never done otherwise) is still said cached.
+    s.cache.remove("2-1").unwrap();
+    assert!(s.is_cached("2-1").unwrap());
+}
+
+/// A pass left unfinished, or one a commit changed the cache during, is
+/// not remembered (it may have missed an id): `is_cached` reads the tree.
+#[test]
+fn a_pass_unfinished_or_raced_by_a_commit_is_not_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let now = Utc::now();
+    provision(&s, &node, reservation("1-1", "volume", now, 60));
+    provision(&s, &node, reservation("2-1", "volume", now, 60));
+    let mut pass = s.list_remembering();
+    assert!(pass.next().is_some());
+    drop(pass);
+    assert!(!s.remembers_cached_ids(), "unfinished");
+    let mut pass = s.list_remembering();
+    assert!(pass.next().is_some());
+    provision(&s, &node, reservation("0-1", "volume", now, 60));
+    assert_eq!(pass.count(), 1, "the pass is past 0-1");
+    assert!(!s.remembers_cached_ids(), "a commit during the pass");
+    assert!(s.is_cached("0-1").unwrap());
+    // A quiet pass is remembered, with what came before it.
+    assert_eq!(s.list_remembering().count(), 3);
+    assert!(s.remembers_cached_ids());
+    assert!(s.is_cached("0-1").unwrap() && !s.is_cached("3-1").unwrap());
+}
+
+/// While a long commit runs, ids remembered before it and records it
+/// applies are said cached at every moment (staged, then remembered).
+#[test]
+fn remembered_ids_never_miss_a_record_a_commit_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    provision(&s, &node, reservation("0-1", "volume", Utc::now(), 60));
+    assert_eq!(s.list_remembering().count(), 1);
+    let u = Unit::new(s.clone());
+    for i in 1..=2_000 {
+        staged(&u, &node, signed(&format!("{i}-1"), &format!("sig{i}")));
+    }
+    let commit = {
+        let u = u.clone();
+        std::thread::spawn(move || u.commit().unwrap())
+    };
+    let mut reads = 0;
+    while !commit.is_finished() {
+        for id in ["0-1", "1-1", "1000-1", "2000-1"] {
+            assert!(s.is_cached(id).unwrap(), "{id} during the commit");
+        }
+        reads += 1;
+    }
+    commit.join().unwrap();
+    assert!(reads > 0);
+    assert!(s.remembers_cached_ids());
+    assert!((0..=2_000).all(|i| s.is_cached(&format!("{i}-1")).unwrap()));
+    assert!(!s.is_cached("2001-1").unwrap());
+}
+
+/// A reopen keeps what the store's users see: records, staged records (and
+/// their commit after), remembered ids and the cache generation; with
+/// another handle open it leaves the store as it is.
+#[test]
+fn a_reopen_is_the_same_store_to_its_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let node = Identity::generate();
+    let now = Utc::now();
+    provision(&s, &node, reservation("1-1", "volume", now, 60));
+    provision(&s, &node, reservation("2-1", "volume", now, 60));
+    assert_eq!(s.list_remembering().count(), 2);
+    let generation = s.cache_generation();
+    // Staged, not committed, and no unit left holding the store.
+    staged(&Unit::new(s.clone()), &node, signed("3-1", "sig3"));
+    let other = s.clone();
+    let s = s.reopen().unwrap();
+    assert!(
+        Arc::ptr_eq(&s.overlay, &other.overlay),
+        "another handle: kept"
+    );
+    drop(other);
+    let s = s.reopen().unwrap();
+    assert!(s.remembers_cached_ids());
+    assert_eq!(s.cache_generation(), generation);
+    assert!(
+        s.is_cached("3-1").unwrap(),
+        "staged, seen through the reopen"
+    );
+    assert_eq!(s.get("2-1").unwrap().unwrap().reservation.id, "2-1");
+    Unit::new(s.clone()).commit().unwrap();
+    assert!(s.is_cached("3-1").unwrap() && s.cache.contains_key("3-1").unwrap());
+    s.record_decommissioned("1-1", "volume", "", "c2ln", None)
+        .unwrap();
+    assert!(!s.is_cached("1-1").unwrap());
+    assert!(s.cache_generation() > generation);
+    assert_eq!(s.cached_len(), 2);
+}

@@ -403,6 +403,7 @@ impl Unit {
             return Err(e);
         }
         let last = queued.keys().next_back().copied();
+        s.known.applied(&p.cache, gen);
         p.cache.retain(|_, (g, _)| *g > gen);
         p.outcomes.retain(|_, (g, _)| *g > gen);
         p.signatures.retain(|_, (g, _)| *g > gen);

@@ -149,3 +149,65 @@ async fn explorer_outage_results_wait_in_the_outbox_across_a_restart() -> anyhow
     cleanup_user(user.id());
     Ok(())
 }
+
+/// A restart that reopens the store after its start-up pass (as from 2,000
+/// cached; `AGENT_REOPEN_FROM=1` here) adopts what runs without
+/// provisioning it again, and the reopened store takes a deletion and new
+/// work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_reopens_the_store_provisions_nothing_twice() -> anyhow::Result<()> {
+    ensure_images();
+    let explorer = Explorer::start().await?;
+    let mut agent = Agent::start(&explorer.url).await?;
+    let user = Identity::generate();
+    let node = agent.node_id.clone();
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let spec = container(&format!("reopen-{i}"));
+        ids.push(
+            explorer
+                .reserve(&user, &node, "container", spec, Duration::from_secs(600))
+                .await?,
+        );
+    }
+    for id in &ids {
+        let res = explorer.wait_result(id).await?;
+        assert_eq!(res.state, ResultState::Ok, "{}", res.error);
+    }
+    agent.stop();
+    agent
+        .env
+        .push(("AGENT_REOPEN_FROM".to_string(), "1".to_string()));
+    agent.spawn().await?;
+    assert!(
+        agent
+            .log()
+            .contains("store reopened after the start-up pass"),
+        "{}",
+        agent.log()
+    );
+    // The first resync (from=0) lists both again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in &ids {
+        assert_eq!(explorer.results(id).await?.len(), 1, "one result for {id}");
+        let (containers, _, _) = labelled(&node, id);
+        assert_eq!(containers.len(), 1, "one container for {id}, no twin");
+    }
+    assert_eq!(agent.status()?["cached"], 2);
+    // The reopened store records a deletion and a new workload.
+    assert!(explorer.delete_as(&user, &ids[0]).await? < 300);
+    explorer.wait_deleted(&ids[0]).await?;
+    let spec = container("reopen-2");
+    let id = explorer
+        .reserve(&user, &node, "container", spec, Duration::from_secs(600))
+        .await?;
+    let res = explorer.wait_result(&id).await?;
+    assert_eq!(res.state, ResultState::Ok, "{}", res.error);
+    wait_for("2 cached", Duration::from_secs(30), || async {
+        (agent.status().ok()?["cached"] == 2).then_some(())
+    })
+    .await?;
+    assert!(labelled(&node, &ids[0]).0.is_empty(), "deleted, gone");
+    cleanup_user(user.id());
+    Ok(())
+}
