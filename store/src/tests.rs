@@ -45,6 +45,14 @@ fn as_cached(node: &Identity, r: Reservation) -> (Cached, WorkloadResult) {
     (Cached::new(r, res.clone()), res)
 }
 
+/// A store on a fresh temp dir (kept alive by the first element), a node
+/// identity and the time now: the set-up of most tests here.
+fn fresh() -> (tempfile::TempDir, Store, Identity, DateTime<Utc>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    (dir, s, Identity::generate(), Utc::now())
+}
+
 fn provision(s: &Store, node: &Identity, r: Reservation) -> u64 {
     let (cached, res) = as_cached(node, r);
     s.record_provisioned(&cached, &res).unwrap()
@@ -52,10 +60,7 @@ fn provision(s: &Store, node: &Identity, r: Reservation) -> u64 {
 
 #[test]
 fn provisioned_is_cached_indexed_counted_and_queued() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
-    let node = Identity::generate();
-    let now = Utc::now();
+    let (_dir, s, node, now) = fresh();
     provision(&s, &node, reservation("2-1", "volume", now, 60));
     provision(&s, &node, reservation("1-1", "volume", now, 10));
     provision(&s, &node, reservation("3-1", "network", now, 30));
@@ -87,10 +92,7 @@ fn provisioned_is_cached_indexed_counted_and_queued() {
 
 #[test]
 fn decommission_clears_index_and_queues_deleted() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
-    let node = Identity::generate();
-    let now = Utc::now();
+    let (_dir, s, node, now) = fresh();
     provision(&s, &node, reservation("1-1", "volume", now, 10));
     for e in s.outbox_peek(10).unwrap() {
         s.outbox_ack(e.seq).unwrap();
@@ -117,10 +119,7 @@ fn decommission_clears_index_and_queues_deleted() {
 
 #[test]
 fn reschedule_moves_the_expiry() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
-    let node = Identity::generate();
-    let now = Utc::now();
+    let (_dir, s, node, now) = fresh();
     provision(&s, &node, reservation("1-1", "volume", now, 1));
     s.reschedule("1-1", now + Duration::seconds(100)).unwrap();
     assert!(s.due(now + Duration::seconds(50), 10).unwrap().is_empty());
@@ -135,10 +134,7 @@ fn reschedule_moves_the_expiry() {
 fn provisioning_a_cached_id_again_moves_its_one_expiry_entry() {
     // A fresh record skips the expiry index lookup; a record written over
     // a cached one must still drop its old entry, in one unit or apart.
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
-    let node = Identity::generate();
-    let now = Utc::now();
+    let (_dir, s, node, now) = fresh();
     provision(&s, &node, reservation("1-1", "volume", now, 10));
     provision(&s, &node, reservation("1-1", "volume", now, 100));
     let unit = Unit::new(s.clone());
@@ -157,10 +153,7 @@ fn provisioning_a_cached_id_again_moves_its_one_expiry_entry() {
 
 #[test]
 fn scheduled_reads_the_expiry_to_the_millisecond() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
-    let node = Identity::generate();
-    let now = Utc::now();
+    let (_dir, s, node, now) = fresh();
     provision(&s, &node, reservation("1-1", "volume", now, 60));
     let exp = s.get("1-1").unwrap().unwrap().expires_at();
     let at = s.scheduled("1-1").unwrap().unwrap();
@@ -430,10 +423,7 @@ fn the_cache_generation_moves_with_the_cache() {
 /// twice over, one of an id never cached, and a reopen.
 #[test]
 fn cached_len_from_the_counters_is_the_number_of_cached_ids() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
-    let node = Identity::generate();
-    let now = Utc::now();
+    let (dir, s, node, now) = fresh();
     let len = |s: &Store| s.cached_ids().count();
     provision(&s, &node, reservation("1-1", "volume", now, 60));
     provision(&s, &node, reservation("1-1", "volume", now, 90));
@@ -723,10 +713,7 @@ fn a_store_written_before_stop_23_reads_and_changes_the_same() {
 /// unit, and its expiry entry is not left behind.
 #[test]
 fn an_unreadable_cache_record_still_leaves_the_expiry_index() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
-    let node = Identity::generate();
-    let now = Utc::now();
+    let (_dir, s, node, now) = fresh();
     provision(&s, &node, reservation("1-1", "volume", now, 10));
     provision(&s, &node, reservation("2-1", "volume", now, 10));
     s.cache.insert("1-1", b"not json".to_vec()).unwrap();
@@ -744,10 +731,7 @@ fn an_unreadable_cache_record_still_leaves_the_expiry_index() {
 /// provisionings, decommissions and a unit's staged and committed records.
 #[test]
 fn remembered_ids_answer_is_cached_through_every_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
-    let node = Identity::generate();
-    let now = Utc::now();
+    let (_dir, s, node, now) = fresh();
     for id in ["1-1", "2-1", "3-1"] {
         provision(&s, &node, reservation(id, "volume", now, 60));
     }
@@ -783,10 +767,7 @@ fn remembered_ids_answer_is_cached_through_every_commit() {
 /// not remembered (it may have missed an id): `is_cached` reads the tree.
 #[test]
 fn a_pass_unfinished_or_raced_by_a_commit_is_not_remembered() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
-    let node = Identity::generate();
-    let now = Utc::now();
+    let (_dir, s, node, now) = fresh();
     provision(&s, &node, reservation("1-1", "volume", now, 60));
     provision(&s, &node, reservation("2-1", "volume", now, 60));
     let mut pass = s.list_remembering();
@@ -841,10 +822,7 @@ fn remembered_ids_never_miss_a_record_a_commit_applies() {
 /// another handle open it leaves the store as it is.
 #[test]
 fn a_reopen_is_the_same_store_to_its_users() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
-    let node = Identity::generate();
-    let now = Utc::now();
+    let (_dir, s, node, now) = fresh();
     provision(&s, &node, reservation("1-1", "volume", now, 60));
     provision(&s, &node, reservation("2-1", "volume", now, 60));
     assert_eq!(s.list_remembering().count(), 2);
