@@ -38,6 +38,7 @@ pub mod engine;
 pub mod faults;
 pub mod files;
 pub mod heartbeat;
+pub mod ids;
 pub mod inventory;
 pub mod memory;
 pub mod metrics;
