@@ -14,6 +14,8 @@
 //! count; a workload that does not fit is refused before anything is created.
 
 use std::collections::BTreeMap;
+
+use crate::ids::IdKey;
 use std::path::Path;
 
 use provisioners::charge::gib;
@@ -242,11 +244,13 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     total: Total,
-    charges: BTreeMap<String, Charge>,
+    /// Keyed by [`IdKey`]: 10,000 charges on a full node, for as long as
+    /// it runs, without a heap block per id.
+    charges: BTreeMap<IdKey, Charge>,
     used: Resources,
     limits: UserLimits,
     /// Reservation id → (user, what it counts against the user's limits).
-    owners: BTreeMap<String, (String, Tenancy)>,
+    owners: BTreeMap<IdKey, (String, Tenancy)>,
     /// User → what their reservations count, summed.
     per_user: BTreeMap<String, Tenancy>,
 }
@@ -301,7 +305,7 @@ impl Ledger {
     /// limit, e.g. `per-user limit: user U already has 16 networks on this
     /// node, the most one user may hold (max_networks_per_user = 16)`.
     pub fn admit_user(&self, user: &str, id: &str, t: &Tenancy) -> Result<(), String> {
-        if self.owners.contains_key(id) {
+        if self.owners.contains_key(&IdKey::new(id)) {
             return Ok(());
         }
         let held = self.per_user.get(user).copied().unwrap_or_default();
@@ -351,13 +355,13 @@ impl Ledger {
         if t.is_zero() {
             return;
         }
-        self.owners.insert(id.to_string(), (user.to_string(), t));
+        self.owners.insert(IdKey::new(id), (user.to_string(), t));
         let e = self.per_user.entry(user.to_string()).or_default();
         *e = e.saturating_add(t);
     }
 
     fn release_user(&mut self, id: &str) {
-        if let Some((user, t)) = self.owners.remove(id) {
+        if let Some((user, t)) = self.owners.remove(&IdKey::new(id)) {
             if let Some(e) = self.per_user.get_mut(&user) {
                 *e = e.saturating_sub(t);
                 if e.is_zero() {
@@ -385,7 +389,7 @@ impl Ledger {
     /// names the first resource short, e.g.
     /// `not enough memory: asked 4096 MiB, 1024 MiB free`.
     pub fn admit(&self, id: &str, charge: &Charge) -> Result<(), String> {
-        if self.charges.contains_key(id) {
+        if self.charges.contains_key(&IdKey::new(id)) {
             return Ok(());
         }
         let free = self.free();
@@ -419,7 +423,7 @@ impl Ledger {
 
     /// Charge reservation `id`. Charging an id again replaces its charge.
     pub fn add(&mut self, id: &str, charge: Charge) {
-        if let Some(old) = self.charges.insert(id.to_string(), charge) {
+        if let Some(old) = self.charges.insert(IdKey::new(id), charge) {
             self.used = self.used.saturating_sub(old);
         }
         self.used = self.used.saturating_add(charge);
@@ -429,7 +433,7 @@ impl Ledger {
     /// released) id does nothing. Returns whether something was released.
     pub fn release(&mut self, id: &str) -> bool {
         self.release_user(id);
-        match self.charges.remove(id) {
+        match self.charges.remove(&IdKey::new(id)) {
             Some(c) => {
                 self.used = self.used.saturating_sub(c);
                 true
@@ -504,7 +508,7 @@ impl Ledger {
 
     /// Whether reservation `id` is charged.
     pub fn contains(&self, id: &str) -> bool {
-        self.charges.contains_key(id)
+        self.charges.contains_key(&IdKey::new(id))
     }
 
     /// What the machine has.
@@ -619,6 +623,45 @@ mod tests {
 
     fn volume(size: u64, t: &str) -> Workload {
         w(WorkloadType::Volume, json!({"size": size, "type": t}))
+    }
+
+    /// Charges and per-user counts are kept under each id's exact
+    /// spelling: `01-1` is not `1-1`, whose charge it must not take for its
+    /// own (an id already charged is admitted without a look at what is
+    /// free).
+    #[test]
+    fn ids_are_charged_under_their_exact_spelling() {
+        let mut l = Ledger::new(total(4, 8192, 100, 100)).with_user_limits(UserLimits {
+            networks: 1,
+            debug: 1,
+            ports: 1,
+        });
+        let big = l.charge_of(&container(3, 512));
+        l.add("1-1", big);
+        l.admit("1-1", &big).unwrap();
+        assert_eq!(
+            l.admit("01-1", &big).unwrap_err(),
+            "not enough cpu: asked 3 cores, 1 core free"
+        );
+        assert!(!l.release("01-1"));
+        assert!(l.contains("1-1") && !l.contains("01-1") && !l.contains("1-01"));
+        l.add("a-b", l.charge_of(&container(1, 64)));
+        assert_eq!(l.snapshot().workloads, 2);
+        assert!(l.release("1-1"));
+        assert!(l.contains("a-b"));
+        assert_eq!(l.snapshot().used.cpu, 1);
+
+        let net = Tenancy {
+            networks: 1,
+            ..Tenancy::default()
+        };
+        l.add_user("7-1", "alice", net);
+        l.admit_user("alice", "7-1", &net).unwrap();
+        assert!(l.admit_user("alice", "07-1", &net).is_err());
+        l.release("07-1");
+        assert_eq!(l.tenants().users["alice"].networks, 1);
+        l.release("7-1");
+        assert!(l.tenants().users.is_empty());
     }
 
     #[test]

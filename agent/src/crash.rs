@@ -29,6 +29,8 @@ use store::{Cached, Store};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::ids::IdKey;
+
 /// The numbers of the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrashPolicy {
@@ -118,11 +120,45 @@ pub type CrashCounts = Arc<Mutex<BTreeMap<String, CrashCount>>>;
 #[derive(Debug)]
 struct Track {
     kind: WorkloadType,
-    container: Box<str>,
+    /// The container's name when it is not the one its type's plug-in
+    /// names for the id ([`usual_container`]); `None` for almost every
+    /// track, so 10,000 names are not each kept in a heap block.
+    container: Option<Box<str>>,
     /// Exits Docker reported at the last look; `None` before the first.
     seen: Option<u64>,
     /// Made once the container has exited at least once.
     history: Option<Box<History>>,
+}
+
+/// The name the plug-ins of the watched types give reservation `id`'s
+/// container in node scope `names` (as [`Watched::of`] finds it).
+fn usual_container(names: &Names, kind: WorkloadType, id: &str) -> Option<String> {
+    match kind {
+        WorkloadType::Container => Some(names.container_name(id)),
+        WorkloadType::Kubernetes => Some(provisioners::kubernetes::node_name(names, id)),
+        _ => None,
+    }
+}
+
+impl Track {
+    /// `container` as the track keeps it: `None` when it is the usual name.
+    fn kept_name(
+        names: &Names,
+        kind: WorkloadType,
+        id: &str,
+        container: String,
+    ) -> Option<Box<str>> {
+        let usual = usual_container(names, kind, id);
+        (usual.as_deref() != Some(container.as_str())).then(|| container.into_boxed_str())
+    }
+
+    /// The name of the container watched for `id`.
+    fn container(&self, names: &Names, id: &str) -> String {
+        match &self.container {
+            Some(c) => c.to_string(),
+            None => usual_container(names, self.kind, id).unwrap_or_default(),
+        }
+    }
 }
 
 /// What the watch remembers of a container that has exited.
@@ -140,14 +176,14 @@ pub struct CrashWatch {
     policy: CrashPolicy,
     /// How the workloads' containers are named.
     names: Names,
-    tracks: BTreeMap<Box<str>, Track>,
+    tracks: BTreeMap<IdKey, Track>,
     /// Decided already: not decided again while the engine works on it.
     given_up: HashSet<String>,
     counts: CrashCounts,
     /// Docker failed on the last look (logged once per outage).
     failing: bool,
     /// Cached ids that run no container of their own (not decoded again).
-    unwatched: HashSet<String>,
+    unwatched: HashSet<IdKey>,
     /// The store's cache generation at the last sync (`None`: never).
     generation: Option<u64>,
 }
@@ -195,25 +231,27 @@ impl CrashWatch {
     pub fn set_watched(&mut self, items: impl IntoIterator<Item = Watched>) {
         let mut keep = HashSet::new();
         for w in items {
-            keep.insert(w.id.clone());
+            let key = IdKey::new(&w.id);
+            let container = Track::kept_name(&self.names, w.kind, &w.id, w.container);
             let same = self
                 .tracks
-                .get(w.id.as_str())
-                .is_some_and(|t| *t.container == *w.container);
+                .get(&key)
+                .is_some_and(|t| t.kind == w.kind && t.container == container);
             if !same {
                 self.tracks.insert(
-                    w.id.into_boxed_str(),
+                    key.clone(),
                     Track {
                         kind: w.kind,
-                        container: w.container.into_boxed_str(),
+                        container,
                         seen: None,
                         history: None,
                     },
                 );
             }
+            keep.insert(key);
         }
-        self.tracks.retain(|id, _| keep.contains(&**id));
-        self.given_up.retain(|id| keep.contains(id));
+        self.tracks.retain(|id, _| keep.contains(id));
+        self.given_up.retain(|id| keep.contains(&IdKey::new(id)));
     }
 
     /// Start from start-up's one pass over the cache: `watched` are the
@@ -225,7 +263,7 @@ impl CrashWatch {
         unwatched: impl IntoIterator<Item = String>,
         generation: u64,
     ) {
-        self.unwatched = unwatched.into_iter().collect();
+        self.unwatched = unwatched.into_iter().map(IdKey::from).collect();
         self.set_watched(watched);
         // Full nodes: the tracks were inserted one at a time, which leaves
         // each node a little over half full (10,000 tracks at start).
@@ -248,29 +286,33 @@ impl CrashWatch {
             let Ok(id) = id else {
                 continue;
             };
-            if !self.tracks.contains_key(id.as_str()) && !self.unwatched.contains(&id) {
+            let key = IdKey::new(&id);
+            if !self.tracks.contains_key(&key) && !self.unwatched.contains(&key) {
                 match store.get(&id) {
                     Ok(Some(c)) => match Watched::of(&c, &self.names) {
                         Some(w) => added.push(w),
                         None => {
-                            self.unwatched.insert(id.clone());
+                            self.unwatched.insert(key.clone());
                         }
                     },
                     // Gone meanwhile, or unreadable: looked at next time.
                     Ok(None) | Err(_) => continue,
                 }
             }
-            cached.insert(id);
+            cached.insert(key);
         }
         self.unwatched.retain(|id| cached.contains(id));
         let kept: Vec<Watched> = self
             .tracks
             .iter()
-            .filter(|(id, _)| cached.contains(&***id))
-            .map(|(id, t)| Watched {
-                id: id.to_string(),
-                kind: t.kind,
-                container: t.container.to_string(),
+            .filter(|(id, _)| cached.contains(*id))
+            .map(|(id, t)| {
+                let id = id.to_string();
+                Watched {
+                    container: t.container(&self.names, &id),
+                    id,
+                    kind: t.kind,
+                }
             })
             .collect();
         self.set_watched(kept.into_iter().chain(added));
@@ -281,18 +323,15 @@ impl CrashWatch {
     /// to give up on (each decided once).
     pub async fn check(&mut self, now: Instant) -> Vec<GiveUp> {
         let mut out = Vec::new();
-        let ids: Vec<String> = self
+        let ids: Vec<(IdKey, String)> = self
             .tracks
             .keys()
-            .filter(|id| !self.given_up.contains(&***id))
-            .map(|id| id.to_string())
+            .map(|key| (key.clone(), key.to_string()))
+            .filter(|(_, id)| !self.given_up.contains(id))
             .collect();
         let mut failed = None;
-        for id in ids {
-            let Some(container) = self
-                .tracks
-                .get(id.as_str())
-                .map(|t| t.container.to_string())
+        for (key, id) in ids {
+            let Some(container) = self.tracks.get(&key).map(|t| t.container(&self.names, &id))
             else {
                 continue;
             };
@@ -305,7 +344,7 @@ impl CrashWatch {
                     continue;
                 }
             };
-            let Some(t) = self.tracks.get_mut(id.as_str()) else {
+            let Some(t) = self.tracks.get_mut(&key) else {
                 continue;
             };
             let exits = runs.exits();
@@ -667,18 +706,24 @@ mod tests {
             ["2-1".to_string()],
             store.cache_generation(),
         );
-        assert_eq!(w.tracks.keys().map(|k| &**k).collect::<Vec<_>>(), ["1-1"]);
+        assert_eq!(
+            w.tracks.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+            ["1-1"]
+        );
         // Unchanged cache: nothing read.
         w.sync_from_store(&store);
-        assert_eq!(w.tracks.keys().map(|k| &**k).collect::<Vec<_>>(), ["1-1"]);
+        assert_eq!(
+            w.tracks.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+            ["1-1"]
+        );
         // A new container is followed; the known volume is not decoded.
         put("3-1", "container");
         w.sync_from_store(&store);
         assert_eq!(
-            w.tracks.keys().map(|k| &**k).collect::<Vec<_>>(),
+            w.tracks.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
             ["1-1", "3-1"]
         );
-        assert!(w.unwatched.contains("2-1"));
+        assert!(w.unwatched.contains(&IdKey::new("2-1")));
         // Gone from the cache: forgotten.
         store
             .record_decommissioned("1-1", "container", "", "c2ln", None)
@@ -687,8 +732,50 @@ mod tests {
             .record_decommissioned("2-1", "volume", "", "c2ln", None)
             .unwrap();
         w.sync_from_store(&store);
-        assert_eq!(w.tracks.keys().map(|k| &**k).collect::<Vec<_>>(), ["3-1"]);
+        assert_eq!(
+            w.tracks.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+            ["3-1"]
+        );
         assert!(w.unwatched.is_empty());
+    }
+
+    /// Ids that spell the same numbers are watched apart, each given up
+    /// under its exact spelling and its own container; a container not
+    /// named as its type's plug-in names it is still the one inspected.
+    #[tokio::test]
+    async fn ids_are_watched_and_given_up_under_their_exact_spelling() {
+        let fake = fake_with(&["1-1", "01-1", "2-1"]).await;
+        fake.create_container(&spec("custom-2")).await.unwrap();
+        fake.start_container("custom-2").await.unwrap();
+        let mut w = CrashWatch::new(fake.clone(), policy());
+        let custom = Watched {
+            container: "custom-2".into(),
+            ..watched("2-1")
+        };
+        w.set_watched([watched("1-1"), watched("01-1"), custom.clone()]);
+        assert_eq!(w.tracks.len(), 3);
+        let t0 = Instant::now();
+        assert!(w.check(t0).await.is_empty());
+        fake.set_runs(&ct("01-1"), 5, 4);
+        fake.set_runs("custom-2", 5, 6);
+        // The usual-named container of 2-1 exits too: not the watched one.
+        fake.set_runs(&ct("2-1"), 7, 9);
+        let mut g = w.check(t0 + Duration::from_secs(1)).await;
+        g.sort_by(|a, b| a.id.cmp(&b.id));
+        let got: Vec<_> = g
+            .iter()
+            .map(|g| (g.id.as_str(), g.container.as_str(), g.exit_code))
+            .collect();
+        assert_eq!(
+            got,
+            [("01-1", ct("01-1").as_str(), 4), ("2-1", "custom-2", 6)]
+        );
+        let c = w.counts().lock().unwrap().clone();
+        assert_eq!(c.keys().collect::<Vec<_>>(), ["01-1", "2-1"]);
+        // The same container again: the track (and its history) is kept.
+        w.set_watched([watched("1-1"), watched("01-1"), custom]);
+        w.check(t0 + Duration::from_secs(2)).await;
+        assert_eq!(w.counts().lock().unwrap()["2-1"].total, 5);
     }
 
     /// A container whose entrypoint exits 1 is restarted by its policy

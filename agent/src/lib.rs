@@ -18,6 +18,8 @@
 //!   explorer.
 //! - [`faults`]: crash points for the restart drills.
 //! - [`files`]: the modes of the agent's state (root 0700, cache 0600).
+//! - [`ids`]: reservation ids as compact map keys (the crash watch's and
+//!   the ledger's 10,000 entries on a full node).
 //! - [`memory`]: heap memory given back to the system (glibc's arenas
 //!   limited, freed pages returned after large units of work).
 //!
@@ -38,6 +40,7 @@ pub mod engine;
 pub mod faults;
 pub mod files;
 pub mod heartbeat;
+pub mod ids;
 pub mod inventory;
 pub mod memory;
 pub mod metrics;
