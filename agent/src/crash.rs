@@ -688,16 +688,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let node = reservation::Identity::generate();
-        let put = |id: &str, kind: &str| {
-            let r: reservation::Reservation = serde_json::from_str(&format!(
-                r#"{{"id":"{id}","node_id":"n","user_id":"u","type":"{kind}","data":{{}},"created":"2026-11-25T11:00:00Z","duration":1,"signature":""}}"#
-            ))
-            .unwrap();
-            let res = node.error_result(&r, "x");
-            store
-                .record_provisioned(&Cached::new(r, res.clone()), &res)
-                .unwrap();
-        };
+        let put = |id: &str, kind: &str| crate::testing::cache_bare(&store, &node, id, kind);
         put("1-1", "container");
         put("2-1", "volume");
         let mut w = CrashWatch::new(fake_with(&[]).await, policy());

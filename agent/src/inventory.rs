@@ -99,14 +99,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let node = reservation::Identity::generate();
         for (id, kind) in [("1-1", "container"), ("2-1", "volume")] {
-            let r: reservation::Reservation = serde_json::from_str(&format!(
-                r#"{{"id":"{id}","node_id":"n","user_id":"u","type":"{kind}","data":{{}},"created":"2026-11-25T11:00:00Z","duration":1,"signature":""}}"#
-            ))
-            .unwrap();
-            let res = node.error_result(&r, "x");
-            store
-                .record_provisioned(&Cached::new(r, res.clone()), &res)
-                .unwrap();
+            crate::testing::cache_bare(&store, &node, id, kind);
         }
         let mut ledger = Ledger::unbounded();
         let inv = take(&store, &mut ledger, &Names::unscoped());

@@ -20,6 +20,7 @@
 //! - [`files`]: the modes of the agent's state (root 0700, cache 0600).
 //! - [`ids`]: reservation ids as compact map keys (the crash watch's and
 //!   the ledger's 10,000 entries on a full node).
+//! - `testing` (tests only): helpers shared by the unit tests.
 //! - [`memory`]: heap memory given back to the system (glibc's arenas
 //!   limited, freed pages returned after large units of work).
 //!
@@ -45,6 +46,8 @@ pub mod inventory;
 pub mod memory;
 pub mod metrics;
 pub mod reconcile;
+#[cfg(test)]
+mod testing;
 
 /// Errors of the agent library.
 #[derive(Debug, thiserror::Error)]
