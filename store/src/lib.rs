@@ -416,6 +416,9 @@ impl Store {
         if Arc::strong_count(&self.overlay) > 1 {
             return Ok(self);
         }
+        // What was committed is made durable first: the reopen must not
+        // depend on sled flushing as its handles drop.
+        self.flush()?;
         // Every sled handle goes (fields named one by one: a new one must
         // be placed here too), then the database opens again.
         let Store {
