@@ -270,6 +270,36 @@ fn verify_with_key(vk: &VerifyingKey, msg: &[u8], sig_b64: &str) -> Result<(), E
 mod tests {
     use super::*;
 
+    /// A signature whose `R` carries a small-order component (`rB + T`,
+    /// `T` of order 2), made by the key's owner with an otherwise correct
+    /// `s`, is refused, while the same key's plain signature over the same
+    /// message verifies. ed25519-dalek's `verify_batch` accepts it (1,000
+    /// batches of 8 out of 1,000, bench/notes.md section 2b): this is why a
+    /// poll answer is not batch-verified. Vectors made with
+    /// curve25519-dalek 4.1.3 (key: a random scalar times the base point).
+    #[test]
+    fn a_signature_with_a_torsion_component_in_r_is_refused() {
+        let unhex = |h: &str| hex::decode(h).unwrap();
+        let key = bs58::encode(unhex(
+            "d37072ca2528f435fecf2a67479f47d92a7f1a2dfedfcc7dadd86752618e53d9",
+        ))
+        .into_string();
+        let good = B64.encode(unhex(
+            "6800a4104de0a07640bd5f9467d2964b710717aa105162f9edbb6fc923c87a17\
+             ea99f00af92efa24f8864e3b102806c6c4ade4977afe7446d638605ed2fda008",
+        ));
+        let torsion = B64.encode(unhex(
+            "7bf26d991e7fb5fbba344e68294d8db1e8d3519010354b29b705470085f9a841\
+             792826360464eb69ea189bd8cc63d7cab653b3930108ee838b0bc4497e5d720a",
+        ));
+        verify_signature(&key, b"reservation", &good).unwrap();
+        let refused = verify_signature(&key, b"reservation", &torsion).unwrap_err();
+        assert!(refused.to_string().contains("does not verify"), "{refused}");
+        let keys = KeyCache::new();
+        keys.verify(&key, b"reservation", &good).unwrap();
+        assert!(keys.verify(&key, b"reservation", &torsion).is_err());
+    }
+
     #[test]
     fn a_cached_key_verifies_the_same() {
         let a = Identity::generate();
