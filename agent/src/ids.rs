@@ -21,17 +21,8 @@ pub enum IdKey {
     Text(Box<str>),
 }
 
-/// `id` as two numbers, if it is in canonical form.
-fn numbers(id: &str) -> Option<(u64, u64)> {
-    let part = |p: &str| -> Option<u64> {
-        let canonical = !p.is_empty()
-            && p.bytes().all(|b| b.is_ascii_digit())
-            && (p.len() == 1 || !p.starts_with('0'));
-        canonical.then(|| p.parse().ok()).flatten()
-    };
-    let (n, w) = id.split_once('-')?;
-    Some((part(n)?, part(w)?))
-}
+// `id` as two numbers, if it is in canonical form (one spelling per pair).
+use reservation::id_numbers as numbers;
 
 impl IdKey {
     pub fn new(id: &str) -> Self {

@@ -35,7 +35,8 @@ pub mod workloads;
 pub use error::Error;
 pub use identity::{verify_signature, Identity, KeyCache};
 pub use model::{
-    new_nonce, valid_id, Reservation, ResultState, WorkloadResult, WorkloadType, PROTOCOL_VERSION,
+    id_numbers, new_nonce, valid_id, Reservation, ResultState, WorkloadResult, WorkloadType,
+    PROTOCOL_VERSION,
 };
 pub use netid::network_local_id;
 pub use node::{Capacity, NodeInfo};

@@ -40,6 +40,22 @@ pub fn valid_id(id: &str) -> bool {
     }
 }
 
+/// `id` as its two numbers when it is in canonical form (`<n>-<n>`, no
+/// leading zero, each part a u64): `Some` for exactly one spelling of each
+/// pair, so a map keyed by the numbers keeps `01-1` and `1-1` apart when the
+/// other spellings are kept as text (the agent's and the store's compact id
+/// sets).
+pub fn id_numbers(id: &str) -> Option<(u64, u64)> {
+    let part = |p: &str| -> Option<u64> {
+        let canonical = !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && (p.len() == 1 || !p.starts_with('0'));
+        canonical.then(|| p.parse().ok()).flatten()
+    };
+    let (n, w) = id.split_once('-')?;
+    Some((part(n)?, part(w)?))
+}
+
 /// Whether `nonce` is 32 to 64 lowercase hex characters.
 pub fn valid_nonce(nonce: &str) -> bool {
     (32..=64).contains(&nonce.len())
