@@ -102,19 +102,18 @@ pub async fn run(
     let (ledger, inventory) = open_ledger(&settings, &store, &Names::for_node(node.id()));
     // The pass left sled holding every tree node it decoded; a fresh open
     // holds none, and the resync answers from the ids the pass remembered.
-    let store = match inventory.live.len() >= reopen_from() {
-        true => {
-            let took = Instant::now();
-            let store = store.reopen()?;
-            crate::memory::release_freed_memory();
-            info!(
-                cached = inventory.live.len(),
-                took_ms = took.elapsed().as_millis() as u64,
-                "store reopened after the start-up pass (its decoded records let go)"
-            );
-            store
-        }
-        false => store,
+    let store = if inventory.live.len() >= reopen_from() {
+        let took = Instant::now();
+        let store = store.reopen()?;
+        crate::memory::release_freed_memory();
+        info!(
+            cached = inventory.live.len(),
+            took_ms = took.elapsed().as_millis() as u64,
+            "store reopened after the start-up pass (its decoded records let go)"
+        );
+        store
+    } else {
+        store
     };
     let core = Core {
         ledger,

@@ -435,8 +435,16 @@ impl Store {
             overlay,
             known,
         } = self;
-        drop((db, cache, outcomes, expiry, expiry_by_id, outbox, meta));
-        drop(signatures);
+        drop((
+            db,
+            cache,
+            outcomes,
+            expiry,
+            expiry_by_id,
+            outbox,
+            meta,
+            signatures,
+        ));
         let mut s = Store::open(&dir)?;
         s.generation = generation;
         s.overlay = overlay;

@@ -568,32 +568,27 @@ impl Trees<'_> {
             } => {
                 self.index_signature(signature, id, false)?;
                 match self.cache.insert(id.as_bytes(), cached.clone())? {
-                    None => {
-                        // New to the cache: no expiry entry to move, and
-                        // its outcome is implied by the cache record
-                        // ([`Store::outcome`]), so neither an outcome nor
-                        // an `expiry_by_id` record is written: two tree
-                        // inserts less per provisioned reservation. An
-                        // outcome recorded before (a judged id is never
-                        // provisioned; this only keeps the two from
-                        // contradicting each other) is overwritten.
-                        if self.outcomes.get(id.as_bytes())?.is_some() {
-                            self.outcomes
-                                .insert(id.as_bytes(), records::encode(outcome))?;
-                        }
-                        self.count(kind, 1)?;
-                    }
+                    // New to the cache: no expiry entry to move, and no
+                    // `expiry_by_id` record to write (the record's own
+                    // expiry is its time).
+                    None => self.count(kind, 1)?,
+                    // Cached already (a repair): move its one entry (the
+                    // new one is the new record's own expiry).
                     Some(old) => {
-                        // Cached already (a repair): move its one entry
-                        // (the new one is the new record's own expiry).
                         if let Some(old) = self.unschedule(id, Some(&old))? {
                             self.expiry.remove(old)?;
                         }
-                        if self.outcomes.get(id.as_bytes())?.is_some() {
-                            self.outcomes
-                                .insert(id.as_bytes(), records::encode(outcome))?;
-                        }
                     }
+                }
+                // Its outcome is implied by the cache record
+                // ([`Store::outcome`]), so none is written: one tree insert
+                // less per provisioned reservation. An outcome recorded
+                // before (an old store's, or a judged id's, which is never
+                // provisioned again) is overwritten, so the two never
+                // contradict each other.
+                if self.outcomes.get(id.as_bytes())?.is_some() {
+                    self.outcomes
+                        .insert(id.as_bytes(), records::encode(outcome))?;
                 }
                 self.expiry.insert(expiry.as_slice(), &[])?;
             }
