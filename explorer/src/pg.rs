@@ -19,10 +19,12 @@
 //! - a node's timestamp is checked in the `UPDATE`'s (or upsert's) `WHERE`
 //!   that writes it, so two replicas cannot both accept an old one;
 //! - a write that concerns a node's poll (a new reservation, a deletion)
-//!   is followed, once committed, by `NOTIFY explorer_wake, '<node_id>'`.
-//!   Each replica keeps one listening connection and wakes its polls of
-//!   that node ([`Pg::forward_wakeups`]); when that connection is lost,
-//!   every held poll looks again once it is back.
+//!   is followed, once committed, by a `NOTIFY` naming the node, and for a
+//!   new reservation carrying it (the channels and payloads are in
+//!   [`notice`]). Each replica keeps one listening connection and wakes
+//!   its polls of that node ([`Pg::forward_wakeups`]), answering them from
+//!   the payload when it can; when that connection is lost, every held
+//!   poll looks again once it is back.
 //!
 //! Group commit: a replica's concurrent POSTs are queued to one writer
 //! ([`writer`]), which stores whatever is queued in one statement and one
@@ -66,8 +68,10 @@ use crate::storage::{
 };
 use crate::ExplorerError;
 
-/// The channel every replica listens on; the payload is a node id.
-pub(crate) const WAKE_CHANNEL: &str = "explorer_wake";
+mod notice;
+
+pub(crate) use notice::WAKE_CHANNEL;
+use notice::{Heard, Notice, Reader, WROTE_CHANNEL};
 
 /// The schema's migrations, compiled in (version, description, SQL).
 const MIGRATIONS: [(i64, &str, &str); 3] = [
@@ -119,8 +123,8 @@ pub(crate) struct Pg {
     pool: PgPool,
     /// host:port/database, for logs and errors (never the password).
     at: String,
-    /// Node ids to NOTIFY about, sent by [`notifier`] in batches.
-    wake_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Wake-ups to NOTIFY, sent by [`notifier`] in batches.
+    wake_tx: tokio::sync::mpsc::UnboundedSender<Notice>,
     /// Reservations to store, by [`writer`] in batches; bounded (see
     /// [`Storage::create`]).
     insert_tx: tokio::sync::mpsc::Sender<Queued>,
@@ -325,7 +329,7 @@ impl Pg {
     /// Wake `node_id`'s polls on every replica, soon: [`notifier`] sends
     /// it, with any others queued meanwhile.
     fn notify(&self, node_id: &str) {
-        let _ = self.wake_tx.send(node_id.to_string());
+        let _ = self.wake_tx.send(Notice::wake(node_id));
     }
 
     /// The answer to [`Storage::create`] once `r` went to the database.
@@ -379,7 +383,7 @@ impl Pg {
 async fn notifier(
     pool: PgPool,
     at: String,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Notice>,
     own: Arc<AtomicU32>,
 ) {
     let dedicated = pool.options().get_max_connections() > 2;
@@ -400,15 +404,14 @@ async fn notifier(
         let Some(first) = first else {
             return;
         };
-        let mut nodes = vec![first];
-        while nodes.len() < 1000 {
+        let mut notices = vec![first];
+        while notices.len() < 1000 {
             match rx.try_recv() {
-                Ok(n) => nodes.push(n),
+                Ok(n) => notices.push(n),
                 Err(_) => break,
             }
         }
-        nodes.sort();
-        nodes.dedup();
+        let (channels, payloads) = notice::statement(&notices);
         if conn
             .as_ref()
             .is_some_and(|(_, pid)| own.load(Ordering::SeqCst) != *pid)
@@ -423,11 +426,11 @@ async fn notifier(
         }
         let statement = || {
             sqlx::query(
-                "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, n)::text \
-                 FROM unnest($2::text[]) AS n",
+                "SELECT set_config('synchronous_commit', 'off', true), pg_notify(c, p)::text \
+                 FROM unnest($1::text[], $2::text[]) AS t(c, p)",
             )
-            .bind(WAKE_CHANNEL)
-            .bind(&nodes)
+            .bind(&channels)
+            .bind(&payloads)
         };
         let mut sent = match conn.as_mut() {
             Some((c, _)) => statement().execute(&mut **c).await,
@@ -442,7 +445,7 @@ async fn notifier(
             }
         }
         if let Err(e) = sent {
-            warn!(database = %at, nodes = nodes.len(), error = %e, "NOTIFY failed; polls of these nodes held on other replicas answer at their deadline");
+            warn!(database = %at, wakeups = notices.len(), error = %e, "NOTIFY failed; polls of these nodes held on other replicas answer at their deadline");
         }
     }
 }
@@ -472,8 +475,8 @@ struct Batcher {
     pool: PgPool,
     at: String,
     counts: Arc<BatchCounts>,
-    /// To [`notifier`]: node ids of new reservations.
-    wake_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    /// To [`notifier`]: new reservations.
+    wake_tx: tokio::sync::mpsc::UnboundedSender<Notice>,
     /// This replica's held polls, once the server handed them over.
     local: Arc<OnceLock<Arc<Wakers>>>,
 }
@@ -491,9 +494,11 @@ impl Batcher {
     /// then this replica's polls are woken here too (the server wakes
     /// them after a `create` that returns, and this replica skips its own
     /// NOTIFYs): see [`Waiting`].
-    fn answer(&self, q: Queued, stored: Result<Saved, ExplorerError>) {
-        if let Ok((_, true, _)) = stored {
-            let _ = self.wake_tx.send(q.r.node_id.clone());
+    fn answer(&self, mut q: Queued, stored: Result<Saved, ExplorerError>) {
+        if let Ok((number, true, after)) = stored {
+            // Its id, as `Pg::inserted` gives it to the submitter.
+            q.r.id = format!("{number}-1");
+            let _ = self.wake_tx.send(Notice::wrote(&q.r, after));
         }
         if let Err((r, Ok((_, true, _)))) = q.answer.send((q.r, stored)) {
             wake_local(&self.local, &r.node_id);
@@ -1029,13 +1034,14 @@ impl Storage for Pg {
         let own_pid = self.own_pid.clone();
         tokio::spawn(async move {
             let mut listener: Option<PgListener> = None;
+            let mut reader = Reader::default();
             loop {
                 let l = match listener.as_mut() {
                     Some(l) => l,
                     None => {
                         let connected = async {
                             let mut l = PgListener::connect_with(&pool).await?;
-                            l.listen(WAKE_CHANNEL).await?;
+                            l.listen_all([WROTE_CHANNEL, WAKE_CHANNEL]).await?;
                             Ok::<_, sqlx::Error>(l)
                         };
                         tokio::select! {
@@ -1060,10 +1066,22 @@ impl Storage for Pg {
                 tokio::select! {
                     _ = stopped(&mut shutdown) => return,
                     m = l.try_recv() => match m {
-                        // This replica's own NOTIFY: the server woke its
-                        // polls of the node already.
-                        Ok(Some(n)) if n.process_id() == own_pid.load(Ordering::SeqCst) => {}
-                        Ok(Some(n)) => wakers.wake(n.payload()),
+                        Ok(Some(n)) => {
+                            let heard = reader.read(n.process_id(), n.channel(), n.payload());
+                            // This replica's own NOTIFY: the server woke
+                            // its polls of the node already.
+                            let own = n.process_id() == own_pid.load(Ordering::SeqCst);
+                            match heard {
+                                _ if own => {}
+                                Heard::Wrote(r, after) => wakers.wrote(&r, Some(after)),
+                                Heard::Wake(node) => wakers.wake(&node),
+                                Heard::Copy => {}
+                                Heard::Unreadable(e) => {
+                                    warn!(database = %at, channel = WROTE_CHANNEL, error = %e, "unreadable wake-up from another replica; every held poll looks again");
+                                    wakers.wake_all();
+                                }
+                            }
+                        }
                         // The connection was lost: notifications may be
                         // lost until a new one listens (above, which wakes
                         // every held poll once it does).
@@ -1075,6 +1093,7 @@ impl Storage for Pg {
                             own_pid.store(0, Ordering::SeqCst);
                             wakers.set_complete(false);
                             listener = None;
+                            reader = Reader::default();
                             wakers.wake_all();
                         }
                         Err(e) => {
@@ -1082,6 +1101,7 @@ impl Storage for Pg {
                             own_pid.store(0, Ordering::SeqCst);
                             wakers.set_complete(false);
                             listener = None;
+                            reader = Reader::default();
                             wakers.wake_all();
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }

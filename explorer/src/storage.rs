@@ -204,8 +204,9 @@ pub(crate) fn canonical_number(id: &str) -> Option<u64> {
 /// reservation, and that query is empty unless something was written for
 /// the node since. A wake-up for the node forgets the proof, so the poll
 /// is held without asking the store and still wakes on the next write.
-/// A reservation this server just stored for the node, right after the
-/// last one the proof covers, extends the proof instead
+/// A reservation just stored for the node (by this server, or by another
+/// replica whose wake-up carries it), right after the last one the proof
+/// covers, extends the proof instead
 /// ([`Wakers::wrote`]): the woken poll answers it without asking the store
 /// again (with PostgreSQL, that query was one round trip and one
 /// transaction per reservation).
@@ -231,7 +232,7 @@ enum Quiet {
     From { from: u64, fresh: Vec<Fresh> },
 }
 
-/// A reservation stored by this server since a node's proof, with its
+/// A reservation stored since a node's proof, with its
 /// number and expiry (unix nanoseconds; `i64::MIN`: none, as stored).
 #[derive(Debug, Clone)]
 struct Fresh {
@@ -248,7 +249,7 @@ const MAX_FRESH: usize = 32;
 /// (it forgets it): with [`MAX_FRESH`] and proofs kept only while a poll
 /// of the node is held here, what a user can make this server hold stays
 /// near 128 KiB per open long poll, not 64 KiB × 32 × every node id.
-const MAX_FRESH_DATA: usize = 4096;
+pub(crate) const MAX_FRESH_DATA: usize = 4096;
 
 /// When `r` expires, in unix nanoseconds, as the stores compute it (no
 /// lifetime: already expired).
@@ -362,9 +363,10 @@ impl Wakers {
         self.known(node_id, q, 0).is_some_and(|l| l.is_empty())
     }
 
-    /// This server stored `r` (with its id) for its node, whose highest
-    /// number before it was `after` (0: none; `None`: unknown): wake the
-    /// node's polls held here. When the node's proof covers every number
+    /// `r` (with its id) was stored for its node, whose highest number
+    /// before it was `after` (0: none; `None`: unknown), by this server or
+    /// by another replica (its wake-up carries both): wake the node's polls
+    /// held here. When the node's proof covers every number
     /// up to `after` (`after` is below the proof's `from`, or is the last
     /// reservation the proof holds), no reservation of another replica
     /// can lie between, so the proof holds `r` too and the woken poll

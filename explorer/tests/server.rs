@@ -1889,6 +1889,155 @@ mod replicas {
         b.stop().await;
     }
 
+    /// A connection of its own to `store`'s database.
+    async fn raw(store: &common::Store) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        let url = &store.database.as_ref().expect("a PostgreSQL store").url;
+        sqlx::PgConnection::connect(url).await.unwrap()
+    }
+
+    /// Store `r` through the migrations' batch function, behind both
+    /// replicas' backs (no NOTIFY): its number, whether it is new, and its
+    /// node's highest number before it.
+    async fn insert_behind(
+        conn: &mut sqlx::PgConnection,
+        r: &Reservation,
+    ) -> (i64, bool, Option<i64>) {
+        use sqlx::Row;
+        let row = sqlx::query(
+            "SELECT o_number, o_new, o_after FROM explorer_insert_reservations_after(\
+             ARRAY[$1]::integer[], ARRAY[$2], ARRAY[$3], ARRAY[$4::bytea], ARRAY[$5], \
+             ARRAY[$6]::timestamptz[], ARRAY[$7]::bigint[], ARRAY[$8], ARRAY[$9], \
+             ARRAY[$10]::boolean[], ARRAY[$11]::text[], ARRAY[$12]::bigint[])",
+        )
+        .bind(r.version as i32)
+        .bind(&r.node_id)
+        .bind(&r.user_id)
+        .bind(r.kind.as_bytes())
+        .bind(r.data.get())
+        .bind(r.created)
+        .bind(r.duration)
+        .bind(&r.nonce)
+        .bind(&r.signature)
+        .bind(r.to_delete)
+        .bind(&r.delete_signature)
+        .bind(i64::MAX)
+        .fetch_one(conn)
+        .await
+        .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    }
+
+    /// `NOTIFY channel, payload` from `conn`'s session, as another
+    /// replica (of this release or an older one) sends it.
+    async fn notify(conn: &mut sqlx::PgConnection, channel: &str, payload: &str) {
+        sqlx::query("SELECT pg_notify($1, $2)::text")
+            .bind(channel)
+            .bind(payload)
+            .execute(conn)
+            .await
+            .unwrap();
+    }
+
+    /// A poll of `node` from `from` held on `url` (after 300 ms: its query
+    /// proved nothing new).
+    async fn held(url: &str, node: &str, from: u64) -> tokio::task::JoinHandle<Vec<Reservation>> {
+        let (url, n) = (url.to_string(), node.to_string());
+        let h = tokio::spawn(async move { poll(&client(), &url, &n, from).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!h.is_finished(), "held");
+        h
+    }
+
+    /// What the held poll `h` answers, within 2 s (its deadline is 5 s:
+    /// a wake-up answered it).
+    async fn woken(h: tokio::task::JoinHandle<Vec<Reservation>>) -> Vec<Reservation> {
+        tokio::time::timeout(Duration::from_secs(2), h)
+            .await
+            .expect("woken within 2 s, before the poll's deadline")
+            .unwrap()
+    }
+
+    /// Another replica's wake-up carries its new reservation and the
+    /// node's number before it: the poll held here answers from it, with
+    /// no query, when what this replica proved reaches that number. When a
+    /// reservation lies between (stored elsewhere, its NOTIFY never came),
+    /// the poll asks the database and the node's cursor skips nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_replicas_wake_up_answers_a_held_poll_unless_a_reservation_lies_between() {
+        let (store, a, b) = two().await;
+        let node = Identity::generate();
+        let mut conn = raw(&store).await;
+        let wrote = |r: &Reservation, after: u64| {
+            serde_json::json!({"after": after, "r": r}).to_string()
+        };
+        // Two stored behind the replicas' backs; only the second's NOTIFY
+        // comes: 1 lies between what B proved (nothing from 1) and 2.
+        let held_b = held(&b.url, node.id(), 1).await;
+        let first = volume(&Identity::generate(), node.id());
+        assert_eq!(insert_behind(&mut conn, &first).await, (1, true, Some(0)));
+        let mut second = volume(&Identity::generate(), node.id());
+        assert_eq!(insert_behind(&mut conn, &second).await, (2, true, Some(1)));
+        second.id = "2-1".into();
+        notify(&mut conn, "explorer_wrote", &wrote(&second, 1)).await;
+        let list = woken(held_b).await;
+        assert_eq!(ids(&list), ["1-1", "2-1"], "asked the database");
+        assert_eq!(list[0].signature, first.signature);
+        // Held from 3 (nothing, proved); a wake-up for 3 right after 2:
+        // answered from the payload alone. (The database holds no 3: a
+        // query would have found nothing and kept the poll.)
+        let held_b = held(&b.url, node.id(), 3).await;
+        let mut third = volume(&Identity::generate(), node.id());
+        third.id = "3-1".into();
+        notify(&mut conn, "explorer_wrote", &wrote(&third, 2)).await;
+        let list = woken(held_b).await;
+        assert_eq!(ids(&list), ["3-1"]);
+        assert_eq!(list[0].signature, third.signature);
+        assert_eq!(list[0].data.get(), third.data.get());
+        // An unreadable payload wakes every held poll: each asks the
+        // database, and finds what was stored behind its back.
+        let other = Identity::generate();
+        let held_other = held(&b.url, other.id(), 1).await;
+        let r = volume(&Identity::generate(), other.id());
+        assert_eq!(insert_behind(&mut conn, &r).await, (3, true, Some(0)));
+        notify(&mut conn, "explorer_wrote", "{not json").await;
+        assert_eq!(ids(&woken(held_other).await), ["3-1"]);
+        a.stop().await;
+        b.stop().await;
+    }
+
+    /// Replicas of earlier releases know only `explorer_wake` (a node id):
+    /// theirs wakes this release's polls, and this release's writes wake
+    /// theirs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wake_ups_reach_and_come_from_replicas_of_earlier_releases() {
+        use futures_util::StreamExt;
+        let (store, a, b) = two().await;
+        let node = Identity::generate();
+        // An older replica's write: stored, then a node id on the old
+        // channel.
+        let held_b = held(&b.url, node.id(), 1).await;
+        let mut conn = raw(&store).await;
+        let r = volume(&Identity::generate(), node.id());
+        assert_eq!(insert_behind(&mut conn, &r).await.0, 1);
+        notify(&mut conn, "explorer_wake", node.id()).await;
+        assert_eq!(ids(&woken(held_b).await), ["1-1"]);
+        // An older replica listening: A's write reaches it as a node id.
+        let url = &store.database.as_ref().unwrap().url;
+        let mut old = sqlx::postgres::PgListener::connect(url).await.unwrap();
+        old.listen("explorer_wake").await.unwrap();
+        let mut heard = old.into_stream();
+        assert_eq!(post(&client(), &a.url, &volume(&Identity::generate(), node.id())).await, "2-1");
+        let n = tokio::time::timeout(Duration::from_secs(5), heard.next())
+            .await
+            .expect("a wake-up within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!((n.channel(), n.payload()), ("explorer_wake", node.id()));
+        a.stop().await;
+        b.stop().await;
+    }
+
     /// A poll woken by a reservation its own replica stored answers it
     /// without asking the database only when nothing of the node can lie
     /// between: here another replica's reservation (written behind both
@@ -1898,7 +2047,6 @@ mod replicas {
     /// poll proved is answered alone, as it should be.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_woken_poll_never_skips_another_replicas_reservation_whose_notify_is_late() {
-        use sqlx::{Connection, Row};
         let (store, a, b) = two().await;
         let node = Identity::generate();
         let held = tokio::spawn({
@@ -1908,34 +2056,8 @@ mod replicas {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!held.is_finished(), "held on A, its query proved it empty");
         let other = volume(&Identity::generate(), node.id());
-        let url = &store.database.as_ref().unwrap().url;
-        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-        let row = sqlx::query(
-            "SELECT o_number, o_new, o_after FROM explorer_insert_reservations_after(\
-             ARRAY[$1]::integer[], ARRAY[$2], ARRAY[$3], ARRAY[$4::bytea], ARRAY[$5], \
-             ARRAY[$6]::timestamptz[], ARRAY[$7]::bigint[], ARRAY[$8], ARRAY[$9], \
-             ARRAY[$10]::boolean[], ARRAY[$11]::text[], ARRAY[$12]::bigint[])",
-        )
-        .bind(other.version as i32)
-        .bind(&other.node_id)
-        .bind(&other.user_id)
-        .bind(other.kind.as_bytes())
-        .bind(other.data.get())
-        .bind(other.created)
-        .bind(other.duration)
-        .bind(&other.nonce)
-        .bind(&other.signature)
-        .bind(other.to_delete)
-        .bind(&other.delete_signature)
-        .bind(i64::MAX)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        let got = (
-            row.get::<i64, _>(0),
-            row.get::<bool, _>(1),
-            row.get::<Option<i64>, _>(2),
-        );
+        let mut conn = raw(&store).await;
+        let got = insert_behind(&mut conn, &other).await;
         assert_eq!(got, (1, true, Some(0)), "number 1, new, the node's first");
         // A stores the next one (its predecessor, 1, is past what A's
         // poll proved): the woken poll asks the database.
