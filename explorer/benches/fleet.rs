@@ -12,22 +12,26 @@
 //! Each run: `NODES` simulated nodes long-poll (one task each, in this one
 //! process; node i polls replica i mod 2, as a load balancer would spread
 //! them), and once every poll is held (`explorer_long_polls_open` on the
-//! servers' `/metrics`) `USERS` concurrent users post `SUBMITS`
-//! pre-signed reservations, each for a random node, alternating replicas.
-//! Recorded:
-//! - submits/s: `SUBMITS` / the time from the first POST sent to the last
-//!   201 received;
+//! servers' `/metrics`) come bursts, one per level of `USERS`: that many
+//! concurrent users post `SUBMITS` pre-signed reservations, each for a
+//! random node, alternating replicas. Recorded:
+//! - submits/s of each burst: `SUBMITS` / the time from the first POST
+//!   sent to the last 201 received. A setup's capacity is its best rate
+//!   over the levels: few users measure round trips (each waits for its
+//!   answer before the next POST), many measure what the servers can take
+//!   (sled flushes per POST; PostgreSQL commits a replica's concurrent
+//!   POSTs together);
 //! - submit → answer: from the moment a reservation's POST is sent to the
 //!   moment its node's long poll answers with it (keyed by signature), over
-//!   every reservation of the run; once at full speed (the burst above),
-//!   once paced at `PACED_RATE`/s (a fleet's steady state);
+//!   every reservation of the run; in each burst, and paced at `PACED_RATE`/s (a fleet's steady state);
 //! - connections: the peak of PostgreSQL's `pg_stat_activity` client
 //!   backends during the run (both replicas' pools and listeners), and the
 //!   HTTP connections held (one per node, plus the users').
 //!
 //! `cargo bench -p explorer --bench fleet -- --out FILE [--runs N]` after
 //! `cargo build --release --bins` (`--runs`: runs of each setup, 3 by
-//! default; `EXPLORER_BENCH_BIN=PATH` runs another `explorer` binary, e.g.
+//! default; `--users 16,64`: the bursts' levels, those by default; `--setup sled|pg2`: that setup only, e.g. under a profiler;
+//! `EXPLORER_BENCH_BIN=PATH` runs another `explorer` binary, e.g.
 //! an older build for a before/after comparison); needs PostgreSQL
 //! (`initdb`, `pg_ctl`) installed. Client, servers and database share the
 //! machine's cores.
@@ -48,7 +52,10 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
 
 const NODES: usize = 1_000;
-const USERS: usize = 16;
+/// Concurrent users of each burst unless `--users` says otherwise: a
+/// low concurrency, where each POST's round trips bound the rate, and a
+/// fleet's, where the servers' capacity does.
+const USERS: [usize; 2] = [16, 64];
 const SUBMITS: usize = 3_000;
 const PACED: usize = 600;
 const PACED_RATE: f64 = 200.0;
@@ -188,10 +195,83 @@ async fn watch_connections(admin: String, stop: Arc<AtomicBool>, peak: Arc<Atomi
     let _ = conn.close().await;
 }
 
-/// One run on `urls`: `NODES` pollers, then a burst and a paced phase.
-async fn run_once(urls: &[String], admin: Option<&str>) -> Result<Value> {
+/// One burst: `SUBMITS` reservations posted by `users` concurrent users,
+/// as fast as answers come, alternating `urls`; once every one reached its
+/// node's poll, its rate, latencies and database transactions.
+async fn burst(
+    http: &reqwest::Client,
+    urls: &[String],
+    admin: Option<&str>,
+    book: &Arc<Book>,
+    users: usize,
+    list: Vec<Reservation>,
+) -> Result<Value> {
+    let queue = Arc::new(Mutex::new(list.into_iter().enumerate().collect::<Vec<_>>()));
+    let xacts_before = match admin {
+        Some(a) => Some(transactions(a).await?),
+        None => None,
+    };
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..users {
+        let (queue, http, book, urls) = (queue.clone(), http.clone(), book.clone(), urls.to_vec());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some((i, r)) = queue.lock().unwrap().pop() else {
+                    return anyhow::Ok(());
+                };
+                let url = &urls[i % urls.len()];
+                book.sent
+                    .lock()
+                    .unwrap()
+                    .insert(r.signature.clone(), Instant::now());
+                let resp = http
+                    .post(format!("{url}/reservations/{}", r.node_id))
+                    .json(&r)
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await?;
+                if resp.status().as_u16() != 201 {
+                    bail!("POST answered {}", resp.status());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let rate = SUBMITS as f64 / started.elapsed().as_secs_f64();
+    wait_answered(book, SUBMITS).await;
+    // Transactions the database ran for the burst (inserts, NOTIFYs, the
+    // woken polls' queries and the nodes' next polls), per reservation.
+    let xacts_per_submit = match (admin, xacts_before) {
+        (Some(a), Some(before)) => {
+            // Backends report their counters within a second of going idle.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Some((transactions(a).await? - before) as f64 / SUBMITS as f64)
+        }
+        _ => None,
+    };
+    let latency = std::mem::take(&mut *book.latencies.lock().unwrap());
+    eprintln!(
+        "  {} replica(s), {users} users: {rate:.0} submits/s; answers {}/{SUBMITS}; db transactions per submit {}",
+        urls.len(),
+        latency.len(),
+        xacts_per_submit.map_or("-".into(), |x| format!("{x:.2}"))
+    );
+    Ok(json!({
+        "users": users,
+        "submit_rate_per_s": rate,
+        "burst_latency_s": latency,
+        "db_transactions_per_submit": xacts_per_submit,
+    }))
+}
+
+/// One run on `urls`: `NODES` pollers, then a burst at each of `levels`
+/// (concurrent users) and a paced phase.
+async fn run_once(urls: &[String], admin: Option<&str>, levels: &[usize]) -> Result<Value> {
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(NODES + USERS)
+        .pool_max_idle_per_host(NODES + levels.iter().copied().max().unwrap_or(0))
         .build()?;
     let nodes: Vec<String> = (0..NODES)
         .map(|_| Identity::generate().id().to_string())
@@ -231,62 +311,14 @@ async fn run_once(urls: &[String], admin: Option<&str>) -> Result<Value> {
         rng_state ^= rng_state << 17;
         (rng_state % NODES as u64) as usize
     };
-    let burst: Vec<Reservation> = (0..SUBMITS)
-        .map(|_| signed(&user, &nodes[pick()]))
-        .collect();
+    let mut bursts = Vec::new();
+    for &users in levels {
+        let list: Vec<Reservation> = (0..SUBMITS)
+            .map(|_| signed(&user, &nodes[pick()]))
+            .collect();
+        bursts.push(burst(&http, urls, admin, &book, users, list).await?);
+    }
     let paced: Vec<Reservation> = (0..PACED).map(|_| signed(&user, &nodes[pick()])).collect();
-
-    // Burst: USERS concurrent users, as fast as answers come.
-    let queue = Arc::new(Mutex::new(
-        burst.into_iter().enumerate().collect::<Vec<_>>(),
-    ));
-    let xacts_before = match admin {
-        Some(a) => Some(transactions(a).await?),
-        None => None,
-    };
-    let started = Instant::now();
-    let mut users = Vec::new();
-    for _ in 0..USERS {
-        let (queue, http, book, urls) = (queue.clone(), http.clone(), book.clone(), urls.to_vec());
-        users.push(tokio::spawn(async move {
-            loop {
-                let Some((i, r)) = queue.lock().unwrap().pop() else {
-                    return anyhow::Ok(());
-                };
-                let url = &urls[i % urls.len()];
-                book.sent
-                    .lock()
-                    .unwrap()
-                    .insert(r.signature.clone(), Instant::now());
-                let resp = http
-                    .post(format!("{url}/reservations/{}", r.node_id))
-                    .json(&r)
-                    .timeout(Duration::from_secs(30))
-                    .send()
-                    .await?;
-                if resp.status().as_u16() != 201 {
-                    bail!("POST answered {}", resp.status());
-                }
-            }
-        }));
-    }
-    for u in users {
-        u.await??;
-    }
-    let took = started.elapsed().as_secs_f64();
-    let rate = SUBMITS as f64 / took;
-    wait_answered(&book, SUBMITS).await;
-    // Transactions the database ran for the burst (inserts, NOTIFYs, the
-    // woken polls' queries and the nodes' next polls), per reservation.
-    let xacts_per_submit = match (admin, xacts_before) {
-        (Some(a), Some(before)) => {
-            // Backends report their counters within a second of going idle.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            Some((transactions(a).await? - before) as f64 / SUBMITS as f64)
-        }
-        _ => None,
-    };
-    let burst_lat = std::mem::take(&mut *book.latencies.lock().unwrap());
 
     // Paced: one POST every 1/PACED_RATE s, each its own task.
     let mut tasks = Vec::new();
@@ -325,20 +357,16 @@ async fn run_once(urls: &[String], admin: Option<&str>) -> Result<Value> {
         let _ = w.await;
     }
     eprintln!(
-        "  {} replica(s): {rate:.0} submits/s; burst answers {}/{SUBMITS}, paced {}/{PACED}; peak db connections {}; db transactions per submit {}",
+        "  {} replica(s): paced answers {}/{PACED}; peak db connections {}",
         urls.len(),
-        burst_lat.len(),
         paced_lat.len(),
         peak.load(Ordering::Relaxed),
-        xacts_per_submit.map_or("-".into(), |x| format!("{x:.2}"))
     );
     Ok(json!({
-        "submit_rate_per_s": rate,
-        "burst_latency_s": burst_lat,
+        "bursts": bursts,
         "paced_latency_s": paced_lat,
         "db_connections_peak": admin.map(|_| peak.load(Ordering::Relaxed)),
-        "db_transactions_per_submit": xacts_per_submit,
-        "http_connections": NODES + USERS,
+        "http_connections": NODES + levels.iter().copied().max().unwrap_or(0),
     }))
 }
 
@@ -363,7 +391,7 @@ async fn wait_answered(book: &Book, n: usize) {
     }
 }
 
-async fn run(out: PathBuf, runs: usize) -> Result<()> {
+async fn run(out: PathBuf, runs: usize, only: Option<String>, levels: Vec<usize>) -> Result<()> {
     let dir = tempfile::tempdir()?;
     // PostgreSQL's defaults (durable commits), more connections than the
     // two pools need.
@@ -392,14 +420,17 @@ async fn run(out: PathBuf, runs: usize) -> Result<()> {
         } else {
             ["pg2", "sled"]
         } {
+            if only.as_deref().is_some_and(|o| o != setup) {
+                continue;
+            }
             eprintln!("fleet run {run}, {setup}");
             if setup == "sled" {
                 let (_s, url) = serve(&dir.path().join(format!("sled-{run}")), None).await?;
-                sled_runs.push(run_once(&[url], None).await?);
+                sled_runs.push(run_once(&[url], None, &levels).await?);
             } else {
                 let (_a, a) = serve(dir.path(), Some(&database)).await?;
                 let (_b, b) = serve(dir.path(), Some(&database)).await?;
-                pg_runs.push(run_once(&[a, b], Some(&admin)).await?);
+                pg_runs.push(run_once(&[a, b], Some(&admin), &levels).await?);
             }
         }
     }
@@ -421,7 +452,7 @@ async fn run(out: PathBuf, runs: usize) -> Result<()> {
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "nodes": NODES,
-        "users": USERS,
+        "users": levels,
         "submits_per_run": SUBMITS,
         "paced_per_run": PACED,
         "paced_rate_per_s": PACED_RATE,
@@ -442,6 +473,8 @@ async fn run(out: PathBuf, runs: usize) -> Result<()> {
 fn main() -> Result<()> {
     let mut out = PathBuf::from("bench/out/fleet.json");
     let mut runs = RUNS;
+    let mut only = None;
+    let mut levels = USERS.to_vec();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -454,7 +487,27 @@ fn main() -> Result<()> {
                     .filter(|n| *n > 0)
                     .context("--runs N (a positive number)")?
             }
-            other => bail!("unknown argument {other:?} (expected --out FILE or --runs N)"),
+            "--users" => {
+                levels = args
+                    .next()
+                    .and_then(|l| {
+                        l.split(',')
+                            .map(|u| u.trim().parse::<usize>().ok().filter(|u| *u > 0))
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .filter(|l| !l.is_empty())
+                    .context("--users N[,N...] (positive numbers)")?
+            }
+            "--setup" => {
+                only = Some(
+                    args.next()
+                        .filter(|s| s == "sled" || s == "pg2")
+                        .context("--setup sled|pg2")?,
+                )
+            }
+            other => bail!(
+                "unknown argument {other:?} (expected --out FILE, --runs N, --users N[,N...] or --setup sled|pg2)"
+            ),
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -465,5 +518,5 @@ fn main() -> Result<()> {
         )
         .enable_all()
         .build()?;
-    rt.block_on(run(out, runs))
+    rt.block_on(run(out, runs, only, levels))
 }

@@ -1968,9 +1968,8 @@ mod replicas {
         let (store, a, b) = two().await;
         let node = Identity::generate();
         let mut conn = raw(&store).await;
-        let wrote = |r: &Reservation, after: u64| {
-            serde_json::json!({"after": after, "r": r}).to_string()
-        };
+        let wrote =
+            |r: &Reservation, after: u64| serde_json::json!({"after": after, "r": r}).to_string();
         // Two stored behind the replicas' backs; only the second's NOTIFY
         // comes: 1 lies between what B proved (nothing from 1) and 2.
         let held_b = held(&b.url, node.id(), 1).await;
@@ -2027,7 +2026,10 @@ mod replicas {
         let mut old = sqlx::postgres::PgListener::connect(url).await.unwrap();
         old.listen("explorer_wake").await.unwrap();
         let mut heard = old.into_stream();
-        assert_eq!(post(&client(), &a.url, &volume(&Identity::generate(), node.id())).await, "2-1");
+        assert_eq!(
+            post(&client(), &a.url, &volume(&Identity::generate(), node.id())).await,
+            "2-1"
+        );
         let n = tokio::time::timeout(Duration::from_secs(5), heard.next())
             .await
             .expect("a wake-up within 5 s")

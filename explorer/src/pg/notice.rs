@@ -279,7 +279,13 @@ mod tests {
     #[test]
     fn an_unreadable_payload_says_so() {
         let mut reader = Reader::default();
-        for p in ["", "{", r#"{"after":1}"#, r#"{"node":"a","after":1}"#, r#"{"x":1}"#] {
+        for p in [
+            "",
+            "{",
+            r#"{"after":1}"#,
+            r#"{"node":"a","after":1}"#,
+            r#"{"x":1}"#,
+        ] {
             assert!(
                 matches!(reader.read(1, WROTE_CHANNEL, p), Heard::Unreadable(_)),
                 "{p}"
@@ -298,7 +304,13 @@ mod tests {
         let (channels, payloads) = statement(&notices);
         assert_eq!(
             channels,
-            [WROTE_CHANNEL, WROTE_CHANNEL, WROTE_CHANNEL, WAKE_CHANNEL, WAKE_CHANNEL]
+            [
+                WROTE_CHANNEL,
+                WROTE_CHANNEL,
+                WROTE_CHANNEL,
+                WAKE_CHANNEL,
+                WAKE_CHANNEL
+            ]
         );
         assert_eq!(&payloads[3..], ["node-a", "node-b"]);
     }
