@@ -197,7 +197,7 @@ mod tests {
             "node_id": "node-a",
             "user_id": "user",
             "type": "volume",
-            "data": serde_json::from_str::<serde_json::Value>(data).unwrap(),
+            "data": null,
             "created": "2026-12-01T05:00:00Z",
             "duration": 3_600_000_000_000i64,
             "nonce": "n1",
@@ -274,6 +274,29 @@ mod tests {
         r.nonce = "n".repeat(MAX_PAYLOAD);
         assert_eq!(Notice::wrote(&r, Some(1)), Notice::wake("node-a"));
         assert_eq!(Notice::wake("node-a").node(), "node-a");
+    }
+
+    #[test]
+    fn deeply_nested_data_is_read_back_whole() {
+        // One level deeper in the payload than in a POST: `data` is raw
+        // both ways (serde_json skips it without its recursion limit), so
+        // nothing a user stores makes other replicas wake every poll.
+        for depth in [1, 127, 128, 129, 1000] {
+            let data = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let r = stored(5, &data);
+            let posted = serde_json::to_string(&r).unwrap();
+            assert!(
+                serde_json::from_str::<Reservation>(&posted).is_ok(),
+                "{depth}"
+            );
+            let notice = [Notice::wrote(&r, Some(4))];
+            let (channels, payloads) = statement(&notice);
+            let heard = Reader::default().read(1, channels[0], payloads[0]);
+            assert!(
+                matches!(&heard, Heard::Wrote(got, 4) if got.data.get() == data),
+                "depth {depth}: {heard:?}"
+            );
+        }
     }
 
     #[test]
