@@ -45,7 +45,7 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -449,6 +449,10 @@ async fn notifier(
         }
     }
 }
+
+/// At most one warning this often about unreadable wake-ups (each one of
+/// a stream of them would be logged otherwise).
+const UNREADABLE_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// How long [`notifier`] keeps its connection without a NOTIFY to send.
 const NOTIFIER_IDLE: Duration = Duration::from_secs(1);
@@ -1035,6 +1039,7 @@ impl Storage for Pg {
         tokio::spawn(async move {
             let mut listener: Option<PgListener> = None;
             let mut reader = Reader::default();
+            let mut warned: Option<Instant> = None;
             loop {
                 let l = match listener.as_mut() {
                     Some(l) => l,
@@ -1076,9 +1081,15 @@ impl Storage for Pg {
                                 Heard::Wrote(r, after) => wakers.wrote(&r, Some(after)),
                                 Heard::Wake(node) => wakers.wake(&node),
                                 Heard::Copy => {}
-                                Heard::Unreadable(e) => {
-                                    warn!(database = %at, channel = WROTE_CHANNEL, error = %e, "unreadable wake-up from another replica; every held poll looks again");
-                                    wakers.wake_all();
+                                Heard::Unreadable { node, error } => {
+                                    if warned.is_none_or(|t| t.elapsed() > UNREADABLE_WARN_EVERY) {
+                                        warned = Some(Instant::now());
+                                        warn!(database = %at, channel = WROTE_CHANNEL, node = node.as_deref().unwrap_or("(none)"), error = %error, "unreadable wake-up from another replica (a later release?); the polls of the node it names look again, or every held poll if it names none (said at most once a minute)");
+                                    }
+                                    match node {
+                                        Some(node) => wakers.wake(&node),
+                                        None => wakers.wake_all(),
+                                    }
                                 }
                             }
                         }

@@ -146,8 +146,10 @@ pub(crate) enum Heard {
     Wake(String),
     /// Nothing: the old channel's copy of a message already read.
     Copy,
-    /// A payload this release cannot read: wake every held poll.
-    Unreadable(String),
+    /// A payload this release cannot read (of a later release, say): wake
+    /// the polls of the node it names, if it names one, else every held
+    /// poll.
+    Unreadable { node: Option<String>, error: String },
 }
 
 /// Reads the messages of both channels, in the order received.
@@ -180,10 +182,24 @@ impl Reader {
                 after: None,
                 r: None,
             }) => Heard::Wake(node),
-            Ok(_) => Heard::Unreadable("neither a node nor a reservation".into()),
-            Err(e) => Heard::Unreadable(e.to_string()),
+            Ok(_) => Heard::Unreadable {
+                node: node_named(payload),
+                error: "neither a node nor a reservation".into(),
+            },
+            Err(e) => Heard::Unreadable {
+                node: node_named(payload),
+                error: e.to_string(),
+            },
         }
     }
+}
+
+/// The node an unreadable payload still names: its `node`, or its
+/// reservation's `node_id`.
+fn node_named(payload: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let node = v.get("node").or_else(|| v.pointer("/r/node_id"))?;
+    node.as_str().map(str::to_string)
 }
 
 #[cfg(test)]
@@ -302,15 +318,24 @@ mod tests {
     #[test]
     fn an_unreadable_payload_says_so() {
         let mut reader = Reader::default();
-        for p in [
-            "",
-            "{",
-            r#"{"after":1}"#,
-            r#"{"node":"a","after":1}"#,
-            r#"{"x":1}"#,
-        ] {
+        for p in ["", "{", r#"{"after":1}"#, r#"{"x":1}"#, r#"{"node":7}"#] {
             assert!(
-                matches!(reader.read(1, WROTE_CHANNEL, p), Heard::Unreadable(_)),
+                matches!(
+                    reader.read(1, WROTE_CHANNEL, p),
+                    Heard::Unreadable { node: None, .. }
+                ),
+                "{p}"
+            );
+        }
+        // A later release's fields: still the node it names.
+        let later = [
+            r#"{"node":"a","after":1}"#,
+            r#"{"node":"a","priority":2}"#,
+            r#"{"after":1,"r":{"node_id":"a","new_field":true}}"#,
+        ];
+        for p in later {
+            assert!(
+                matches!(reader.read(1, WROTE_CHANNEL, p), Heard::Unreadable { node: Some(n), .. } if n == "a"),
                 "{p}"
             );
         }
