@@ -166,6 +166,12 @@ const MAX_BATCH: usize = 256;
 /// At most this many batch statements of one replica at once: the next
 /// batch gathers while one commits.
 const BATCHES_IN_FLIGHT: usize = 2;
+/// [`writer`] keeps its connections between batches only in a pool of
+/// more than this many (the listener's, the notifier's, the batches', and
+/// at least one for every other query).
+const KEEP_FROM_POOL: u32 = 2 + BATCHES_IN_FLIGHT as u32;
+/// How long [`writer`] keeps them without a batch to store.
+const WRITER_IDLE: Duration = Duration::from_secs(1);
 
 // The default bound of the queue in front of [`writer`] is two full
 // batches (`crate::DEFAULT_MAX_QUEUED_POSTS`).
@@ -237,6 +243,8 @@ impl Pg {
                 counts: batches.clone(),
                 wake_tx: wake_tx.clone(),
                 local: local.clone(),
+                kept: Arc::new(std::sync::Mutex::new(Vec::new())),
+                keep: max_connections > KEEP_FROM_POOL,
             },
             insert_rx,
         ));
@@ -483,9 +491,56 @@ struct Batcher {
     wake_tx: tokio::sync::mpsc::UnboundedSender<Notice>,
     /// This replica's held polls, once the server handed them over.
     local: Arc<OnceLock<Arc<Wakers>>>,
+    /// Connections kept between batch statements (see [`Batcher::take`]).
+    kept: Arc<std::sync::Mutex<Vec<PoolConnection<Postgres>>>>,
+    /// Whether to keep them: only in a pool larger than [`KEEP_FROM_POOL`].
+    keep: bool,
 }
 
 impl Batcher {
+    /// A connection for a batch statement: one kept from an earlier batch,
+    /// else a new one from the pool (`None`: run on the pool).
+    ///
+    /// Why keep them: the pool hands out its idle connections in turn, so
+    /// a replica's batches ran on each of its (by default 16) database
+    /// backends in turn, each a process whose caches had gone cold since
+    /// its last statement. Kept, at most [`BATCHES_IN_FLIGHT`] backends do
+    /// a replica's inserts: +30% submits at 16 concurrent users on a
+    /// 2-core machine (bench/notes.md, "Re-run at stop 24").
+    async fn take(&self) -> Option<PoolConnection<Postgres>> {
+        if !self.keep {
+            return None;
+        }
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match kept {
+            Some(c) => Some(c),
+            None => self.pool.acquire().await.ok(),
+        }
+    }
+
+    /// Keep `conn` for the next batch, unless its statement failed other
+    /// than by a refusal (the connection may be broken: dropped).
+    fn give_back<T>(&self, conn: PoolConnection<Postgres>, how: &Result<T, sqlx::Error>) {
+        match how {
+            Ok(_) | Err(sqlx::Error::Database(_)) => {
+                let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+                if kept.len() < BATCHES_IN_FLIGHT {
+                    kept.push(conn);
+                }
+            }
+            Err(_) => {
+                let mut conn = conn;
+                conn.close_on_drop();
+            }
+        }
+    }
+
+    /// Give every kept connection back to the pool (idle: the pool can
+    /// close them, and `Pg::close` does not wait for them).
+    fn release(&self) {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     fn err(&self, source: sqlx::Error) -> ExplorerError {
         ExplorerError::Database {
             at: self.at.clone(),
@@ -568,7 +623,15 @@ async fn writer(b: Batcher, mut rx: tokio::sync::mpsc::Receiver<Queued>) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
+        let first = match tokio::time::timeout(WRITER_IDLE, rx.recv()).await {
+            Ok(first) => first,
+            Err(_) => {
+                // Quiet: the kept connections go back to the pool.
+                b.release();
+                rx.recv().await
+            }
+        };
+        let Some(first) = first else {
             return;
         };
         let mut batch = vec![first];
@@ -593,7 +656,15 @@ async fn writer(b: Batcher, mut rx: tokio::sync::mpsc::Receiver<Queued>) {
 /// reached, every submitter gets that error.
 async fn insert_batch(b: &Batcher, batch: Vec<Queued>) {
     let n = batch.len();
-    let rows = insert_rows(&b.pool, batch.iter().map(|q| (&q.r, q.expires_ns))).await;
+    let rows_of = || batch.iter().map(|q| (&q.r, q.expires_ns));
+    let rows = match b.take().await {
+        Some(mut conn) => {
+            let rows = insert_rows(&mut *conn, rows_of()).await;
+            b.give_back(conn, &rows);
+            rows
+        }
+        None => insert_rows(&b.pool, rows_of()).await,
+    };
     match rows {
         Err(sqlx::Error::Database(refused)) if n > 1 => {
             warn!(database = %b.at, rows = n, error = %refused, "a batch of reservations was refused; storing each on its own");
@@ -645,8 +716,8 @@ async fn insert_each(b: &Batcher, batch: Vec<Queued>) {
 /// one statement, one transaction (the migrations'
 /// `explorer_insert_reservations`, also for one row: one code path keeps
 /// one set of rules); each row's number and whether it is new, in order.
-async fn insert_rows<'a>(
-    pool: &PgPool,
+async fn insert_rows<'a, 'c>(
+    on: impl sqlx::PgExecutor<'c>,
     rows: impl ExactSizeIterator<Item = (&'a Reservation, i64)>,
 ) -> Result<Vec<Result<Saved, sqlx::Error>>, sqlx::Error> {
     let n = rows.len();
@@ -694,7 +765,7 @@ async fn insert_rows<'a>(
     .bind(&to_delete)
     .bind(&delete_signature)
     .bind(&expires_ns)
-    .fetch_all(pool)
+    .fetch_all(on)
     .await?;
     Ok(rows
         .iter()

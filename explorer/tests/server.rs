@@ -1949,6 +1949,59 @@ mod replicas {
         h
     }
 
+    /// A replica keeps the connections its batches ran on: when their
+    /// database sessions die (terminated here; a restart, a proxy), a
+    /// broken one is dropped after its statement fails, never used again,
+    /// and the next POSTs are stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn posts_are_stored_again_after_the_kept_connections_died() {
+        let (store, a, b) = two().await;
+        let c = client();
+        let node = Identity::generate();
+        post(&c, &a.url, &volume(&Identity::generate(), node.id())).await;
+        let mut conn = raw(&store).await;
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let mut failed = 0;
+        let stored = loop {
+            let r = volume(&Identity::generate(), node.id());
+            let (st, text) =
+                post_body(&c, &a.url, node.id(), serde_json::to_string(&r).unwrap()).await;
+            if st == 201 {
+                break r;
+            }
+            failed += 1;
+            assert!(
+                failed < 20,
+                "still failing after {failed} posts: {st} {text}"
+            );
+        };
+        // And then every POST is stored, on the connections kept since.
+        for _ in 0..5 {
+            post(&c, &a.url, &volume(&Identity::generate(), node.id())).await;
+        }
+        // B's pool held dead sessions too: each fails its query once.
+        let mut tries = 0;
+        let list: Vec<Reservation> = loop {
+            let url = format!("{}/reservations/{}/poll?from=1", b.url, node.id());
+            let (st, text) = send(c.get(url)).await;
+            if st == 200 {
+                break serde_json::from_str(&text).unwrap();
+            }
+            tries += 1;
+            assert!(tries < 20, "poll still failing: {st} {text}");
+        };
+        assert_eq!(list.len(), 7, "{failed} failed");
+        assert!(list.iter().any(|r| r.signature == stored.signature));
+        a.stop().await;
+        b.stop().await;
+    }
+
     /// What the held poll `h` answers, within 2 s (its deadline is 5 s:
     /// a wake-up answered it).
     async fn woken(h: tokio::task::JoinHandle<Vec<Reservation>>) -> Vec<Reservation> {
