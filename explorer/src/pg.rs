@@ -505,7 +505,7 @@ impl Batcher {
     /// a replica's batches ran on each of its (by default 16) database
     /// backends in turn, each a process whose caches had gone cold since
     /// its last statement. Kept, at most [`BATCHES_IN_FLIGHT`] backends do
-    /// a replica's inserts: +30% submits at 16 concurrent users on a
+    /// a replica's inserts: +25% submits at 16 concurrent users on a
     /// 2-core machine (bench/notes.md, "Re-run at stop 24").
     async fn take(&self) -> Option<PoolConnection<Postgres>> {
         if !self.keep {
