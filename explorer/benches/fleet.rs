@@ -195,6 +195,25 @@ async fn watch_connections(admin: String, stop: Arc<AtomicBool>, peak: Arc<Atomi
     let _ = conn.close().await;
 }
 
+/// POST `r` to `url`, noting when it was sent (for its node's answer); an
+/// error unless it is stored (201).
+async fn submit(http: &reqwest::Client, book: &Book, url: &str, r: &Reservation) -> Result<()> {
+    book.sent
+        .lock()
+        .unwrap()
+        .insert(r.signature.clone(), Instant::now());
+    let resp = http
+        .post(format!("{url}/reservations/{}", r.node_id))
+        .json(r)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await?;
+    if resp.status().as_u16() != 201 {
+        bail!("POST answered {}", resp.status());
+    }
+    Ok(())
+}
+
 /// One burst: `SUBMITS` reservations posted by `users` concurrent users,
 /// as fast as answers come, alternating `urls`; once every one reached its
 /// node's poll, its rate, latencies and database transactions.
@@ -220,20 +239,7 @@ async fn burst(
                 let Some((i, r)) = queue.lock().unwrap().pop() else {
                     return anyhow::Ok(());
                 };
-                let url = &urls[i % urls.len()];
-                book.sent
-                    .lock()
-                    .unwrap()
-                    .insert(r.signature.clone(), Instant::now());
-                let resp = http
-                    .post(format!("{url}/reservations/{}", r.node_id))
-                    .json(&r)
-                    .timeout(Duration::from_secs(30))
-                    .send()
-                    .await?;
-                if resp.status().as_u16() != 201 {
-                    bail!("POST answered {}", resp.status());
-                }
+                submit(&http, &book, &urls[i % urls.len()], &r).await?;
             }
         }));
     }
@@ -327,21 +333,9 @@ async fn run_once(urls: &[String], admin: Option<&str>, levels: &[usize]) -> Res
         let at = t0 + Duration::from_secs_f64(i as f64 / PACED_RATE);
         tokio::time::sleep_until(at.into()).await;
         let (http, book, url) = (http.clone(), book.clone(), urls[i % urls.len()].clone());
-        tasks.push(tokio::spawn(async move {
-            book.sent
-                .lock()
-                .unwrap()
-                .insert(r.signature.clone(), Instant::now());
-            let resp = http
-                .post(format!("{url}/reservations/{}", r.node_id))
-                .json(&r)
-                .send()
-                .await?;
-            if resp.status().as_u16() != 201 {
-                bail!("POST answered {}", resp.status());
-            }
-            anyhow::Ok(())
-        }));
+        tasks.push(tokio::spawn(
+            async move { submit(&http, &book, &url, &r).await },
+        ));
     }
     for t in tasks {
         t.await??;
