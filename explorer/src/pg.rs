@@ -623,12 +623,12 @@ async fn writer(b: Batcher, mut rx: tokio::sync::mpsc::Receiver<Queued>) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let first = match tokio::time::timeout(WRITER_IDLE, rx.recv()).await {
-            Ok(first) => first,
-            Err(_) => {
-                // Quiet: the kept connections go back to the pool.
-                b.release();
-                rx.recv().await
+        // Quiet for a while: the kept connections go back to the pool
+        // (again each while: a batch that ended late kept its own).
+        let first = loop {
+            match tokio::time::timeout(WRITER_IDLE, rx.recv()).await {
+                Ok(first) => break first,
+                Err(_) => b.release(),
             }
         };
         let Some(first) = first else {
