@@ -130,14 +130,10 @@ struct Track {
     history: Option<Box<History>>,
 }
 
-/// The name the plug-ins of the watched types give reservation `id`'s
-/// container in node scope `names` (as [`Watched::of`] finds it).
+/// The name its type's plug-in gives reservation `id`'s container in node
+/// scope `names` (as [`Watched::of`] finds it).
 fn usual_container(names: &Names, kind: WorkloadType, id: &str) -> Option<String> {
-    match kind {
-        WorkloadType::Container => Some(names.container_name(id)),
-        WorkloadType::Kubernetes => Some(provisioners::kubernetes::node_name(names, id)),
-        _ => None,
-    }
+    provisioners::registry::watched_container_of(names, kind, id)
 }
 
 impl Track {

@@ -191,7 +191,10 @@ pub(crate) fn parse_id(id: &str) -> Option<u64> {
 /// (`"7-1"`, not `"07-1"` nor `"+7-1"`).
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn canonical_number(id: &str) -> Option<u64> {
-    parse_id(id).filter(|n| format!("{n}-1") == id)
+    match reservation::id_numbers(id)? {
+        (n, 1) => Some(n),
+        _ => None,
+    }
 }
 
 /// One channel per node with a poll waiting: a write for the node bumps

@@ -99,7 +99,9 @@ pub trait Plugin: Send + Sync + Sized + 'static {
 
     /// The container of its own that the crash watch follows and
     /// `agentctl logs` reads, named in node scope `names` (default: none).
-    fn watched_container(_names: &Names, _r: &Reservation) -> Option<String> {
+    /// It depends on the type and the reservation id alone, so the crash
+    /// watch can name it again without keeping it.
+    fn watched_container(_names: &Names, _id: &str) -> Option<String> {
         None
     }
 
@@ -171,7 +173,7 @@ pub trait Kind: Send + Sync {
     fn build(&self, setup: &Setup) -> Arc<dyn Provisioner>;
     fn charge(&self, w: &Workload, root_disk: DiskType) -> Charge;
     fn tenancy(&self, w: &Workload) -> Tenancy;
-    fn watched_container(&self, names: &Names, r: &Reservation) -> Option<String>;
+    fn watched_container(&self, names: &Names, id: &str) -> Option<String>;
     fn objects(&self, names: &Names, r: &Reservation, w: &Workload) -> Vec<String>;
     fn uses(&self, names: &Names, r: &Reservation, w: &Workload) -> Vec<String>;
 }
@@ -208,8 +210,8 @@ impl<P: Plugin> Kind for KindOf<P> {
         P::Data::of(w).map_or_else(Tenancy::default, P::tenancy)
     }
 
-    fn watched_container(&self, names: &Names, r: &Reservation) -> Option<String> {
-        P::watched_container(names, r)
+    fn watched_container(&self, names: &Names, id: &str) -> Option<String> {
+        P::watched_container(names, id)
     }
 
     fn objects(&self, names: &Names, r: &Reservation, w: &Workload) -> Vec<String> {

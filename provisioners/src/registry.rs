@@ -52,7 +52,13 @@ pub fn tenancy_of(w: &Workload) -> Tenancy {
 /// `names`, for the crash watch and `agentctl logs` (none for types that
 /// run none, or share theirs like zdb).
 pub fn watched_container(names: &Names, r: &Reservation) -> Option<String> {
-    kind(r.workload_type().ok()?)?.watched_container(names, r)
+    watched_container_of(names, r.workload_type().ok()?, &r.id)
+}
+
+/// [`watched_container`] of reservation `id` of type `kind`: the type and
+/// the id alone name it.
+pub fn watched_container_of(names: &Names, kind_: WorkloadType, id: &str) -> Option<String> {
+    kind(kind_)?.watched_container(names, id)
 }
 
 /// Names of the Docker objects reservation `r` makes, in node scope

@@ -251,8 +251,8 @@ impl Plugin for ContainerProvisioner {
         }
     }
 
-    fn watched_container(names: &Names, r: &Reservation) -> Option<String> {
-        Some(names.container_name(&r.id))
+    fn watched_container(names: &Names, id: &str) -> Option<String> {
+        Some(names.container_name(id))
     }
 
     fn objects(names: &Names, r: &Reservation, _c: &Container) -> Vec<String> {

@@ -311,8 +311,8 @@ impl Plugin for KubernetesProvisioner {
         }
     }
 
-    fn watched_container(names: &Names, r: &Reservation) -> Option<String> {
-        Some(node_name(names, &r.id))
+    fn watched_container(names: &Names, id: &str) -> Option<String> {
+        Some(node_name(names, id))
     }
 
     /// Its container and the volume of the same name.
