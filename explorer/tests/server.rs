@@ -2058,6 +2058,35 @@ mod replicas {
         b.stop().await;
     }
 
+    /// What a tenant puts in `data` travels in the wake-up payload (or,
+    /// too large for it, as a plain wake-up): an escaped NUL, non-ASCII
+    /// text and odd spacing reach the node's poll on the other replica
+    /// byte for byte, and nothing in them stops the NOTIFY that carries
+    /// another tenant's reservation in the same statement.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenants_data_crosses_replicas_byte_for_byte_and_blocks_no_other_wake_up() {
+        let (_store, a, b) = two().await;
+        let c = client();
+        let odd = r#"{ "size":1 , "type":"SSD", "note":"nul \u0000 é ✓ \"q\"" }"#;
+        let big = format!(r#"{{"size":1,"type":"SSD","note":"{}"}}"#, "x".repeat(5000));
+        for data in [odd.to_string(), big] {
+            let (hostile, other) = (Identity::generate(), Identity::generate());
+            let held_h = held(&b.url, hostile.id(), 1).await;
+            let held_o = held(&b.url, other.id(), 1).await;
+            let user = Identity::generate();
+            let r = signed(&user, hostile.id(), "volume", &data, Utc::now(), 3600);
+            let plain = volume(&Identity::generate(), other.id());
+            let (x, y) = tokio::join!(post(&c, &a.url, &r), post(&c, &a.url, &plain));
+            let got = woken(held_h).await;
+            assert_eq!(ids(&got), [x.as_str()]);
+            assert_eq!(got[0].data.get(), data);
+            assert_eq!(got[0].signature, r.signature);
+            assert_eq!(ids(&woken(held_o).await), [y.as_str()]);
+        }
+        a.stop().await;
+        b.stop().await;
+    }
+
     /// Replicas of earlier releases know only `explorer_wake` (a node id):
     /// theirs wakes this release's polls, and this release's writes wake
     /// theirs.
